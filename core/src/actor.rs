@@ -1,0 +1,685 @@
+//! The room runtime: one task per live room that owns the party value and runs its handlers one
+//! at a time, plus a pump task that releases the room's outbound frames through the output gate.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::FutureExt;
+use http::StatusCode;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{sleep_until, Instant};
+
+use crate::connection::{ConnShared, Connection};
+use crate::limits::Limits;
+use crate::link::{close_code, FromRoom, SocketId, ToRoom};
+use crate::party::{ConnectionContext, Party, PartyFactory};
+use crate::room::{ConnTable, Env, Gated, LinkId, Outbound, Parties, Room, RoomShared};
+use crate::storage::{now_ms, Storage, WriteProgress};
+use crate::store::{Fence, RoomKey, Store};
+use crate::web::{self, Request, Response};
+
+/// Depth of a room's command queue; senders wait when it is full.
+const INBOX: usize = 1024;
+/// Alarm retries after a failing `on_alarm`, and the first backoff.
+const ALARM_RETRIES: u32 = 6;
+const ALARM_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Everything a room needs to run.
+pub struct RoomConfig {
+    /// Which room.
+    pub key: RoomKey,
+    /// Its party.
+    pub factory: Arc<dyn PartyFactory>,
+    /// Where its storage lives.
+    pub store: Arc<dyn Store>,
+    /// The lease the room's writes are fenced by (`None` in `dev`).
+    pub fence: Option<Fence>,
+    /// Limits in force.
+    pub limits: Arc<Limits>,
+    /// Party variables.
+    pub env: Env,
+    /// Access to other rooms.
+    pub parties: Parties,
+    /// Asked when the room has been idle with nothing attached; returns true when the room may
+    /// stop (the host removed it from its table, so nothing can send to it any more).
+    pub may_exit: Box<dyn Fn() -> bool + Send + Sync>,
+}
+
+enum RoomCmd {
+    OpenLink { link: LinkId, tx: mpsc::Sender<FromRoom> },
+    Link { link: LinkId, msg: ToRoom },
+    CloseLink { link: LinkId },
+    Request { req: Request, reply: oneshot::Sender<Response> },
+    Alarm,
+    Shutdown { code: u16, reason: String },
+}
+
+/// The room is not running any more; ask the host for a fresh handle and try again.
+#[derive(Debug, thiserror::Error)]
+#[error("room {0} is not running")]
+pub struct RoomGone(pub RoomKey);
+
+/// A handle on a running room. Cheap to clone; the room may stop only when no handle but its
+/// host's is left.
+#[derive(Clone)]
+pub struct RoomHandle {
+    key: RoomKey,
+    tx: mpsc::Sender<RoomCmd>,
+    next_link: Arc<AtomicU64>,
+    hibernate: bool,
+}
+
+impl RoomHandle {
+    /// The room's key.
+    pub fn key(&self) -> &RoomKey {
+        &self.key
+    }
+
+    /// Whether the party hibernates.
+    pub fn hibernates(&self) -> bool {
+        self.hibernate
+    }
+
+    /// True when no handle but this one exists and the room has no queued work: the host may
+    /// drop it.
+    pub fn is_unused(&self) -> bool {
+        self.tx.strong_count() == 1 && self.tx.capacity() == self.tx.max_capacity()
+    }
+
+    /// Whether the room task has stopped.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Opens a gateway link: the room's messages for that gateway's sockets go to `tx`.
+    pub async fn open_link(&self, tx: mpsc::Sender<FromRoom>) -> Result<LinkSender, RoomGone> {
+        let link = self.next_link.fetch_add(1, Ordering::Relaxed);
+        self.send(RoomCmd::OpenLink { link, tx }).await?;
+        Ok(LinkSender { room: self.clone(), link, closed: AtomicBool::new(false) })
+    }
+
+    /// Sends an HTTP request to the room's `on_request`.
+    pub async fn request(&self, req: Request) -> Result<Response, RoomGone> {
+        let (reply, rx) = oneshot::channel();
+        self.send(RoomCmd::Request { req, reply }).await?;
+        rx.await.map_err(|_| RoomGone(self.key.clone()))
+    }
+
+    /// Tells the room its alarm may be due.
+    pub async fn alarm(&self) -> Result<(), RoomGone> {
+        self.send(RoomCmd::Alarm).await
+    }
+
+    /// Stops the room: every socket is closed with `code` and `reason`.
+    pub async fn shutdown(&self, code: u16, reason: &str) -> Result<(), RoomGone> {
+        self.send(RoomCmd::Shutdown { code, reason: reason.to_string() }).await
+    }
+
+    async fn send(&self, cmd: RoomCmd) -> Result<(), RoomGone> {
+        self.tx.send(cmd).await.map_err(|_| RoomGone(self.key.clone()))
+    }
+}
+
+/// One gateway's link into a room. Dropping it closes the link: the room runs `on_close` for
+/// that gateway's sockets still in it.
+pub struct LinkSender {
+    room: RoomHandle,
+    link: LinkId,
+    closed: AtomicBool,
+}
+
+impl LinkSender {
+    /// Passes one socket event to the room, in order.
+    pub async fn send(&self, msg: ToRoom) -> Result<(), RoomGone> {
+        self.room.send(RoomCmd::Link { link: self.link, msg }).await
+    }
+
+    /// The room this link goes to.
+    pub fn room(&self) -> &RoomHandle {
+        &self.room
+    }
+
+    /// Closes the link now (rather than on drop).
+    pub async fn close(&self) {
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            let _ = self.room.send(RoomCmd::CloseLink { link: self.link }).await;
+        }
+    }
+}
+
+impl Drop for LinkSender {
+    fn drop(&mut self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let cmd = RoomCmd::CloseLink { link: self.link };
+        if let Err(mpsc::error::TrySendError::Full(cmd)) = self.room.tx.try_send(cmd) {
+            let tx = self.room.tx.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = tx.send(cmd).await;
+                });
+            }
+        }
+    }
+}
+
+/// How a room task ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RoomExit {
+    /// Idle with nothing attached.
+    Idle,
+    /// Asked to stop.
+    Shutdown,
+    /// A storage write was refused or failed; the room must not keep serving.
+    StorageFailed {
+        /// True when refused by fencing (another owner exists).
+        fenced: bool,
+    },
+}
+
+/// Starts a room: its actor and its output pump. Returns the handle and the actor's task.
+pub fn spawn_room(cfg: RoomConfig) -> (RoomHandle, tokio::task::JoinHandle<RoomExit>) {
+    let (tx, rx) = mpsc::channel(INBOX);
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let storage = Storage::new(cfg.key.clone(), cfg.store.clone(), cfg.fence.clone(), cfg.limits.clone());
+    tokio::spawn(pump(out_rx, storage.progress()));
+    let shared = Arc::new(RoomShared {
+        key: cfg.key.clone(),
+        env: cfg.env,
+        limits: cfg.limits.clone(),
+        storage: storage.clone(),
+        parties: cfg.parties,
+        conns: Mutex::new(ConnTable::default()),
+        closed_by_party: Mutex::new(Vec::new()),
+        out: out_tx,
+    });
+    let options = cfg.factory.options();
+    let handle =
+        RoomHandle { key: cfg.key.clone(), tx, next_link: Arc::new(AtomicU64::new(1)), hibernate: options.hibernate };
+    let actor = Actor {
+        room: Room { shared },
+        factory: cfg.factory,
+        hibernate: options.hibernate,
+        party: None,
+        links: HashSet::new(),
+        inbox: rx,
+        limits: cfg.limits,
+        may_exit: cfg.may_exit,
+        progress: storage.progress(),
+        alarm_failures: 0,
+    };
+    (handle, tokio::spawn(actor.run()))
+}
+
+struct Actor {
+    room: Room,
+    factory: Arc<dyn PartyFactory>,
+    hibernate: bool,
+    party: Option<Box<dyn Party>>,
+    /// Open gateway links and how many of their sockets are connecting or in the room.
+    links: HashSet<LinkId>,
+    inbox: mpsc::Receiver<RoomCmd>,
+    limits: Arc<Limits>,
+    may_exit: Box<dyn Fn() -> bool + Send + Sync>,
+    progress: watch::Receiver<WriteProgress>,
+    alarm_failures: u32,
+}
+
+/// How a guarded handler call went wrong.
+enum Failure {
+    Error(anyhow::Error),
+    Panic(String),
+    Timeout,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Error(e) => write!(f, "{e:#}"),
+            Failure::Panic(msg) => write!(f, "party panicked: {msg}"),
+            Failure::Timeout => f.write_str("party handler timed out"),
+        }
+    }
+}
+
+/// Runs a handler with the time limit, turning panics into failures.
+async fn guarded<T>(limit: Duration, fut: impl Future<Output = anyhow::Result<T>>) -> Result<T, Failure> {
+    match tokio::time::timeout(limit, AssertUnwindSafe(fut).catch_unwind()).await {
+        Err(_) => Err(Failure::Timeout),
+        Ok(Err(panic)) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(Failure::Panic(msg))
+        }
+        Ok(Ok(Err(e))) => Err(Failure::Error(e)),
+        Ok(Ok(Ok(v))) => Ok(v),
+    }
+}
+
+/// A close reason fits in a control frame: at most 123 bytes, cut at a character boundary.
+pub fn close_reason(text: &str) -> String {
+    if text.len() <= 123 {
+        return text.to_string();
+    }
+    let mut end = 123;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+impl Actor {
+    fn shared(&self) -> &Arc<RoomShared> {
+        &self.room.shared
+    }
+
+    fn storage(&self) -> &Storage {
+        &self.room.shared.storage
+    }
+
+    async fn run(mut self) -> RoomExit {
+        let key = self.room.key().clone();
+        tracing::debug!(room = %key, "room started");
+        let mut last_event = Instant::now();
+        let mut progress = self.progress.clone();
+        let exit = loop {
+            let alarm_at = self.alarm_deadline();
+            let idle_at = last_event + self.idle_timeout();
+            tokio::select! {
+                biased;
+                changed = progress.changed() => {
+                    if changed.is_err() || progress.borrow().failed.is_some() {
+                        let fenced = progress.borrow().fenced;
+                        break RoomExit::StorageFailed { fenced };
+                    }
+                    continue;
+                }
+                cmd = self.inbox.recv() => {
+                    let Some(cmd) = cmd else { break RoomExit::Idle };
+                    if let RoomCmd::Shutdown { code, reason } = cmd {
+                        self.shutdown(code, &reason);
+                        break RoomExit::Shutdown;
+                    }
+                    self.handle(cmd).await;
+                }
+                _ = sleep_until(alarm_at.unwrap_or(idle_at)), if alarm_at.is_some() => {
+                    self.fire_alarm().await;
+                }
+                _ = sleep_until(idle_at) => {
+                    if self.on_idle() {
+                        break RoomExit::Idle;
+                    }
+                }
+            }
+            self.after_handler().await;
+            last_event = Instant::now();
+        };
+        self.storage().seal();
+        tracing::debug!(room = %key, exit = ?exit, "room stopped");
+        exit
+    }
+
+    fn idle_timeout(&self) -> Duration {
+        let has_conns = self.room.connection_count() > 0 || !self.links.is_empty();
+        if self.party.is_some() && self.hibernate && has_conns {
+            self.limits.hibernate_idle
+        } else {
+            self.limits.room_idle
+        }
+    }
+
+    /// The room has been idle: hibernate, or stop when nothing is attached. True to stop.
+    fn on_idle(&mut self) -> bool {
+        let has_conns = self.room.connection_count() > 0 || !self.links.is_empty();
+        if has_conns {
+            if self.hibernate && self.party.is_some() {
+                tracing::debug!(room = %self.room.key(), "room hibernating");
+                self.party = None;
+                self.storage().clear_cache();
+            }
+            return false;
+        }
+        // Pending alarms are picked up by the host's alarm scheduler once the room is gone.
+        (self.may_exit)()
+    }
+
+    fn alarm_deadline(&self) -> Option<Instant> {
+        self.party.as_ref()?;
+        let at = self.storage().known_alarm().flatten()?;
+        let wait = (at - now_ms()).max(0) as u64;
+        Some(Instant::now() + Duration::from_millis(wait))
+    }
+
+    /// Seals the write buffer and runs `on_close` for connections the party closed.
+    async fn after_handler(&mut self) {
+        loop {
+            let closed: Vec<Arc<ConnShared>> = std::mem::take(&mut *self.shared().closed_by_party.lock().unwrap());
+            if closed.is_empty() {
+                break;
+            }
+            for conn in closed {
+                self.run_on_close(conn, None).await;
+            }
+        }
+        self.storage().seal();
+    }
+
+    fn shutdown(&mut self, code: u16, reason: &str) {
+        for link in &self.links {
+            self.shared().emit_link(*link, FromRoom::Gone { code, reason: reason.to_string() });
+        }
+    }
+
+    async fn handle(&mut self, cmd: RoomCmd) {
+        match cmd {
+            RoomCmd::OpenLink { link, tx } => {
+                self.links.insert(link);
+                self.shared().emit(Outbound::OpenLink(link, tx));
+            }
+            RoomCmd::CloseLink { link } => {
+                let conns: Vec<Arc<ConnShared>> = {
+                    let mut table = self.shared().conns.lock().unwrap();
+                    let keys: Vec<_> = table.by_key.keys().filter(|k| k.0 == link).copied().collect();
+                    keys.iter().filter_map(|k| table.remove(k)).collect()
+                };
+                for conn in conns {
+                    self.run_on_close(conn, None).await;
+                }
+                self.links.remove(&link);
+                self.shared().emit(Outbound::CloseLink(link));
+            }
+            RoomCmd::Link { link, msg } => match msg {
+                ToRoom::Connect { sid, id, uri, request } => self.connect(link, sid, id, uri, request).await,
+                ToRoom::Message { sid, msg } => self.message(link, sid, msg).await,
+                ToRoom::Closed { sid, error } => {
+                    let conn = self.shared().conns.lock().unwrap().remove(&(link, sid));
+                    if let Some(conn) = conn {
+                        self.run_on_close(conn, error).await;
+                    }
+                }
+            },
+            RoomCmd::Request { req, reply } => {
+                let res = self.request(req).await;
+                self.shared().emit(Outbound::Response(reply, res));
+            }
+            RoomCmd::Alarm => self.fire_alarm().await,
+            RoomCmd::Shutdown { .. } => unreachable!("handled by run"),
+        }
+    }
+
+    /// Creates the party value and runs `on_start` if the room is not started.
+    async fn ensure_started(&mut self) -> Result<(), String> {
+        if self.party.is_some() {
+            return Ok(());
+        }
+        let room = self.room.clone();
+        let factory = self.factory.clone();
+        let created = std::panic::catch_unwind(AssertUnwindSafe(|| factory.create(room)));
+        let mut party = created.map_err(|_| "party constructor panicked".to_string())?;
+        guarded(self.limits.handler_timeout, party.on_start()).await.map_err(|f| format!("onStart failed: {f}"))?;
+        self.party = Some(party);
+        if self.storage().known_alarm().is_none() {
+            if let Err(e) = self.storage().get_alarm().await {
+                tracing::warn!(room = %self.room.key(), error = %e, "could not read the alarm");
+            }
+        }
+        Ok(())
+    }
+
+    fn connection(&self, shared: Arc<ConnShared>) -> Connection {
+        Connection { shared, room: self.shared().clone() }
+    }
+
+    async fn connect(&mut self, link: LinkId, sid: SocketId, id: String, uri: String, request: Box<Request>) {
+        let refusal = if self.room.connection_count() >= self.limits.max_connections_per_room {
+            FromRoom::Refused { sid, status: 503, reason: "room is full".into() }
+        } else {
+            match self.try_connect(link, sid, id, uri, request).await {
+                Ok(()) => return,
+                Err(reason) => FromRoom::Failed { sid, reason: close_reason(&reason) },
+            }
+        };
+        self.shared().emit_link(link, refusal);
+    }
+
+    async fn try_connect(
+        &mut self,
+        link: LinkId,
+        sid: SocketId,
+        id: String,
+        uri: String,
+        request: Box<Request>,
+    ) -> Result<(), String> {
+        self.ensure_started().await?;
+        // Newest wins: an older socket with the same id leaves the room before this one joins,
+        // so get_connections never yields both.
+        let older = self.room.get_connection(&id);
+        if let Some(older) = older {
+            older.close(close_code::REPLACED, "replaced by a newer connection with the same id");
+            self.after_handler().await;
+        }
+        let order = {
+            let mut t = self.shared().conns.lock().unwrap();
+            t.next_order += 1;
+            t.next_order
+        };
+        let shared = Arc::new(ConnShared {
+            key: (link, sid),
+            id: id.clone(),
+            uri,
+            tags: Mutex::new(vec![id.clone()]),
+            state: Mutex::new(None),
+            open: AtomicBool::new(true),
+            order,
+        });
+        let conn = self.connection(shared.clone());
+        let ctx = ConnectionContext { request: *request };
+        let limit = self.limits.handler_timeout;
+        let party = self.party.as_mut().expect("started");
+        let extra = guarded(limit, party.get_connection_tags(&conn, &ctx))
+            .await
+            .map_err(|f| format!("getConnectionTags failed: {f}"))?;
+        let tags = self.validate_tags(&id, extra)?;
+        *shared.tags.lock().unwrap() = tags.clone();
+        self.shared().conns.lock().unwrap().insert(shared.clone());
+        self.shared().emit_link(link, FromRoom::Joined { sid });
+        let party = self.party.as_mut().expect("started");
+        if let Err(f) = guarded(limit, party.on_connect(&conn, &ctx)).await {
+            self.shared().conns.lock().unwrap().remove(&(link, sid));
+            return Err(f.to_string());
+        }
+        self.shared().emit_link(link, FromRoom::Accepted { sid, tags });
+        Ok(())
+    }
+
+    fn validate_tags(&self, id: &str, extra: Vec<String>) -> Result<Vec<String>, String> {
+        let mut tags = vec![id.to_string()];
+        tags.extend(extra);
+        if tags.len() > self.limits.max_tags {
+            return Err(format!("{} tags (the id included), the limit is {}", tags.len(), self.limits.max_tags));
+        }
+        for t in &tags[1..] {
+            if t.is_empty() || t.len() > self.limits.max_tag_bytes {
+                return Err(format!("a tag must be 1 to {} bytes, got {}", self.limits.max_tag_bytes, t.len()));
+            }
+        }
+        Ok(tags)
+    }
+
+    async fn message(&mut self, link: LinkId, sid: SocketId, msg: crate::message::Message) {
+        let Some(shared) = self.shared().conns.lock().unwrap().by_key.get(&(link, sid)).cloned() else {
+            return;
+        };
+        let conn = self.connection(shared);
+        if let Err(reason) = self.ensure_started().await {
+            conn.close(close_code::INTERNAL_ERROR, &close_reason(&reason));
+            return;
+        }
+        let limit = self.limits.handler_timeout;
+        let party = self.party.as_mut().expect("started");
+        match guarded(limit, party.on_message(msg, &conn)).await {
+            Ok(()) => {}
+            Err(Failure::Error(e)) => {
+                let party = self.party.as_mut().expect("started");
+                if let Err(f) = guarded(limit, party.on_error(&conn, &e)).await {
+                    tracing::warn!(room = %self.room.key(), conn = conn.id(), error = %f, "onError failed");
+                    conn.close(close_code::INTERNAL_ERROR, &close_reason(&f.to_string()));
+                }
+            }
+            Err(f) => {
+                tracing::warn!(room = %self.room.key(), conn = conn.id(), error = %f, "onMessage failed");
+                conn.close(close_code::INTERNAL_ERROR, &close_reason(&f.to_string()));
+            }
+        }
+    }
+
+    async fn run_on_close(&mut self, shared: Arc<ConnShared>, error: Option<String>) {
+        let conn = self.connection(shared);
+        // A hibernated room wakes to run on_close (as PartyKit does since partykit#709).
+        if self.ensure_started().await.is_err() {
+            return;
+        }
+        let limit = self.limits.handler_timeout;
+        if let Some(err) = error {
+            let err = anyhow::anyhow!(err);
+            let party = self.party.as_mut().expect("started");
+            if let Err(f) = guarded(limit, party.on_error(&conn, &err)).await {
+                tracing::warn!(room = %self.room.key(), error = %f, "onError failed");
+            }
+        }
+        let party = self.party.as_mut().expect("started");
+        if let Err(f) = guarded(limit, party.on_close(&conn)).await {
+            tracing::warn!(room = %self.room.key(), error = %f, "onClose failed");
+        }
+    }
+
+    async fn request(&mut self, req: Request) -> Response {
+        if let Err(reason) = self.ensure_started().await {
+            return web::text(StatusCode::INTERNAL_SERVER_ERROR, reason);
+        }
+        let party = self.party.as_mut().expect("started");
+        match guarded(self.limits.handler_timeout, party.on_request(req)).await {
+            Ok(res) => res,
+            Err(Failure::Error(e)) => web::error_response(&e, StatusCode::INTERNAL_SERVER_ERROR),
+            Err(f) => web::text(StatusCode::INTERNAL_SERVER_ERROR, f.to_string()),
+        }
+    }
+
+    async fn fire_alarm(&mut self) {
+        if let Err(reason) = self.ensure_started().await {
+            tracing::warn!(room = %self.room.key(), %reason, "alarm could not start the room");
+            return;
+        }
+        let due = match self.storage().get_alarm().await {
+            Ok(Some(at)) if at <= now_ms() => at,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(room = %self.room.key(), error = %e, "could not read the alarm");
+                return;
+            }
+        };
+        let party = self.party.as_mut().expect("started");
+        let result = guarded(self.limits.handler_timeout, party.on_alarm()).await;
+        let storage = self.storage().clone();
+        let unchanged = storage.known_alarm() == Some(Some(due));
+        match result {
+            Ok(()) => {
+                self.alarm_failures = 0;
+                if unchanged {
+                    let _ = storage.delete_alarm().await;
+                }
+            }
+            Err(f) => {
+                self.alarm_failures += 1;
+                if !unchanged {
+                    // on_alarm set a new alarm before failing; that one stands.
+                } else if self.alarm_failures > ALARM_RETRIES {
+                    tracing::warn!(room = %self.room.key(), error = %f, "onAlarm failed; giving up after retries");
+                    self.alarm_failures = 0;
+                    let _ = storage.delete_alarm().await;
+                } else {
+                    let backoff = ALARM_BACKOFF * 2u32.pow(self.alarm_failures - 1);
+                    tracing::warn!(room = %self.room.key(), error = %f, retry_in = ?backoff, "onAlarm failed; retrying");
+                    let _ = storage.set_alarm(now_ms() + backoff.as_millis() as i64).await;
+                }
+            }
+        }
+    }
+}
+
+/// Releases a room's outbound items in order, each once the write batch it follows is durable.
+/// On a storage failure it discards what it holds and tells every link the room is gone.
+async fn pump(mut rx: mpsc::UnboundedReceiver<Gated>, mut progress: watch::Receiver<WriteProgress>) {
+    let mut links: HashMap<LinkId, mpsc::Sender<FromRoom>> = HashMap::new();
+    let mut held: VecDeque<Gated> = VecDeque::new();
+    let mut open = true;
+    let mut writer_alive = true;
+    loop {
+        let p = progress.borrow_and_update().clone();
+        if p.failed.is_some() {
+            let code = if p.fenced { close_code::SERVICE_RESTART } else { close_code::INTERNAL_ERROR };
+            let reason = close_reason(&format!("room storage failed: {}", p.failed.as_deref().map_or("", |s| s)));
+            // Link bookkeeping still applies: a link opened before the failure must hear of it.
+            while let Ok(g) = rx.try_recv() {
+                held.push_back(g);
+            }
+            for g in held.drain(..) {
+                if let Outbound::OpenLink(link, tx) = g.item {
+                    links.insert(link, tx);
+                }
+            }
+            for tx in links.values() {
+                let _ = tx.send(FromRoom::Gone { code, reason: reason.clone() }).await;
+            }
+            return;
+        }
+        while held.front().is_some_and(|g| g.seq <= p.acked) {
+            let g = held.pop_front().expect("checked");
+            deliver(&mut links, g.item).await;
+        }
+        if !open && (held.is_empty() || !writer_alive) {
+            return;
+        }
+        tokio::select! {
+            item = rx.recv(), if open => match item {
+                Some(g) if held.is_empty() && g.seq <= p.acked => deliver(&mut links, g.item).await,
+                Some(g) => held.push_back(g),
+                None => open = false,
+            },
+            changed = progress.changed(), if writer_alive => {
+                if changed.is_err() {
+                    writer_alive = false;
+                }
+            }
+        }
+    }
+}
+
+async fn deliver(links: &mut HashMap<LinkId, mpsc::Sender<FromRoom>>, item: Outbound) {
+    match item {
+        Outbound::Link(link, msg) => {
+            if let Some(tx) = links.get(&link) {
+                if tx.send(msg).await.is_err() {
+                    links.remove(&link);
+                }
+            }
+        }
+        Outbound::Response(reply, res) => {
+            let _ = reply.send(res);
+        }
+        Outbound::OpenLink(link, tx) => {
+            links.insert(link, tx);
+        }
+        Outbound::CloseLink(link) => {
+            links.remove(&link);
+        }
+    }
+}

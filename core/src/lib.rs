@@ -1,0 +1,73 @@
+//! # Partyline: PartyKit's `Party.Server` model in Rust
+//!
+//! A *party* is a type implementing [`Party`]; a *room* is one live instance of it, identified
+//! by party name and room id, reachable over WebSocket and HTTP at
+//! `/parties/:party/:room`. This crate is everything party code touches, and the room runtime
+//! that runs it; it has no sockets and no Redis, so all of it is testable with channels.
+//!
+//! Modules:
+//! - [`party`]: the [`Party`] trait, options, static hooks, and the [`PartyRegistry`].
+//! - [`room`]: [`Room`]: identity, env, broadcast, connections, calls to other rooms.
+//! - [`connection`]: [`Connection`]: id, uri, tags, state, send, close.
+//! - [`storage`]: [`Storage`]: Durable Object style key/value storage and one alarm per room.
+//! - [`store`]: the [`Store`] backend trait and [`MemoryStore`].
+//! - [`message`]: [`Message`], text and binary kept apart.
+//! - [`web`]: HTTP request/response types and helpers.
+//! - [`link`]: the messages between a gateway and a room.
+//! - [`actor`]: the room runtime (one task per room, output gate).
+//! - [`limits`]: every limit, with defaults.
+//!
+//! ```
+//! use partyline::prelude::*;
+//!
+//! struct Echo;
+//!
+//! #[async_trait]
+//! impl Party for Echo {
+//!     fn new(_room: Room) -> Self {
+//!         Echo
+//!     }
+//!     async fn on_message(&mut self, msg: Message, sender: &Connection) -> anyhow::Result<()> {
+//!         sender.send(msg);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! let parties = PartyRegistry::new().with::<Echo>("echo");
+//! assert!(parties.get("echo").is_some());
+//! ```
+
+pub mod actor;
+pub mod connection;
+pub mod limits;
+pub mod link;
+pub mod message;
+pub mod party;
+pub mod room;
+pub mod storage;
+pub mod store;
+pub mod web;
+
+pub use async_trait::async_trait;
+pub use bytes::Bytes;
+pub use connection::{Connection, StateError};
+pub use limits::Limits;
+pub use message::{Message, Text};
+pub use party::{Before, ConnectionContext, Lobby, Party, PartyFactory, PartyOptions, PartyRegistry};
+pub use room::{Env, Parties, PartiesClient, Room, RoomStub};
+pub use storage::{Storage, StorageError};
+pub use store::{ListOptions, MemoryStore, RoomKey, Store};
+pub use web::{HttpError, Request, Response};
+
+/// What a party module usually imports.
+pub mod prelude {
+    pub use crate::link::close_code;
+    pub use crate::web::{self, HttpError, Request, Response};
+    pub use crate::{
+        async_trait, Before, Bytes, Connection, ConnectionContext, Env, ListOptions, Lobby, Message, Party,
+        PartyOptions, PartyRegistry, Room, Storage, Text,
+    };
+    pub use http::{Method, StatusCode};
+}
+
+pub use http;

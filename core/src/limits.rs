@@ -1,0 +1,63 @@
+//! Limits on everything a client or a party can make the server hold. Each has a default (from
+//! PartyKit / Durable Objects where one exists) and a flag in the `partyline` binary.
+
+use std::time::Duration;
+
+/// Size, count and time limits applied by rooms and gateways.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest inbound WebSocket message; larger closes the socket with 1009.
+    pub max_message_bytes: usize,
+    /// Largest HTTP request body sent to a room; larger answers 413.
+    pub max_request_body_bytes: usize,
+    /// Largest encoded connection state (`set_state` returns an error above it).
+    pub max_state_bytes: usize,
+    /// Most tags per connection, the connection id included.
+    pub max_tags: usize,
+    /// Longest tag, in bytes.
+    pub max_tag_bytes: usize,
+    /// Longest storage key, in bytes.
+    pub max_key_bytes: usize,
+    /// Largest storage value, in bytes.
+    pub max_value_bytes: usize,
+    /// Most keys in one `get_many` / `put_many` / `delete_many`.
+    pub max_batch_keys: usize,
+    /// Longest room id, in bytes; longer answers 400.
+    pub max_room_id_bytes: usize,
+    /// Most open connections in one room; more answers 503 before the upgrade.
+    pub max_connections_per_room: usize,
+    /// Most messages queued for one client before it counts as not reading and is closed.
+    pub max_outbox_messages: usize,
+    /// Most bytes queued for one client before it counts as not reading and is closed.
+    pub max_outbox_bytes: usize,
+    /// Time one party handler may run; past it the connection is closed with 1011 (or the
+    /// request answered 500).
+    pub handler_timeout: Duration,
+    /// Idle time after which a room with `hibernate: true` is unloaded while its sockets stay
+    /// open.
+    pub hibernate_idle: Duration,
+    /// Idle time after which a room with no connections is unloaded.
+    pub room_idle: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 1 << 20,
+            max_request_body_bytes: 1 << 20,
+            max_state_bytes: 16 << 10,
+            max_tags: 10,
+            max_tag_bytes: 256,
+            max_key_bytes: 2048,
+            max_value_bytes: 128 << 10,
+            max_batch_keys: 128,
+            max_room_id_bytes: 256,
+            max_connections_per_room: 32_768,
+            max_outbox_messages: 4096,
+            max_outbox_bytes: 8 << 20,
+            handler_timeout: Duration::from_secs(30),
+            hibernate_idle: Duration::from_secs(10),
+            room_idle: Duration::from_secs(60),
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! The messages between a gateway and a room: what one gateway's sockets do in one room, and
+//! what the room asks that gateway to do with them. `dev` passes them over in-process channels;
+//! the cluster carries the same messages over one gRPC stream per (gateway, room).
+
+use bytes::Bytes;
+
+use crate::message::Message;
+use crate::web::Request;
+
+/// A socket's number, unique within its gateway. Connections are keyed by socket, not by their
+/// client-chosen id, so two sockets that share an id are never confused.
+pub type SocketId = u64;
+
+/// What a gateway tells a room about its sockets.
+#[derive(Debug)]
+pub enum ToRoom {
+    /// A client asks to connect; the room answers [`FromRoom::Accepted`], `Refused` or `Failed`.
+    Connect {
+        /// The socket.
+        sid: SocketId,
+        /// Connection id (`?_pk=`, or generated).
+        id: String,
+        /// The full request URL.
+        uri: String,
+        /// The upgrade request, as `on_before_connect` left it (body empty).
+        request: Box<Request>,
+    },
+    /// A frame from a client, in the order it was received.
+    Message {
+        /// The socket.
+        sid: SocketId,
+        /// The frame.
+        msg: Message,
+    },
+    /// The client's socket closed or failed.
+    Closed {
+        /// The socket.
+        sid: SocketId,
+        /// Set when the socket failed rather than closed cleanly; the room calls `on_error`.
+        error: Option<String>,
+    },
+}
+
+/// What a room tells a gateway to do with that gateway's sockets.
+#[derive(Clone, Debug)]
+pub enum FromRoom {
+    /// The socket joined the room (before `on_connect` runs): broadcasts from here on include it.
+    Joined {
+        /// The socket.
+        sid: SocketId,
+    },
+    /// `on_connect` finished: complete the upgrade.
+    Accepted {
+        /// The socket.
+        sid: SocketId,
+        /// Its tags (the id first).
+        tags: Vec<String>,
+    },
+    /// The room will not take the connection: answer the upgrade with this HTTP status.
+    Refused {
+        /// The socket.
+        sid: SocketId,
+        /// HTTP status.
+        status: u16,
+        /// Response body.
+        reason: String,
+    },
+    /// Setting up the connection failed: complete the upgrade, then close with 1011 and reason.
+    Failed {
+        /// The socket.
+        sid: SocketId,
+        /// Close reason.
+        reason: String,
+    },
+    /// Send one frame to one socket.
+    Send {
+        /// The socket.
+        sid: SocketId,
+        /// The frame.
+        msg: Message,
+    },
+    /// Send one frame to every socket of this gateway in the room, but those in `except`.
+    Broadcast {
+        /// The frame, shared by all recipients.
+        msg: Message,
+        /// Sockets to skip.
+        except: Vec<SocketId>,
+    },
+    /// Close one socket.
+    Close {
+        /// The socket.
+        sid: SocketId,
+        /// Close code.
+        code: u16,
+        /// Close reason.
+        reason: String,
+    },
+    /// The connection's state changed (JSON bytes; `None` cleared). Kept by the gateway so it
+    /// can hand connections to a new room instance.
+    State {
+        /// The socket.
+        sid: SocketId,
+        /// The new state.
+        state: Option<Bytes>,
+    },
+    /// The room instance is gone (storage refused, shut down): close every socket of this link
+    /// with this code.
+    Gone {
+        /// Close code (1011 failure, 1012 restart).
+        code: u16,
+        /// Close reason.
+        reason: String,
+    },
+}
+
+/// Close codes Partyline uses, beyond the RFC 6455 ones clients already know.
+pub mod close_code {
+    /// Normal closure.
+    pub const NORMAL: u16 = 1000;
+    /// The server is going away.
+    pub const GOING_AWAY: u16 = 1001;
+    /// Text frame that is not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// Policy violation: the client did not read its messages fast enough.
+    pub const POLICY: u16 = 1008;
+    /// Message larger than the limit.
+    pub const TOO_BIG: u16 = 1009;
+    /// The party failed (error, panic, time limit).
+    pub const INTERNAL_ERROR: u16 = 1011;
+    /// The room restarts elsewhere; reconnect.
+    pub const SERVICE_RESTART: u16 = 1012;
+    /// Another connection with the same id joined the room and replaced this one.
+    pub const REPLACED: u16 = 4409;
+}

@@ -1,0 +1,442 @@
+//! Room storage as party code sees it: Durable Object semantics over a [`Store`].
+//!
+//! Writes (`put`, `delete`, alarms) go into the room's write buffer and its cache at once and
+//! return; the buffer is committed as one atomic batch when the handler finishes or awaits a
+//! read that must reach the store. Reads see the buffer (read-your-writes). Frames and
+//! responses that follow a write are held by the output gate until the store acknowledged it,
+//! so nobody observes a write that could still be lost. A refused or failed commit resets the
+//! room.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::sync::{mpsc, watch};
+
+use crate::limits::Limits;
+use crate::store::{Fence, ListOptions, RoomKey, Store, StoreError, WriteOp};
+
+/// Cached bytes above which clean entries are dropped from a room's cache.
+const MAX_CACHE_BYTES: usize = 32 << 20;
+
+/// Why a storage call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The key is longer than the limit.
+    #[error("storage key is {len} bytes, the limit is {max}")]
+    KeyTooLarge {
+        /// Key length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The value is larger than the limit.
+    #[error("value for key {key:?} is {len} bytes, the limit is {max}")]
+    ValueTooLarge {
+        /// The key.
+        key: String,
+        /// Value length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Too many keys in one batch call.
+    #[error("{n} keys in one call, the limit is {max}")]
+    TooManyKeys {
+        /// Keys in the call.
+        n: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A value could not be encoded or decoded as JSON.
+    #[error("value for key {key:?} is not valid for this type: {source}")]
+    Json {
+        /// The key.
+        key: String,
+        /// The serde error.
+        source: serde_json::Error,
+    },
+    /// The backend refused or failed; the room is being reset.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An earlier write failed, so this room instance can no longer use storage.
+    #[error("room storage failed earlier: {0}")]
+    Failed(String),
+}
+
+/// Progress of a room's writes, published by its writer task.
+#[derive(Clone, Debug, Default)]
+pub struct WriteProgress {
+    /// Highest batch sequence number the store acknowledged.
+    pub acked: u64,
+    /// Set once a commit failed; no later batch is written.
+    pub failed: Option<Arc<String>>,
+    /// True when the failure was a fencing refusal (another owner).
+    pub fenced: bool,
+}
+
+struct State {
+    /// Known values: `Some(None)` means known absent.
+    cache: HashMap<String, Option<Bytes>>,
+    /// When true, a key missing from `cache` is known absent (after `delete_all`).
+    complete: bool,
+    cache_bytes: usize,
+    buffer: Vec<WriteOp>,
+    /// Sequence number the open buffer will be sealed with.
+    next_seq: u64,
+    /// `None` when unknown; `Some(None)` when known unset.
+    alarm: Option<Option<i64>>,
+}
+
+/// A room's storage. Cheap to clone; all clones share the cache and write buffer.
+#[derive(Clone)]
+pub struct Storage {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    room: RoomKey,
+    store: Arc<dyn Store>,
+    limits: Arc<Limits>,
+    state: Mutex<State>,
+    sealed: mpsc::UnboundedSender<(u64, Vec<WriteOp>)>,
+    progress: watch::Receiver<WriteProgress>,
+}
+
+impl Storage {
+    /// Storage for `room`, writing through `store` with `fence`; spawns the room's writer task,
+    /// which ends when every clone is dropped.
+    pub fn new(room: RoomKey, store: Arc<dyn Store>, fence: Option<Fence>, limits: Arc<Limits>) -> Self {
+        let (sealed_tx, sealed_rx) = mpsc::unbounded_channel();
+        let (progress_tx, progress_rx) = watch::channel(WriteProgress::default());
+        tokio::spawn(writer(room.clone(), store.clone(), fence, sealed_rx, progress_tx));
+        Storage {
+            inner: Arc::new(Inner {
+                room,
+                store,
+                limits,
+                state: Mutex::new(State {
+                    cache: HashMap::new(),
+                    complete: false,
+                    cache_bytes: 0,
+                    buffer: Vec::new(),
+                    next_seq: 1,
+                    alarm: None,
+                }),
+                sealed: sealed_tx,
+                progress: progress_rx,
+            }),
+        }
+    }
+
+    fn check_failed(&self) -> Result<(), StorageError> {
+        match &self.inner.progress.borrow().failed {
+            Some(msg) => Err(StorageError::Failed(msg.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    fn check_key(&self, key: &str) -> Result<(), StorageError> {
+        let max = self.inner.limits.max_key_bytes;
+        if key.len() > max {
+            return Err(StorageError::KeyTooLarge { len: key.len(), max });
+        }
+        Ok(())
+    }
+
+    fn check_batch(&self, n: usize) -> Result<(), StorageError> {
+        let max = self.inner.limits.max_batch_keys;
+        if n > max {
+            return Err(StorageError::TooManyKeys { n, max });
+        }
+        Ok(())
+    }
+
+    /// The value of `key` decoded from JSON, or `None` when absent.
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError> {
+        match self.get_bytes(key).await? {
+            None => Ok(None),
+            Some(b) => decode(key, &b).map(Some),
+        }
+    }
+
+    /// The raw value of `key`, or `None` when absent.
+    pub async fn get_bytes(&self, key: &str) -> Result<Option<Bytes>, StorageError> {
+        let mut map = self.get_many([key]).await?;
+        Ok(map.remove(key))
+    }
+
+    /// The values of `keys` that exist, ordered by key bytes (at most 128 keys).
+    pub async fn get_many<I, K>(&self, keys: I) -> Result<BTreeMap<String, Bytes>, StorageError>
+    where
+        I: IntoIterator<Item = K>,
+        K: AsRef<str>,
+    {
+        self.check_failed()?;
+        let keys: Vec<String> = keys.into_iter().map(|k| k.as_ref().to_string()).collect();
+        self.check_batch(keys.len())?;
+        let mut out = BTreeMap::new();
+        let mut missing = Vec::new();
+        {
+            let st = self.inner.state.lock().unwrap();
+            for k in keys {
+                self.check_key(&k)?;
+                match st.cache.get(&k) {
+                    Some(Some(v)) => {
+                        out.insert(k, v.clone());
+                    }
+                    Some(None) => {}
+                    None if st.complete => {}
+                    None => missing.push(k),
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let values = self.inner.store.get(&self.inner.room, &missing).await?;
+        let mut st = self.inner.state.lock().unwrap();
+        for (k, v) in missing.into_iter().zip(values) {
+            // A write made while the read was in flight wins over what the read saw.
+            let v = match st.cache.get(&k) {
+                Some(cached) => cached.clone(),
+                None => {
+                    st.cache_bytes += k.len() + v.as_ref().map_or(0, |b| b.len());
+                    st.cache.insert(k.clone(), v.clone());
+                    v
+                }
+            };
+            if let Some(v) = v {
+                out.insert(k, v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores `value` as JSON under `key`.
+    pub async fn put<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<(), StorageError> {
+        let bytes = encode(key, value)?;
+        self.put_bytes(key, bytes).await
+    }
+
+    /// Stores raw bytes under `key`.
+    pub async fn put_bytes(&self, key: &str, value: impl Into<Bytes>) -> Result<(), StorageError> {
+        self.put_many([(key.to_string(), value.into())]).await
+    }
+
+    /// Stores several raw values atomically (at most 128).
+    pub async fn put_many<I>(&self, entries: I) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = (String, Bytes)>,
+    {
+        self.check_failed()?;
+        let entries: Vec<(String, Bytes)> = entries.into_iter().collect();
+        self.check_batch(entries.len())?;
+        let max = self.inner.limits.max_value_bytes;
+        for (k, v) in &entries {
+            self.check_key(k)?;
+            if v.len() > max {
+                return Err(StorageError::ValueTooLarge { key: k.clone(), len: v.len(), max });
+            }
+        }
+        let mut st = self.inner.state.lock().unwrap();
+        for (k, v) in entries {
+            st.cache_bytes += k.len() + v.len();
+            st.cache.insert(k.clone(), Some(v.clone()));
+            st.buffer.push(WriteOp::Put(k, v));
+        }
+        Ok(())
+    }
+
+    /// Deletes `key`; true when it existed.
+    pub async fn delete(&self, key: &str) -> Result<bool, StorageError> {
+        Ok(self.delete_many([key]).await? == 1)
+    }
+
+    /// Deletes several keys atomically (at most 128); returns how many existed.
+    pub async fn delete_many<I, K>(&self, keys: I) -> Result<usize, StorageError>
+    where
+        I: IntoIterator<Item = K>,
+        K: AsRef<str>,
+    {
+        let keys: Vec<String> = keys.into_iter().map(|k| k.as_ref().to_string()).collect();
+        let existing = self.get_many(&keys).await?;
+        let mut st = self.inner.state.lock().unwrap();
+        for k in keys {
+            st.cache.insert(k.clone(), None);
+            st.buffer.push(WriteOp::Delete(k));
+        }
+        Ok(existing.len())
+    }
+
+    /// Deletes every key of the room (the alarm stays).
+    pub async fn delete_all(&self) -> Result<(), StorageError> {
+        self.check_failed()?;
+        let mut st = self.inner.state.lock().unwrap();
+        st.cache.clear();
+        st.cache_bytes = 0;
+        st.complete = true;
+        st.buffer.push(WriteOp::DeleteAll);
+        Ok(())
+    }
+
+    /// The entries in the range, ordered by key bytes (descending with `reverse`).
+    pub async fn list(&self, opts: ListOptions) -> Result<Vec<(String, Bytes)>, StorageError> {
+        self.sync().await?;
+        let entries = self.inner.store.list(&self.inner.room, &opts).await?;
+        let mut st = self.inner.state.lock().unwrap();
+        for (k, v) in &entries {
+            if !st.cache.contains_key(k) {
+                st.cache_bytes += k.len() + v.len();
+                st.cache.insert(k.clone(), Some(v.clone()));
+            }
+        }
+        Ok(entries)
+    }
+
+    /// The alarm time in ms since the Unix epoch, if one is set.
+    pub async fn get_alarm(&self) -> Result<Option<i64>, StorageError> {
+        self.check_failed()?;
+        if let Some(a) = self.inner.state.lock().unwrap().alarm {
+            return Ok(a);
+        }
+        let a = self.inner.store.get_alarm(&self.inner.room).await?;
+        let mut st = self.inner.state.lock().unwrap();
+        Ok(*st.alarm.get_or_insert(a))
+    }
+
+    /// Sets the room's one alarm (ms since the Unix epoch); a time in the past fires at once.
+    pub async fn set_alarm(&self, at_ms: i64) -> Result<(), StorageError> {
+        self.check_failed()?;
+        let mut st = self.inner.state.lock().unwrap();
+        st.alarm = Some(Some(at_ms));
+        st.buffer.push(WriteOp::SetAlarm(at_ms));
+        Ok(())
+    }
+
+    /// Removes the room's alarm.
+    pub async fn delete_alarm(&self) -> Result<(), StorageError> {
+        self.check_failed()?;
+        let mut st = self.inner.state.lock().unwrap();
+        st.alarm = Some(None);
+        st.buffer.push(WriteOp::DeleteAlarm);
+        Ok(())
+    }
+
+    /// Waits until every write made so far is durable.
+    pub async fn sync(&self) -> Result<(), StorageError> {
+        let target = self.seal();
+        let mut rx = self.inner.progress.clone();
+        let progress = rx
+            .wait_for(|p| p.acked >= target || p.failed.is_some())
+            .await
+            .map_err(|_| StorageError::Failed("room writer stopped".into()))?;
+        match &progress.failed {
+            Some(msg) => Err(StorageError::Failed(msg.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    // ---- runtime side (used by the room actor, hidden from party authors) ----
+
+    /// Commits the open write buffer as one batch; returns the sequence number every write made
+    /// so far is covered by.
+    #[doc(hidden)]
+    pub fn seal(&self) -> u64 {
+        let mut st = self.inner.state.lock().unwrap();
+        if !st.buffer.is_empty() {
+            let batch = std::mem::take(&mut st.buffer);
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            // The writer only stops when every sender is gone, and we hold one.
+            let _ = self.inner.sealed.send((seq, batch));
+        }
+        let acked = self.inner.progress.borrow().acked;
+        if st.cache_bytes > MAX_CACHE_BYTES && acked + 1 == st.next_seq {
+            st.cache.clear();
+            st.cache_bytes = 0;
+            st.complete = false;
+        }
+        st.next_seq - 1
+    }
+
+    /// The batch sequence number an outbound frame sent now must wait for.
+    #[doc(hidden)]
+    pub fn gate_seq(&self) -> u64 {
+        let st = self.inner.state.lock().unwrap();
+        if st.buffer.is_empty() {
+            st.next_seq - 1
+        } else {
+            st.next_seq
+        }
+    }
+
+    /// The writer's progress, for the output gate.
+    #[doc(hidden)]
+    pub fn progress(&self) -> watch::Receiver<WriteProgress> {
+        self.inner.progress.clone()
+    }
+
+    /// The alarm as this room last knew it (`None` when never read or written).
+    #[doc(hidden)]
+    pub fn known_alarm(&self) -> Option<Option<i64>> {
+        self.inner.state.lock().unwrap().alarm
+    }
+
+    /// Drops cached values (when the room hibernates), if no write is in flight.
+    #[doc(hidden)]
+    pub fn clear_cache(&self) {
+        let mut st = self.inner.state.lock().unwrap();
+        let acked = self.inner.progress.borrow().acked;
+        if st.buffer.is_empty() && acked + 1 == st.next_seq {
+            st.cache.clear();
+            st.cache_bytes = 0;
+            st.complete = false;
+            st.alarm = None;
+        }
+    }
+}
+
+/// Commits sealed batches in order, merging whatever queued up while the previous commit was in
+/// flight into one atomic commit.
+async fn writer(
+    room: RoomKey,
+    store: Arc<dyn Store>,
+    fence: Option<Fence>,
+    mut sealed: mpsc::UnboundedReceiver<(u64, Vec<WriteOp>)>,
+    progress: watch::Sender<WriteProgress>,
+) {
+    while let Some((mut seq, mut ops)) = sealed.recv().await {
+        while let Ok((s, more)) = sealed.try_recv() {
+            seq = s;
+            ops.extend(more);
+        }
+        match store.commit(&room, fence.as_ref(), &ops).await {
+            Ok(()) => progress.send_modify(|p| p.acked = seq),
+            Err(e) => {
+                tracing::warn!(room = %room, error = %e, "room write failed; resetting the room");
+                let fenced = matches!(e, StoreError::Fenced { .. });
+                progress.send_modify(|p| {
+                    p.failed = Some(Arc::new(e.to_string()));
+                    p.fenced = fenced;
+                });
+                return;
+            }
+        }
+    }
+}
+
+/// Decodes a stored JSON value.
+pub fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StorageError> {
+    serde_json::from_slice(bytes).map_err(|source| StorageError::Json { key: key.to_string(), source })
+}
+
+fn encode<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<Bytes, StorageError> {
+    serde_json::to_vec(value).map(Bytes::from).map_err(|source| StorageError::Json { key: key.to_string(), source })
+}
+
+/// Milliseconds since the Unix epoch, the unit of alarm times.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}

@@ -1,0 +1,115 @@
+//! HTTP types for `on_request` and the static hooks: `http` crate requests and responses with
+//! the whole body in memory, plus small constructors for common responses.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, StatusCode};
+
+/// An HTTP request with its body read.
+pub type Request = http::Request<Bytes>;
+/// An HTTP response with its whole body.
+pub type Response = http::Response<Bytes>;
+
+/// The content type PartyKit gives a string body that names none.
+pub const TEXT_PLAIN: &str = "text/plain;charset=UTF-8";
+
+/// A `text/plain;charset=UTF-8` response.
+pub fn text(status: StatusCode, body: impl Into<String>) -> Response {
+    with_type(status, TEXT_PLAIN, Bytes::from(body.into()))
+}
+
+/// An `application/json` response with `value` serialized.
+pub fn json<T: serde::Serialize + ?Sized>(status: StatusCode, value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => with_type(status, "application/json", Bytes::from(body)),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("json encoding failed: {e}")),
+    }
+}
+
+/// A response with the given content type and body.
+pub fn with_type(status: StatusCode, content_type: &'static str, body: Bytes) -> Response {
+    let mut res = http::Response::new(body);
+    *res.status_mut() = status;
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    res
+}
+
+/// The query parameter `name` of a request, percent-decoded; the first one wins.
+pub fn query_param(uri: &http::Uri, name: &str) -> Option<String> {
+    let query = uri.query()?;
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k) == name).then(|| percent_decode(v))
+    })
+}
+
+/// Decodes `%XX` escapes and `+` (as in form encoding); invalid escapes are kept as they are.
+pub fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = |b: u8| (b as char).to_digit(16);
+                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An error that carries the HTTP status it should answer with, for `on_request` and the
+/// static hooks (PartyKit uses an error's `code` the same way).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct HttpError {
+    /// Status of the response.
+    pub status: StatusCode,
+    /// Body of the response.
+    pub message: String,
+}
+
+impl HttpError {
+    /// An error answered with `status` and `message`.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        HttpError { status, message: message.into() }
+    }
+}
+
+/// The response an `on_request` error becomes: an [`HttpError`]'s own status, else 500; the
+/// body is the error message.
+pub fn error_response(err: &anyhow::Error, default: StatusCode) -> Response {
+    match err.downcast_ref::<HttpError>() {
+        Some(e) => text(e.status, e.message.clone()),
+        None => text(default, format!("{err:#}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_param_decodes_and_takes_first() {
+        let uri: http::Uri = "/parties/main/r?_pk=a%20b&x=1&_pk=second&e".parse().unwrap();
+        assert_eq!(query_param(&uri, "_pk").as_deref(), Some("a b"));
+        assert_eq!(query_param(&uri, "x").as_deref(), Some("1"));
+        assert_eq!(query_param(&uri, "e").as_deref(), Some(""));
+        assert_eq!(query_param(&uri, "nope"), None);
+    }
+
+    #[test]
+    fn percent_decode_keeps_bad_escapes() {
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("%41%62c"), "Abc");
+    }
+}
