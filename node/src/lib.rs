@@ -1,1 +1,3 @@
-//! placeholder
+//! Partyline owner node: hosts room instances, their storage and alarms.
+
+pub mod store;

@@ -1,0 +1,1 @@
+//! placeholder: the embedded store (redb) is being written.

@@ -1,0 +1,5 @@
+//! Storage backends for rooms: the embedded on-disk store for `partyline dev`.
+
+pub mod embedded;
+
+
