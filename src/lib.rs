@@ -1,1 +1,49 @@
-//! placeholder
+//! The `partyline` server: the command line and the process setups (`dev`, and with later work
+//! `gateway` and `node`) that put the SDK (`partyline`), the node (`partyline-node`) and the
+//! gateway (`partyline-gateway`) together.
+//!
+//! To serve your own parties, depend on this crate and the SDK, and call [`main`] with your
+//! registry:
+//!
+//! ```no_run
+//! # use partyline::PartyRegistry;
+//! fn main() -> std::process::ExitCode {
+//!     let parties = PartyRegistry::new(); // .with::<MyParty>("main")
+//!     partyline_server::main(parties)
+//! }
+//! ```
+
+pub mod cli;
+pub mod dev;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use partyline::PartyRegistry;
+
+/// Parses the command line, runs the chosen subcommand with `parties`, and reports errors
+/// readably.
+pub fn main(parties: PartyRegistry) -> ExitCode {
+    let cli = cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: could not start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli.run(parties)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

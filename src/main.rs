@@ -1,1 +1,5 @@
-fn main() {}
+//! The `partyline` binary with the example parties compiled in.
+
+fn main() -> std::process::ExitCode {
+    partyline_server::main(partyline_examples::registry())
+}

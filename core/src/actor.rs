@@ -352,7 +352,6 @@ impl Actor {
     }
 
     fn alarm_deadline(&self) -> Option<Instant> {
-        self.party.as_ref()?;
         let at = self.storage().known_alarm().flatten()?;
         let wait = (at - now_ms()).max(0) as u64;
         Some(Instant::now() + Duration::from_millis(wait))

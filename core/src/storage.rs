@@ -393,7 +393,8 @@ impl Storage {
             st.cache.clear();
             st.cache_bytes = 0;
             st.complete = false;
-            st.alarm = None;
+            // The alarm stays known: this room is its only writer, and a hibernated room must
+            // still wake for it.
         }
     }
 }

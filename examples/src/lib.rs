@@ -1,1 +1,43 @@
-//! placeholder
+//! The example parties compiled into the `partyline` binary, one module per party:
+//!
+//! - [`chat`] (`main`): the chat room from PartyKit's `Party.Server` announcement, with a
+//!   browser page served by its `on_fetch`.
+//! - [`echo`] (`echo`): sends every frame back to its sender.
+//! - [`private`] (`private`): a token check in the static hooks, the user passed to the room in
+//!   a request header and kept in connection state.
+//! - [`counter`] (`counter`): a stored counter in a hibernating room, with connection tags,
+//!   connection state and an alarm.
+//!
+//! [`registry`] registers all four under their names.
+
+pub mod chat;
+pub mod counter;
+pub mod echo;
+pub mod private;
+
+#[cfg(test)]
+mod testkit;
+
+use partyline::PartyRegistry;
+
+/// Every example party, each under its name (`main`, `echo`, `private`, `counter`).
+pub fn registry() -> PartyRegistry {
+    PartyRegistry::new()
+        .with::<chat::Chat>(chat::NAME)
+        .with::<echo::Echo>(echo::NAME)
+        .with::<private::Private>(private::NAME)
+        .with::<counter::Counter>(counter::NAME)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn registry_has_all_four() {
+        let reg = super::registry();
+        assert_eq!(reg.names().collect::<Vec<_>>(), ["counter", "echo", "main", "private"]);
+        assert!(reg.get("counter").unwrap().options().hibernate);
+        for name in ["main", "echo", "private"] {
+            assert!(!reg.get(name).unwrap().options().hibernate, "{name} must not hibernate");
+        }
+    }
+}

@@ -1,1 +1,344 @@
-//! placeholder
+//! Test harness for Partyline's integration suites: starts real servers on `127.0.0.1:0`, and
+//! speaks to them with a real WebSocket client and a raw HTTP/1.1 client.
+//!
+//! - [`DevServer`]: a `partyline dev` server in this process, stopped on drop.
+//! - [`Client`]: a WebSocket client with receive helpers that time out instead of hanging.
+//! - [`http`]: one HTTP request over a fresh TCP connection, exact bytes kept.
+//! - [`parties`]: parties that misbehave on purpose (panic, hang, fail) for fault tests.
+
+pub mod parties;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use partyline::PartyRegistry;
+use partyline_server::dev::{self, DevConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long a receive waits before the test fails.
+pub const RECV_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs `fut` with a time limit, failing the test when it runs out.
+pub async fn within<T>(secs: u64, what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(Duration::from_secs(secs), fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {secs}s: {what}"),
+    }
+}
+
+/// The example parties plus the test parties.
+pub fn all_parties() -> PartyRegistry {
+    parties::register(partyline_examples::registry())
+}
+
+/// A dev server running in this process.
+pub struct DevServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl DevServer {
+    /// Starts a server with the example and test parties.
+    pub async fn start(cfg: DevConfig) -> Self {
+        Self::start_with(cfg, all_parties()).await
+    }
+
+    /// Starts a server with these parties.
+    pub async fn start_with(cfg: DevConfig, parties: PartyRegistry) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(dev::run(cfg, parties, listener, async {
+            let _ = stopped.await;
+        }));
+        DevServer { addr, stop: Some(stop), task: Some(task) }
+    }
+
+    /// A dev config with storage in `dir`.
+    pub fn on_disk(dir: impl Into<PathBuf>) -> DevConfig {
+        DevConfig { data_dir: Some(dir.into()), ..DevConfig::default() }
+    }
+
+    /// `ws://addr{path}`.
+    pub fn ws(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    /// Connects a WebSocket client to `path`.
+    pub async fn connect(&self, path: &str) -> Client {
+        Client::connect(&self.ws(path)).await.unwrap_or_else(|e| panic!("connect {path}: {e}"))
+    }
+
+    /// One HTTP request to `path`.
+    pub async fn http(&self, method: &str, path: &str, body: &[u8]) -> HttpResponse {
+        http(self.addr, method, path, &[], body).await
+    }
+
+    /// Stops the server and waits until it has released its store.
+    pub async fn stop(mut self) {
+        self.shutdown().await;
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            within(20, "server shutdown", task).await.expect("server task").expect("server result");
+        }
+    }
+}
+
+impl Drop for DevServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A received WebSocket event.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Received {
+    /// A text frame.
+    Text(String),
+    /// A binary frame.
+    Binary(Vec<u8>),
+    /// A close frame with code and reason.
+    Close(u16, String),
+    /// The connection ended without a close frame, or failed.
+    Ended,
+}
+
+/// A WebSocket client.
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    /// Connects to `url`; the error includes the HTTP status when the upgrade was refused.
+    pub async fn connect(url: &str) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
+        let (ws, _res) = tokio_tungstenite::connect_async(url).await?;
+        Ok(Client { ws })
+    }
+
+    /// Sends a text frame.
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(WsMessage::text(text)).await.expect("send text");
+    }
+
+    /// Sends a binary frame.
+    pub async fn send_binary(&mut self, data: &[u8]) {
+        self.ws.send(WsMessage::binary(Bytes::copy_from_slice(data))).await.expect("send binary");
+    }
+
+    /// Sends a close frame.
+    pub async fn close(&mut self, code: u16) {
+        let frame =
+            tokio_tungstenite::tungstenite::protocol::CloseFrame { code: CloseCode::from(code), reason: "".into() };
+        let _ = self.ws.send(WsMessage::Close(Some(frame))).await;
+    }
+
+    /// The next event; fails the test after [`RECV_TIMEOUT`].
+    pub async fn recv(&mut self) -> Received {
+        within(RECV_TIMEOUT.as_secs(), "waiting for a frame", self.next()).await
+    }
+
+    /// The next event, or `None` when none comes within `wait`.
+    pub async fn recv_within(&mut self, wait: Duration) -> Option<Received> {
+        tokio::time::timeout(wait, self.next()).await.ok()
+    }
+
+    async fn next(&mut self) -> Received {
+        loop {
+            match self.ws.next().await {
+                Some(Ok(WsMessage::Text(t))) => return Received::Text(t.to_string()),
+                Some(Ok(WsMessage::Binary(b))) => return Received::Binary(b.to_vec()),
+                Some(Ok(WsMessage::Close(f))) => {
+                    return match f {
+                        Some(f) => Received::Close(f.code.into(), f.reason.to_string()),
+                        None => Received::Close(1005, String::new()),
+                    }
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Received::Ended,
+            }
+        }
+    }
+
+    /// The next event, which must be a text frame.
+    pub async fn recv_text(&mut self) -> String {
+        match self.recv().await {
+            Received::Text(t) => t,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    /// The next text frame parsed as JSON.
+    pub async fn recv_json(&mut self) -> serde_json::Value {
+        let t = self.recv_text().await;
+        serde_json::from_str(&t).unwrap_or_else(|e| panic!("not JSON ({e}): {t}"))
+    }
+
+    /// Waits for the close frame, skipping data frames; returns code and reason.
+    pub async fn expect_close(&mut self) -> (u16, String) {
+        loop {
+            match self.recv().await {
+                Received::Close(code, reason) => return (code, reason),
+                Received::Ended => panic!("connection ended without a close frame"),
+                _ => continue,
+            }
+        }
+    }
+}
+
+/// An HTTP response as received.
+#[derive(Debug)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// Header lines, names lower-cased, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// The first header with this (lower-case) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends one HTTP/1.1 request over a new connection and reads the whole response (the request
+/// says `Connection: close`).
+pub async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut raw = Vec::new();
+    within(10, "reading an HTTP response", stream.read_to_end(&mut raw)).await.expect("read response");
+    parse_response(&raw)
+}
+
+/// Parses a raw HTTP/1.1 response (Content-Length or read-to-end bodies, and chunked).
+pub fn parse_response(raw: &[u8]) -> HttpResponse {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("end of headers");
+    let head = String::from_utf8_lossy(&raw[..end]);
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    let status: u16 = status_line.split(' ').nth(1).expect("status").parse().expect("status code");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[end + 4..].to_vec();
+    let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    if chunked {
+        body = dechunk(&body);
+    }
+    HttpResponse { status, headers, body }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(nl) = data.windows(2).position(|w| w == b"\r\n") else { return out };
+        let size = usize::from_str_radix(String::from_utf8_lossy(&data[..nl]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            return out;
+        }
+        let start = nl + 2;
+        out.extend_from_slice(&data[start..start + size]);
+        data = &data[start + size + 2..];
+    }
+}
+
+/// Performs a WebSocket handshake over raw TCP and returns the stream and the response head,
+/// for tests that check exact bytes or send frames a normal client will not.
+pub async fn raw_upgrade(addr: SocketAddr, path: &str, extra_headers: &str) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra_headers}\r\n"
+    );
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = within(10, "reading the handshake response", stream.read(&mut byte)).await.unwrap();
+        assert!(n == 1, "connection closed during the handshake: {}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    (stream, String::from_utf8_lossy(&head).into_owned())
+}
+
+/// Encodes one masked client frame.
+pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x11u8, 0x22, 0x33, 0x44];
+    let mut f = vec![0x80 | opcode];
+    let len = payload.len();
+    if len < 126 {
+        f.push(0x80 | len as u8);
+    } else if len < 65536 {
+        f.push(0x80 | 126);
+        f.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        f.push(0x80 | 127);
+        f.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// Reads one unmasked server frame: (fin, opcode, payload).
+pub async fn read_server_frame(stream: &mut TcpStream) -> (bool, u8, Vec<u8>) {
+    let mut h = [0u8; 2];
+    within(10, "reading a frame", stream.read_exact(&mut h)).await.expect("frame header");
+    let fin = h[0] & 0x80 != 0;
+    let opcode = h[0] & 0x0f;
+    assert_eq!(h[1] & 0x80, 0, "server frames must not be masked");
+    let mut len = (h[1] & 0x7f) as usize;
+    if len == 126 {
+        let mut b = [0u8; 2];
+        stream.read_exact(&mut b).await.unwrap();
+        len = u16::from_be_bytes(b) as usize;
+    } else if len == 127 {
+        let mut b = [0u8; 8];
+        stream.read_exact(&mut b).await.unwrap();
+        len = u64::from_be_bytes(b) as usize;
+    }
+    let mut payload = vec![0u8; len];
+    stream.read_exact(&mut payload).await.unwrap();
+    (fin, opcode, payload)
+}
+
+/// The close code and reason of a close frame payload.
+pub fn close_payload(payload: &[u8]) -> (u16, String) {
+    if payload.len() < 2 {
+        return (1005, String::new());
+    }
+    (u16::from_be_bytes([payload[0], payload[1]]), String::from_utf8_lossy(&payload[2..]).into_owned())
+}

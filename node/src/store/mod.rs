@@ -2,4 +2,4 @@
 
 pub mod embedded;
 
-
+pub use embedded::EmbeddedStore;

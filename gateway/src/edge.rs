@@ -1,0 +1,235 @@
+//! The HTTP handler: routes every request, runs the static hooks, and either upgrades to a
+//! WebSocket (after the room accepted the connection), forwards to the room's `on_request`, or
+//! answers from `on_fetch`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use bytes::Bytes;
+use http::{header, HeaderValue, StatusCode};
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use partyline::link::{close_code, ToRoom};
+use partyline::web::{self, query_param};
+use partyline::{Before, Lobby, PartyFactory, Request, Response, RoomKey};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::links::{Admission, RouteError};
+use crate::routing::{route, Route};
+use crate::socket::{self, SocketTask};
+use crate::Inner;
+
+/// Extra time a gateway waits for a room's answer to a connection beyond the handler limit
+/// (on_start plus tags plus on_connect may each use it).
+const ADMISSION_SLACK: Duration = Duration::from_secs(5);
+
+type AxumResponse = axum::response::Response;
+
+fn respond(res: Response) -> AxumResponse {
+    res.map(Body::from)
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> AxumResponse {
+    respond(web::text(status, body))
+}
+
+pub(crate) async fn handle(State(gw): State<Arc<Inner>>, req: http::Request<Body>) -> AxumResponse {
+    let path = req.uri().path().to_string();
+    match route(&path) {
+        Route::Room { party, room } => {
+            let Some(factory) = gw.parties.get(party).cloned() else {
+                return text(StatusCode::NOT_FOUND, format!("Party {party} not found"));
+            };
+            if room.len() > gw.limits.max_room_id_bytes {
+                let msg = format!("room id is {} bytes, the limit is {}", room.len(), gw.limits.max_room_id_bytes);
+                return text(StatusCode::BAD_REQUEST, msg);
+            }
+            let key = RoomKey::new(party, room);
+            if is_upgrade(&req) {
+                upgrade(gw, key, factory, req).await
+            } else {
+                request(gw, key, factory, req).await
+            }
+        }
+        Route::MissingParty => text(StatusCode::BAD_REQUEST, "No party found in request url"),
+        Route::Fetch => fetch(gw, req).await,
+    }
+}
+
+fn is_upgrade(req: &http::Request<Body>) -> bool {
+    req.headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// The absolute URL of a request, as PartyKit hands it to parties (`connection.uri`).
+fn absolute_uri(parts: &http::request::Parts) -> http::Uri {
+    let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    format!("http://{host}{pq}").parse().unwrap_or_else(|_| parts.uri.clone())
+}
+
+fn lobby(gw: &Inner, party: &str, room: Option<&str>) -> Lobby {
+    Lobby {
+        id: room.map(str::to_string),
+        party: party.to_string(),
+        env: gw.env.clone(),
+        parties: gw.lobby_parties.clone(),
+    }
+}
+
+/// Runs a before-hook: a request to go on with, or the response that ends it.
+async fn before(hook: futures::future::BoxFuture<'static, anyhow::Result<Before>>) -> Result<Request, AxumResponse> {
+    match hook.await {
+        Ok(Before::Continue(req)) => Ok(req),
+        Ok(Before::Respond(res)) => Err(respond(res)),
+        Err(e) => Err(text(StatusCode::UNAUTHORIZED, format!("{e:#}"))),
+    }
+}
+
+fn route_error(e: RouteError) -> AxumResponse {
+    match e {
+        RouteError::UnknownParty(p) => text(StatusCode::NOT_FOUND, format!("Party {p} not found")),
+        RouteError::Unavailable(why) => text(StatusCode::SERVICE_UNAVAILABLE, why),
+    }
+}
+
+async fn request(
+    gw: Arc<Inner>,
+    key: RoomKey,
+    factory: Arc<dyn PartyFactory>,
+    req: http::Request<Body>,
+) -> AxumResponse {
+    let (mut parts, body) = req.into_parts();
+    let max = gw.limits.max_request_body_bytes;
+    let body = match http_body_util::Limited::new(body, max).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than {max} bytes")),
+    };
+    parts.uri = absolute_uri(&parts);
+    let req = Request::from_parts(parts, body);
+    let req = match before(factory.on_before_request(req, lobby(&gw, &key.party, Some(&key.room)))).await {
+        Ok(req) => req,
+        Err(res) => return res,
+    };
+    match gw.router.request(&key, req).await {
+        Ok(res) => respond(res),
+        Err(e) => route_error(e),
+    }
+}
+
+async fn fetch(gw: Arc<Inner>, req: http::Request<Body>) -> AxumResponse {
+    let Some(main) = gw.parties.get("main").cloned() else {
+        return text(StatusCode::NOT_FOUND, "Not found");
+    };
+    let (mut parts, body) = req.into_parts();
+    let max = gw.limits.max_request_body_bytes;
+    let body = match http_body_util::Limited::new(body, max).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than {max} bytes")),
+    };
+    parts.uri = absolute_uri(&parts);
+    match main.on_fetch(Request::from_parts(parts, body), lobby(&gw, "main", None)).await {
+        Some(res) => respond(res),
+        None => text(StatusCode::NOT_FOUND, "Not found"),
+    }
+}
+
+async fn upgrade(
+    gw: Arc<Inner>,
+    key: RoomKey,
+    factory: Arc<dyn PartyFactory>,
+    req: http::Request<Body>,
+) -> AxumResponse {
+    let (mut parts, _body) = req.into_parts();
+    let version_ok = parts.headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
+    if !version_ok {
+        return text(StatusCode::BAD_REQUEST, "ERROR: The requested WebSocket version is not supported.");
+    }
+    let Some(ws_key) = parts.headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return text(StatusCode::BAD_REQUEST, "ERROR: Missing Sec-WebSocket-Key");
+    };
+    let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+        return text(StatusCode::BAD_REQUEST, "ERROR: this connection cannot be upgraded");
+    };
+    parts.uri = absolute_uri(&parts);
+    let req = Request::from_parts(parts, Bytes::new());
+    let req = match before(factory.on_before_connect(req, lobby(&gw, &key.party, Some(&key.room)))).await {
+        Ok(req) => req,
+        Err(res) => return res,
+    };
+    if gw.sockets.load(Ordering::Acquire) >= gw.max_connections {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "gateway connection limit reached");
+    }
+    let id =
+        query_param(req.uri(), "_pk").filter(|id| !id.is_empty()).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let uri = req.uri().to_string();
+    let sid = gw.next_sid.fetch_add(1, Ordering::Relaxed);
+    let attached = gw.attach(&key, sid, id.clone());
+    let link = match attached.link.link(gw.router.as_ref()).await {
+        Ok(link) => link,
+        Err(e) => {
+            gw.detach(&attached.link, sid, None).await;
+            return route_error(e);
+        }
+    };
+    let connect = ToRoom::Connect { sid, id, uri, request: Box::new(req) };
+    if let Err(e) = link.send(connect).await {
+        gw.detach(&attached.link, sid, None).await;
+        return route_error(e);
+    }
+    let wait = gw.limits.handler_timeout * 3 + ADMISSION_SLACK;
+    let failed_reason = match tokio::time::timeout(wait, attached.admission).await {
+        Ok(Ok(Admission::Accepted)) => None,
+        Ok(Ok(Admission::Failed { reason })) => Some(reason),
+        Ok(Ok(Admission::Refused { status, reason })) => {
+            gw.detach(&attached.link, sid, None).await;
+            return text(StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE), reason);
+        }
+        Ok(Err(_)) | Err(_) => {
+            gw.detach(&attached.link, sid, Some("connection setup timed out".into())).await;
+            return text(StatusCode::GATEWAY_TIMEOUT, "the room did not answer the connection in time");
+        }
+    };
+    if let Some(reason) = &failed_reason {
+        // PartyKit's contract: the upgrade succeeds, then the socket closes with 1011 and why.
+        attached.outbox.close(close_code::INTERNAL_ERROR, reason.clone());
+    }
+    let task = SocketTask {
+        sid,
+        link: attached.link.clone(),
+        outbox_rx: attached.outbox_rx,
+        kill: attached.outbox.kill.clone(),
+        queued_msgs: attached.outbox.queued_msgs.clone(),
+        queued_bytes: attached.outbox.queued_bytes.clone(),
+    };
+    let config = socket::ws_config(gw.limits.max_message_bytes);
+    let gw2 = gw.clone();
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+                socket::run(gw2, ws, task).await;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                gw2.detach(&task.link, task.sid, Some(format!("upgrade failed: {e}"))).await;
+            }
+        }
+    });
+    let mut res = http::Response::new(Body::empty());
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = res.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(ws_key.as_bytes())) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    res
+}

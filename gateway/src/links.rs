@@ -1,0 +1,228 @@
+//! A gateway's links into rooms: one per room this gateway has sockets in. A link carries the
+//! events of all those sockets to the room in order, and its reader fans the room's messages
+//! out to the local sockets (a broadcast arrives once per gateway).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use partyline::link::{FromRoom, SocketId, ToRoom};
+use partyline::{Message, Request, Response, RoomKey};
+use tokio::sync::{mpsc, oneshot, OnceCell};
+use tokio_util::sync::CancellationToken;
+
+/// Depth of a link's queue of room messages.
+const LINK_QUEUE: usize = 1024;
+
+/// Why a room could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// No party of that name exists.
+    #[error("Party {0} not found")]
+    UnknownParty(String),
+    /// The room's owner could not be reached.
+    #[error("room unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// How a gateway reaches rooms: in-process for `dev`, over gRPC in a cluster.
+#[async_trait]
+pub trait RoomRouter: Send + Sync + 'static {
+    /// Opens this gateway's link into a room; the room's messages arrive on `tx`.
+    async fn open_link(&self, key: &RoomKey, tx: mpsc::Sender<FromRoom>) -> Result<Box<dyn RoomLink>, RouteError>;
+    /// Sends an HTTP request to a room.
+    async fn request(&self, key: &RoomKey, req: Request) -> Result<Response, RouteError>;
+}
+
+/// The sending half of a link.
+#[async_trait]
+pub trait RoomLink: Send + Sync + 'static {
+    /// Passes one socket event to the room.
+    async fn send(&self, msg: ToRoom) -> Result<(), RouteError>;
+    /// Closes the link: the room runs `on_close` for this gateway's sockets still in it.
+    async fn close(&self);
+}
+
+/// What a room decided about a connection attempt.
+#[derive(Debug)]
+pub(crate) enum Admission {
+    Accepted,
+    Refused { status: u16, reason: String },
+    Failed { reason: String },
+}
+
+/// Frames queued for one client.
+pub(crate) enum Out {
+    Msg(Message),
+    Close(u16, String),
+}
+
+/// One client's bounded send queue. A client that lets it fill is not reading: it is cut off
+/// (`kill`) rather than allowed to grow the gateway's memory.
+#[derive(Clone)]
+pub(crate) struct Outbox {
+    tx: mpsc::UnboundedSender<Out>,
+    pub(crate) queued_msgs: Arc<AtomicUsize>,
+    pub(crate) queued_bytes: Arc<AtomicUsize>,
+    pub(crate) kill: CancellationToken,
+    max_msgs: usize,
+    max_bytes: usize,
+}
+
+impl Outbox {
+    pub(crate) fn new(max_msgs: usize, max_bytes: usize) -> (Self, mpsc::UnboundedReceiver<Out>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let outbox = Outbox {
+            tx,
+            queued_msgs: Arc::default(),
+            queued_bytes: Arc::default(),
+            kill: CancellationToken::new(),
+            max_msgs,
+            max_bytes,
+        };
+        (outbox, rx)
+    }
+
+    /// Queues a frame; false (and the client is cut off) when its queue is full.
+    pub(crate) fn push(&self, msg: Message) -> bool {
+        let len = msg.len();
+        let msgs = self.queued_msgs.fetch_add(1, Ordering::AcqRel) + 1;
+        let bytes = self.queued_bytes.fetch_add(len, Ordering::AcqRel) + len;
+        if msgs > self.max_msgs || bytes > self.max_bytes {
+            self.kill.cancel();
+            return false;
+        }
+        self.tx.send(Out::Msg(msg)).is_ok()
+    }
+
+    /// Queues a close frame (not counted against the limits).
+    pub(crate) fn close(&self, code: u16, reason: String) {
+        let _ = self.tx.send(Out::Close(code, reason));
+    }
+}
+
+/// A socket as its gateway keeps it: the send queue and the connection record, which is what a
+/// new room instance needs to take the socket over (id, uri, tags, state).
+pub(crate) struct SocketEntry {
+    pub(crate) outbox: Outbox,
+    /// In the room's connection table: broadcasts reach it.
+    pub(crate) joined: bool,
+    pub(crate) admission: Option<oneshot::Sender<Admission>>,
+    pub(crate) id: String,
+    pub(crate) tags: Vec<String>,
+    pub(crate) state: Option<Bytes>,
+}
+
+/// One link into one room.
+pub(crate) struct LinkState {
+    pub(crate) key: RoomKey,
+    tx: mpsc::Sender<FromRoom>,
+    link: OnceCell<Box<dyn RoomLink>>,
+    pub(crate) sockets: Mutex<HashMap<SocketId, SocketEntry>>,
+}
+
+impl LinkState {
+    /// A new link state and its reader task.
+    pub(crate) fn start(key: RoomKey, links: Weak<Mutex<HashMap<RoomKey, Arc<LinkState>>>>) -> Arc<Self> {
+        let (tx, rx) = mpsc::channel(LINK_QUEUE);
+        let state = Arc::new(LinkState { key, tx, link: OnceCell::new(), sockets: Mutex::new(HashMap::new()) });
+        tokio::spawn(read_link(Arc::downgrade(&state), rx, links));
+        state
+    }
+
+    /// The open link, opening it on first use.
+    pub(crate) async fn link(&self, router: &dyn RoomRouter) -> Result<&dyn RoomLink, RouteError> {
+        let link = self.link.get_or_try_init(|| router.open_link(&self.key, self.tx.clone())).await?;
+        Ok(link.as_ref())
+    }
+
+    /// The link, if it was opened.
+    pub(crate) fn opened(&self) -> Option<&dyn RoomLink> {
+        self.link.get().map(|l| l.as_ref())
+    }
+
+    /// Closes the link if it was opened.
+    pub(crate) async fn close(&self) {
+        if let Some(link) = self.link.get() {
+            link.close().await;
+        }
+    }
+}
+
+/// Applies a room's messages to this gateway's sockets until the room closes the link.
+async fn read_link(
+    state: Weak<LinkState>,
+    mut rx: mpsc::Receiver<FromRoom>,
+    links: Weak<Mutex<HashMap<RoomKey, Arc<LinkState>>>>,
+) {
+    while let Some(msg) = rx.recv().await {
+        let Some(state) = state.upgrade() else { return };
+        let mut sockets = state.sockets.lock().unwrap();
+        match msg {
+            FromRoom::Joined { sid } => {
+                if let Some(s) = sockets.get_mut(&sid) {
+                    s.joined = true;
+                }
+            }
+            FromRoom::Accepted { sid, tags } => {
+                if let Some(s) = sockets.get_mut(&sid) {
+                    s.tags = tags;
+                    if let Some(tx) = s.admission.take() {
+                        let _ = tx.send(Admission::Accepted);
+                    }
+                }
+            }
+            FromRoom::Refused { sid, status, reason } => {
+                admit(&mut sockets, sid, Admission::Refused { status, reason })
+            }
+            FromRoom::Failed { sid, reason } => admit(&mut sockets, sid, Admission::Failed { reason }),
+            FromRoom::Send { sid, msg } => {
+                if let Some(s) = sockets.get(&sid) {
+                    s.outbox.push(msg);
+                }
+            }
+            FromRoom::Broadcast { msg, except } => {
+                for (sid, s) in sockets.iter() {
+                    if s.joined && !except.contains(sid) {
+                        s.outbox.push(msg.clone());
+                    }
+                }
+            }
+            FromRoom::Close { sid, code, reason } => {
+                if let Some(s) = sockets.get_mut(&sid) {
+                    s.joined = false;
+                    s.outbox.close(code, reason);
+                }
+            }
+            FromRoom::State { sid, state } => {
+                if let Some(s) = sockets.get_mut(&sid) {
+                    s.state = state;
+                }
+            }
+            FromRoom::Gone { code, reason } => {
+                // New sockets must reach a new room instance through a new link.
+                if let Some(links) = links.upgrade() {
+                    let mut links = links.lock().unwrap();
+                    if links.get(&state.key).is_some_and(|l| Arc::ptr_eq(l, &state)) {
+                        links.remove(&state.key);
+                    }
+                }
+                for s in sockets.values_mut() {
+                    s.joined = false;
+                    if let Some(tx) = s.admission.take() {
+                        let _ = tx.send(Admission::Refused { status: 503, reason: reason.clone() });
+                    }
+                    s.outbox.close(code, reason.clone());
+                }
+            }
+        }
+    }
+}
+
+fn admit(sockets: &mut HashMap<SocketId, SocketEntry>, sid: SocketId, admission: Admission) {
+    if let Some(tx) = sockets.get_mut(&sid).and_then(|s| s.admission.take()) {
+        let _ = tx.send(admission);
+    }
+}

@@ -1,0 +1,232 @@
+//! The rooms a process hosts: starts a room on first use, hands out handles, lets idle rooms
+//! stop, and wakes rooms whose alarm is due (also rooms that are not loaded, and after a
+//! restart).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use partyline::actor::{spawn_room, LinkSender, RoomConfig, RoomGone, RoomHandle};
+use partyline::link::{close_code, FromRoom};
+use partyline::storage::now_ms;
+use partyline::store::Fence;
+use partyline::{Env, Limits, Parties, PartiesClient, PartyRegistry, Request, Response, RoomKey, Store};
+use tokio::sync::mpsc;
+
+/// How often the alarm scheduler looks for due alarms.
+pub const ALARM_POLL: Duration = Duration::from_millis(250);
+/// Tries for a call that races with a room stopping.
+const ATTEMPTS: usize = 5;
+
+/// Why a room could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// No party of that name is registered.
+    #[error("Party {0} not found")]
+    UnknownParty(String),
+    /// The room kept stopping under us (shutting down).
+    #[error("room {0} is not available")]
+    Unavailable(RoomKey),
+}
+
+/// What a host is built from.
+pub struct HostConfig {
+    /// The parties it can run.
+    pub parties: PartyRegistry,
+    /// Where room storage lives.
+    pub store: Arc<dyn Store>,
+    /// Limits in force.
+    pub limits: Arc<Limits>,
+    /// Party variables.
+    pub env: Env,
+}
+
+/// The rooms of this process. Cheap to clone.
+#[derive(Clone)]
+pub struct RoomHost {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    parties: PartyRegistry,
+    store: Arc<dyn Store>,
+    limits: Arc<Limits>,
+    env: Env,
+    rooms: Mutex<HashMap<RoomKey, RoomHandle>>,
+}
+
+impl RoomHost {
+    /// A host with no rooms running.
+    pub fn new(cfg: HostConfig) -> Self {
+        RoomHost {
+            inner: Arc::new(Inner {
+                parties: cfg.parties,
+                store: cfg.store,
+                limits: cfg.limits,
+                env: cfg.env,
+                rooms: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The parties this host runs.
+    pub fn parties(&self) -> &PartyRegistry {
+        &self.inner.parties
+    }
+
+    /// A client for calls between rooms of this host.
+    pub fn client(&self) -> Parties {
+        Parties::new(Arc::new(HostClient(Arc::downgrade(&self.inner))))
+    }
+
+    /// How many rooms are running.
+    pub fn room_count(&self) -> usize {
+        self.inner.rooms.lock().unwrap().len()
+    }
+
+    /// The handle of a room, starting it when it is not running.
+    pub fn room(&self, key: &RoomKey) -> Result<RoomHandle, HostError> {
+        self.room_fenced(key, None)
+    }
+
+    /// Like [`RoomHost::room`], with the fence the room's writes must carry when it starts.
+    pub fn room_fenced(&self, key: &RoomKey, fence: Option<Fence>) -> Result<RoomHandle, HostError> {
+        let factory = self.inner.parties.get(&key.party).ok_or_else(|| HostError::UnknownParty(key.party.clone()))?;
+        let mut rooms = self.inner.rooms.lock().unwrap();
+        if let Some(h) = rooms.get(key) {
+            if !h.is_closed() {
+                return Ok(h.clone());
+            }
+        }
+        let weak = Arc::downgrade(&self.inner);
+        let exit_key = key.clone();
+        let (handle, _task) = spawn_room(RoomConfig {
+            key: key.clone(),
+            factory: factory.clone(),
+            store: self.inner.store.clone(),
+            fence,
+            limits: self.inner.limits.clone(),
+            env: self.inner.env.clone(),
+            parties: self.client(),
+            may_exit: Box::new(move || {
+                let Some(inner) = weak.upgrade() else { return true };
+                let mut rooms = inner.rooms.lock().unwrap();
+                match rooms.get(&exit_key) {
+                    Some(h) if h.is_unused() => {
+                        rooms.remove(&exit_key);
+                        true
+                    }
+                    Some(_) => false,
+                    None => true,
+                }
+            }),
+        });
+        rooms.insert(key.clone(), handle.clone());
+        Ok(handle)
+    }
+
+    /// Sends an HTTP request to a room, starting it if needed.
+    pub async fn request(&self, key: &RoomKey, req: Request) -> Result<Response, HostError> {
+        let (parts, body) = req.into_parts();
+        for _ in 0..ATTEMPTS {
+            let room = self.room(key)?;
+            let req = Request::from_parts(clone_parts(&parts), body.clone());
+            match room.request(req).await {
+                Ok(res) => return Ok(res),
+                Err(RoomGone(_)) => tokio::task::yield_now().await,
+            }
+        }
+        Err(HostError::Unavailable(key.clone()))
+    }
+
+    /// Opens a gateway link into a room, starting it if needed.
+    pub async fn open_link(&self, key: &RoomKey, tx: mpsc::Sender<FromRoom>) -> Result<LinkSender, HostError> {
+        for _ in 0..ATTEMPTS {
+            let room = self.room(key)?;
+            match room.open_link(tx.clone()).await {
+                Ok(link) => return Ok(link),
+                Err(RoomGone(_)) => tokio::task::yield_now().await,
+            }
+        }
+        Err(HostError::Unavailable(key.clone()))
+    }
+
+    /// Runs the alarm scheduler until the host is dropped: every [`ALARM_POLL`] it asks the
+    /// store for due alarms and wakes those rooms. Loaded rooms also keep their own timer; the
+    /// room ignores a wake-up for an alarm that is not due.
+    pub fn spawn_alarm_scheduler(&self) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ALARM_POLL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let host = RoomHost { inner };
+                let due = match host.inner.store.due_alarms(now_ms(), 256).await {
+                    Ok(due) => due,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not read due alarms");
+                        continue;
+                    }
+                };
+                for (key, _at) in due {
+                    match host.room(&key) {
+                        Ok(room) => {
+                            let _ = room.alarm().await;
+                        }
+                        Err(e) => tracing::warn!(room = %key, error = %e, "alarm for a room that cannot run"),
+                    }
+                }
+            }
+        })
+    }
+
+    /// Stops every room: sockets are closed with 1001 (going away).
+    pub async fn shutdown(&self) {
+        let rooms: Vec<RoomHandle> = self.inner.rooms.lock().unwrap().drain().map(|(_, h)| h).collect();
+        for room in rooms {
+            let _ = room.shutdown(close_code::GOING_AWAY, "server shutting down").await;
+        }
+    }
+}
+
+fn clone_parts(parts: &http::request::Parts) -> http::request::Parts {
+    let mut req = http::Request::new(());
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    req.into_parts().0
+}
+
+/// Calls from party code to other rooms of this host.
+struct HostClient(Weak<Inner>);
+
+#[async_trait]
+impl PartiesClient for HostClient {
+    async fn fetch(&self, room: RoomKey, req: Request) -> anyhow::Result<Response> {
+        let inner = self.0.upgrade().ok_or_else(|| anyhow::anyhow!("server is shutting down"))?;
+        let host = RoomHost { inner };
+        let req = room_request(&room, req);
+        Ok(host.request(&room, req).await?)
+    }
+
+    fn has_party(&self, party: &str) -> bool {
+        self.0.upgrade().is_some_and(|inner| inner.parties.get(party).is_some())
+    }
+}
+
+/// Rewrites a request made with a path relative to a room (`/`, `/sub?q=1`) to the room's own
+/// URL, as PartyKit's `stub.fetch(path)` does.
+pub fn room_request(room: &RoomKey, req: Request) -> Request {
+    let (mut parts, body) = req.into_parts();
+    let rel = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let rel = if rel == "/" { "" } else { rel };
+    let uri = format!("http://partyline.internal/parties/{}/{}{}", room.party, room.room, rel);
+    if let Ok(uri) = uri.parse() {
+        parts.uri = uri;
+    }
+    Request::from_parts(parts, body)
+}

@@ -1,0 +1,228 @@
+//! The `partyline` command line: options (each also read from a `PARTYLINE_*` environment
+//! variable) and the subcommands.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use partyline::{Env, Limits, PartyRegistry};
+
+use crate::dev::{self, DevConfig};
+
+/// Partyline: a self-hostable server for PartyKit-style parties.
+#[derive(Debug, Parser)]
+#[command(name = "partyline", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a gateway and a node in one process, with storage on local disk: the way to run
+    /// parties on a laptop (like `partykit dev`).
+    Dev(DevArgs),
+}
+
+/// Options of `partyline dev`.
+#[derive(Debug, Args)]
+struct DevArgs {
+    /// Address to listen on.
+    #[arg(long, env = "PARTYLINE_HOST", default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, env = "PARTYLINE_PORT", default_value_t = 1999)]
+    port: u16,
+    /// Directory for room storage and alarms; they survive restarts.
+    #[arg(long, env = "PARTYLINE_DATA_DIR", default_value = ".partyline")]
+    data_dir: PathBuf,
+    /// Keep storage in memory only; it is gone when the process exits.
+    #[arg(long, env = "PARTYLINE_EPHEMERAL")]
+    ephemeral: bool,
+    /// A variable for parties (`room.env()`), as KEY=VALUE; repeatable.
+    #[arg(long = "var", value_name = "KEY=VALUE", value_parser = parse_var)]
+    vars: Vec<(String, String)>,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// Limits; each has a default from PartyKit / Durable Objects where one exists.
+#[derive(Debug, Args)]
+struct LimitArgs {
+    /// Largest inbound WebSocket message in bytes (larger: close 1009).
+    #[arg(long, env = "PARTYLINE_MAX_MESSAGE_BYTES", default_value_t = Limits::default().max_message_bytes)]
+    max_message_bytes: usize,
+    /// Largest HTTP request body for a room in bytes (larger: 413).
+    #[arg(long, env = "PARTYLINE_MAX_REQUEST_BODY_BYTES", default_value_t = Limits::default().max_request_body_bytes)]
+    max_request_body_bytes: usize,
+    /// Largest connection state in bytes, JSON-encoded (`set_state` fails above it).
+    #[arg(long, env = "PARTYLINE_MAX_STATE_BYTES", default_value_t = Limits::default().max_state_bytes)]
+    max_state_bytes: usize,
+    /// Most tags per connection, the id included (more: close 1011).
+    #[arg(long, env = "PARTYLINE_MAX_TAGS", default_value_t = Limits::default().max_tags)]
+    max_tags: usize,
+    /// Longest tag in bytes.
+    #[arg(long, env = "PARTYLINE_MAX_TAG_BYTES", default_value_t = Limits::default().max_tag_bytes)]
+    max_tag_bytes: usize,
+    /// Longest storage key in bytes (an error to the party).
+    #[arg(long, env = "PARTYLINE_MAX_KEY_BYTES", default_value_t = Limits::default().max_key_bytes)]
+    max_key_bytes: usize,
+    /// Largest storage value in bytes (an error to the party).
+    #[arg(long, env = "PARTYLINE_MAX_VALUE_BYTES", default_value_t = Limits::default().max_value_bytes)]
+    max_value_bytes: usize,
+    /// Longest room id in bytes (longer: 400).
+    #[arg(long, env = "PARTYLINE_MAX_ROOM_ID_BYTES", default_value_t = Limits::default().max_room_id_bytes)]
+    max_room_id_bytes: usize,
+    /// Most connections in one room (more: 503).
+    #[arg(long, env = "PARTYLINE_MAX_CONNECTIONS_PER_ROOM", default_value_t = Limits::default().max_connections_per_room)]
+    max_connections_per_room: usize,
+    /// Most client WebSockets in this process (more: 503).
+    #[arg(long, env = "PARTYLINE_MAX_CONNECTIONS", default_value_t = 100_000)]
+    max_connections: usize,
+    /// Most messages queued for a client that does not read before it is closed.
+    #[arg(long, env = "PARTYLINE_MAX_OUTBOX_MESSAGES", default_value_t = Limits::default().max_outbox_messages)]
+    max_outbox_messages: usize,
+    /// Most bytes queued for a client that does not read before it is closed.
+    #[arg(long, env = "PARTYLINE_MAX_OUTBOX_BYTES", default_value_t = Limits::default().max_outbox_bytes)]
+    max_outbox_bytes: usize,
+    /// Time limit of one party handler (e.g. 30s, 500ms); past it: close 1011 or HTTP 500.
+    #[arg(long, env = "PARTYLINE_HANDLER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    handler_timeout: Duration,
+    /// Idle time before a room with `hibernate: true` is unloaded (its sockets stay open).
+    #[arg(long, env = "PARTYLINE_HIBERNATE_IDLE", default_value = "10s", value_parser = parse_duration)]
+    hibernate_idle: Duration,
+    /// Idle time before a room without connections is unloaded.
+    #[arg(long, env = "PARTYLINE_ROOM_IDLE", default_value = "60s", value_parser = parse_duration)]
+    room_idle: Duration,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_message_bytes: self.max_message_bytes,
+            max_request_body_bytes: self.max_request_body_bytes,
+            max_state_bytes: self.max_state_bytes,
+            max_tags: self.max_tags,
+            max_tag_bytes: self.max_tag_bytes,
+            max_key_bytes: self.max_key_bytes,
+            max_value_bytes: self.max_value_bytes,
+            max_batch_keys: Limits::default().max_batch_keys,
+            max_room_id_bytes: self.max_room_id_bytes,
+            max_connections_per_room: self.max_connections_per_room,
+            max_outbox_messages: self.max_outbox_messages,
+            max_outbox_bytes: self.max_outbox_bytes,
+            handler_timeout: self.handler_timeout,
+            hibernate_idle: self.hibernate_idle,
+            room_idle: self.room_idle,
+        }
+    }
+}
+
+fn parse_var(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))?;
+    if k.is_empty() {
+        return Err("the variable name is empty".into());
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// Parses `250ms`, `10s`, `2m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?} (try 500ms, 10s, 2m)"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        other => return Err(format!("unknown unit {other:?} in {s:?} (use ms, s, m or h)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+impl Cli {
+    /// Runs the chosen subcommand with `parties`.
+    pub async fn run(self, parties: PartyRegistry) -> anyhow::Result<()> {
+        match self.command {
+            Command::Dev(args) => run_dev(args, parties).await,
+        }
+    }
+}
+
+async fn run_dev(args: DevArgs, parties: PartyRegistry) -> anyhow::Result<()> {
+    let addr: SocketAddr = format!("{}:{}", args.host, args.port)
+        .parse()
+        .or_else(|_| format!("[{}]:{}", args.host, args.port).parse())
+        .with_context(|| format!("--host {:?} is not an IP address", args.host))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("could not listen on {addr}: is another server using the port? pick another with --port")
+    })?;
+    let local = listener.local_addr()?;
+    let data_dir = (!args.ephemeral).then(|| args.data_dir.clone());
+    let names: Vec<&str> = parties.names().collect();
+    println!("Partyline dev server listening on http://{local}");
+    println!("  parties: {}", names.join(", "));
+    match &data_dir {
+        Some(dir) => println!("  storage: {} (--ephemeral keeps it in memory)", dev::store_path(dir).display()),
+        None => println!("  storage: in memory (gone when the process exits)"),
+    }
+    if parties.get("main").is_some() {
+        println!("  open http://{local}/ for the chat page; Ctrl-C stops");
+    }
+    let cfg = DevConfig {
+        data_dir,
+        limits: args.limits.limits(),
+        env: Env::new(args.vars.into_iter().collect::<BTreeMap<_, _>>()),
+        max_connections: args.limits.max_connections,
+    };
+    dev::run(cfg, parties, listener, shutdown_signal()).await
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    println!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("3 weeks").is_err());
+        assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,123 @@
+//! `partyline dev`: a gateway and a node in one process, linked in-process, with storage in an
+//! embedded store on local disk (or in memory with `--ephemeral`).
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use partyline::actor::LinkSender;
+use partyline::link::{FromRoom, ToRoom};
+use partyline::{Env, Limits, MemoryStore, PartyRegistry, Request, Response, RoomKey, Store};
+use partyline_gateway::{Gateway, GatewayConfig, RoomLink, RoomRouter, RouteError};
+use partyline_node::store::EmbeddedStore;
+use partyline_node::{HostConfig, HostError, RoomHost};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+/// Settings of a dev server.
+#[derive(Clone, Debug)]
+pub struct DevConfig {
+    /// Directory of the on-disk store; `None` keeps storage in memory.
+    pub data_dir: Option<PathBuf>,
+    /// Limits in force.
+    pub limits: Limits,
+    /// Party variables.
+    pub env: Env,
+    /// Most client WebSockets.
+    pub max_connections: usize,
+}
+
+impl Default for DevConfig {
+    fn default() -> Self {
+        DevConfig { data_dir: None, limits: Limits::default(), env: Env::default(), max_connections: 100_000 }
+    }
+}
+
+/// The file of the embedded store inside a data directory.
+pub fn store_path(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("store.redb")
+}
+
+/// Runs a dev server on `listener` until `shutdown` resolves. When this returns, every room has
+/// stopped and the store is closed (so a new server may open it).
+pub async fn run(
+    cfg: DevConfig,
+    parties: PartyRegistry,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store: Arc<dyn Store> = match &cfg.data_dir {
+        Some(dir) => {
+            let path = store_path(dir);
+            Arc::new(
+                EmbeddedStore::open(&path)
+                    .with_context(|| format!("could not open the store at {}", path.display()))?,
+            )
+        }
+        None => Arc::new(MemoryStore::new()),
+    };
+    let limits = Arc::new(cfg.limits);
+    let host = RoomHost::new(HostConfig {
+        parties: parties.clone(),
+        store: store.clone(),
+        limits: limits.clone(),
+        env: cfg.env.clone(),
+    });
+    let scheduler = host.spawn_alarm_scheduler();
+    let router = Arc::new(LocalRouter(host.clone()));
+    let gateway = Gateway::new(
+        GatewayConfig { limits, max_connections: cfg.max_connections },
+        parties,
+        router,
+        host.client(),
+        cfg.env,
+    );
+    let served = gateway.serve(listener, shutdown).await;
+    scheduler.abort();
+    host.shutdown().await;
+    drop(host);
+    // Rooms finish their last writes and drop their store handles; wait for that (bounded).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while Arc::strong_count(&store) > 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    served.context("the HTTP server failed")
+}
+
+/// Reaches rooms of an in-process [`RoomHost`].
+pub struct LocalRouter(pub RoomHost);
+
+fn route_error(e: HostError) -> RouteError {
+    match e {
+        HostError::UnknownParty(p) => RouteError::UnknownParty(p),
+        e @ HostError::Unavailable(_) => RouteError::Unavailable(e.to_string()),
+    }
+}
+
+#[async_trait]
+impl RoomRouter for LocalRouter {
+    async fn open_link(&self, key: &RoomKey, tx: mpsc::Sender<FromRoom>) -> Result<Box<dyn RoomLink>, RouteError> {
+        let link = self.0.open_link(key, tx).await.map_err(route_error)?;
+        Ok(Box::new(LocalLink(link)))
+    }
+
+    async fn request(&self, key: &RoomKey, req: Request) -> Result<Response, RouteError> {
+        self.0.request(key, req).await.map_err(route_error)
+    }
+}
+
+struct LocalLink(LinkSender);
+
+#[async_trait]
+impl RoomLink for LocalLink {
+    async fn send(&self, msg: ToRoom) -> Result<(), RouteError> {
+        self.0.send(msg).await.map_err(|e| RouteError::Unavailable(e.to_string()))
+    }
+
+    async fn close(&self) {
+        self.0.close().await;
+    }
+}

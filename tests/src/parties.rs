@@ -1,0 +1,121 @@
+//! Parties that misbehave on purpose, for fault and limit tests.
+//!
+//! `faulty` answers text commands:
+//! - `panic`: panics in `on_message`;
+//! - `hang`: never returns (the handler time limit must end it);
+//! - `error`: returns an error (it reaches `on_error`, which sends `error: <message>` back);
+//! - `count`: replies with the number of connections in the room;
+//! - `ids`: replies with the ids of the connections, comma-separated, in join order;
+//! - `state <n>`: sets a state of about n bytes; replies `ok` or the error text;
+//! - `close`: closes the sender with 4000 `bye`;
+//! - `put <bytes>`: puts a value of that many bytes; replies `ok` or the error text;
+//! - anything else is echoed.
+//!
+//! Query parameters at connect: `tags=a,b,c` become tags; `fail=1` makes `on_connect` fail;
+//! `hang=1` makes `on_connect` hang. HTTP `GET /parties/faulty/<room>/panic` panics in
+//! `on_request`, `/hang` hangs, `/error` returns a 418 `HttpError`, anything else answers
+//! `200 ok`. `on_close` broadcasts `closed <id>` to the others.
+
+use partyline::prelude::*;
+use partyline::web::query_param;
+
+/// Registers the test parties on top of `registry`.
+pub fn register(registry: PartyRegistry) -> PartyRegistry {
+    registry.with::<Faulty>("faulty")
+}
+
+/// The misbehaving party.
+pub struct Faulty {
+    room: Room,
+}
+
+fn query(conn: &Connection, name: &str) -> Option<String> {
+    let uri: http::Uri = conn.uri().parse().ok()?;
+    query_param(&uri, name)
+}
+
+#[async_trait]
+impl Party for Faulty {
+    fn new(room: Room) -> Self {
+        Faulty { room }
+    }
+
+    async fn get_connection_tags(
+        &mut self,
+        conn: &Connection,
+        _ctx: &ConnectionContext,
+    ) -> anyhow::Result<Vec<String>> {
+        Ok(query(conn, "tags").map(|t| t.split(',').map(str::to_string).collect()).unwrap_or_default())
+    }
+
+    async fn on_connect(&mut self, conn: &Connection, _ctx: &ConnectionContext) -> anyhow::Result<()> {
+        if query(conn, "fail").is_some() {
+            anyhow::bail!("on_connect refused this connection");
+        }
+        if query(conn, "hang").is_some() {
+            std::future::pending::<()>().await;
+        }
+        Ok(())
+    }
+
+    async fn on_message(&mut self, message: Message, sender: &Connection) -> anyhow::Result<()> {
+        let text = message.as_text().unwrap_or("").to_string();
+        let (cmd, arg) = text.split_once(' ').unwrap_or((text.as_str(), ""));
+        match cmd {
+            "panic" => panic!("asked to panic"),
+            "hang" => std::future::pending::<()>().await,
+            "error" => anyhow::bail!("asked to fail"),
+            "count" => sender.send(self.room.connection_count().to_string()),
+            "ids" => {
+                let ids: Vec<String> = self.room.get_connections(None).iter().map(|c| c.id().to_string()).collect();
+                sender.send(ids.join(","));
+            }
+            "tagged" => {
+                let ids: Vec<String> =
+                    self.room.get_connections(Some(arg)).iter().map(|c| c.id().to_string()).collect();
+                sender.send(ids.join(","));
+            }
+            "state" => {
+                let n: usize = arg.parse().unwrap_or(0);
+                match sender.set_state(&"x".repeat(n)) {
+                    Ok(()) => sender.send("ok"),
+                    Err(e) => sender.send(e.to_string()),
+                }
+            }
+            "put" => {
+                let n: usize = arg.parse().unwrap_or(0);
+                match self.room.storage().put_bytes("big", vec![0u8; n]).await {
+                    Ok(()) => sender.send("ok"),
+                    Err(e) => sender.send(e.to_string()),
+                }
+            }
+            "close" => sender.close(4000, "bye"),
+            _ => sender.send(message),
+        }
+        Ok(())
+    }
+
+    async fn on_error(&mut self, conn: &Connection, error: &anyhow::Error) -> anyhow::Result<()> {
+        conn.send(format!("error: {error}"));
+        Ok(())
+    }
+
+    async fn on_close(&mut self, conn: &Connection) -> anyhow::Result<()> {
+        self.room.broadcast(format!("closed {}", conn.id()), &[conn.id()]);
+        Ok(())
+    }
+
+    async fn on_request(&mut self, req: Request) -> anyhow::Result<Response> {
+        let path = req.uri().path().to_string();
+        if path.ends_with("/panic") {
+            panic!("asked to panic in on_request");
+        }
+        if path.ends_with("/hang") {
+            std::future::pending::<()>().await;
+        }
+        if path.ends_with("/error") {
+            return Err(HttpError::new(StatusCode::IM_A_TEAPOT, "asked to fail").into());
+        }
+        Ok(web::text(StatusCode::OK, "ok"))
+    }
+}
