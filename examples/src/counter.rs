@@ -17,7 +17,7 @@
 //!   <conn id>, "tags": [...], "started": <on_start runs in this process>}`.
 //! - binary frames: counted in the state, otherwise ignored.
 //!
-//! HTTP: `GET` answers `{"count": n}`; `POST` increments, broadcasts `{"count": n}` and answers
+//! HTTP: `GET` answers `{"count": n, "alarms_fired": n}`; `POST` increments, broadcasts `{"count": n}` and answers
 //! it; other methods answer 405.
 //!
 //! `started` counts `on_start` runs across all counter rooms of the process ([`starts`]): a
@@ -117,12 +117,16 @@ impl Party for Counter {
 
     async fn on_request(&mut self, req: Request) -> anyhow::Result<Response> {
         match *req.method() {
-            Method::GET => {}
-            Method::POST => self.increment().await?,
-            _ => return Ok(web::text(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed")),
+            Method::GET => {
+                let fired: u64 = self.room.storage().get(ALARMS_KEY).await?.unwrap_or(0);
+                Ok(web::json(StatusCode::OK, &json!({ "count": self.count, "alarms_fired": fired })))
+            }
+            Method::POST => {
+                self.increment().await?;
+                Ok(web::json(StatusCode::OK, &json!({ "count": self.count })))
+            }
+            _ => Ok(web::text(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed")),
         }
-        let fired: u64 = self.room.storage().get(ALARMS_KEY).await?.unwrap_or(0);
-        Ok(web::json(StatusCode::OK, &json!({ "count": self.count, "alarms_fired": fired })))
     }
 
     async fn on_alarm(&mut self) -> anyhow::Result<()> {
@@ -201,7 +205,7 @@ mod tests {
         assert_eq!(json(&a.frame(1).await), serde_json::json!({"count": 2}));
         assert_eq!(json(&b.frame(2).await), serde_json::json!({"count": 2}));
         let res = room.request(request("GET", "/parties/counter/r", Bytes::new())).await.unwrap();
-        assert_eq!(body_text(&res), r#"{"count":2}"#);
+        assert_eq!(body_text(&res), r#"{"alarms_fired":0,"count":2}"#);
         let res = room.request(request("DELETE", "/parties/counter/r", Bytes::new())).await.unwrap();
         assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
     }
@@ -229,7 +233,10 @@ mod tests {
         assert_eq!(after["mine"], 3, "the state survived");
         assert_eq!(after["id"], "a");
         assert_eq!(after["tags"], serde_json::json!(["a", "role:viewer"]));
-        assert_eq!(room.request(request("GET", "/", Bytes::new())).await.unwrap().body().as_ref(), br#"{"count":1}"#);
+        assert_eq!(
+            room.request(request("GET", "/", Bytes::new())).await.unwrap().body().as_ref(),
+            br#"{"alarms_fired":0,"count":1}"#
+        );
     }
 
     #[tokio::test]

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# The one command that installs what the tests need and runs every test.
+#
+#   scripts/test.sh           install missing deps, then fmt, clippy, build, nextest, doctests
+#   scripts/test.sh --quick   same, without fmt and clippy (local iteration)
+#
+# Works on a fresh Debian bookworm machine (root, Rust + cargo-nextest, node 20 + npm),
+# and is fast when everything is already installed. Stops at the first failing step.
+# Environment: NEXTEST_PROFILE picks a nextest profile (default: `ci` if
+# .config/nextest.toml defines one); nextest's other NEXTEST_* variables also apply.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+QUICK=0
+for arg in "$@"; do
+  case "$arg" in
+    --quick) QUICK=1 ;;
+    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "test.sh: unknown argument: $arg (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+STEP=0
+header() {
+  STEP=$((STEP + 1))
+  printf '\n==> [%d] %s\n' "$STEP" "$*"
+}
+
+# run <description> <command...>: prints a header, runs the command, stops the script on failure.
+run() {
+  local desc="$1"; shift
+  header "$desc"
+  local start=$SECONDS rc=0
+  "$@" || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    printf '\ntest.sh: FAILED at step %d: %s (exit code %d)\n' "$STEP" "$desc" "$rc" >&2
+    exit "$rc"
+  fi
+  printf '    ok (%ds)\n' "$((SECONDS - start))"
+}
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+install_redis() {
+  as_root apt-get update &&
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server
+}
+
+npm_ci() {
+  (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
+}
+
+# ---- dependencies (only what is missing)
+
+if command -v redis-server >/dev/null 2>&1; then
+  header "redis-server: present ($(command -v redis-server))"
+else
+  run "install redis-server (apt-get)" install_redis
+fi
+
+for tool in node npm; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "test.sh: '$tool' is not on PATH; the interop tests need Node.js 20+ and npm" >&2
+    exit 1
+  fi
+done
+
+if [ ! -d tests/interop/node_modules ] ||
+   [ tests/interop/package-lock.json -nt tests/interop/node_modules/.package-lock.json ]; then
+  run "npm ci (tests/interop)" npm_ci
+else
+  header "tests/interop/node_modules: up to date"
+fi
+
+# ---- checks and tests
+
+if [ "$QUICK" -eq 0 ]; then
+  run "cargo fmt --all -- --check" cargo fmt --all -- --check
+  run "cargo clippy --workspace --all-targets -- -D warnings" \
+    cargo clippy --workspace --all-targets -- -D warnings
+else
+  header "--quick: skipping cargo fmt and cargo clippy"
+fi
+
+run "cargo build --bin partyline" cargo build --bin partyline
+
+NEXTEST_ARGS=(--workspace --no-fail-fast)
+if [ -z "${NEXTEST_PROFILE:-}" ] && [ -f .config/nextest.toml ] &&
+   grep -Eq '^[[:space:]]*\[profile\.ci\]' .config/nextest.toml; then
+  NEXTEST_ARGS+=(--profile ci)
+fi
+run "cargo nextest run ${NEXTEST_ARGS[*]}" cargo nextest run "${NEXTEST_ARGS[@]}"
+
+run "cargo test --workspace --doc" cargo test --workspace --doc
+
+printf '\ntest.sh: all steps passed\n'
