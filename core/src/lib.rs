@@ -16,6 +16,7 @@
 //! - [`link`]: the messages between a gateway and a room.
 //! - [`actor`]: the room runtime (one task per room, output gate).
 //! - [`limits`]: every limit, with defaults.
+//! - [`placement`]: room -> virtual shard -> preferred node (xxh3 + rendezvous hashing).
 //!
 //! ```
 //! use partyline::prelude::*;
@@ -43,6 +44,7 @@ pub mod limits;
 pub mod link;
 pub mod message;
 pub mod party;
+pub mod placement;
 pub mod room;
 pub mod storage;
 pub mod store;
