@@ -65,6 +65,7 @@ pub async fn run(
         store: store.clone(),
         limits: limits.clone(),
         env: cfg.env.clone(),
+        parties_client: None,
     });
     let scheduler = host.spawn_alarm_scheduler();
     let router = Arc::new(LocalRouter(host.clone()));

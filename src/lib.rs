@@ -14,6 +14,7 @@
 //! ```
 
 pub mod cli;
+pub mod cluster;
 pub mod dev;
 
 use std::process::ExitCode;

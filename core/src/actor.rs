@@ -95,6 +95,11 @@ impl RoomHandle {
         self.tx.is_closed()
     }
 
+    /// A handle that does not keep the room alive, to recognise this instance later.
+    pub fn downgrade(&self) -> WeakRoomHandle {
+        WeakRoomHandle { tx: self.tx.downgrade() }
+    }
+
     /// Opens a gateway link: the room's messages for that gateway's sockets go to `tx`.
     pub async fn open_link(&self, tx: mpsc::Sender<FromRoom>) -> Result<LinkSender, RoomGone> {
         let link = self.next_link.fetch_add(1, Ordering::Relaxed);
@@ -121,6 +126,19 @@ impl RoomHandle {
 
     async fn send(&self, cmd: RoomCmd) -> Result<(), RoomGone> {
         self.tx.send(cmd).await.map_err(|_| RoomGone(self.key.clone()))
+    }
+}
+
+/// Recognises one room instance without keeping it alive.
+#[derive(Clone)]
+pub struct WeakRoomHandle {
+    tx: mpsc::WeakSender<RoomCmd>,
+}
+
+impl WeakRoomHandle {
+    /// Whether `handle` is a handle of this same instance.
+    pub fn is(&self, handle: &RoomHandle) -> bool {
+        self.tx.upgrade().is_some_and(|tx| tx.same_channel(&handle.tx))
     }
 }
 
@@ -212,6 +230,7 @@ pub fn spawn_room(cfg: RoomConfig) -> (RoomHandle, tokio::task::JoinHandle<RoomE
         may_exit: cfg.may_exit,
         progress: storage.progress(),
         alarm_failures: 0,
+        alarm_not_before: None,
     };
     (handle, tokio::spawn(actor.run()))
 }
@@ -228,6 +247,8 @@ struct Actor {
     may_exit: Box<dyn Fn() -> bool + Send + Sync>,
     progress: watch::Receiver<WriteProgress>,
     alarm_failures: u32,
+    /// After a failed start for an alarm: do not try again before this.
+    alarm_not_before: Option<Instant>,
 }
 
 /// How a guarded handler call went wrong.
@@ -353,8 +374,9 @@ impl Actor {
 
     fn alarm_deadline(&self) -> Option<Instant> {
         let at = self.storage().known_alarm().flatten()?;
-        let wait = (at - now_ms()).max(0) as u64;
-        Some(Instant::now() + Duration::from_millis(wait))
+        let wait = at.saturating_sub(now_ms()).max(0) as u64;
+        let due = Instant::now() + Duration::from_millis(wait);
+        Some(self.alarm_not_before.map_or(due, |nb| due.max(nb)))
     }
 
     /// Seals the write buffer and runs `on_close` for connections the party closed.
@@ -438,7 +460,9 @@ impl Actor {
     }
 
     async fn connect(&mut self, link: LinkId, sid: SocketId, id: String, uri: String, request: Box<Request>) {
-        let refusal = if self.room.connection_count() >= self.limits.max_connections_per_room {
+        // A client reconnecting with its id replaces its own slot, so it is not refused.
+        let full = self.room.connection_count() >= self.limits.max_connections_per_room;
+        let refusal = if full && self.room.get_connection(&id).is_none() {
             FromRoom::Refused { sid, status: 503, reason: "room is full".into() }
         } else {
             match self.try_connect(link, sid, id, uri, request).await {
@@ -573,10 +597,18 @@ impl Actor {
     }
 
     async fn fire_alarm(&mut self) {
-        if let Err(reason) = self.ensure_started().await {
-            tracing::warn!(room = %self.room.key(), %reason, "alarm could not start the room");
+        if self.alarm_not_before.is_some_and(|nb| Instant::now() < nb) {
             return;
         }
+        if let Err(reason) = self.ensure_started().await {
+            // Counts as a failed on_alarm: back off instead of restarting the room in a loop.
+            self.alarm_failures += 1;
+            let backoff = ALARM_BACKOFF * 2u32.pow(self.alarm_failures.min(ALARM_RETRIES) - 1);
+            self.alarm_not_before = Some(Instant::now() + backoff);
+            tracing::warn!(room = %self.room.key(), %reason, retry_in = ?backoff, "alarm could not start the room");
+            return;
+        }
+        self.alarm_not_before = None;
         let due = match self.storage().get_alarm().await {
             Ok(Some(at)) if at <= now_ms() => at,
             Ok(_) => return,

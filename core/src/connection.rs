@@ -89,7 +89,9 @@ impl Connection {
             return Err(StateError::TooLarge { len: bytes.len(), max });
         }
         *self.shared.state.lock().unwrap() = Some(bytes.clone());
-        self.emit(FromRoom::State { sid: self.shared.key.1, state: Some(bytes) });
+        if self.is_open() {
+            self.emit(FromRoom::State { sid: self.shared.key.1, state: Some(bytes) });
+        }
         Ok(())
     }
 

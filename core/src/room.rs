@@ -180,7 +180,9 @@ impl RoomShared {
             }
         }
         for (link, count) in &table.per_link {
-            let skip = except.remove(link).unwrap_or_default();
+            let mut skip = except.remove(link).unwrap_or_default();
+            skip.sort_unstable();
+            skip.dedup();
             if skip.len() >= *count {
                 continue;
             }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use partyline::actor::{spawn_room, LinkSender, RoomConfig, RoomGone, RoomHandle};
+use partyline::actor::{spawn_room, LinkSender, RoomConfig, RoomGone, RoomHandle, WeakRoomHandle};
 use partyline::link::{close_code, FromRoom};
 use partyline::storage::now_ms;
 use partyline::store::Fence;
@@ -40,6 +40,8 @@ pub struct HostConfig {
     pub limits: Arc<Limits>,
     /// Party variables.
     pub env: Env,
+    /// How party code reaches other rooms; `None`: rooms of this host, in process (`dev`).
+    pub parties_client: Option<Arc<dyn PartiesClient>>,
 }
 
 /// The rooms of this process. Cheap to clone.
@@ -53,6 +55,7 @@ struct Inner {
     store: Arc<dyn Store>,
     limits: Arc<Limits>,
     env: Env,
+    parties_client: Option<Arc<dyn PartiesClient>>,
     rooms: Mutex<HashMap<RoomKey, RoomHandle>>,
 }
 
@@ -65,6 +68,7 @@ impl RoomHost {
                 store: cfg.store,
                 limits: cfg.limits,
                 env: cfg.env,
+                parties_client: cfg.parties_client,
                 rooms: Mutex::new(HashMap::new()),
             }),
         }
@@ -77,7 +81,10 @@ impl RoomHost {
 
     /// A client for calls between rooms of this host.
     pub fn client(&self) -> Parties {
-        Parties::new(Arc::new(HostClient(Arc::downgrade(&self.inner))))
+        match &self.inner.parties_client {
+            Some(client) => Parties::new(client.clone()),
+            None => Parties::new(Arc::new(HostClient(Arc::downgrade(&self.inner)))),
+        }
     }
 
     /// How many rooms are running.
@@ -101,6 +108,8 @@ impl RoomHost {
         }
         let weak = Arc::downgrade(&self.inner);
         let exit_key = key.clone();
+        let me: Arc<std::sync::OnceLock<WeakRoomHandle>> = Arc::default();
+        let me2 = me.clone();
         let (handle, _task) = spawn_room(RoomConfig {
             key: key.clone(),
             factory: factory.clone(),
@@ -112,25 +121,42 @@ impl RoomHost {
             may_exit: Box::new(move || {
                 let Some(inner) = weak.upgrade() else { return true };
                 let mut rooms = inner.rooms.lock().unwrap();
-                match rooms.get(&exit_key) {
-                    Some(h) if h.is_unused() => {
-                        rooms.remove(&exit_key);
-                        true
-                    }
-                    Some(_) => false,
-                    None => true,
+                // Only this instance's own entry: a newer instance may have replaced it.
+                let mine = match (rooms.get(&exit_key), me2.get()) {
+                    (Some(h), Some(me)) => me.is(h),
+                    _ => false,
+                };
+                if !mine {
+                    return true;
+                }
+                if rooms.get(&exit_key).is_some_and(|h| h.is_unused()) {
+                    rooms.remove(&exit_key);
+                    true
+                } else {
+                    false
                 }
             }),
         });
+        let _ = me.set(handle.downgrade());
         rooms.insert(key.clone(), handle.clone());
         Ok(handle)
     }
 
     /// Sends an HTTP request to a room, starting it if needed.
     pub async fn request(&self, key: &RoomKey, req: Request) -> Result<Response, HostError> {
+        self.request_fenced(key, None, req).await
+    }
+
+    /// Like [`RoomHost::request`]; a room started for it fences its writes with `fence`.
+    pub async fn request_fenced(
+        &self,
+        key: &RoomKey,
+        fence: Option<Fence>,
+        req: Request,
+    ) -> Result<Response, HostError> {
         let (parts, body) = req.into_parts();
         for _ in 0..ATTEMPTS {
-            let room = self.room(key)?;
+            let room = self.room_fenced(key, fence.clone())?;
             let req = Request::from_parts(clone_parts(&parts), body.clone());
             match room.request(req).await {
                 Ok(res) => return Ok(res),
@@ -142,8 +168,18 @@ impl RoomHost {
 
     /// Opens a gateway link into a room, starting it if needed.
     pub async fn open_link(&self, key: &RoomKey, tx: mpsc::Sender<FromRoom>) -> Result<LinkSender, HostError> {
+        self.open_link_fenced(key, None, tx).await
+    }
+
+    /// Like [`RoomHost::open_link`]; a room started for it fences its writes with `fence`.
+    pub async fn open_link_fenced(
+        &self,
+        key: &RoomKey,
+        fence: Option<Fence>,
+        tx: mpsc::Sender<FromRoom>,
+    ) -> Result<LinkSender, HostError> {
         for _ in 0..ATTEMPTS {
-            let room = self.room(key)?;
+            let room = self.room_fenced(key, fence.clone())?;
             match room.open_link(tx.clone()).await {
                 Ok(link) => return Ok(link),
                 Err(RoomGone(_)) => tokio::task::yield_now().await,
@@ -181,6 +217,31 @@ impl RoomHost {
                 }
             }
         })
+    }
+
+    /// Stops the rooms `which` selects (e.g. those of a shard this node no longer owns): they
+    /// leave the table at once, so new requests start fresh instances, and their sockets are
+    /// closed with `code`.
+    pub fn shutdown_rooms(&self, which: impl Fn(&RoomKey) -> bool, code: u16, reason: &str) -> usize {
+        let rooms: Vec<RoomHandle> = {
+            let mut map = self.inner.rooms.lock().unwrap();
+            let keys: Vec<RoomKey> = map.keys().filter(|k| which(k)).cloned().collect();
+            keys.iter().filter_map(|k| map.remove(k)).collect()
+        };
+        let n = rooms.len();
+        let reason = reason.to_string();
+        for room in rooms {
+            let reason = reason.clone();
+            tokio::spawn(async move {
+                let _ = room.shutdown(code, &reason).await;
+            });
+        }
+        n
+    }
+
+    /// The keys of the running rooms.
+    pub fn room_keys(&self) -> Vec<RoomKey> {
+        self.inner.rooms.lock().unwrap().keys().cloned().collect()
     }
 
     /// Stops every room: sockets are closed with 1001 (going away).

@@ -1,0 +1,213 @@
+//! The Redis key layout. Part of the storage format: changing it strands the data of every
+//! deployed cluster.
+//!
+//! Every key starts with a configurable prefix (default `pl`). Every key of one virtual shard
+//! carries the hash tag `{s<shard>}`, so a shard's keys map to one Redis Cluster slot and one Lua
+//! script may touch them all (the lease check and the write it guards).
+//!
+//! | Key | Type | Contents |
+//! |---|---|---|
+//! | `pl:{s<shard>}:lease` | HASH | `owner` (node id), `inc` (incarnation: node id + boot nonce), `epoch`, `addr` (the owner's gRPC address); `PEXPIRE` = lease TTL |
+//! | `pl:{s<shard>}:epoch` | STRING | the shard's epoch counter, no TTL; every grant writes back `max(INCR, TIME ms)` |
+//! | `pl:{s<shard>}:k:<room tag>` | ZSET | the room's keys, all with score 0, so `ZRANGEBYLEX` walks them in byte order (= UTF-8 order) |
+//! | `pl:{s<shard>}:v:<room tag>` | HASH | the room's key → value |
+//! | `pl:{s<shard>}:a:<room tag>` | STRING | the room's alarm time (ms since the Unix epoch, decimal) |
+//! | `pl:alarms` | ZSET | member `<alarm member>`, score = alarm time in ms: every room's alarm, in time order |
+//! | `pl:node:<id>` | STRING | JSON [`NodeInfo`](super::NodeInfo) of a live node, `PX` = membership TTL |
+//! | `pl:members` | SET | ids of nodes that have heartbeated (pruned when their node key has expired) |
+//!
+//! Channels: `pl:members` (a node joined, changed or left; message: the node id) and `pl:owners`
+//! (a shard lease was granted or released; message: the shard number).
+//!
+//! The *room tag* is `<len(party)>:<party>/<room>` with the party's length in bytes, in decimal:
+//! the length makes it unambiguous whatever bytes the party or room contain (`ab`/`c` is
+//! `2:ab/c`, `a`/`bc` is `1:a/bc`). The *alarm member* is `<shard>:<room tag>`.
+//!
+//! **Cross-shard keys.** `pl:alarms`, the membership keys and the channels carry no shard tag.
+//! We run against a single Redis (or Redis with Sentinel), where that is fine; the commit script
+//! touches `pl:alarms` together with the shard's keys, which Redis Cluster would refuse as
+//! CROSSSLOT. Running on Redis Cluster would need a per-shard alarm index
+//! (`pl:{s<shard>}:alarms`) read shard by shard.
+
+use partyline::store::RoomKey;
+
+use super::{Error, Result};
+
+/// The prefix when none is configured.
+pub const DEFAULT_PREFIX: &str = "pl";
+
+/// Builds the keys and channel names of one prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// The layout under `prefix`, which must be non-empty and contain no `{`, `}` (they would
+    /// change the hash tag) or whitespace.
+    pub fn new(prefix: &str) -> Result<Self> {
+        if prefix.is_empty() || prefix.chars().any(|c| c == '{' || c == '}' || c.is_whitespace()) {
+            return Err(Error::Config(format!(
+                "key prefix {prefix:?} must be non-empty, without braces or whitespace"
+            )));
+        }
+        Ok(Keys { prefix: prefix.to_string() })
+    }
+
+    /// The prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `pl:{s<shard>}:` — the start of every key of the shard.
+    fn shard(&self, shard: u16) -> String {
+        format!("{}:{{s{shard}}}:", self.prefix)
+    }
+
+    /// The shard's lease hash.
+    pub fn lease(&self, shard: u16) -> String {
+        self.shard(shard) + "lease"
+    }
+
+    /// The shard's epoch counter.
+    pub fn epoch(&self, shard: u16) -> String {
+        self.shard(shard) + "epoch"
+    }
+
+    /// The ZSET of the room's keys.
+    pub fn room_keys(&self, shard: u16, room: &RoomKey) -> String {
+        format!("{}k:{}", self.shard(shard), room_tag(room))
+    }
+
+    /// The HASH of the room's values.
+    pub fn room_values(&self, shard: u16, room: &RoomKey) -> String {
+        format!("{}v:{}", self.shard(shard), room_tag(room))
+    }
+
+    /// The room's alarm.
+    pub fn room_alarm(&self, shard: u16, room: &RoomKey) -> String {
+        format!("{}a:{}", self.shard(shard), room_tag(room))
+    }
+
+    /// The global alarm index (the one cross-shard key of room storage).
+    pub fn alarms(&self) -> String {
+        format!("{}:alarms", self.prefix)
+    }
+
+    /// A live node's record.
+    pub fn node(&self, id: &str) -> String {
+        format!("{}:node:{id}", self.prefix)
+    }
+
+    /// The set of node ids.
+    pub fn members(&self) -> String {
+        format!("{}:members", self.prefix)
+    }
+
+    /// Channel announcing membership changes (message: node id).
+    pub fn members_channel(&self) -> String {
+        format!("{}:members", self.prefix)
+    }
+
+    /// Channel announcing lease grants and releases (message: shard number).
+    pub fn owners_channel(&self) -> String {
+        format!("{}:owners", self.prefix)
+    }
+}
+
+/// `<len(party)>:<party>/<room>`.
+pub fn room_tag(room: &RoomKey) -> String {
+    format!("{}:{}/{}", room.party.len(), room.party, room.room)
+}
+
+/// `<shard>:<room tag>`: a room's member in the global alarm index.
+pub fn alarm_member(shard: u16, room: &RoomKey) -> String {
+    format!("{shard}:{}", room_tag(room))
+}
+
+/// Parses an alarm member back into its shard and room.
+pub fn parse_alarm_member(member: &[u8]) -> Option<(u16, RoomKey)> {
+    let s = std::str::from_utf8(member).ok()?;
+    let (shard, rest) = s.split_once(':')?;
+    let (len, rest) = rest.split_once(':')?;
+    if !is_decimal(shard) || !is_decimal(len) {
+        return None;
+    }
+    let (shard, len) = (shard.parse::<u16>().ok()?, len.parse::<usize>().ok()?);
+    let party = rest.get(..len)?;
+    let room = rest.get(len..)?.strip_prefix('/')?;
+    Some((shard, RoomKey::new(party, room)))
+}
+
+fn is_decimal(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The smallest byte string greater than every string starting with `b`; `None` if there is
+/// none (empty or all `0xFF`). UTF-8 text never contains `0xFF`, so for a key prefix this is the
+/// prefix with its last byte incremented (not necessarily valid UTF-8, which Redis does not mind).
+pub fn successor(b: &[u8]) -> Option<Vec<u8>> {
+    let mut out = b.to_vec();
+    while let Some(last) = out.pop() {
+        if last < 0xFF {
+            out.push(last + 1);
+            return Some(out);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_is_pinned() {
+        let k = Keys::new("pl").unwrap();
+        let room = RoomKey::new("main", "a:b/c");
+        assert_eq!(k.lease(12), "pl:{s12}:lease");
+        assert_eq!(k.epoch(12), "pl:{s12}:epoch");
+        assert_eq!(k.room_keys(12, &room), "pl:{s12}:k:4:main/a:b/c");
+        assert_eq!(k.room_values(12, &room), "pl:{s12}:v:4:main/a:b/c");
+        assert_eq!(k.room_alarm(12, &room), "pl:{s12}:a:4:main/a:b/c");
+        assert_eq!(k.alarms(), "pl:alarms");
+        assert_eq!(k.node("n1"), "pl:node:n1");
+        assert_eq!(k.members(), "pl:members");
+        assert_eq!(k.owners_channel(), "pl:owners");
+        assert_eq!(alarm_member(12, &room), "12:4:main/a:b/c");
+    }
+
+    #[test]
+    fn room_tags_are_unambiguous_and_round_trip() {
+        assert_ne!(room_tag(&RoomKey::new("ab", "c")), room_tag(&RoomKey::new("a", "bc")));
+        assert_ne!(room_tag(&RoomKey::new("a/b", "c")), room_tag(&RoomKey::new("a", "b/c")));
+        for (party, room) in [("main", "lobby"), ("a/b", "c"), ("", ""), ("é", "😀/{x}:1"), ("p", "12:3:x/y")] {
+            let key = RoomKey::new(party, room);
+            let member = alarm_member(4095, &key);
+            assert_eq!(parse_alarm_member(member.as_bytes()), Some((4095, key)));
+        }
+        for bad in ["", "1", "1:", "x:4:main/a", "1:9:main/a", "1:4:mainXa", "1:+4:main/a", "70000:1:a/b"] {
+            assert_eq!(parse_alarm_member(bad.as_bytes()), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn prefixes_that_would_break_the_hash_tag_are_refused() {
+        assert!(Keys::new("").is_err());
+        assert!(Keys::new("a{b").is_err());
+        assert!(Keys::new("a}").is_err());
+        assert!(Keys::new("a b").is_err());
+        assert_eq!(Keys::new("staging:pl").unwrap().lease(0), "staging:pl:{s0}:lease");
+    }
+
+    #[test]
+    fn successor_bounds_every_extension() {
+        assert_eq!(successor(b"a"), Some(b"b".to_vec()));
+        assert_eq!(successor(&[1, 0xFF, 0xFF]), Some(vec![2]));
+        assert_eq!(successor(&[0xFF]), None);
+        assert_eq!(successor(b""), None);
+        let p = "é".as_bytes();
+        let s = successor(p).unwrap();
+        assert!(s.as_slice() > "é😀".as_bytes() && s.as_slice() > "é\u{10FFFF}".as_bytes());
+    }
+}

@@ -1,0 +1,368 @@
+//! Cluster membership in Redis: a hint for routing and placement, never a grant of ownership.
+//!
+//! Each node writes `pl:node:<id>` (JSON [`NodeInfo`], `PX` = TTL) every second or so and keeps
+//! its id in the set `pl:members`; a node is live while its key exists. Joins, changes and
+//! leaves are published on `pl:members`; lease grants and releases on `pl:owners`.
+//! [`Membership::subscribe`] turns both channels into a stream of [`Change`]s for gateways and
+//! nodes, which also re-read everything periodically (pub/sub is at-most-once).
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use ::redis::aio::ConnectionManager;
+use ::redis::{Client, Script};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::keys::Keys;
+use super::{Error, Result};
+
+/// KEYS: node key, members set. ARGV: id, JSON, ttl ms, members channel.
+/// Returns 1 if the node was new or changed (and was announced), else 0.
+const HEARTBEAT: &str = r#"
+local old = redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+local added = redis.call('SADD', KEYS[2], ARGV[1])
+if added == 1 or old ~= ARGV[2] then
+  redis.call('PUBLISH', ARGV[4], ARGV[1])
+  return 1
+end
+return 0
+"#;
+
+/// KEYS: members set. ARGV: node key prefix. Returns the JSON of every live member, removing the
+/// ids whose node key has expired.
+const LIVE: &str = r#"
+local ids = redis.call('SMEMBERS', KEYS[1])
+local out = {}
+for _, id in ipairs(ids) do
+  local v = redis.call('GET', ARGV[1] .. id)
+  if v then out[#out + 1] = v else redis.call('SREM', KEYS[1], id) end
+end
+return out
+"#;
+
+/// KEYS: node key, members set. ARGV: id, members channel. Returns 1 if the node was known.
+const LEAVE: &str = r#"
+local n = redis.call('DEL', KEYS[1]) + redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('PUBLISH', ARGV[2], ARGV[1])
+return n > 0 and 1 or 0
+"#;
+
+static HEARTBEAT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(HEARTBEAT));
+static LIVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(LIVE));
+static LEAVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(LEAVE));
+
+/// What a node announces about itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Stable node id (the key of rendezvous hashing).
+    pub id: String,
+    /// Incarnation: node id + boot nonce, new at every start.
+    pub inc: String,
+    /// gRPC address gateways and nodes reach it at.
+    pub addr: String,
+    /// Shutting down: place no new shards on it.
+    #[serde(default)]
+    pub draining: bool,
+}
+
+/// One notification from [`Membership::subscribe`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A node joined, changed (e.g. started draining) or left: re-read [`Membership::live`].
+    Members(String),
+    /// A shard's lease was granted or released: re-read its owner.
+    Owner(u16),
+    /// Events may have been missed (the subscription reconnected, or the receiver lagged):
+    /// re-read everything.
+    Resync,
+}
+
+/// Membership; see the module docs. Cheap to clone.
+#[derive(Clone)]
+pub struct Membership {
+    client: Client,
+    conn: ConnectionManager,
+    keys: Keys,
+}
+
+impl std::fmt::Debug for Membership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Membership").field("prefix", &self.keys.prefix()).finish_non_exhaustive()
+    }
+}
+
+/// Capacity of a subscription's channel; past it, events are replaced by one [`Change::Resync`].
+const SUBSCRIPTION_BUFFER: usize = 1024;
+
+impl Membership {
+    /// Membership over `conn`; `client` opens the pub/sub connections (usually from
+    /// [`super::Redis::membership`]).
+    pub fn new(client: Client, conn: ConnectionManager, keys: Keys) -> Self {
+        Membership { client, conn, keys }
+    }
+
+    /// Writes `node`'s record with `ttl` and keeps it in the member set; announces it when it is
+    /// new or changed. Returns whether it was announced.
+    pub async fn heartbeat(&self, node: &NodeInfo, ttl: Duration) -> Result<bool> {
+        let json = serde_json::to_string(node).map_err(|e| Error::Protocol(format!("encoding NodeInfo: {e}")))?;
+        let ttl = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let announced: i64 = HEARTBEAT_SCRIPT
+            .key(self.keys.node(&node.id))
+            .key(self.keys.members())
+            .arg(&node.id)
+            .arg(json)
+            .arg(ttl)
+            .arg(self.keys.members_channel())
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(announced == 1)
+    }
+
+    /// Removes node `id` at once (graceful shutdown) and announces it. Returns whether it was known.
+    pub async fn leave(&self, id: &str) -> Result<bool> {
+        let known: i64 = LEAVE_SCRIPT
+            .key(self.keys.node(id))
+            .key(self.keys.members())
+            .arg(id)
+            .arg(self.keys.members_channel())
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(known == 1)
+    }
+
+    /// The live nodes (those whose record has not expired), sorted by id; prunes the others
+    /// from the member set.
+    pub async fn live(&self) -> Result<Vec<NodeInfo>> {
+        let raw: Vec<Vec<u8>> =
+            LIVE_SCRIPT.key(self.keys.members()).arg(self.keys.node("")).invoke_async(&mut self.conn.clone()).await?;
+        let mut nodes = raw
+            .iter()
+            .map(|json| {
+                serde_json::from_slice::<NodeInfo>(json)
+                    .map_err(|e| Error::Protocol(format!("node record {:?}: {e}", String::from_utf8_lossy(json))))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(nodes)
+    }
+
+    /// Subscribes to membership and lease changes on a dedicated pub/sub connection. Returns once
+    /// subscribed, so every change published after this returns is delivered (or covered by a
+    /// [`Change::Resync`]). A background task reconnects when the connection drops (sending
+    /// `Resync` once it is back) and stops when the receiver is dropped.
+    pub async fn subscribe(&self) -> Result<mpsc::Receiver<Change>> {
+        let channels = [self.keys.members_channel(), self.keys.owners_channel()];
+        let pubsub = open_pubsub(&self.client, &channels).await?;
+        let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
+        tokio::spawn(pump(self.client.clone(), channels, pubsub, tx));
+        Ok(rx)
+    }
+}
+
+async fn open_pubsub(client: &Client, channels: &[String; 2]) -> Result<::redis::aio::PubSub> {
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.subscribe(channels.as_slice()).await?;
+    Ok(pubsub)
+}
+
+/// Forwards messages to `tx`, reconnecting as needed, until `tx` is closed.
+async fn pump(client: Client, channels: [String; 2], first: ::redis::aio::PubSub, tx: mpsc::Sender<Change>) {
+    let [members, owners] = &channels;
+    let mut pubsub = Some(first);
+    let mut lagged = false;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut stream = match pubsub.take() {
+            Some(p) => p.into_on_message(),
+            None => {
+                let opened = tokio::select! {
+                    opened = open_pubsub(&client, &channels) => opened,
+                    _ = tx.closed() => return,
+                };
+                match opened {
+                    Ok(p) => {
+                        backoff = Duration::from_millis(100);
+                        lagged = true; // anything published while we were away is lost
+                        p.into_on_message()
+                    }
+                    Err(e) => {
+                        tracing::debug!("membership subscription: reconnect failed: {e}");
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = tx.closed() => return,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                        continue;
+                    }
+                }
+            }
+        };
+        loop {
+            tokio::select! {
+                permit = tx.reserve(), if lagged => match permit {
+                    Ok(permit) => {
+                        permit.send(Change::Resync);
+                        lagged = false;
+                    }
+                    Err(_) => return,
+                },
+                msg = stream.next() => {
+                    let Some(msg) = msg else { break };
+                    let Some(change) = to_change(&msg, members, owners) else { continue };
+                    if lagged {
+                        continue; // the pending Resync covers it
+                    }
+                    match tx.try_send(change) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => lagged = true,
+                        Err(mpsc::error::TrySendError::Closed(_)) => return,
+                    }
+                }
+                _ = tx.closed() => return,
+            }
+        }
+        tracing::debug!("membership subscription: connection lost, reconnecting");
+    }
+}
+
+/// The change a pub/sub message announces, `None` for other channels.
+fn to_change(msg: &::redis::Msg, members: &str, owners: &str) -> Option<Change> {
+    let payload: String = msg.get_payload().unwrap_or_default();
+    let channel = msg.get_channel_name();
+    if channel == owners {
+        Some(payload.parse().map_or(Change::Resync, Change::Owner))
+    } else if channel == members {
+        Some(Change::Members(payload))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::redis::testing::RedisServer;
+    use crate::redis::{Redis, RedisConfig};
+
+    fn node(id: &str) -> NodeInfo {
+        NodeInfo {
+            id: id.into(),
+            inc: format!("{id}#1"),
+            addr: format!("127.0.0.1:{}", 7000 + id.len()),
+            draining: false,
+        }
+    }
+
+    async fn connect(server: &RedisServer) -> Redis {
+        Redis::connect(RedisConfig::new(server.url())).await.unwrap()
+    }
+
+    /// The next change other than `Resync`, within a generous bound.
+    async fn next_change(rx: &mut mpsc::Receiver<Change>) -> Change {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, rx.recv()).await {
+                Ok(Some(Change::Resync)) => continue,
+                Ok(Some(change)) => return change,
+                Ok(None) => panic!("subscription ended"),
+                Err(_) => panic!("no change within 10 s"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn heartbeat_lists_leave_removes() {
+        let server = RedisServer::start();
+        let m = connect(&server).await.membership();
+        let ttl = Duration::from_secs(30);
+        assert!(m.live().await.unwrap().is_empty());
+        assert!(m.heartbeat(&node("b"), ttl).await.unwrap(), "a new node is announced");
+        assert!(m.heartbeat(&node("a"), ttl).await.unwrap());
+        assert!(!m.heartbeat(&node("a"), ttl).await.unwrap(), "an unchanged heartbeat is not announced");
+        assert_eq!(m.live().await.unwrap(), vec![node("a"), node("b")]);
+        let draining = NodeInfo { draining: true, ..node("a") };
+        assert!(m.heartbeat(&draining, ttl).await.unwrap(), "a change is announced");
+        assert_eq!(m.live().await.unwrap(), vec![draining, node("b")]);
+        assert!(m.leave("a").await.unwrap());
+        assert!(!m.leave("a").await.unwrap());
+        assert_eq!(m.live().await.unwrap(), vec![node("b")]);
+    }
+
+    #[tokio::test]
+    async fn a_node_without_heartbeats_expires_and_is_pruned() {
+        let server = RedisServer::start();
+        let redis = connect(&server).await;
+        let m = redis.membership();
+        m.heartbeat(&node("short"), Duration::from_millis(300)).await.unwrap();
+        m.heartbeat(&node("long"), Duration::from_secs(60)).await.unwrap();
+        assert_eq!(m.live().await.unwrap().len(), 2);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while m.live().await.unwrap().len() == 2 {
+            assert!(Instant::now() < deadline, "the 300 ms record never expired");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(m.live().await.unwrap(), vec![node("long")]);
+        let ids: Vec<String> =
+            ::redis::cmd("SMEMBERS").arg(redis.keys().members()).query_async(&mut redis.connection()).await.unwrap();
+        assert_eq!(ids, vec!["long".to_string()], "the expired id is pruned");
+        // Coming back is a join again.
+        assert!(m.heartbeat(&node("short"), Duration::from_secs(60)).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn subscribe_sees_joins_leaves_and_lease_changes() {
+        let server = RedisServer::start();
+        let redis = connect(&server).await;
+        let m = redis.membership();
+        let mut rx = m.subscribe().await.unwrap();
+        m.heartbeat(&node("n1"), Duration::from_secs(30)).await.unwrap();
+        assert_eq!(next_change(&mut rx).await, Change::Members("n1".into()));
+        let leases = redis.leases();
+        let epoch = match leases.acquire(42, "n1", "n1#1", "x", Duration::from_secs(30)).await.unwrap() {
+            crate::redis::Acquire::Granted { epoch } => epoch,
+            held => panic!("{held:?}"),
+        };
+        assert_eq!(next_change(&mut rx).await, Change::Owner(42));
+        assert!(leases.release(42, "n1#1", epoch).await.unwrap());
+        assert_eq!(next_change(&mut rx).await, Change::Owner(42));
+        m.leave("n1").await.unwrap();
+        assert_eq!(next_change(&mut rx).await, Change::Members("n1".into()));
+    }
+
+    #[tokio::test]
+    async fn subscription_survives_a_redis_restart() {
+        let mut server = RedisServer::start();
+        let redis = connect(&server).await;
+        let m = redis.membership();
+        let mut rx = m.subscribe().await.unwrap();
+        server.restart();
+        // After the restart the subscription reconnects and says so.
+        match tokio::time::timeout(Duration::from_secs(20), rx.recv()).await {
+            Ok(Some(Change::Resync)) => {}
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) => panic!("no Resync within 20 s of the restart"),
+        }
+        // And it delivers again (retry the heartbeat while the command connection comes back).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut n = 0;
+        loop {
+            n += 1;
+            let id = format!("after{n}");
+            if m.heartbeat(&node(&id), Duration::from_secs(30)).await.is_ok() {
+                match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+                    Ok(Some(Change::Members(got))) if got == id => break,
+                    Ok(Some(_)) | Err(_) => {}
+                    Ok(None) => panic!("subscription ended"),
+                }
+            }
+            assert!(Instant::now() < deadline, "no event after the restart");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}

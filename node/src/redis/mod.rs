@@ -1,0 +1,220 @@
+//! The Redis layer of the owner node: room storage ([`RedisStore`]), shard leases ([`Leases`]) and
+//! cluster membership ([`Membership`]), all over one auto-reconnecting connection.
+//!
+//! [`Redis::connect`] builds a [`ConnectionManager`] once (failing
+//! within the connect timeout, with the URL in the message, when Redis is down) and hands out the
+//! three parts, which share it. Each of them is cheap to clone.
+//!
+//! The key layout is in [`keys`]. Correctness rests on one rule: every storage write runs in one
+//! Lua script that first checks the writer's fence (the shard number and lease epoch) against the
+//! shard's lease hash, so a node whose lease expired or was taken over cannot write, whatever its
+//! own clock says (see `shared/reference/distributed-anchors.md` §2 and §4.3–4.4).
+//!
+//! [`testing`] starts throwaway `redis-server` processes for tests (also used by other crates).
+
+pub mod keys;
+pub mod lease;
+pub mod membership;
+pub mod store;
+pub mod testing;
+
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::Client;
+
+pub use keys::Keys;
+pub use lease::{Acquire, LeaseInfo, Leases};
+pub use membership::{Change, Membership, NodeInfo};
+pub use store::{fence_for, RedisStore};
+
+/// Why a Redis operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The first connection could not be made (Redis down, wrong address, bad credentials).
+    #[error("cannot connect to Redis at {url}: {reason}")]
+    Connect {
+        /// The URL, without its password.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The configuration is invalid (bad URL or key prefix).
+    #[error("invalid Redis configuration: {0}")]
+    Config(String),
+    /// A command failed (connection lost, timeout, server error).
+    #[error("Redis command failed: {0}")]
+    Command(#[from] ::redis::RedisError),
+    /// Redis answered something this layer does not understand (corrupt or foreign data).
+    #[error("unexpected data in Redis: {0}")]
+    Protocol(String),
+}
+
+/// Result of the Redis layer.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Where Redis is and how to talk to it.
+#[derive(Clone, Debug)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`.
+    pub url: String,
+    /// First segment of every key and channel (default `pl`); see [`keys`].
+    pub prefix: String,
+    /// Bound on establishing the first connection (default 2 s).
+    pub connect_timeout: Duration,
+    /// Bound on each command's answer (default 2 s); a paused or partitioned Redis surfaces as an
+    /// error after this long instead of a hang.
+    pub response_timeout: Duration,
+}
+
+impl RedisConfig {
+    /// The defaults with this URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisConfig { url: url.into(), ..Default::default() }
+    }
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379".into(),
+            prefix: keys::DEFAULT_PREFIX.into(),
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A connected Redis: hands out the store, the leases and the membership, sharing one connection.
+#[derive(Clone)]
+pub struct Redis {
+    client: Client,
+    conn: ConnectionManager,
+    keys: Keys,
+    config: RedisConfig,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis").field("url", &redact(&self.config.url)).field("prefix", &self.keys.prefix()).finish()
+    }
+}
+
+impl Redis {
+    /// Connects (bounded by `config.connect_timeout`) and checks the server answers.
+    pub async fn connect(config: RedisConfig) -> Result<Self> {
+        let keys = Keys::new(&config.prefix)?;
+        let shown = redact(&config.url);
+        let client =
+            Client::open(config.url.as_str()).map_err(|e| Error::Config(format!("bad Redis URL {shown}: {e}")))?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.connect_timeout))
+            .set_response_timeout(Some(config.response_timeout))
+            .set_number_of_retries(4)
+            .set_max_delay(Duration::from_secs(1));
+        let connect = async {
+            let mut conn = ConnectionManager::new_with_config(client.clone(), manager_config).await?;
+            ::redis::cmd("PING").query_async::<()>(&mut conn).await?;
+            Ok::<_, ::redis::RedisError>(conn)
+        };
+        let conn = match tokio::time::timeout(config.connect_timeout, connect).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(Error::Connect { url: shown, reason: e.to_string() }),
+            Err(_) => {
+                return Err(Error::Connect {
+                    url: shown,
+                    reason: format!("no answer within {:?}", config.connect_timeout),
+                })
+            }
+        };
+        Ok(Redis { client, conn, keys, config })
+    }
+
+    /// Room storage over this connection.
+    pub fn store(&self) -> RedisStore {
+        RedisStore::new(self.conn.clone(), self.keys.clone())
+    }
+
+    /// Shard leases over this connection.
+    pub fn leases(&self) -> Leases {
+        Leases::new(self.conn.clone(), self.keys.clone())
+    }
+
+    /// Membership over this connection (its subscriptions open their own pub/sub connections).
+    pub fn membership(&self) -> Membership {
+        Membership::new(self.client.clone(), self.conn.clone(), self.keys.clone())
+    }
+
+    /// The key layout in use.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The configuration this was connected with.
+    pub fn config(&self) -> &RedisConfig {
+        &self.config
+    }
+
+    /// The shared connection, for commands this layer does not wrap.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Redis's clock (`TIME`) in ms since the Unix epoch: the clock lease epochs are floored by.
+    pub async fn time_ms(&self) -> Result<u64> {
+        let (secs, micros): (u64, u64) = ::redis::cmd("TIME").query_async(&mut self.conn.clone()).await?;
+        Ok(secs * 1000 + micros / 1000)
+    }
+}
+
+/// `url` with the password replaced by `***`, for messages and logs.
+pub fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.to_string() };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else { return url.to_string() };
+    let userinfo = &rest[..at];
+    let user = match userinfo.find(':') {
+        Some(colon) => format!("{}:***", &userinfo[..colon]),
+        None => "***".to_string(),
+    };
+    format!("{}{}{}", &url[..scheme_end], user, &rest[at..])
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    #[test]
+    fn redact_hides_passwords_only() {
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redact("redis://:secret@host:1/0"), "redis://:***@host:1/0");
+        assert_eq!(redact("redis://user:secret@host:1"), "redis://user:***@host:1");
+        assert_eq!(redact("redis://token@host"), "redis://***@host");
+    }
+
+    #[tokio::test]
+    async fn connecting_to_a_down_redis_fails_fast_naming_the_url() {
+        // A port nobody listens on: bind one, then release it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = format!("redis://127.0.0.1:{port}");
+        let start = Instant::now();
+        let err = Redis::connect(RedisConfig::new(&url)).await.unwrap_err();
+        let elapsed = start.elapsed();
+        let msg = err.to_string();
+        assert!(msg.contains(&url), "{msg}");
+        assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+        // Bounded, not a hang (generous: the bound is ~2 s).
+        assert!(elapsed < Duration::from_secs(15), "took {elapsed:?}");
+    }
+
+    #[tokio::test]
+    async fn bad_config_is_refused() {
+        let err = Redis::connect(RedisConfig::new("not a url")).await.unwrap_err();
+        assert!(matches!(err, Error::Config(_)), "{err:?}");
+        let config = RedisConfig { prefix: "a{b".into(), ..RedisConfig::new("redis://127.0.0.1:1") };
+        assert!(matches!(Redis::connect(config).await.unwrap_err(), Error::Config(_)));
+    }
+}

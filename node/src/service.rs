@@ -1,0 +1,217 @@
+//! The node's gRPC service: link streams and HTTP requests for the rooms of the shards it owns
+//! (acquiring a shard's lease on first use when it should own it), "not owner" answers for the
+//! rest, and the cluster-secret check on every call.
+
+use std::sync::Arc;
+
+use partyline::link::{close_code, FromRoom};
+use partyline::placement::shard_of;
+use partyline::{PartyRegistry, RoomKey};
+use partyline_proto::pb::{self, link_in, link_out, node_server, room_response};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::client::ClusterClient;
+use crate::host::{HostError, RoomHost};
+use crate::redis::{fence_for, Leases, NodeInfo};
+use crate::shards::{Placement, ShardGuard, Shards};
+use crate::wire;
+
+/// Depth of a link's outbound queue.
+const OUT_QUEUE: usize = 1024;
+
+/// Checks the cluster secret on every call (constant-time comparison).
+#[derive(Clone)]
+pub struct CheckSecret(Arc<Vec<u8>>);
+
+impl CheckSecret {
+    /// The check for `secret`.
+    pub fn new(secret: &str) -> Self {
+        CheckSecret(Arc::new(format!("Bearer {secret}").into_bytes()))
+    }
+}
+
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl tonic::service::Interceptor for CheckSecret {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        match req.metadata().get(partyline_proto::AUTH_HEADER) {
+            Some(v) if same(v.as_bytes(), &self.0) => Ok(req),
+            Some(_) => Err(Status::unauthenticated("wrong cluster secret")),
+            None => Err(Status::unauthenticated("missing cluster secret (authorization: Bearer <secret>)")),
+        }
+    }
+}
+
+/// The node's service.
+pub struct NodeService {
+    /// This node.
+    pub me: NodeInfo,
+    /// Its rooms.
+    pub host: RoomHost,
+    /// Its shards.
+    pub shards: Arc<Shards>,
+    /// The cluster view (for placement decisions).
+    pub cluster: ClusterClient,
+    /// Lease lookups (who owns a shard).
+    pub leases: Leases,
+    /// The parties this node runs.
+    pub parties: PartyRegistry,
+}
+
+/// Where a room's call should be served.
+enum Decision {
+    Here(ShardGuard),
+    Elsewhere(pb::NotOwner),
+}
+
+impl NodeService {
+    /// Decides whether this node serves `shard`: it owns it, or the lease is free and this node
+    /// is the preferred owner (or the caller has already been redirected twice, so views
+    /// disagree and any free lease will do). Otherwise the caller is pointed at the holder or
+    /// the preferred node.
+    async fn place(&self, shard: u16, hops: u32) -> Result<Decision, Status> {
+        if let Some(g) = self.shards.get(shard) {
+            return Ok(Decision::Here(g));
+        }
+        let preferred = self.cluster.preferred(shard);
+        let should_own = hops >= 2 || preferred.as_ref().is_none_or(|p| p.id == self.me.id);
+        if !should_own {
+            if let Ok(Some(l)) = self.leases.owner(shard).await {
+                if l.inc != self.me.inc {
+                    return Ok(Decision::Elsewhere(pb::NotOwner {
+                        node_id: l.owner,
+                        addr: l.addr,
+                        shard: shard as u32,
+                    }));
+                }
+            }
+            if let Some(p) = preferred {
+                return Ok(Decision::Elsewhere(pb::NotOwner { node_id: p.id, addr: p.addr, shard: shard as u32 }));
+            }
+        }
+        match self.shards.acquire(shard).await {
+            Ok(Placement::Here(g)) => Ok(Decision::Here(g)),
+            Ok(Placement::Held { owner, addr }) => {
+                Ok(Decision::Elsewhere(pb::NotOwner { node_id: owner, addr, shard: shard as u32 }))
+            }
+            Err(e) => Err(Status::unavailable(format!("could not acquire shard {shard}: {e:#}"))),
+        }
+    }
+
+    fn check_party(&self, key: &RoomKey) -> Result<(), Status> {
+        match self.parties.get(&key.party) {
+            Some(_) => Ok(()),
+            None => Err(Status::not_found(format!("Party {} not found", key.party))),
+        }
+    }
+}
+
+fn host_status(e: HostError) -> Status {
+    match e {
+        HostError::UnknownParty(p) => Status::not_found(format!("Party {p} not found")),
+        e @ HostError::Unavailable(_) => Status::unavailable(e.to_string()),
+    }
+}
+
+fn bad(e: wire::Malformed) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+#[tonic::async_trait]
+impl node_server::Node for NodeService {
+    type LinkStream = ReceiverStream<Result<pb::LinkOut, Status>>;
+
+    async fn link(&self, req: Request<Streaming<pb::LinkIn>>) -> Result<Response<Self::LinkStream>, Status> {
+        let mut inbound = req.into_inner();
+        let open = match inbound.message().await?.and_then(|m| m.kind) {
+            Some(link_in::Kind::Open(o)) => o,
+            _ => return Err(Status::invalid_argument("the first message of a link must be `open`")),
+        };
+        let key = wire::room_key(open.room).map_err(bad)?;
+        self.check_party(&key)?;
+        let shard = shard_of(&key);
+        let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
+        let guard = match self.place(shard, open.hops).await? {
+            Decision::Here(g) => g,
+            Decision::Elsewhere(n) => {
+                let _ = out_tx.send(Ok(pb::LinkOut { kind: Some(link_out::Kind::NotOwner(n)) })).await;
+                return Ok(Response::new(ReceiverStream::new(out_rx)));
+            }
+        };
+        let (room_tx, mut room_rx) = mpsc::channel::<FromRoom>(OUT_QUEUE);
+        let fence = fence_for(shard, guard.epoch);
+        let link = self.host.open_link_fenced(&key, Some(fence), room_tx).await.map_err(host_status)?;
+        let opened = pb::Opened { node_id: self.me.id.clone(), shard: shard as u32, epoch: guard.epoch };
+        let _ = out_tx.send(Ok(pb::LinkOut { kind: Some(link_out::Kind::Opened(opened)) })).await;
+        tracing::debug!(room = %key, gateway = %open.gateway, shard, "link opened");
+
+        // Room -> gateway. Nothing leaves after the shard's self-fence deadline.
+        tokio::spawn(async move {
+            while let Some(msg) = room_rx.recv().await {
+                if !guard.is_valid() {
+                    let gone = FromRoom::Gone { code: close_code::SERVICE_RESTART, reason: "room moved".into() };
+                    let _ = out_tx.send(Ok(wire::link_out(gone))).await;
+                    break;
+                }
+                let end = matches!(msg, FromRoom::Gone { .. });
+                if out_tx.send(Ok(wire::link_out(msg))).await.is_err() || end {
+                    break;
+                }
+            }
+        });
+        // Gateway -> room, in order. The link closes when the gateway ends the stream.
+        tokio::spawn(async move {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(pb::LinkIn { kind: Some(kind) })) => match wire::to_room(kind) {
+                        Ok(msg) => {
+                            if link.send(msg).await.is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "dropping a malformed link message");
+                        }
+                    },
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            link.close().await;
+        });
+        Ok(Response::new(ReceiverStream::new(out_rx)))
+    }
+
+    async fn request(&self, req: Request<pb::RoomRequest>) -> Result<Response<pb::RoomResponse>, Status> {
+        let req = req.into_inner();
+        let key = wire::room_key(req.room).map_err(bad)?;
+        self.check_party(&key)?;
+        let shard = shard_of(&key);
+        let guard = match self.place(shard, req.hops).await? {
+            Decision::Here(g) => g,
+            Decision::Elsewhere(n) => {
+                return Ok(Response::new(pb::RoomResponse { kind: Some(room_response::Kind::NotOwner(n)) }));
+            }
+        };
+        let http = wire::request(req.head, req.body).map_err(bad)?;
+        let res =
+            self.host.request_fenced(&key, Some(fence_for(shard, guard.epoch)), http).await.map_err(host_status)?;
+        if !guard.is_valid() {
+            return Err(Status::unavailable("the room's shard moved while the request ran"));
+        }
+        Ok(Response::new(pb::RoomResponse { kind: Some(room_response::Kind::Response(wire::response(res))) }))
+    }
+
+    async fn info(&self, _req: Request<pb::InfoRequest>) -> Result<Response<pb::InfoReply>, Status> {
+        Ok(Response::new(pb::InfoReply {
+            node_id: self.me.id.clone(),
+            addr: self.me.addr.clone(),
+            rooms: self.host.room_count() as u32,
+            shards_owned: self.shards.count() as u32,
+        }))
+    }
+}

@@ -1,0 +1,135 @@
+//! The cluster processes: `partyline gateway` (the edge, routing to nodes over gRPC) and the
+//! glue between the gateway's `RoomRouter` seam and the node crate's cluster client.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use partyline::link::{close_code, FromRoom, ToRoom};
+use partyline::{Env, Limits, Parties, PartyRegistry, Request, Response, RoomKey};
+use partyline_gateway::{Gateway, GatewayConfig, RoomLink, RoomRouter, RouteError};
+use partyline_node::client::{ClientConfig, ClientError, ClusterClient, ClusterParties};
+use partyline_node::redis::{Redis, RedisConfig};
+use partyline_node::server::max_grpc_message_bytes;
+use partyline_node::wire;
+use partyline_proto::pb;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+/// Settings of a gateway process.
+#[derive(Clone, Debug)]
+pub struct GatewayProcessConfig {
+    /// Name in node logs.
+    pub name: String,
+    /// Redis (membership only; gateways never write).
+    pub redis: RedisConfig,
+    /// The cluster secret.
+    pub secret: String,
+    /// Limits.
+    pub limits: Limits,
+    /// Party variables (for the static hooks).
+    pub env: Env,
+    /// Most client WebSockets.
+    pub max_connections: usize,
+}
+
+/// Runs a gateway on `listener` until `shutdown` resolves.
+pub async fn run_gateway(
+    cfg: GatewayProcessConfig,
+    parties: PartyRegistry,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(!cfg.secret.is_empty(), "the cluster secret is empty: set PARTYLINE_CLUSTER_SECRET");
+    let redis = Redis::connect(cfg.redis.clone()).await.context("the gateway needs Redis for membership")?;
+    let client = ClusterClient::start(
+        ClientConfig {
+            name: cfg.name.clone(),
+            secret: cfg.secret.clone(),
+            max_grpc_message_bytes: max_grpc_message_bytes(&cfg.limits),
+            request_timeout: cfg.limits.handler_timeout + Duration::from_secs(5),
+        },
+        redis.membership(),
+    )
+    .await?;
+    let lobby = Parties::new(Arc::new(ClusterParties { client: client.clone(), parties: parties.clone() }));
+    let gateway = Gateway::new(
+        GatewayConfig { limits: Arc::new(cfg.limits), max_connections: cfg.max_connections },
+        parties,
+        Arc::new(GrpcRouter { client }),
+        lobby,
+        cfg.env,
+    );
+    gateway.serve(listener, shutdown).await.context("the HTTP server failed")
+}
+
+/// Reaches rooms on their owner nodes over gRPC.
+pub struct GrpcRouter {
+    /// The cluster client.
+    pub client: ClusterClient,
+}
+
+fn route_error(e: ClientError) -> RouteError {
+    match e {
+        ClientError::UnknownParty(p) => RouteError::UnknownParty(p),
+        other => RouteError::Unavailable(other.to_string()),
+    }
+}
+
+#[async_trait]
+impl RoomRouter for GrpcRouter {
+    async fn open_link(&self, key: &RoomKey, tx: mpsc::Sender<FromRoom>) -> Result<Box<dyn RoomLink>, RouteError> {
+        let opened = self.client.open_link(key).await.map_err(route_error)?;
+        let mut rx = opened.rx;
+        let room = key.clone();
+        tokio::spawn(async move {
+            loop {
+                match rx.message().await {
+                    Ok(Some(pb::LinkOut { kind: Some(kind) })) => match wire::from_room(kind) {
+                        Ok(msg) => {
+                            let end = matches!(msg, FromRoom::Gone { .. });
+                            if tx.send(msg).await.is_err() || end {
+                                return;
+                            }
+                        }
+                        Err(e) => tracing::warn!(room = %room, error = %e, "dropping a malformed room message"),
+                    },
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => {
+                        // The node went away without saying so: the sockets must not wait forever.
+                        let gone =
+                            FromRoom::Gone { code: close_code::SERVICE_RESTART, reason: "room unavailable".into() };
+                        let _ = tx.send(gone).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Box::new(RemoteLink { tx: Mutex::new(Some(opened.tx)) }))
+    }
+
+    async fn request(&self, key: &RoomKey, req: Request) -> Result<Response, RouteError> {
+        self.client.request(key, req).await.map_err(route_error)
+    }
+}
+
+/// The sending half of a link stream to a node.
+struct RemoteLink {
+    tx: Mutex<Option<mpsc::Sender<pb::LinkIn>>>,
+}
+
+#[async_trait]
+impl RoomLink for RemoteLink {
+    async fn send(&self, msg: ToRoom) -> Result<(), RouteError> {
+        let tx = self.tx.lock().unwrap().clone();
+        let Some(tx) = tx else { return Err(RouteError::Unavailable("the link is closed".into())) };
+        tx.send(wire::link_in(msg)).await.map_err(|_| RouteError::Unavailable("the link to the node broke".into()))
+    }
+
+    async fn close(&self) {
+        // Ending the request stream closes the link at the node.
+        self.tx.lock().unwrap().take();
+    }
+}
