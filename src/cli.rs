@@ -10,7 +10,11 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use partyline::{Env, Limits, PartyRegistry};
 
+use crate::cluster::GatewayProcessConfig;
 use crate::dev::{self, DevConfig};
+use partyline_node::redis::RedisConfig;
+use partyline_node::server::NodeConfig;
+use partyline_node::shards::LeaseTiming;
 
 /// Partyline: a self-hostable server for PartyKit-style parties.
 #[derive(Debug, Parser)]
@@ -25,6 +29,87 @@ enum Command {
     /// Run a gateway and a node in one process, with storage on local disk: the way to run
     /// parties on a laptop (like `partykit dev`).
     Dev(DevArgs),
+    /// Run an owner node of a cluster: hosts rooms, holds shard leases in Redis, serves gRPC to
+    /// gateways (only callers with the cluster secret).
+    Node(NodeArgs),
+    /// Run a stateless gateway of a cluster: serves clients (WebSocket, HTTP), runs the static
+    /// hooks, and routes each room to its owner node over gRPC.
+    Gateway(GatewayArgs),
+}
+
+/// What nodes and gateways share: where Redis is and the cluster secret.
+#[derive(Debug, Args)]
+struct ClusterArgs {
+    /// Redis URL (membership, leases, room storage, alarms).
+    #[arg(long, env = "PARTYLINE_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// Prefix of every Redis key and channel (several clusters can share one Redis).
+    #[arg(long, env = "PARTYLINE_REDIS_PREFIX", default_value = "pl")]
+    redis_prefix: String,
+    /// Shared secret gateways present to nodes (gRPC `authorization: Bearer`); required.
+    #[arg(long, env = "PARTYLINE_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
+    /// A variable for parties (`room.env()`), as KEY=VALUE; repeatable.
+    #[arg(long = "var", value_name = "KEY=VALUE", value_parser = parse_var)]
+    vars: Vec<(String, String)>,
+}
+
+impl ClusterArgs {
+    fn redis(&self) -> RedisConfig {
+        RedisConfig { prefix: self.redis_prefix.clone(), ..RedisConfig::new(self.redis_url.clone()) }
+    }
+
+    fn secret(&self) -> anyhow::Result<String> {
+        match self.cluster_secret.as_deref() {
+            Some(s) if !s.is_empty() => Ok(s.to_string()),
+            _ => anyhow::bail!(
+                "no cluster secret: set PARTYLINE_CLUSTER_SECRET (or --cluster-secret) to the same value on every node and gateway"
+            ),
+        }
+    }
+
+    fn env(&self) -> Env {
+        Env::new(self.vars.iter().cloned().collect::<BTreeMap<_, _>>())
+    }
+}
+
+/// Options of `partyline node`.
+#[derive(Debug, Args)]
+struct NodeArgs {
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "PARTYLINE_LISTEN", default_value = "127.0.0.1:7001")]
+    listen: String,
+    /// Address gateways and other nodes reach this node at (default: the listen address; needed
+    /// when listening on 0.0.0.0).
+    #[arg(long, env = "PARTYLINE_ADVERTISE")]
+    advertise: Option<String>,
+    /// Node id, unique in the cluster and stable across restarts (rendezvous hashing uses it;
+    /// default: the advertised address).
+    #[arg(long, env = "PARTYLINE_NODE_ID")]
+    id: Option<String>,
+    /// Lease timing: `standard` (TTL 10 s, renew 2 s, self-fence 8 s) or `fast` (3 s, 0.5 s,
+    /// 2.4 s) for tests and small clusters on one network.
+    #[arg(long, env = "PARTYLINE_LEASE_PROFILE", default_value = "standard", value_parser = ["standard", "fast"])]
+    lease_profile: String,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// Options of `partyline gateway`.
+#[derive(Debug, Args)]
+struct GatewayArgs {
+    /// Address to listen on.
+    #[arg(long, env = "PARTYLINE_HOST", default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on.
+    #[arg(long, env = "PARTYLINE_PORT", default_value_t = 1999)]
+    port: u16,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    #[command(flatten)]
+    limits: LimitArgs,
 }
 
 /// Options of `partyline dev`.
@@ -150,18 +235,77 @@ impl Cli {
     pub async fn run(self, parties: PartyRegistry) -> anyhow::Result<()> {
         match self.command {
             Command::Dev(args) => run_dev(args, parties).await,
+            Command::Node(args) => run_node(args, parties).await,
+            Command::Gateway(args) => run_gateway(args, parties).await,
         }
     }
 }
 
-async fn run_dev(args: DevArgs, parties: PartyRegistry) -> anyhow::Result<()> {
-    let addr: SocketAddr = format!("{}:{}", args.host, args.port)
+fn socket_addr(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
+    format!("{host}:{port}")
         .parse()
-        .or_else(|_| format!("[{}]:{}", args.host, args.port).parse())
-        .with_context(|| format!("--host {:?} is not an IP address", args.host))?;
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-        format!("could not listen on {addr}: is another server using the port? pick another with --port")
-    })?;
+        .or_else(|_| format!("[{host}]:{port}").parse())
+        .with_context(|| format!("--host {host:?} is not an IP address"))
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("could not listen on {addr}: is another server using the port? pick another one"))
+}
+
+async fn run_node(args: NodeArgs, parties: PartyRegistry) -> anyhow::Result<()> {
+    let secret = args.cluster.secret()?;
+    let listen: SocketAddr = args
+        .listen
+        .parse()
+        .with_context(|| format!("--listen {:?} is not an address like 127.0.0.1:7001", args.listen))?;
+    let listener = bind(listen).await?;
+    let local = listener.local_addr()?;
+    let advertise = match args.advertise {
+        Some(a) => a,
+        None if local.ip().is_unspecified() => {
+            anyhow::bail!(
+                "listening on {local}: set --advertise (PARTYLINE_ADVERTISE) to the address others reach this node at"
+            )
+        }
+        None => local.to_string(),
+    };
+    let cfg = NodeConfig {
+        id: args.id.unwrap_or_else(|| advertise.clone()),
+        advertise,
+        redis: args.cluster.redis(),
+        secret,
+        leases: if args.lease_profile == "fast" { LeaseTiming::FAST } else { LeaseTiming::STANDARD },
+        heartbeat: Duration::from_secs(1),
+        member_ttl: Duration::from_secs(5),
+        limits: args.limits.limits(),
+        env: args.cluster.env(),
+    };
+    println!("Partyline node {} serving gRPC on {local} (advertised as {})", cfg.id, cfg.advertise);
+    println!("  redis: {} (prefix {})", partyline_node::redis::redact(&cfg.redis.url), cfg.redis.prefix);
+    partyline_node::server::run(cfg, parties, listener, shutdown_signal()).await
+}
+
+async fn run_gateway(args: GatewayArgs, parties: PartyRegistry) -> anyhow::Result<()> {
+    let secret = args.cluster.secret()?;
+    let listener = bind(socket_addr(&args.host, args.port)?).await?;
+    let local = listener.local_addr()?;
+    let cfg = GatewayProcessConfig {
+        name: format!("gateway {local}"),
+        redis: args.cluster.redis(),
+        secret,
+        limits: args.limits.limits(),
+        env: args.cluster.env(),
+        max_connections: args.limits.max_connections,
+    };
+    println!("Partyline gateway listening on http://{local}");
+    println!("  redis: {} (prefix {})", partyline_node::redis::redact(&cfg.redis.url), cfg.redis.prefix);
+    crate::cluster::run_gateway(cfg, parties, listener, shutdown_signal()).await
+}
+
+async fn run_dev(args: DevArgs, parties: PartyRegistry) -> anyhow::Result<()> {
+    let listener = bind(socket_addr(&args.host, args.port)?).await?;
     let local = listener.local_addr()?;
     let data_dir = (!args.ephemeral).then(|| args.data_dir.clone());
     let names: Vec<&str> = parties.names().collect();

@@ -5,7 +5,10 @@
 //! - [`Client`]: a WebSocket client with receive helpers that time out instead of hanging.
 //! - [`http`]: one HTTP request over a fresh TCP connection, exact bytes kept.
 //! - [`parties`]: parties that misbehave on purpose (panic, hang, fail) for fault tests.
+//! - [`cluster`]: [`cluster::TestCluster`], Redis + nodes + gateways on loopback.
+//! - [`run_partysocket_checks`]: the real npm `partysocket` client under Node.
 
+pub mod cluster;
 pub mod parties;
 
 use std::future::Future;
@@ -38,6 +41,40 @@ pub async fn within<T>(secs: u64, what: &str, fut: impl Future<Output = T>) -> T
 /// The example parties plus the test parties.
 pub fn all_parties() -> PartyRegistry {
     parties::register(partyline_examples::registry())
+}
+
+/// The repository root (this crate lives in `tests/`).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+}
+
+/// Runs `tests/interop/partysocket.mjs` (the real npm `partysocket` under Node) against `addr`;
+/// returns its output, failing the test when any check failed.
+pub async fn run_partysocket_checks(addr: SocketAddr) -> String {
+    let root = repo_root();
+    let script = root.join("tests/interop/partysocket.mjs");
+    let modules = root.join("tests/interop/node_modules/partysocket");
+    assert!(
+        modules.exists(),
+        "the interop test needs its npm packages: run scripts/test.sh (it runs `npm ci` in tests/interop)"
+    );
+    let child = tokio::process::Command::new("node")
+        .arg(&script)
+        .arg(addr.to_string())
+        .current_dir(&root)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node must be installed to run the partysocket interop test");
+    let out = within(120, "the partysocket interop script", child.wait_with_output()).await.expect("node ran");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    println!("{stdout}");
+    eprintln!("{stderr}");
+    assert!(out.status.success(), "partysocket checks failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains(" passed, 0 failed"), "no summary line:\n{stdout}");
+    stdout
 }
 
 /// A dev server running in this process.

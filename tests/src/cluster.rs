@@ -1,0 +1,228 @@
+//! `TestCluster`: a real `redis-server` on a free port, N nodes and M gateways on `127.0.0.1:0`,
+//! all in this process but talking over real sockets (gRPC between gateways and nodes, Redis
+//! over TCP). Dropping the cluster stops everything.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use partyline::Limits;
+use partyline_node::client::{Auth, Client};
+use partyline_node::redis::testing::RedisServer;
+use partyline_node::redis::{Redis, RedisConfig};
+use partyline_node::server::NodeConfig;
+use partyline_node::shards::LeaseTiming;
+use partyline_proto::pb;
+use partyline_server::cluster::GatewayProcessConfig;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::{all_parties, http, within, Client as WsClient, HttpResponse};
+
+/// The secret test clusters use.
+pub const SECRET: &str = "test-cluster-secret";
+
+/// A running node or gateway.
+pub struct Process {
+    /// Its id (nodes) or name (gateways).
+    pub id: String,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Process {
+    /// Stops it gracefully (a node releases its shards and leaves) and waits.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = within(30, "a process to stop", task).await;
+        }
+    }
+
+    /// Ends it abruptly: no lease is released, no goodbye is sent (as a crash would).
+    pub fn kill(&mut self) {
+        self.stop.take();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// How to build a test cluster.
+pub struct Builder {
+    nodes: usize,
+    gateways: usize,
+    limits: Limits,
+}
+
+impl Builder {
+    /// This many nodes.
+    pub fn nodes(mut self, n: usize) -> Self {
+        self.nodes = n;
+        self
+    }
+
+    /// This many gateways.
+    pub fn gateways(mut self, n: usize) -> Self {
+        self.gateways = n;
+        self
+    }
+
+    /// These limits on every process.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Starts Redis, the nodes (waiting until all are registered), then the gateways.
+    pub async fn start(self) -> TestCluster {
+        let redis = RedisServer::start();
+        let mut cluster = TestCluster { redis, nodes: Vec::new(), gateways: Vec::new(), limits: self.limits };
+        for _ in 0..self.nodes {
+            cluster.add_node().await;
+        }
+        cluster.wait_for_members(self.nodes).await;
+        for _ in 0..self.gateways {
+            cluster.add_gateway().await;
+        }
+        cluster
+    }
+}
+
+/// A cluster under test.
+pub struct TestCluster {
+    /// The Redis server.
+    pub redis: RedisServer,
+    /// The nodes, in start order.
+    pub nodes: Vec<Process>,
+    /// The gateways, in start order.
+    pub gateways: Vec<Process>,
+    limits: Limits,
+}
+
+impl TestCluster {
+    /// A builder: 1 node and 1 gateway by default, fast lease timing.
+    pub fn builder() -> Builder {
+        Builder { nodes: 1, gateways: 1, limits: Limits::default() }
+    }
+
+    /// Redis settings of this cluster.
+    pub fn redis_config(&self) -> RedisConfig {
+        RedisConfig::new(self.redis.url())
+    }
+
+    /// Connects to this cluster's Redis.
+    pub async fn redis(&self) -> Redis {
+        Redis::connect(self.redis_config()).await.expect("connect to the test redis")
+    }
+
+    /// Starts one more node.
+    pub async fn add_node(&mut self) -> &Process {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let id = format!("node-{}", self.nodes.len() + 1);
+        let cfg = NodeConfig {
+            id: id.clone(),
+            advertise: addr.to_string(),
+            redis: self.redis_config(),
+            secret: SECRET.into(),
+            leases: LeaseTiming::FAST,
+            heartbeat: Duration::from_millis(500),
+            member_ttl: Duration::from_secs(3),
+            limits: self.limits.clone(),
+            env: Default::default(),
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(partyline_node::server::run(cfg, all_parties(), listener, async {
+            let _ = stopped.await;
+        }));
+        self.nodes.push(Process { id, addr, stop: Some(stop), task: Some(task) });
+        self.nodes.last().unwrap()
+    }
+
+    /// Starts one more gateway.
+    pub async fn add_gateway(&mut self) -> &Process {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let id = format!("gateway-{}", self.gateways.len() + 1);
+        let cfg = GatewayProcessConfig {
+            name: id.clone(),
+            redis: self.redis_config(),
+            secret: SECRET.into(),
+            limits: self.limits.clone(),
+            env: Default::default(),
+            max_connections: 100_000,
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(partyline_server::cluster::run_gateway(cfg, all_parties(), listener, async {
+            let _ = stopped.await;
+        }));
+        self.gateways.push(Process { id, addr, stop: Some(stop), task: Some(task) });
+        // Ready when it answers HTTP.
+        within(20, "the gateway to answer", async {
+            loop {
+                if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        self.gateways.last().unwrap()
+    }
+
+    /// Waits until `n` nodes are registered as live.
+    pub async fn wait_for_members(&self, n: usize) {
+        let redis = self.redis().await;
+        within(30, "nodes to register", async {
+            loop {
+                if redis.membership().live().await.map(|l| l.len()).unwrap_or(0) >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+    }
+
+    /// Address of gateway `i`.
+    pub fn gateway(&self, i: usize) -> SocketAddr {
+        self.gateways[i].addr
+    }
+
+    /// Connects a WebSocket client through gateway `i`.
+    pub async fn connect(&self, i: usize, path: &str) -> WsClient {
+        let url = format!("ws://{}{}", self.gateway(i), path);
+        WsClient::connect(&url).await.unwrap_or_else(|e| panic!("connect {url}: {e}"))
+    }
+
+    /// One HTTP request through gateway `i`.
+    pub async fn http(&self, i: usize, method: &str, path: &str, body: &[u8]) -> HttpResponse {
+        http(self.gateway(i), method, path, &[], body).await
+    }
+
+    /// A gRPC client of node `i` presenting `secret`.
+    pub async fn node_client(&self, i: usize, secret: &str) -> Client {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.nodes[i].addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to the node");
+        pb::node_client::NodeClient::with_interceptor(channel, Auth::new(secret).unwrap())
+    }
+
+    /// Node `i`'s own report (rooms, shards owned).
+    pub async fn node_info(&self, i: usize) -> pb::InfoReply {
+        let mut c = self.node_client(i, SECRET).await;
+        c.info(pb::InfoRequest {}).await.expect("node info").into_inner()
+    }
+}

@@ -1,0 +1,223 @@
+//! The cluster: gateways and nodes over gRPC, shard leases and fenced storage in a real Redis.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use partyline::placement::shard_of;
+use partyline::RoomKey;
+use partyline_proto::pb;
+use partyline_tests::cluster::{TestCluster, SECRET};
+use partyline_tests::{raw_upgrade, run_partysocket_checks, within, Received};
+use serde_json::json;
+
+#[tokio::test]
+async fn one_room_through_two_gateways_is_one_room() {
+    let c = TestCluster::builder().nodes(3).gateways(2).start().await;
+    let mut a = c.connect(0, "/parties/main/shared?_pk=a").await;
+    assert_eq!(a.recv_text().await, "[]");
+    a.send_text("first").await;
+    assert_eq!(a.recv_text().await, "first");
+    let mut b = c.connect(1, "/parties/main/shared?_pk=b").await;
+    assert_eq!(b.recv_json().await, json!(["first"]), "the same history through the other gateway");
+    let mut a2 = c.connect(0, "/parties/main/shared?_pk=a2").await;
+    assert_eq!(a2.recv_json().await, json!(["first"]));
+    let mut b2 = c.connect(1, "/parties/main/shared?_pk=b2").await;
+    assert_eq!(b2.recv_json().await, json!(["first"]));
+
+    // Interleaved senders on both gateways: everyone sees every message exactly once, in the
+    // same order.
+    let n = 50;
+    for i in 0..n {
+        a.send_text(&format!("a{i}")).await;
+        b.send_text(&format!("b{i}")).await;
+    }
+    let mut seen = Vec::new();
+    for client in [&mut a, &mut b, &mut a2, &mut b2] {
+        let mut got = Vec::new();
+        while got.len() < 2 * n {
+            got.push(client.recv_text().await);
+        }
+        assert_eq!(client.recv_within(Duration::from_millis(300)).await, None, "no duplicates");
+        seen.push(got);
+    }
+    for other in &seen[1..] {
+        assert_eq!(other, &seen[0], "every client sees one order");
+    }
+    let set: HashSet<&String> = seen[0].iter().collect();
+    assert_eq!(set.len(), 2 * n);
+    // Per sender, in the order sent.
+    let a_order: Vec<&String> = seen[0].iter().filter(|m| m.starts_with('a')).collect();
+    assert_eq!(a_order, (0..n).map(|i| format!("a{i}")).collect::<Vec<_>>().iter().collect::<Vec<_>>());
+    // The room's history agrees, read through either gateway over HTTP.
+    let h0 = c.http(0, "GET", "/parties/main/shared", b"").await;
+    let h1 = c.http(1, "GET", "/parties/main/shared", b"").await;
+    assert_eq!(h0.body, h1.body);
+    let history: Vec<String> = serde_json::from_slice(&h0.body).unwrap();
+    assert_eq!(history.len(), 1 + 2 * n);
+    assert_eq!(&history[1..], seen[0].as_slice());
+}
+
+#[tokio::test]
+async fn rooms_spread_over_three_nodes_with_one_owner_each() {
+    let c = TestCluster::builder().nodes(3).gateways(1).start().await;
+    let rooms = 90;
+    for i in 0..rooms {
+        let res = c.http(0, "POST", &format!("/parties/main/spread-{i}"), br#""hello""#).await;
+        assert_eq!((res.status, res.text().as_str()), (200, "OK"), "room {i}");
+    }
+    // Every room's shard has exactly one lease holder, and that holder runs the room.
+    let redis = c.redis().await;
+    let leases = redis.leases();
+    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+    for i in 0..rooms {
+        let shard = shard_of(&RoomKey::new("main", format!("spread-{i}")));
+        let owner = leases.owner(shard).await.unwrap().expect("the shard is leased");
+        *per_node.entry(owner.owner).or_default() += 1;
+    }
+    let mut running = 0;
+    for i in 0..3 {
+        let info = c.node_info(i).await;
+        running += info.rooms as usize;
+        assert_eq!(per_node.get(&info.node_id).copied().unwrap_or(0), info.rooms as usize, "{info:?} vs {per_node:?}");
+    }
+    assert_eq!(running, rooms, "each room runs on exactly one node");
+    println!("rooms per node: {per_node:?}");
+    assert_eq!(per_node.len(), 3, "every node got rooms: {per_node:?}");
+    assert!(per_node.values().all(|&n| n >= rooms / 6), "a very uneven spread: {per_node:?}");
+}
+
+#[tokio::test]
+async fn http_reaches_the_same_room_through_any_gateway() {
+    let c = TestCluster::builder().nodes(2).gateways(2).start().await;
+    let mut ws = c.connect(1, "/parties/main/web").await;
+    assert_eq!(ws.recv_text().await, "[]");
+    let res = c.http(0, "POST", "/parties/main/web", br#""via gateway 0""#).await;
+    assert_eq!((res.status, res.text().as_str()), (200, "OK"));
+    assert_eq!(ws.recv_text().await, "via gateway 0", "the write reached the socket on the other gateway");
+    let res = c.http(1, "GET", "/parties/main/web", b"").await;
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&res.body).unwrap(), json!(["via gateway 0"]));
+    assert_eq!(res.header("content-type"), Some("application/json"));
+    let res = c.http(0, "GET", "/parties/nope/web", b"").await;
+    assert_eq!((res.status, res.text().as_str()), (404, "Party nope not found"));
+}
+
+#[tokio::test]
+async fn hooks_run_at_the_gateway_and_rejected_connections_never_reach_a_node() {
+    let c = TestCluster::builder().nodes(2).gateways(1).start().await;
+    for _ in 0..5 {
+        let (_s, head) = raw_upgrade(c.gateway(0), "/parties/private/secret-room", "").await;
+        assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    }
+    let res = c.http(0, "GET", "/parties/private/secret-room", b"").await;
+    assert_eq!(res.status, 401);
+    for i in 0..2 {
+        assert_eq!(c.node_info(i).await.rooms, 0, "node {i} never saw the rejected room");
+    }
+    let mut ok = c.connect(0, "/parties/private/secret-room?token=carol").await;
+    assert_eq!(ok.recv_text().await, "welcome, carol", "the header set by the hook reached the room");
+    let rooms: u32 = [c.node_info(0).await.rooms, c.node_info(1).await.rooms].iter().sum();
+    assert_eq!(rooms, 1);
+}
+
+#[tokio::test]
+async fn a_node_refuses_callers_without_the_cluster_secret() {
+    let c = TestCluster::builder().nodes(1).gateways(0).start().await;
+    let mut wrong = c.node_client(0, "not-the-secret").await;
+    let err = wrong.info(pb::InfoRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", c.nodes[0].addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut none = pb::node_client::NodeClient::new(channel);
+    let err = none.info(pb::InfoRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    let req = pb::RoomRequest {
+        room: Some(pb::RoomRef { party: "main".into(), room: "x".into() }),
+        head: Some(pb::HttpHead { method: "GET".into(), uri: "/parties/main/x".into(), headers: vec![] }),
+        body: Default::default(),
+        hops: 0,
+    };
+    assert_eq!(none.request(req).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    let mut right = c.node_client(0, SECRET).await;
+    assert_eq!(right.info(pb::InfoRequest {}).await.unwrap().into_inner().node_id, "node-1");
+}
+
+#[tokio::test]
+async fn a_stale_view_still_reaches_the_owner_through_redirects() {
+    let mut c = TestCluster::builder().nodes(2).gateways(1).start().await;
+    // Place rooms while two nodes exist.
+    let rooms: Vec<String> = (0..40).map(|i| format!("stale-{i}")).collect();
+    for r in &rooms {
+        let res = c.http(0, "POST", &format!("/parties/main/{r}"), br#""one""#).await;
+        assert_eq!(res.status, 200);
+    }
+    // A third node joins: rendezvous hashing now prefers it for some of those shards, but the
+    // leases stay where they are, so routing by the new view lands on non-owners.
+    c.add_node().await;
+    c.wait_for_members(3).await;
+    let redis = c.redis().await;
+    let leases = redis.leases();
+    let node3 = c.nodes[2].addr.to_string();
+    let mut redirected = 0;
+    for r in &rooms {
+        let key = RoomKey::new("main", r.clone());
+        let owner = leases.owner(shard_of(&key)).await.unwrap().unwrap();
+        // Ask node 3 directly, as a gateway with a view that prefers it would.
+        let mut n3 = c.node_client(2, SECRET).await;
+        let req = pb::RoomRequest {
+            room: Some(pb::RoomRef { party: "main".into(), room: r.clone() }),
+            head: Some(pb::HttpHead { method: "GET".into(), uri: format!("/parties/main/{r}"), headers: vec![] }),
+            body: Default::default(),
+            hops: 0,
+        };
+        match n3.request(req).await.unwrap().into_inner().kind {
+            Some(pb::room_response::Kind::NotOwner(n)) => {
+                assert_eq!(n.addr, owner.addr, "the redirect names the lease holder");
+                assert_ne!(n.addr, node3);
+                redirected += 1;
+            }
+            Some(pb::room_response::Kind::Response(_)) => panic!("node 3 served room {r} it does not own"),
+            None => panic!("empty answer"),
+        }
+        // And through the gateway (whatever its view), the room answers with its state.
+        let res = c.http(0, "GET", &format!("/parties/main/{r}"), b"").await;
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&res.body).unwrap(), json!(["one"]), "room {r}");
+    }
+    assert_eq!(redirected, rooms.len());
+    assert_eq!(c.node_info(2).await.rooms, 0, "node 3 never ran a room it does not own");
+}
+
+#[tokio::test]
+async fn partysocket_works_against_both_gateways_of_a_cluster() {
+    let c = TestCluster::builder().nodes(3).gateways(2).start().await;
+    run_partysocket_checks(c.gateway(0)).await;
+    run_partysocket_checks(c.gateway(1)).await;
+}
+
+#[tokio::test]
+async fn the_counter_party_and_its_alarm_work_in_the_cluster() {
+    let c = TestCluster::builder().nodes(2).gateways(2).start().await;
+    let mut a = c.connect(0, "/parties/counter/alarmed?_pk=x&role=r").await;
+    assert_eq!(a.recv_json().await, json!({"count": 0}));
+    let mut b = c.connect(1, "/parties/counter/alarmed?_pk=y").await;
+    assert_eq!(b.recv_json().await, json!({"count": 0}));
+    a.send_text("inc").await;
+    assert_eq!(a.recv_json().await["count"], json!(1));
+    assert_eq!(b.recv_json().await["count"], json!(1));
+    a.send_text("alarm 300").await;
+    assert!(a.recv_json().await["alarm_at"].is_i64());
+    let fired = within(15, "the alarm", async {
+        loop {
+            if let Received::Text(t) = b.recv().await {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                if v["alarm"] == json!(true) {
+                    return v;
+                }
+            }
+        }
+    })
+    .await;
+    assert_eq!(fired["count"], json!(1));
+}
