@@ -35,6 +35,19 @@ enum Command {
     /// Run a stateless gateway of a cluster: serves clients (WebSocket, HTTP), runs the static
     /// hooks, and routes each room to its owner node over gRPC.
     Gateway(GatewayArgs),
+    /// Show a cluster: live nodes, the shards each owns, the rooms each runs; with --room, which
+    /// node owns that room.
+    Status(StatusArgs),
+}
+
+/// Options of `partyline status`.
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// Also show the shard and owner of this room, as `party/room`.
+    #[arg(long)]
+    room: Option<String>,
+    #[command(flatten)]
+    cluster: ClusterArgs,
 }
 
 /// What nodes and gateways share: where Redis is and the cluster secret.
@@ -237,6 +250,7 @@ impl Cli {
             Command::Dev(args) => run_dev(args, parties).await,
             Command::Node(args) => run_node(args, parties).await,
             Command::Gateway(args) => run_gateway(args, parties).await,
+            Command::Status(args) => crate::status::run(args.cluster.redis(), args.cluster.secret()?, args.room).await,
         }
     }
 }

@@ -16,6 +16,7 @@
 pub mod cli;
 pub mod cluster;
 pub mod dev;
+pub mod status;
 
 use std::process::ExitCode;
 

@@ -8,8 +8,12 @@
 //! - [`counter`] (`counter`): a stored counter in a hibernating room, with connection tags,
 //!   connection state and an alarm.
 //!
-//! [`registry`] registers all four under their names.
+//! - [`broadcast`] (`broadcast`): every frame to everyone in the room, no storage (the load
+//!   tester's fan-out target).
+//!
+//! [`registry`] registers them all under their names.
 
+pub mod broadcast;
 pub mod chat;
 pub mod counter;
 pub mod echo;
@@ -20,23 +24,25 @@ mod testkit;
 
 use partyline::PartyRegistry;
 
-/// Every example party, each under its name (`main`, `echo`, `private`, `counter`).
+/// Every example party, each under its name (`main`, `echo`, `private`, `counter`,
+/// `broadcast`).
 pub fn registry() -> PartyRegistry {
     PartyRegistry::new()
         .with::<chat::Chat>(chat::NAME)
         .with::<echo::Echo>(echo::NAME)
         .with::<private::Private>(private::NAME)
         .with::<counter::Counter>(counter::NAME)
+        .with::<broadcast::Broadcast>(broadcast::NAME)
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
-    fn registry_has_all_four() {
+    fn registry_has_every_party() {
         let reg = super::registry();
-        assert_eq!(reg.names().collect::<Vec<_>>(), ["counter", "echo", "main", "private"]);
+        assert_eq!(reg.names().collect::<Vec<_>>(), ["broadcast", "counter", "echo", "main", "private"]);
         assert!(reg.get("counter").unwrap().options().hibernate);
-        for name in ["main", "echo", "private"] {
+        for name in ["main", "echo", "private", "broadcast"] {
             assert!(!reg.get(name).unwrap().options().hibernate, "{name} must not hibernate");
         }
     }
