@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::links::{Admission, RouteError};
+use crate::metrics::{Metrics, ADMIN_PREFIX};
 use crate::routing::{route, Route};
 use crate::socket::{self, SocketTask};
 use crate::Inner;
@@ -40,6 +41,17 @@ fn text(status: StatusCode, body: impl Into<String>) -> AxumResponse {
 
 pub(crate) async fn handle(State(gw): State<Arc<Inner>>, req: http::Request<Body>) -> AxumResponse {
     let path = req.uri().path().to_string();
+    if let Some(admin) = path.strip_prefix(ADMIN_PREFIX) {
+        return match admin {
+            "metrics" => {
+                let open_links = gw.links.lock().unwrap().len();
+                let body = gw.metrics.render(gw.sockets.load(Ordering::Acquire), open_links);
+                respond(web::with_type(StatusCode::OK, "text/plain; version=0.0.4", Bytes::from(body)))
+            }
+            "health" => text(StatusCode::OK, "ok"),
+            _ => text(StatusCode::NOT_FOUND, "Not found"),
+        };
+    }
     match route(&path) {
         Route::Room { party, room } => {
             let Some(factory) = gw.parties.get(party).cloned() else {
@@ -118,6 +130,7 @@ async fn request(
         Ok(req) => req,
         Err(res) => return res,
     };
+    Metrics::inc(&gw.metrics.room_requests);
     match gw.router.request(&key, req).await {
         Ok(res) => respond(res),
         Err(e) => route_error(e),

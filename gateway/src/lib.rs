@@ -8,9 +8,11 @@
 //! - [`links`]: one link per room this gateway has sockets in; the [`RoomRouter`] seam.
 //! - `socket`: one client WebSocket (reader, coalescing writer, bounded send queue).
 //! - `edge`: the HTTP handler (upgrades, hooks, requests, `on_fetch`).
+//! - [`metrics`]: counters at `/_partyline/metrics`.
 
 mod edge;
 pub mod links;
+pub mod metrics;
 pub mod routing;
 mod socket;
 
@@ -52,6 +54,7 @@ pub(crate) struct Inner {
     pub(crate) links: Arc<Mutex<HashMap<RoomKey, Arc<LinkState>>>>,
     pub(crate) next_sid: AtomicU64,
     pub(crate) sockets: AtomicUsize,
+    pub(crate) metrics: Arc<metrics::Metrics>,
 }
 
 impl Gateway {
@@ -75,6 +78,7 @@ impl Gateway {
                 links: Arc::new(Mutex::new(HashMap::new())),
                 next_sid: AtomicU64::new(1),
                 sockets: AtomicUsize::new(0),
+                metrics: Arc::default(),
             }),
         }
     }
@@ -106,6 +110,11 @@ impl Gateway {
     /// Client WebSockets open now.
     pub fn connection_count(&self) -> usize {
         self.inner.sockets.load(Ordering::Acquire)
+    }
+
+    /// This gateway's counters.
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.inner.metrics
     }
 
     /// Rooms this gateway has a link into.
@@ -163,7 +172,10 @@ impl Inner {
         let mut links = self.links.lock().unwrap();
         let link = links
             .entry(key.clone())
-            .or_insert_with(|| LinkState::start(key.clone(), Arc::downgrade(&self.links)))
+            .or_insert_with(|| {
+                metrics::Metrics::inc(&self.metrics.links_opened);
+                LinkState::start(key.clone(), Arc::downgrade(&self.links), self.metrics.clone())
+            })
             .clone();
         link.sockets.lock().unwrap().insert(
             sid,

@@ -13,6 +13,8 @@ use partyline::{Message, Request, Response, RoomKey};
 use tokio::sync::{mpsc, oneshot, OnceCell};
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Metrics;
+
 /// Depth of a link's queue of room messages.
 const LINK_QUEUE: usize = 1024;
 
@@ -125,10 +127,14 @@ pub(crate) struct LinkState {
 
 impl LinkState {
     /// A new link state and its reader task.
-    pub(crate) fn start(key: RoomKey, links: Weak<Mutex<HashMap<RoomKey, Arc<LinkState>>>>) -> Arc<Self> {
+    pub(crate) fn start(
+        key: RoomKey,
+        links: Weak<Mutex<HashMap<RoomKey, Arc<LinkState>>>>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         let (tx, rx) = mpsc::channel(LINK_QUEUE);
         let state = Arc::new(LinkState { key, tx, link: OnceCell::new(), sockets: Mutex::new(HashMap::new()) });
-        tokio::spawn(read_link(Arc::downgrade(&state), rx, links));
+        tokio::spawn(read_link(Arc::downgrade(&state), rx, links, metrics));
         state
     }
 
@@ -156,6 +162,7 @@ async fn read_link(
     state: Weak<LinkState>,
     mut rx: mpsc::Receiver<FromRoom>,
     links: Weak<Mutex<HashMap<RoomKey, Arc<LinkState>>>>,
+    metrics: Arc<Metrics>,
 ) {
     while let Some(msg) = rx.recv().await {
         let Some(state) = state.upgrade() else { return };
@@ -179,11 +186,13 @@ async fn read_link(
             }
             FromRoom::Failed { sid, reason } => admit(&mut sockets, sid, Admission::Failed { reason }),
             FromRoom::Send { sid, msg } => {
+                Metrics::inc(&metrics.room_sends);
                 if let Some(s) = sockets.get(&sid) {
                     s.outbox.push(msg);
                 }
             }
             FromRoom::Broadcast { msg, except } => {
+                Metrics::inc(&metrics.room_broadcasts);
                 for (sid, s) in sockets.iter() {
                     if s.joined && !except.contains(sid) {
                         s.outbox.push(msg.clone());

@@ -20,6 +20,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::links::{LinkState, Out};
+use crate::metrics::Metrics;
 use crate::Inner;
 
 /// How long a closing socket waits for the client's close frame before dropping the TCP
@@ -56,7 +57,9 @@ pub(crate) async fn run(gw: std::sync::Arc<Inner>, ws: Ws, task: SocketTask) {
     let (sink, mut stream) = ws.split();
     let closing = CancellationToken::new();
     let kill = task.kill.clone();
+    let metrics = gw.metrics.clone();
     let writer = tokio::spawn(write_loop(
+        metrics.clone(),
         sink,
         task.outbox_rx,
         kill.clone(),
@@ -73,6 +76,7 @@ pub(crate) async fn run(gw: std::sync::Arc<Inner>, ws: Ws, task: SocketTask) {
     loop {
         tokio::select! {
             _ = kill.cancelled() => {
+                Metrics::inc(&metrics.slow_clients_closed);
                 error = Some("client did not read its messages; send queue full".into());
                 break;
             }
@@ -102,6 +106,7 @@ pub(crate) async fn run(gw: std::sync::Arc<Inner>, ws: Ws, task: SocketTask) {
                         break;
                     }
                 };
+                Metrics::inc(&metrics.frames_from_clients);
                 let Ok(link) = task.link.link(gw.router.as_ref()).await else { break };
                 if link.send(ToRoom::Message { sid: task.sid, msg }).await.is_err() {
                     gw.send_close(&task.link, task.sid, close_code::INTERNAL_ERROR, "room unavailable".into());
@@ -123,6 +128,7 @@ fn text(t: Utf8Bytes) -> Text {
 }
 
 async fn write_loop(
+    metrics: std::sync::Arc<Metrics>,
     mut sink: futures::stream::SplitSink<Ws, tungstenite::Message>,
     mut rx: mpsc::UnboundedReceiver<Out>,
     kill: CancellationToken,
@@ -151,6 +157,7 @@ async fn write_loop(
                             Message::Binary(b) => tungstenite::Message::Binary(b),
                         };
                         let fed = sink.feed(frame).await;
+                        Metrics::inc(&metrics.frames_to_clients);
                         queued_msgs.fetch_sub(1, Ordering::AcqRel);
                         queued_bytes.fetch_sub(len, Ordering::AcqRel);
                         fed?;

@@ -221,3 +221,39 @@ async fn the_counter_party_and_its_alarm_work_in_the_cluster() {
     .await;
     assert_eq!(fired["count"], json!(1));
 }
+
+/// Reads one counter from a gateway's `/_partyline/metrics`.
+async fn counter(c: &TestCluster, gw: usize, name: &str) -> u64 {
+    let res = c.http(gw, "GET", "/_partyline/metrics", b"").await;
+    assert_eq!(res.status, 200);
+    let text = res.text();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&format!("partyline_gateway_{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_broadcast_crosses_to_each_gateway_once_whatever_the_room_size() {
+    let c = TestCluster::builder().nodes(2).gateways(2).start().await;
+    let mut on_0 = Vec::new();
+    for i in 0..40 {
+        on_0.push(c.connect(0, &format!("/parties/broadcast/big?_pk=g0-{i}")).await);
+    }
+    let mut on_1 = Vec::new();
+    for i in 0..10 {
+        on_1.push(c.connect(1, &format!("/parties/broadcast/big?_pk=g1-{i}")).await);
+    }
+    let (b0, f0) = (counter(&c, 0, "room_broadcasts_total").await, counter(&c, 0, "frames_to_clients_total").await);
+    let (b1, f1) = (counter(&c, 1, "room_broadcasts_total").await, counter(&c, 1, "frames_to_clients_total").await);
+    on_1[0].send_text("to everyone").await;
+    for client in on_0.iter_mut().chain(on_1.iter_mut()) {
+        assert_eq!(client.recv_text().await, "to everyone");
+    }
+    assert_eq!(counter(&c, 0, "room_broadcasts_total").await - b0, 1, "one message over the link to gateway 0");
+    assert_eq!(counter(&c, 1, "room_broadcasts_total").await - b1, 1, "one message over the link to gateway 1");
+    assert_eq!(counter(&c, 0, "frames_to_clients_total").await - f0, 40);
+    assert_eq!(counter(&c, 1, "frames_to_clients_total").await - f1, 10);
+    assert_eq!(counter(&c, 0, "open_sockets").await, 40);
+}

@@ -1,0 +1,73 @@
+//! Gateway counters, served in the Prometheus text format at `/_partyline/metrics`. They show,
+//! among other things, that a room broadcast crosses the gateway↔room link once per gateway
+//! (`room_broadcasts`) and fans out to every local socket (`frames_to_clients`).
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The reserved path prefix for the gateway's own endpoints (never routed to `on_fetch`).
+pub const ADMIN_PREFIX: &str = "/_partyline/";
+
+/// Counters of one gateway.
+#[derive(Default, Debug)]
+pub struct Metrics {
+    /// WebSocket upgrades completed (101 sent).
+    pub connections_accepted: AtomicU64,
+    /// Upgrades refused (hooks, limits, room refusals).
+    pub connections_refused: AtomicU64,
+    /// Clients cut off because their send queue filled.
+    pub slow_clients_closed: AtomicU64,
+    /// Frames received from clients.
+    pub frames_from_clients: AtomicU64,
+    /// Frames written to clients.
+    pub frames_to_clients: AtomicU64,
+    /// `Broadcast` messages received from rooms (one per room broadcast per gateway).
+    pub room_broadcasts: AtomicU64,
+    /// `Send` messages received from rooms (one per directed frame).
+    pub room_sends: AtomicU64,
+    /// HTTP requests forwarded to rooms.
+    pub room_requests: AtomicU64,
+    /// Links opened to rooms.
+    pub links_opened: AtomicU64,
+}
+
+impl Metrics {
+    /// Adds one to a counter.
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition of the counters plus the given gauges.
+    pub fn render(&self, open_sockets: usize, open_links: usize) -> String {
+        let mut out = String::new();
+        let mut counter = |name: &str, help: &str, v: &AtomicU64| {
+            let _ = writeln!(out, "# HELP partyline_gateway_{name} {help}");
+            let _ = writeln!(out, "# TYPE partyline_gateway_{name} counter");
+            let _ = writeln!(out, "partyline_gateway_{name} {}", v.load(Ordering::Relaxed));
+        };
+        counter("connections_accepted_total", "WebSocket upgrades completed.", &self.connections_accepted);
+        counter("connections_refused_total", "WebSocket upgrades refused.", &self.connections_refused);
+        counter(
+            "slow_clients_closed_total",
+            "Clients cut off because their send queue filled.",
+            &self.slow_clients_closed,
+        );
+        counter("frames_from_clients_total", "Frames received from clients.", &self.frames_from_clients);
+        counter("frames_to_clients_total", "Frames written to clients.", &self.frames_to_clients);
+        counter(
+            "room_broadcasts_total",
+            "Broadcasts received from rooms: one per room broadcast per gateway, whatever the room size.",
+            &self.room_broadcasts,
+        );
+        counter("room_sends_total", "Directed frames received from rooms.", &self.room_sends);
+        counter("room_requests_total", "HTTP requests forwarded to rooms.", &self.room_requests);
+        counter("links_opened_total", "Links opened to rooms.", &self.links_opened);
+        let _ = writeln!(out, "# HELP partyline_gateway_open_sockets Client WebSockets open now.");
+        let _ = writeln!(out, "# TYPE partyline_gateway_open_sockets gauge");
+        let _ = writeln!(out, "partyline_gateway_open_sockets {open_sockets}");
+        let _ = writeln!(out, "# HELP partyline_gateway_open_links Rooms this gateway has a link into.");
+        let _ = writeln!(out, "# TYPE partyline_gateway_open_links gauge");
+        let _ = writeln!(out, "partyline_gateway_open_links {open_links}");
+        out
+    }
+}
