@@ -257,3 +257,37 @@ async fn a_broadcast_crosses_to_each_gateway_once_whatever_the_room_size() {
     assert_eq!(counter(&c, 1, "frames_to_clients_total").await - f1, 10);
     assert_eq!(counter(&c, 0, "open_sockets").await, 40);
 }
+
+#[tokio::test]
+async fn a_room_whose_lease_is_taken_over_is_fenced_and_reveals_nothing() {
+    use partyline::store::Store;
+    use partyline_node::redis::Acquire;
+
+    let c = TestCluster::builder().nodes(1).gateways(1).start().await;
+    let mut a = c.connect(0, "/parties/main/fenced?_pk=a").await;
+    assert_eq!(a.recv_text().await, "[]");
+    a.send_text("kept").await;
+    assert_eq!(a.recv_text().await, "kept");
+
+    // Another incarnation takes the shard's lease (as if the node had paused past its TTL).
+    let redis = c.redis().await;
+    let key = RoomKey::new("main", "fenced");
+    let shard = shard_of(&key);
+    let lease_key = redis.keys().lease(shard);
+    let mut conn = redis.connection();
+    let _: () = ::redis::cmd("DEL").arg(&lease_key).query_async(&mut conn).await.unwrap();
+    let taken =
+        redis.leases().acquire(shard, "intruder", "intruder-1", "127.0.0.1:9", Duration::from_secs(30)).await.unwrap();
+    assert!(matches!(taken, Acquire::Granted { .. }));
+
+    // The old owner's next write is refused by Redis: the room is dropped, the client is closed
+    // with 1012, and the message it sent is neither broadcast nor stored.
+    a.send_text("lost").await;
+    match a.recv().await {
+        Received::Close(code, _) => assert_eq!(code, 1012),
+        other => panic!("expected the close, got {other:?} first"),
+    }
+    let stored = redis.store().get(&key, &["messages".to_string()]).await.unwrap();
+    let history: Vec<String> = serde_json::from_slice(stored[0].as_ref().unwrap()).unwrap();
+    assert_eq!(history, vec!["kept".to_string()], "the fenced write left no trace");
+}
