@@ -82,6 +82,15 @@ async fn rooms_spread_over_three_nodes_with_one_owner_each() {
     }
     assert_eq!(running, rooms, "each room runs on exactly one node");
     println!("rooms per node: {per_node:?}");
+    // The preference over all shards, which is what many rooms converge to.
+    let mut shards_per_node: BTreeMap<&str, usize> = BTreeMap::new();
+    for shard in 0..partyline::placement::SHARDS {
+        let p = partyline::placement::preferred(shard, ["node-1", "node-2", "node-3"]).unwrap();
+        *shards_per_node.entry(p).or_default() += 1;
+    }
+    println!("preferred shards per node: {shards_per_node:?}");
+    let max = *shards_per_node.values().max().unwrap() as f64;
+    assert!(max / (4096.0 / 3.0) < 1.05, "shards are balanced: {shards_per_node:?}");
     assert_eq!(per_node.len(), 3, "every node got rooms: {per_node:?}");
     assert!(per_node.values().all(|&n| n >= rooms / 6), "a very uneven spread: {per_node:?}");
 }
