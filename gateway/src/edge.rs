@@ -112,20 +112,28 @@ fn route_error(e: RouteError) -> AxumResponse {
     }
 }
 
+/// Reads a request's body (within the limit; 413 above it) and makes its URL absolute.
+async fn read_request(gw: &Inner, req: http::Request<Body>) -> Result<Request, AxumResponse> {
+    let (mut parts, body) = req.into_parts();
+    let max = gw.limits.max_request_body_bytes;
+    let body = match http_body_util::Limited::new(body, max).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return Err(text(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than {max} bytes"))),
+    };
+    parts.uri = absolute_uri(&parts);
+    Ok(Request::from_parts(parts, body))
+}
+
 async fn request(
     gw: Arc<Inner>,
     key: RoomKey,
     factory: Arc<dyn PartyFactory>,
     req: http::Request<Body>,
 ) -> AxumResponse {
-    let (mut parts, body) = req.into_parts();
-    let max = gw.limits.max_request_body_bytes;
-    let body = match http_body_util::Limited::new(body, max).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than {max} bytes")),
+    let req = match read_request(&gw, req).await {
+        Ok(req) => req,
+        Err(res) => return res,
     };
-    parts.uri = absolute_uri(&parts);
-    let req = Request::from_parts(parts, body);
     let req = match before(factory.on_before_request(req, lobby(&gw, &key.party, Some(&key.room)))).await {
         Ok(req) => req,
         Err(res) => return res,
@@ -141,14 +149,11 @@ async fn fetch(gw: Arc<Inner>, req: http::Request<Body>) -> AxumResponse {
     let Some(main) = gw.parties.get("main").cloned() else {
         return text(StatusCode::NOT_FOUND, "Not found");
     };
-    let (mut parts, body) = req.into_parts();
-    let max = gw.limits.max_request_body_bytes;
-    let body = match http_body_util::Limited::new(body, max).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than {max} bytes")),
+    let req = match read_request(&gw, req).await {
+        Ok(req) => req,
+        Err(res) => return res,
     };
-    parts.uri = absolute_uri(&parts);
-    match main.on_fetch(Request::from_parts(parts, body), lobby(&gw, "main", None)).await {
+    match main.on_fetch(req, lobby(&gw, "main", None)).await {
         Some(res) => respond(res),
         None => text(StatusCode::NOT_FOUND, "Not found"),
     }
