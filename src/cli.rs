@@ -35,6 +35,10 @@ enum Command {
     /// Run a stateless gateway of a cluster: serves clients (WebSocket, HTTP), runs the static
     /// hooks, and routes each room to its owner node over gRPC.
     Gateway(GatewayArgs),
+    /// Load-test a Partyline server (or any PartyKit-style server) with WebSocket and HTTP
+    /// clients: fanout, echo, idle, churn and http scenarios, with latency histograms, losses,
+    /// duplicates and reordering. Loopback targets only unless --allow-remote.
+    Bench(partyline_bench::BenchArgs),
     /// Show a cluster: live nodes, the shards each owns, the rooms each runs; with --room, which
     /// node owns that room.
     Status(StatusArgs),
@@ -250,6 +254,7 @@ impl Cli {
             Command::Dev(args) => run_dev(args, parties).await,
             Command::Node(args) => run_node(args, parties).await,
             Command::Gateway(args) => run_gateway(args, parties).await,
+            Command::Bench(args) => partyline_bench::run(args).await,
             Command::Status(args) => crate::status::run(args.cluster.redis(), args.cluster.secret()?, args.room).await,
         }
     }
