@@ -22,6 +22,10 @@ use partyline_node::shards::LeaseTiming;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Async worker threads (default: one per core). Fewer threads mean fewer context switches
+    /// when several Partyline processes share a few cores.
+    #[arg(long, global = true, env = "PARTYLINE_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -9,7 +9,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use partyline::link::{close_code, FromRoom, ToRoom};
 use partyline::{Env, Limits, Parties, PartyRegistry, Request, Response, RoomKey};
-use partyline_gateway::{Gateway, GatewayConfig, RoomLink, RoomRouter, RouteError};
+use partyline_gateway::{Gateway, GatewayConfig, OpenLink, RoomLink, RoomRouter, RouteError};
 use partyline_node::client::{ClientConfig, ClientError, ClusterClient, ClusterParties};
 use partyline_node::redis::{Redis, RedisConfig};
 use partyline_node::server::max_grpc_message_bytes;
@@ -80,34 +80,37 @@ fn route_error(e: ClientError) -> RouteError {
 
 #[async_trait]
 impl RoomRouter for GrpcRouter {
-    async fn open_link(&self, key: &RoomKey, tx: mpsc::Sender<FromRoom>) -> Result<Box<dyn RoomLink>, RouteError> {
+    async fn open_link(&self, key: &RoomKey) -> Result<OpenLink, RouteError> {
         let opened = self.client.open_link(key).await.map_err(route_error)?;
-        let mut rx = opened.rx;
         let room = key.clone();
-        tokio::spawn(async move {
-            loop {
-                match rx.message().await {
-                    Ok(Some(pb::LinkOut { kind: Some(kind) })) => match wire::from_room(kind) {
-                        Ok(msg) => {
-                            let end = matches!(msg, FromRoom::Gone { .. });
-                            if tx.send(msg).await.is_err() || end {
-                                return;
+        // Decoded on the task that applies them (no extra hop); a stream that breaks without
+        // the room saying so ends with Gone, so the sockets are closed rather than left waiting.
+        let events = futures::stream::unfold((opened.rx, false), move |(mut rx, done)| {
+            let room = room.clone();
+            async move {
+                if done {
+                    return None;
+                }
+                loop {
+                    match rx.message().await {
+                        Ok(Some(pb::LinkOut { kind: Some(kind) })) => match wire::from_room(kind) {
+                            Ok(msg) => {
+                                let end = matches!(msg, FromRoom::Gone { .. });
+                                return Some((msg, (rx, end)));
                             }
+                            Err(e) => tracing::warn!(room = %room, error = %e, "dropping a malformed room message"),
+                        },
+                        Ok(Some(_)) => {}
+                        Ok(None) | Err(_) => {
+                            let gone =
+                                FromRoom::Gone { code: close_code::SERVICE_RESTART, reason: "room unavailable".into() };
+                            return Some((gone, (rx, true)));
                         }
-                        Err(e) => tracing::warn!(room = %room, error = %e, "dropping a malformed room message"),
-                    },
-                    Ok(Some(_)) => {}
-                    Ok(None) | Err(_) => {
-                        // The node went away without saying so: the sockets must not wait forever.
-                        let gone =
-                            FromRoom::Gone { code: close_code::SERVICE_RESTART, reason: "room unavailable".into() };
-                        let _ = tx.send(gone).await;
-                        return;
                     }
                 }
             }
         });
-        Ok(Box::new(RemoteLink { tx: Mutex::new(Some(opened.tx)) }))
+        Ok(OpenLink { link: Box::new(RemoteLink { tx: Mutex::new(Some(opened.tx)) }), events: Box::pin(events) })
     }
 
     async fn request(&self, key: &RoomKey, req: Request) -> Result<Response, RouteError> {

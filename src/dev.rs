@@ -9,13 +9,14 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use partyline::actor::LinkSender;
-use partyline::link::{FromRoom, ToRoom};
+use partyline::link::ToRoom;
 use partyline::{Env, Limits, MemoryStore, PartyRegistry, Request, Response, RoomKey, Store};
-use partyline_gateway::{Gateway, GatewayConfig, RoomLink, RoomRouter, RouteError};
+use partyline_gateway::{Gateway, GatewayConfig, OpenLink, RoomLink, RoomRouter, RouteError, LINK_QUEUE};
 use partyline_node::store::EmbeddedStore;
 use partyline_node::{HostConfig, HostError, RoomHost};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 
 /// Settings of a dev server.
 #[derive(Clone, Debug)]
@@ -100,9 +101,10 @@ fn route_error(e: HostError) -> RouteError {
 
 #[async_trait]
 impl RoomRouter for LocalRouter {
-    async fn open_link(&self, key: &RoomKey, tx: mpsc::Sender<FromRoom>) -> Result<Box<dyn RoomLink>, RouteError> {
+    async fn open_link(&self, key: &RoomKey) -> Result<OpenLink, RouteError> {
+        let (tx, rx) = mpsc::channel(LINK_QUEUE);
         let link = self.0.open_link(key, tx).await.map_err(route_error)?;
-        Ok(Box::new(LocalLink(link)))
+        Ok(OpenLink { link: Box::new(LocalLink(link)), events: Box::pin(ReceiverStream::new(rx)) })
     }
 
     async fn request(&self, key: &RoomKey, req: Request) -> Result<Response, RouteError> {

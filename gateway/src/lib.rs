@@ -25,7 +25,7 @@ use partyline::link::{SocketId, ToRoom};
 use partyline::{Env, Limits, Parties, PartyRegistry, RoomKey};
 use tokio::net::TcpListener;
 
-pub use links::{RoomLink, RoomRouter, RouteError};
+pub use links::{OpenLink, RoomLink, RoomRouter, RouteError, LINK_QUEUE};
 
 use links::{Admission, LinkState, Out, Outbox, SocketEntry};
 
@@ -97,6 +97,11 @@ impl Gateway {
     ) -> std::io::Result<()> {
         let gw = self.clone();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        // Small frames must not wait for the client's delayed ACK (Nagle); the writers already
+        // coalesce what is queued into one write.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+            let _ = tcp.set_nodelay(true);
+        });
         let server = axum::serve(listener, self.router()).with_graceful_shutdown(async move {
             shutdown.await;
             gw.close_all(partyline::link::close_code::GOING_AWAY, "server shutting down");
@@ -172,10 +177,7 @@ impl Inner {
         let mut links = self.links.lock().unwrap();
         let link = links
             .entry(key.clone())
-            .or_insert_with(|| {
-                metrics::Metrics::inc(&self.metrics.links_opened);
-                LinkState::start(key.clone(), Arc::downgrade(&self.links), self.metrics.clone())
-            })
+            .or_insert_with(|| LinkState::new(key.clone(), Arc::downgrade(&self.links), self.metrics.clone()))
             .clone();
         link.sockets.lock().unwrap().insert(
             sid,

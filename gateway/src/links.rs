@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex, Weak};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt;
 use partyline::link::{FromRoom, SocketId, ToRoom};
 use partyline::{Message, Request, Response, RoomKey};
 use tokio::sync::{mpsc, oneshot, OnceCell};
@@ -15,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 
-/// Depth of a link's queue of room messages.
-const LINK_QUEUE: usize = 1024;
+/// Depth of a link's queue of room messages, for routers that deliver through a channel.
+pub const LINK_QUEUE: usize = 1024;
 
 /// Why a room could not be reached.
 #[derive(Debug, thiserror::Error)]
@@ -32,10 +34,20 @@ pub enum RouteError {
 /// How a gateway reaches rooms: in-process for `dev`, over gRPC in a cluster.
 #[async_trait]
 pub trait RoomRouter: Send + Sync + 'static {
-    /// Opens this gateway's link into a room; the room's messages arrive on `tx`.
-    async fn open_link(&self, key: &RoomKey, tx: mpsc::Sender<FromRoom>) -> Result<Box<dyn RoomLink>, RouteError>;
+    /// Opens this gateway's link into a room.
+    async fn open_link(&self, key: &RoomKey) -> Result<OpenLink, RouteError>;
     /// Sends an HTTP request to a room.
     async fn request(&self, key: &RoomKey, req: Request) -> Result<Response, RouteError>;
+}
+
+/// An open link: the sending half, and the room's messages in order. The stream ends when the
+/// room closes the link; a link that breaks must end with [`FromRoom::Gone`] so its sockets are
+/// closed.
+pub struct OpenLink {
+    /// Socket events go here.
+    pub link: Box<dyn RoomLink>,
+    /// The room's messages for this gateway's sockets.
+    pub events: BoxStream<'static, FromRoom>,
 }
 
 /// The sending half of a link.
@@ -120,27 +132,34 @@ pub(crate) struct SocketEntry {
 /// One link into one room.
 pub(crate) struct LinkState {
     pub(crate) key: RoomKey,
-    tx: mpsc::Sender<FromRoom>,
     link: OnceCell<Box<dyn RoomLink>>,
     pub(crate) sockets: Mutex<HashMap<SocketId, SocketEntry>>,
+    links: Weak<Mutex<HashMap<RoomKey, Arc<LinkState>>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl LinkState {
-    /// A new link state and its reader task.
-    pub(crate) fn start(
+    /// A link state; the link opens on first use.
+    pub(crate) fn new(
         key: RoomKey,
         links: Weak<Mutex<HashMap<RoomKey, Arc<LinkState>>>>,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
-        let (tx, rx) = mpsc::channel(LINK_QUEUE);
-        let state = Arc::new(LinkState { key, tx, link: OnceCell::new(), sockets: Mutex::new(HashMap::new()) });
-        tokio::spawn(read_link(Arc::downgrade(&state), rx, links, metrics));
-        state
+        Arc::new(LinkState { key, link: OnceCell::new(), sockets: Mutex::new(HashMap::new()), links, metrics })
     }
 
-    /// The open link, opening it on first use.
-    pub(crate) async fn link(&self, router: &dyn RoomRouter) -> Result<&dyn RoomLink, RouteError> {
-        let link = self.link.get_or_try_init(|| router.open_link(&self.key, self.tx.clone())).await?;
+    /// The open link, opening it on first use (and starting the task that applies the room's
+    /// messages).
+    pub(crate) async fn link(self: &Arc<Self>, router: &dyn RoomRouter) -> Result<&dyn RoomLink, RouteError> {
+        let link = self
+            .link
+            .get_or_try_init(|| async {
+                let opened = router.open_link(&self.key).await?;
+                Metrics::inc(&self.metrics.links_opened);
+                tokio::spawn(read_link(Arc::downgrade(self), opened.events, self.links.clone(), self.metrics.clone()));
+                Ok::<_, RouteError>(opened.link)
+            })
+            .await?;
         Ok(link.as_ref())
     }
 
@@ -160,11 +179,11 @@ impl LinkState {
 /// Applies a room's messages to this gateway's sockets until the room closes the link.
 async fn read_link(
     state: Weak<LinkState>,
-    mut rx: mpsc::Receiver<FromRoom>,
+    mut events: BoxStream<'static, FromRoom>,
     links: Weak<Mutex<HashMap<RoomKey, Arc<LinkState>>>>,
     metrics: Arc<Metrics>,
 ) {
-    while let Some(msg) = rx.recv().await {
+    while let Some(msg) = events.next().await {
         let Some(state) = state.upgrade() else { return };
         let mut sockets = state.sockets.lock().unwrap();
         match msg {

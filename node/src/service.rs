@@ -8,8 +8,10 @@ use partyline::link::{close_code, FromRoom};
 use partyline::placement::shard_of;
 use partyline::{PartyRegistry, RoomKey};
 use partyline_proto::pb::{self, link_in, link_out, node_server, room_response};
+use std::pin::Pin;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+
+use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::client::ClusterClient;
@@ -123,7 +125,7 @@ fn bad(e: wire::Malformed) -> Status {
 
 #[tonic::async_trait]
 impl node_server::Node for NodeService {
-    type LinkStream = ReceiverStream<Result<pb::LinkOut, Status>>;
+    type LinkStream = Pin<Box<dyn Stream<Item = Result<pb::LinkOut, Status>> + Send>>;
 
     async fn link(&self, req: Request<Streaming<pb::LinkIn>>) -> Result<Response<Self::LinkStream>, Status> {
         let mut inbound = req.into_inner();
@@ -134,34 +136,33 @@ impl node_server::Node for NodeService {
         let key = wire::room_key(open.room).map_err(bad)?;
         self.check_party(&key)?;
         let shard = shard_of(&key);
-        let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
         let guard = match self.place(shard, open.hops).await? {
             Decision::Here(g) => g,
             Decision::Elsewhere(n) => {
-                let _ = out_tx.send(Ok(pb::LinkOut { kind: Some(link_out::Kind::NotOwner(n)) })).await;
-                return Ok(Response::new(ReceiverStream::new(out_rx)));
+                let not_owner = pb::LinkOut { kind: Some(link_out::Kind::NotOwner(n)) };
+                return Ok(Response::new(Box::pin(futures::stream::once(async { Ok(not_owner) }))));
             }
         };
-        let (room_tx, mut room_rx) = mpsc::channel::<FromRoom>(OUT_QUEUE);
+        let (room_tx, room_rx) = mpsc::channel::<FromRoom>(OUT_QUEUE);
         let fence = fence_for(shard, guard.epoch);
         let link = self.host.open_link_fenced(&key, Some(fence), room_tx).await.map_err(host_status)?;
         let opened = pb::Opened { node_id: self.me.id.clone(), shard: shard as u32, epoch: guard.epoch };
-        let _ = out_tx.send(Ok(pb::LinkOut { kind: Some(link_out::Kind::Opened(opened)) })).await;
+        let opened = pb::LinkOut { kind: Some(link_out::Kind::Opened(opened)) };
         tracing::debug!(room = %key, gateway = %open.gateway, shard, "link opened");
 
-        // Room -> gateway. Nothing leaves after the shard's self-fence deadline.
-        tokio::spawn(async move {
-            while let Some(msg) = room_rx.recv().await {
-                if !guard.is_valid() {
-                    let gone = FromRoom::Gone { code: close_code::SERVICE_RESTART, reason: "room moved".into() };
-                    let _ = out_tx.send(Ok(wire::link_out(gone))).await;
-                    break;
-                }
-                let end = matches!(msg, FromRoom::Gone { .. });
-                if out_tx.send(Ok(wire::link_out(msg))).await.is_err() || end {
-                    break;
-                }
+        // Room -> gateway, encoded as the HTTP/2 stream polls it (no extra task). Nothing leaves
+        // after the shard's self-fence deadline.
+        let out = futures::stream::unfold((room_rx, guard, false), |(mut rx, guard, done)| async move {
+            if done {
+                return None;
             }
+            let msg = rx.recv().await?;
+            if !guard.is_valid() {
+                let gone = FromRoom::Gone { code: close_code::SERVICE_RESTART, reason: "room moved".into() };
+                return Some((Ok(wire::link_out(gone)), (rx, guard, true)));
+            }
+            let end = matches!(msg, FromRoom::Gone { .. });
+            Some((Ok(wire::link_out(msg)), (rx, guard, end)))
         });
         // Gateway -> room, in order. The link closes when the gateway ends the stream.
         tokio::spawn(async move {
@@ -183,7 +184,7 @@ impl node_server::Node for NodeService {
             }
             link.close().await;
         });
-        Ok(Response::new(ReceiverStream::new(out_rx)))
+        Ok(Response::new(Box::pin(futures::stream::once(async { Ok(opened) }).chain(out))))
     }
 
     async fn request(&self, req: Request<pb::RoomRequest>) -> Result<Response<pb::RoomResponse>, Status> {

@@ -105,8 +105,12 @@ impl Redis {
     pub async fn connect(config: RedisConfig) -> Result<Self> {
         let keys = Keys::new(&config.prefix)?;
         let shown = redact(&config.url);
-        let client =
-            Client::open(config.url.as_str()).map_err(|e| Error::Config(format!("bad Redis URL {shown}: {e}")))?;
+        // Nagle's algorithm would hold a command back until the previous one is acknowledged
+        // (up to a 40 ms delayed ACK): every command is latency-critical here.
+        let info = ::redis::IntoConnectionInfo::into_connection_info(config.url.as_str())
+            .map_err(|e| Error::Config(format!("bad Redis URL {shown}: {e}")))?
+            .set_tcp_settings(::redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client = Client::open(info).map_err(|e| Error::Config(format!("bad Redis URL {shown}: {e}")))?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.response_timeout))
