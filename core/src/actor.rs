@@ -1,7 +1,7 @@
 //! The room runtime: one task per live room that owns the party value and runs its handlers one
 //! at a time, plus a pump task that releases the room's outbound frames through the output gate.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashSet;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,10 +14,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep_until, Instant};
 
 use crate::connection::{ConnShared, Connection};
+use crate::gate::Gate;
 use crate::limits::Limits;
 use crate::link::{close_code, FromRoom, SocketId, ToRoom};
 use crate::party::{ConnectionContext, Party, PartyFactory};
-use crate::room::{ConnTable, Env, Gated, LinkId, Outbound, Parties, Room, RoomShared};
+use crate::room::{ConnTable, Env, LinkId, Outbound, Parties, Room, RoomShared};
 use crate::storage::{now_ms, Storage, WriteProgress};
 use crate::store::{Fence, RoomKey, Store};
 use crate::web::{self, Request, Response};
@@ -203,9 +204,9 @@ pub enum RoomExit {
 /// Starts a room: its actor and its output pump. Returns the handle and the actor's task.
 pub fn spawn_room(cfg: RoomConfig) -> (RoomHandle, tokio::task::JoinHandle<RoomExit>) {
     let (tx, rx) = mpsc::channel(INBOX);
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
     let storage = Storage::new(cfg.key.clone(), cfg.store.clone(), cfg.fence.clone(), cfg.limits.clone());
-    tokio::spawn(pump(out_rx, storage.progress()));
+    let gate = Gate::new(storage.progress());
+    tokio::spawn(crate::gate::pump(gate.clone()));
     let shared = Arc::new(RoomShared {
         key: cfg.key.clone(),
         env: cfg.env,
@@ -214,7 +215,7 @@ pub fn spawn_room(cfg: RoomConfig) -> (RoomHandle, tokio::task::JoinHandle<RoomE
         parties: cfg.parties,
         conns: Mutex::new(ConnTable::default()),
         closed_by_party: Mutex::new(Vec::new()),
-        out: out_tx,
+        gate,
     });
     let options = cfg.factory.options();
     let handle =
@@ -344,6 +345,7 @@ impl Actor {
             last_event = Instant::now();
         };
         self.storage().seal();
+        self.shared().gate.close();
         tracing::debug!(room = %key, exit = ?exit, "room stopped");
         exit
     }
@@ -642,75 +644,6 @@ impl Actor {
                     let _ = storage.set_alarm(now_ms() + backoff.as_millis() as i64).await;
                 }
             }
-        }
-    }
-}
-
-/// Releases a room's outbound items in order, each once the write batch it follows is durable.
-/// On a storage failure it discards what it holds and tells every link the room is gone.
-async fn pump(mut rx: mpsc::UnboundedReceiver<Gated>, mut progress: watch::Receiver<WriteProgress>) {
-    let mut links: HashMap<LinkId, mpsc::Sender<FromRoom>> = HashMap::new();
-    let mut held: VecDeque<Gated> = VecDeque::new();
-    let mut open = true;
-    let mut writer_alive = true;
-    loop {
-        let p = progress.borrow_and_update().clone();
-        if p.failed.is_some() {
-            let code = if p.fenced { close_code::SERVICE_RESTART } else { close_code::INTERNAL_ERROR };
-            let reason = close_reason(&format!("room storage failed: {}", p.failed.as_deref().map_or("", |s| s)));
-            // Link bookkeeping still applies: a link opened before the failure must hear of it.
-            while let Ok(g) = rx.try_recv() {
-                held.push_back(g);
-            }
-            for g in held.drain(..) {
-                if let Outbound::OpenLink(link, tx) = g.item {
-                    links.insert(link, tx);
-                }
-            }
-            for tx in links.values() {
-                let _ = tx.send(FromRoom::Gone { code, reason: reason.clone() }).await;
-            }
-            return;
-        }
-        while held.front().is_some_and(|g| g.seq <= p.acked) {
-            let g = held.pop_front().expect("checked");
-            deliver(&mut links, g.item).await;
-        }
-        if !open && (held.is_empty() || !writer_alive) {
-            return;
-        }
-        tokio::select! {
-            item = rx.recv(), if open => match item {
-                Some(g) if held.is_empty() && g.seq <= p.acked => deliver(&mut links, g.item).await,
-                Some(g) => held.push_back(g),
-                None => open = false,
-            },
-            changed = progress.changed(), if writer_alive => {
-                if changed.is_err() {
-                    writer_alive = false;
-                }
-            }
-        }
-    }
-}
-
-async fn deliver(links: &mut HashMap<LinkId, mpsc::Sender<FromRoom>>, item: Outbound) {
-    match item {
-        Outbound::Link(link, msg) => {
-            if let Some(tx) = links.get(&link) {
-                if tx.send(msg).await.is_err() {
-                    links.remove(&link);
-                }
-            }
-        }
-        Outbound::Response(reply, res) => {
-            let _ = reply.send(res);
-        }
-        Outbound::OpenLink(link, tx) => {
-            links.insert(link, tx);
-        }
-        Outbound::CloseLink(link) => {
-            links.remove(&link);
         }
     }
 }

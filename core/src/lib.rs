@@ -40,6 +40,7 @@
 
 pub mod actor;
 pub mod connection;
+mod gate;
 pub mod limits;
 pub mod link;
 pub mod message;

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::connection::{ConnKey, ConnShared, Connection};
+use crate::gate::Gate;
 use crate::limits::Limits;
 use crate::link::{FromRoom, SocketId};
 use crate::message::Message;
@@ -98,12 +99,6 @@ pub(crate) enum Outbound {
     CloseLink(LinkId),
 }
 
-/// An outbound item with the write batch it must wait for (the output gate).
-pub(crate) struct Gated {
-    pub(crate) seq: u64,
-    pub(crate) item: Outbound,
-}
-
 #[derive(Default)]
 pub(crate) struct ConnTable {
     pub(crate) by_key: HashMap<ConnKey, Arc<ConnShared>>,
@@ -149,14 +144,13 @@ pub(crate) struct RoomShared {
     pub(crate) conns: Mutex<ConnTable>,
     /// Connections the party closed; the runtime runs `on_close` for them after the handler.
     pub(crate) closed_by_party: Mutex<Vec<Arc<ConnShared>>>,
-    pub(crate) out: mpsc::UnboundedSender<Gated>,
+    pub(crate) gate: Arc<Gate>,
 }
 
 impl RoomShared {
     pub(crate) fn emit(&self, item: Outbound) {
         let seq = self.storage.gate_seq();
-        // The pump outlives every RoomShared; a send error means the room is already gone.
-        let _ = self.out.send(Gated { seq, item });
+        self.gate.emit(seq, item);
     }
 
     pub(crate) fn emit_link(&self, link: LinkId, msg: FromRoom) {

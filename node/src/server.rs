@@ -137,7 +137,7 @@ pub async fn run(
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(Duration::from_secs(3)))
         .add_service(server)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await;
 
     // Hand the shards back and leave.
@@ -151,6 +151,18 @@ pub async fn run(
     host.shutdown().await;
     let _ = membership.leave(&me.id).await;
     served.context("the gRPC server failed")
+}
+
+/// Accepted gRPC connections with TCP_NODELAY: tonic applies its own `tcp_nodelay` only to
+/// listeners it binds itself, and without it a response's DATA frame can wait for the peer's
+/// delayed ACK (~40 ms).
+fn incoming(listener: TcpListener) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        conn.set_nodelay(true)?;
+        Ok(conn)
+    })
 }
 
 async fn heartbeats(membership: crate::redis::Membership, me: NodeInfo, every: Duration, ttl: Duration) {
