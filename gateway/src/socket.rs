@@ -73,14 +73,14 @@ pub(crate) async fn run(gw: std::sync::Arc<Inner>, ws: Ws, task: SocketTask) {
         tokio::time::sleep(CLOSE_GRACE).await;
     };
     tokio::pin!(grace);
+    // Made once, not per frame: a fresh cancellation future per loop turn costs a waiter
+    // registration every time.
+    let killed = kill.cancelled();
+    tokio::pin!(killed);
     loop {
+        // Biased, frames first: the other branches are only polled when no frame is ready.
         tokio::select! {
-            _ = kill.cancelled() => {
-                Metrics::inc(&metrics.slow_clients_closed);
-                error = Some("client did not read its messages; send queue full".into());
-                break;
-            }
-            _ = &mut grace => break,
+            biased;
             frame = stream.next() => {
                 let msg = match frame {
                     None => break,
@@ -115,6 +115,12 @@ pub(crate) async fn run(gw: std::sync::Arc<Inner>, ws: Ws, task: SocketTask) {
                     break;
                 }
             }
+            _ = &mut killed => {
+                Metrics::inc(&metrics.slow_clients_closed);
+                error = Some("client did not read its messages; send queue full".into());
+                break;
+            }
+            _ = &mut grace => break,
         }
     }
     kill.cancel();
@@ -136,10 +142,13 @@ async fn write_loop(
     queued_msgs: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     queued_bytes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
+    let killed = kill.cancelled();
+    tokio::pin!(killed);
     loop {
         let first = tokio::select! {
-            _ = kill.cancelled() => return,
+            biased;
             out = rx.recv() => match out { Some(out) => out, None => return },
+            _ = &mut killed => return,
         };
         let write = async {
             let mut next = Some(first);
@@ -180,8 +189,9 @@ async fn write_loop(
             Ok(false)
         };
         let done = tokio::select! {
-            _ = kill.cancelled() => return,
+            biased;
             r = write => r,
+            _ = &mut killed => return,
         };
         match done {
             Ok(false) => {}
