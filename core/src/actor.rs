@@ -431,7 +431,7 @@ impl Actor {
             },
             RoomCmd::Request { req, reply } => {
                 let res = self.request(req).await;
-                self.shared().emit(Outbound::Response(reply, res));
+                self.shared().emit(Outbound::Response(reply, Box::new(res)));
             }
             RoomCmd::Alarm => self.fire_alarm().await,
             RoomCmd::Shutdown { .. } => unreachable!("handled by run"),

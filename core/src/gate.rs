@@ -52,7 +52,7 @@ fn apply(links: &mut HashMap<LinkId, mpsc::Sender<FromRoom>>, item: Outbound) ->
             }
         }
         Outbound::Response(reply, res) => {
-            let _ = reply.send(res);
+            let _ = reply.send(*res);
             Ok(())
         }
         Outbound::OpenLink(link, tx) => {

@@ -92,7 +92,7 @@ pub(crate) enum Outbound {
     /// A message for one gateway link.
     Link(LinkId, FromRoom),
     /// A response to an HTTP request.
-    Response(oneshot::Sender<Response>, Response),
+    Response(oneshot::Sender<Response>, Box<Response>),
     /// A new gateway link: its messages go to this sender.
     OpenLink(LinkId, mpsc::Sender<FromRoom>),
     /// A gateway link closed.
