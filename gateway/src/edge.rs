@@ -219,14 +219,7 @@ async fn upgrade(
         // PartyKit's contract: the upgrade succeeds, then the socket closes with 1011 and why.
         attached.outbox.close(close_code::INTERNAL_ERROR, reason.clone());
     }
-    let task = SocketTask {
-        sid,
-        link: attached.link.clone(),
-        outbox_rx: attached.outbox_rx,
-        kill: attached.outbox.kill.clone(),
-        queued_msgs: attached.outbox.queued_msgs.clone(),
-        queued_bytes: attached.outbox.queued_bytes.clone(),
-    };
+    let task = SocketTask { sid, link: attached.link.clone(), outbox: attached.outbox.clone() };
     let config = socket::ws_config(gw.limits.max_message_bytes);
     let gw2 = gw.clone();
     tokio::spawn(async move {

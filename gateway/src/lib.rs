@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 
 pub use links::{OpenLink, RoomLink, RoomRouter, RouteError, LINK_QUEUE};
 
-use links::{Admission, LinkState, Out, Outbox, SocketEntry};
+use links::{Admission, LinkState, Outbox, SocketEntry};
 
 /// Gateway settings.
 #[derive(Clone, Debug)]
@@ -165,14 +165,13 @@ pub struct ConnRecord {
 pub(crate) struct Attached {
     pub(crate) link: Arc<LinkState>,
     pub(crate) outbox: Outbox,
-    pub(crate) outbox_rx: tokio::sync::mpsc::UnboundedReceiver<Out>,
     pub(crate) admission: tokio::sync::oneshot::Receiver<Admission>,
 }
 
 impl Inner {
     /// Registers a new socket with the link of its room, creating the link if needed.
     pub(crate) fn attach(&self, key: &RoomKey, sid: SocketId, id: String) -> Attached {
-        let (outbox, outbox_rx) = Outbox::new(self.limits.max_outbox_messages, self.limits.max_outbox_bytes);
+        let outbox = Outbox::new(self.limits.max_outbox_messages, self.limits.max_outbox_bytes);
         let (adm_tx, adm_rx) = tokio::sync::oneshot::channel();
         let mut links = self.links.lock().unwrap();
         let link = links
@@ -191,7 +190,7 @@ impl Inner {
             },
         );
         self.sockets.fetch_add(1, Ordering::AcqRel);
-        Attached { link, outbox, outbox_rx, admission: adm_rx }
+        Attached { link, outbox, admission: adm_rx }
     }
 
     /// Takes a socket out of its room: the room hears it closed (with `error` when it failed),

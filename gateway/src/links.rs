@@ -2,8 +2,7 @@
 //! events of all those sockets to the room in order, and its reader fans the room's messages
 //! out to the local sockets (a broadcast arrives once per gateway).
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 
 use async_trait::async_trait;
@@ -12,7 +11,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use partyline::link::{FromRoom, SocketId, ToRoom};
 use partyline::{Message, Request, Response, RoomKey};
-use tokio::sync::{mpsc, oneshot, OnceCell};
+use tokio::sync::{oneshot, Notify, OnceCell};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -74,46 +73,102 @@ pub(crate) enum Out {
 }
 
 /// One client's bounded send queue. A client that lets it fill is not reading: it is cut off
-/// (`kill`) rather than allowed to grow the gateway's memory.
+/// (`kill`) rather than allowed to grow the gateway's memory. An idle socket's queue holds no
+/// allocation (a channel would keep a block of slots per socket).
 #[derive(Clone)]
 pub(crate) struct Outbox {
-    tx: mpsc::UnboundedSender<Out>,
-    pub(crate) queued_msgs: Arc<AtomicUsize>,
-    pub(crate) queued_bytes: Arc<AtomicUsize>,
+    inner: Arc<OutQueue>,
+}
+
+pub(crate) struct OutQueue {
+    queue: Mutex<Queue>,
+    ready: Notify,
     pub(crate) kill: CancellationToken,
     max_msgs: usize,
     max_bytes: usize,
 }
 
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Out>,
+    bytes: usize,
+    closed: bool,
+}
+
 impl Outbox {
-    pub(crate) fn new(max_msgs: usize, max_bytes: usize) -> (Self, mpsc::UnboundedReceiver<Out>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let outbox = Outbox {
-            tx,
-            queued_msgs: Arc::default(),
-            queued_bytes: Arc::default(),
+    pub(crate) fn new(max_msgs: usize, max_bytes: usize) -> Self {
+        let inner = OutQueue {
+            queue: Mutex::new(Queue::default()),
+            ready: Notify::new(),
             kill: CancellationToken::new(),
             max_msgs,
             max_bytes,
         };
-        (outbox, rx)
+        Outbox { inner: Arc::new(inner) }
+    }
+
+    /// The token that cuts the client off.
+    pub(crate) fn kill(&self) -> &CancellationToken {
+        &self.inner.kill
     }
 
     /// Queues a frame; false (and the client is cut off) when its queue is full.
     pub(crate) fn push(&self, msg: Message) -> bool {
         let len = msg.len();
-        let msgs = self.queued_msgs.fetch_add(1, Ordering::AcqRel) + 1;
-        let bytes = self.queued_bytes.fetch_add(len, Ordering::AcqRel) + len;
-        if msgs > self.max_msgs || bytes > self.max_bytes {
-            self.kill.cancel();
-            return false;
+        {
+            let mut q = self.inner.queue.lock().unwrap();
+            if q.closed {
+                return false;
+            }
+            if q.items.len() >= self.inner.max_msgs || q.bytes + len > self.inner.max_bytes {
+                drop(q);
+                self.inner.kill.cancel();
+                return false;
+            }
+            q.bytes += len;
+            q.items.push_back(Out::Msg(msg));
         }
-        self.tx.send(Out::Msg(msg)).is_ok()
+        self.inner.ready.notify_one();
+        true
     }
 
     /// Queues a close frame (not counted against the limits).
     pub(crate) fn close(&self, code: u16, reason: String) {
-        let _ = self.tx.send(Out::Close(code, reason));
+        {
+            let mut q = self.inner.queue.lock().unwrap();
+            if q.closed {
+                return;
+            }
+            q.items.push_back(Out::Close(code, reason));
+        }
+        self.inner.ready.notify_one();
+    }
+
+    /// The next queued frame, if any.
+    pub(crate) fn pop(&self) -> Option<Out> {
+        let mut q = self.inner.queue.lock().unwrap();
+        let out = q.items.pop_front()?;
+        if let Out::Msg(m) = &out {
+            q.bytes -= m.len();
+        }
+        if q.items.is_empty() && q.items.capacity() > 64 {
+            // A burst is over: give its memory back.
+            q.items.shrink_to(8);
+        }
+        Some(out)
+    }
+
+    /// Waits until something may have been queued since the last `pop` returned `None`.
+    pub(crate) async fn ready(&self) {
+        self.inner.ready.notified().await;
+    }
+
+    /// The socket is gone: drop what is queued and refuse more.
+    pub(crate) fn shut(&self) {
+        let mut q = self.inner.queue.lock().unwrap();
+        q.closed = true;
+        q.items = VecDeque::new();
+        q.bytes = 0;
     }
 }
 

@@ -2,7 +2,6 @@
 //! and a writer that drains the client's send queue, coalescing whatever is queued into one
 //! socket write.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,7 +10,6 @@ use hyper_util::rt::TokioIo;
 use partyline::actor::close_reason;
 use partyline::link::{close_code, SocketId, ToRoom};
 use partyline::{Message, Text};
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
@@ -19,7 +17,7 @@ use tokio_tungstenite::tungstenite::{self, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::links::{LinkState, Out};
+use crate::links::{LinkState, Out, Outbox};
 use crate::metrics::Metrics;
 use crate::Inner;
 
@@ -46,27 +44,16 @@ pub(crate) fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
 pub(crate) struct SocketTask {
     pub(crate) sid: SocketId,
     pub(crate) link: std::sync::Arc<LinkState>,
-    pub(crate) outbox_rx: mpsc::UnboundedReceiver<Out>,
-    pub(crate) kill: CancellationToken,
-    pub(crate) queued_msgs: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    pub(crate) queued_bytes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub(crate) outbox: Outbox,
 }
 
 /// Runs a socket until it closes, then takes it out of its room.
 pub(crate) async fn run(gw: std::sync::Arc<Inner>, ws: Ws, task: SocketTask) {
     let (sink, mut stream) = ws.split();
     let closing = CancellationToken::new();
-    let kill = task.kill.clone();
+    let kill = task.outbox.kill().clone();
     let metrics = gw.metrics.clone();
-    let writer = tokio::spawn(write_loop(
-        metrics.clone(),
-        sink,
-        task.outbox_rx,
-        kill.clone(),
-        closing.clone(),
-        task.queued_msgs,
-        task.queued_bytes,
-    ));
+    let writer = tokio::spawn(write_loop(metrics.clone(), sink, task.outbox.clone(), kill.clone(), closing.clone()));
     let mut error: Option<String> = None;
     let grace = async {
         closing.cancelled().await;
@@ -125,6 +112,7 @@ pub(crate) async fn run(gw: std::sync::Arc<Inner>, ws: Ws, task: SocketTask) {
     }
     kill.cancel();
     let _ = writer.await;
+    task.outbox.shut();
     gw.detach(&task.link, task.sid, error).await;
 }
 
@@ -136,19 +124,22 @@ fn text(t: Utf8Bytes) -> Text {
 async fn write_loop(
     metrics: std::sync::Arc<Metrics>,
     mut sink: futures::stream::SplitSink<Ws, tungstenite::Message>,
-    mut rx: mpsc::UnboundedReceiver<Out>,
+    outbox: Outbox,
     kill: CancellationToken,
     closing: CancellationToken,
-    queued_msgs: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    queued_bytes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
     let killed = kill.cancelled();
     tokio::pin!(killed);
     loop {
-        let first = tokio::select! {
-            biased;
-            out = rx.recv() => match out { Some(out) => out, None => return },
-            _ = &mut killed => return,
+        let first = match outbox.pop() {
+            Some(out) => out,
+            None => {
+                tokio::select! {
+                    biased;
+                    _ = outbox.ready() => continue,
+                    _ = &mut killed => return,
+                }
+            }
         };
         let write = async {
             let mut next = Some(first);
@@ -157,19 +148,15 @@ async fn write_loop(
             while let Some(out) = next.take() {
                 match out {
                     Out::Msg(msg) => {
-                        let len = msg.len();
-                        batch_bytes += len;
+                        batch_bytes += msg.len();
                         let frame = match msg {
                             Message::Text(t) => {
                                 tungstenite::Message::Text(Utf8Bytes::try_from(t.into_bytes()).unwrap_or_default())
                             }
                             Message::Binary(b) => tungstenite::Message::Binary(b),
                         };
-                        let fed = sink.feed(frame).await;
+                        sink.feed(frame).await?;
                         Metrics::inc(&metrics.frames_to_clients);
-                        queued_msgs.fetch_sub(1, Ordering::AcqRel);
-                        queued_bytes.fetch_sub(len, Ordering::AcqRel);
-                        fed?;
                     }
                     Out::Close(code, reason) => {
                         close = Some((code, reason));
@@ -177,7 +164,7 @@ async fn write_loop(
                     }
                 }
                 if batch_bytes < COALESCE_BYTES {
-                    next = rx.try_recv().ok();
+                    next = outbox.pop();
                 }
             }
             sink.flush().await?;
