@@ -413,6 +413,7 @@ async fn writer(
             seq = s;
             ops.extend(more);
         }
+        let ops = compact(ops);
         match store.commit(&room, fence.as_ref(), &ops).await {
             Ok(()) => progress.send_modify(|p| p.acked = seq),
             Err(e) => {
@@ -428,6 +429,39 @@ async fn writer(
     }
 }
 
+/// The shortest op list with the same effect as applying `ops` in order: what a `DeleteAll`
+/// erases is dropped, only the last write of each key and the last alarm op are kept. A room
+/// that rewrites one big value per message (a chat history) then ships it once per commit,
+/// however many messages the commit covers.
+pub fn compact(ops: Vec<WriteOp>) -> Vec<WriteOp> {
+    if ops.len() < 2 {
+        return ops;
+    }
+    let start = ops.iter().rposition(|op| matches!(op, WriteOp::DeleteAll)).unwrap_or(0);
+    let mut out = Vec::with_capacity(ops.len() - start);
+    let mut keys: HashMap<String, usize> = HashMap::new();
+    let mut alarm: Option<WriteOp> = ops[..start].iter().rev().find(|op| is_alarm(op)).cloned();
+    for op in ops.into_iter().skip(start) {
+        match &op {
+            WriteOp::Put(k, _) | WriteOp::Delete(k) => match keys.get(k) {
+                Some(&i) => out[i] = op,
+                None => {
+                    keys.insert(k.clone(), out.len());
+                    out.push(op);
+                }
+            },
+            WriteOp::SetAlarm(_) | WriteOp::DeleteAlarm => alarm = Some(op),
+            WriteOp::DeleteAll => out.push(op),
+        }
+    }
+    out.extend(alarm);
+    out
+}
+
+fn is_alarm(op: &WriteOp) -> bool {
+    matches!(op, WriteOp::SetAlarm(_) | WriteOp::DeleteAlarm)
+}
+
 /// Decodes a stored JSON value.
 pub fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StorageError> {
     serde_json::from_slice(bytes).map_err(|source| StorageError::Json { key: key.to_string(), source })
@@ -440,4 +474,53 @@ fn encode<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<Bytes, StorageE
 /// Milliseconds since the Unix epoch, the unit of alarm times.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{MemoryStore, Store};
+
+    fn put(k: &str, v: &str) -> WriteOp {
+        WriteOp::Put(k.into(), Bytes::copy_from_slice(v.as_bytes()))
+    }
+
+    #[test]
+    fn compact_keeps_the_last_write_per_key_and_what_delete_all_leaves() {
+        let ops = vec![
+            put("a", "1"),
+            WriteOp::SetAlarm(5),
+            put("b", "1"),
+            put("a", "2"),
+            WriteOp::Delete("b".into()),
+            WriteOp::DeleteAlarm,
+            put("c", "1"),
+        ];
+        assert_eq!(compact(ops), vec![put("a", "2"), WriteOp::Delete("b".into()), put("c", "1"), WriteOp::DeleteAlarm]);
+        let ops = vec![put("a", "1"), WriteOp::SetAlarm(9), WriteOp::DeleteAll, put("a", "3"), put("d", "1")];
+        assert_eq!(compact(ops), vec![WriteOp::DeleteAll, put("a", "3"), put("d", "1"), WriteOp::SetAlarm(9)]);
+    }
+
+    /// Applying the compacted list gives the same store contents as applying the original.
+    #[tokio::test]
+    async fn compact_has_the_same_effect() {
+        let cases: Vec<Vec<WriteOp>> = vec![
+            vec![put("a", "1"), put("a", "2"), WriteOp::Delete("a".into()), put("b", "x")],
+            vec![put("a", "1"), WriteOp::DeleteAll, put("b", "2"), WriteOp::SetAlarm(3), WriteOp::DeleteAll],
+            vec![WriteOp::SetAlarm(1), WriteOp::DeleteAlarm, put("z", "9"), WriteOp::SetAlarm(7)],
+        ];
+        for ops in cases {
+            let room = RoomKey::new("main", "r");
+            let (full, short) = (MemoryStore::new(), MemoryStore::new());
+            let seed = [put("a", "0"), put("q", "0"), WriteOp::SetAlarm(100)];
+            for st in [&full, &short] {
+                st.commit(&room, None, &seed).await.unwrap();
+            }
+            full.commit(&room, None, &ops).await.unwrap();
+            short.commit(&room, None, &compact(ops.clone())).await.unwrap();
+            let all = ListOptions::default();
+            assert_eq!(full.list(&room, &all).await.unwrap(), short.list(&room, &all).await.unwrap(), "{ops:?}");
+            assert_eq!(full.get_alarm(&room).await.unwrap(), short.get_alarm(&room).await.unwrap(), "{ops:?}");
+        }
+    }
 }
