@@ -104,6 +104,10 @@ pub struct BenchArgs {
     /// Send binary frames instead of text.
     #[arg(long)]
     pub binary: bool,
+    /// Idle: broadcasts after the hold, one second apart; the figure is the median of their
+    /// all-reached times (each one is reported too).
+    #[arg(long, default_value_t = 3)]
+    pub broadcasts: u64,
     /// Measured time (idle: the hold time), e.g. 10s, 500ms, 2m.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,

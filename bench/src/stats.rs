@@ -326,8 +326,11 @@ pub struct IdleFigures {
     /// Receivers the final broadcast should reach and did reach.
     pub broadcast_expected: u64,
     pub broadcast_reached: u64,
-    /// Time until the last receiver had the broadcast, ms (`None` if not all got it).
+    /// Time until the last receiver had a broadcast, ms: the median over the broadcasts
+    /// (`None` if not all got every one).
     pub broadcast_all_ms: Option<f64>,
+    /// Each broadcast's time until the last receiver had it, ms, in order.
+    pub broadcast_each_ms: Vec<f64>,
 }
 
 /// Memory of a watched server process.
@@ -440,7 +443,12 @@ impl Report {
                 count(i.alive_after_hold),
                 count(i.broadcast_reached),
                 count(i.broadcast_expected),
-                i.broadcast_all_ms.map(|v| format!(", all within {}", ms(v))).unwrap_or_else(|| ", NOT all".into())
+                i.broadcast_all_ms
+                    .map(|v| {
+                        let each: Vec<String> = i.broadcast_each_ms.iter().map(|e| ms(*e)).collect();
+                        format!(", all within {} (median of {}: {})", ms(v), each.len(), each.join(", "))
+                    })
+                    .unwrap_or_else(|| ", NOT all".into())
             );
         }
         if let Some(h) = &self.http {

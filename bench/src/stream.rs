@@ -28,6 +28,9 @@ enum Phase {
     Close,
 }
 
+/// Time between the idle scenario's broadcasts.
+const BROADCAST_GAP: Duration = Duration::from_secs(1);
+
 /// When senders send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct RunPlan {
@@ -44,8 +47,8 @@ enum Mode {
     Rate { rate: f64, offset: Duration },
     /// As fast as the window allows: at most `window` messages not yet back at the sender.
     Window(usize),
-    /// One message at the start (the idle scenario's broadcast).
-    Once,
+    /// `times` messages, `gap` apart, from the start (the idle scenario's broadcasts).
+    Broadcasts { times: u64, gap: Duration },
 }
 
 struct Ctx {
@@ -66,6 +69,8 @@ struct Ctx {
     measure_from_ns: AtomicU64,
     /// Connected clients per room.
     members: Vec<AtomicU64>,
+    /// Idle: per broadcast (by sequence number), the longest time until a receiver had it.
+    broadcast_max_ns: Vec<AtomicU64>,
 }
 
 impl Ctx {
@@ -190,7 +195,7 @@ async fn client(ctx: Arc<Ctx>, spec: Spec) -> Out {
                 snd.next_due = match snd.mode {
                     Mode::Receive => None,
                     Mode::Rate { offset, .. } => Some(plan.send_from + offset),
-                    Mode::Window(_) | Mode::Once => Some(plan.send_from),
+                    Mode::Window(_) | Mode::Broadcasts { .. } => Some(plan.send_from),
                 };
             }
             _ => {}
@@ -242,7 +247,11 @@ async fn client(ctx: Arc<Ctx>, spec: Spec) -> Out {
                         let arrival = out.track.observe(s.sender, s.seq, measured);
                         if measured && arrival != Arrival::Duplicate {
                             pend.measured += 1;
-                            lat.record(ctx.now_ns().saturating_sub(s.sent_ns));
+                            let took = ctx.now_ns().saturating_sub(s.sent_ns);
+                            lat.record(took);
+                            if let Some(m) = ctx.broadcast_max_ns.get(s.seq as usize) {
+                                m.fetch_max(took, Ordering::Relaxed);
+                            }
                         }
                         if s.sender == me && arrival != Arrival::Duplicate {
                             snd.in_flight = snd.in_flight.saturating_sub(1);
@@ -270,7 +279,7 @@ async fn client(ctx: Arc<Ctx>, spec: Spec) -> Out {
                     if due <= now {
                         let n = match snd.mode {
                             Mode::Receive => 0,
-                            Mode::Once => 1,
+                            Mode::Broadcasts { .. } => 1,
                             Mode::Window(w) => w.saturating_sub(snd.in_flight),
                             Mode::Rate { rate, offset } => {
                                 let since = now.saturating_duration_since(plan.send_from + offset).as_secs_f64();
@@ -286,7 +295,13 @@ async fn client(ctx: Arc<Ctx>, spec: Spec) -> Out {
                             Mode::Rate { rate, offset } if !snd.done => {
                                 snd.next_due = Some(plan.send_from + offset + Duration::from_secs_f64(snd.seq as f64 / rate));
                             }
-                            Mode::Once => snd.done = true,
+                            Mode::Broadcasts { times, gap } => {
+                                if snd.seq >= times {
+                                    snd.done = true;
+                                } else {
+                                    snd.next_due = Some(plan.send_from + gap * snd.seq as u32);
+                                }
+                            }
                             _ => {}
                         }
                         if snd.done {
@@ -382,13 +397,18 @@ pub(crate) async fn run(plan: &Plan) -> anyhow::Result<crate::stats::Report> {
         phase: phase_rx,
         measure_from_ns: AtomicU64::new(u64::MAX),
         members: (0..plan.params.rooms).map(|_| AtomicU64::new(0)).collect(),
+        broadcast_max_ns: if scenario == Scenario::Idle {
+            (0..a.broadcasts.max(1)).map(|_| AtomicU64::new(0)).collect()
+        } else {
+            Vec::new()
+        },
     });
     let p = &plan.params;
     let mut tasks = JoinSet::new();
     for idx in 0..p.clients {
         let room = idx % p.rooms;
         let mode = match scenario {
-            Scenario::Idle if idx < p.rooms => Mode::Once,
+            Scenario::Idle if idx < p.rooms => Mode::Broadcasts { times: a.broadcasts.max(1), gap: BROADCAST_GAP },
             Scenario::Idle => Mode::Receive,
             _ if idx >= p.senders => Mode::Receive,
             _ if p.rate > 0.0 => {
@@ -425,7 +445,8 @@ pub(crate) async fn run(plan: &Plan) -> anyhow::Result<crate::stats::Report> {
     let mut idle = None;
     let (send_from, send_until, measure_from) = if scenario == Scenario::Idle {
         let hold_end = run_start + a.duration;
-        (hold_end, hold_end + Duration::from_secs(1), hold_end)
+        let sending = BROADCAST_GAP * a.broadcasts.max(1) as u32;
+        (hold_end, hold_end + sending, hold_end)
     } else {
         let m = run_start + a.warmup;
         (run_start, m + a.duration, m)
@@ -443,8 +464,8 @@ pub(crate) async fn run(plan: &Plan) -> anyhow::Result<crate::stats::Report> {
             alive_after_hold: Live::get(&live.open),
             ..IdleFigures::default()
         });
-        // Let the broadcast go out.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Let every broadcast go out.
+        progress::wait(&mut bar, started, "broadcast", send_until, || false).await;
     } else {
         progress::wait(&mut bar, started, "warm-up", measure_from, || false).await;
         server_mem.iter_mut().for_each(ServerWatch::cpu_start);
@@ -497,7 +518,11 @@ pub(crate) async fn run(plan: &Plan) -> anyhow::Result<crate::stats::Report> {
     if let Some(i) = idle.as_mut() {
         i.broadcast_expected = totals.expected;
         i.broadcast_reached = totals.delivered;
-        i.broadcast_all_ms = (totals.expected > 0 && totals.lost == 0).then_some(messages.latency_ms.max);
+        i.broadcast_each_ms = ctx.broadcast_max_ns.iter().map(|m| m.load(Ordering::Relaxed) as f64 / 1e6).collect();
+        let mut sorted = i.broadcast_each_ms.clone();
+        sorted.sort_by(f64::total_cmp);
+        let median = sorted.get(sorted.len() / 2).copied();
+        i.broadcast_all_ms = if totals.expected > 0 && totals.lost == 0 { median } else { None };
     } else if measured_s > 0.0 {
         messages.sent_per_s = messages.sent as f64 / measured_s;
         messages.delivered_per_s = totals.delivered as f64 / measured_s;
