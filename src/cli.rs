@@ -235,21 +235,8 @@ fn parse_var(s: &str) -> Result<(String, String), String> {
     Ok((k.to_string(), v.to_string()))
 }
 
-/// Parses `250ms`, `10s`, `2m`, `1h`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?} (try 500ms, 10s, 2m)"))?;
-    let secs = match unit.trim() {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        other => return Err(format!("unknown unit {other:?} in {s:?} (use ms, s, m or h)")),
-    };
-    Ok(Duration::from_secs_f64(secs))
-}
+/// Parses `250ms`, `10s`, `2m`, `1h`, or a bare number of seconds (the load tester's parser).
+pub use partyline_bench::parse_duration;
 
 impl Cli {
     /// Runs the chosen subcommand with `parties`.
