@@ -21,6 +21,7 @@
 //! moment, applies them in order in one write transaction, commits once and answers each caller.
 //! Reads use their own read transactions on the blocking thread pool, concurrently with the writer.
 
+use crate::redis::keys::successor;
 use std::fmt;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -446,18 +447,6 @@ fn decode_index_key(key: &[u8]) -> Result<(i64, RoomKey), StoreError> {
     let (time, prefix) = key.split_first_chunk::<8>().ok_or_else(corrupt)?;
     let time = (u64::from_be_bytes(*time) ^ (1 << 63)) as i64;
     Ok((time, decode_room_prefix(prefix)?))
-}
-
-/// The smallest byte string greater than every string starting with `b`, if there is one.
-fn successor(b: &[u8]) -> Option<Vec<u8>> {
-    let mut out = b.to_vec();
-    while let Some(last) = out.pop() {
-        if last < 0xFF {
-            out.push(last + 1);
-            return Some(out);
-        }
-    }
-    None
 }
 
 fn as_slice(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
