@@ -89,6 +89,19 @@ struct State {
     alarm: Option<Option<i64>>,
 }
 
+impl State {
+    /// Caches a key's value (`None`: known absent), keeping `cache_bytes` equal to what the cache
+    /// holds.
+    fn cache_put(&mut self, key: String, value: Option<Bytes>) {
+        let size = |k: &str, v: &Option<Bytes>| k.len() + v.as_ref().map_or(0, |b| b.len());
+        let added = size(&key, &value);
+        if let Some(old) = self.cache.insert(key.clone(), value) {
+            self.cache_bytes -= size(&key, &old);
+        }
+        self.cache_bytes += added;
+    }
+}
+
 /// A room's storage. Cheap to clone; all clones share the cache and write buffer.
 #[derive(Clone)]
 pub struct Storage {
@@ -202,8 +215,7 @@ impl Storage {
             let v = match st.cache.get(&k) {
                 Some(cached) => cached.clone(),
                 None => {
-                    st.cache_bytes += k.len() + v.as_ref().map_or(0, |b| b.len());
-                    st.cache.insert(k.clone(), v.clone());
+                    st.cache_put(k.clone(), v.clone());
                     v
                 }
             };
@@ -242,8 +254,7 @@ impl Storage {
         }
         let mut st = self.inner.state.lock().unwrap();
         for (k, v) in entries {
-            st.cache_bytes += k.len() + v.len();
-            st.cache.insert(k.clone(), Some(v.clone()));
+            st.cache_put(k.clone(), Some(v.clone()));
             st.buffer.push(WriteOp::Put(k, v));
         }
         Ok(())
@@ -264,7 +275,7 @@ impl Storage {
         let existing = self.get_many(&keys).await?;
         let mut st = self.inner.state.lock().unwrap();
         for k in keys {
-            st.cache.insert(k.clone(), None);
+            st.cache_put(k.clone(), None);
             st.buffer.push(WriteOp::Delete(k));
         }
         Ok(existing.len())
@@ -288,8 +299,7 @@ impl Storage {
         let mut st = self.inner.state.lock().unwrap();
         for (k, v) in &entries {
             if !st.cache.contains_key(k) {
-                st.cache_bytes += k.len() + v.len();
-                st.cache.insert(k.clone(), Some(v.clone()));
+                st.cache_put(k.clone(), Some(v.clone()));
             }
         }
         Ok(entries)
