@@ -13,7 +13,7 @@ use partyline::{Env, Limits, PartyRegistry};
 use crate::cluster::GatewayProcessConfig;
 use crate::dev::{self, DevConfig};
 use partyline_node::redis::RedisConfig;
-use partyline_node::server::NodeConfig;
+use partyline_node::server::{NodeConfig, Rebalance};
 use partyline_node::shards::LeaseTiming;
 
 /// Partyline: a self-hostable server for PartyKit-style parties.
@@ -108,14 +108,47 @@ struct NodeArgs {
     /// default: the advertised address).
     #[arg(long, env = "PARTYLINE_NODE_ID")]
     id: Option<String>,
-    /// Lease timing: `standard` (TTL 10 s, renew 2 s, self-fence 8 s) or `fast` (3 s, 0.5 s,
-    /// 2.4 s) for tests and small clusters on one network.
-    #[arg(long, env = "PARTYLINE_LEASE_PROFILE", default_value = "standard", value_parser = ["standard", "fast"])]
-    lease_profile: String,
+    /// Lease timing: how fast a crashed node's rooms fail over, against how long a stalled
+    /// node or Redis may pause before its rooms are fenced.
+    #[arg(long, env = "PARTYLINE_LEASE_PROFILE", value_enum, default_value_t = LeaseProfile::Standard)]
+    lease_profile: LeaseProfile,
+    /// Longest a graceful shutdown (SIGTERM) may take: the node announces `draining`, moves
+    /// every room to its next owner (hibernating parties without a disconnect), releases its
+    /// leases and exits. Keep a container's stop grace period above it.
+    #[arg(long, env = "PARTYLINE_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+    /// How often a node hands shards to nodes that joined (their share under rendezvous
+    /// hashing), a few at a time.
+    #[arg(long, env = "PARTYLINE_REBALANCE_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    rebalance_interval: Duration,
+    /// Most shards handed over per rebalance interval; 0 turns rebalancing off (a node that
+    /// joins then only gets shards that are free).
+    #[arg(long, env = "PARTYLINE_REBALANCE_MAX_SHARDS", default_value_t = 32)]
+    rebalance_max_shards: usize,
     #[command(flatten)]
     cluster: ClusterArgs,
     #[command(flatten)]
     limits: LimitArgs,
+}
+
+/// Lease timing profiles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LeaseProfile {
+    /// Lease TTL 10 s, renewed every 2 s, self-fence 8 s after the last renewal: a crashed
+    /// node's rooms are back within about 11.5 s.
+    Standard,
+    /// TTL 3 s, renewed every 0.5 s, self-fence at 2.4 s: failover within about 4.5 s, for tests
+    /// and small clusters on one network.
+    Fast,
+}
+
+impl LeaseProfile {
+    fn timing(self) -> LeaseTiming {
+        match self {
+            LeaseProfile::Standard => LeaseTiming::STANDARD,
+            LeaseProfile::Fast => LeaseTiming::FAST,
+        }
+    }
 }
 
 /// Options of `partyline gateway`.
@@ -286,9 +319,15 @@ async fn run_node(args: NodeArgs, parties: PartyRegistry) -> anyhow::Result<()> 
         advertise,
         redis: args.cluster.redis(),
         secret,
-        leases: if args.lease_profile == "fast" { LeaseTiming::FAST } else { LeaseTiming::STANDARD },
+        leases: args.lease_profile.timing(),
         heartbeat: Duration::from_secs(1),
         member_ttl: Duration::from_secs(5),
+        drain_timeout: args.drain_timeout,
+        rebalance: Rebalance {
+            every: args.rebalance_interval,
+            max_shards: args.rebalance_max_shards,
+            ..Rebalance::default()
+        },
         limits: args.limits.limits(),
         env: args.cluster.env(),
     };

@@ -13,6 +13,7 @@ use partyline_gateway::{Gateway, GatewayConfig, OpenLink, RoomLink, RoomRouter, 
 use partyline_node::client::{ClientConfig, ClientError, ClusterClient, ClusterParties};
 use partyline_node::redis::{Redis, RedisConfig};
 use partyline_node::server::max_grpc_message_bytes;
+use partyline_node::shards::LeaseTiming;
 use partyline_node::wire;
 use partyline_proto::pb;
 use tokio::net::TcpListener;
@@ -50,6 +51,8 @@ pub async fn run_gateway(
             secret: cfg.secret.clone(),
             max_grpc_message_bytes: max_grpc_message_bytes(&cfg.limits),
             request_timeout: cfg.limits.handler_timeout + Duration::from_secs(5),
+            // Long enough for a crashed node's lease to run out under either lease profile.
+            route_timeout: ClientConfig::route_timeout_for(LeaseTiming::STANDARD.ttl),
         },
         redis.membership(),
     )
@@ -115,6 +118,10 @@ impl RoomRouter for GrpcRouter {
 
     async fn request(&self, key: &RoomKey, req: Request) -> Result<Response, RouteError> {
         self.client.request(key, req).await.map_err(route_error)
+    }
+
+    fn moved(&self, key: &RoomKey) {
+        self.client.forget(partyline::placement::shard_of(key));
     }
 }
 

@@ -12,6 +12,8 @@ use partyline::actor::LinkSender;
 use partyline::link::ToRoom;
 use partyline::{Env, Limits, MemoryStore, PartyRegistry, Request, Response, RoomKey, Store};
 use partyline_gateway::{Gateway, GatewayConfig, OpenLink, RoomLink, RoomRouter, RouteError, LINK_QUEUE};
+use partyline_node::alarms;
+use partyline_node::host::HostAlarms;
 use partyline_node::store::EmbeddedStore;
 use partyline_node::{HostConfig, HostError, RoomHost};
 use tokio::net::TcpListener;
@@ -68,7 +70,8 @@ pub async fn run(
         env: cfg.env.clone(),
         parties_client: None,
     });
-    let scheduler = host.spawn_alarm_scheduler();
+    let stop_alarms = tokio_util::sync::CancellationToken::new();
+    let scheduler = tokio::spawn(alarms::run(Arc::new(HostAlarms(host.clone())), stop_alarms.clone()));
     let router = Arc::new(LocalRouter(host.clone()));
     let gateway = Gateway::new(
         GatewayConfig { limits, max_connections: cfg.max_connections },
@@ -78,7 +81,8 @@ pub async fn run(
         cfg.env,
     );
     let served = gateway.serve(listener, shutdown).await;
-    scheduler.abort();
+    stop_alarms.cancel();
+    let _ = scheduler.await;
     host.shutdown().await;
     drop(host);
     // Rooms finish their last writes and drop their store handles; wait for that (bounded).
@@ -95,7 +99,7 @@ pub struct LocalRouter(pub RoomHost);
 fn route_error(e: HostError) -> RouteError {
     match e {
         HostError::UnknownParty(p) => RouteError::UnknownParty(p),
-        e @ HostError::Unavailable(_) => RouteError::Unavailable(e.to_string()),
+        e => RouteError::Unavailable(e.to_string()),
     }
 }
 

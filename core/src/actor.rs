@@ -1,13 +1,14 @@
 //! The room runtime: one task per live room that owns the party value and runs its handlers one
 //! at a time, plus a pump task that releases the room's outbound frames through the output gate.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::FutureExt;
 use http::StatusCode;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -28,6 +29,9 @@ const INBOX: usize = 1024;
 /// Alarm retries after a failing `on_alarm`, and the first backoff.
 const ALARM_RETRIES: u32 = 6;
 const ALARM_BACKOFF: Duration = Duration::from_secs(2);
+/// How long a room that was moved here waits for the links of its previous instance to adopt
+/// their sockets before it serves anything else.
+const GATHER_WAIT: Duration = Duration::from_secs(3);
 
 /// Everything a room needs to run.
 pub struct RoomConfig {
@@ -57,12 +61,26 @@ enum RoomCmd {
     Request { req: Request, reply: oneshot::Sender<Response> },
     Alarm,
     Shutdown { code: u16, reason: String },
+    Move { deadline: Instant },
 }
 
 /// The room is not running any more; ask the host for a fresh handle and try again.
 #[derive(Debug, thiserror::Error)]
 #[error("room {0} is not running")]
 pub struct RoomGone(pub RoomKey);
+
+/// Why an HTTP request to a room got no response.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The room had stopped before it took the request: it did not run, so it may be sent
+    /// again (to a fresh instance).
+    #[error(transparent)]
+    NotDelivered(#[from] RoomGone),
+    /// The room took the request and stopped before answering (its storage failed, or it was
+    /// shut down): the request may have run, so it must not be sent again.
+    #[error("room {0} stopped before it answered the request")]
+    Interrupted(RoomKey),
+}
 
 /// A handle on a running room. Cheap to clone; the room may stop only when no handle but its
 /// host's is left.
@@ -96,6 +114,11 @@ impl RoomHandle {
         self.tx.is_closed()
     }
 
+    /// Resolves once the room task has stopped (after a move: its writes durable).
+    pub async fn stopped(&self) {
+        self.tx.closed().await
+    }
+
     /// A handle that does not keep the room alive, to recognise this instance later.
     pub fn downgrade(&self) -> WeakRoomHandle {
         WeakRoomHandle { tx: self.tx.downgrade() }
@@ -109,10 +132,10 @@ impl RoomHandle {
     }
 
     /// Sends an HTTP request to the room's `on_request`.
-    pub async fn request(&self, req: Request) -> Result<Response, RoomGone> {
+    pub async fn request(&self, req: Request) -> Result<Response, RequestError> {
         let (reply, rx) = oneshot::channel();
         self.send(RoomCmd::Request { req, reply }).await?;
-        rx.await.map_err(|_| RoomGone(self.key.clone()))
+        rx.await.map_err(|_| RequestError::Interrupted(self.key.clone()))
     }
 
     /// Tells the room its alarm may be due.
@@ -123,6 +146,15 @@ impl RoomHandle {
     /// Stops the room: every socket is closed with `code` and `reason`.
     pub async fn shutdown(&self, code: u16, reason: &str) -> Result<(), RoomGone> {
         self.send(RoomCmd::Shutdown { code, reason: reason.to_string() }).await
+    }
+
+    /// Moves the room away from this process: it finishes what it was given, makes its writes
+    /// durable, and stops. A hibernating party's links are paused first and then told the room
+    /// moved ([`FromRoom::Moved`]), so their gateways hand the same sockets to the next owner;
+    /// other parties' sockets are closed with 1012. Whatever is unfinished at `deadline` is cut
+    /// short (links that did not pause are closed with 1012).
+    pub async fn move_out(&self, deadline: Instant) -> Result<(), RoomGone> {
+        self.send(RoomCmd::Move { deadline }).await
     }
 
     async fn send(&self, cmd: RoomCmd) -> Result<(), RoomGone> {
@@ -194,6 +226,8 @@ pub enum RoomExit {
     Idle,
     /// Asked to stop.
     Shutdown,
+    /// Moved to another node (its writes durable, its links handed over or closed).
+    Moved,
     /// A storage write was refused or failed; the room must not keep serving.
     StorageFailed {
         /// True when refused by fencing (another owner exists).
@@ -212,7 +246,7 @@ pub fn spawn_room(cfg: RoomConfig) -> (RoomHandle, tokio::task::JoinHandle<RoomE
         env: cfg.env,
         limits: cfg.limits.clone(),
         storage: storage.clone(),
-        parties: cfg.parties,
+        parties: cfg.parties.gated_by(storage.clone()),
         conns: Mutex::new(ConnTable::default()),
         closed_by_party: Mutex::new(Vec::new()),
         gate,
@@ -232,6 +266,9 @@ pub fn spawn_room(cfg: RoomConfig) -> (RoomHandle, tokio::task::JoinHandle<RoomE
         progress: storage.progress(),
         alarm_failures: 0,
         alarm_not_before: None,
+        moving: None,
+        gathering: None,
+        pending: VecDeque::new(),
     };
     (handle, tokio::spawn(actor.run()))
 }
@@ -250,6 +287,46 @@ struct Actor {
     alarm_failures: u32,
     /// After a failed start for an alarm: do not try again before this.
     alarm_not_before: Option<Instant>,
+    /// Set while the room moves away: links still to pause.
+    moving: Option<Moving>,
+    /// Set while the room waits for the links of its previous instance to adopt their sockets.
+    gathering: Option<Gathering>,
+    /// Commands held while gathering, handled before the inbox once it is over.
+    pending: VecDeque<RoomCmd>,
+}
+
+struct Moving {
+    deadline: Instant,
+    /// Links asked to pause that have not answered yet.
+    waiting: HashSet<LinkId>,
+    /// Links that paused: they will hand their sockets to the next owner.
+    paused: Vec<LinkId>,
+}
+
+struct Gathering {
+    deadline: Instant,
+    /// Links the previous instance handed over, once an `Adopted` said.
+    expected: Option<usize>,
+    /// Links whose adoptions are complete.
+    adopted: HashSet<LinkId>,
+}
+
+impl Gathering {
+    fn complete(&self) -> bool {
+        self.expected.is_some_and(|n| self.adopted.len() >= n)
+    }
+}
+
+/// Whether a command may run while a moved room gathers its sockets (the handover itself).
+fn part_of_handover(cmd: &RoomCmd) -> bool {
+    matches!(
+        cmd,
+        RoomCmd::OpenLink { .. }
+            | RoomCmd::CloseLink { .. }
+            | RoomCmd::Shutdown { .. }
+            | RoomCmd::Move { .. }
+            | RoomCmd::Link { msg: ToRoom::Adopt { .. } | ToRoom::Adopted { .. }, .. }
+    )
 }
 
 /// How a guarded handler call went wrong.
@@ -313,8 +390,19 @@ impl Actor {
         let mut last_event = Instant::now();
         let mut progress = self.progress.clone();
         let exit = loop {
-            let alarm_at = self.alarm_deadline();
+            if self.gathering.is_none() {
+                if let Some(cmd) = self.pending.pop_front() {
+                    if let Some(exit) = self.dispatch(cmd).await {
+                        break exit;
+                    }
+                    self.after_handler().await;
+                    continue;
+                }
+            }
+            let busy = self.moving.is_some() || self.gathering.is_some();
+            let alarm_at = if busy { None } else { self.alarm_deadline() };
             let idle_at = last_event + self.idle_timeout();
+            let phase_at = self.moving.as_ref().map(|m| m.deadline).or(self.gathering.as_ref().map(|g| g.deadline));
             tokio::select! {
                 biased;
                 changed = progress.changed() => {
@@ -326,28 +414,97 @@ impl Actor {
                 }
                 cmd = self.inbox.recv() => {
                     let Some(cmd) = cmd else { break RoomExit::Idle };
-                    if let RoomCmd::Shutdown { code, reason } = cmd {
-                        self.shutdown(code, &reason);
-                        break RoomExit::Shutdown;
+                    if self.gathering.is_some() && !part_of_handover(&cmd) {
+                        self.pending.push_back(cmd);
+                        continue;
                     }
-                    self.handle(cmd).await;
+                    if let Some(exit) = self.dispatch(cmd).await {
+                        break exit;
+                    }
+                }
+                _ = sleep_until(phase_at.unwrap_or(idle_at)), if phase_at.is_some() => {
+                    if self.moving.is_some() {
+                        break self.finish_move().await;
+                    }
+                    tracing::warn!(room = %key, "not every link of the previous owner adopted its sockets in time");
+                    self.gathering = None;
                 }
                 _ = sleep_until(alarm_at.unwrap_or(idle_at)), if alarm_at.is_some() => {
                     self.fire_alarm().await;
                 }
-                _ = sleep_until(idle_at) => {
+                _ = sleep_until(idle_at), if !busy => {
                     if self.on_idle() {
                         break RoomExit::Idle;
                     }
                 }
             }
             self.after_handler().await;
+            if self.moving.as_ref().is_some_and(|m| m.waiting.is_empty()) {
+                break self.finish_move().await;
+            }
+            if self.gathering.as_ref().is_some_and(Gathering::complete) {
+                self.gathering = None;
+            }
             last_event = Instant::now();
         };
         self.storage().seal();
         self.shared().gate.close();
         tracing::debug!(room = %key, exit = ?exit, "room stopped");
         exit
+    }
+
+    /// Handles one command; `Some` when the room must stop.
+    async fn dispatch(&mut self, cmd: RoomCmd) -> Option<RoomExit> {
+        match cmd {
+            RoomCmd::Shutdown { code, reason } => {
+                self.shutdown(code, &reason);
+                Some(RoomExit::Shutdown)
+            }
+            RoomCmd::Move { deadline } => self.begin_move(deadline).await,
+            cmd => {
+                self.handle(cmd).await;
+                None
+            }
+        }
+    }
+
+    /// Starts moving out; `Some` when the room can stop at once.
+    async fn begin_move(&mut self, deadline: Instant) -> Option<RoomExit> {
+        if self.moving.is_some() {
+            return None;
+        }
+        self.pending.clear();
+        self.gathering = None;
+        self.moving = Some(Moving { deadline, waiting: HashSet::new(), paused: Vec::new() });
+        if self.hibernate && !self.links.is_empty() {
+            let links: Vec<LinkId> = self.links.iter().copied().collect();
+            for link in &links {
+                self.shared().emit_link(*link, FromRoom::Pause);
+            }
+            self.moving.as_mut().expect("set").waiting = links.into_iter().collect();
+            return None;
+        }
+        Some(self.finish_move().await)
+    }
+
+    /// Ends a move: writes durable (bounded by the deadline), then every paused link hears the
+    /// room moved and every other link that it is gone.
+    async fn finish_move(&mut self) -> RoomExit {
+        let Some(moving) = self.moving.take() else { return RoomExit::Moved };
+        self.after_handler().await;
+        if tokio::time::timeout_at(moving.deadline, self.storage().sync()).await.is_err() {
+            tracing::warn!(room = %self.room.key(), "writes not durable by the move deadline");
+        }
+        let links = moving.paused.len() as u32;
+        for link in &self.links {
+            let msg = if moving.paused.contains(link) {
+                FromRoom::Moved { links }
+            } else {
+                FromRoom::Gone { code: close_code::SERVICE_RESTART, reason: "room moved".into() }
+            };
+            self.shared().emit_link(*link, msg);
+        }
+        RoomExit::Moved
     }
 
     fn idle_timeout(&self) -> Duration {
@@ -406,6 +563,10 @@ impl Actor {
             RoomCmd::OpenLink { link, tx } => {
                 self.links.insert(link);
                 self.shared().emit(Outbound::OpenLink(link, tx));
+                if self.moving.is_some() {
+                    let gone = FromRoom::Gone { code: close_code::SERVICE_RESTART, reason: "room moved".into() };
+                    self.shared().emit_link(link, gone);
+                }
             }
             RoomCmd::CloseLink { link } => {
                 let conns: Vec<Arc<ConnShared>> = {
@@ -417,6 +578,9 @@ impl Actor {
                     self.run_on_close(conn, None).await;
                 }
                 self.links.remove(&link);
+                if let Some(m) = self.moving.as_mut() {
+                    m.waiting.remove(&link);
+                }
                 self.shared().emit(Outbound::CloseLink(link));
             }
             RoomCmd::Link { link, msg } => match msg {
@@ -428,13 +592,41 @@ impl Actor {
                         self.run_on_close(conn, error).await;
                     }
                 }
+                ToRoom::Paused => {
+                    if let Some(m) = self.moving.as_mut() {
+                        if m.waiting.remove(&link) {
+                            m.paused.push(link);
+                        }
+                    }
+                }
+                ToRoom::Adopt { sid, id, uri, tags, state } => {
+                    self.gathering.get_or_insert_with(|| Gathering {
+                        deadline: Instant::now() + GATHER_WAIT,
+                        expected: None,
+                        adopted: HashSet::new(),
+                    });
+                    self.adopt(link, sid, id, uri, tags, state);
+                }
+                ToRoom::Adopted { links } => {
+                    let g = self.gathering.get_or_insert_with(|| Gathering {
+                        deadline: Instant::now() + GATHER_WAIT,
+                        expected: None,
+                        adopted: HashSet::new(),
+                    });
+                    g.expected = Some(g.expected.unwrap_or(0).max(links as usize));
+                    g.adopted.insert(link);
+                }
             },
             RoomCmd::Request { req, reply } => {
                 let res = self.request(req).await;
                 self.shared().emit(Outbound::Response(reply, Box::new(res)));
             }
-            RoomCmd::Alarm => self.fire_alarm().await,
-            RoomCmd::Shutdown { .. } => unreachable!("handled by run"),
+            RoomCmd::Alarm => {
+                if self.moving.is_none() {
+                    self.fire_alarm().await;
+                }
+            }
+            RoomCmd::Shutdown { .. } | RoomCmd::Move { .. } => unreachable!("handled by dispatch"),
         }
     }
 
@@ -523,6 +715,23 @@ impl Actor {
         }
         self.shared().emit_link(link, FromRoom::Accepted { sid, tags });
         Ok(())
+    }
+
+    /// Takes over a socket from the room's previous instance: it joins the table as it was,
+    /// without `on_connect` (as after hibernation). The party starts on the next event.
+    fn adopt(&mut self, link: LinkId, sid: SocketId, id: String, uri: String, tags: Vec<String>, state: Option<Bytes>) {
+        let mut table = self.shared().conns.lock().unwrap();
+        table.next_order += 1;
+        let order = table.next_order;
+        table.insert(Arc::new(ConnShared {
+            key: (link, sid),
+            id,
+            uri,
+            tags: Mutex::new(tags),
+            state: Mutex::new(state),
+            open: AtomicBool::new(true),
+            order,
+        }));
     }
 
     fn validate_tags(&self, id: &str, extra: Vec<String>) -> Result<Vec<String>, String> {

@@ -39,6 +39,29 @@ pub enum ToRoom {
         /// Set when the socket failed rather than closed cleanly; the room calls `on_error`.
         error: Option<String>,
     },
+    /// The answer to [`FromRoom::Pause`]: nothing more comes on this link.
+    Paused,
+    /// A socket that was in the room on its previous owner joins this instance as it was, with
+    /// its id, tags and state, without `on_connect` (the room moved; the client saw nothing).
+    Adopt {
+        /// The socket.
+        sid: SocketId,
+        /// Connection id.
+        id: String,
+        /// The URL it connected with.
+        uri: String,
+        /// Its tags, the id first.
+        tags: Vec<String>,
+        /// Its state (JSON bytes).
+        state: Option<Bytes>,
+    },
+    /// This link's adoptions are complete. `links` is how many links the previous instance
+    /// handed over ([`FromRoom::Moved`]): the room holds other work until that many links have
+    /// adopted their sockets (bounded in time), so no broadcast misses a socket in transit.
+    Adopted {
+        /// Links the previous instance handed over.
+        links: u32,
+    },
 }
 
 /// What a room tells a gateway to do with that gateway's sockets.
@@ -110,6 +133,16 @@ pub enum FromRoom {
         code: u16,
         /// Close reason.
         reason: String,
+    },
+    /// The room is moving to another node: send nothing more on this link and answer
+    /// [`ToRoom::Paused`]; frames from clients wait at the gateway until the room moved.
+    Pause,
+    /// The room moved, with every earlier message of this link delivered and its writes
+    /// durable: open a link to the room's new owner and hand it this link's sockets
+    /// ([`ToRoom::Adopt`] each, then [`ToRoom::Adopted`]).
+    Moved {
+        /// How many links the room handed over (so the new instance knows whom to wait for).
+        links: u32,
     },
 }
 

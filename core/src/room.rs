@@ -55,35 +55,49 @@ pub trait PartiesClient: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct Parties {
     client: Arc<dyn PartiesClient>,
+    /// The calling room's storage: its writes are made durable before a request leaves.
+    gate: Option<Storage>,
 }
 
 impl Parties {
     /// Wraps a runtime's client.
     pub fn new(client: Arc<dyn PartiesClient>) -> Self {
-        Parties { client }
+        Parties { client, gate: None }
+    }
+
+    /// The same client for a room whose outgoing requests must wait for its writes: a request
+    /// leaves only once every write the room made before it is durable, like a frame (the
+    /// output gate), so the other room never acts on a write that could still be refused.
+    pub(crate) fn gated_by(self, storage: Storage) -> Self {
+        Parties { gate: Some(storage), ..self }
     }
 
     /// A stub for room `room` of party `party`.
     pub fn get(&self, party: &str, room: &str) -> RoomStub {
-        RoomStub { client: self.client.clone(), key: RoomKey::new(party, room) }
+        RoomStub { parties: self.clone(), key: RoomKey::new(party, room) }
     }
 }
 
 /// A handle on another room, for HTTP calls to its `on_request`.
 #[derive(Clone)]
 pub struct RoomStub {
-    client: Arc<dyn PartiesClient>,
+    parties: Parties,
     key: RoomKey,
 }
 
 impl RoomStub {
     /// Sends `req` to the room. The request's path (if any) is appended to the room's URL, as in
-    /// PartyKit's `stub.fetch("/path")`.
+    /// PartyKit's `stub.fetch("/path")`. From a room, the request waits until the caller's
+    /// writes so far are durable (and fails if they were refused).
     pub async fn fetch(&self, req: Request) -> anyhow::Result<Response> {
-        if !self.client.has_party(&self.key.party) {
+        let client = &self.parties.client;
+        if !client.has_party(&self.key.party) {
             anyhow::bail!("Party {} not found", self.key.party);
         }
-        self.client.fetch(self.key.clone(), req).await
+        if let Some(storage) = &self.parties.gate {
+            storage.sync().await?;
+        }
+        client.fetch(self.key.clone(), req).await
     }
 }
 

@@ -189,16 +189,9 @@ async fn upgrade(
         query_param(req.uri(), "_pk").filter(|id| !id.is_empty()).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let uri = req.uri().to_string();
     let sid = gw.next_sid.fetch_add(1, Ordering::Relaxed);
-    let attached = gw.attach(&key, sid, id.clone());
-    let link = match attached.link.link(gw.router.as_ref()).await {
-        Ok(link) => link,
-        Err(e) => {
-            gw.detach(&attached.link, sid, None).await;
-            return route_error(e);
-        }
-    };
+    let attached = gw.attach(&key, sid, id.clone(), uri.clone());
     let connect = ToRoom::Connect { sid, id, uri, request: Box::new(req) };
-    if let Err(e) = link.send(connect).await {
+    if let Err(e) = attached.link.send(connect).await {
         gw.detach(&attached.link, sid, None).await;
         return route_error(e);
     }

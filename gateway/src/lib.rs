@@ -170,14 +170,12 @@ pub(crate) struct Attached {
 
 impl Inner {
     /// Registers a new socket with the link of its room, creating the link if needed.
-    pub(crate) fn attach(&self, key: &RoomKey, sid: SocketId, id: String) -> Attached {
+    pub(crate) fn attach(self: &Arc<Self>, key: &RoomKey, sid: SocketId, id: String, uri: String) -> Attached {
         let outbox = Outbox::new(self.limits.max_outbox_messages, self.limits.max_outbox_bytes);
         let (adm_tx, adm_rx) = tokio::sync::oneshot::channel();
         let mut links = self.links.lock().unwrap();
-        let link = links
-            .entry(key.clone())
-            .or_insert_with(|| LinkState::new(key.clone(), Arc::downgrade(&self.links), self.metrics.clone()))
-            .clone();
+        let link =
+            links.entry(key.clone()).or_insert_with(|| LinkState::new(key.clone(), Arc::downgrade(self))).clone();
         link.sockets.lock().unwrap().insert(
             sid,
             SocketEntry {
@@ -185,6 +183,7 @@ impl Inner {
                 joined: false,
                 admission: Some(adm_tx),
                 id,
+                uri,
                 tags: Vec::new(),
                 state: None,
             },
@@ -209,9 +208,7 @@ impl Inner {
             }
             last
         };
-        if let Some(l) = link.opened() {
-            let _ = l.send(ToRoom::Closed { sid, error }).await;
-        }
+        link.send_if_open(ToRoom::Closed { sid, error }).await;
         if last {
             link.close().await;
         }

@@ -4,17 +4,20 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use partyline::link::{FromRoom, SocketId, ToRoom};
+use partyline::link::{close_code, FromRoom, SocketId, ToRoom};
 use partyline::{Message, Request, Response, RoomKey};
-use tokio::sync::{oneshot, Notify, OnceCell};
+use tokio::sync::{oneshot, Notify, RwLock};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::Inner;
 
 /// Depth of a link's queue of room messages, for routers that deliver through a channel.
 pub const LINK_QUEUE: usize = 1024;
@@ -37,6 +40,8 @@ pub trait RoomRouter: Send + Sync + 'static {
     async fn open_link(&self, key: &RoomKey) -> Result<OpenLink, RouteError>;
     /// Sends an HTTP request to a room.
     async fn request(&self, key: &RoomKey, req: Request) -> Result<Response, RouteError>;
+    /// The room moved away from where its link went (a hint to forget cached placement).
+    fn moved(&self, _key: &RoomKey) {}
 }
 
 /// An open link: the sending half, and the room's messages in order. The stream ends when the
@@ -180,66 +185,171 @@ pub(crate) struct SocketEntry {
     pub(crate) joined: bool,
     pub(crate) admission: Option<oneshot::Sender<Admission>>,
     pub(crate) id: String,
+    pub(crate) uri: String,
     pub(crate) tags: Vec<String>,
     pub(crate) state: Option<Bytes>,
 }
 
+/// How long a paused link waits for its room to say it moved before giving up on it.
+const MOVE_WAIT: Duration = Duration::from_secs(60);
+
 /// One link into one room.
 pub(crate) struct LinkState {
     pub(crate) key: RoomKey,
-    link: OnceCell<Box<dyn RoomLink>>,
+    /// The open link (`None` until first use), replaced when the room moves. Senders hold the
+    /// read lock while they send; a move holds the write lock from the pause until the room is
+    /// reachable again, so it waits for sends in flight and holds every later one back, in order.
+    route: RwLock<Option<Box<dyn RoomLink>>>,
     pub(crate) sockets: Mutex<HashMap<SocketId, SocketEntry>>,
-    links: Weak<Mutex<HashMap<RoomKey, Arc<LinkState>>>>,
-    metrics: Arc<Metrics>,
+    gw: Weak<Inner>,
 }
 
 impl LinkState {
     /// A link state; the link opens on first use.
-    pub(crate) fn new(
-        key: RoomKey,
-        links: Weak<Mutex<HashMap<RoomKey, Arc<LinkState>>>>,
-        metrics: Arc<Metrics>,
-    ) -> Arc<Self> {
-        Arc::new(LinkState { key, link: OnceCell::new(), sockets: Mutex::new(HashMap::new()), links, metrics })
+    pub(crate) fn new(key: RoomKey, gw: Weak<Inner>) -> Arc<Self> {
+        Arc::new(LinkState { key, route: RwLock::new(None), sockets: Mutex::new(HashMap::new()), gw })
     }
 
-    /// The open link, opening it on first use (and starting the task that applies the room's
-    /// messages).
-    pub(crate) async fn link(self: &Arc<Self>, router: &dyn RoomRouter) -> Result<&dyn RoomLink, RouteError> {
-        let link = self
-            .link
-            .get_or_try_init(|| async {
-                let opened = router.open_link(&self.key).await?;
-                Metrics::inc(&self.metrics.links_opened);
-                tokio::spawn(read_link(Arc::downgrade(self), opened.events, self.links.clone(), self.metrics.clone()));
-                Ok::<_, RouteError>(opened.link)
-            })
-            .await?;
-        Ok(link.as_ref())
+    /// Passes one socket event to the room, opening the link on first use; waits while the
+    /// room moves.
+    pub(crate) async fn send(self: &Arc<Self>, msg: ToRoom) -> Result<(), RouteError> {
+        {
+            let route = self.route.read().await;
+            if let Some(link) = route.as_ref() {
+                return link.send(msg).await;
+            }
+        }
+        let mut route = self.route.write().await;
+        if route.is_none() {
+            *route = Some(self.open().await?);
+        }
+        route.as_ref().expect("opened").send(msg).await
     }
 
-    /// The link, if it was opened.
-    pub(crate) fn opened(&self) -> Option<&dyn RoomLink> {
-        self.link.get().map(|l| l.as_ref())
+    /// Passes one socket event to the room if the link was ever opened.
+    pub(crate) async fn send_if_open(&self, msg: ToRoom) {
+        if let Some(link) = self.route.read().await.as_ref() {
+            let _ = link.send(msg).await;
+        }
+    }
+
+    /// Opens a link to the room's owner and starts the task that applies its messages.
+    async fn open(self: &Arc<Self>) -> Result<Box<dyn RoomLink>, RouteError> {
+        let gw = self.gw.upgrade().ok_or_else(|| RouteError::Unavailable("the gateway is shutting down".into()))?;
+        let opened = gw.router.open_link(&self.key).await?;
+        Metrics::inc(&gw.metrics.links_opened);
+        tokio::spawn(read_link(Arc::downgrade(self), opened.events, gw.metrics.clone()));
+        Ok(opened.link)
     }
 
     /// Closes the link if it was opened.
     pub(crate) async fn close(&self) {
-        if let Some(link) = self.link.get() {
+        if let Some(link) = self.route.read().await.as_ref() {
             link.close().await;
         }
     }
+
+    /// The room is gone: every socket is closed with `code`, and new sockets get a new link.
+    fn gone(self: &Arc<Self>, code: u16, reason: &str) {
+        {
+            let mut sockets = self.sockets.lock().unwrap();
+            for s in sockets.values_mut() {
+                s.joined = false;
+                if let Some(tx) = s.admission.take() {
+                    let _ = tx.send(Admission::Refused { status: 503, reason: reason.to_string() });
+                }
+                s.outbox.close(code, reason.to_string());
+            }
+        }
+        // The socket table's lock is not held here: the order is always links, then sockets.
+        if let Some(gw) = self.gw.upgrade() {
+            let mut links = gw.links.lock().unwrap();
+            if links.get(&self.key).is_some_and(|l| Arc::ptr_eq(l, self)) {
+                links.remove(&self.key);
+            }
+        }
+    }
+
+    /// The room paused this link to move: answer `Paused`, then, once the room says it moved,
+    /// reopen the link to its new owner and hand it this gateway's sockets (id, uri, tags,
+    /// state), holding every client event back meanwhile. The clients see a pause.
+    /// (Boxed: the task it starts for the new link may start another move.)
+    fn move_to_next_owner(self: Arc<Self>, moved: oneshot::Receiver<u32>) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let mut route = self.route.write().await;
+            let Some(old) = route.as_ref() else { return };
+            if old.send(ToRoom::Paused).await.is_err() {
+                return; // The stream broke: its reader closes the sockets.
+            }
+            let links = match tokio::time::timeout(MOVE_WAIT, moved).await {
+                Ok(Ok(links)) => links,
+                _ => return, // The link ended without `Moved`: its reader closed the sockets.
+            };
+            if let Some(old) = route.take() {
+                old.close().await;
+            }
+            let Some(gw) = self.gw.upgrade() else { return };
+            gw.router.moved(&self.key);
+            let new = match self.open().await {
+                Ok(new) => new,
+                Err(e) => {
+                    tracing::warn!(room = %self.key, error = %e, "the room moved but its new owner cannot be reached");
+                    Metrics::inc(&gw.metrics.moves_failed);
+                    drop(route);
+                    self.gone(close_code::SERVICE_RESTART, "room moved");
+                    return;
+                }
+            };
+            let records: Vec<ToRoom> = {
+                let sockets = self.sockets.lock().unwrap();
+                let mut joined: Vec<(&SocketId, &SocketEntry)> = sockets.iter().filter(|(_, s)| s.joined).collect();
+                joined.sort_by_key(|(sid, _)| **sid);
+                joined
+                    .into_iter()
+                    .map(|(sid, s)| ToRoom::Adopt {
+                        sid: *sid,
+                        id: s.id.clone(),
+                        uri: s.uri.clone(),
+                        tags: s.tags.clone(),
+                        state: s.state.clone(),
+                    })
+                    .collect()
+            };
+            for msg in records.into_iter().chain([ToRoom::Adopted { links }]) {
+                if new.send(msg).await.is_err() {
+                    break; // The new link broke: its reader closes the sockets.
+                }
+            }
+            *route = Some(new);
+            Metrics::inc(&gw.metrics.links_moved);
+        })
+    }
 }
 
-/// Applies a room's messages to this gateway's sockets until the room closes the link.
-async fn read_link(
-    state: Weak<LinkState>,
-    mut events: BoxStream<'static, FromRoom>,
-    links: Weak<Mutex<HashMap<RoomKey, Arc<LinkState>>>>,
-    metrics: Arc<Metrics>,
-) {
+/// Applies a room's messages to this gateway's sockets until the room closes the link (or moves).
+async fn read_link(state: Weak<LinkState>, mut events: BoxStream<'static, FromRoom>, metrics: Arc<Metrics>) {
+    let mut moving: Option<oneshot::Sender<u32>> = None;
     while let Some(msg) = events.next().await {
         let Some(state) = state.upgrade() else { return };
+        match msg {
+            FromRoom::Pause => {
+                let (tx, rx) = oneshot::channel();
+                moving = Some(tx);
+                tokio::spawn(state.move_to_next_owner(rx));
+                continue;
+            }
+            FromRoom::Moved { links } => {
+                if let Some(tx) = moving.take() {
+                    let _ = tx.send(links);
+                }
+                return;
+            }
+            FromRoom::Gone { code, reason } => {
+                state.gone(code, &reason);
+                continue;
+            }
+            _ => {}
+        }
         let mut sockets = state.sockets.lock().unwrap();
         match msg {
             FromRoom::Joined { sid } => {
@@ -284,22 +394,7 @@ async fn read_link(
                     s.state = state;
                 }
             }
-            FromRoom::Gone { code, reason } => {
-                // New sockets must reach a new room instance through a new link.
-                if let Some(links) = links.upgrade() {
-                    let mut links = links.lock().unwrap();
-                    if links.get(&state.key).is_some_and(|l| Arc::ptr_eq(l, &state)) {
-                        links.remove(&state.key);
-                    }
-                }
-                for s in sockets.values_mut() {
-                    s.joined = false;
-                    if let Some(tx) = s.admission.take() {
-                        let _ = tx.send(Admission::Refused { status: 503, reason: reason.clone() });
-                    }
-                    s.outbox.close(code, reason.clone());
-                }
-            }
+            FromRoom::Pause | FromRoom::Moved { .. } | FromRoom::Gone { .. } => unreachable!("handled above"),
         }
     }
 }

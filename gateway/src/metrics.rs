@@ -29,6 +29,10 @@ pub struct Metrics {
     pub room_requests: AtomicU64,
     /// Links opened to rooms.
     pub links_opened: AtomicU64,
+    /// Links whose room moved to another node with its sockets handed over.
+    pub links_moved: AtomicU64,
+    /// Room moves whose sockets could not be handed over (closed with 1012 instead).
+    pub moves_failed: AtomicU64,
 }
 
 impl Metrics {
@@ -62,6 +66,8 @@ impl Metrics {
         counter("room_sends_total", "Directed frames received from rooms.", &self.room_sends);
         counter("room_requests_total", "HTTP requests forwarded to rooms.", &self.room_requests);
         counter("links_opened_total", "Links opened to rooms.", &self.links_opened);
+        counter("links_moved_total", "Links whose room moved with its sockets handed over.", &self.links_moved);
+        counter("moves_failed_total", "Room moves whose sockets were closed instead.", &self.moves_failed);
         let _ = writeln!(out, "# HELP partyline_gateway_open_sockets Client WebSockets open now.");
         let _ = writeln!(out, "# TYPE partyline_gateway_open_sockets gauge");
         let _ = writeln!(out, "partyline_gateway_open_sockets {open_sockets}");

@@ -94,8 +94,7 @@ pub(crate) async fn run(gw: std::sync::Arc<Inner>, ws: Ws, task: SocketTask) {
                     }
                 };
                 Metrics::inc(&metrics.frames_from_clients);
-                let Ok(link) = task.link.link(gw.router.as_ref()).await else { break };
-                if link.send(ToRoom::Message { sid: task.sid, msg }).await.is_err() {
+                if task.link.send(ToRoom::Message { sid: task.sid, msg }).await.is_err() {
                     gw.send_close(&task.link, task.sid, close_code::INTERNAL_ERROR, "room unavailable".into());
                     error = Some("room unavailable".into());
                     let _ = tokio::time::timeout(Duration::from_secs(1), closing.cancelled()).await;

@@ -12,6 +12,7 @@ use partyline::placement::{preferred, shard_of};
 use partyline::{PartiesClient, PartyRegistry, Request, Response, RoomKey};
 use partyline_proto::pb::{self, link_in, link_out, node_client::NodeClient, room_response};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::InterceptedService;
 use tonic::metadata::MetadataValue;
@@ -20,12 +21,18 @@ use tonic::transport::{Channel, Endpoint};
 use crate::redis::{Change, Membership, NodeInfo};
 use crate::wire;
 
-/// Redirects followed for one call before giving up.
-pub const MAX_HOPS: u32 = 3;
 /// How often the member list is re-read even without events.
 const VIEW_REFRESH: Duration = Duration::from_secs(2);
 /// Depth of a link's outbound queue.
 const LINK_QUEUE: usize = 1024;
+/// How long a node that refused a connection is left out of routing (unless it comes back
+/// with a new incarnation first).
+const SUSPECT_FOR: Duration = Duration::from_secs(10);
+/// Waits between attempts while a room is between owners: first and longest.
+const BACKOFF_FIRST: Duration = Duration::from_millis(25);
+const BACKOFF_MAX: Duration = Duration::from_millis(400);
+/// How long opening a link may wait for a node's answer.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a call could not reach its room.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +95,17 @@ pub struct ClientConfig {
     pub max_grpc_message_bytes: usize,
     /// Deadline of one HTTP request to a room.
     pub request_timeout: Duration,
+    /// How long a call keeps looking for a room's owner (redirects, a room between owners
+    /// during a move, a crashed owner's lease running out) before it gives up.
+    pub route_timeout: Duration,
+}
+
+impl ClientConfig {
+    /// How long to keep looking for an owner with leases of this time to live: long enough for
+    /// a crashed owner's lease to expire, plus slack.
+    pub fn route_timeout_for(lease_ttl: Duration) -> Duration {
+        lease_ttl + Duration::from_secs(5)
+    }
 }
 
 /// The cluster as seen from one process. Cheap to clone.
@@ -105,6 +123,8 @@ struct Inner {
     owners: Mutex<HashMap<u16, NodeInfo>>,
     channels: Mutex<HashMap<String, Channel>>,
     redirects: std::sync::atomic::AtomicU64,
+    /// Nodes that refused a connection: node id -> (incarnation seen then, until when).
+    suspects: Mutex<HashMap<String, (String, Instant)>>,
 }
 
 /// A link stream opened to a room's owner.
@@ -132,6 +152,7 @@ impl ClusterClient {
             owners: Mutex::new(HashMap::new()),
             channels: Mutex::new(HashMap::new()),
             redirects: Default::default(),
+            suspects: Mutex::new(HashMap::new()),
         });
         let client = ClusterClient { inner };
         client.refresh().await;
@@ -157,17 +178,51 @@ impl ClusterClient {
 
     /// The node rendezvous hashing prefers for `shard` among live, non-draining members.
     pub fn preferred(&self, shard: u16) -> Option<NodeInfo> {
+        self.preferred_avoiding(shard, &[])
+    }
+
+    /// Like [`ClusterClient::preferred`], leaving out the nodes in `avoid`.
+    pub fn preferred_avoiding(&self, shard: u16, avoid: &[String]) -> Option<NodeInfo> {
         let view = self.nodes();
-        let id = preferred(shard, view.iter().filter(|n| !n.draining).map(|n| n.id.as_str()))?;
+        let candidates = view.iter().filter(|n| !n.draining && !avoid.contains(&n.id)).map(|n| n.id.as_str());
+        let id = preferred(shard, candidates)?;
         view.iter().find(|n| n.id == id).cloned()
+    }
+
+    /// Nodes this process found unreachable lately (left out of routing).
+    pub fn suspects(&self) -> Vec<String> {
+        let now = Instant::now();
+        let mut suspects = self.inner.suspects.lock().unwrap();
+        suspects.retain(|_, (_, until)| *until > now);
+        suspects.keys().cloned().collect()
+    }
+
+    fn is_suspect(&self, id: &str) -> bool {
+        self.inner.suspects.lock().unwrap().get(id).is_some_and(|(_, until)| *until > Instant::now())
+    }
+
+    /// A node refused a connection: it is dead or restarting. Left out of routing until it
+    /// comes back with a new incarnation or [`SUSPECT_FOR`] passes.
+    fn suspect(&self, node: &NodeInfo) {
+        let inc = self.nodes().iter().find(|n| n.id == node.id).map(|n| n.inc.clone()).unwrap_or_default();
+        tracing::info!(node = %node.id, addr = %node.addr, "node unreachable; routing around it");
+        self.inner.suspects.lock().unwrap().insert(node.id.clone(), (inc, Instant::now() + SUSPECT_FOR));
+        self.inner.owners.lock().unwrap().retain(|_, n| n.id != node.id);
     }
 
     /// Where to send a call for `shard` first: the known owner, else the preferred node.
     fn route(&self, shard: u16) -> Option<NodeInfo> {
         if let Some(n) = self.inner.owners.lock().unwrap().get(&shard) {
-            return Some(n.clone());
+            if !self.is_suspect(&n.id) {
+                return Some(n.clone());
+            }
         }
-        self.preferred(shard)
+        self.preferred_avoiding(shard, &self.suspects())
+    }
+
+    /// Forgets where `shard` lives (its room moved or its owner failed).
+    pub fn forget(&self, shard: u16) {
+        self.inner.owners.lock().unwrap().remove(&shard);
     }
 
     fn remember(&self, shard: u16, node: Option<NodeInfo>) {
@@ -212,59 +267,68 @@ impl ClusterClient {
             .max_encoding_message_size(n))
     }
 
-    /// Opens a link stream to the owner of `room`, following redirects.
+    /// Opens a link stream to the owner of `room`, following redirects and waiting out a room
+    /// between owners (a move, a crashed owner's lease), up to the route timeout. Opening a
+    /// link runs nothing of the party's, so any failure may be retried.
     pub async fn open_link(&self, room: &RoomKey) -> Result<OpenedLink, ClientError> {
         let shard = shard_of(room);
-        let mut last = String::from("no attempt");
-        for hops in 0..=MAX_HOPS {
-            let Some(node) = self.route_or_wait(shard, room).await? else { continue };
+        let mut route = Route::new(self.inner.cfg.route_timeout);
+        loop {
+            let node = self.route_or_wait(shard, room, &route).await?;
             let mut client = self.node(&node.addr)?;
             let (tx, rx) = mpsc::channel(LINK_QUEUE);
-            let open = pb::Open { room: Some(wire::room_ref(room)), gateway: self.inner.cfg.name.clone(), hops };
+            let open = pb::Open {
+                room: Some(wire::room_ref(room)),
+                gateway: self.inner.cfg.name.clone(),
+                hops: route.hops,
+                avoid: self.suspects(),
+            };
             let _ = tx.send(pb::LinkIn { kind: Some(link_in::Kind::Open(open)) }).await;
             let attempt = async {
                 let mut stream = client.link(ReceiverStream::new(rx)).await?.into_inner();
                 let first = stream.message().await?;
                 Ok::<_, tonic::Status>((stream, first))
             };
-            let (stream, first) = match tokio::time::timeout(Duration::from_secs(5), attempt).await {
-                Ok(Ok(x)) => x,
+            match tokio::time::timeout(OPEN_TIMEOUT, attempt).await {
+                Ok(Ok((stream, first))) => match first.and_then(|m| m.kind) {
+                    Some(link_out::Kind::Opened(o)) => {
+                        self.remember(shard, Some(NodeInfo { id: o.node_id.clone(), ..node }));
+                        return Ok(OpenedLink { tx, rx: stream, node_id: o.node_id, epoch: o.epoch });
+                    }
+                    Some(link_out::Kind::NotOwner(n)) => self.redirected(shard, n, &mut route).await,
+                    _ => route.failed(format!("node {} closed the link at once", node.id)),
+                },
                 Ok(Err(status)) => {
-                    last = self.failed(shard, &node, status)?;
-                    continue;
+                    self.failed(shard, &node, &status)?;
+                    route.failed(format!("node {} ({}): {}", node.id, node.addr, status.message()));
                 }
                 Err(_) => {
-                    last = format!("node {} did not answer in time", node.id);
                     self.remember(shard, None);
-                    continue;
+                    route.failed(format!("node {} did not answer in time", node.id));
                 }
-            };
-            match first.and_then(|m| m.kind) {
-                Some(link_out::Kind::Opened(o)) => {
-                    self.remember(shard, Some(NodeInfo { id: o.node_id.clone(), ..node }));
-                    return Ok(OpenedLink { tx, rx: stream, node_id: o.node_id, epoch: o.epoch });
-                }
-                Some(link_out::Kind::NotOwner(n)) => last = self.redirected(shard, n).await,
-                _ => last = format!("node {} closed the link at once", node.id),
             }
+            route.pause(room).await?;
         }
-        Err(ClientError::Unavailable { room: room.clone(), why: last })
     }
 
-    /// Sends an HTTP request to the owner of `room`, following redirects.
+    /// Sends an HTTP request to the owner of `room`, following redirects. The request runs at
+    /// most once: it is sent again only after an answer that proves it did not reach the room
+    /// (a redirect, or a connection that failed before anything was sent); any other failure
+    /// is the caller's (the room may have run it).
     pub async fn request(&self, room: &RoomKey, req: Request) -> Result<Response, ClientError> {
         let shard = shard_of(room);
         let (parts, body) = req.into_parts();
         let head = wire::head(&parts);
-        let mut last = String::from("no attempt");
-        for hops in 0..=MAX_HOPS {
-            let Some(node) = self.route_or_wait(shard, room).await? else { continue };
+        let mut route = Route::new(self.inner.cfg.route_timeout);
+        loop {
+            let node = self.route_or_wait(shard, room, &route).await?;
             let mut client = self.node(&node.addr)?;
             let msg = pb::RoomRequest {
                 room: Some(wire::room_ref(room)),
                 head: Some(head.clone()),
                 body: body.clone(),
-                hops,
+                hops: route.hops,
+                avoid: self.suspects(),
             };
             let mut call = tonic::Request::new(msg);
             call.set_timeout(self.inner.cfg.request_timeout);
@@ -275,46 +339,60 @@ impl ClusterClient {
                         return wire::http_response(r)
                             .map_err(|e| ClientError::Unavailable { room: room.clone(), why: e.to_string() });
                     }
-                    Some(room_response::Kind::NotOwner(n)) => last = self.redirected(shard, n).await,
-                    None => last = "empty answer".into(),
+                    Some(room_response::Kind::NotOwner(n)) => self.redirected(shard, n, &mut route).await,
+                    None => return Err(ClientError::Unavailable { room: room.clone(), why: "empty answer".into() }),
                 },
-                Err(status) => last = self.failed(shard, &node, status)?,
+                Err(status) => {
+                    self.failed(shard, &node, &status)?;
+                    let why = format!("node {} ({}): {}", node.id, node.addr, status.message());
+                    if !never_sent(&status) {
+                        return Err(ClientError::Unavailable { room: room.clone(), why });
+                    }
+                    route.failed(why);
+                }
             }
+            route.pause(room).await?;
         }
-        Err(ClientError::Unavailable { room: room.clone(), why: last })
     }
 
-    /// The node to try for `shard`; waits briefly for members when none is known.
-    async fn route_or_wait(&self, shard: u16, room: &RoomKey) -> Result<Option<NodeInfo>, ClientError> {
-        for _ in 0..10 {
+    /// The node to try for `shard`; waits (within the route's time) for members when none is
+    /// known.
+    async fn route_or_wait(&self, shard: u16, room: &RoomKey, route: &Route) -> Result<NodeInfo, ClientError> {
+        loop {
             if let Some(n) = self.route(shard) {
-                return Ok(Some(n));
+                return Ok(n);
             }
             self.refresh().await;
             if let Some(n) = self.route(shard) {
-                return Ok(Some(n));
+                return Ok(n);
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        Err(ClientError::NoNodes(room.clone()))
-    }
-
-    async fn redirected(&self, shard: u16, n: pb::NotOwner) -> String {
-        self.inner.redirects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if n.addr.is_empty() {
-            // Nobody holds the shard and the node would not take it: let the view settle.
-            self.remember(shard, None);
+            if route.expired() {
+                return Err(ClientError::NoNodes(room.clone()));
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
-            self.refresh().await;
-            format!("no owner for shard {shard} yet")
-        } else {
-            let why = format!("redirected to {} ({})", n.node_id, n.addr);
-            self.remember(shard, Some(NodeInfo { id: n.node_id, inc: String::new(), addr: n.addr, draining: false }));
-            why
         }
     }
 
-    fn failed(&self, shard: u16, node: &NodeInfo, status: tonic::Status) -> Result<String, ClientError> {
+    async fn redirected(&self, shard: u16, n: pb::NotOwner, route: &mut Route) {
+        self.inner.redirects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        route.hops += 1;
+        if n.retry || n.addr.is_empty() || self.is_suspect(&n.node_id) {
+            // Between owners: the next owner takes it once the lease is free.
+            self.remember(shard, None);
+            if n.addr.is_empty() {
+                self.refresh().await;
+            }
+            route.failed(format!("room between owners (shard {shard})"));
+        } else {
+            route.redirected(format!("redirected to {} ({})", n.node_id, n.addr));
+            let node = NodeInfo { id: n.node_id, addr: n.addr, ..NodeInfo::default() };
+            self.remember(shard, Some(node));
+        }
+    }
+
+    /// Handles a failed call: errors that retrying cannot fix are returned; a node that refused
+    /// the connection is routed around.
+    fn failed(&self, shard: u16, node: &NodeInfo, status: &tonic::Status) -> Result<(), ClientError> {
         match status.code() {
             tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
                 Err(ClientError::Unauthenticated { addr: node.addr.clone(), message: status.message().to_string() })
@@ -322,9 +400,90 @@ impl ClusterClient {
             tonic::Code::NotFound => Err(ClientError::UnknownParty(status.message().to_string())),
             _ => {
                 self.remember(shard, None);
-                Ok(format!("node {} ({}): {}", node.id, node.addr, status.message()))
+                if never_sent(status) {
+                    self.suspect(node);
+                }
+                Ok(())
             }
         }
+    }
+}
+
+/// Whether a failed call provably never reached the node: the connection could not be made.
+fn never_sent(status: &tonic::Status) -> bool {
+    if status.code() != tonic::Code::Unavailable {
+        return false;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::AddrNotAvailable
+                    | std::io::ErrorKind::HostUnreachable
+                    | std::io::ErrorKind::NetworkUnreachable
+            ) {
+                return true;
+            }
+        }
+        let text = e.to_string();
+        if text.contains("tcp connect error") || text.contains("error trying to connect") {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// One call's search for a room's owner: redirects followed, time left, and the wait between
+/// attempts while the room is between owners.
+struct Route {
+    deadline: Instant,
+    hops: u32,
+    backoff: Duration,
+    /// Redirects in a row without a pause (a loop between views that disagree).
+    bounces: u32,
+    last: String,
+}
+
+impl Route {
+    fn new(timeout: Duration) -> Self {
+        Route { deadline: Instant::now() + timeout, hops: 0, backoff: Duration::ZERO, bounces: 0, last: String::new() }
+    }
+
+    fn expired(&self) -> bool {
+        Instant::now() >= self.deadline
+    }
+
+    /// A redirect to a live owner: try it at once (a few times in a row at most).
+    fn redirected(&mut self, why: String) {
+        self.bounces += 1;
+        if self.bounces <= 3 {
+            self.backoff = Duration::ZERO;
+        } else if self.backoff.is_zero() {
+            self.backoff = BACKOFF_FIRST;
+        }
+        self.last = why;
+    }
+
+    /// An attempt that must be retried after a wait.
+    fn failed(&mut self, why: String) {
+        self.bounces = 0;
+        self.backoff = if self.backoff.is_zero() { BACKOFF_FIRST } else { (self.backoff * 2).min(BACKOFF_MAX) };
+        self.last = why;
+    }
+
+    /// Waits before the next attempt; fails once the time is up.
+    async fn pause(&self, room: &RoomKey) -> Result<(), ClientError> {
+        if self.expired() {
+            return Err(ClientError::Unavailable { room: room.clone(), why: self.last.clone() });
+        }
+        if !self.backoff.is_zero() {
+            let wake = (Instant::now() + self.backoff).min(self.deadline);
+            tokio::time::sleep_until(wake).await;
+        }
+        Ok(())
     }
 }
 
@@ -333,6 +492,10 @@ async fn refresh(inner: &Inner) {
         Ok(nodes) => {
             let ids: std::collections::HashSet<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
             inner.owners.lock().unwrap().retain(|_, n| ids.contains(n.id.as_str()));
+            // A suspect that came back as a new incarnation (restarted) is routed to again.
+            inner.suspects.lock().unwrap().retain(|id, (inc, _)| {
+                nodes.iter().find(|n| &n.id == id).is_none_or(|n| inc.is_empty() || &n.inc == inc)
+            });
             *inner.view.write().unwrap() = Arc::new(nodes);
         }
         Err(e) => tracing::warn!(error = %e, "could not read the cluster members"),

@@ -4,18 +4,17 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
 
 use async_trait::async_trait;
-use partyline::actor::{spawn_room, LinkSender, RoomConfig, RoomGone, RoomHandle, WeakRoomHandle};
+use partyline::actor::{spawn_room, LinkSender, RequestError, RoomConfig, RoomGone, RoomHandle, WeakRoomHandle};
 use partyline::link::{close_code, FromRoom};
-use partyline::storage::now_ms;
 use partyline::store::Fence;
+use partyline::store::StoreError;
 use partyline::{Env, Limits, Parties, PartiesClient, PartyRegistry, Request, Response, RoomKey, Store};
 use tokio::sync::mpsc;
 
-/// How often the alarm scheduler looks for due alarms.
-pub const ALARM_POLL: Duration = Duration::from_millis(250);
+use crate::alarms::{AlarmScope, Parked};
+
 /// Tries for a call that races with a room stopping.
 const ATTEMPTS: usize = 5;
 
@@ -28,6 +27,29 @@ pub enum HostError {
     /// The room kept stopping under us (shutting down).
     #[error("room {0} is not available")]
     Unavailable(RoomKey),
+    /// This process may not start the room: its shard is not (or no longer) owned here, or the
+    /// caller's grant is older than the running instance's.
+    #[error("room {0} is not served here")]
+    NotHere(RoomKey),
+    /// The room took the request and stopped before answering: it may have run, so it is not
+    /// sent again.
+    #[error("room {0} stopped before it answered")]
+    Interrupted(RoomKey),
+}
+
+/// Says whether this process may still start a room (its shard is owned and not being handed
+/// over). Checked under the host's lock, so a handover that stops a shard's rooms cannot race
+/// with a new one starting.
+pub type Admit<'a> = &'a (dyn Fn() -> bool + Sync);
+
+/// Always admits (`dev`: one process owns every room).
+pub fn always() -> bool {
+    true
+}
+
+struct Entry {
+    handle: RoomHandle,
+    fence: Option<Fence>,
 }
 
 /// What a host is built from.
@@ -56,7 +78,7 @@ struct Inner {
     limits: Arc<Limits>,
     env: Env,
     parties_client: Option<Arc<dyn PartiesClient>>,
-    rooms: Mutex<HashMap<RoomKey, RoomHandle>>,
+    rooms: Mutex<HashMap<RoomKey, Entry>>,
 }
 
 impl RoomHost {
@@ -94,17 +116,30 @@ impl RoomHost {
 
     /// The handle of a room, starting it when it is not running.
     pub fn room(&self, key: &RoomKey) -> Result<RoomHandle, HostError> {
-        self.room_fenced(key, None)
+        self.room_fenced(key, None, &always)
     }
 
-    /// Like [`RoomHost::room`], with the fence the room's writes must carry when it starts.
-    pub fn room_fenced(&self, key: &RoomKey, fence: Option<Fence>) -> Result<RoomHandle, HostError> {
+    /// Like [`RoomHost::room`], with the fence the room's writes must carry when it starts;
+    /// `admit` must agree before a new instance starts. A running instance under an older
+    /// fence is stopped (its writes would be refused anyway) and replaced; a caller whose fence
+    /// is older than the running instance's is turned away.
+    pub fn room_fenced(&self, key: &RoomKey, fence: Option<Fence>, admit: Admit<'_>) -> Result<RoomHandle, HostError> {
         let factory = self.inner.parties.get(&key.party).ok_or_else(|| HostError::UnknownParty(key.party.clone()))?;
         let mut rooms = self.inner.rooms.lock().unwrap();
-        if let Some(h) = rooms.get(key) {
-            if !h.is_closed() {
-                return Ok(h.clone());
+        if let Some(e) = rooms.get(key).filter(|e| !e.handle.is_closed()) {
+            match (&e.fence, &fence) {
+                (Some(old), Some(new)) if old.epoch > new.epoch => return Err(HostError::NotHere(key.clone())),
+                (Some(old), Some(new)) if old.epoch < new.epoch => {
+                    let stale = rooms.remove(key).expect("present").handle;
+                    tokio::spawn(async move {
+                        let _ = stale.shutdown(close_code::SERVICE_RESTART, "room moved").await;
+                    });
+                }
+                _ => return Ok(e.handle.clone()),
             }
+        }
+        if !admit() {
+            return Err(HostError::NotHere(key.clone()));
         }
         let weak = Arc::downgrade(&self.inner);
         let exit_key = key.clone();
@@ -114,7 +149,7 @@ impl RoomHost {
             key: key.clone(),
             factory: factory.clone(),
             store: self.inner.store.clone(),
-            fence,
+            fence: fence.clone(),
             limits: self.inner.limits.clone(),
             env: self.inner.env.clone(),
             parties: self.client(),
@@ -123,13 +158,13 @@ impl RoomHost {
                 let mut rooms = inner.rooms.lock().unwrap();
                 // Only this instance's own entry: a newer instance may have replaced it.
                 let mine = match (rooms.get(&exit_key), me2.get()) {
-                    (Some(h), Some(me)) => me.is(h),
+                    (Some(e), Some(me)) => me.is(&e.handle),
                     _ => false,
                 };
                 if !mine {
                     return true;
                 }
-                if rooms.get(&exit_key).is_some_and(|h| h.is_unused()) {
+                if rooms.get(&exit_key).is_some_and(|e| e.handle.is_unused()) {
                     rooms.remove(&exit_key);
                     true
                 } else {
@@ -138,29 +173,33 @@ impl RoomHost {
             }),
         });
         let _ = me.set(handle.downgrade());
-        rooms.insert(key.clone(), handle.clone());
+        rooms.insert(key.clone(), Entry { handle: handle.clone(), fence });
         Ok(handle)
     }
 
     /// Sends an HTTP request to a room, starting it if needed.
     pub async fn request(&self, key: &RoomKey, req: Request) -> Result<Response, HostError> {
-        self.request_fenced(key, None, req).await
+        self.request_fenced(key, None, &always, req).await
     }
 
-    /// Like [`RoomHost::request`]; a room started for it fences its writes with `fence`.
+    /// Like [`RoomHost::request`]; a room started for it fences its writes with `fence`. The
+    /// request runs at most once: it is sent again only when the room had stopped before it
+    /// took it.
     pub async fn request_fenced(
         &self,
         key: &RoomKey,
         fence: Option<Fence>,
+        admit: Admit<'_>,
         req: Request,
     ) -> Result<Response, HostError> {
         let (parts, body) = req.into_parts();
         for _ in 0..ATTEMPTS {
-            let room = self.room_fenced(key, fence.clone())?;
+            let room = self.room_fenced(key, fence.clone(), admit)?;
             let req = Request::from_parts(clone_parts(&parts), body.clone());
             match room.request(req).await {
                 Ok(res) => return Ok(res),
-                Err(RoomGone(_)) => tokio::task::yield_now().await,
+                Err(RequestError::NotDelivered(_)) => tokio::task::yield_now().await,
+                Err(RequestError::Interrupted(key)) => return Err(HostError::Interrupted(key)),
             }
         }
         Err(HostError::Unavailable(key.clone()))
@@ -168,7 +207,7 @@ impl RoomHost {
 
     /// Opens a gateway link into a room, starting it if needed.
     pub async fn open_link(&self, key: &RoomKey, tx: mpsc::Sender<FromRoom>) -> Result<LinkSender, HostError> {
-        self.open_link_fenced(key, None, tx).await
+        self.open_link_fenced(key, None, &always, tx).await
     }
 
     /// Like [`RoomHost::open_link`]; a room started for it fences its writes with `fence`.
@@ -176,10 +215,11 @@ impl RoomHost {
         &self,
         key: &RoomKey,
         fence: Option<Fence>,
+        admit: Admit<'_>,
         tx: mpsc::Sender<FromRoom>,
     ) -> Result<LinkSender, HostError> {
         for _ in 0..ATTEMPTS {
-            let room = self.room_fenced(key, fence.clone())?;
+            let room = self.room_fenced(key, fence.clone(), admit)?;
             match room.open_link(tx.clone()).await {
                 Ok(link) => return Ok(link),
                 Err(RoomGone(_)) => tokio::task::yield_now().await,
@@ -188,35 +228,23 @@ impl RoomHost {
         Err(HostError::Unavailable(key.clone()))
     }
 
-    /// Runs the alarm scheduler until the host is dropped: every [`ALARM_POLL`] it asks the
-    /// store for due alarms and wakes those rooms. Loaded rooms also keep their own timer; the
-    /// room ignores a wake-up for an alarm that is not due.
-    pub fn spawn_alarm_scheduler(&self) -> tokio::task::JoinHandle<()> {
-        let weak = Arc::downgrade(&self.inner);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(ALARM_POLL);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(inner) = weak.upgrade() else { return };
-                let host = RoomHost { inner };
-                let due = match host.inner.store.due_alarms(now_ms(), 256).await {
-                    Ok(due) => due,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "could not read due alarms");
-                        continue;
-                    }
-                };
-                for (key, _at) in due {
-                    match host.room(&key) {
-                        Ok(room) => {
-                            let _ = room.alarm().await;
-                        }
-                        Err(e) => tracing::warn!(room = %key, error = %e, "alarm for a room that cannot run"),
-                    }
-                }
-            }
-        })
+    /// Moves the rooms `which` selects away from this process (a shard handed over): they leave
+    /// the table at once and finish as [`RoomHandle::move_out`] describes, by `deadline`.
+    /// Returns their handles; [`RoomHandle::stopped`] tells when each is done.
+    pub async fn move_rooms(
+        &self,
+        which: impl Fn(&RoomKey) -> bool,
+        deadline: tokio::time::Instant,
+    ) -> Vec<RoomHandle> {
+        let rooms: Vec<RoomHandle> = {
+            let mut map = self.inner.rooms.lock().unwrap();
+            let keys: Vec<RoomKey> = map.keys().filter(|k| which(k)).cloned().collect();
+            keys.iter().filter_map(|k| map.remove(k)).map(|e| e.handle).collect()
+        };
+        for room in &rooms {
+            let _ = room.move_out(deadline).await;
+        }
+        rooms
     }
 
     /// Stops the rooms `which` selects (e.g. those of a shard this node no longer owns): they
@@ -226,7 +254,7 @@ impl RoomHost {
         let rooms: Vec<RoomHandle> = {
             let mut map = self.inner.rooms.lock().unwrap();
             let keys: Vec<RoomKey> = map.keys().filter(|k| which(k)).cloned().collect();
-            keys.iter().filter_map(|k| map.remove(k)).collect()
+            keys.iter().filter_map(|k| map.remove(k)).map(|e| e.handle).collect()
         };
         let n = rooms.len();
         let reason = reason.to_string();
@@ -246,7 +274,7 @@ impl RoomHost {
 
     /// Stops every room: sockets are closed with 1001 (going away).
     pub async fn shutdown(&self) {
-        let rooms: Vec<RoomHandle> = self.inner.rooms.lock().unwrap().drain().map(|(_, h)| h).collect();
+        let rooms: Vec<RoomHandle> = self.inner.rooms.lock().unwrap().drain().map(|(_, e)| e.handle).collect();
         for room in rooms {
             let _ = room.shutdown(close_code::GOING_AWAY, "server shutting down").await;
         }
@@ -290,4 +318,21 @@ pub fn room_request(room: &RoomKey, req: Request) -> Request {
         parts.uri = uri;
     }
     Request::from_parts(parts, body)
+}
+
+/// The alarms of every room of a host (`dev`: one process owns every room).
+pub struct HostAlarms(pub RoomHost);
+
+#[async_trait]
+impl AlarmScope for HostAlarms {
+    async fn due(&self, now_ms: i64, limit: usize, parked: &Parked) -> Result<Vec<RoomKey>, StoreError> {
+        // Parked rooms may come first: ask for enough to still fill the batch without them.
+        let due = self.0.inner.store.due_alarms(now_ms, limit + parked.len()).await?;
+        Ok(due.into_iter().map(|(k, _)| k).filter(|k| !parked.contains(k)).take(limit).collect())
+    }
+
+    async fn wake(&self, room: &RoomKey) -> Result<(), HostError> {
+        let handle = self.0.room(room)?;
+        handle.alarm().await.map_err(|_| HostError::Unavailable(room.clone()))
+    }
 }

@@ -1,10 +1,19 @@
 //! Partyline owner node: hosts room instances, their storage and alarms.
 //!
 //! Modules:
-//! - [`host`]: [`RoomHost`], the rooms of this process (start on demand, idle stop, alarms).
+//! - [`host`]: [`RoomHost`], the rooms of this process (start on demand, idle stop, moves).
+//! - [`alarms`]: the scheduler that wakes rooms whose alarm is due (parking those that cannot run).
 //! - [`store`]: storage backends (the embedded on-disk store of `partyline dev`).
 //! - [`redis`]: the cluster's Redis layer (fenced room storage, shard leases, membership).
+//! - [`shards`]: the shards this node owns: leases acquired on demand, renewed, self-fenced,
+//!   handed over.
+//! - [`service`]: the gRPC service gateways call (links, requests, info).
+//! - [`server`]: `partyline node`: the process (membership, renewals, alarms, drain).
+//! - [`client`]: reaching rooms anywhere in the cluster over gRPC (used by gateways, and by
+//!   nodes for calls between rooms).
+//! - [`wire`]: conversions between the link protocol and its protobuf form.
 
+pub mod alarms;
 pub mod client;
 pub mod host;
 pub mod redis;

@@ -1,27 +1,40 @@
 //! `partyline node`: an owner node. It registers in Redis (membership with a TTL, refreshed by
 //! heartbeat), serves the gRPC service, owns shards through leases (renewed, self-fenced), keeps
-//! room storage and alarms in Redis with every write fenced, and on shutdown hands its shards
-//! back (releases the leases) before leaving.
+//! room storage and alarms in Redis with every write fenced, hands shards to their preferred
+//! owner when nodes join (rebalance), refuses to serve from a Redis that lost the cluster's data,
+//! and on shutdown drains: it announces `draining`, moves every room to its next owner (a
+//! hibernating party's sockets are handed over without a disconnect), releases its leases, and
+//! exits within the drain timeout.
+//!
+//! Every background task is owned by the process ([`TaskTracker`] + [`CancellationToken`]):
+//! when [`run`] returns, nothing it started is left running.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use async_trait::async_trait;
 use partyline::link::close_code;
 use partyline::placement::shard_of;
-use partyline::storage::now_ms;
-use partyline::{Env, Limits, PartyRegistry};
+use partyline::store::StoreError;
+use partyline::{Env, Limits, PartyRegistry, RoomKey};
 use partyline_proto::pb::node_server::NodeServer;
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use crate::alarms::{self, AlarmScope, Parked};
 use crate::client::{ClientConfig, ClusterClient, ClusterParties};
-use crate::host::{HostConfig, RoomHost};
-use crate::redis::{fence_for, NodeInfo, Redis, RedisConfig};
+use crate::host::{HostConfig, HostError, RoomHost};
+use crate::redis::marker::{fresh_value, Claim, Marker, Persistence};
+use crate::redis::{fence_for, Acquire, Leases, Membership, NodeInfo, Redis, RedisConfig, RedisStore};
 use crate::service::{CheckSecret, NodeService};
-use crate::shards::{LeaseTiming, Placement, RedisLeases, Shards};
+use crate::shards::{LeaseBackend, LeaseTiming, Placement, Shards};
 
 /// Settings of a node.
 #[derive(Clone, Debug)]
@@ -40,10 +53,56 @@ pub struct NodeConfig {
     pub heartbeat: Duration,
     /// Membership record time to live.
     pub member_ttl: Duration,
+    /// Longest a graceful shutdown may take: moving every room away and releasing the leases.
+    pub drain_timeout: Duration,
+    /// Handing shards to nodes that joined.
+    pub rebalance: Rebalance,
     /// Limits.
     pub limits: Limits,
     /// Party variables.
     pub env: Env,
+}
+
+/// How a node hands shards to their preferred owner after membership changes.
+#[derive(Clone, Copy, Debug)]
+pub struct Rebalance {
+    /// How often a node looks for shards another node should own.
+    pub every: Duration,
+    /// Most shards handed over per look (0: never rebalance).
+    pub max_shards: usize,
+    /// How long a node must have been a member before shards are handed to it.
+    pub settle: Duration,
+}
+
+impl Default for Rebalance {
+    fn default() -> Self {
+        Rebalance { every: Duration::from_secs(1), max_shards: 32, settle: Duration::from_secs(3) }
+    }
+}
+
+/// What a running node is doing, for readiness checks and for what it announces.
+#[derive(Debug, Default)]
+pub struct NodeState {
+    draining: AtomicBool,
+    refusing: AtomicBool,
+    registered: AtomicBool,
+}
+
+impl NodeState {
+    /// Shutting down: moving its rooms away.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Refusing to serve: Redis lost the cluster's data.
+    pub fn refusing(&self) -> bool {
+        self.refusing.load(Ordering::Acquire)
+    }
+
+    /// Ready to take rooms: registered, not draining, not refusing.
+    pub fn ready(&self) -> bool {
+        self.registered.load(Ordering::Acquire) && !self.draining() && !self.refusing()
+    }
 }
 
 /// Largest gRPC message for the given limits: a frame or an HTTP body plus headers.
@@ -58,34 +117,52 @@ fn boot_nonce() -> String {
     format!("{:x}-{:x}", t, std::process::id())
 }
 
-/// Runs a node on `listener` until `shutdown` resolves.
+/// Runs a node on `listener` until `shutdown` resolves, then drains and returns.
 pub async fn run(
     cfg: NodeConfig,
     parties: PartyRegistry,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    run_with_state(cfg, parties, listener, shutdown, Arc::default()).await
+}
+
+/// Like [`run`], reporting what the node is doing in `state`.
+pub async fn run_with_state(
+    cfg: NodeConfig,
+    parties: PartyRegistry,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    state: Arc<NodeState>,
+) -> anyhow::Result<()> {
     cfg.leases.validate().map_err(|e| anyhow::anyhow!("lease timing: {e}"))?;
     anyhow::ensure!(!cfg.secret.is_empty(), "the cluster secret is empty: set PARTYLINE_CLUSTER_SECRET");
     let redis = Redis::connect(cfg.redis.clone()).await.context("the node needs Redis")?;
-    let me = NodeInfo {
-        id: cfg.id.clone(),
-        inc: format!("{}-{}", cfg.id, boot_nonce()),
-        addr: cfg.advertise.clone(),
-        draining: false,
-    };
     let limits = Arc::new(cfg.limits.clone());
     let grpc_max = max_grpc_message_bytes(&limits);
+    let membership = redis.membership();
     let cluster = ClusterClient::start(
         ClientConfig {
             name: format!("node {}", cfg.id),
             secret: cfg.secret.clone(),
             max_grpc_message_bytes: grpc_max,
             request_timeout: limits.handler_timeout + Duration::from_secs(5),
+            route_timeout: ClientConfig::route_timeout_for(cfg.leases.ttl),
         },
-        redis.membership(),
+        membership.clone(),
     )
     .await?;
+    let marker = redis.marker();
+    let cluster_id = claim_marker(&marker, &cluster, &state).await?;
+    warn_about_persistence(&marker).await;
+
+    let me = NodeInfo {
+        id: cfg.id.clone(),
+        inc: format!("{}-{}", cfg.id, boot_nonce()),
+        addr: cfg.advertise.clone(),
+        cluster: cluster_id.clone(),
+        ..NodeInfo::default()
+    };
     let store = Arc::new(redis.store());
     let host = RoomHost::new(HostConfig {
         parties: parties.clone(),
@@ -96,11 +173,11 @@ pub async fn run(
     });
     let lost_host = host.clone();
     let shards = Arc::new(Shards::new(
-        Arc::new(RedisLeases {
+        Arc::new(NodeLeases {
             leases: redis.leases(),
-            node_id: me.id.clone(),
-            inc: me.inc.clone(),
-            addr: me.addr.clone(),
+            marker: marker.clone(),
+            cluster_id: cluster_id.clone(),
+            me: me.clone(),
             ttl: cfg.leases.ttl,
         }),
         cfg.leases,
@@ -111,46 +188,337 @@ pub async fn run(
             }
         }),
     ));
+    if state.refusing() {
+        shards.close();
+    }
 
+    let node = Node { cfg: cfg.clone(), me: me.clone(), state: state.clone(), shards, host, cluster, membership };
     // Announce ourselves before serving, so gateways route here.
-    let membership = redis.membership();
-    membership.heartbeat(&me, cfg.member_ttl).await.context("could not register in Redis")?;
-    let mut tasks = vec![
-        tokio::spawn(shards.clone().run_renewals()),
-        tokio::spawn(heartbeats(membership.clone(), me.clone(), cfg.heartbeat, cfg.member_ttl)),
-        tokio::spawn(alarms(store.clone(), shards.clone(), cluster.clone(), host.clone(), me.id.clone())),
-    ];
+    node.announce().await.context("could not register in Redis")?;
+    node.state.registered.store(true, Ordering::Release);
+
+    let tasks = TaskTracker::new();
+    let stop = CancellationToken::new();
+    let stop_alarms = CancellationToken::new();
+    tasks.spawn(node.shards.clone().run_renewals(stop.clone()));
+    tasks.spawn(node.clone_parts().heartbeats(marker, stop.clone()));
+    tasks.spawn(alarms::run(
+        Arc::new(ClusterAlarms {
+            store,
+            shards: node.shards.clone(),
+            cluster: node.cluster.clone(),
+            host: node.host.clone(),
+            me: me.id.clone(),
+        }),
+        stop_alarms.clone(),
+    ));
+    tasks.spawn(node.clone_parts().rebalance(stop.clone()));
 
     let service = NodeService {
         me: me.clone(),
-        host: host.clone(),
-        shards: shards.clone(),
-        cluster: cluster.clone(),
+        host: node.host.clone(),
+        shards: node.shards.clone(),
+        cluster: node.cluster.clone(),
         leases: redis.leases(),
         parties,
     };
     let server = NodeServer::new(service).max_decoding_message_size(grpc_max).max_encoding_message_size(grpc_max);
     let server = tonic::service::interceptor::InterceptedService::new(server, CheckSecret::new(&cfg.secret));
-    tracing::info!(node = %me.id, addr = %me.addr, inc = %me.inc, "node serving");
-    let served = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(Duration::from_secs(5)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(3)))
-        .add_service(server)
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
-        .await;
+    tracing::info!(node = %me.id, addr = %me.addr, inc = %me.inc, cluster = %cluster_id, "node serving");
+    let stop_server = CancellationToken::new();
+    let mut served = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(5)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(3)))
+            .add_service(server)
+            .serve_with_incoming_shutdown(incoming(listener), stop_server.clone().cancelled_owned()),
+    );
 
-    // Hand the shards back and leave.
-    tracing::info!(node = %me.id, shards = shards.count(), "node stopping: releasing shards");
-    for t in &tasks {
-        t.abort();
+    let failed = tokio::select! {
+        _ = shutdown => None,
+        r = &mut served => Some(r),
+    };
+    if failed.is_none() {
+        // The gRPC server keeps serving while rooms move: gateways pause and hand over their
+        // sockets through it.
+        stop_alarms.cancel();
+        node.drain().await;
     }
-    tasks.clear();
-    let _ = membership.heartbeat(&NodeInfo { draining: true, ..me.clone() }, cfg.member_ttl).await;
-    shards.release_all().await;
-    host.shutdown().await;
-    let _ = membership.leave(&me.id).await;
-    served.context("the gRPC server failed")
+    stop_server.cancel();
+    stop_alarms.cancel();
+    stop.cancel();
+    tasks.close();
+    let served = match failed {
+        Some(r) => r,
+        None => match tokio::time::timeout(Duration::from_secs(2), &mut served).await {
+            Ok(r) => r,
+            Err(_) => {
+                // Streams a gateway keeps open past the drain do not hold the process.
+                served.abort();
+                Ok(Ok(()))
+            }
+        },
+    };
+    if tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await.is_err() {
+        tracing::warn!("background tasks did not stop in time");
+    }
+    node.host.shutdown().await;
+    let _ = node.membership.leave(&me.id).await;
+    tracing::info!(node = %me.id, "node stopped");
+    match served {
+        Ok(r) => r.context("the gRPC server failed"),
+        Err(e) if e.is_cancelled() => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("the gRPC server task failed: {e}")),
+    }
+}
+
+/// Reads or writes the cluster marker; see [`crate::redis::marker`]. Marks the node refusing
+/// when live members announce a marker Redis no longer has.
+async fn claim_marker(marker: &Marker, cluster: &ClusterClient, state: &NodeState) -> anyhow::Result<String> {
+    let fresh = fresh_value();
+    match marker.get().await.context("could not read the cluster marker")? {
+        Some(v) => return Ok(v),
+        None => {
+            let announced: Vec<String> = cluster
+                .nodes()
+                .iter()
+                .filter(|n| !n.cluster.is_empty())
+                .map(|n| n.cluster.clone())
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect();
+            if let Some(lost) = announced.first() {
+                tracing::error!(
+                    cluster = %lost,
+                    "Redis LOST THE CLUSTER'S DATA: live nodes serve cluster {lost}, whose marker is gone from Redis; \
+                     this node refuses to serve rooms (see docs/operations.md, 'Redis lost its data')"
+                );
+                state.refusing.store(true, Ordering::Release);
+                return Ok(lost.clone());
+            }
+        }
+    }
+    match marker.claim(&fresh).await.context("could not write the cluster marker")? {
+        Claim::Created(v) => {
+            tracing::warn!(
+                cluster = %v,
+                "no cluster marker in Redis and no live nodes: starting a new cluster. If this cluster \
+                 had data before, Redis lost it (run Redis with AOF: docs/operations.md)"
+            );
+            Ok(v)
+        }
+        Claim::Existing(v) => Ok(v),
+    }
+}
+
+async fn warn_about_persistence(marker: &Marker) {
+    match marker.persistence().await {
+        Persistence::Aof(fsync) if fsync == "always" => {}
+        Persistence::Aof(fsync) => tracing::info!(
+            appendfsync = %fsync,
+            "Redis uses AOF with appendfsync {fsync}: a Redis crash can lose up to about a second of acknowledged writes"
+        ),
+        Persistence::Snapshots(save) => tracing::warn!(
+            save = %save,
+            "Redis persists by snapshots only: a Redis crash loses every write since the last snapshot; use AOF"
+        ),
+        Persistence::None => tracing::warn!(
+            "Redis has no persistence: a Redis restart loses every room's storage (nodes will refuse to serve \
+             from it); use AOF (appendonly yes)"
+        ),
+        Persistence::Unknown => {}
+    }
+}
+
+/// Lease operations of this node incarnation, refused while Redis lacks the cluster marker.
+struct NodeLeases {
+    leases: Leases,
+    marker: Marker,
+    cluster_id: String,
+    me: NodeInfo,
+    ttl: Duration,
+}
+
+#[async_trait]
+impl LeaseBackend for NodeLeases {
+    async fn acquire(&self, shard: u16) -> anyhow::Result<Acquire> {
+        anyhow::ensure!(
+            self.marker.holds(&self.cluster_id).await?,
+            "Redis lost the cluster's data (its cluster marker is gone): refusing to take shards"
+        );
+        Ok(self.leases.acquire(shard, &self.me.id, &self.me.inc, &self.me.addr, self.ttl).await?)
+    }
+    async fn renew_many(&self, leases: &[(u16, u64)]) -> anyhow::Result<Vec<bool>> {
+        Ok(self.leases.renew_many(leases, &self.me.inc, self.ttl).await?)
+    }
+    async fn release(&self, shard: u16, epoch: u64) -> anyhow::Result<bool> {
+        Ok(self.leases.release(shard, &self.me.inc, epoch).await?)
+    }
+}
+
+/// The parts of a running node its background loops share.
+struct Node {
+    cfg: NodeConfig,
+    me: NodeInfo,
+    state: Arc<NodeState>,
+    shards: Arc<Shards>,
+    host: RoomHost,
+    cluster: ClusterClient,
+    membership: Membership,
+}
+
+impl Node {
+    fn clone_parts(&self) -> Node {
+        Node {
+            cfg: self.cfg.clone(),
+            me: self.me.clone(),
+            state: self.state.clone(),
+            shards: self.shards.clone(),
+            host: self.host.clone(),
+            cluster: self.cluster.clone(),
+            membership: self.membership.clone(),
+        }
+    }
+
+    /// The membership record as of now.
+    fn record(&self) -> NodeInfo {
+        NodeInfo { draining: self.state.draining(), refusing: self.state.refusing(), ..self.me.clone() }
+    }
+
+    async fn announce(&self) -> crate::redis::Result<bool> {
+        self.membership.heartbeat(&self.record(), self.cfg.member_ttl).await
+    }
+
+    /// Heartbeats, checking the cluster marker each time; see [`crate::redis::marker`].
+    async fn heartbeats(self, marker: Marker, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(self.cfg.heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_shout: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            match marker.holds(&self.me.cluster).await {
+                Ok(true) if self.state.refusing() => {
+                    tracing::warn!(cluster = %self.me.cluster, "the cluster marker is back in Redis: serving rooms again");
+                    self.state.refusing.store(false, Ordering::Release);
+                    if !self.state.draining() {
+                        self.shards.reopen();
+                    }
+                }
+                Ok(true) => {}
+                Ok(false) => {
+                    if !self.state.refusing.swap(true, Ordering::AcqRel) {
+                        self.shards.close();
+                        self.shards.drop_all("Redis lost the cluster's data");
+                    }
+                    if last_shout.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                        last_shout = Some(Instant::now());
+                        tracing::error!(
+                            cluster = %self.me.cluster,
+                            "Redis LOST THE CLUSTER'S DATA (the cluster marker is gone or replaced): this node \
+                             refuses to serve rooms rather than serve them empty. Restore Redis, or restart every \
+                             node to start over (docs/operations.md, 'Redis lost its data')"
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "could not check the cluster marker"),
+            }
+            if let Err(e) = self.announce().await {
+                tracing::warn!(error = %e, "membership heartbeat failed");
+            }
+        }
+    }
+
+    /// Hands one shard to its next owner: no new rooms start in it, its rooms move out (by
+    /// `deadline`), then its lease is released so the next owner can take it at once.
+    async fn hand_over(&self, shard: u16, deadline: Instant) -> usize {
+        if self.shards.begin_handover(shard).is_none() {
+            return 0;
+        }
+        let rooms = self.host.move_rooms(|k| shard_of(k) == shard, deadline).await;
+        for room in &rooms {
+            if tokio::time::timeout_at(deadline, room.stopped()).await.is_err() {
+                tracing::warn!(room = %room.key(), "room did not finish moving by the deadline");
+            }
+        }
+        self.shards.release(shard).await;
+        rooms.len()
+    }
+
+    /// Graceful shutdown: announce `draining` (gateways stop placing rooms here), take no new
+    /// shards, move every room to its next owner and release every lease, within the drain
+    /// timeout.
+    async fn drain(&self) {
+        let started = Instant::now();
+        let deadline = started + self.cfg.drain_timeout;
+        self.state.draining.store(true, Ordering::Release);
+        self.shards.close();
+        if let Err(e) = self.announce().await {
+            tracing::warn!(error = %e, "could not announce draining");
+        }
+        let owned = self.shards.owned();
+        tracing::info!(node = %self.me.id, shards = owned.len(), rooms = self.host.room_count(), "draining");
+        // A margin before the deadline for the releases themselves.
+        let move_by = deadline - (self.cfg.drain_timeout / 10).min(Duration::from_secs(1));
+        let moves = owned.iter().map(|(shard, _)| self.hand_over(*shard, move_by));
+        let moved: usize = match tokio::time::timeout_at(deadline, futures::future::join_all(moves)).await {
+            Ok(n) => n.into_iter().sum(),
+            Err(_) => {
+                tracing::warn!("drain timed out; the remaining leases expire by themselves");
+                0
+            }
+        };
+        let _ = self.membership.leave(&self.me.id).await;
+        tracing::info!(node = %self.me.id, rooms = moved, took = ?started.elapsed(), "drained");
+    }
+
+    /// Hands shards to the node rendezvous hashing prefers for them once it has been a member
+    /// for a while: a node that joins takes over its share gradually.
+    async fn rebalance(self, stop: CancellationToken) {
+        let r = self.cfg.rebalance;
+        if r.max_shards == 0 {
+            return;
+        }
+        let mut tick = tokio::time::interval(r.every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut first_seen: HashMap<String, Instant> = HashMap::new();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            if self.state.draining() || self.state.refusing() {
+                continue;
+            }
+            let now = Instant::now();
+            let view = self.cluster.nodes();
+            first_seen.retain(|id, _| view.iter().any(|n| &n.id == id));
+            for n in view.iter() {
+                first_seen.entry(n.id.clone()).or_insert(now);
+            }
+            let settled = |id: &str| first_seen.get(id).is_some_and(|t| now.duration_since(*t) >= r.settle);
+            let give: Vec<u16> = self
+                .shards
+                .owned()
+                .into_iter()
+                .map(|(shard, _)| shard)
+                .filter(|shard| {
+                    self.cluster.preferred(*shard).is_some_and(|p| p.id != self.me.id && !p.refusing && settled(&p.id))
+                })
+                .take(r.max_shards)
+                .collect();
+            if give.is_empty() {
+                continue;
+            }
+            let deadline = Instant::now() + self.cfg.drain_timeout;
+            let moved: usize =
+                futures::future::join_all(give.iter().map(|s| self.hand_over(*s, deadline))).await.into_iter().sum();
+            tracing::info!(shards = give.len(), rooms = moved, "rebalanced shards to their preferred owners");
+        }
+    }
 }
 
 /// Accepted gRPC connections with TCP_NODELAY: tonic applies its own `tcp_nodelay` only to
@@ -165,48 +533,40 @@ fn incoming(listener: TcpListener) -> impl futures::Stream<Item = std::io::Resul
     })
 }
 
-async fn heartbeats(membership: crate::redis::Membership, me: NodeInfo, every: Duration, ttl: Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if let Err(e) = membership.heartbeat(&me, ttl).await {
-            tracing::warn!(error = %e, "membership heartbeat failed");
-        }
-    }
-}
-
-/// Wakes rooms whose alarm is due, for the shards this node owns or should own.
-async fn alarms(
-    store: Arc<crate::redis::RedisStore>,
+/// The alarms of the shards this node owns or should own.
+struct ClusterAlarms {
+    store: Arc<RedisStore>,
     shards: Arc<Shards>,
     cluster: ClusterClient,
     host: RoomHost,
     me: String,
-) {
-    let mut tick = tokio::time::interval(crate::host::ALARM_POLL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let owned: HashSet<u16> = shards.owned().into_iter().map(|(s, _)| s).collect();
-        let wanted = |s: u16| owned.contains(&s) || cluster.preferred(s).is_some_and(|p| p.id == me);
-        let due = match store.due_alarms_where(now_ms(), 256, wanted).await {
-            Ok(due) => due,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not read due alarms");
-                continue;
-            }
+}
+
+#[async_trait]
+impl AlarmScope for ClusterAlarms {
+    async fn due(&self, now_ms: i64, limit: usize, parked: &Parked) -> Result<Vec<RoomKey>, StoreError> {
+        let owned: HashSet<u16> = self.shards.owned().into_iter().map(|(s, _)| s).collect();
+        let wanted = |shard: u16, room: &RoomKey| {
+            (owned.contains(&shard) || self.cluster.preferred(shard).is_some_and(|p| p.id == self.me))
+                && !parked.contains(room)
         };
-        for (key, _) in due {
-            let shard = shard_of(&key);
-            match shards.acquire(shard).await {
-                Ok(Placement::Here(g)) => {
-                    if let Ok(room) = host.room_fenced(&key, Some(fence_for(shard, g.epoch))) {
-                        let _ = room.alarm().await;
-                    }
-                }
-                Ok(Placement::Held { .. }) => {}
-                Err(e) => tracing::warn!(room = %key, error = %e, "could not acquire a shard for its alarm"),
+        let due = self.store.due_alarms_where(now_ms, limit, wanted).await?;
+        Ok(due.into_iter().map(|(k, _)| k).collect())
+    }
+
+    async fn wake(&self, room: &RoomKey) -> Result<(), HostError> {
+        let shard = shard_of(room);
+        match self.shards.acquire(shard).await {
+            Ok(Placement::Here(g)) => {
+                let admit = || g.accepts();
+                let handle = self.host.room_fenced(room, Some(fence_for(shard, g.epoch)), &admit)?;
+                handle.alarm().await.map_err(|_| HostError::Unavailable(room.clone()))
+            }
+            // Another node owns it now (or it is between owners): its owner wakes it.
+            Ok(Placement::Held { .. } | Placement::Leaving) => Ok(()),
+            Err(e) => {
+                tracing::warn!(room = %room, error = %e, "could not acquire a shard for its alarm");
+                Err(HostError::Unavailable(room.clone()))
             }
         }
     }

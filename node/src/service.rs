@@ -72,35 +72,46 @@ enum Decision {
 
 impl NodeService {
     /// Decides whether this node serves `shard`: it owns it, or the lease is free and this node
-    /// is the preferred owner (or the caller has already been redirected twice, so views
-    /// disagree and any free lease will do). Otherwise the caller is pointed at the holder or
-    /// the preferred node.
-    async fn place(&self, shard: u16, hops: u32) -> Result<Decision, Status> {
+    /// is the preferred owner (among live, non-draining nodes the caller can reach), or the
+    /// caller has already been redirected twice (views disagree: any free lease will do).
+    /// Otherwise the caller is pointed at the holder or the preferred node, or told to retry
+    /// when the shard is between owners.
+    async fn place(&self, shard: u16, hops: u32, avoid: &[String]) -> Result<Decision, Status> {
         if let Some(g) = self.shards.get(shard) {
             return Ok(Decision::Here(g));
         }
-        let preferred = self.cluster.preferred(shard);
+        let preferred = self.cluster.preferred_avoiding(shard, avoid);
         let should_own = hops >= 2 || preferred.as_ref().is_none_or(|p| p.id == self.me.id);
         if !should_own {
             if let Ok(Some(l)) = self.leases.owner(shard).await {
                 if l.inc != self.me.inc {
-                    return Ok(Decision::Elsewhere(pb::NotOwner {
-                        node_id: l.owner,
-                        addr: l.addr,
-                        shard: shard as u32,
-                    }));
+                    let retry = avoid.contains(&l.owner);
+                    return Ok(Decision::Elsewhere(not_owner(shard, l.owner, l.addr, retry)));
                 }
             }
             if let Some(p) = preferred {
-                return Ok(Decision::Elsewhere(pb::NotOwner { node_id: p.id, addr: p.addr, shard: shard as u32 }));
+                return Ok(Decision::Elsewhere(not_owner(shard, p.id, p.addr, false)));
             }
         }
         match self.shards.acquire(shard).await {
             Ok(Placement::Here(g)) => Ok(Decision::Here(g)),
             Ok(Placement::Held { owner, addr }) => {
-                Ok(Decision::Elsewhere(pb::NotOwner { node_id: owner, addr, shard: shard as u32 }))
+                let retry = avoid.contains(&owner);
+                Ok(Decision::Elsewhere(not_owner(shard, owner, addr, retry)))
             }
+            Ok(Placement::Leaving) => Ok(Decision::Elsewhere(self.between_owners(shard, avoid))),
             Err(e) => Err(Status::unavailable(format!("could not acquire shard {shard}: {e:#}"))),
+        }
+    }
+
+    /// The answer for a shard that is between owners: retry shortly, at the preferred node
+    /// other than this one.
+    fn between_owners(&self, shard: u16, avoid: &[String]) -> pb::NotOwner {
+        let mut avoid = avoid.to_vec();
+        avoid.push(self.me.id.clone());
+        match self.cluster.preferred_avoiding(shard, &avoid) {
+            Some(p) => not_owner(shard, p.id, p.addr, true),
+            None => not_owner(shard, String::new(), String::new(), true),
         }
     }
 
@@ -112,10 +123,17 @@ impl NodeService {
     }
 }
 
-fn host_status(e: HostError) -> Status {
+fn not_owner(shard: u16, node_id: String, addr: String, retry: bool) -> pb::NotOwner {
+    pb::NotOwner { node_id, addr, shard: shard as u32, retry }
+}
+
+/// A host error as the gRPC answer, or `None` when the room is between owners here (the caller
+/// retries elsewhere: the request did not run).
+fn host_status(e: HostError) -> Option<Status> {
     match e {
-        HostError::UnknownParty(p) => Status::not_found(format!("Party {p} not found")),
-        e @ HostError::Unavailable(_) => Status::unavailable(e.to_string()),
+        HostError::UnknownParty(p) => Some(Status::not_found(format!("Party {p} not found"))),
+        HostError::NotHere(_) | HostError::Unavailable(_) => None,
+        e @ HostError::Interrupted(_) => Some(Status::aborted(e.to_string())),
     }
 }
 
@@ -123,9 +141,16 @@ fn bad(e: wire::Malformed) -> Status {
     Status::invalid_argument(e.to_string())
 }
 
+/// The stream a link call answers with.
+type LinkStream = Pin<Box<dyn Stream<Item = Result<pb::LinkOut, Status>> + Send>>;
+
+fn link_answer(msg: pb::LinkOut) -> Response<LinkStream> {
+    Response::new(Box::pin(futures::stream::once(async { Ok(msg) })))
+}
+
 #[tonic::async_trait]
 impl node_server::Node for NodeService {
-    type LinkStream = Pin<Box<dyn Stream<Item = Result<pb::LinkOut, Status>> + Send>>;
+    type LinkStream = LinkStream;
 
     async fn link(&self, req: Request<Streaming<pb::LinkIn>>) -> Result<Response<Self::LinkStream>, Status> {
         let mut inbound = req.into_inner();
@@ -136,16 +161,23 @@ impl node_server::Node for NodeService {
         let key = wire::room_key(open.room).map_err(bad)?;
         self.check_party(&key)?;
         let shard = shard_of(&key);
-        let guard = match self.place(shard, open.hops).await? {
+        let guard = match self.place(shard, open.hops, &open.avoid).await? {
             Decision::Here(g) => g,
-            Decision::Elsewhere(n) => {
-                let not_owner = pb::LinkOut { kind: Some(link_out::Kind::NotOwner(n)) };
-                return Ok(Response::new(Box::pin(futures::stream::once(async { Ok(not_owner) }))));
-            }
+            Decision::Elsewhere(n) => return Ok(link_answer(pb::LinkOut { kind: Some(link_out::Kind::NotOwner(n)) })),
         };
         let (room_tx, room_rx) = mpsc::channel::<FromRoom>(OUT_QUEUE);
         let fence = fence_for(shard, guard.epoch);
-        let link = self.host.open_link_fenced(&key, Some(fence), room_tx).await.map_err(host_status)?;
+        let admit = || guard.accepts();
+        let link = match self.host.open_link_fenced(&key, Some(fence), &admit, room_tx).await {
+            Ok(link) => link,
+            Err(e) => match host_status(e) {
+                Some(status) => return Err(status),
+                None => {
+                    let n = self.between_owners(shard, &open.avoid);
+                    return Ok(link_answer(pb::LinkOut { kind: Some(link_out::Kind::NotOwner(n)) }));
+                }
+            },
+        };
         let opened = pb::Opened { node_id: self.me.id.clone(), shard: shard as u32, epoch: guard.epoch };
         let opened = pb::LinkOut { kind: Some(link_out::Kind::Opened(opened)) };
         tracing::debug!(room = %key, gateway = %open.gateway, shard, "link opened");
@@ -161,7 +193,7 @@ impl node_server::Node for NodeService {
                 let gone = FromRoom::Gone { code: close_code::SERVICE_RESTART, reason: "room moved".into() };
                 return Some((Ok(wire::link_out(gone)), (rx, guard, true)));
             }
-            let end = matches!(msg, FromRoom::Gone { .. });
+            let end = matches!(msg, FromRoom::Gone { .. } | FromRoom::Moved { .. });
             Some((Ok(wire::link_out(msg)), (rx, guard, end)))
         });
         // Gateway -> room, in order. The link closes when the gateway ends the stream.
@@ -192,17 +224,25 @@ impl node_server::Node for NodeService {
         let key = wire::room_key(req.room).map_err(bad)?;
         self.check_party(&key)?;
         let shard = shard_of(&key);
-        let guard = match self.place(shard, req.hops).await? {
+        let not_owner = |n| Ok(Response::new(pb::RoomResponse { kind: Some(room_response::Kind::NotOwner(n)) }));
+        let guard = match self.place(shard, req.hops, &req.avoid).await? {
             Decision::Here(g) => g,
-            Decision::Elsewhere(n) => {
-                return Ok(Response::new(pb::RoomResponse { kind: Some(room_response::Kind::NotOwner(n)) }));
-            }
+            Decision::Elsewhere(n) => return not_owner(n),
         };
         let http = wire::request(req.head, req.body).map_err(bad)?;
-        let res =
-            self.host.request_fenced(&key, Some(fence_for(shard, guard.epoch)), http).await.map_err(host_status)?;
+        let admit = || guard.accepts();
+        let fence = Some(fence_for(shard, guard.epoch));
+        let res = match self.host.request_fenced(&key, fence, &admit, http).await {
+            Ok(res) => res,
+            Err(e) => match host_status(e) {
+                Some(status) => return Err(status),
+                None => return not_owner(self.between_owners(shard, &req.avoid)),
+            },
+        };
         if !guard.is_valid() {
-            return Err(Status::unavailable("the room's shard moved while the request ran"));
+            // It ran, but this node stopped being sure it owns the room meanwhile: the answer
+            // may rest on stale reads. Not retried (it ran).
+            return Err(Status::aborted("the room's shard moved while the request ran"));
         }
         Ok(Response::new(pb::RoomResponse { kind: Some(room_response::Kind::Response(wire::response(res))) }))
     }

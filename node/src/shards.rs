@@ -4,14 +4,14 @@
 //! node stops relaying their frames at the self-fence deadline.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use crate::redis::{Acquire, Leases};
+use crate::redis::Acquire;
 
 /// Lease timing. The node stops serving a shard `fence_after` after the *send* time of its last
 /// successful renewal, which is before Redis can expire the lease (`ttl`).
@@ -66,33 +66,6 @@ pub trait LeaseBackend: Send + Sync + 'static {
     async fn release(&self, shard: u16, epoch: u64) -> anyhow::Result<bool>;
 }
 
-/// [`Leases`] bound to one node incarnation.
-pub struct RedisLeases {
-    /// The Redis leases.
-    pub leases: Leases,
-    /// Node id.
-    pub node_id: String,
-    /// Incarnation (node id + boot nonce).
-    pub inc: String,
-    /// The node's gRPC address, recorded in the lease for redirects.
-    pub addr: String,
-    /// Lease TTL.
-    pub ttl: Duration,
-}
-
-#[async_trait]
-impl LeaseBackend for RedisLeases {
-    async fn acquire(&self, shard: u16) -> anyhow::Result<Acquire> {
-        Ok(self.leases.acquire(shard, &self.node_id, &self.inc, &self.addr, self.ttl).await?)
-    }
-    async fn renew_many(&self, leases: &[(u16, u64)]) -> anyhow::Result<Vec<bool>> {
-        Ok(self.leases.renew_many(leases, &self.inc, self.ttl).await?)
-    }
-    async fn release(&self, shard: u16, epoch: u64) -> anyhow::Result<bool> {
-        Ok(self.leases.release(shard, &self.inc, epoch).await?)
-    }
-}
-
 /// Proof of owning a shard at an epoch, with a deadline that the renewal loop pushes forward.
 #[derive(Clone, Debug)]
 pub struct ShardGuard {
@@ -101,15 +74,23 @@ pub struct ShardGuard {
     /// The lease epoch (the fence for writes).
     pub epoch: u64,
     deadline: Arc<AtomicU64>,
+    accepting: Arc<AtomicBool>,
     base: Instant,
 }
 
 impl ShardGuard {
-    /// Whether this node may still act for the shard (before its self-fence deadline, and not
-    /// dropped).
+    /// Whether this node may still act for the shard: relay its rooms' frames and let them
+    /// write (before its self-fence deadline, and not dropped). Stays true while the shard is
+    /// handed over, until its lease is released.
     pub fn is_valid(&self) -> bool {
         let now = Instant::now().saturating_duration_since(self.base).as_millis() as u64;
         now < self.deadline.load(Ordering::Acquire)
+    }
+
+    /// Whether this node may start rooms and open links in the shard: valid, and not being
+    /// handed over to another node.
+    pub fn accepts(&self) -> bool {
+        self.accepting.load(Ordering::Acquire) && self.is_valid()
     }
 }
 
@@ -125,11 +106,15 @@ pub enum Placement {
         /// Its gRPC address.
         addr: String,
     },
+    /// This node is handing the shard over (or draining, or refusing to serve): try the next
+    /// owner after a short wait.
+    Leaving,
 }
 
 struct Owned {
     epoch: u64,
     deadline: Arc<AtomicU64>,
+    accepting: Arc<AtomicBool>,
 }
 
 /// The shards this node owns.
@@ -138,13 +123,30 @@ pub struct Shards {
     timing: LeaseTiming,
     base: Instant,
     owned: Mutex<HashMap<u16, Owned>>,
+    /// One acquisition at a time per shard, so two callers never get two epochs.
+    acquiring: Mutex<HashMap<u16, Arc<tokio::sync::Mutex<()>>>>,
+    /// No new shards (draining, or Redis lost the cluster's data).
+    closed: AtomicBool,
     on_lost: Box<dyn Fn(u16) + Send + Sync>,
 }
 
 impl Shards {
     /// A table with no shards; `on_lost` is called (synchronously) for every shard dropped.
     pub fn new(backend: Arc<dyn LeaseBackend>, timing: LeaseTiming, on_lost: Box<dyn Fn(u16) + Send + Sync>) -> Self {
-        Shards { backend, timing, base: Instant::now(), owned: Mutex::new(HashMap::new()), on_lost }
+        Shards {
+            backend,
+            timing,
+            base: Instant::now(),
+            owned: Mutex::new(HashMap::new()),
+            acquiring: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+            on_lost,
+        }
+    }
+
+    /// The lease timing in force.
+    pub fn timing(&self) -> LeaseTiming {
+        self.timing
     }
 
     fn ms(&self, at: Instant) -> u64 {
@@ -152,45 +154,69 @@ impl Shards {
     }
 
     fn guard(&self, shard: u16, owned: &Owned) -> ShardGuard {
-        ShardGuard { shard, epoch: owned.epoch, deadline: owned.deadline.clone(), base: self.base }
+        ShardGuard {
+            shard,
+            epoch: owned.epoch,
+            deadline: owned.deadline.clone(),
+            accepting: owned.accepting.clone(),
+            base: self.base,
+        }
     }
 
-    /// The guard of a shard this node owns and may still act for.
+    /// The guard of a shard this node owns and accepts new work for.
     pub fn get(&self, shard: u16) -> Option<ShardGuard> {
         let owned = self.owned.lock().unwrap();
         let g = self.guard(shard, owned.get(&shard)?);
-        g.is_valid().then_some(g)
+        g.accepts().then_some(g)
     }
 
-    /// Owns the shard if possible: the existing guard, or a new lease.
+    /// Owns the shard if possible: the existing guard, or a new lease under a new epoch.
     pub async fn acquire(&self, shard: u16) -> anyhow::Result<Placement> {
         if let Some(g) = self.get(shard) {
             return Ok(Placement::Here(g));
         }
+        let lock = self.acquiring.lock().unwrap().entry(shard).or_default().clone();
+        let _one = lock.lock().await;
+        if let Some(g) = self.get(shard) {
+            return Ok(Placement::Here(g));
+        }
+        let stale = {
+            let owned = self.owned.lock().unwrap();
+            match owned.get(&shard) {
+                Some(o) if o.accepting.load(Ordering::Acquire) => true,
+                Some(_) => return Ok(Placement::Leaving),
+                None => false,
+            }
+        };
+        if stale {
+            // Past its self-fence deadline but not dropped yet: its rooms must stop before the
+            // shard is taken again (under a new epoch, which fences anything they still write).
+            self.drop_shard(shard, "self-fence: no successful renewal in time");
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return Ok(Placement::Leaving);
+        }
         let sent = Instant::now();
-        match self.backend.acquire(shard).await? {
+        let placement = match self.backend.acquire(shard).await? {
             Acquire::Granted { epoch } => {
                 let deadline = self.ms(sent + self.timing.fence_after);
-                let mut owned = self.owned.lock().unwrap();
-                let entry = owned
-                    .entry(shard)
-                    .and_modify(|o| {
-                        if o.epoch != epoch {
-                            // A different grant than the one we remembered: start over with it.
-                            o.epoch = epoch;
-                            o.deadline = Arc::new(AtomicU64::new(0));
-                        }
-                    })
-                    .or_insert_with(|| Owned { epoch, deadline: Arc::new(AtomicU64::new(0)) });
-                entry.deadline.fetch_max(deadline, Ordering::AcqRel);
+                let owned = Owned {
+                    epoch,
+                    deadline: Arc::new(AtomicU64::new(deadline)),
+                    accepting: Arc::new(AtomicBool::new(true)),
+                };
+                let guard = self.guard(shard, &owned);
+                self.owned.lock().unwrap().insert(shard, owned);
                 tracing::debug!(shard, epoch, "shard acquired");
-                Ok(Placement::Here(self.guard(shard, entry)))
+                Placement::Here(guard)
             }
-            Acquire::Held { owner, addr, .. } => Ok(Placement::Held { owner, addr }),
-        }
+            Acquire::Held { owner, addr, .. } => Placement::Held { owner, addr },
+        };
+        self.acquiring.lock().unwrap().remove(&shard);
+        Ok(placement)
     }
 
-    /// The shards owned now, with their epochs.
+    /// The shards owned now, with their epochs (also those being handed over).
     pub fn owned(&self) -> Vec<(u16, u64)> {
         self.owned.lock().unwrap().iter().map(|(s, o)| (*s, o.epoch)).collect()
     }
@@ -200,6 +226,42 @@ impl Shards {
         self.owned.lock().unwrap().len()
     }
 
+    /// Stops taking shards: [`Shards::acquire`] answers [`Placement::Leaving`] from now on.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
+    /// Takes shards again after [`Shards::close`] (Redis has the cluster's data again).
+    pub fn reopen(&self) {
+        self.closed.store(false, Ordering::Release);
+    }
+
+    /// Starts handing a shard over: no new rooms or links start in it, while the rooms it has
+    /// keep writing and their frames keep flowing until [`Shards::release`]. The guard, or
+    /// `None` when the shard is not owned (or no longer valid).
+    pub fn begin_handover(&self, shard: u16) -> Option<ShardGuard> {
+        let owned = self.owned.lock().unwrap();
+        let o = owned.get(&shard)?;
+        o.accepting.store(false, Ordering::Release);
+        let g = self.guard(shard, o);
+        g.is_valid().then_some(g)
+    }
+
+    /// Ends a handover: forgets the shard and releases its lease so the next owner can take it
+    /// at once. Its rooms must have stopped (and their writes be durable) before this. Guards
+    /// stay valid until their self-fence deadline (no longer pushed forward): what the stopped
+    /// rooms emitted before they stopped may still be on its way to the gateways, and it is
+    /// theirs to deliver (their gateways reach the next owner only after it).
+    pub async fn release(&self, shard: u16) {
+        let removed = self.owned.lock().unwrap().remove(&shard);
+        if let Some(o) = removed {
+            match self.backend.release(shard, o.epoch).await {
+                Ok(_) => tracing::debug!(shard, epoch = o.epoch, "shard released"),
+                Err(e) => tracing::warn!(shard, error = %e, "could not release the lease; it expires by itself"),
+            }
+        }
+    }
+
     /// Drops a shard: its guard turns invalid at once and `on_lost` runs.
     pub fn drop_shard(&self, shard: u16, why: &str) {
         let removed = self.owned.lock().unwrap().remove(&shard);
@@ -207,6 +269,13 @@ impl Shards {
             o.deadline.store(0, Ordering::Release);
             tracing::warn!(shard, epoch = o.epoch, why, "shard dropped");
             (self.on_lost)(shard);
+        }
+    }
+
+    /// Drops every shard (Redis lost the cluster's data: nothing this node holds is backed).
+    pub fn drop_all(&self, why: &str) {
+        for (shard, _) in self.owned() {
+            self.drop_shard(shard, why);
         }
     }
 
@@ -226,7 +295,7 @@ impl Shards {
                             if let Some(o) = table.get(shard).filter(|o| o.epoch == *epoch) {
                                 o.deadline.fetch_max(deadline, Ordering::AcqRel);
                             }
-                        } else {
+                        } else if self.owned.lock().unwrap().get(shard).is_some_and(|o| o.epoch == *epoch) {
                             self.drop_shard(*shard, "lease lost");
                         }
                     }
@@ -248,32 +317,14 @@ impl Shards {
         }
     }
 
-    /// Renews forever (every `renew_every`); run it as a task.
-    pub async fn run_renewals(self: Arc<Self>) {
+    /// Renews every `renew_every` until `stop` is cancelled; run it as a task.
+    pub async fn run_renewals(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
         let mut tick = tokio::time::interval(self.timing.renew_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
-            self.renew_once().await;
-        }
-    }
-
-    /// Releases every lease (graceful shutdown), so other nodes can take the shards at once.
-    pub async fn release_all(&self) {
-        let owned: Vec<(u16, u64)> = self
-            .owned
-            .lock()
-            .unwrap()
-            .drain()
-            .map(|(s, o)| {
-                o.deadline.store(0, Ordering::Release);
-                (s, o.epoch)
-            })
-            .collect();
-        for (shard, epoch) in owned {
-            (self.on_lost)(shard);
-            if let Err(e) = self.backend.release(shard, epoch).await {
-                tracing::warn!(shard, error = %e, "could not release the lease");
+            tokio::select! {
+                _ = tick.tick() => self.renew_once().await,
+                _ = stop.cancelled() => return,
             }
         }
     }
@@ -282,7 +333,6 @@ impl Shards {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicBool;
 
     /// A lease backend whose renewals can be made to fail.
     struct Fake {
@@ -356,6 +406,53 @@ mod tests {
         fake.renew_ok.store(true, Ordering::Relaxed);
         let Placement::Here(g2) = shards.acquire(3).await.unwrap() else { panic!("not granted") };
         assert!(g2.epoch > g.epoch);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shard_past_its_deadline_is_dropped_before_it_is_taken_again() {
+        let (fake, shards, lost) = table();
+        let Placement::Here(g) = shards.acquire(5).await.unwrap() else { panic!("not granted") };
+        // Renewals fail (Redis slow) but the lease itself survives in Redis: the guard expires
+        // locally, and the next acquire must neither reuse the epoch nor leave the old rooms up.
+        fake.renew_errors.store(true, Ordering::Relaxed);
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert!(!g.is_valid());
+        let Placement::Here(g2) = shards.acquire(5).await.unwrap() else { panic!("not granted") };
+        assert_eq!(*lost.lock().unwrap(), vec![5], "the old instance's rooms were stopped first");
+        assert!(g2.epoch > g.epoch, "epoch {} reused", g.epoch);
+        assert!(g2.accepts() && !g.is_valid());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_acquires_share_one_grant() {
+        let (_fake, shards, _lost) = table();
+        let (a, b) = tokio::join!(shards.acquire(9), shards.acquire(9));
+        let (Placement::Here(a), Placement::Here(b)) = (a.unwrap(), b.unwrap()) else { panic!("not granted") };
+        assert_eq!(a.epoch, b.epoch);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shard_handed_over_keeps_serving_but_takes_nothing_new_until_released() {
+        let (_fake, shards, lost) = table();
+        let Placement::Here(g) = shards.acquire(4).await.unwrap() else { panic!("not granted") };
+        let h = shards.begin_handover(4).expect("owned");
+        assert!(h.is_valid() && !h.accepts() && g.is_valid());
+        assert!(shards.get(4).is_none());
+        assert!(matches!(shards.acquire(4).await.unwrap(), Placement::Leaving));
+        // Renewals go on during the handover.
+        tokio::time::advance(Duration::from_secs(6)).await;
+        shards.renew_once().await;
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(g.is_valid(), "renewed while handing over");
+        shards.release(4).await;
+        assert!(g.is_valid() && !g.accepts(), "what the moved rooms emitted may still be relayed");
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert!(!g.is_valid(), "until the self-fence deadline");
+        assert!(shards.get(4).is_none());
+        assert!(lost.lock().unwrap().is_empty(), "a release is not a loss");
+        // Closed: nothing new.
+        shards.close();
+        assert!(matches!(shards.acquire(6).await.unwrap(), Placement::Leaving));
     }
 
     #[test]

@@ -101,6 +101,9 @@ pub fn link_in(msg: ToRoom) -> pb::LinkIn {
         }
         ToRoom::Message { sid, msg } => link_in::Kind::Frame(frame(sid, msg)),
         ToRoom::Closed { sid, error } => link_in::Kind::Closed(pb::Closed { sid, error }),
+        ToRoom::Paused => link_in::Kind::Paused(pb::Empty {}),
+        ToRoom::Adopt { sid, id, uri, tags, state } => link_in::Kind::Adopt(pb::Adopt { sid, id, uri, tags, state }),
+        ToRoom::Adopted { links } => link_in::Kind::Adopted(pb::Adopted { links }),
     };
     pb::LinkIn { kind: Some(kind) }
 }
@@ -113,6 +116,9 @@ pub fn to_room(kind: link_in::Kind) -> Result<ToRoom, Malformed> {
         }
         link_in::Kind::Frame(f) => ToRoom::Message { sid: f.sid, msg: message(f.binary, f.data)? },
         link_in::Kind::Closed(c) => ToRoom::Closed { sid: c.sid, error: c.error },
+        link_in::Kind::Paused(_) => ToRoom::Paused,
+        link_in::Kind::Adopt(a) => ToRoom::Adopt { sid: a.sid, id: a.id, uri: a.uri, tags: a.tags, state: a.state },
+        link_in::Kind::Adopted(a) => ToRoom::Adopted { links: a.links },
         link_in::Kind::Open(_) => return Err(Malformed("open after the first message")),
     })
 }
@@ -134,6 +140,8 @@ pub fn link_out(msg: FromRoom) -> pb::LinkOut {
         FromRoom::Close { sid, code, reason } => link_out::Kind::Close(pb::Close { sid, code: code as u32, reason }),
         FromRoom::State { sid, state } => link_out::Kind::State(pb::State { sid, state }),
         FromRoom::Gone { code, reason } => link_out::Kind::Gone(pb::Gone { code: code as u32, reason }),
+        FromRoom::Pause => link_out::Kind::Pause(pb::Empty {}),
+        FromRoom::Moved { links } => link_out::Kind::Moved(pb::Moved { links }),
     };
     pb::LinkOut { kind: Some(kind) }
 }
@@ -150,6 +158,8 @@ pub fn from_room(kind: link_out::Kind) -> Result<FromRoom, Malformed> {
         link_out::Kind::Close(c) => FromRoom::Close { sid: c.sid, code: c.code as u16, reason: c.reason },
         link_out::Kind::State(s) => FromRoom::State { sid: s.sid, state: s.state },
         link_out::Kind::Gone(g) => FromRoom::Gone { code: g.code as u16, reason: g.reason },
+        link_out::Kind::Pause(_) => FromRoom::Pause,
+        link_out::Kind::Moved(m) => FromRoom::Moved { links: m.links },
         link_out::Kind::Opened(_) | link_out::Kind::NotOwner(_) => {
             return Err(Malformed("stream control message in the middle of a link"))
         }
@@ -178,6 +188,15 @@ mod tests {
             ToRoom::Message { sid: 7, msg: Message::from("héllo") },
             ToRoom::Message { sid: 7, msg: Message::from(vec![0u8, 255]) },
             ToRoom::Closed { sid: 7, error: Some("reset".into()) },
+            ToRoom::Paused,
+            ToRoom::Adopt {
+                sid: 7,
+                id: "a".into(),
+                uri: "http://h/parties/main/r?_pk=a".into(),
+                tags: vec!["a".into(), "t".into()],
+                state: Some(Bytes::from_static(b"{\"n\":1}")),
+            },
+            ToRoom::Adopted { links: 2 },
         ];
         for m in msgs {
             let before = format!("{m:?}");
@@ -195,6 +214,8 @@ mod tests {
             FromRoom::State { sid: 1, state: Some(Bytes::from_static(b"{}")) },
             FromRoom::State { sid: 1, state: None },
             FromRoom::Gone { code: 1012, reason: "moved".into() },
+            FromRoom::Pause,
+            FromRoom::Moved { links: 3 },
         ];
         for m in outs {
             let before = format!("{m:?}");

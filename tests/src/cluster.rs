@@ -9,7 +9,7 @@ use partyline::Limits;
 use partyline_node::client::{Auth, Client};
 use partyline_node::redis::testing::RedisServer;
 use partyline_node::redis::{Redis, RedisConfig};
-use partyline_node::server::NodeConfig;
+use partyline_node::server::{NodeConfig, Rebalance};
 use partyline_node::shards::LeaseTiming;
 use partyline_proto::pb;
 use partyline_server::cluster::GatewayProcessConfig;
@@ -62,6 +62,7 @@ pub struct Builder {
     nodes: usize,
     gateways: usize,
     limits: Limits,
+    rebalance: Rebalance,
 }
 
 impl Builder {
@@ -83,10 +84,22 @@ impl Builder {
         self
     }
 
+    /// Nodes never hand shards to nodes that join (they keep what they own).
+    pub fn no_rebalance(mut self) -> Self {
+        self.rebalance.max_shards = 0;
+        self
+    }
+
     /// Starts Redis, the nodes (waiting until all are registered), then the gateways.
     pub async fn start(self) -> TestCluster {
         let redis = RedisServer::start();
-        let mut cluster = TestCluster { redis, nodes: Vec::new(), gateways: Vec::new(), limits: self.limits };
+        let mut cluster = TestCluster {
+            redis,
+            nodes: Vec::new(),
+            gateways: Vec::new(),
+            limits: self.limits,
+            rebalance: self.rebalance,
+        };
         for _ in 0..self.nodes {
             cluster.add_node().await;
         }
@@ -107,12 +120,13 @@ pub struct TestCluster {
     /// The gateways, in start order.
     pub gateways: Vec<Process>,
     limits: Limits,
+    rebalance: Rebalance,
 }
 
 impl TestCluster {
     /// A builder: 1 node and 1 gateway by default, fast lease timing.
     pub fn builder() -> Builder {
-        Builder { nodes: 1, gateways: 1, limits: Limits::default() }
+        Builder { nodes: 1, gateways: 1, limits: Limits::default(), rebalance: Rebalance::default() }
     }
 
     /// Redis settings of this cluster.
@@ -138,6 +152,8 @@ impl TestCluster {
             leases: LeaseTiming::FAST,
             heartbeat: Duration::from_millis(500),
             member_ttl: Duration::from_secs(3),
+            drain_timeout: Duration::from_secs(10),
+            rebalance: self.rebalance,
             limits: self.limits.clone(),
             env: Default::default(),
         };

@@ -147,6 +147,7 @@ async fn a_node_refuses_callers_without_the_cluster_secret() {
         head: Some(pb::HttpHead { method: "GET".into(), uri: "/parties/main/x".into(), headers: vec![] }),
         body: Default::default(),
         hops: 0,
+        avoid: vec![],
     };
     assert_eq!(none.request(req).await.unwrap_err().code(), tonic::Code::Unauthenticated);
     let mut right = c.node_client(0, SECRET).await;
@@ -155,7 +156,8 @@ async fn a_node_refuses_callers_without_the_cluster_secret() {
 
 #[tokio::test]
 async fn a_stale_view_still_reaches_the_owner_through_redirects() {
-    let mut c = TestCluster::builder().nodes(2).gateways(1).start().await;
+    // No rebalancing: the leases stay where they are while the test asks around.
+    let mut c = TestCluster::builder().nodes(2).gateways(1).no_rebalance().start().await;
     // Place rooms while two nodes exist.
     let rooms: Vec<String> = (0..40).map(|i| format!("stale-{i}")).collect();
     for r in &rooms {
@@ -180,6 +182,7 @@ async fn a_stale_view_still_reaches_the_owner_through_redirects() {
             head: Some(pb::HttpHead { method: "GET".into(), uri: format!("/parties/main/{r}"), headers: vec![] }),
             body: Default::default(),
             hops: 0,
+            avoid: vec![],
         };
         match n3.request(req).await.unwrap().into_inner().kind {
             Some(pb::room_response::Kind::NotOwner(n)) => {
@@ -299,4 +302,78 @@ async fn a_room_whose_lease_is_taken_over_is_fenced_and_reveals_nothing() {
     let stored = redis.store().get(&key, &["messages".to_string()]).await.unwrap();
     let history: Vec<String> = serde_json::from_slice(stored[0].as_ref().unwrap()).unwrap();
     assert_eq!(history, vec!["kept".to_string()], "the fenced write left no trace");
+}
+
+/// The node holding `room`'s shard lease.
+async fn owner_of(c: &TestCluster, room: &RoomKey) -> String {
+    let redis = c.redis().await;
+    redis.leases().owner(shard_of(room)).await.unwrap().expect("the room's shard is leased").owner
+}
+
+#[tokio::test]
+async fn a_draining_node_hands_a_hibernating_room_over_without_a_disconnect() {
+    let mut c = TestCluster::builder().nodes(2).gateways(2).start().await;
+    let key = RoomKey::new("counter", "moving");
+    let mut a = c.connect(0, "/parties/counter/moving?_pk=a&role=r").await;
+    let mut b = c.connect(1, "/parties/counter/moving?_pk=b").await;
+    assert_eq!(a.recv_json().await, json!({"count": 0}));
+    assert_eq!(b.recv_json().await, json!({"count": 0}));
+    let owner = owner_of(&c, &key).await;
+    let i = c.nodes.iter().position(|n| n.id == owner).unwrap();
+
+    // Both clients keep incrementing while the owner drains.
+    let total = 60;
+    let mut seen_a = Vec::new();
+    let mut seen_b = Vec::new();
+    let mut stopping = None;
+    for n in 0..total {
+        if n == 10 {
+            // Graceful stop in the background: the room moves while the clients talk.
+            let mut node = c.nodes.remove(i);
+            stopping = Some(tokio::spawn(async move { node.stop().await }));
+        }
+        let sender = if n % 2 == 0 { &mut a } else { &mut b };
+        sender.send_text("inc").await;
+        for (client, seen) in [(&mut a, &mut seen_a), (&mut b, &mut seen_b)] {
+            match client.recv().await {
+                Received::Text(t) => {
+                    let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                    seen.push(v["count"].as_i64().unwrap());
+                }
+                other => panic!("a client of a hibernating room saw {other:?} during the move"),
+            }
+        }
+    }
+    within(20, "the drain", stopping.unwrap()).await.unwrap();
+    let want: Vec<i64> = (1..=total).collect();
+    assert_eq!(seen_a, want, "every count once, in order, no gap");
+    assert_eq!(seen_b, want);
+    assert_ne!(owner_of(&c, &key).await, owner, "the room lives on the other node now");
+    assert_eq!(counter(&c, 0, "links_moved_total").await, 1, "gateway 0 handed its socket over");
+    assert_eq!(counter(&c, 1, "links_moved_total").await, 1, "gateway 1 handed its socket over");
+    // Ids, tags and state came along: the connection still counts its own messages.
+    a.send_text("who").await;
+    let who = a.recv_json().await;
+    assert_eq!(who["id"], json!("a"));
+    assert_eq!(who["tags"], json!(["a", "role:r"]));
+    assert_eq!(who["mine"], json!(total / 2 + 1), "state kept across the move: {who}");
+    assert!(b.recv_within(Duration::from_millis(300)).await.is_none());
+}
+
+#[tokio::test]
+async fn a_draining_node_closes_other_rooms_with_1012_and_nothing_acknowledged_is_lost() {
+    let mut c = TestCluster::builder().nodes(2).gateways(1).start().await;
+    let key = RoomKey::new("main", "drained-chat");
+    let mut a = c.connect(0, "/parties/main/drained-chat?_pk=a").await;
+    assert_eq!(a.recv_text().await, "[]");
+    for i in 0..5 {
+        a.send_text(&format!("m{i}")).await;
+        assert_eq!(a.recv_text().await, format!("m{i}"));
+    }
+    let owner = owner_of(&c, &key).await;
+    let i = c.nodes.iter().position(|n| n.id == owner).unwrap();
+    within(15, "the drain", c.nodes[i].stop()).await;
+    assert_eq!(a.expect_close().await.0, 1012);
+    let mut a = c.connect(0, "/parties/main/drained-chat?_pk=a").await;
+    assert_eq!(a.recv_json().await, json!(["m0", "m1", "m2", "m3", "m4"]));
 }

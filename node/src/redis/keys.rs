@@ -15,6 +15,7 @@
 //! | `pl:alarms` | ZSET | member `<alarm member>`, score = alarm time in ms: every room's alarm, in time order |
 //! | `pl:node:<id>` | STRING | JSON [`NodeInfo`](super::NodeInfo) of a live node, `PX` = membership TTL |
 //! | `pl:members` | SET | ids of nodes that have heartbeated (pruned when their node key has expired) |
+//! | `pl:cluster` | STRING | the cluster marker: written once when the first node starts on an empty Redis; a Redis without it has lost the cluster's data (see [`super::marker`]) |
 //!
 //! Channels: `pl:members` (a node joined, changed or left; message: the node id) and `pl:owners`
 //! (a shard lease was granted or released; message: the shard number).
@@ -72,6 +73,11 @@ impl Keys {
     /// The shard's epoch counter.
     pub fn epoch(&self, shard: u16) -> String {
         self.shard(shard) + "epoch"
+    }
+
+    /// The cluster marker.
+    pub fn cluster(&self) -> String {
+        format!("{}:cluster", self.prefix)
     }
 
     /// The ZSET of the room's keys.

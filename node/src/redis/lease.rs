@@ -1,12 +1,15 @@
 //! Shard leases: which node owns a virtual shard, and the epoch that fences its writes.
 //!
 //! A lease is the hash `pl:{s<shard>}:lease` (`owner`, `inc`, `epoch`, `addr`) with a `PEXPIRE`
-//! TTL; all three operations are compare-and-set Lua scripts (distributed-anchors §4.3):
+//! TTL; all three operations are compare-and-set Lua scripts:
 //!
-//! - **acquire**: held by another incarnation → `Held`; held by ours → refresh the TTL, same
-//!   epoch; free → `epoch = max(INCR pl:{s}:epoch, Redis TIME in ms)`, written back to the
-//!   counter, so epochs strictly increase per shard and even a counter lost in a Redis failover
-//!   or restart cannot hand out a live zombie's epoch again (unless Redis's clock goes back).
+//! - **acquire**: held by another incarnation → `Held`; otherwise (free, or held by our own
+//!   incarnation from a grant the caller no longer uses) a **new** epoch
+//!   `max(INCR pl:{s}:epoch, Redis TIME in ms)`, written back to the counter. An epoch is never
+//!   granted twice: a room instance that may still be writing under an older grant of the same
+//!   node is fenced like any zombie. Epochs strictly increase per shard, and even a counter lost
+//!   in a Redis failover or restart cannot hand out a live zombie's epoch again (unless Redis's
+//!   clock goes back).
 //! - **renew**: `(inc, epoch)` must match, then `PEXPIRE`.
 //! - **release**: `(inc, epoch)` must match, then `DEL`.
 //!
@@ -28,12 +31,8 @@ use super::{Error, Result};
 /// Returns `{'granted', epoch}` or `{'held', owner, addr, epoch}`.
 const ACQUIRE: &str = r#"
 local cur = redis.call('HMGET', KEYS[1], 'owner', 'inc', 'epoch', 'addr')
-if cur[2] and cur[3] then
-  if cur[2] ~= ARGV[2] then
-    return {'held', cur[1] or '', cur[4] or '', cur[3]}
-  end
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
-  return {'granted', cur[3]}
+if cur[2] and cur[3] and cur[2] ~= ARGV[2] then
+  return {'held', cur[1] or '', cur[4] or '', cur[3]}
 end
 local n = redis.call('INCR', KEYS[2])
 local t = redis.call('TIME')
@@ -75,7 +74,7 @@ static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE))
 /// The outcome of [`Leases::acquire`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Acquire {
-    /// The lease is ours at this epoch (new, or re-granted to our incarnation with its epoch).
+    /// The lease is ours at this epoch, never granted before.
     Granted {
         /// Fence writes with this epoch.
         epoch: u64,
@@ -132,8 +131,9 @@ impl Leases {
         Leases { conn, keys }
     }
 
-    /// Tries to take (or refresh, if our incarnation `inc` holds it) the lease of `shard` for
-    /// `ttl`, announcing `node_id` and `addr` as its owner.
+    /// Tries to take the lease of `shard` for `ttl`, announcing `node_id` and `addr` as its
+    /// owner. A lease our incarnation `inc` already holds is granted again under a new epoch,
+    /// which fences whatever still writes under the old one.
     pub async fn acquire(&self, shard: u16, node_id: &str, inc: &str, addr: &str, ttl: Duration) -> Result<Acquire> {
         let reply: Vec<String> = ACQUIRE_SCRIPT
             .key(self.keys.lease(shard))
@@ -281,11 +281,14 @@ mod tests {
         assert_eq!(held, Acquire::Held { owner: "node-a".into(), addr: "10.0.0.1:7000".into(), epoch: e });
         // The same node after a reboot is another incarnation: held too.
         assert!(matches!(leases.acquire(7, "node-a", "node-a#2", "x", LONG).await.unwrap(), Acquire::Held { .. }));
-        // Our own incarnation gets it again with the same epoch.
-        assert_eq!(granted(leases.acquire(7, "node-a", "node-a#1", "10.0.0.1:7000", LONG).await.unwrap()), e);
+        // Our own incarnation gets it again, under a new epoch: a room instance that may still
+        // write under the old grant is fenced (an epoch is never granted twice).
+        let e2 = granted(leases.acquire(7, "node-a", "node-a#1", "10.0.0.1:7000", LONG).await.unwrap());
+        assert!(e2 > e, "re-grant {e2} after {e}");
+        assert!(!leases.renew(7, "node-a#1", e, LONG).await.unwrap(), "the old grant is dead");
         assert_eq!(leases.owner(8).await.unwrap(), None);
         let all = leases.owners(&[8, 7, 9]).await.unwrap();
-        assert_eq!(all.iter().map(|o| o.as_ref().map(|i| i.epoch)).collect::<Vec<_>>(), vec![None, Some(e), None]);
+        assert_eq!(all.iter().map(|o| o.as_ref().map(|i| i.epoch)).collect::<Vec<_>>(), vec![None, Some(e2), None]);
     }
 
     #[tokio::test]

@@ -55,7 +55,7 @@ static LIVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(LIVE));
 static LEAVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(LEAVE));
 
 /// What a node announces about itself.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
     /// Stable node id (the key of rendezvous hashing).
     pub id: String,
@@ -66,6 +66,12 @@ pub struct NodeInfo {
     /// Shutting down: place no new shards on it.
     #[serde(default)]
     pub draining: bool,
+    /// The cluster marker this node serves under (see [`super::marker`]); empty when unknown.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cluster: String,
+    /// The node found that Redis lost the cluster's data and refuses to serve rooms.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refusing: bool,
 }
 
 /// One notification from [`Membership::subscribe`].
@@ -254,7 +260,7 @@ mod tests {
             id: id.into(),
             inc: format!("{id}#1"),
             addr: format!("127.0.0.1:{}", 7000 + id.len()),
-            draining: false,
+            ..NodeInfo::default()
         }
     }
 

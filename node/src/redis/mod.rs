@@ -8,12 +8,13 @@
 //! The key layout is in [`keys`]. Correctness rests on one rule: every storage write runs in one
 //! Lua script that first checks the writer's fence (the shard number and lease epoch) against the
 //! shard's lease hash, so a node whose lease expired or was taken over cannot write, whatever its
-//! own clock says (see `shared/reference/distributed-anchors.md` §2 and §4.3–4.4).
+//! own clock says.
 //!
 //! [`testing`] starts throwaway `redis-server` processes for tests (also used by other crates).
 
 pub mod keys;
 pub mod lease;
+pub mod marker;
 pub mod membership;
 pub mod store;
 pub mod testing;
@@ -25,6 +26,7 @@ use ::redis::Client;
 
 pub use keys::Keys;
 pub use lease::{Acquire, LeaseInfo, Leases};
+pub use marker::{Claim, Marker, Persistence};
 pub use membership::{Change, Membership, NodeInfo};
 pub use store::{fence_for, RedisStore};
 
@@ -142,6 +144,11 @@ impl Redis {
     /// Shard leases over this connection.
     pub fn leases(&self) -> Leases {
         Leases::new(self.conn.clone(), self.keys.clone())
+    }
+
+    /// The cluster marker over this connection.
+    pub fn marker(&self) -> Marker {
+        Marker::new(self.conn.clone(), self.keys.clone())
     }
 
     /// Membership over this connection (its subscriptions open their own pub/sub connections).

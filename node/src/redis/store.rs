@@ -123,7 +123,7 @@ impl RedisStore {
         &self,
         now_ms: i64,
         limit: usize,
-        wanted: impl Fn(u16) -> bool + Send,
+        wanted: impl Fn(u16, &RoomKey) -> bool + Send,
     ) -> Result<Vec<(RoomKey, i64)>, StoreError> {
         const PAGE: usize = 512;
         let mut out = Vec::new();
@@ -131,7 +131,9 @@ impl RedisStore {
         while out.len() < limit {
             let page = self.due_page(now_ms, offset, PAGE).await?;
             let n = page.len();
-            out.extend(page.into_iter().filter(|(s, _, _)| wanted(*s)).map(|(_, r, t)| (r, t)).take(limit - out.len()));
+            out.extend(
+                page.into_iter().filter(|(s, r, _)| wanted(*s, r)).map(|(_, r, t)| (r, t)).take(limit - out.len()),
+            );
             if n < PAGE {
                 break;
             }
@@ -607,9 +609,9 @@ mod tests {
                 mine.push((room, i));
             }
         }
-        let got = store.due_alarms_where(1_000, 1_000, |s| s % 2 == 0).await.unwrap();
+        let got = store.due_alarms_where(1_000, 1_000, |s, _| s % 2 == 0).await.unwrap();
         assert_eq!(got, mine);
-        let got = store.due_alarms_where(1_000, 2, |s| s % 2 == 0).await.unwrap();
+        let got = store.due_alarms_where(1_000, 2, |s, _| s % 2 == 0).await.unwrap();
         assert_eq!(got, mine[..2]);
     }
 
