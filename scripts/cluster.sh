@@ -16,7 +16,10 @@
 #   CLUSTER_GATEWAY_PORTS="1999 2999"       one gateway per port (HTTP/WebSocket)
 #   CLUSTER_DIR=.partyline/cluster          state: pid files, logs, Redis data, the secret
 #   CLUSTER_WAIT=60                         seconds `up` waits for readiness
-#   CLUSTER_REDIS_PERSIST=0                 1: Redis keeps room storage across down/up (AOF)
+#   CLUSTER_REDIS_PERSIST=1                 Redis is durable (AOF): acknowledged writes survive a
+#                                           Redis crash and `down`/`up`; 0: throwaway, in memory
+#   CLUSTER_REDIS_FSYNC=always              AOF fsync policy: always (no acknowledged write is ever
+#                                           lost) or everysec (faster; a crash loses up to ~1 s)
 #   CLUSTER_NO_BUILD=0                      1: do not run cargo build
 #   PARTYLINE_BIN=target/release/partyline  the binary
 #   PARTYLINE_CLUSTER_SECRET                default: generated once into $CLUSTER_DIR/secret
@@ -200,8 +203,11 @@ cmd_up() {
   trap 'fail_up "interrupted"' INT TERM
 
   local persist=(--save "" --appendonly no)
-  [ "${CLUSTER_REDIS_PERSIST:-0}" = 1 ] && persist=(--save "" --appendonly yes --appendfsync everysec)
-  [ "${CLUSTER_REDIS_PERSIST:-0}" = 1 ] || rm -f "$DIR/redis/"*.rdb "$DIR/redis/"*.aof 2>/dev/null || true
+  if [ "${CLUSTER_REDIS_PERSIST:-1}" = 1 ]; then
+    persist=(--save "" --appendonly yes --appendfsync "${CLUSTER_REDIS_FSYNC:-always}")
+  else
+    rm -rf "$DIR/redis/"*.rdb "$DIR/redis/"*.aof "$DIR/redis/appendonlydir" 2>/dev/null || true
+  fi
   launch redis redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$DIR/redis" "${persist[@]}" \
     --daemonize no --protected-mode yes --loglevel notice
   wait_for redis "answering PING" sh -c "redis-cli -h 127.0.0.1 -p $REDIS_PORT ping | grep -q PONG"

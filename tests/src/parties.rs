@@ -24,6 +24,9 @@ pub fn register(registry: PartyRegistry) -> PartyRegistry {
     registry.with::<Faulty>("faulty")
 }
 
+/// How many times `faulty`'s `/slow-write` request ran in this process.
+pub static SLOW_WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// The misbehaving party.
 pub struct Faulty {
     room: Room,
@@ -107,6 +110,13 @@ impl Party for Faulty {
 
     async fn on_request(&mut self, req: Request) -> anyhow::Result<Response> {
         let path = req.uri().path().to_string();
+        if path.ends_with("/slow-write") {
+            // Counts every run, writes, and takes its time before the write is committed.
+            SLOW_WRITES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.room.storage().put("slow", &true).await?;
+            tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+            return Ok(web::text(StatusCode::OK, "written"));
+        }
         if path.ends_with("/panic") {
             panic!("asked to panic in on_request");
         }

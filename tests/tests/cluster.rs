@@ -377,3 +377,79 @@ async fn a_draining_node_closes_other_rooms_with_1012_and_nothing_acknowledged_i
     let mut a = c.connect(0, "/parties/main/drained-chat?_pk=a").await;
     assert_eq!(a.recv_json().await, json!(["m0", "m1", "m2", "m3", "m4"]));
 }
+
+#[tokio::test]
+async fn a_request_that_ran_is_never_sent_again_even_when_its_room_fails() {
+    use partyline_node::redis::Acquire;
+    use partyline_tests::parties::SLOW_WRITES;
+    use std::sync::atomic::Ordering;
+
+    let c = TestCluster::builder().nodes(1).gateways(1).start().await;
+    let key = RoomKey::new("faulty", "once");
+    // Start the room, so its shard is leased.
+    assert_eq!(c.http(0, "GET", "/parties/faulty/once", b"").await.status, 200);
+    let before = SLOW_WRITES.load(Ordering::SeqCst);
+    let gw = c.gateway(0);
+    let call =
+        tokio::spawn(
+            async move { partyline_tests::http(gw, "POST", "/parties/faulty/once/slow-write", &[], b"").await },
+        );
+    // While the handler runs, another incarnation takes the shard: the handler's write is then
+    // refused, the room fails, and the request must not run a second time anywhere.
+    within(10, "the request to start", async {
+        while SLOW_WRITES.load(Ordering::SeqCst) == before {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let redis = c.redis().await;
+    let shard = shard_of(&key);
+    let _: () = ::redis::cmd("DEL").arg(redis.keys().lease(shard)).query_async(&mut redis.connection()).await.unwrap();
+    let taken =
+        redis.leases().acquire(shard, "intruder", "intruder-1", "127.0.0.1:9", Duration::from_secs(2)).await.unwrap();
+    assert!(matches!(taken, Acquire::Granted { .. }));
+    let res = within(30, "the answer", call).await.unwrap();
+    assert_eq!(res.status, 503, "{}", res.text());
+    assert_eq!(SLOW_WRITES.load(Ordering::SeqCst) - before, 1, "the request ran once");
+}
+
+#[tokio::test]
+async fn a_node_that_joins_takes_its_share_and_hibernating_clients_stay_connected() {
+    let mut c = TestCluster::builder().nodes(1).gateways(1).start().await;
+    let rooms: Vec<String> = (0..24).map(|i| format!("share-{i}")).collect();
+    let mut clients = Vec::new();
+    for r in &rooms {
+        let mut client = c.connect(0, &format!("/parties/counter/{r}?_pk=x")).await;
+        assert_eq!(client.recv_json().await, json!({"count": 0}));
+        clients.push(client);
+    }
+    c.add_node().await;
+    c.wait_for_members(2).await;
+    // The rooms whose shards rendezvous hashing now prefers on node 2 move there, a few at a
+    // time, without closing their sockets.
+    let redis = c.redis().await;
+    let leases = redis.leases();
+    within(30, "rooms to move to the new node", async {
+        loop {
+            let mut on_new = 0;
+            for r in &rooms {
+                let owner = leases.owner(shard_of(&RoomKey::new("counter", r.clone()))).await.unwrap();
+                if owner.is_some_and(|o| o.owner == "node-2") {
+                    on_new += 1;
+                }
+            }
+            if on_new > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    for (client, r) in clients.iter_mut().zip(&rooms) {
+        client.send_text("inc").await;
+        match client.recv().await {
+            Received::Text(t) => assert_eq!(serde_json::from_str::<serde_json::Value>(&t).unwrap()["count"], json!(1)),
+            other => panic!("room {r}: {other:?}"),
+        }
+    }
+}
