@@ -125,6 +125,12 @@ struct NodeArgs {
     /// joins then only gets shards that are free).
     #[arg(long, env = "PARTYLINE_REBALANCE_MAX_SHARDS", default_value_t = 32)]
     rebalance_max_shards: usize,
+    /// Take a crashed node's rooms over at once when its gRPC port refuses connections (its
+    /// process is gone), instead of waiting for its leases to expire. A paused or partitioned
+    /// node never refuses, so it is never taken over early. Turn off if the advertised
+    /// addresses go through something that refuses connections for a live node.
+    #[arg(long, env = "PARTYLINE_FAST_FAILOVER", default_value_t = true, action = clap::ArgAction::Set)]
+    fast_failover: bool,
     #[command(flatten)]
     cluster: ClusterArgs,
     #[command(flatten)]
@@ -323,6 +329,7 @@ async fn run_node(args: NodeArgs, parties: PartyRegistry) -> anyhow::Result<()> 
         heartbeat: Duration::from_secs(1),
         member_ttl: Duration::from_secs(5),
         drain_timeout: args.drain_timeout,
+        fast_failover: args.fast_failover,
         rebalance: Rebalance {
             every: args.rebalance_interval,
             max_shards: args.rebalance_max_shards,

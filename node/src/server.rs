@@ -57,6 +57,9 @@ pub struct NodeConfig {
     pub drain_timeout: Duration,
     /// Handing shards to nodes that joined.
     pub rebalance: Rebalance,
+    /// Take over at once from a lease holder whose process is gone (its port refuses
+    /// connections), instead of waiting for its lease to expire.
+    pub fast_failover: bool,
     /// Limits.
     pub limits: Limits,
     /// Party variables.
@@ -221,6 +224,7 @@ pub async fn run_with_state(
         cluster: node.cluster.clone(),
         leases: redis.leases(),
         parties,
+        fast_failover: cfg.fast_failover,
     };
     let server = NodeServer::new(service).max_decoding_message_size(grpc_max).max_encoding_message_size(grpc_max);
     let server = tonic::service::interceptor::InterceptedService::new(server, CheckSecret::new(&cfg.secret));

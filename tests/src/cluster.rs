@@ -154,6 +154,7 @@ impl TestCluster {
             member_ttl: Duration::from_secs(3),
             drain_timeout: Duration::from_secs(10),
             rebalance: self.rebalance,
+            fast_failover: true,
             limits: self.limits.clone(),
             env: Default::default(),
         };

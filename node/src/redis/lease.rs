@@ -67,9 +67,14 @@ end
 return 0
 "#;
 
+/// KEYS: lease. ARGV: inc, epoch, owners channel, shard. Deletes the lease if that grant still
+/// holds it (another node breaking a crashed holder's lease). Returns 1 if broken.
+const BREAK: &str = RELEASE;
+
 static ACQUIRE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(ACQUIRE));
 static RENEW_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RENEW));
 static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE));
+static BREAK_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(BREAK));
 
 /// The outcome of [`Leases::acquire`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -206,6 +211,22 @@ impl Leases {
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(released == 1)
+    }
+
+    /// Deletes the lease of `shard` if the grant `(inc, epoch)` still holds it: how another node
+    /// takes over at once from a holder whose process is known to be gone, instead of waiting
+    /// for the TTL. `false` if the lease changed meanwhile. Whoever acquires next gets a new
+    /// epoch, so anything the old holder might still write is refused.
+    pub async fn break_lease(&self, shard: u16, inc: &str, epoch: u64) -> Result<bool> {
+        let broken: i64 = BREAK_SCRIPT
+            .key(self.keys.lease(shard))
+            .arg(inc)
+            .arg(epoch)
+            .arg(self.keys.owners_channel())
+            .arg(shard)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(broken == 1)
     }
 
     /// The current lease of `shard`, if any.
