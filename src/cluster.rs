@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 use partyline::link::{close_code, FromRoom, ToRoom};
 use partyline::{Env, Limits, Parties, PartyRegistry, Request, Response, RoomKey};
 use partyline_gateway::{Gateway, GatewayConfig, OpenLink, RoomLink, RoomRouter, RouteError};
@@ -55,6 +56,7 @@ pub async fn run_gateway(
             route_timeout: ClientConfig::route_timeout_for(LeaseTiming::STANDARD.ttl),
         },
         redis.membership(),
+        redis.leases(),
     )
     .await?;
     let lobby = Parties::new(Arc::new(ClusterParties { client: client.clone(), parties: parties.clone() }));
@@ -86,28 +88,44 @@ impl RoomRouter for GrpcRouter {
     async fn open_link(&self, key: &RoomKey) -> Result<OpenLink, RouteError> {
         let opened = self.client.open_link(key).await.map_err(route_error)?;
         let room = key.clone();
-        // Decoded on the task that applies them (no extra hop); a stream that breaks without
-        // the room saying so ends with Gone, so the sockets are closed rather than left waiting.
-        let events = futures::stream::unfold((opened.rx, false), move |(mut rx, done)| {
+        // Decoded on the task that applies them (no extra hop). A stream that breaks without the
+        // room saying so ends with Gone, so the sockets are closed rather than left waiting; so
+        // does a link whose node lost the room's shard to another node (it stalled, or was cut
+        // from Redis), unless the room is moving (it said `Pause`: the move ends the link).
+        let client = self.client.clone();
+        let (shard, epoch) = (opened.shard, opened.epoch);
+        let lost: BoxFuture<'static, ()> = Box::pin(async move { client.lost(shard, epoch).await });
+        let state = LinkEvents { rx: opened.rx, lost, moving: false, done: false };
+        let events = futures::stream::unfold(state, move |mut st| {
             let room = room.clone();
             async move {
-                if done {
+                if st.done {
                     return None;
                 }
+                let gone = |reason: &str| FromRoom::Gone { code: close_code::SERVICE_RESTART, reason: reason.into() };
                 loop {
-                    match rx.message().await {
+                    let next = tokio::select! {
+                        biased;
+                        m = st.rx.message() => m,
+                        _ = &mut st.lost, if !st.moving => {
+                            tracing::info!(room = %room, "the room's node lost its shard; closing its sockets");
+                            st.done = true;
+                            return Some((gone("room moved"), st));
+                        }
+                    };
+                    match next {
                         Ok(Some(pb::LinkOut { kind: Some(kind) })) => match wire::from_room(kind) {
                             Ok(msg) => {
-                                let end = matches!(msg, FromRoom::Gone { .. });
-                                return Some((msg, (rx, end)));
+                                st.moving |= matches!(msg, FromRoom::Pause);
+                                st.done = matches!(msg, FromRoom::Gone { .. } | FromRoom::Moved { .. });
+                                return Some((msg, st));
                             }
                             Err(e) => tracing::warn!(room = %room, error = %e, "dropping a malformed room message"),
                         },
                         Ok(Some(_)) => {}
                         Ok(None) | Err(_) => {
-                            let gone =
-                                FromRoom::Gone { code: close_code::SERVICE_RESTART, reason: "room unavailable".into() };
-                            return Some((gone, (rx, true)));
+                            st.done = true;
+                            return Some((gone("room unavailable"), st));
                         }
                     }
                 }
@@ -123,6 +141,14 @@ impl RoomRouter for GrpcRouter {
     fn moved(&self, key: &RoomKey) {
         self.client.forget(partyline::placement::shard_of(key));
     }
+}
+
+/// A link's incoming side: the node's stream and a watch on the room's shard lease.
+struct LinkEvents {
+    rx: tonic::Streaming<pb::LinkOut>,
+    lost: BoxFuture<'static, ()>,
+    moving: bool,
+    done: bool,
 }
 
 /// The sending half of a link stream to a node.

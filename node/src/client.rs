@@ -11,14 +11,14 @@ use async_trait::async_trait;
 use partyline::placement::{preferred, shard_of};
 use partyline::{PartiesClient, PartyRegistry, Request, Response, RoomKey};
 use partyline_proto::pb::{self, link_in, link_out, node_client::NodeClient, room_response};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::InterceptedService;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::redis::{Change, Membership, NodeInfo};
+use crate::redis::{Change, Leases, Membership, NodeInfo};
 use crate::wire;
 
 /// How often the member list is re-read even without events.
@@ -125,6 +125,10 @@ struct Inner {
     redirects: std::sync::atomic::AtomicU64,
     /// Nodes that refused a connection: node id -> (incarnation seen then, until when).
     suspects: Mutex<HashMap<String, (String, Instant)>>,
+    /// Shard leases (who holds a shard now).
+    leases: Leases,
+    /// Lease grants and releases as announced (`u16::MAX`: events may have been missed).
+    owner_changes: broadcast::Sender<u16>,
 }
 
 /// A link stream opened to a room's owner.
@@ -137,12 +141,14 @@ pub struct OpenedLink {
     pub node_id: String,
     /// The lease epoch the owner holds the room's shard at.
     pub epoch: u64,
+    /// The room's shard.
+    pub shard: u16,
 }
 
 impl ClusterClient {
     /// Reads the members once and keeps the view fresh in the background (until every clone is
     /// dropped).
-    pub async fn start(cfg: ClientConfig, membership: Membership) -> anyhow::Result<Self> {
+    pub async fn start(cfg: ClientConfig, membership: Membership, leases: Leases) -> anyhow::Result<Self> {
         let auth = Auth::new(&cfg.secret)?;
         let inner = Arc::new(Inner {
             cfg,
@@ -153,6 +159,8 @@ impl ClusterClient {
             channels: Mutex::new(HashMap::new()),
             redirects: Default::default(),
             suspects: Mutex::new(HashMap::new()),
+            leases,
+            owner_changes: broadcast::channel(1024).0,
         });
         let client = ClusterClient { inner };
         client.refresh().await;
@@ -218,6 +226,27 @@ impl ClusterClient {
             }
         }
         self.preferred_avoiding(shard, &self.suspects())
+    }
+
+    /// Resolves once `shard`'s lease is no longer held under `epoch`: the node a link went to has
+    /// lost the room (it stalled past its lease, or was cut from Redis, and another node took
+    /// the shard). Watches the lease announcements, so it costs nothing while nothing changes;
+    /// an announcement lost on the way is made up for by the link's HTTP/2 keepalive.
+    pub async fn lost(&self, shard: u16, epoch: u64) {
+        let mut changes = self.inner.owner_changes.subscribe();
+        loop {
+            match changes.recv().await {
+                Ok(s) if s != shard && s != u16::MAX => continue,
+                Err(broadcast::error::RecvError::Closed) => return std::future::pending().await,
+                _ => {}
+            }
+            match self.inner.leases.owner(shard).await {
+                Ok(Some(l)) if l.epoch == epoch => continue,
+                // Released (a graceful move: the room says so itself), or not readable now.
+                Ok(None) | Err(_) => continue,
+                Ok(Some(_)) => return,
+            }
+        }
     }
 
     /// Forgets where `shard` lives (its room moved or its owner failed).
@@ -293,7 +322,7 @@ impl ClusterClient {
                 Ok(Ok((stream, first))) => match first.and_then(|m| m.kind) {
                     Some(link_out::Kind::Opened(o)) => {
                         self.remember(shard, Some(NodeInfo { id: o.node_id.clone(), ..node }));
-                        return Ok(OpenedLink { tx, rx: stream, node_id: o.node_id, epoch: o.epoch });
+                        return Ok(OpenedLink { tx, rx: stream, node_id: o.node_id, epoch: o.epoch, shard });
                     }
                     Some(link_out::Kind::NotOwner(n)) => self.redirected(shard, n, &mut route).await,
                     _ => route.failed(format!("node {} closed the link at once", node.id)),
@@ -303,7 +332,10 @@ impl ClusterClient {
                     route.failed(format!("node {} ({}): {}", node.id, node.addr, status.message()));
                 }
                 Err(_) => {
+                    // Stalled or partitioned: route around it for a while (its lease, if it
+                    // holds one, still has to expire before anyone else serves the room).
                     self.remember(shard, None);
+                    self.suspect(&node);
                     route.failed(format!("node {} did not answer in time", node.id));
                 }
             }
@@ -376,13 +408,16 @@ impl ClusterClient {
     async fn redirected(&self, shard: u16, n: pb::NotOwner, route: &mut Route) {
         self.inner.redirects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         route.hops += 1;
-        if n.retry || n.addr.is_empty() || self.is_suspect(&n.node_id) {
-            // Between owners: the next owner takes it once the lease is free.
+        if n.addr.is_empty() || self.is_suspect(&n.node_id) {
+            // Between owners, no next owner known: wait for the view to settle.
             self.remember(shard, None);
-            if n.addr.is_empty() {
-                self.refresh().await;
-            }
+            self.refresh().await;
             route.failed(format!("room between owners (shard {shard})"));
+        } else if n.retry {
+            // Between owners: try the node it suggests after a short wait.
+            let why = format!("room between owners (shard {shard}), next try {}", n.node_id);
+            self.remember(shard, Some(NodeInfo { id: n.node_id, addr: n.addr, ..NodeInfo::default() }));
+            route.failed(why);
         } else {
             route.redirected(format!("redirected to {} ({})", n.node_id, n.addr));
             let node = NodeInfo { id: n.node_id, addr: n.addr, ..NodeInfo::default() };
@@ -519,6 +554,11 @@ async fn keep_fresh(inner: Weak<Inner>, mut events: Option<mpsc::Receiver<Change
         match change {
             Some(Change::Owner(shard)) => {
                 inner.owners.lock().unwrap().remove(&shard);
+                let _ = inner.owner_changes.send(shard);
+            }
+            Some(Change::Resync) => {
+                let _ = inner.owner_changes.send(u16::MAX);
+                refresh(&inner).await
             }
             _ => refresh(&inner).await,
         }

@@ -153,6 +153,7 @@ pub async fn run_with_state(
             route_timeout: ClientConfig::route_timeout_for(cfg.leases.ttl),
         },
         membership.clone(),
+        redis.leases(),
     )
     .await?;
     let marker = redis.marker();

@@ -127,7 +127,11 @@ impl NodeService {
                 Ok(Decision::Elsewhere(not_owner(shard, owner, addr, retry)))
             }
             Ok(Placement::Leaving) => Ok(Decision::Elsewhere(self.between_owners(shard, avoid))),
-            Err(e) => Err(Status::unavailable(format!("could not acquire shard {shard}: {e:#}"))),
+            Err(e) => {
+                // Redis unreachable (or refusing): another node may do better.
+                tracing::warn!(shard, error = %e, "could not acquire a shard");
+                Ok(Decision::Elsewhere(self.between_owners(shard, avoid)))
+            }
         }
     }
 
