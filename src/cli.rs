@@ -12,6 +12,7 @@ use partyline::{Env, Limits, PartyRegistry};
 
 use crate::cluster::GatewayProcessConfig;
 use crate::dev::{self, DevConfig};
+use crate::project::ProjectArgs;
 use partyline_node::redis::RedisConfig;
 use partyline_node::server::{NodeConfig, Rebalance};
 use partyline_node::shards::LeaseTiming;
@@ -135,6 +136,8 @@ struct NodeArgs {
     cluster: ClusterArgs,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    project: ProjectArgs,
 }
 
 /// Lease timing profiles.
@@ -170,6 +173,8 @@ struct GatewayArgs {
     cluster: ClusterArgs,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    project: ProjectArgs,
 }
 
 /// Options of `partyline dev`.
@@ -192,6 +197,8 @@ struct DevArgs {
     vars: Vec<(String, String)>,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    project: ProjectArgs,
 }
 
 /// Limits; each has a default from PartyKit / Durable Objects where one exists.
@@ -278,12 +285,30 @@ fn parse_var(s: &str) -> Result<(String, String), String> {
 pub use partyline_bench::parse_duration;
 
 impl Cli {
-    /// Runs the chosen subcommand with `parties`.
-    pub async fn run(self, parties: PartyRegistry) -> anyhow::Result<()> {
+    /// Runs the chosen subcommand with `parties`. With a PartyKit project (`--config`, or
+    /// ./partykit.json for `dev`), its parties are served beside `parties`, or instead of them
+    /// when `examples` is set (the stock binary's example parties).
+    pub async fn run(self, parties: PartyRegistry, examples: bool) -> anyhow::Result<()> {
+        let rust = |p: &ProjectArgs, look_in_cwd: bool| {
+            if examples && p.config_file(look_in_cwd).is_some() {
+                PartyRegistry::new()
+            } else {
+                parties.clone()
+            }
+        };
         match self.command {
-            Command::Dev(args) => run_dev(args, parties).await,
-            Command::Node(args) => run_node(args, parties).await,
-            Command::Gateway(args) => run_gateway(args, parties).await,
+            Command::Dev(args) => {
+                let parties = rust(&args.project, true);
+                run_dev(args, parties).await
+            }
+            Command::Node(args) => {
+                let parties = rust(&args.project, false);
+                run_node(args, parties).await
+            }
+            Command::Gateway(args) => {
+                let parties = rust(&args.project, false);
+                run_gateway(args, parties).await
+            }
             Command::Bench(args) => partyline_bench::run(args).await,
             Command::Status(args) => crate::status::run(args.cluster.redis(), args.cluster.secret()?, args.room).await,
         }
@@ -303,8 +328,26 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
         .with_context(|| format!("could not listen on {addr}: is another server using the port? pick another one"))
 }
 
+/// The parties and environment of a node or gateway: with `--config`, the project's beside
+/// `parties`.
+async fn cluster_parties(
+    project: &ProjectArgs,
+    limits: &Limits,
+    parties: PartyRegistry,
+    env: Env,
+) -> anyhow::Result<(PartyRegistry, Env)> {
+    match project.config_file(false) {
+        Some(file) => {
+            let (_project, parties, env) = crate::project::load(&file, project, limits, parties, env.vars()).await?;
+            Ok((parties, env))
+        }
+        None => Ok((parties, env)),
+    }
+}
+
 async fn run_node(args: NodeArgs, parties: PartyRegistry) -> anyhow::Result<()> {
     let secret = args.cluster.secret()?;
+    let (parties, env) = cluster_parties(&args.project, &args.limits.limits(), parties, args.cluster.env()).await?;
     let listen: SocketAddr = args
         .listen
         .parse()
@@ -336,7 +379,7 @@ async fn run_node(args: NodeArgs, parties: PartyRegistry) -> anyhow::Result<()> 
             ..Rebalance::default()
         },
         limits: args.limits.limits(),
-        env: args.cluster.env(),
+        env,
     };
     println!("Partyline node {} serving gRPC on {local} (advertised as {})", cfg.id, cfg.advertise);
     println!("  redis: {} (prefix {})", partyline_node::redis::redact(&cfg.redis.url), cfg.redis.prefix);
@@ -345,6 +388,7 @@ async fn run_node(args: NodeArgs, parties: PartyRegistry) -> anyhow::Result<()> 
 
 async fn run_gateway(args: GatewayArgs, parties: PartyRegistry) -> anyhow::Result<()> {
     let secret = args.cluster.secret()?;
+    let (parties, env) = cluster_parties(&args.project, &args.limits.limits(), parties, args.cluster.env()).await?;
     let listener = bind(socket_addr(&args.host, args.port)?).await?;
     let local = listener.local_addr()?;
     let cfg = GatewayProcessConfig {
@@ -352,7 +396,7 @@ async fn run_gateway(args: GatewayArgs, parties: PartyRegistry) -> anyhow::Resul
         redis: args.cluster.redis(),
         secret,
         limits: args.limits.limits(),
-        env: args.cluster.env(),
+        env,
         max_connections: args.limits.max_connections,
     };
     println!("Partyline gateway listening on http://{local}");
@@ -364,6 +408,18 @@ async fn run_dev(args: DevArgs, parties: PartyRegistry) -> anyhow::Result<()> {
     let listener = bind(socket_addr(&args.host, args.port)?).await?;
     let local = listener.local_addr()?;
     let data_dir = (!args.ephemeral).then(|| args.data_dir.clone());
+    if let Some(file) = args.project.config_file(true) {
+        println!("Partyline dev server listening on http://{local}");
+        println!("  project: {} (reloads when its files change)", file.display());
+        let cfg = DevConfig {
+            data_dir,
+            limits: args.limits.limits(),
+            env: Env::default(),
+            max_connections: args.limits.max_connections,
+        };
+        let vars = args.vars.into_iter().collect::<BTreeMap<_, _>>();
+        return crate::project::run_dev(file, args.project, cfg, vars, parties, listener, shutdown_signal()).await;
+    }
     let names: Vec<&str> = parties.names().collect();
     println!("Partyline dev server listening on http://{local}");
     println!("  parties: {}", names.join(", "));

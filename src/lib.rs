@@ -16,6 +16,7 @@
 pub mod cli;
 pub mod cluster;
 pub mod dev;
+pub mod project;
 pub mod status;
 
 use std::process::ExitCode;
@@ -23,9 +24,18 @@ use std::process::ExitCode;
 use clap::Parser;
 use partyline::PartyRegistry;
 
-/// Parses the command line, runs the chosen subcommand with `parties`, and reports errors
-/// readably.
+/// Parses the command line, runs the chosen subcommand with `parties` (beside a PartyKit
+/// project's parties when one is given), and reports errors readably.
 pub fn main(parties: PartyRegistry) -> ExitCode {
+    run_main(parties, false)
+}
+
+/// As [`main`], for example parties: a PartyKit project replaces them instead of joining them.
+pub fn main_examples(parties: PartyRegistry) -> ExitCode {
+    run_main(parties, true)
+}
+
+fn run_main(parties: PartyRegistry, examples: bool) -> ExitCode {
     let cli = cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -45,7 +55,7 @@ pub fn main(parties: PartyRegistry) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli.run(parties)) {
+    match runtime.block_on(cli.run(parties, examples)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

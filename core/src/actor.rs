@@ -363,6 +363,18 @@ async fn guarded<T>(limit: Duration, fut: impl Future<Output = anyhow::Result<T>
     }
 }
 
+/// Resolves when a party's background work is ready.
+async fn wait_wakeup(wakeup: Option<&crate::party::Wakeup>) {
+    let Some(w) = wakeup else { return std::future::pending().await };
+    match w.at {
+        Some(at) => tokio::select! {
+            _ = w.notify.notified() => {}
+            _ = sleep_until(at) => {}
+        },
+        None => w.notify.notified().await,
+    }
+}
+
 /// A close reason fits in a control frame: at most 123 bytes, cut at a character boundary.
 pub fn close_reason(text: &str) -> String {
     if text.len() <= 123 {
@@ -403,6 +415,7 @@ impl Actor {
             let alarm_at = if busy { None } else { self.alarm_deadline() };
             let idle_at = last_event + self.idle_timeout();
             let phase_at = self.moving.as_ref().map(|m| m.deadline).or(self.gathering.as_ref().map(|g| g.deadline));
+            let wakeup = self.party.as_ref().and_then(|p| p.wakeup());
             tokio::select! {
                 biased;
                 changed = progress.changed() => {
@@ -436,6 +449,11 @@ impl Actor {
                     if self.on_idle() {
                         break RoomExit::Idle;
                     }
+                }
+                _ = wait_wakeup(wakeup.as_ref()), if wakeup.is_some() && self.moving.is_none() && self.gathering.is_none() => {
+                    self.wakeup().await;
+                    self.after_handler().await;
+                    continue;
                 }
             }
             self.after_handler().await;
@@ -505,6 +523,14 @@ impl Actor {
             self.shared().emit_link(*link, msg);
         }
         RoomExit::Moved
+    }
+
+    /// Runs the party's background work (timers, finished I/O of a script runtime).
+    async fn wakeup(&mut self) {
+        let Some(party) = self.party.as_mut() else { return };
+        if let Err(f) = guarded(self.limits.handler_timeout, party.on_wakeup()).await {
+            tracing::warn!(room = %self.room.key(), error = %f, "background work of the party failed");
+        }
     }
 
     fn idle_timeout(&self) -> Duration {

@@ -56,7 +56,7 @@ pub use bytes::Bytes;
 pub use connection::{Connection, StateError};
 pub use limits::Limits;
 pub use message::{Message, Text};
-pub use party::{Before, ConnectionContext, Lobby, Party, PartyFactory, PartyOptions, PartyRegistry};
+pub use party::{Before, ConnectionContext, Lobby, Party, PartyFactory, PartyOptions, PartyRegistry, Wakeup};
 pub use room::{Env, Parties, PartiesClient, Room, RoomStub};
 pub use storage::{Storage, StorageError};
 pub use store::{ListOptions, MemoryStore, RoomKey, Store};

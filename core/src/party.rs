@@ -46,6 +46,16 @@ pub struct Lobby {
     pub parties: Parties,
 }
 
+/// Work a party has of its own between events (a script runtime's timers, or I/O an earlier
+/// handler started): the room runs [`Party::on_wakeup`] when `notify` is notified or at `at`.
+#[derive(Clone, Debug)]
+pub struct Wakeup {
+    /// Notified when background work became ready.
+    pub notify: Arc<tokio::sync::Notify>,
+    /// When the next timer is due, if any.
+    pub at: Option<tokio::time::Instant>,
+}
+
 /// What `get_connection_tags` and `on_connect` get besides the connection.
 #[derive(Debug)]
 pub struct ConnectionContext {
@@ -150,6 +160,19 @@ pub trait Party: Send + 'static {
     async fn on_alarm(&mut self) -> anyhow::Result<()> {
         Ok(())
     }
+
+    /// When the party has work of its own between events (see [`Wakeup`]); asked after every
+    /// event. Parties written in Rust have none: they spawn tasks and reach the room through it.
+    fn wakeup(&self) -> Option<Wakeup> {
+        None
+    }
+
+    /// Runs the background work [`Party::wakeup`] announced, as an event of its own: alone, with
+    /// the time limit and the output gate like any handler. It does not count as activity for
+    /// hibernation and idle unloading.
+    async fn on_wakeup(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// A party type with its static parts, erased so a registry can hold many.
@@ -205,6 +228,18 @@ impl PartyRegistry {
     pub fn with<P: Party>(mut self, name: &str) -> Self {
         assert!(valid_party_name(name), "party name {name:?} must match [a-z0-9_-]+");
         let fresh = self.parties.insert(name.to_string(), Arc::new(Factory::<P>(PhantomData))).is_none();
+        assert!(fresh, "party {name:?} registered twice");
+        self
+    }
+
+    /// Adds a party under `name` from its factory (parties not written as a Rust type, such as
+    /// JS parties).
+    ///
+    /// # Panics
+    /// When `name` is not `[a-z0-9_-]+` or is taken.
+    pub fn with_factory(mut self, name: &str, factory: Arc<dyn PartyFactory>) -> Self {
+        assert!(valid_party_name(name), "party name {name:?} must match [a-z0-9_-]+");
+        let fresh = self.parties.insert(name.to_string(), factory).is_none();
         assert!(fresh, "party {name:?} registered twice");
         self
     }

@@ -1,0 +1,533 @@
+//! One QuickJS runtime and context (a room's, or a party's static hooks'), its natives, and the
+//! event loop that runs a call to completion: microtasks, host operations (storage reads,
+//! `fetch`, calls to other rooms) and timers.
+//!
+//! A call is one dispatch into the prelude's handlers; its result is collected once its promise
+//! settled. Host operations run as tokio tasks and report back on a channel; timers are kept
+//! here. Between calls the same work is done by [`Engine::background`], which the room runs as
+//! an event of its own when [`Engine::wakeup`] fires.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use partyline::{Connection, Message, Parties, Room};
+use rquickjs::{ArrayBuffer, Context, Ctx, Function, Module, Object, Runtime, Value};
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+
+use crate::host::{self, OpResult};
+use crate::modules::{Modules, RoomLoader, PRELUDE};
+
+/// Settings of an engine.
+#[derive(Clone, Debug)]
+pub struct EngineLimits {
+    /// Heap limit of the runtime; a room over it is restarted.
+    pub memory_bytes: usize,
+    /// Time one call may run (the room's handler limit).
+    pub call_timeout: Duration,
+}
+
+/// The part of an engine its natives share.
+pub(crate) struct Host {
+    pub(crate) room: Option<Room>,
+    pub(crate) parties: Mutex<Parties>,
+    pub(crate) modules: Arc<Modules>,
+    pub(crate) conns: Mutex<HashMap<String, Connection>>,
+    pub(crate) ops: Mutex<Ops>,
+    pub(crate) done: mpsc::UnboundedSender<(u64, OpResult)>,
+    pub(crate) notify: Arc<Notify>,
+    pub(crate) fetch: Arc<crate::host::FetchPolicy>,
+    pub(crate) max_value_bytes: usize,
+    pub(crate) label: String,
+}
+
+#[derive(Default)]
+pub(crate) struct Ops {
+    next: u64,
+    pub(crate) in_flight: usize,
+    timers: HashMap<u64, Instant>,
+    queue: BTreeSet<(Instant, u64)>,
+}
+
+impl Host {
+    pub(crate) fn room(&self) -> rquickjs::Result<&Room> {
+        self.room.as_ref().ok_or_else(|| {
+            rquickjs::Error::new_from_js_message("hook", "room", "room APIs are not available in static hooks")
+        })
+    }
+
+    /// Runs `fut` as a host operation: `[true, value]` when it finished at once, else
+    /// `[false, id]` and the result arrives later through `__partyline.complete`.
+    pub(crate) fn op<'js>(
+        self: &Arc<Self>,
+        ctx: &Ctx<'js>,
+        fut: BoxFuture<'static, OpResult>,
+    ) -> rquickjs::Result<Value<'js>> {
+        let mut fut = fut;
+        if let Some(result) = (&mut fut).now_or_never() {
+            let value = host::op_value(ctx, result)?;
+            return pair(ctx, Value::new_bool(ctx.clone(), true), value);
+        }
+        let id = {
+            let mut ops = self.ops.lock().unwrap();
+            ops.next += 1;
+            ops.in_flight += 1;
+            ops.next
+        };
+        let done = self.done.clone();
+        let notify = self.notify.clone();
+        tokio::spawn(async move {
+            let result = fut.await;
+            let _ = done.send((id, result));
+            notify.notify_one();
+        });
+        pair(ctx, Value::new_bool(ctx.clone(), false), Value::new_number(ctx.clone(), id as f64))
+    }
+
+    pub(crate) fn set_timer(&self, id: u64, delay_ms: f64) {
+        let at = Instant::now() + Duration::from_micros((delay_ms.max(0.0) * 1000.0) as u64);
+        let mut ops = self.ops.lock().unwrap();
+        if let Some(old) = ops.timers.insert(id, at) {
+            ops.queue.remove(&(old, id));
+        }
+        ops.queue.insert((at, id));
+    }
+
+    pub(crate) fn clear_timer(&self, id: u64) {
+        let mut ops = self.ops.lock().unwrap();
+        if let Some(at) = ops.timers.remove(&id) {
+            ops.queue.remove(&(at, id));
+        }
+    }
+
+    fn next_timer(&self) -> Option<Instant> {
+        self.ops.lock().unwrap().queue.first().map(|(at, _)| *at)
+    }
+
+    fn due_timers(&self) -> Vec<u64> {
+        let now = Instant::now();
+        let mut ops = self.ops.lock().unwrap();
+        let mut due = Vec::new();
+        while let Some(&(at, id)) = ops.queue.first() {
+            if at > now {
+                break;
+            }
+            ops.queue.pop_first();
+            ops.timers.remove(&id);
+            due.push(id);
+        }
+        due
+    }
+
+    /// The connection `id`, as the room knows it (also one seen in an earlier event).
+    pub(crate) fn conn(&self, id: &str) -> Option<Connection> {
+        if let Some(c) = self.conns.lock().unwrap().get(id) {
+            return Some(c.clone());
+        }
+        let c = self.room.as_ref()?.get_connection(id)?;
+        self.conns.lock().unwrap().insert(id.to_string(), c.clone());
+        Some(c)
+    }
+
+    pub(crate) fn remember(&self, conn: &Connection) {
+        self.conns.lock().unwrap().insert(conn.id().to_string(), conn.clone());
+    }
+
+    /// Drops a closed connection.
+    pub(crate) fn forget(&self, id: &str) {
+        self.conns.lock().unwrap().remove(id);
+    }
+
+    /// Sets how other rooms are reached (the static hooks get it with each call).
+    pub(crate) fn set_parties(&self, parties: Parties) {
+        *self.parties.lock().unwrap() = parties;
+    }
+}
+
+fn pair<'js>(ctx: &Ctx<'js>, a: Value<'js>, b: Value<'js>) -> rquickjs::Result<Value<'js>> {
+    let arr = rquickjs::Array::new(ctx.clone())?;
+    arr.set(0, a)?;
+    arr.set(1, b)?;
+    Ok(arr.into_value())
+}
+
+/// A time origin for `performance.now()` and deadlines.
+pub(crate) fn epoch() -> std::time::Instant {
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+/// QuickJS's message for an error value (with the stack when there is one).
+pub(crate) fn js_error(ctx: &Ctx<'_>, err: rquickjs::Error) -> String {
+    if !matches!(err, rquickjs::Error::Exception) {
+        return err.to_string();
+    }
+    let value = ctx.catch();
+    exception_text(&value)
+}
+
+fn exception_text(value: &Value<'_>) -> String {
+    if let Some(obj) = value.as_object() {
+        let message: Option<String> = obj.get("message").ok();
+        let name: Option<String> = obj.get("name").ok();
+        let stack: Option<String> = obj.get("stack").ok();
+        let mut out = match (name, message) {
+            (Some(n), Some(m)) if !m.is_empty() => format!("{n}: {m}"),
+            (Some(n), _) => n,
+            (None, Some(m)) => m,
+            (None, None) => "uncaught exception".to_string(),
+        };
+        if let Some(stack) = stack.filter(|s| !s.trim().is_empty()) {
+            out.push('\n');
+            out.push_str(stack.trim_end());
+        }
+        return out;
+    }
+    value.as_string().and_then(|s| s.to_string().ok()).unwrap_or_else(|| format!("{value:?}"))
+}
+
+/// What a call passes to the prelude's handler.
+pub(crate) enum Arg {
+    Null,
+    Str(String),
+    Message(Message),
+    Request(Box<partyline::Request>),
+    Json(serde_json::Value),
+    Ids(Vec<u64>),
+}
+
+fn arg_value<'js>(ctx: &Ctx<'js>, arg: Arg) -> rquickjs::Result<Value<'js>> {
+    Ok(match arg {
+        Arg::Null => Value::new_null(ctx.clone()),
+        Arg::Str(s) => rquickjs::String::from_str(ctx.clone(), &s)?.into_value(),
+        Arg::Message(Message::Text(t)) => rquickjs::String::from_str(ctx.clone(), t.as_str())?.into_value(),
+        Arg::Message(Message::Binary(b)) => ArrayBuffer::new(ctx.clone(), b.to_vec())?.into_value(),
+        Arg::Request(req) => host::request_value(ctx, *req)?,
+        Arg::Json(v) => ctx.json_parse(v.to_string())?,
+        Arg::Ids(ids) => {
+            let arr = rquickjs::Array::new(ctx.clone())?;
+            for (i, id) in ids.into_iter().enumerate() {
+                arr.set(i, id as f64)?;
+            }
+            arr.into_value()
+        }
+    })
+}
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The party code threw or rejected.
+    #[error("{0}")]
+    Thrown(String),
+    /// The call ran past the time limit and was stopped.
+    #[error("the handler ran past the time limit of {0:?} and was stopped")]
+    Timeout(Duration),
+    /// The runtime ran out of memory; the engine must be dropped.
+    #[error("the room ran out of memory (limit {0} bytes); it is restarted")]
+    OutOfMemory(usize),
+    /// The call's promise can never settle.
+    #[error("the handler awaits a promise that nothing can settle (Partyline runs one handler of a room at a time)")]
+    Stuck,
+    /// An engine error.
+    #[error("{0}")]
+    Engine(String),
+}
+
+/// One runtime with its context.
+pub struct Engine {
+    // Dropped first: the context before its runtime.
+    ctx: Context,
+    rt: Runtime,
+    host: Arc<Host>,
+    done: mpsc::UnboundedReceiver<(u64, OpResult)>,
+    deadline: Arc<AtomicU64>,
+    interrupted: Arc<AtomicBool>,
+    next_call: u64,
+    limits: EngineLimits,
+    /// The runtime ran out of memory: drop it.
+    pub broken: bool,
+}
+
+/// Where an engine runs and what it can reach.
+pub(crate) struct EngineSetup {
+    pub(crate) room: Option<Room>,
+    pub(crate) parties: Parties,
+    pub(crate) modules: Arc<Modules>,
+    pub(crate) entry: String,
+    pub(crate) limits: EngineLimits,
+    pub(crate) fetch: Arc<crate::host::FetchPolicy>,
+    pub(crate) max_value_bytes: usize,
+    pub(crate) label: String,
+}
+
+impl Engine {
+    /// A runtime with the prelude and the party module `entry` loaded (not yet instantiated).
+    pub(crate) fn new(setup: EngineSetup) -> Result<Self, CallError> {
+        let rt = Runtime::new().map_err(|e| CallError::Engine(e.to_string()))?;
+        rt.set_memory_limit(setup.limits.memory_bytes);
+        rt.set_max_stack_size(1 << 20);
+        rt.set_gc_threshold(4 << 20);
+        let deadline = Arc::new(AtomicU64::new(u64::MAX));
+        let interrupted = Arc::new(AtomicBool::new(false));
+        {
+            let deadline = deadline.clone();
+            let interrupted = interrupted.clone();
+            rt.set_interrupt_handler(Some(Box::new(move || {
+                let now = epoch().elapsed().as_micros() as u64;
+                let stop = now > deadline.load(Ordering::Relaxed);
+                if stop {
+                    interrupted.store(true, Ordering::Relaxed);
+                }
+                stop
+            })));
+        }
+        rt.set_loader(RoomLoader(setup.modules.clone()), RoomLoader(setup.modules.clone()));
+        let ctx = Context::full(&rt).map_err(|e| CallError::Engine(e.to_string()))?;
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let host = Arc::new(Host {
+            room: setup.room,
+            parties: Mutex::new(setup.parties),
+            modules: setup.modules,
+            conns: Mutex::new(HashMap::new()),
+            ops: Mutex::new(Ops::default()),
+            done: done_tx,
+            notify: Arc::new(Notify::new()),
+            fetch: setup.fetch,
+            max_value_bytes: setup.max_value_bytes,
+            label: setup.label,
+        });
+        let mut engine = Engine {
+            ctx,
+            rt,
+            host,
+            done: done_rx,
+            deadline,
+            interrupted,
+            next_call: 0,
+            limits: setup.limits,
+            broken: false,
+        };
+        engine.arm();
+        let entry = setup.entry;
+        let host = engine.host.clone();
+        let result = engine.ctx.with(|ctx| -> Result<(), String> {
+            host::install(&ctx, host).map_err(|e| js_error(&ctx, e))?;
+            import(&ctx, PRELUDE)?;
+            let ns = import(&ctx, &entry)?;
+            ctx.globals().set("__partyline_module", ns).map_err(|e| js_error(&ctx, e))?;
+            Ok(())
+        });
+        engine.disarm();
+        result.map_err(|e| engine.classify(e))?;
+        Ok(engine)
+    }
+
+    fn arm(&self) {
+        let limit = epoch().elapsed() + self.limits.call_timeout;
+        self.interrupted.store(false, Ordering::Relaxed);
+        self.deadline.store(limit.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn disarm(&self) {
+        self.deadline.store(u64::MAX, Ordering::Relaxed);
+    }
+
+    fn classify(&mut self, message: String) -> CallError {
+        if self.interrupted.load(Ordering::Relaxed) {
+            return CallError::Timeout(self.limits.call_timeout);
+        }
+        if message.contains("out of memory") {
+            self.broken = true;
+            return CallError::OutOfMemory(self.limits.memory_bytes);
+        }
+        CallError::Thrown(message)
+    }
+
+    /// The host shared with the natives.
+    pub(crate) fn host(&self) -> &Arc<Host> {
+        &self.host
+    }
+
+    /// Heap bytes in use by this runtime.
+    pub fn memory_used(&self) -> i64 {
+        self.rt.memory_usage().memory_used_size
+    }
+
+    /// Calls handler `kind` with `args` and runs the engine until its result is in; the result
+    /// is returned as JSON (`null` for none).
+    pub(crate) async fn call(&mut self, kind: &str, args: [Arg; 3]) -> Result<serde_json::Value, CallError> {
+        self.next_call += 1;
+        let id = self.next_call;
+        self.arm();
+        let result = self.run(id, kind, args).await;
+        self.disarm();
+        if let Err(CallError::Timeout(_)) = &result {
+            // Stop what the timed-out call left scheduled, so it cannot run later.
+            self.host.ops.lock().unwrap().queue.clear();
+        }
+        result
+    }
+
+    async fn run(&mut self, id: u64, kind: &str, args: [Arg; 3]) -> Result<serde_json::Value, CallError> {
+        let started = self.ctx.with(|ctx| -> Result<(), String> {
+            let api: Object = ctx.globals().get("__partyline").map_err(|e| js_error(&ctx, e))?;
+            let dispatch: Function = api.get("dispatch").map_err(|e| js_error(&ctx, e))?;
+            let [a, b, c] = args;
+            let a = arg_value(&ctx, a).map_err(|e| js_error(&ctx, e))?;
+            let b = arg_value(&ctx, b).map_err(|e| js_error(&ctx, e))?;
+            let c = arg_value(&ctx, c).map_err(|e| js_error(&ctx, e))?;
+            dispatch.call::<_, ()>((id as f64, kind, a, b, c)).map_err(|e| js_error(&ctx, e))
+        });
+        if let Err(e) = started {
+            return Err(self.classify(e));
+        }
+        loop {
+            match self.step(Some(id)) {
+                Err(e) => return Err(e),
+                Ok(Some(result)) => return result,
+                Ok(None) => {}
+            }
+            let next_timer = self.host.next_timer();
+            if self.host.ops.lock().unwrap().in_flight == 0 && next_timer.is_none() {
+                return Err(CallError::Stuck);
+            }
+            let remaining = self.deadline_instant();
+            tokio::select! {
+                done = self.done.recv() => {
+                    if let Some((op, result)) = done {
+                        self.deliver(op, result)?;
+                    }
+                }
+                _ = tokio::time::sleep_until(next_timer.unwrap_or(remaining)), if next_timer.is_some() => {
+                    self.fire_timers()?;
+                }
+                _ = tokio::time::sleep_until(remaining) => {
+                    return Err(CallError::Timeout(self.limits.call_timeout));
+                }
+            }
+        }
+    }
+
+    fn deadline_instant(&self) -> Instant {
+        let at = self.deadline.load(Ordering::Relaxed);
+        let now = epoch().elapsed().as_micros() as u64;
+        Instant::now() + Duration::from_micros(at.saturating_sub(now))
+    }
+
+    /// Runs pending microtasks, then looks for the result of call `id`.
+    #[allow(clippy::type_complexity)]
+    fn step(&mut self, id: Option<u64>) -> Result<Option<Result<serde_json::Value, CallError>>, CallError> {
+        let out = self.ctx.with(|ctx| -> Result<Option<Result<serde_json::Value, String>>, String> {
+            while ctx.execute_pending_job() {}
+            let Some(id) = id else { return Ok(None) };
+            let api: Object = ctx.globals().get("__partyline").map_err(|e| js_error(&ctx, e))?;
+            let take: Function = api.get("take").map_err(|e| js_error(&ctx, e))?;
+            let r: Value = take.call((id as f64,)).map_err(|e| js_error(&ctx, e))?;
+            let Some(arr) = r.as_array() else { return Ok(None) };
+            let ok: bool = arr.get(0).map_err(|e| js_error(&ctx, e))?;
+            if ok {
+                let v: Value = arr.get(1).map_err(|e| js_error(&ctx, e))?;
+                if v.is_null() || v.is_undefined() {
+                    return Ok(Some(Ok(serde_json::Value::Null)));
+                }
+                let json = ctx.json_stringify(v).map_err(|e| js_error(&ctx, e))?;
+                let json = json.map(|s| s.to_string()).transpose().map_err(|e| e.to_string())?;
+                let v = json.map(|j| serde_json::from_str(&j)).transpose().map_err(|e| e.to_string())?;
+                Ok(Some(Ok(v.unwrap_or(serde_json::Value::Null))))
+            } else {
+                let message: String = arr.get(1).map_err(|e| js_error(&ctx, e))?;
+                let stack: String = arr.get(2).unwrap_or_default();
+                if !stack.is_empty() {
+                    tracing::debug!(stack = %stack, "party error stack");
+                }
+                Ok(Some(Err(message)))
+            }
+        });
+        if self.interrupted.load(Ordering::Relaxed) {
+            return Err(CallError::Timeout(self.limits.call_timeout));
+        }
+        match out {
+            Err(e) => Err(self.classify(e)),
+            Ok(None) => Ok(None),
+            Ok(Some(Ok(v))) => Ok(Some(Ok(v))),
+            Ok(Some(Err(e))) => Ok(Some(Err(self.classify(e)))),
+        }
+    }
+
+    fn deliver(&mut self, op: u64, result: OpResult) -> Result<(), CallError> {
+        self.host.ops.lock().unwrap().in_flight -= 1;
+        let out = self.ctx.with(|ctx| -> Result<(), String> {
+            let api: Object = ctx.globals().get("__partyline").map_err(|e| js_error(&ctx, e))?;
+            let complete: Function = api.get("complete").map_err(|e| js_error(&ctx, e))?;
+            let (ok, value) = match result {
+                OpResult::Error(msg) => {
+                    (false, rquickjs::String::from_str(ctx.clone(), &msg).map_err(|e| js_error(&ctx, e))?.into_value())
+                }
+                r => (true, host::op_value(&ctx, r).map_err(|e| js_error(&ctx, e))?),
+            };
+            complete.call::<_, ()>((op as f64, ok, value)).map_err(|e| js_error(&ctx, e))
+        });
+        out.map_err(|e| self.classify(e))
+    }
+
+    fn fire_timers(&mut self) -> Result<(), CallError> {
+        let due = self.host.due_timers();
+        if due.is_empty() {
+            return Ok(());
+        }
+        let out = self.ctx.with(|ctx| -> Result<(), String> {
+            let api: Object = ctx.globals().get("__partyline").map_err(|e| js_error(&ctx, e))?;
+            let timers: Function = api.get("timers").map_err(|e| js_error(&ctx, e))?;
+            let ids = arg_value(&ctx, Arg::Ids(due)).map_err(|e| js_error(&ctx, e))?;
+            timers.call::<_, ()>((ids,)).map_err(|e| js_error(&ctx, e))
+        });
+        out.map_err(|e| self.classify(e))
+    }
+
+    /// What the engine waits for between calls: a host operation finishing (the notify) or its
+    /// next timer.
+    pub fn wakeup(&self) -> (Arc<Notify>, Option<Instant>) {
+        (self.host.notify.clone(), self.host.next_timer())
+    }
+
+    /// Runs what became ready between calls: finished host operations, due timers, and the
+    /// microtasks they queue.
+    pub async fn background(&mut self) -> Result<(), CallError> {
+        self.arm();
+        let result = self.background_inner();
+        self.disarm();
+        result
+    }
+
+    fn background_inner(&mut self) -> Result<(), CallError> {
+        while let Ok((op, result)) = self.done.try_recv() {
+            self.deliver(op, result)?;
+            self.step(None)?;
+        }
+        self.fire_timers()?;
+        self.step(None)?;
+        Ok(())
+    }
+}
+
+/// Imports module `name` and runs the jobs its evaluation queued; the module's namespace.
+fn import<'js>(ctx: &Ctx<'js>, name: &str) -> Result<Object<'js>, String> {
+    let promise = Module::import(ctx, name).map_err(|e| js_error(ctx, e))?;
+    while ctx.execute_pending_job() {}
+    match promise.result::<Object>() {
+        None => {
+            Err(format!("{name}: module evaluation did not finish (top-level await on something that never settles?)"))
+        }
+        Some(r) => r.map_err(|e| js_error(ctx, e)),
+    }
+}
+
+/// Text of a call result that should be a string list.
+pub(crate) fn string_list(v: &serde_json::Value) -> Vec<String> {
+    v.as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default()
+}

@@ -1,0 +1,706 @@
+//! The natives the prelude builds on (`globalThis.__partyline_native`): the room (connections,
+//! broadcast, storage, alarms, other rooms), timers, outbound `fetch`, and the pieces of Web APIs
+//! that are better done in Rust (URL parsing, UTF-8, digests, random bytes).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::FutureExt;
+use http::{HeaderName, HeaderValue};
+use partyline::{ListOptions, Message, RoomKey};
+use rquickjs::function::Opt;
+use rquickjs::{Array, ArrayBuffer, Ctx, Function, Object, Value};
+use sha2::Digest;
+
+use crate::engine::Host;
+
+/// Tag bytes of stored JS values that are not plain JSON text.
+const TAG_BYTES: u8 = 1;
+const TAG_CLONE: u8 = 2;
+
+/// Largest response body `fetch` reads.
+const MAX_FETCH_BODY: usize = 32 << 20;
+
+/// The result of a host operation, turned into a JS value when it is delivered.
+pub(crate) enum OpResult {
+    /// Storage entries in key order.
+    Entries(Vec<(String, Bytes)>),
+    /// A count.
+    Count(usize),
+    /// An alarm time, if set.
+    Alarm(Option<i64>),
+    /// Nothing.
+    Unit,
+    /// An HTTP response (from `fetch` or another room).
+    Response(Box<http::Response<Bytes>>, String),
+    /// The operation failed.
+    Error(String),
+}
+
+/// Where outbound `fetch` may go, and how long it may take.
+#[derive(Clone, Debug)]
+pub struct FetchPolicy {
+    /// Allowed hosts: `*` for any, `example.com`, `*.example.com`, or `host:port`.
+    pub allow: Vec<String>,
+    /// Time limit of one fetch (connect to last body byte).
+    pub timeout: Duration,
+}
+
+impl Default for FetchPolicy {
+    fn default() -> Self {
+        FetchPolicy { allow: vec!["*".into()], timeout: Duration::from_secs(30) }
+    }
+}
+
+impl FetchPolicy {
+    /// Whether `host` (with `port`) may be fetched.
+    pub fn allows(&self, host: &str, port: u16) -> bool {
+        let with_port = format!("{host}:{port}");
+        self.allow.iter().any(|a| {
+            a == "*"
+                || a.eq_ignore_ascii_case(host)
+                || a.eq_ignore_ascii_case(&with_port)
+                || a.strip_prefix("*.").is_some_and(|suffix| {
+                    host.len() > suffix.len() + 1
+                        && host.to_ascii_lowercase().ends_with(&format!(".{}", suffix.to_ascii_lowercase()))
+                })
+        })
+    }
+}
+
+/// Throws a JS `Error` with `msg`.
+fn throw(ctx: &Ctx<'_>, msg: impl std::fmt::Display) -> rquickjs::Error {
+    match rquickjs::Exception::from_message(ctx.clone(), &msg.to_string()) {
+        Ok(e) => ctx.throw(e.into_value()),
+        Err(e) => e,
+    }
+}
+
+/// Bytes from a string whose characters are all below 256 (how the prelude passes bytes).
+pub(crate) fn latin1(s: &str) -> Vec<u8> {
+    s.chars().map(|c| c as u32 as u8).collect()
+}
+
+fn pairs<'js>(ctx: &Ctx<'js>, pairs: impl Iterator<Item = (String, String)>) -> rquickjs::Result<Value<'js>> {
+    let arr = Array::new(ctx.clone())?;
+    for (i, (k, v)) in pairs.enumerate() {
+        let pair = Array::new(ctx.clone())?;
+        pair.set(0, k)?;
+        pair.set(1, v)?;
+        arr.set(i, pair)?;
+    }
+    Ok(arr.into_value())
+}
+
+fn header_pairs(headers: &http::HeaderMap) -> impl Iterator<Item = (String, String)> + '_ {
+    headers.iter().map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+}
+
+/// A request as the prelude's `requestIn` takes it.
+pub(crate) fn request_value<'js>(ctx: &Ctx<'js>, req: partyline::Request) -> rquickjs::Result<Value<'js>> {
+    let (parts, body) = req.into_parts();
+    let obj = Object::new(ctx.clone())?;
+    obj.set("method", parts.method.as_str())?;
+    obj.set("url", parts.uri.to_string())?;
+    obj.set("headers", pairs(ctx, header_pairs(&parts.headers))?)?;
+    if body.is_empty() && (parts.method == http::Method::GET || parts.method == http::Method::HEAD) {
+        obj.set("body", Value::new_null(ctx.clone()))?;
+    } else {
+        obj.set("body", ArrayBuffer::new(ctx.clone(), body.to_vec())?)?;
+    }
+    Ok(obj.into_value())
+}
+
+fn response_value<'js>(ctx: &Ctx<'js>, res: http::Response<Bytes>, url: String) -> rquickjs::Result<Value<'js>> {
+    let (parts, body) = res.into_parts();
+    let obj = Object::new(ctx.clone())?;
+    obj.set("status", parts.status.as_u16())?;
+    obj.set("statusText", parts.status.canonical_reason().unwrap_or(""))?;
+    obj.set("headers", pairs(ctx, header_pairs(&parts.headers))?)?;
+    let null_body = parts.status == http::StatusCode::NO_CONTENT || parts.status == http::StatusCode::NOT_MODIFIED;
+    if null_body {
+        obj.set("body", Value::new_null(ctx.clone()))?;
+    } else {
+        obj.set("body", ArrayBuffer::new(ctx.clone(), body.to_vec())?)?;
+    }
+    obj.set("url", url)?;
+    Ok(obj.into_value())
+}
+
+/// A stored value as `[key, kind, payload]` for the prelude's `decodeValue`.
+fn entry_value<'js>(ctx: &Ctx<'js>, key: String, v: &Bytes) -> rquickjs::Result<Value<'js>> {
+    let arr = Array::new(ctx.clone())?;
+    arr.set(0, key)?;
+    match v.first() {
+        Some(&TAG_BYTES) => {
+            arr.set(1, 1)?;
+            arr.set(2, ArrayBuffer::new(ctx.clone(), v[1..].to_vec())?)?;
+        }
+        Some(&TAG_CLONE) => {
+            arr.set(1, 2)?;
+            arr.set(2, String::from_utf8_lossy(&v[1..]).into_owned())?;
+        }
+        _ => {
+            arr.set(1, 0)?;
+            arr.set(2, String::from_utf8_lossy(v).into_owned())?;
+        }
+    }
+    Ok(arr.into_value())
+}
+
+/// The JS value of a finished operation.
+pub(crate) fn op_value<'js>(ctx: &Ctx<'js>, result: OpResult) -> rquickjs::Result<Value<'js>> {
+    Ok(match result {
+        OpResult::Entries(entries) => {
+            let arr = Array::new(ctx.clone())?;
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                arr.set(i, entry_value(ctx, k, &v)?)?;
+            }
+            arr.into_value()
+        }
+        OpResult::Count(n) => Value::new_number(ctx.clone(), n as f64),
+        OpResult::Alarm(Some(at)) => Value::new_number(ctx.clone(), at as f64),
+        OpResult::Alarm(None) | OpResult::Unit => Value::new_null(ctx.clone()),
+        OpResult::Response(res, url) => response_value(ctx, *res, url)?,
+        OpResult::Error(msg) => return Err(throw(ctx, msg)),
+    })
+}
+
+/// Builds an HTTP request from the prelude's `requestOut` object.
+fn request_from(obj: &Object<'_>) -> Result<partyline::Request, String> {
+    let get = |k: &str| obj.get::<_, Option<String>>(k).map_err(|e| e.to_string());
+    let method = get("method")?.unwrap_or_else(|| "GET".into());
+    let url = get("url")?.unwrap_or_default();
+    let headers: Vec<Vec<String>> = obj.get("headers").map_err(|e| e.to_string())?;
+    build_request(&method, &url, headers, get("text")?, get("latin1")?)
+}
+
+fn build_request(
+    method: &str,
+    url: &str,
+    headers: Vec<Vec<String>>,
+    text: Option<String>,
+    latin1_body: Option<String>,
+) -> Result<partyline::Request, String> {
+    let body = match (text, latin1_body) {
+        (Some(t), _) => Bytes::from(t),
+        (None, Some(b)) => Bytes::from(latin1(&b)),
+        (None, None) => Bytes::new(),
+    };
+    let mut req = http::Request::new(body);
+    *req.method_mut() =
+        http::Method::from_bytes(method.as_bytes()).map_err(|_| format!("invalid method {method:?}"))?;
+    *req.uri_mut() = url.parse().map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+    for pair in headers {
+        if let [k, v] = pair.as_slice() {
+            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("invalid header name {k:?}"))?;
+            let value = HeaderValue::from_str(v).map_err(|_| format!("invalid value for header {k}"))?;
+            req.headers_mut().append(name, value);
+        }
+    }
+    Ok(req)
+}
+
+fn url_parts(u: &url::Url) -> Vec<String> {
+    let host = match (u.host_str(), u.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_string(),
+        _ => String::new(),
+    };
+    let origin = u.origin().ascii_serialization();
+    let search = match u.query() {
+        Some(q) if !q.is_empty() => format!("?{q}"),
+        _ => String::new(),
+    };
+    let hash = match u.fragment() {
+        Some(f) if !f.is_empty() => format!("#{f}"),
+        _ => String::new(),
+    };
+    vec![
+        u.as_str().to_string(),
+        format!("{}:", u.scheme()),
+        u.username().to_string(),
+        u.password().unwrap_or("").to_string(),
+        host,
+        u.host_str().unwrap_or("").to_string(),
+        u.port().map(|p| p.to_string()).unwrap_or_default(),
+        u.path().to_string(),
+        search,
+        hash,
+        if origin == "null" { "null".to_string() } else { origin },
+    ]
+}
+
+fn set_url_part(href: &str, part: &str, value: &str) -> Option<Vec<String>> {
+    let mut u = url::Url::parse(href).ok()?;
+    let strip = |v: &str, p: char| v.strip_prefix(p).unwrap_or(v).to_string();
+    match part {
+        "protocol" => {
+            let _ = u.set_scheme(value.trim_end_matches(':'));
+        }
+        "username" => {
+            let _ = u.set_username(value);
+        }
+        "password" => {
+            let _ = u.set_password(Some(value).filter(|v| !v.is_empty()));
+        }
+        "host" => {
+            let (h, p) = value.rsplit_once(':').map_or((value, None), |(h, p)| (h, p.parse::<u16>().ok()));
+            let _ = u.set_host(Some(h));
+            let _ = u.set_port(p);
+        }
+        "hostname" => {
+            let _ = u.set_host(Some(value));
+        }
+        "port" => {
+            let _ = u.set_port(value.parse::<u16>().ok());
+        }
+        "pathname" => u.set_path(value),
+        "search" => {
+            let q = strip(value, '?');
+            u.set_query(Some(q.as_str()).filter(|q| !q.is_empty()));
+        }
+        "hash" => {
+            let f = strip(value, '#');
+            u.set_fragment(Some(f.as_str()).filter(|f| !f.is_empty()));
+        }
+        _ => return None,
+    }
+    Some(url_parts(&u))
+}
+
+/// Sends one request with the policy's allow-list and time limit (plain HTTP only).
+async fn fetch(policy: Arc<FetchPolicy>, req: partyline::Request) -> OpResult {
+    let url = req.uri().to_string();
+    let timeout = policy.timeout;
+    match tokio::time::timeout(timeout, fetch_inner(policy, req)).await {
+        Ok(Ok(res)) => OpResult::Response(Box::new(res), url),
+        Ok(Err(e)) => OpResult::Error(format!("fetch {url} failed: {e}")),
+        Err(_) => OpResult::Error(format!("fetch {url} timed out after {timeout:?}")),
+    }
+}
+
+async fn fetch_inner(policy: Arc<FetchPolicy>, mut req: partyline::Request) -> Result<http::Response<Bytes>, String> {
+    use http_body_util::BodyExt;
+    let uri = req.uri().clone();
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err("https is not supported: this Partyline build has no TLS client (plain http only)".into())
+        }
+        other => return Err(format!("unsupported scheme {other:?}")),
+    }
+    let host = uri.host().ok_or("the URL has no host")?.trim_matches(|c| c == '[' || c == ']').to_string();
+    let port = uri.port_u16().unwrap_or(80);
+    if !policy.allows(&host, port) {
+        return Err(format!("{host}:{port} is not on the fetch allow-list (--fetch-allow)"));
+    }
+    let stream = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    if !req.headers().contains_key(http::header::HOST) {
+        let value = match uri.port_u16() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.clone(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            req.headers_mut().insert(http::header::HOST, v);
+        }
+    }
+    let path = uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+    *req.uri_mut() = path.parse().map_err(|e: http::uri::InvalidUri| e.to_string())?;
+    let req = req.map(http_body_util::Full::new);
+    let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let (parts, body) = res.into_parts();
+    let body = http_body_util::Limited::new(body, MAX_FETCH_BODY)
+        .collect()
+        .await
+        .map_err(|e| format!("reading the body: {e}"))?
+        .to_bytes();
+    Ok(http::Response::from_parts(parts, body))
+}
+
+/// Installs `globalThis.__partyline_native`.
+pub(crate) fn install<'js>(ctx: &Ctx<'js>, host: Arc<Host>) -> rquickjs::Result<()> {
+    let n = Object::new(ctx.clone())?;
+    let label = host.label.clone();
+    n.set(
+        "log",
+        Function::new(ctx.clone(), move |level: i32, msg: String| match level {
+            0 => tracing::trace!(target: "party", party = %label, "{msg}"),
+            1 => tracing::debug!(target: "party", party = %label, "{msg}"),
+            2 => tracing::info!(target: "party", party = %label, "{msg}"),
+            3 => tracing::warn!(target: "party", party = %label, "{msg}"),
+            _ => tracing::error!(target: "party", party = %label, "{msg}"),
+        })?,
+    )?;
+    n.set("now", Function::new(ctx.clone(), || crate::engine::epoch().elapsed().as_secs_f64() * 1000.0)?)?;
+    let h = host.clone();
+    n.set("setTimer", Function::new(ctx.clone(), move |id: f64, ms: f64| h.set_timer(id as u64, ms))?)?;
+    let h = host.clone();
+    n.set("clearTimer", Function::new(ctx.clone(), move |id: f64| h.clear_timer(id as u64))?)?;
+    n.set("utf8Encode", Function::new(ctx.clone(), |ctx: Ctx<'js>, s: String| ArrayBuffer::new(ctx, s.into_bytes()))?)?;
+    n.set(
+        "utf8Decode",
+        Function::new(ctx.clone(), |ctx: Ctx<'js>, s: String, fatal: bool| {
+            let bytes = latin1(&s);
+            match String::from_utf8(bytes) {
+                Ok(s) => Ok(s),
+                Err(_) if fatal => Err(throw(&ctx, "The encoded data was not valid for encoding utf-8")),
+                Err(e) => Ok(String::from_utf8_lossy(e.as_bytes()).into_owned()),
+            }
+        })?,
+    )?;
+    n.set(
+        "randomBytes",
+        Function::new(ctx.clone(), |ctx: Ctx<'js>, len: usize| {
+            let mut buf = vec![0u8; len];
+            getrandom::fill(&mut buf).map_err(|e| throw(&ctx, e))?;
+            ArrayBuffer::new(ctx, buf)
+        })?,
+    )?;
+    n.set("uuid", Function::new(ctx.clone(), || uuid::Uuid::new_v4().to_string())?)?;
+    n.set(
+        "digest",
+        Function::new(ctx.clone(), |ctx: Ctx<'js>, alg: String, data: String| {
+            let data = latin1(&data);
+            let out: Vec<u8> = match alg.as_str() {
+                "sha1" => sha1::Sha1::digest(&data).to_vec(),
+                "sha256" => sha2::Sha256::digest(&data).to_vec(),
+                "sha384" => sha2::Sha384::digest(&data).to_vec(),
+                "sha512" => sha2::Sha512::digest(&data).to_vec(),
+                other => return Err(throw(&ctx, format!("unsupported digest {other}"))),
+            };
+            ArrayBuffer::new(ctx, out)
+        })?,
+    )?;
+    n.set(
+        "parseUrl",
+        Function::new(ctx.clone(), |input: String, base: Opt<Option<String>>| {
+            let parsed = match base.0.flatten() {
+                Some(b) => url::Url::parse(&b).and_then(|b| b.join(&input)),
+                None => url::Url::parse(&input),
+            };
+            parsed.ok().map(|u| url_parts(&u))
+        })?,
+    )?;
+    n.set(
+        "setUrl",
+        Function::new(ctx.clone(), |href: String, part: String, value: String| set_url_part(&href, &part, &value))?,
+    )?;
+    let h = host.clone();
+    n.set(
+        "fetch",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, req: Object<'js>| {
+            let req = request_from(&req).map_err(|e| throw(&ctx, e))?;
+            h.op(&ctx, fetch(h.fetch.clone(), req).boxed())
+        })?,
+    )?;
+    install_room(ctx, &n, &host)?;
+    install_modules(ctx, &n, &host)?;
+    ctx.globals().set("__partyline_native", n)?;
+    Ok(())
+}
+
+fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquickjs::Result<()> {
+    let h = host.clone();
+    n.set(
+        "storageGet",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, keys: Vec<String>| {
+            let storage = h.room()?.storage().clone();
+            h.op(
+                &ctx,
+                async move {
+                    match storage.get_many(&keys).await {
+                        Ok(map) => OpResult::Entries(map.into_iter().collect()),
+                        Err(e) => OpResult::Error(e.to_string()),
+                    }
+                }
+                .boxed(),
+            )
+        })?,
+    )?;
+    let h = host.clone();
+    n.set(
+        "storagePut",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, entries: Vec<Array<'js>>| {
+            let storage = h.room()?.storage().clone();
+            let mut batch = Vec::with_capacity(entries.len());
+            for e in entries {
+                let key: String = e.get(0)?;
+                let kind: i32 = e.get(1)?;
+                let payload: String = e.get(2)?;
+                let bytes = match kind {
+                    1 => {
+                        let raw = latin1(&payload);
+                        let mut v = Vec::with_capacity(raw.len() + 1);
+                        v.push(TAG_BYTES);
+                        v.extend_from_slice(&raw);
+                        v
+                    }
+                    2 => {
+                        let mut v = Vec::with_capacity(payload.len() + 1);
+                        v.push(TAG_CLONE);
+                        v.extend_from_slice(payload.as_bytes());
+                        v
+                    }
+                    _ => payload.into_bytes(),
+                };
+                // The limit applies to the value; the one tag byte is not counted.
+                let len = if kind == 0 { bytes.len() } else { bytes.len() - 1 };
+                if len > h.max_value_bytes {
+                    return Err(throw(
+                        &ctx,
+                        format!("Values cannot be larger than {} bytes (key {key:?})", h.max_value_bytes),
+                    ));
+                }
+                batch.push((key, Bytes::from(bytes)));
+            }
+            let put = storage.put_many(batch);
+            match put.now_or_never() {
+                Some(Ok(())) => Ok(()),
+                Some(Err(e)) => Err(throw(&ctx, e)),
+                None => Err(throw(&ctx, "storage put did not finish at once")),
+            }
+        })?,
+    )?;
+    let h = host.clone();
+    n.set(
+        "storageDelete",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, keys: Vec<String>| {
+            let storage = h.room()?.storage().clone();
+            h.op(
+                &ctx,
+                async move {
+                    match storage.delete_many(&keys).await {
+                        Ok(n) => OpResult::Count(n),
+                        Err(e) => OpResult::Error(e.to_string()),
+                    }
+                }
+                .boxed(),
+            )
+        })?,
+    )?;
+    let h = host.clone();
+    n.set(
+        "storageDeleteAll",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>| {
+            let storage = h.room()?.storage().clone();
+            match storage.delete_all().now_or_never() {
+                Some(Ok(())) | None => Ok(()),
+                Some(Err(e)) => Err(throw(&ctx, e)),
+            }
+        })?,
+    )?;
+    let h = host.clone();
+    n.set(
+        "storageList",
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>,
+                  start: Option<String>,
+                  start_after: Option<String>,
+                  end: Option<String>,
+                  prefix: Option<String>,
+                  reverse: bool,
+                  limit: Option<f64>| {
+                let storage = h.room()?.storage().clone();
+                let opts = ListOptions { start, start_after, end, prefix, reverse, limit: limit.map(|l| l as usize) };
+                h.op(
+                    &ctx,
+                    async move {
+                        match storage.list(opts).await {
+                            Ok(entries) => OpResult::Entries(entries),
+                            Err(e) => OpResult::Error(e.to_string()),
+                        }
+                    }
+                    .boxed(),
+                )
+            },
+        )?,
+    )?;
+    let h = host.clone();
+    n.set(
+        "getAlarm",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>| {
+            let storage = h.room()?.storage().clone();
+            h.op(
+                &ctx,
+                async move {
+                    match storage.get_alarm().await {
+                        Ok(a) => OpResult::Alarm(a),
+                        Err(e) => OpResult::Error(e.to_string()),
+                    }
+                }
+                .boxed(),
+            )
+        })?,
+    )?;
+    let h = host.clone();
+    n.set(
+        "setAlarm",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, at: f64| {
+            let storage = h.room()?.storage().clone();
+            match storage.set_alarm(at as i64).now_or_never() {
+                Some(Ok(())) | None => Ok(()),
+                Some(Err(e)) => Err(throw(&ctx, e)),
+            }
+        })?,
+    )?;
+    let h = host.clone();
+    n.set(
+        "deleteAlarm",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>| {
+            let storage = h.room()?.storage().clone();
+            match storage.delete_alarm().now_or_never() {
+                Some(Ok(())) | None => Ok(()),
+                Some(Err(e)) => Err(throw(&ctx, e)),
+            }
+        })?,
+    )?;
+    let h = host.clone();
+    n.set(
+        "storageSync",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>| {
+            let storage = h.room()?.storage().clone();
+            h.op(
+                &ctx,
+                async move {
+                    match storage.sync().await {
+                        Ok(()) => OpResult::Unit,
+                        Err(e) => OpResult::Error(e.to_string()),
+                    }
+                }
+                .boxed(),
+            )
+        })?,
+    )?;
+    let h = host.clone();
+    n.set("connUri", Function::new(ctx.clone(), move |id: String| h.conn(&id).map(|c| c.uri().to_string()))?)?;
+    let h = host.clone();
+    n.set("connTags", Function::new(ctx.clone(), move |id: String| h.conn(&id).map(|c| c.tags()))?)?;
+    let h = host.clone();
+    n.set(
+        "connState",
+        Function::new(ctx.clone(), move |id: String| {
+            h.conn(&id).and_then(|c| c.state_bytes()).map(|b| String::from_utf8_lossy(&b).into_owned())
+        })?,
+    )?;
+    let h = host.clone();
+    n.set(
+        "setConnState",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, id: String, json: Option<String>| {
+            let Some(conn) = h.conn(&id) else { return Ok(()) };
+            match json {
+                None => {
+                    conn.clear_state();
+                    Ok(())
+                }
+                Some(json) => {
+                    let raw = serde_json::value::RawValue::from_string(json).map_err(|e| throw(&ctx, e))?;
+                    conn.set_state(&*raw).map_err(|e| throw(&ctx, e))
+                }
+            }
+        })?,
+    )?;
+    let h = host.clone();
+    n.set(
+        "connList",
+        Function::new(ctx.clone(), move |tag: Opt<Option<String>>| -> rquickjs::Result<Vec<Vec<String>>> {
+            let room = h.room()?;
+            let conns = room.get_connections(tag.0.flatten().as_deref());
+            Ok(conns
+                .into_iter()
+                .map(|c| {
+                    h.remember(&c);
+                    vec![c.id().to_string(), c.uri().to_string()]
+                })
+                .collect())
+        })?,
+    )?;
+    let h = host.clone();
+    n.set(
+        "send",
+        Function::new(ctx.clone(), move |id: String, data: String, binary: bool| {
+            if let Some(conn) = h.conn(&id) {
+                conn.send(message(data, binary));
+            }
+        })?,
+    )?;
+    let h = host.clone();
+    n.set(
+        "close",
+        Function::new(ctx.clone(), move |id: String, code: f64, reason: String| {
+            if let Some(conn) = h.conn(&id) {
+                conn.close(code as u16, &partyline::actor::close_reason(&reason));
+            }
+        })?,
+    )?;
+    let h = host.clone();
+    n.set(
+        "broadcast",
+        Function::new(ctx.clone(), move |data: String, binary: bool, without: Opt<Option<Vec<String>>>| {
+            let room = h.room()?;
+            let without = without.0.flatten().unwrap_or_default();
+            let refs: Vec<&str> = without.iter().map(String::as_str).collect();
+            room.broadcast(message(data, binary), &refs);
+            Ok::<(), rquickjs::Error>(())
+        })?,
+    )?;
+    let h = host.clone();
+    n.set(
+        "partyFetch",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, party: String, room: String, req: Object<'js>| {
+            let req = request_from(&req).map_err(|e| throw(&ctx, e))?;
+            let stub = h.parties.lock().unwrap().get(&party, &room);
+            let key = RoomKey::new(&party, &room);
+            h.op(
+                &ctx,
+                async move {
+                    match stub.fetch(req).await {
+                        Ok(res) => OpResult::Response(Box::new(res), format!("{key}")),
+                        Err(e) => OpResult::Error(format!("{e:#}")),
+                    }
+                }
+                .boxed(),
+            )
+        })?,
+    )?;
+    Ok(())
+}
+
+fn message(data: String, binary: bool) -> Message {
+    if binary {
+        Message::Binary(Bytes::from(latin1(&data)))
+    } else {
+        Message::from(data)
+    }
+}
+
+fn install_modules<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquickjs::Result<()> {
+    let h = host.clone();
+    n.set(
+        "requireResolve",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, dir: String, spec: String| {
+            h.modules.resolve_require(&dir, &spec).map_err(|e| throw(&ctx, e))
+        })?,
+    )?;
+    let h = host.clone();
+    n.set(
+        "commonjs",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, path: String| -> rquickjs::Result<Function<'js>> {
+            let source = h.modules.commonjs(&path).map_err(|e| throw(&ctx, e))?;
+            let mut opts = rquickjs::context::EvalOptions::default();
+            opts.global = true;
+            opts.strict = false;
+            opts.filename = Some(path);
+            ctx.eval_with_options(source, opts)
+        })?,
+    )?;
+    Ok(())
+}

@@ -1,0 +1,77 @@
+//! # partyline-js: PartyKit projects on Partyline
+//!
+//! Runs a PartyKit project as it is (a `partykit.json`, TypeScript or JavaScript parties, npm
+//! dependencies such as `y-partykit`) on an embedded JavaScript engine, QuickJS through
+//! `rquickjs`. Each JS party becomes a [`partyline::PartyFactory`] and each of its rooms a
+//! [`partyline::Party`], so `partyline dev`, gateways and nodes serve JS parties exactly like Rust
+//! ones, with the same guarantees: one handler at a time per room, errors to `onError` / 1011 /
+//! 500, the output gate, fenced storage, hibernation, moves and failover.
+//!
+//! ```no_run
+//! # async fn run() -> anyhow::Result<()> {
+//! use partyline_js::{JsSettings, Project};
+//! let limits = partyline::Limits::default();
+//! let project = Project::load("partykit.json".as_ref(), &limits, &JsSettings::default()).await?;
+//! let parties = project.registry(partyline::PartyRegistry::new())?; // Rust parties may be added
+//! # Ok(()) }
+//! ```
+//!
+//! Modules:
+//! - [`project`]: `partykit.json` and `.env`, and the registry built from them.
+//! - [`party`]: [`JsFactory`] (static options, `onBeforeConnect` / `onBeforeRequest` /
+//!   `onFetch`, static assets) and the room type implementing `Party`.
+//! - [`engine`]: one QuickJS runtime and context, and the event loop of a call.
+//! - `host`: the natives under the prelude (storage, connections, fetch, URL, crypto).
+//! - [`modules`]: resolution (`oxc_resolver`), transpiling and bytecode shared by every room.
+//! - [`transpile`]: TypeScript stripped with `oxc`, JSON modules, CommonJS detection.
+//! - [`statics`]: `serve` (static assets).
+//!
+//! ## One runtime per room, run on the room's own task
+//!
+//! Every room gets its own QuickJS runtime and context. QuickJS sets the memory limit, the
+//! interrupt handler (which stops a handler at the time limit) and the garbage collector per
+//! runtime, not per context, so only a runtime per room gives each room its own memory limit, its
+//! own deadline and its own collections; module state (y-partykit keeps its documents in a module
+//! variable) is per room too, as each Durable Object has its own. Modules are transpiled and
+//! compiled to bytecode once per project; a room only loads bytecode.
+//!
+//! `rquickjs` runtimes are not `Send` unless its `parallel` feature puts each runtime behind a
+//! mutex. We use `parallel`: the room actor (a tokio task) owns the party value and calls its
+//! async methods, which run the JS on that same task, no thread hop. The mutex is uncontended
+//! (only the room's task touches its runtime), so it costs an atomic operation per entry. The
+//! alternative, a dedicated thread per runtime (or a pool) fed by channels, would add two thread
+//! hand-offs to every message, multiply threads on a two-core box, and still need the host
+//! operations (storage, other rooms) to run on tokio. Running JS on a tokio worker blocks that
+//! worker while JS runs, exactly as CPU-heavy Rust party code does; the interrupt handler bounds
+//! it by the handler time limit.
+//!
+//! Host operations a handler awaits (storage reads that miss the cache, `fetch`, calls to other
+//! rooms) run as tokio tasks and report back over a channel; writes (`put`, `delete`, alarms)
+//! complete at once into the room's write buffer, and the output gate holds every frame that
+//! follows a write until it is durable, as for Rust parties. Timers and I/O that outlive a
+//! handler run through [`partyline::Party::wakeup`]: the room runs them as an event of their own,
+//! never concurrently with a handler.
+//!
+//! ## The Web API layer: written here rather than LLRT's `llrt_modules`
+//!
+//! AWS LLRT's `llrt_modules` implements many Web and Node APIs for rquickjs. We weighed it and
+//! wrote the surface ourselves (a JS prelude of about a thousand lines over a few Rust natives),
+//! because: it brings its own event loop and async runtime integration, which would fight the
+//! room's (timers and I/O must run as room events, under the output gate and the handler time
+//! limit); it pins rquickjs versions and features of its own and pulls in a large dependency tree
+//! (its fetch brings a TLS stack and more), a cost in build time on this project's small CI
+//! machine; and PartyKit parties need a small, well-defined subset (Request, Response, Headers,
+//! URL, TextEncoder, crypto, timers, fetch) whose exact behaviour we want to control (outbound
+//! `fetch` allow-list and time limit, `console` into `tracing`).
+
+pub mod engine;
+mod host;
+pub mod modules;
+pub mod party;
+pub mod project;
+pub mod statics;
+pub mod transpile;
+
+pub use host::FetchPolicy;
+pub use party::{JsFactory, JsParty, JsSettings};
+pub use project::{Project, ProjectConfig, CONFIG_FILE};

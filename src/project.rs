@@ -1,0 +1,139 @@
+//! Serving a PartyKit project (`partykit.json` with TypeScript/JavaScript parties) through
+//! `partyline-js`: the flags, the registry a project adds to, and `partyline dev`'s reload on
+//! change.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use clap::Args;
+use partyline::{Env, Limits, PartyRegistry};
+use partyline_js::{FetchPolicy, JsSettings, Project, CONFIG_FILE};
+
+use crate::dev::{self, DevConfig};
+
+/// Options for PartyKit projects.
+#[derive(Debug, Args, Clone)]
+pub struct ProjectArgs {
+    /// A PartyKit project's partykit.json to serve (`dev` also picks up ./partykit.json). Its
+    /// `main` and `parties` (TypeScript or JavaScript) are served, `vars` reach `room.env`,
+    /// `serve` is answered as static files.
+    #[arg(long = "config", env = "PARTYLINE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Heap limit of each JS room in MiB; a room over it is restarted (its sockets closed with
+    /// 1011) and the error logged.
+    #[arg(long, env = "PARTYLINE_JS_MEMORY_MB", default_value_t = 128)]
+    pub js_memory_mb: usize,
+    /// Hosts JS parties may `fetch` (comma-separated: `*` for any, `example.com`,
+    /// `*.example.com`, `host:port`).
+    #[arg(long, env = "PARTYLINE_FETCH_ALLOW", value_delimiter = ',', default_value = "*")]
+    pub fetch_allow: Vec<String>,
+    /// Time limit of one outbound `fetch` from a JS party (e.g. 10s).
+    #[arg(long, env = "PARTYLINE_FETCH_TIMEOUT", default_value = "30s", value_parser = crate::cli::parse_duration)]
+    pub fetch_timeout: Duration,
+}
+
+impl ProjectArgs {
+    fn settings(&self) -> JsSettings {
+        JsSettings {
+            memory_bytes: self.js_memory_mb << 20,
+            fetch: FetchPolicy { allow: self.fetch_allow.clone(), timeout: self.fetch_timeout },
+        }
+    }
+
+    /// The config file to serve: `--config`, else (for `dev`) ./partykit.json when present.
+    pub fn config_file(&self, look_in_cwd: bool) -> Option<PathBuf> {
+        self.config.clone().or_else(|| look_in_cwd.then(|| PathBuf::from(CONFIG_FILE)).filter(|p| p.is_file()))
+    }
+}
+
+/// Loads the project of `file` and returns the parties to serve (the project's beside `rust`)
+/// and the environment (the project's vars, then `cli_vars` over them).
+pub async fn load(
+    file: &Path,
+    args: &ProjectArgs,
+    limits: &Limits,
+    rust: PartyRegistry,
+    cli_vars: &BTreeMap<String, String>,
+) -> anyhow::Result<(Project, PartyRegistry, Env)> {
+    let project = Project::load(file, limits, &args.settings()).await?;
+    let registry = project.registry(rust)?;
+    let mut vars = project.config.vars.clone();
+    vars.extend(cli_vars.clone());
+    Ok((project, registry, Env::new(vars)))
+}
+
+/// Modification times of `files` (missing files count as a state too).
+fn stamp(files: &[PathBuf]) -> Vec<Option<SystemTime>> {
+    files.iter().map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok()).collect()
+}
+
+/// Resolves when one of `files` changed.
+async fn changed(files: Vec<PathBuf>) {
+    let before = stamp(&files);
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if stamp(&files) != before {
+            // Let an editor finish writing.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            return;
+        }
+    }
+}
+
+/// `partyline dev` for a project: serves it, and reloads it when one of its files changes (the
+/// server restarts in place on the same port: sockets are closed with 1001 and clients
+/// reconnect, as with `partykit dev`). A project that fails to load after a change keeps the
+/// previous version serving until the next change.
+pub async fn run_dev(
+    file: PathBuf,
+    args: ProjectArgs,
+    cfg: DevConfig,
+    cli_vars: BTreeMap<String, String>,
+    rust: PartyRegistry,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = listener.into_std().context("the listener")?;
+    let (project, registry, env) = load(&file, &args, &cfg.limits, rust.clone(), &cli_vars).await?;
+    print_parties(&registry);
+    let mut current = (project, registry, env);
+    let mut shutdown = Box::pin(shutdown);
+    loop {
+        let (project, registry, env) = current;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let socket = tokio::net::TcpListener::from_std(listener.try_clone()?)?;
+        let server = tokio::spawn(dev::run(DevConfig { env, ..cfg.clone() }, registry, socket, async move {
+            let _ = stop_rx.await;
+        }));
+        let files = project.files();
+        let mut server = server;
+        let next = loop {
+            tokio::select! {
+                _ = &mut shutdown => {
+                    let _ = stop_tx.send(());
+                    return server.await.context("the dev server")?;
+                }
+                r = &mut server => return r.context("the dev server")?,
+                _ = changed(files.clone()) => {}
+            }
+            println!("project changed, reloading {}", file.display());
+            match load(&file, &args, &cfg.limits, rust.clone(), &cli_vars).await {
+                Ok(next) => break next,
+                Err(e) => eprintln!("error: {e:#}\n  (still serving the previous version; fix it and save again)"),
+            }
+        };
+        let _ = stop_tx.send(());
+        server.await.context("the dev server")??;
+        print_parties(&next.1);
+        drop(project);
+        current = next;
+    }
+}
+
+fn print_parties(registry: &PartyRegistry) {
+    let names: Vec<&str> = registry.names().collect();
+    println!("  parties: {}", names.join(", "));
+}
