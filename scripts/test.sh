@@ -54,6 +54,10 @@ npm_ci() {
   (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
 }
 
+npm_ci_example() {
+  (cd examples/partykit && npm ci --no-audit --no-fund --loglevel=error)
+}
+
 # ---- dependencies (only what is missing)
 
 if command -v redis-server >/dev/null 2>&1; then
@@ -74,6 +78,14 @@ if [ ! -d tests/interop/node_modules ] ||
   run "npm ci (tests/interop)" npm_ci
 else
   header "tests/interop/node_modules: up to date"
+fi
+
+# The PartyKit example project (its parties' npm dependencies and its test clients).
+if [ ! -d examples/partykit/node_modules ] ||
+   [ examples/partykit/package-lock.json -nt examples/partykit/node_modules/.package-lock.json ]; then
+  run "npm ci (examples/partykit)" npm_ci_example
+else
+  header "examples/partykit/node_modules: up to date"
 fi
 
 # ---- checks and tests

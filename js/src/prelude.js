@@ -808,7 +808,7 @@ function partiesFor() {
       if (typeof name !== "string") return undefined;
       return {
       get(roomId) {
-        const base = `http://partyline.internal/parties/${name}/${roomId}`;
+        const base = "http://partyline.internal";
         return {
           async fetch(pathOrInit, maybeInit) {
             let path = "";

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use partyline::Limits;
+use partyline::{Env, Limits, PartyRegistry};
 use partyline_node::client::{Auth, Client};
 use partyline_node::redis::testing::RedisServer;
 use partyline_node::redis::{Redis, RedisConfig};
@@ -63,6 +63,7 @@ pub struct Builder {
     gateways: usize,
     limits: Limits,
     rebalance: Rebalance,
+    parties: Option<(PartyRegistry, Env)>,
 }
 
 impl Builder {
@@ -90,15 +91,24 @@ impl Builder {
         self
     }
 
+    /// These parties and variables on every process (default: the example and test parties).
+    pub fn parties(mut self, parties: PartyRegistry, env: Env) -> Self {
+        self.parties = Some((parties, env));
+        self
+    }
+
     /// Starts Redis, the nodes (waiting until all are registered), then the gateways.
     pub async fn start(self) -> TestCluster {
         let redis = RedisServer::start();
+        let (parties, env) = self.parties.unwrap_or_else(|| (all_parties(), Env::default()));
         let mut cluster = TestCluster {
             redis,
             nodes: Vec::new(),
             gateways: Vec::new(),
             limits: self.limits,
             rebalance: self.rebalance,
+            parties,
+            env,
         };
         for _ in 0..self.nodes {
             cluster.add_node().await;
@@ -121,12 +131,14 @@ pub struct TestCluster {
     pub gateways: Vec<Process>,
     limits: Limits,
     rebalance: Rebalance,
+    parties: PartyRegistry,
+    env: Env,
 }
 
 impl TestCluster {
     /// A builder: 1 node and 1 gateway by default, fast lease timing.
     pub fn builder() -> Builder {
-        Builder { nodes: 1, gateways: 1, limits: Limits::default(), rebalance: Rebalance::default() }
+        Builder { nodes: 1, gateways: 1, limits: Limits::default(), rebalance: Rebalance::default(), parties: None }
     }
 
     /// Redis settings of this cluster.
@@ -156,10 +168,10 @@ impl TestCluster {
             rebalance: self.rebalance,
             fast_failover: true,
             limits: self.limits.clone(),
-            env: Default::default(),
+            env: self.env.clone(),
         };
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(partyline_node::server::run(cfg, all_parties(), listener, async {
+        let task = tokio::spawn(partyline_node::server::run(cfg, self.parties.clone(), listener, async {
             let _ = stopped.await;
         }));
         self.nodes.push(Process { id, addr, stop: Some(stop), task: Some(task) });
@@ -176,11 +188,11 @@ impl TestCluster {
             redis: self.redis_config(),
             secret: SECRET.into(),
             limits: self.limits.clone(),
-            env: Default::default(),
+            env: self.env.clone(),
             max_connections: 100_000,
         };
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(partyline_server::cluster::run_gateway(cfg, all_parties(), listener, async {
+        let task = tokio::spawn(partyline_server::cluster::run_gateway(cfg, self.parties.clone(), listener, async {
             let _ = stopped.await;
         }));
         self.gateways.push(Process { id, addr, stop: Some(stop), task: Some(task) });

@@ -1,0 +1,213 @@
+//! PartyKit projects (TypeScript parties, partykit.json, npm dependencies) on the JS engine:
+//! `examples/partykit` under `partyline dev` and through a cluster, checked with the real
+//! `partysocket` and `y-partykit` clients (`examples/partykit/test/clients.mjs`, installed by
+//! `scripts/test.sh` with `npm ci`); and the guarantees a JS party shares with Rust parties
+//! (errors, the time limit, reload).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use partyline::{Env, Limits, PartyRegistry};
+use partyline_js::{JsSettings, Project};
+use partyline_server::dev::DevConfig;
+use partyline_tests::cluster::TestCluster;
+use partyline_tests::{repo_root, within, DevServer};
+
+fn example() -> PathBuf {
+    repo_root().join("examples/partykit")
+}
+
+async fn load(file: &Path, limits: &Limits) -> (PartyRegistry, Env) {
+    let project = Project::load(file, limits, &JsSettings::default()).await.expect("the project loads");
+    let registry = project.registry(PartyRegistry::new()).expect("registry");
+    (registry, Env::new(project.config.vars.clone()))
+}
+
+/// Runs the example's client checks against `addr`.
+async fn run_clients(addr: SocketAddr) {
+    let dir = example();
+    assert!(
+        dir.join("node_modules/y-partykit").exists(),
+        "the example project needs its npm packages: run scripts/test.sh (it runs `npm ci` in examples/partykit)"
+    );
+    let child = tokio::process::Command::new("node")
+        .arg("test/clients.mjs")
+        .arg(addr.to_string())
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node must be installed");
+    let out = within(120, "the client checks", child.wait_with_output()).await.expect("node ran");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    println!("{stdout}");
+    eprintln!("{stderr}");
+    assert!(out.status.success(), "client checks failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains(" passed, 0 failed"), "no summary line:\n{stdout}");
+}
+
+#[tokio::test]
+async fn the_example_project_passes_the_client_checks_under_dev() {
+    let (parties, env) = load(&example().join("partykit.json"), &Limits::default()).await;
+    let s = DevServer::start_with(DevConfig { env, ..DevConfig::default() }, parties).await;
+    run_clients(s.addr).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_example_project_passes_the_client_checks_through_a_cluster() {
+    let (parties, env) = load(&example().join("partykit.json"), &Limits::default()).await;
+    let c = TestCluster::builder().nodes(2).gateways(2).parties(parties, env).start().await;
+    run_clients(c.gateway(0)).await;
+    run_clients(c.gateway(1)).await;
+}
+
+/// A project in a temporary directory.
+fn project(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    dir
+}
+
+const CONFIG: &str = r#"{ "main": "server.ts" }"#;
+
+#[tokio::test]
+async fn a_type_error_names_the_file_and_line() {
+    let dir = project(&[("partykit.json", CONFIG), ("server.ts", "export default class {\n  x: number = ;\n}\n")]);
+    let err = Project::load(&dir.path().join("partykit.json"), &Limits::default(), &JsSettings::default())
+        .await
+        .err()
+        .expect("a syntax error");
+    let text = format!("{err:#}");
+    assert!(text.contains("server.ts:2:"), "{text}");
+}
+
+#[tokio::test]
+async fn a_missing_package_is_reported() {
+    let dir = project(&[
+        ("partykit.json", CONFIG),
+        ("server.ts", "import x from \"not-installed\";\nexport default class { constructor(r) { x(r); } }\n"),
+    ]);
+    let err = Project::load(&dir.path().join("partykit.json"), &Limits::default(), &JsSettings::default())
+        .await
+        .err()
+        .expect("a resolve error");
+    let text = format!("{err:#}");
+    assert!(text.contains("not-installed") && text.contains("npm install"), "{text}");
+}
+
+const FAULTY: &str = r#"
+import type * as Party from "partykit/server";
+export default class Faulty implements Party.Server {
+  constructor(readonly room: Party.Room) {}
+  async onMessage(message: string, sender: Party.Connection) {
+    if (message === "loop") { while (true) {} }
+    if (message === "throw") throw new Error("boom");
+    if (message === "grow") { const a = []; while (true) a.push(new Array(100000).fill(1)); }
+    if (message === "later") { setTimeout(() => this.room.broadcast("timer fired"), 20); return; }
+    if (message === "fetch") {
+      const res = await this.room.parties.main.get("other").fetch("/x", { method: "POST", body: "hi" });
+      sender.send(`other said ${res.status} ${await res.text()}`);
+      return;
+    }
+    sender.send(`echo ${message}`);
+  }
+  onError(conn: Party.Connection, err: Error) { conn.send(`error: ${err.message}`); }
+  onRequest(req: Party.Request) { return new Response(`${this.room.id} got ${req.method} ${new URL(req.url).pathname}`); }
+}
+"#;
+
+#[tokio::test]
+async fn js_parties_keep_the_room_guarantees() {
+    let dir = project(&[("partykit.json", CONFIG), ("server.ts", FAULTY)]);
+    let limits = Limits { handler_timeout: Duration::from_secs(1), ..Limits::default() };
+    let project = Project::load(
+        &dir.path().join("partykit.json"),
+        &limits,
+        &JsSettings { memory_bytes: 32 << 20, ..JsSettings::default() },
+    )
+    .await
+    .unwrap();
+    let parties = project.registry(PartyRegistry::new()).unwrap();
+    let s = DevServer::start_with(DevConfig { limits, ..DevConfig::default() }, parties).await;
+
+    let mut c = s.connect("/parties/main/r?_pk=a").await;
+    c.send_text("hi").await;
+    assert_eq!(c.recv_text().await, "echo hi");
+    // A thrown error reaches onError.
+    c.send_text("throw").await;
+    assert_eq!(c.recv_text().await, "error: boom");
+    // A timer outlives the handler and runs as an event of the room.
+    c.send_text("later").await;
+    assert_eq!(c.recv_text().await, "timer fired");
+    // Calls to other rooms.
+    c.send_text("fetch").await;
+    assert_eq!(c.recv_text().await, "other said 200 other got POST /parties/main/other/x");
+    // A runaway loop is stopped at the time limit; the error reaches onError, the room serves on.
+    c.send_text("loop").await;
+    let text = c.recv_text().await;
+    assert!(text.starts_with("error: ") && text.contains("time limit"), "{text}");
+    c.send_text("still there").await;
+    assert_eq!(c.recv_text().await, "echo still there");
+    // A room over its memory limit is restarted: its sockets are closed with 1011, and a new
+    // connection reaches a fresh instance.
+    c.send_text("grow").await;
+    let (code, reason) = within(30, "the close", c.expect_close()).await;
+    assert_eq!(code, 1011, "{reason}");
+    let mut d = s.connect("/parties/main/r?_pk=b").await;
+    d.send_text("back").await;
+    assert_eq!(d.recv_text().await, "echo back");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn dev_reloads_the_project_when_a_file_changes() {
+    let v1 = "export default class { onRequest() { return new Response(\"one\"); } }\n";
+    let v2 = "export default class { onRequest() { return new Response(\"two\"); } }\n";
+    let dir = project(&[("partykit.json", CONFIG), ("server.ts", v1)]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let args = partyline_server::project::ProjectArgs {
+        config: None,
+        js_memory_mb: 64,
+        fetch_allow: vec!["*".into()],
+        fetch_timeout: Duration::from_secs(5),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(partyline_server::project::run_dev(
+        dir.path().join("partykit.json"),
+        args,
+        DevConfig::default(),
+        Default::default(),
+        PartyRegistry::new(),
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let body = |addr| async move { partyline_tests::http(addr, "GET", "/parties/main/r", &[], b"").await.text() };
+    within(20, "the first version", async {
+        while body(addr).await != "one" {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    // Make sure the new file has a later modification time.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    std::fs::write(dir.path().join("server.ts"), v2).unwrap();
+    within(30, "the reloaded version", async {
+        while body(addr).await != "two" {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let _ = stop.send(());
+    within(30, "the server to stop", server).await.unwrap().unwrap();
+}
