@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# JS parties on Partyline vs the same files on the real PartyKit dev server vs Rust parties.
+#
+#   scripts/bench-js.sh            build (release), run every target, print the table
+#
+# The server runs on one core (taskset -c $SERVER_CORE, --worker-threads 1), the load tester on
+# the other. Targets, all with the load tester's fanout scenario (every member receives every
+# message; --window in flight per sender):
+#   rust-main / rust-broadcast   partyline dev with the Rust example parties
+#   js-main / js-relay           partyline dev serving examples/partykit (chat: store then
+#                                broadcast; relay: broadcast only)
+#   partykit-main / -relay       `partykit dev` (npm partykit, installed in bench/partykit) on the
+#                                same examples/partykit files
+# plus the cold start of small JS rooms (one client per new room: connect to 101) and the memory
+# per idle loaded JS room (one connection per room, server RSS).
+# Environment: CLIENTS (100), DURATION (10s), WINDOW (8), ROOMS_COLD (200), ROOMS_IDLE (1000),
+# PORT (2600), SERVER_CORE (0), TESTER_CORE (1), OUT (target/bench-js).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+CLIENTS="${CLIENTS:-100}"; DURATION="${DURATION:-10s}"; WINDOW="${WINDOW:-8}"
+ROOMS_COLD="${ROOMS_COLD:-200}"; ROOMS_IDLE="${ROOMS_IDLE:-1000}"
+PORT="${PORT:-2600}"; SERVER_CORE="${SERVER_CORE:-0}"; TESTER_CORE="${TESTER_CORE:-1}"
+OUT="${OUT:-$ROOT/target/bench-js}"
+mkdir -p "$OUT"
+cargo build --release --bin partyline --bin partyline-bench
+BIN="$ROOT/target/release/partyline"
+TESTER=(taskset -c "$TESTER_CORE" "$ROOT/target/release/partyline-bench")
+[ -d examples/partykit/node_modules ] || (cd examples/partykit && npm ci --no-audit --no-fund --loglevel=error)
+
+PID=""
+wait_port() {
+  for _ in $(seq 1 300); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "bench-js: the server did not listen on $PORT" >&2; return 1
+}
+stop() { if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; PID=""; fi; }
+trap stop EXIT
+
+fanout() { # label party [extra tester args...]
+  local label="$1" party="$2"; shift 2
+  "${TESTER[@]}" fanout --url "ws://127.0.0.1:$PORT" --clients "$CLIENTS" --party "$party" \
+    --rate 0 --window "$WINDOW" --duration "$DURATION" --room-prefix "$label-" --quiet \
+    --json "$OUT/$label.json" "$@" || echo "bench-js: $label failed" >&2
+}
+
+# Rust parties.
+EMPTY="$(mktemp -d)"
+(cd "$EMPTY" && exec taskset -c "$SERVER_CORE" "$BIN" dev --ephemeral --worker-threads 1 --port "$PORT") >"$OUT/rust.log" 2>&1 &
+PID=$!; wait_port
+fanout rust-main main
+fanout rust-broadcast broadcast
+stop
+
+# JS parties (examples/partykit).
+(cd examples/partykit && exec taskset -c "$SERVER_CORE" "$BIN" dev --ephemeral --worker-threads 1 --port "$PORT") >"$OUT/js.log" 2>&1 &
+PID=$!; wait_port
+fanout js-main main --query token=letmein
+fanout js-relay relay
+"${TESTER[@]}" fanout --url "ws://127.0.0.1:$PORT" --clients "$ROOMS_COLD" --rooms "$ROOMS_COLD" --party relay \
+  --rate 1 --duration 2s --connect-concurrency 1 --room-prefix cold- --quiet --json "$OUT/js-cold.json" || true
+"${TESTER[@]}" idle --url "ws://127.0.0.1:$PORT" --clients "$ROOMS_IDLE" --rooms "$ROOMS_IDLE" --party relay \
+  --duration 5s --room-prefix idle- --server-pid "$PID" --quiet --json "$OUT/js-idle.json" || true
+stop
+
+# The same files on the real PartyKit dev server.
+if [ ! -d bench/partykit/node_modules/partykit ]; then
+  (cd bench/partykit && npm install --no-audit --no-fund --loglevel=error) || true
+fi
+if [ -x bench/partykit/node_modules/.bin/partykit ]; then
+  (cd examples/partykit && exec taskset -c "$SERVER_CORE" "$ROOT/bench/partykit/node_modules/.bin/partykit" dev --port "$PORT") >"$OUT/partykit.log" 2>&1 &
+  PID=$!
+  if wait_port; then
+    fanout partykit-main main --query token=letmein
+    fanout partykit-relay relay
+  else
+    echo "bench-js: partykit dev did not start; its log:" >&2; tail -20 "$OUT/partykit.log" >&2
+  fi
+  stop
+else
+  echo "bench-js: npm partykit is not installed (bench/partykit); skipping PartyKit" >&2
+fi
+
+python3 - "$OUT" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+def load(n):
+    p = os.path.join(out, n + ".json")
+    return json.load(open(p)) if os.path.exists(p) else None
+def get(d, *path):
+    for k in path:
+        if not isinstance(d, dict) or k not in d: return None
+        d = d[k]
+    return d
+rows = {}
+print(f"{'target':<18} {'deliveries/s':>13} {'msgs/s':>9} {'p99 ms':>8} {'lost':>6}")
+for n in ["rust-main", "rust-broadcast", "js-main", "js-relay", "partykit-main", "partykit-relay"]:
+    r = load(n)
+    if not r: print(f"{n:<18} {'(not run)':>13}"); continue
+    m = r["messages"]
+    rows[n] = m["delivered_per_s"]
+    lost = get(m, "totals", "lost")
+    print(f"{n:<18} {m['delivered_per_s']:>13.0f} {m['sent_per_s']:>9.0f} {m['latency_ms']['p99']:>8.2f} {lost if lost is not None else '?':>6}")
+def ratio(a, b):
+    return f"{rows[a] / rows[b]:.2f}x" if a in rows and b in rows and rows[b] else "n/a"
+print(f"js-main / partykit-main: {ratio('js-main', 'partykit-main')} (target >= 3x)")
+print(f"js-relay / rust-broadcast: {ratio('js-relay', 'rust-broadcast')} (target >= 0.5)")
+cold = load("js-cold")
+if cold:
+    q = cold["connections"]["connect_ms"]
+    print(f"JS room cold start (connect to 101, one client per new room): p50 {q.get('p50')} ms, p99 {q.get('p99')} ms (target p50 <= 10 ms)")
+idle = load("js-idle")
+if idle:
+    mem = idle.get("server") or idle.get("server_mem") or {}
+    print("idle JS rooms (one connection each), server memory:", json.dumps(mem)[:400])
+PY
