@@ -3,7 +3,13 @@
 //! [`RedisServer::start`] runs `redis-server` on a free loopback port with no persistence and a
 //! private temporary directory, and waits until it answers `PING`. The process is killed when the
 //! value is dropped. `pause`/`resume` (SIGSTOP/SIGCONT) simulate a stalled Redis, `restart` a
-//! crashed one that comes back empty on the same port, `stop` a dead one.
+//! crashed one that comes back on the same port, `stop` a dead one.
+//!
+//! [`RedisServer::start_durable`] runs it the way a deployment should: append-only file with
+//! `appendfsync always`, so every write Redis acknowledged is on disk. Its `restart` keeps the
+//! data directory and comes back with the data; [`RedisServer::restart_empty`] comes back
+//! without it (a Redis that lost its disk, or a failover to a stale replica). A server started
+//! with `start` has nothing on disk, so its `restart` always comes back empty.
 //!
 //! The binary is `redis-server` from `PATH`, or `$PARTYLINE_REDIS_SERVER` if set.
 
@@ -22,24 +28,36 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    durable: bool,
 }
 
 impl RedisServer {
     /// Starts a server on a free port. Panics (with the reason and the server's log) if it
     /// cannot, e.g. "redis-server not found: install it (scripts/test.sh does)".
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// Starts a durable server on a free port: append-only file, fsynced before every reply
+    /// (`appendfsync always`), in the server's private directory; [`RedisServer::restart`] comes
+    /// back with the data.
+    pub fn start_durable() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> Self {
         let dir = tempfile::Builder::new().prefix("partyline-redis-").tempdir().expect("create a temp dir for redis");
         let mut last_error = String::new();
         // The port is free when we pick it but could be taken before redis binds it: retry.
         for _ in 0..5 {
             let port = free_port();
-            let mut child = spawn(port, &dir);
+            let mut child = spawn(port, &dir, durable);
             match wait_ready(port, &mut child) {
-                Ok(()) => return RedisServer { child: Some(child), port, dir },
+                Ok(()) => return RedisServer { child: Some(child), port, dir, durable },
                 Err(e) => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    last_error = format!("{e}\n{}", log_tail(&dir));
+                    last_error = format!("{e}\n{}", log_tail(&dir, 15));
                 }
             }
         }
@@ -61,6 +79,16 @@ impl RedisServer {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Whether it persists every write (started with [`RedisServer::start_durable`]).
+    pub fn is_durable(&self) -> bool {
+        self.durable
+    }
+
+    /// The last `lines` lines of the server's log (for failure reports).
+    pub fn log_tail(&self, lines: usize) -> String {
+        log_tail(&self.dir, lines)
+    }
+
     /// Freezes the server (SIGSTOP): connections stay open, nothing is answered.
     pub fn pause(&self) {
         self.signal("-STOP");
@@ -71,12 +99,35 @@ impl RedisServer {
         self.signal("-CONT");
     }
 
-    /// Kills the server (SIGKILL) and starts a fresh, empty one on the same port.
+    /// Kills the server (SIGKILL) if it runs and starts it again on the same port with the same
+    /// data directory: a durable server comes back with every write it acknowledged, the
+    /// default one comes back empty.
     pub fn restart(&mut self) {
         self.stop();
+        self.start_again();
+    }
+
+    /// Kills the server (SIGKILL) if it runs, deletes its data (append-only file and
+    /// snapshot), and starts it again empty on the same port, still durable if it was: a Redis
+    /// that lost its disk.
+    pub fn restart_empty(&mut self) {
+        self.stop();
+        for name in ["appendonlydir", "appendonly.aof", "dump.rdb"] {
+            let path = self.dir.path().join(name);
+            let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            match removed {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => panic!("could not delete {}: {e}", path.display()),
+            }
+        }
+        self.start_again();
+    }
+
+    fn start_again(&mut self) {
         let deadline = Instant::now() + STARTUP;
         loop {
-            let mut child = spawn(self.port, &self.dir);
+            let mut child = spawn(self.port, &self.dir, self.durable);
             match wait_ready(self.port, &mut child) {
                 Ok(()) => {
                     self.child = Some(child);
@@ -87,7 +138,11 @@ impl RedisServer {
                     let _ = child.wait();
                     // The port may linger for a moment after the kill.
                     if Instant::now() > deadline {
-                        panic!("could not restart redis-server on port {}: {e}\n{}", self.port, log_tail(&self.dir));
+                        panic!(
+                            "could not restart redis-server on port {}: {e}\n{}",
+                            self.port,
+                            log_tail(&self.dir, 15)
+                        );
                     }
                     std::thread::sleep(Duration::from_millis(100));
                 }
@@ -124,23 +179,26 @@ fn log_path(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("redis.log")
 }
 
-fn log_tail(dir: &tempfile::TempDir) -> String {
+fn log_tail(dir: &tempfile::TempDir, n: usize) -> String {
     let log = std::fs::read_to_string(log_path(dir)).unwrap_or_default();
     let lines: Vec<&str> = log.lines().collect();
-    format!("redis-server log (last lines):\n{}", lines[lines.len().saturating_sub(15)..].join("\n"))
+    format!("redis-server log (last lines):\n{}", lines[lines.len().saturating_sub(n)..].join("\n"))
 }
 
-fn spawn(port: u16, dir: &tempfile::TempDir) -> Child {
+fn spawn(port: u16, dir: &tempfile::TempDir, durable: bool) -> Child {
     let binary = std::env::var_os("PARTYLINE_REDIS_SERVER").unwrap_or_else(|| "redis-server".into());
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log_path(dir))
         .expect("open the redis-server log file");
+    let persistence: &[&str] =
+        if durable { &["--appendonly", "yes", "--appendfsync", "always"] } else { &["--appendonly", "no"] };
     let result = Command::new(&binary)
         .arg("--port")
         .arg(port.to_string())
-        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .args(["--bind", "127.0.0.1", "--save", "", "--daemonize", "no"])
+        .args(persistence)
         .arg("--dir")
         .arg(dir.path())
         .stdin(Stdio::null())
@@ -208,6 +266,41 @@ mod tests {
         drop(server);
         assert!(!ping(addr), "the server outlived its handle");
         assert!(!dir.exists());
+    }
+
+    /// One command over a fresh connection; the raw reply.
+    fn command(addr: SocketAddr, cmd: &str) -> String {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(format!("{cmd}\r\n").as_bytes()).unwrap();
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    #[test]
+    fn durable_restart_keeps_data_and_restart_empty_loses_it() {
+        let mut server = RedisServer::start_durable();
+        assert!(server.is_durable());
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, server.port()));
+        assert_eq!(command(addr, "SET kept yes"), "+OK\r\n");
+        server.restart();
+        assert_eq!(command(addr, "GET kept"), "$3\r\nyes\r\n", "an acknowledged write survives a SIGKILL");
+        server.restart_empty();
+        assert!(server.is_durable(), "still durable after an empty restart");
+        assert_eq!(command(addr, "GET kept"), "$-1\r\n");
+        assert_eq!(command(addr, "SET again yes"), "+OK\r\n");
+        server.stop();
+        server.restart();
+        assert_eq!(command(addr, "GET again"), "$3\r\nyes\r\n");
+
+        let mut plain = RedisServer::start();
+        assert!(!plain.is_durable());
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, plain.port()));
+        assert_eq!(command(addr, "SET gone yes"), "+OK\r\n");
+        plain.restart();
+        assert_eq!(command(addr, "GET gone"), "$-1\r\n", "without persistence a restart is empty");
+        assert!(plain.log_tail(5).contains("redis-server log"));
     }
 
     #[test]
