@@ -6,10 +6,19 @@
 //! - [`http`]: one HTTP request over a fresh TCP connection, exact bytes kept.
 //! - [`parties`]: parties that misbehave on purpose (panic, hang, fail) for fault tests.
 //! - [`cluster`]: [`cluster::TestCluster`], Redis + nodes + gateways on loopback.
+//! - [`procs`]: [`procs::ProcCluster`], Redis + nodes + gateways as child processes of the real
+//!   `partyline` binary, for fault tests (SIGKILL, SIGSTOP, SIGTERM, Redis cut or restarted).
+//! - [`proxy`]: [`proxy::TcpProxy`], a loopback TCP proxy that can drop or hold traffic.
+//! - [`load`]: [`load::Load`], WebSocket clients in many rooms that record everything they see.
+//! - [`checks`]: what a load run must satisfy against storage and lease epochs.
 //! - [`run_partysocket_checks`]: the real npm `partysocket` client under Node.
 
+pub mod checks;
 pub mod cluster;
+pub mod load;
 pub mod parties;
+pub mod procs;
+pub mod proxy;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -1,0 +1,417 @@
+//! What a fault test checks a [`LoadReport`] against: room storage read straight from Redis,
+//! and the lease epochs sampled while the faults happened.
+//!
+//! Per chat room (`main`), with `stored` the history in storage after the run:
+//! - no entry is stored twice, and every entry is a message one of the room's clients sent;
+//! - every message a client saw come back (an acknowledged write) is stored: else **lost**;
+//! - every broadcast any client saw is stored: else a **phantom** (e.g. from a fenced zombie);
+//! - the broadcasts each client saw, across all its sessions, follow storage order strictly (so
+//!   none twice), and none of a session's broadcasts was already in that session's history;
+//! - every history a client received on connect is a prefix of `stored` (no phantom, nothing
+//!   lost since) and includes every broadcast that client had already seen (no stale read).
+//!
+//! Per counter room (`counter`, hibernating), with `stored` the count after the run:
+//! - each client's counts go up: a broadcast count is above everything it saw before, a
+//!   greeting (on connect) is not below it;
+//! - `stored` ≥ every count anyone saw (no lost increment), and ≤ the `inc`s sent (no
+//!   phantom increment).
+//!
+//! [`EpochWatch`] samples the lease of every load room's shard and checks that a shard's epoch
+//! never goes back.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use partyline::placement::shard_of;
+use partyline::Store;
+use partyline_node::redis::Redis;
+use tokio::task::JoinHandle;
+
+use crate::load::{count_of, Kind, LoadReport, RoomSpec};
+
+/// A room's storage after a run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// A chat room's history (`[]` when the key is absent).
+    Chat(Vec<String>),
+    /// A counter room's count (0 when absent).
+    Counter(i64),
+}
+
+/// Reads every room's storage straight from Redis (not through any node), retrying for a while
+/// if Redis does not answer (e.g. right after a restart).
+pub async fn read_storage(redis: &Redis, rooms: &[RoomSpec]) -> Vec<Stored> {
+    let store = redis.store();
+    let mut out = Vec::with_capacity(rooms.len());
+    for room in rooms {
+        let key = match room.kind {
+            Kind::Chat => partyline_examples::chat::HISTORY_KEY,
+            Kind::Counter => partyline_examples::counter::COUNT_KEY,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let value = loop {
+            match store.get(&room.key(), &[key.to_string()]).await {
+                Ok(mut v) => break v.pop().flatten(),
+                Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(e) => panic!("could not read {} from Redis: {e}", room.label()),
+            }
+        };
+        out.push(match room.kind {
+            Kind::Chat => Stored::Chat(value.map_or_else(Vec::new, |v| {
+                serde_json::from_slice(&v)
+                    .unwrap_or_else(|e| panic!("{}: stored history is not a JSON array: {e}", room.label()))
+            })),
+            Kind::Counter => Stored::Counter(value.map_or(0, |v| {
+                serde_json::from_slice(&v)
+                    .unwrap_or_else(|e| panic!("{}: stored count is not a number: {e}", room.label()))
+            })),
+        });
+    }
+    out
+}
+
+/// Every problem the report shows against `storage` (one entry per room per kind of problem,
+/// with examples); empty when all is well. See the module docs for what is checked.
+pub fn check(report: &LoadReport, storage: &[Stored]) -> Vec<String> {
+    assert_eq!(report.rooms.len(), storage.len(), "one storage entry per room");
+    let mut problems = Vec::new();
+    for (r, stored) in storage.iter().enumerate() {
+        let label = report.rooms[r].label();
+        let found = match stored {
+            Stored::Chat(history) => check_chat(report, r, history),
+            Stored::Counter(count) => check_counter(report, r, *count),
+        };
+        // Group by kind of problem: the first few examples of each.
+        let mut kinds: Vec<(String, Vec<String>)> = Vec::new();
+        for (kind, detail) in found {
+            match kinds.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, details)) => details.push(detail),
+                None => kinds.push((kind, vec![detail])),
+            }
+        }
+        for (kind, details) in kinds {
+            let shown: Vec<&str> = details.iter().take(5).map(String::as_str).collect();
+            let more = if details.len() > 5 { format!(" (+{} more)", details.len() - 5) } else { String::new() };
+            problems.push(format!("{label}: {kind} x{}: {}{more}", details.len(), shown.join("; ")));
+        }
+    }
+    problems
+}
+
+fn check_chat(report: &LoadReport, r: usize, stored: &[String]) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    let mut pos: HashMap<&str, usize> = HashMap::new();
+    for (i, m) in stored.iter().enumerate() {
+        if let Some(first) = pos.insert(m.as_str(), i) {
+            found.push(("stored twice".into(), format!("{m:?} at {first} and {i}")));
+        }
+    }
+    let clients: HashSet<String> = report.clients_of(r).map(|c| c.id.clone()).collect();
+    for m in stored {
+        let known = m.split_once(':').is_some_and(|(id, seq)| clients.contains(id) && seq.parse::<u64>().is_ok());
+        if !known {
+            found.push(("stored entry no client of this room sent".into(), format!("{m:?}")));
+        }
+    }
+    for c in report.clients_of(r) {
+        let own = format!("{}:", c.id);
+        let mut last: Option<usize> = None;
+        for (n, s) in c.sessions.iter().enumerate() {
+            let Some(greeting) = s.frames.first() else { continue };
+            let at = report.secs(greeting.at);
+            match serde_json::from_str::<Vec<String>>(&greeting.text) {
+                Ok(history) => {
+                    let prefix = history.len() <= stored.len() && history[..] == stored[..history.len()];
+                    if !prefix {
+                        let diverge = history.iter().zip(stored).position(|(a, b)| a != b).unwrap_or(stored.len());
+                        found.push((
+                            "history on connect is not a prefix of storage".into(),
+                            format!(
+                                "{} session {n} at {at}: {} entries, diverges at {diverge} ({:?} vs {:?})",
+                                c.id,
+                                history.len(),
+                                history.get(diverge),
+                                stored.get(diverge)
+                            ),
+                        ));
+                    }
+                    if let Some(l) = last {
+                        if history.len() <= l {
+                            found.push((
+                                "stale history on connect (older than broadcasts already seen)".into(),
+                                format!("{} session {n} at {at}: {} entries, had seen entry {l}", c.id, history.len()),
+                            ));
+                        }
+                    }
+                    for f in &s.frames[1..] {
+                        let at = report.secs(f.at);
+                        match pos.get(f.text.as_str()) {
+                            None if f.text.starts_with(&own) => found.push((
+                                "lost acknowledged write (seen by its sender, not stored)".into(),
+                                format!("{:?} at {at}", f.text),
+                            )),
+                            None => found.push((
+                                "phantom broadcast (seen, not stored)".into(),
+                                format!("{} saw {:?} at {at}", c.id, f.text),
+                            )),
+                            Some(&p) => {
+                                if p < history.len() {
+                                    found.push((
+                                        "broadcast already in the session's history".into(),
+                                        format!("{} saw {:?} (entry {p}) at {at}", c.id, f.text),
+                                    ));
+                                }
+                                if last.is_some_and(|l| p <= l) {
+                                    found.push((
+                                        "broadcast out of storage order or twice".into(),
+                                        format!(
+                                            "{} saw {:?} (entry {p}) at {at} after entry {}",
+                                            c.id,
+                                            f.text,
+                                            last.unwrap()
+                                        ),
+                                    ));
+                                }
+                                last = Some(last.map_or(p, |l| l.max(p)));
+                            }
+                        }
+                    }
+                }
+                Err(_) => found.push((
+                    "first frame of a session is not a history".into(),
+                    format!("{} session {n} at {at}: {:?}", c.id, greeting.text),
+                )),
+            }
+        }
+    }
+    found
+}
+
+fn check_counter(report: &LoadReport, r: usize, stored: i64) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    let mut max_seen: Option<i64> = None;
+    let mut sent = 0usize;
+    for c in report.clients_of(r) {
+        sent += c.sent();
+        let mut last: Option<i64> = None;
+        for (n, s) in c.sessions.iter().enumerate() {
+            for (i, f) in s.frames.iter().enumerate() {
+                let at = report.secs(f.at);
+                let Some(count) = count_of(&f.text) else {
+                    found.push(("frame without a count".into(), format!("{} at {at}: {:?}", c.id, f.text)));
+                    continue;
+                };
+                let greeting = i == 0;
+                if let Some(l) = last {
+                    if greeting && count < l {
+                        found.push((
+                            "count went back on reconnect".into(),
+                            format!("{} session {n} at {at}: greeted with {count} after seeing {l}", c.id),
+                        ));
+                    }
+                    if !greeting && count <= l {
+                        found.push((
+                            "broadcast count not above what the client saw (duplicate or went back)".into(),
+                            format!("{} at {at}: {count} after {l}", c.id),
+                        ));
+                    }
+                }
+                last = Some(last.map_or(count, |l| l.max(count)));
+            }
+        }
+        if let Some(l) = last {
+            max_seen = Some(max_seen.map_or(l, |m| m.max(l)));
+        }
+    }
+    if let Some(m) = max_seen {
+        if stored < m {
+            found.push(("lost acknowledged increment".into(), format!("a client saw {m}, storage has {stored}")));
+        }
+    }
+    if stored > sent as i64 {
+        found.push(("phantom increment".into(), format!("storage has {stored}, only {sent} inc sent")));
+    }
+    found
+}
+
+/// One observed lease: a shard's owner and epoch at a time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseSample {
+    /// When it was read.
+    pub at: Instant,
+    /// The shard.
+    pub shard: u16,
+    /// The holder's node id.
+    pub owner: String,
+    /// The lease epoch.
+    pub epoch: u64,
+}
+
+/// Samples the leases of some shards every 100 ms, recording every change of owner or epoch.
+pub struct EpochWatch {
+    log: Arc<Mutex<Vec<LeaseSample>>>,
+    task: JoinHandle<()>,
+}
+
+impl EpochWatch {
+    /// Starts sampling the shards of `rooms`.
+    pub fn start(redis: Redis, rooms: &[RoomSpec]) -> Self {
+        let mut shards: Vec<u16> = rooms.iter().map(|r| shard_of(&r.key())).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let task = tokio::spawn(sample(redis, shards, log.clone()));
+        EpochWatch { log, task }
+    }
+
+    /// Stops sampling; every change seen, in order.
+    pub fn stop(self) -> Vec<LeaseSample> {
+        self.task.abort();
+        let log = self.log.lock().unwrap();
+        log.clone()
+    }
+}
+
+async fn sample(redis: Redis, shards: Vec<u16>, log: Arc<Mutex<Vec<LeaseSample>>>) {
+    let leases = redis.leases();
+    let mut last: HashMap<u16, (String, u64)> = HashMap::new();
+    loop {
+        if let Ok(owners) = leases.owners(&shards).await {
+            let at = Instant::now();
+            for (&shard, owner) in shards.iter().zip(owners) {
+                let Some(info) = owner else { continue };
+                let now = (info.owner.clone(), info.epoch);
+                if last.get(&shard) != Some(&now) {
+                    log.lock().unwrap().push(LeaseSample { at, shard, owner: info.owner, epoch: info.epoch });
+                    last.insert(shard, now);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Problems in a lease log: a shard whose epoch went back, or changed owner without a new
+/// epoch.
+pub fn check_epochs(samples: &[LeaseSample]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut last: HashMap<u16, &LeaseSample> = HashMap::new();
+    for s in samples {
+        if let Some(prev) = last.get(&s.shard) {
+            if s.epoch < prev.epoch {
+                problems.push(format!(
+                    "shard {}: epoch went back from {} ({}) to {} ({})",
+                    s.shard, prev.epoch, prev.owner, s.epoch, s.owner
+                ));
+            } else if s.epoch == prev.epoch && s.owner != prev.owner {
+                problems.push(format!(
+                    "shard {}: epoch {} held by {} and then by {}",
+                    s.shard, s.epoch, prev.owner, s.owner
+                ));
+            }
+        }
+        last.insert(s.shard, s);
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::load::{ClientLog, End, Frame, Session};
+
+    fn session(opened: Instant, frames: &[&str]) -> Session {
+        let gateway: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        Session {
+            gateway,
+            opened,
+            sent: Vec::new(),
+            frames: frames.iter().map(|t| Frame { at: opened, text: t.to_string() }).collect(),
+            end: End::Stopped { at: opened },
+        }
+    }
+
+    fn report(kind: Kind, clients: Vec<(&str, Vec<Session>)>) -> LoadReport {
+        let now = Instant::now();
+        LoadReport {
+            rooms: vec![RoomSpec::new(kind, "r")],
+            clients: clients
+                .into_iter()
+                .map(|(id, sessions)| ClientLog { id: id.into(), room: 0, sessions, connect_failures: Vec::new() })
+                .collect(),
+            started: now,
+            ended: now,
+        }
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_clean_chat_run_passes() {
+        let t = Instant::now();
+        let r = report(
+            Kind::Chat,
+            vec![
+                ("a", vec![session(t, &["[]", "a:1", "b:1"]), session(t, &[r#"["a:1","b:1"]"#, "a:2"])]),
+                ("b", vec![session(t, &["[]", "a:1", "b:1", "a:2"])]),
+            ],
+        );
+        assert_eq!(check(&r, &[Stored::Chat(strings(&["a:1", "b:1", "a:2", "b:2"]))]), Vec::<String>::new());
+    }
+
+    #[test]
+    fn chat_problems_are_found() {
+        let t = Instant::now();
+        let r = report(
+            Kind::Chat,
+            vec![
+                // a's own a:1 is lost; b sees a phantom z:9, then a:2 twice, then a stale and
+                // foreign history.
+                ("a", vec![session(t, &["[]", "a:1", "a:2"])]),
+                ("b", vec![session(t, &["[]", "a:2", "z:9", "a:2"]), session(t, &[r#"["x"]"#])]),
+            ],
+        );
+        let problems = check(&r, &[Stored::Chat(strings(&["a:2", "a:2"]))]).join("\n");
+        for expected in [
+            "stored twice",
+            "lost acknowledged write",
+            "phantom broadcast",
+            "broadcast out of storage order or twice",
+            "history on connect is not a prefix",
+            "stale history on connect",
+        ] {
+            assert!(problems.contains(expected), "{expected:?} not in:\n{problems}");
+        }
+    }
+
+    #[test]
+    fn counter_problems_are_found() {
+        let t = Instant::now();
+        let mut s = session(t, &[r#"{"count":0}"#, r#"{"count":1}"#, r#"{"count":2}"#]);
+        s.sent = vec![(1, t), (2, t)];
+        let clean = report(Kind::Counter, vec![("a", vec![s.clone()])]);
+        assert_eq!(check(&clean, &[Stored::Counter(2)]), Vec::<String>::new());
+        assert!(check(&clean, &[Stored::Counter(1)])[0].contains("lost acknowledged increment"));
+        assert!(check(&clean, &[Stored::Counter(3)])[0].contains("phantom increment"));
+        let twice =
+            report(Kind::Counter, vec![("a", vec![s.clone(), session(t, &[r#"{"count":1}"#, r#"{"count":2}"#])])]);
+        let problems = check(&twice, &[Stored::Counter(2)]).join("\n");
+        assert!(problems.contains("count went back on reconnect"), "{problems}");
+        assert!(problems.contains("broadcast count not above"), "{problems}");
+        assert_eq!(clean.counts_seen(0), std::collections::BTreeSet::from([1, 2]));
+    }
+
+    #[test]
+    fn epochs_that_go_back_are_found() {
+        let t = Instant::now();
+        let s = |shard, owner: &str, epoch| LeaseSample { at: t, shard, owner: owner.into(), epoch };
+        assert!(check_epochs(&[s(1, "a", 5), s(1, "b", 9), s(2, "a", 3)]).is_empty());
+        let problems = check_epochs(&[s(1, "a", 5), s(1, "b", 4), s(2, "a", 3), s(2, "b", 3)]);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+    }
+}
