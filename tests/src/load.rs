@@ -269,20 +269,47 @@ pub struct Ack {
 pub enum Written {
     /// A chat message, sent at this time.
     SentAt(Instant),
-    /// A counter increment that made the count this. Counts start at 0 (a fresh room), so a
-    /// count above the number of `inc`s sent to the room before `t` comes from an `inc` sent
-    /// after `t`.
+    /// A counter increment that made the count this. A broadcast does not say whose `inc` it
+    /// was: a count counts as written after `t` when it is above the highest count seen by `t`
+    /// plus the `inc`s sent in the [`IN_FLIGHT`] before `t` (those may still land).
     Count(i64),
 }
 
-impl Ack {
-    /// Whether the write was made after `t`, given the `inc`s sent to its room before `t`.
-    fn written_after(&self, t: Instant, incs_before: usize) -> bool {
-        match self.write {
+/// How long before a fault an `inc` may have been sent and still be applied after it (a
+/// commit and a broadcast take milliseconds here). A counter room's failover figure can be
+/// late by about the time its clients take to send this many `inc`s again.
+pub const IN_FLIGHT: Duration = Duration::from_millis(300);
+
+/// The count above which a counter room's writes were made after `t`: the highest count seen by
+/// `t` plus the `inc`s sent in the [`IN_FLIGHT`] before `t`.
+fn count_after(acks: &[Ack], incs: impl Iterator<Item = Instant>, t: Instant) -> i64 {
+    let seen = acks
+        .iter()
+        .filter(|a| a.at <= t)
+        .filter_map(|a| match a.write {
+            Written::Count(c) => Some(c),
+            Written::SentAt(_) => None,
+        })
+        .max()
+        .unwrap_or(0);
+    let in_flight = incs.filter(|&s| s < t && s + IN_FLIGHT >= t).count();
+    seen + in_flight as i64
+}
+
+/// When the writes among `acks` made after `t` were seen, sorted.
+fn acked_after(acks: &[Ack], incs: impl Iterator<Item = Instant>, t: Instant) -> Vec<Instant> {
+    let threshold = count_after(acks, incs, t);
+    let mut times: Vec<Instant> = acks
+        .iter()
+        .filter(|a| a.at > t)
+        .filter(|a| match a.write {
             Written::SentAt(sent) => sent > t,
-            Written::Count(count) => count > incs_before as i64,
-        }
-    }
+            Written::Count(count) => count > threshold,
+        })
+        .map(|a| a.at)
+        .collect();
+    times.sort();
+    times
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -371,11 +398,7 @@ impl Load {
     /// (writes in flight at `t` do not count).
     pub fn nth_ack_after(&self, r: usize, t: Instant, n: usize) -> Option<Instant> {
         let live = self.live.lock().unwrap();
-        let incs_before = live.incs[r].iter().filter(|&&s| s < t).count();
-        let mut after: Vec<Instant> =
-            live.acks[r].iter().filter(|a| a.written_after(t, incs_before)).map(|a| a.at).collect();
-        after.sort();
-        after.get(n.saturating_sub(1)).copied()
+        acked_after(&live.acks[r], live.incs[r].iter().copied(), t).get(n.saturating_sub(1)).copied()
     }
 
     /// Clients with an open session.
@@ -728,13 +751,8 @@ impl LoadReport {
     /// When the first write made after `t` in room `r` was seen acknowledged (writes in flight
     /// at `t` do not count): with `t` a fault, the end of the room's failover.
     pub fn first_ack_after(&self, r: usize, t: Instant) -> Option<Instant> {
-        let incs_before = self
-            .clients_of(r)
-            .flat_map(|c| c.sessions.iter().flat_map(|s| s.sent.iter()))
-            .filter(|(_, at)| *at < t)
-            .count();
-        let incs_before = if self.rooms[r].kind == Kind::Counter { incs_before } else { 0 };
-        self.acks(r).into_iter().filter(|a| a.written_after(t, incs_before)).map(|a| a.at).min()
+        let incs = self.clients_of(r).flat_map(|c| c.sessions.iter().flat_map(|s| s.sent.iter().map(|(_, at)| *at)));
+        acked_after(&self.acks(r), incs, t).first().copied()
     }
 
     /// Disconnects (sessions the server or network ended) in `rooms` between `from` and `to`.
@@ -827,5 +845,66 @@ impl LoadReport {
             self.rooms.len(),
             self.clients.len()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(at: Instant, text: &str) -> Frame {
+        Frame { at, text: text.into() }
+    }
+
+    #[test]
+    fn acks_made_after_a_fault_and_gaps() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let gateway: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let chat = Session {
+            gateway,
+            opened: t0,
+            // a:1 sent before the fault at 100 ms and seen after it; a:2 sent after it.
+            sent: vec![(1, ms(90)), (2, ms(300))],
+            frames: vec![frame(ms(1), "[]"), frame(ms(120), "a:1"), frame(ms(150), "b:7"), frame(ms(900), "a:2")],
+            end: End::Closed { at: ms(1000), code: 1012, reason: String::new() },
+        };
+        let counter = Session {
+            gateway,
+            opened: t0,
+            sent: vec![(1, ms(50)), (2, ms(90)), (3, ms(2400))],
+            frames: vec![
+                frame(ms(1), r#"{"count":0}"#),
+                frame(ms(60), r#"{"count":1}"#),
+                frame(ms(130), r#"{"count":2}"#),
+                frame(ms(2700), r#"{"count":3}"#),
+            ],
+            end: End::Stopped { at: ms(3000) },
+        };
+        let report = LoadReport {
+            rooms: vec![RoomSpec::new(Kind::Chat, "c"), RoomSpec::new(Kind::Counter, "n")],
+            clients: vec![
+                ClientLog { id: "a".into(), room: 0, sessions: vec![chat], connect_failures: Vec::new() },
+                ClientLog { id: "b".into(), room: 1, sessions: vec![counter], connect_failures: Vec::new() },
+            ],
+            started: t0,
+            ended: ms(3000),
+        };
+        let fault = ms(100);
+        assert_eq!(report.first_ack_after(0, fault), Some(ms(900)), "a:1 was in flight at the fault");
+        // Seen by the fault: 1; sent within a second before it: 2 -> only a count above 3 is
+        // certainly from an inc sent after the fault.
+        assert_eq!(report.first_ack_after(1, fault), None, "counts 2 and 3 may come from incs sent before");
+        assert_eq!(report.first_ack_after(1, ms(2000)), Some(ms(2700)), "seen 2 by then, nothing in flight");
+        assert_eq!(report.first_ack_after(1, ms(2500)), None, "the inc sent at 2.4 s was in flight");
+        assert_eq!(report.ack_times(0), vec![ms(120), ms(900)], "only the client's own messages");
+        assert_eq!(report.longest_ack_gap(0, fault, ms(1000)), Duration::from_millis(780));
+        assert_eq!(report.counts_seen(1), BTreeSet::from([1, 2, 3]));
+        let old = report.frames_on_old_sessions(&[0], ms(10), ms(140));
+        assert_eq!(old.iter().map(|(_, _, t)| t.as_str()).collect::<Vec<_>>(), ["b:7", "a:2"]);
+        let d = report.disconnects(&[0, 1], t0, ms(3000));
+        assert_eq!(d.len(), 1, "a stop by the driver is not a disconnect");
+        assert_eq!(d[0].end.code(), Some(1012));
+        assert!(report.summary().contains("disconnects [(\"1012\", 1)]"), "{}", report.summary());
     }
 }

@@ -10,7 +10,8 @@
 //! `PARTYLINE_WORKER_THREADS`), and nothing else of the caller's `PARTYLINE_*` variables. Each
 //! one's stdout and stderr go to `<name>.log` in the cluster's temporary directory; when a test
 //! fails (the cluster is dropped while panicking) the last lines of every log are printed and the
-//! directory is kept.
+//! directory is kept (`PARTYLINE_TEST_KEEP_LOGS=1` keeps it after passing tests too).
+//! `PARTYLINE_TEST_LOG` sets the processes' `RUST_LOG` (default `info`).
 //!
 //! The binary is `$PARTYLINE_BIN`, else `partyline` next to the test executable's `deps/`
 //! directory (the same target directory and profile), else `$CARGO_TARGET_DIR/debug/partyline`
@@ -646,8 +647,11 @@ impl ProcCluster {
 
 impl Drop for ProcCluster {
     fn drop(&mut self) {
+        let keep = std::env::var_os("PARTYLINE_TEST_KEEP_LOGS").is_some_and(|v| v != "0");
         if std::thread::panicking() {
             eprintln!("\n==== the test failed: what the processes said\n{}", self.logs(FAILURE_LOG_LINES));
+        }
+        if std::thread::panicking() || keep {
             if let Some(dir) = self.dir.take() {
                 eprintln!("==== logs kept in {}", dir.keep().display());
             }

@@ -107,9 +107,13 @@ impl Run {
         let got = self.load().wait_acks_after(rooms, t, n, RECOVERY_TIMEOUT).await;
         let mut times = Vec::new();
         let mut lost = Vec::new();
+        let mut each = Vec::new();
         for (&r, g) in rooms.iter().zip(&got) {
             match (g, self.load().nth_ack_after(r, t, 1)) {
-                (Some(_), Some(first)) => times.push(first.duration_since(t)),
+                (Some(_), Some(first)) => {
+                    times.push(first.duration_since(t));
+                    each.push(format!("{} {:.2}s", self.rooms[r].name, first.duration_since(t).as_secs_f64()));
+                }
                 _ => lost.push(self.rooms[r].label()),
             }
         }
@@ -124,6 +128,7 @@ impl Run {
                 sorted[sorted.len() - 1].as_secs_f64(),
                 FAILOVER_TARGET.as_secs_f64()
             );
+            println!("  per room: {}", each.join(", "));
         }
         if !lost.is_empty() {
             self.problem(format!("{what}: not writable again within {RECOVERY_TIMEOUT:?}: {lost:?}"));
@@ -225,7 +230,7 @@ fn multi() -> ProcClusterBuilder {
 async fn a_healthy_cluster_under_load_passes_every_check() {
     let mut run = Run::start(multi(), mixed_rooms(4, 2)).await;
     let t = Instant::now();
-    run.recover("steady load", &(0..6).collect::<Vec<_>>(), t, 40).await;
+    run.recover("steady load", &(0..6).collect::<Vec<_>>(), t, 100).await;
     let report = run.stop().await;
     let all: Vec<usize> = (0..report.rooms.len()).collect();
     let disconnects = report.disconnects(&all, report.started, report.ended);
@@ -380,8 +385,13 @@ async fn a_redis_that_lost_its_data_is_refused_not_served_empty() {
     let mut run = Run::start(multi().durable_redis(true), mixed_rooms(4, 2)).await;
     let t = Instant::now();
     run.cluster.restart_redis_empty().await;
+    println!(
+        "Redis restarted without its data {:.2}s into the load",
+        t.duration_since(run.load().started()).as_secs_f64()
+    );
     // Watch for a while with the load reconnecting and writing.
     tokio::time::sleep(Duration::from_secs(8)).await;
+    run.expect_all_running("after Redis lost its data");
     let mut empty_over_http = Vec::new();
     for (r, room) in run.rooms.iter().enumerate() {
         let path = format!("/parties/{}/{}", room.kind.party(), room.name);
@@ -394,7 +404,6 @@ async fn a_redis_that_lost_its_data_is_refused_not_served_empty() {
             empty_over_http.push(room.label());
         }
     }
-    run.expect_all_running("after Redis lost its data");
     let report = run.load_stop_without_checks().await;
     // Each room had acknowledged writes before: a greeting without them is an empty room served.
     let mut served_empty = Vec::new();
