@@ -427,11 +427,11 @@ impl Load {
         }
     }
 
-    /// Waits until every room has a few acknowledged writes (the load is flowing); panics
-    /// naming the rooms that did not within `timeout`.
-    pub async fn warm_up(&self, timeout: Duration) {
+    /// Waits until every room has `n` acknowledged writes (the load is flowing); panics naming
+    /// the rooms that did not within `timeout`.
+    pub async fn warm_up(&self, n: usize, timeout: Duration) {
         let all: Vec<usize> = (0..self.cfg.rooms.len()).collect();
-        let got = self.wait_acks_after(&all, self.started, 3, timeout).await;
+        let got = self.wait_acks_after(&all, self.started, n, timeout).await;
         let cold: Vec<String> =
             all.iter().zip(&got).filter(|(_, g)| g.is_none()).map(|(&r, _)| self.cfg.rooms[r].label()).collect();
         assert!(cold.is_empty(), "no acknowledged writes within {timeout:?} in {cold:?}");
