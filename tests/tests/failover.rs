@@ -617,10 +617,7 @@ async fn sigterm_drains_an_owner_under_load() {
     run.verdict();
 }
 
-// Flip on (remove the `ignore`) when rooms of `hibernate: true` parties move without a
-// disconnect (issue 7, "Graceful drain").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "moves without a disconnect are not built yet (issue 7)"]
 async fn drain_keeps_hibernating_clients_connected() {
     let Drain { mut run, report, rooms, sigterm } = drain_the_busiest(mixed_rooms(0, 6)).await;
     let disconnects = report.disconnects(&rooms, sigterm, report.ended);
@@ -708,10 +705,7 @@ async fn a_node_joining_under_load_takes_its_share_and_loses_nothing() {
     run.verdict();
 }
 
-// Flip on (remove the `ignore`) when rooms of `hibernate: true` parties move without a
-// disconnect (issue 7, "Rebalance on join").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "moves without a disconnect are not built yet (issue 7)"]
 async fn rebalance_keeps_hibernating_clients_connected() {
     let (mut run, _moving, t) = join_a_node(rooms_for_a_join(Kind::Counter, "count", 3, 2)).await;
     let report = run.stop().await;
@@ -725,4 +719,47 @@ async fn rebalance_keeps_hibernating_clients_connected() {
         ));
     }
     run.verdict();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alarm_fires_after_its_owner_crashed() {
+    use partyline::Store;
+    let mut cluster = multi().start().await;
+    let room = RoomKey::new("counter", "alarm-after-crash");
+    let url = format!("ws://{}/parties/counter/{}?_pk=a", cluster.gateway_addrs()[0], room.room);
+    let mut client = partyline_tests::Client::connect(&url).await.expect("connect");
+    assert_eq!(client.recv_json().await, serde_json::json!({"count": 0}));
+    client.send_text("alarm 3000").await;
+    let due = client.recv_json().await["alarm_at"].as_i64().expect("the alarm time");
+    // Nobody touches the room again: only the alarm scheduler can wake it.
+    client.close(1000).await;
+    let owner = cluster.owner_of(&room).await.expect("the room's shard is leased");
+    let victim = cluster.node_index(&owner).unwrap();
+    let killed = Instant::now();
+    cluster.node(victim).sigkill();
+    cluster.node_mut(victim).wait_exit(Duration::from_secs(10)).await.expect("a killed node exits");
+    let store = cluster.redis().store();
+    let fired = async {
+        loop {
+            let got = store.get(&room, &[partyline_examples::counter::ALARMS_KEY.to_string()]).await;
+            if let Ok(Some(Some(v))) = got.map(|mut v| v.pop()) {
+                if serde_json::from_slice::<u64>(&v).unwrap_or(0) >= 1 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let waited = tokio::time::timeout(RECOVERY_TIMEOUT, fired).await;
+    let late = partyline::storage::now_ms() - due;
+    println!(
+        "alarm of a room whose owner ({owner}) was SIGKILLed {:.2}s earlier: fired {late} ms after it was due",
+        killed.elapsed().as_secs_f64()
+    );
+    let owner_now = cluster.owner_of(&room).await;
+    assert!(
+        waited.is_ok(),
+        "the alarm did not fire within {RECOVERY_TIMEOUT:?} of the crash (room now leased to {owner_now:?})"
+    );
+    assert_ne!(owner_now.as_deref(), Some(owner.as_str()), "another node ran it");
 }
