@@ -203,6 +203,28 @@ impl Run {
     }
 }
 
+/// Prints what the clients of `rooms` went through after `t`: when they were disconnected and
+/// how, failed connection attempts, and when they were connected again.
+fn timeline(report: &LoadReport, rooms: &[usize], t: Instant) {
+    let secs = |i: Instant| format!("{:.2}s", i.saturating_duration_since(t).as_secs_f64());
+    let disconnects = report.disconnects(rooms, t, report.ended);
+    let mut codes: BTreeMap<String, usize> = BTreeMap::new();
+    for d in &disconnects {
+        *codes.entry(d.end.code().map_or("dropped".to_string(), |c| c.to_string())).or_default() += 1;
+    }
+    let clients = report.clients.iter().filter(|c| rooms.contains(&c.room));
+    let failed: usize = clients.clone().map(|c| c.connect_failures.iter().filter(|(at, _)| *at > t).count()).sum();
+    let reopened: Vec<Instant> = clients.filter_map(|c| c.sessions.iter().map(|s| s.opened).find(|&o| o > t)).collect();
+    println!(
+        "clients of the affected rooms: {} disconnects {codes:?} from {} to {}; {failed} failed connection attempts; reconnected from {} to {}",
+        disconnects.len(),
+        disconnects.first().map_or("-".into(), |d| secs(d.end.at())),
+        disconnects.last().map_or("-".into(), |d| secs(d.end.at())),
+        reopened.iter().min().map_or("-".into(), |&o| secs(o)),
+        reopened.iter().max().map_or("-".into(), |&o| secs(o)),
+    );
+}
+
 /// A node that is paused or cut off is alive: no other node may take its rooms before its
 /// leases can have expired (its last renewal was sent at most one renewal period before the
 /// fault). Records a problem for every shard of `rooms` seen with another owner earlier.
@@ -303,7 +325,8 @@ async fn sigkill_of_an_owner_loses_no_acknowledged_write() {
     let back = Instant::now();
     let all: Vec<usize> = (0..run.rooms.len()).collect();
     run.recover("after the killed node restarted", &all, back, 10).await;
-    run.stop().await;
+    let report = run.stop().await;
+    timeline(&report, &rooms, t);
     run.expect_all_running("at the end");
     run.verdict();
 }
@@ -338,6 +361,7 @@ async fn pause_an_owner(pause: Option<Duration>) {
     run.recover("with the resumed node awake", &all, awake, 10).await;
     run.expect_all_running("after SIGCONT");
     let report = run.stop().await;
+    timeline(&report, &rooms, t_stop);
     if let Some(p) = zombie_frames(&report, &rooms, t_stop, deadline) {
         run.problem(p);
     }
@@ -379,6 +403,7 @@ async fn cut_an_owner_from_redis(mode: Mode) {
     run.recover("with the healed node back", &all, back, 10).await;
     run.expect_all_running("after the cut");
     let report = run.stop().await;
+    timeline(&report, &rooms, t_cut);
     if let Some(p) = zombie_frames(&report, &rooms, t_cut, deadline) {
         run.problem(p);
     }
@@ -575,6 +600,7 @@ async fn drain_the_busiest(rooms: Vec<RoomSpec>) -> Drain {
         _ => println!("drain: the membership record outlived the node by 10 s"),
     }
     let report = run.stop().await;
+    timeline(&report, &rooms, t);
     let mut stalls: Vec<Duration> = rooms
         .iter()
         .map(|&r| {
