@@ -17,6 +17,7 @@
 //! - [`actor`]: the room runtime (one task per room, output gate).
 //! - [`limits`]: every limit, with defaults.
 //! - [`placement`]: room -> virtual shard -> preferred node (xxh3 + rendezvous hashing).
+//! - [`observe`]: what the runtime reports for metrics (event times, alarms).
 //!
 //! ```
 //! use partyline::prelude::*;
@@ -44,6 +45,7 @@ mod gate;
 pub mod limits;
 pub mod link;
 pub mod message;
+pub mod observe;
 pub mod party;
 pub mod placement;
 pub mod room;

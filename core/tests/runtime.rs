@@ -467,6 +467,7 @@ fn spawn(id: &str, opts: Opts) -> (RoomHandle, JoinHandle<RoomExit>) {
         env: Env::default(),
         parties: Parties::new(opts.parties),
         may_exit: opts.may_exit,
+        observer: None,
     })
 }
 

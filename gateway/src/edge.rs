@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::State;
@@ -42,15 +42,10 @@ fn text(status: StatusCode, body: impl Into<String>) -> AxumResponse {
 pub(crate) async fn handle(State(gw): State<Arc<Inner>>, req: http::Request<Body>) -> AxumResponse {
     let path = req.uri().path().to_string();
     if let Some(admin) = path.strip_prefix(ADMIN_PREFIX) {
-        return match admin {
-            "metrics" => {
-                let open_links = gw.links.lock().unwrap().len();
-                let body = gw.metrics.render(gw.sockets.load(Ordering::Acquire), open_links);
-                respond(web::with_type(StatusCode::OK, "text/plain; version=0.0.4", Bytes::from(body)))
-            }
-            "health" => text(StatusCode::OK, "ok"),
-            _ => text(StatusCode::NOT_FOUND, "Not found"),
-        };
+        if !gw.health.on_client_port() {
+            return text(StatusCode::NOT_FOUND, "Not found");
+        }
+        return crate::admin::respond(&gw, admin).await;
     }
     match route(&path) {
         Route::Room { party, room } => {
@@ -96,9 +91,16 @@ fn lobby(gw: &Inner, party: &str, room: Option<&str>) -> Lobby {
     }
 }
 
-/// Runs a before-hook: a request to go on with, or the response that ends it.
-async fn before(hook: futures::future::BoxFuture<'static, anyhow::Result<Before>>) -> Result<Request, AxumResponse> {
-    match hook.await {
+/// Runs a before-hook (timed as `name`): a request to go on with, or the response that ends it.
+async fn before(
+    gw: &Inner,
+    name: &'static str,
+    hook: futures::future::BoxFuture<'static, anyhow::Result<Before>>,
+) -> Result<Request, AxumResponse> {
+    let started = Instant::now();
+    let outcome = hook.await;
+    gw.metrics.hook(name, started);
+    match outcome {
         Ok(Before::Continue(req)) => Ok(req),
         Ok(Before::Respond(res)) => Err(respond(res)),
         Err(e) => Err(text(StatusCode::UNAUTHORIZED, format!("{e:#}"))),
@@ -134,7 +136,8 @@ async fn request(
         Ok(req) => req,
         Err(res) => return res,
     };
-    let req = match before(factory.on_before_request(req, lobby(&gw, &key.party, Some(&key.room)))).await {
+    let hook = factory.on_before_request(req, lobby(&gw, &key.party, Some(&key.room)));
+    let req = match before(&gw, "on_before_request", hook).await {
         Ok(req) => req,
         Err(res) => return res,
     };
@@ -153,7 +156,10 @@ async fn fetch(gw: Arc<Inner>, req: http::Request<Body>) -> AxumResponse {
         Ok(req) => req,
         Err(res) => return res,
     };
-    match main.on_fetch(req, lobby(&gw, "main", None)).await {
+    let started = Instant::now();
+    let res = main.on_fetch(req, lobby(&gw, "main", None)).await;
+    gw.metrics.hook("on_fetch", started);
+    match res {
         Some(res) => respond(res),
         None => text(StatusCode::NOT_FOUND, "Not found"),
     }
@@ -178,11 +184,16 @@ async fn upgrade(
     };
     parts.uri = absolute_uri(&parts);
     let req = Request::from_parts(parts, Bytes::new());
-    let req = match before(factory.on_before_connect(req, lobby(&gw, &key.party, Some(&key.room)))).await {
+    let hook = factory.on_before_connect(req, lobby(&gw, &key.party, Some(&key.room)));
+    let req = match before(&gw, "on_before_connect", hook).await {
         Ok(req) => req,
-        Err(res) => return res,
+        Err(res) => {
+            Metrics::inc(&gw.metrics.connections_refused);
+            return res;
+        }
     };
     if gw.sockets.load(Ordering::Acquire) >= gw.max_connections {
+        Metrics::inc(&gw.metrics.connections_refused);
         return text(StatusCode::SERVICE_UNAVAILABLE, "gateway connection limit reached");
     }
     let id =
@@ -200,6 +211,7 @@ async fn upgrade(
         Ok(Ok(Admission::Accepted)) => None,
         Ok(Ok(Admission::Failed { reason })) => Some(reason),
         Ok(Ok(Admission::Refused { status, reason })) => {
+            Metrics::inc(&gw.metrics.connections_refused);
             gw.detach(&attached.link, sid, None).await;
             return text(StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE), reason);
         }
@@ -227,6 +239,7 @@ async fn upgrade(
             }
         }
     });
+    Metrics::inc(&gw.metrics.connections_accepted);
     let mut res = http::Response::new(Body::empty());
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = res.headers_mut();

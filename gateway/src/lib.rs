@@ -8,8 +8,10 @@
 //! - [`links`]: one link per room this gateway has sockets in; the [`RoomRouter`] seam.
 //! - `socket`: one client WebSocket (reader, coalescing writer, bounded send queue).
 //! - `edge`: the HTTP handler (upgrades, hooks, requests, `on_fetch`).
-//! - [`metrics`]: counters at `/_partyline/metrics`.
+//! - [`metrics`]: counters and histograms (`/metrics` or `/_partyline/metrics`).
+//! - [`admin`]: health and metrics endpoints, on an admin listener or the client port.
 
+pub mod admin;
 mod edge;
 pub mod links;
 pub mod metrics;
@@ -55,6 +57,7 @@ pub(crate) struct Inner {
     pub(crate) next_sid: AtomicU64,
     pub(crate) sockets: AtomicUsize,
     pub(crate) metrics: Arc<metrics::Metrics>,
+    pub(crate) health: admin::Health,
 }
 
 impl Gateway {
@@ -67,6 +70,8 @@ impl Gateway {
         lobby_parties: Parties,
         env: Env,
     ) -> Self {
+        let metrics: Arc<metrics::Metrics> = Arc::default();
+        let router = Arc::new(metrics::TimedRouter { inner: router, metrics: metrics.clone() });
         Gateway {
             inner: Arc::new(Inner {
                 parties,
@@ -78,7 +83,8 @@ impl Gateway {
                 links: Arc::new(Mutex::new(HashMap::new())),
                 next_sid: AtomicU64::new(1),
                 sockets: AtomicUsize::new(0),
-                metrics: Arc::default(),
+                metrics,
+                health: admin::Health::default(),
             }),
         }
     }
@@ -104,6 +110,7 @@ impl Gateway {
         });
         let server = axum::serve(listener, self.router()).with_graceful_shutdown(async move {
             shutdown.await;
+            gw.inner.health.set_shutting_down();
             gw.close_all(partyline::link::close_code::GOING_AWAY, "server shutting down");
             let _ = stop_tx.send(());
         });

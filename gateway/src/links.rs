@@ -377,11 +377,14 @@ async fn read_link(state: Weak<LinkState>, mut events: BoxStream<'static, FromRo
             }
             FromRoom::Broadcast { msg, except } => {
                 Metrics::inc(&metrics.room_broadcasts);
+                let mut fanout = 0;
                 for (sid, s) in sockets.iter() {
                     if s.joined && !except.contains(sid) {
                         s.outbox.push(msg.clone());
+                        fanout += 1;
                     }
                 }
+                metrics.broadcast_fanout.observe(fanout as f64);
             }
             FromRoom::Close { sid, code, reason } => {
                 if let Some(s) = sockets.get_mut(&sid) {

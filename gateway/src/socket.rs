@@ -94,6 +94,7 @@ pub(crate) async fn run(gw: std::sync::Arc<Inner>, ws: Ws, task: SocketTask) {
                     }
                 };
                 Metrics::inc(&metrics.frames_from_clients);
+                metrics.bytes_from_clients.inc_by(msg.len() as u64);
                 if task.link.send(ToRoom::Message { sid: task.sid, msg }).await.is_err() {
                     gw.send_close(&task.link, task.sid, close_code::INTERNAL_ERROR, "room unavailable".into());
                     error = Some("room unavailable".into());
@@ -148,6 +149,7 @@ async fn write_loop(
                 match out {
                     Out::Msg(msg) => {
                         batch_bytes += msg.len();
+                        metrics.bytes_to_clients.inc_by(msg.len() as u64);
                         let frame = match msg {
                             Message::Text(t) => {
                                 tungstenite::Message::Text(Utf8Bytes::try_from(t.into_bytes()).unwrap_or_default())

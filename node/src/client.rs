@@ -80,6 +80,7 @@ impl Auth {
 impl tonic::service::Interceptor for Auth {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         req.metadata_mut().insert(partyline_proto::AUTH_HEADER, self.0.clone());
+        crate::telemetry::inject(req.metadata_mut());
         Ok(req)
     }
 }

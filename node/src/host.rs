@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, Weak};
 use async_trait::async_trait;
 use partyline::actor::{spawn_room, LinkSender, RequestError, RoomConfig, RoomGone, RoomHandle, WeakRoomHandle};
 use partyline::link::{close_code, FromRoom};
+use partyline::observe::RoomObserver;
 use partyline::store::Fence;
 use partyline::store::StoreError;
 use partyline::{Env, Limits, Parties, PartiesClient, PartyRegistry, Request, Response, RoomKey, Store};
@@ -64,6 +65,8 @@ pub struct HostConfig {
     pub env: Env,
     /// How party code reaches other rooms; `None`: rooms of this host, in process (`dev`).
     pub parties_client: Option<Arc<dyn PartiesClient>>,
+    /// Told about every room's events (metrics); `None`: nobody listens.
+    pub observer: Option<Arc<dyn RoomObserver>>,
 }
 
 /// The rooms of this process. Cheap to clone.
@@ -78,6 +81,7 @@ struct Inner {
     limits: Arc<Limits>,
     env: Env,
     parties_client: Option<Arc<dyn PartiesClient>>,
+    observer: Option<Arc<dyn RoomObserver>>,
     rooms: Mutex<HashMap<RoomKey, Entry>>,
 }
 
@@ -91,6 +95,7 @@ impl RoomHost {
                 limits: cfg.limits,
                 env: cfg.env,
                 parties_client: cfg.parties_client,
+                observer: cfg.observer,
                 rooms: Mutex::new(HashMap::new()),
             }),
         }
@@ -171,6 +176,7 @@ impl RoomHost {
                     false
                 }
             }),
+            observer: self.inner.observer.clone(),
         });
         let _ = me.set(handle.downgrade());
         rooms.insert(key.clone(), Entry { handle: handle.clone(), fence });

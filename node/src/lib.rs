@@ -12,15 +12,22 @@
 //! - [`client`]: reaching rooms anywhere in the cluster over gRPC (used by gateways, and by
 //!   nodes for calls between rooms).
 //! - [`wire`]: conversions between the link protocol and its protobuf form.
+//! - [`metrics`], [`admin`]: metrics, readiness, and the `--metrics-listen` HTTP endpoints.
+//! - [`secret`]: the cluster secret (from a file, length checked).
+//! - [`telemetry`]: trace context carried in gRPC metadata.
 
+pub mod admin;
 pub mod alarms;
 pub mod client;
 pub mod host;
+pub mod metrics;
 pub mod redis;
+pub mod secret;
 pub mod server;
 pub mod service;
 pub mod shards;
 pub mod store;
+pub mod telemetry;
 pub mod wire;
 
 pub use host::{HostConfig, HostError, RoomHost};

@@ -31,6 +31,7 @@ use tokio_util::task::TaskTracker;
 use crate::alarms::{self, AlarmScope, Parked};
 use crate::client::{ClientConfig, ClusterClient, ClusterParties};
 use crate::host::{HostConfig, HostError, RoomHost};
+use crate::metrics::{FnKind, MeteredStore, NodeMetrics};
 use crate::redis::marker::{fresh_value, Claim, Marker, Persistence};
 use crate::redis::{fence_for, Acquire, Leases, Membership, NodeInfo, Redis, RedisConfig, RedisStore};
 use crate::service::{CheckSecret, NodeService};
@@ -89,6 +90,7 @@ pub struct NodeState {
     draining: AtomicBool,
     refusing: AtomicBool,
     registered: AtomicBool,
+    redis_ok: AtomicBool,
 }
 
 impl NodeState {
@@ -102,10 +104,30 @@ impl NodeState {
         self.refusing.load(Ordering::Acquire)
     }
 
-    /// Ready to take rooms: registered, not draining, not refusing.
-    pub fn ready(&self) -> bool {
-        self.registered.load(Ordering::Acquire) && !self.draining() && !self.refusing()
+    /// Registered in the cluster's membership.
+    pub fn registered(&self) -> bool {
+        self.registered.load(Ordering::Acquire)
     }
+
+    /// Redis answered the last heartbeat.
+    pub fn redis_ok(&self) -> bool {
+        self.redis_ok.load(Ordering::Acquire)
+    }
+
+    /// Ready to take rooms: registered, Redis reachable, not draining, not refusing.
+    pub fn ready(&self) -> bool {
+        self.registered() && self.redis_ok() && !self.draining() && !self.refusing()
+    }
+}
+
+/// What a node reports about itself, shared with its `--metrics-listen` endpoints
+/// ([`crate::admin`]): metrics, and the state readiness is read from.
+#[derive(Clone, Default)]
+pub struct NodeTelemetry {
+    /// Counters and histograms.
+    pub metrics: Arc<NodeMetrics>,
+    /// What the node is doing.
+    pub state: Arc<NodeState>,
 }
 
 /// Largest gRPC message for the given limits: a frame or an HTTP body plus headers.
@@ -127,19 +149,20 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    run_with_state(cfg, parties, listener, shutdown, Arc::default()).await
+    run_with(cfg, parties, listener, shutdown, NodeTelemetry::default()).await
 }
 
-/// Like [`run`], reporting what the node is doing in `state`.
-pub async fn run_with_state(
+/// Like [`run`], reporting what the node is doing and its metrics in `telemetry`.
+pub async fn run_with(
     cfg: NodeConfig,
     parties: PartyRegistry,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    state: Arc<NodeState>,
+    telemetry: NodeTelemetry,
 ) -> anyhow::Result<()> {
+    let NodeTelemetry { metrics, state } = telemetry;
     cfg.leases.validate().map_err(|e| anyhow::anyhow!("lease timing: {e}"))?;
-    anyhow::ensure!(!cfg.secret.is_empty(), "the cluster secret is empty: set PARTYLINE_CLUSTER_SECRET");
+    crate::secret::validate(&cfg.secret)?;
     let redis = Redis::connect(cfg.redis.clone()).await.context("the node needs Redis")?;
     let limits = Arc::new(cfg.limits.clone());
     let grpc_max = max_grpc_message_bytes(&limits);
@@ -170,10 +193,11 @@ pub async fn run_with_state(
     let store = Arc::new(redis.store());
     let host = RoomHost::new(HostConfig {
         parties: parties.clone(),
-        store: store.clone(),
+        store: Arc::new(MeteredStore::new(store.clone(), metrics.clone())),
         limits: limits.clone(),
         env: cfg.env.clone(),
         parties_client: Some(Arc::new(ClusterParties { client: cluster.clone(), parties: parties.clone() })),
+        observer: Some(metrics.clone()),
     });
     let lost_host = host.clone();
     let shards = Arc::new(Shards::new(
@@ -192,6 +216,8 @@ pub async fn run_with_state(
             }
         }),
     ));
+    shards.set_metrics(metrics.clone());
+    register_gauges(&metrics, &host, &shards, &state);
     if state.refusing() {
         shards.close();
     }
@@ -200,6 +226,7 @@ pub async fn run_with_state(
     // Announce ourselves before serving, so gateways route here.
     node.announce().await.context("could not register in Redis")?;
     node.state.registered.store(true, Ordering::Release);
+    node.state.redis_ok.store(true, Ordering::Release);
 
     let tasks = TaskTracker::new();
     let stop = CancellationToken::new();
@@ -226,16 +253,21 @@ pub async fn run_with_state(
         leases: redis.leases(),
         parties,
         fast_failover: cfg.fast_failover,
+        metrics: metrics.clone(),
     };
     let server = NodeServer::new(service).max_decoding_message_size(grpc_max).max_encoding_message_size(grpc_max);
     let server = tonic::service::interceptor::InterceptedService::new(server, CheckSecret::new(&cfg.secret));
     tracing::info!(node = %me.id, addr = %me.addr, inc = %me.inc, cluster = %cluster_id, "node serving");
+    let (grpc_health, health_task) = crate::admin::grpc_health(state.clone(), stop.clone());
+    tasks.spawn(health_task);
     let stop_server = CancellationToken::new();
     let mut served = tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .trace_fn(crate::telemetry::grpc_server_span)
             .http2_keepalive_interval(Some(Duration::from_secs(5)))
             .http2_keepalive_timeout(Some(Duration::from_secs(3)))
+            .add_service(grpc_health)
             .add_service(server)
             .serve_with_incoming_shutdown(incoming(listener), stop_server.clone().cancelled_owned()),
     );
@@ -248,6 +280,7 @@ pub async fn run_with_state(
         // The gRPC server keeps serving while rooms move: gateways pause and hand over their
         // sockets through it.
         stop_alarms.cancel();
+        metrics.drains.inc();
         node.drain().await;
     }
     stop_server.cancel();
@@ -431,7 +464,9 @@ impl Node {
                 }
                 Err(e) => tracing::warn!(error = %e, "could not check the cluster marker"),
             }
-            if let Err(e) = self.announce().await {
+            let announced = self.announce().await;
+            self.state.redis_ok.store(announced.is_ok(), Ordering::Release);
+            if let Err(e) = announced {
                 tracing::warn!(error = %e, "membership heartbeat failed");
             }
         }
@@ -524,6 +559,22 @@ impl Node {
             tracing::info!(shards = give.len(), rooms = moved, "rebalanced shards to their preferred owners");
         }
     }
+}
+
+/// Gauges read at every scrape: rooms live, shards owned, draining.
+fn register_gauges(metrics: &NodeMetrics, host: &RoomHost, shards: &Arc<Shards>, state: &Arc<NodeState>) {
+    let host = host.clone();
+    metrics.register_fn("partyline_node_rooms", "Rooms live on this node.", FnKind::Gauge, move || {
+        host.room_count() as i64
+    });
+    let shards = Arc::downgrade(shards);
+    metrics.register_fn("partyline_node_shards_owned", "Shard leases this node holds.", FnKind::Gauge, move || {
+        shards.upgrade().map_or(0, |s| s.count() as i64)
+    });
+    let state = state.clone();
+    metrics.register_fn("partyline_node_draining", "1 while the node drains.", FnKind::Gauge, move || {
+        state.draining() as i64
+    });
 }
 
 /// Accepted gRPC connections with TCP_NODELAY: tonic applies its own `tcp_nodelay` only to

@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::client::ClusterClient;
 use crate::host::{HostError, RoomHost};
+use crate::metrics::NodeMetrics;
 use crate::redis::{fence_for, Leases, NodeInfo};
 use crate::shards::{Placement, ShardGuard, Shards};
 use crate::wire;
@@ -66,6 +67,8 @@ pub struct NodeService {
     /// Take over at once from a lease holder whose process is gone (see [`process_gone`])
     /// instead of waiting for its lease to expire.
     pub fast_failover: bool,
+    /// Counters.
+    pub metrics: Arc<NodeMetrics>,
 }
 
 /// Whether the process that listened at `addr` is gone: its port refuses TCP connections twice
@@ -214,7 +217,10 @@ impl node_server::Node for NodeService {
         let shard = shard_of(&key);
         let guard = match self.place(shard, open.hops, &open.avoid).await? {
             Decision::Here(g) => g,
-            Decision::Elsewhere(n) => return Ok(link_answer(pb::LinkOut { kind: Some(link_out::Kind::NotOwner(n)) })),
+            Decision::Elsewhere(n) => {
+                self.metrics.redirects.inc();
+                return Ok(link_answer(pb::LinkOut { kind: Some(link_out::Kind::NotOwner(n)) }));
+            }
         };
         let (room_tx, room_rx) = mpsc::channel::<FromRoom>(OUT_QUEUE);
         let fence = fence_for(shard, guard.epoch);
@@ -224,6 +230,7 @@ impl node_server::Node for NodeService {
             Err(e) => match host_status(e) {
                 Some(status) => return Err(status),
                 None => {
+                    self.metrics.redirects.inc();
                     let n = self.between_owners(shard, &open.avoid);
                     return Ok(link_answer(pb::LinkOut { kind: Some(link_out::Kind::NotOwner(n)) }));
                 }
@@ -232,6 +239,8 @@ impl node_server::Node for NodeService {
         let opened = pb::Opened { node_id: self.me.id.clone(), shard: shard as u32, epoch: guard.epoch };
         let opened = pb::LinkOut { kind: Some(link_out::Kind::Opened(opened)) };
         tracing::debug!(room = %key, gateway = %open.gateway, shard, "link opened");
+        self.metrics.links_opened.inc();
+        let (metrics_in, metrics_out) = (self.metrics.clone(), self.metrics.clone());
 
         // Room -> gateway, encoded as the HTTP/2 stream polls it (no extra task). Nothing leaves
         // after the shard's self-fence deadline.
@@ -246,6 +255,9 @@ impl node_server::Node for NodeService {
             }
             let end = matches!(msg, FromRoom::Gone { .. } | FromRoom::Moved { .. });
             Some((Ok(wire::link_out(msg)), (rx, guard, end)))
+        })
+        .inspect(move |_| {
+            metrics_out.link_messages_out.inc();
         });
         // Gateway -> room, in order. The link closes when the gateway ends the stream.
         tokio::spawn(async move {
@@ -253,6 +265,7 @@ impl node_server::Node for NodeService {
                 match inbound.message().await {
                     Ok(Some(pb::LinkIn { kind: Some(kind) })) => match wire::to_room(kind) {
                         Ok(msg) => {
+                            metrics_in.link_messages_in.inc();
                             if link.send(msg).await.is_err() {
                                 break;
                             }
@@ -275,11 +288,15 @@ impl node_server::Node for NodeService {
         let key = wire::room_key(req.room).map_err(bad)?;
         self.check_party(&key)?;
         let shard = shard_of(&key);
-        let not_owner = |n| Ok(Response::new(pb::RoomResponse { kind: Some(room_response::Kind::NotOwner(n)) }));
+        let not_owner = |n| {
+            self.metrics.redirects.inc();
+            Ok(Response::new(pb::RoomResponse { kind: Some(room_response::Kind::NotOwner(n)) }))
+        };
         let guard = match self.place(shard, req.hops, &req.avoid).await? {
             Decision::Here(g) => g,
             Decision::Elsewhere(n) => return not_owner(n),
         };
+        self.metrics.requests.inc();
         let http = wire::request(req.head, req.body).map_err(bad)?;
         let admit = || guard.accepts();
         let fence = Some(fence_for(shard, guard.epoch));

@@ -11,6 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
+use crate::metrics::NodeMetrics;
 use crate::redis::Acquire;
 
 /// Lease timing. The node stops serving a shard `fence_after` after the *send* time of its last
@@ -128,6 +129,7 @@ pub struct Shards {
     /// No new shards (draining, or Redis lost the cluster's data).
     closed: AtomicBool,
     on_lost: Box<dyn Fn(u16) + Send + Sync>,
+    metrics: std::sync::OnceLock<Arc<NodeMetrics>>,
 }
 
 impl Shards {
@@ -141,6 +143,18 @@ impl Shards {
             acquiring: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             on_lost,
+            metrics: Default::default(),
+        }
+    }
+
+    /// Counts lease events into `metrics` from now on (once).
+    pub fn set_metrics(&self, metrics: Arc<NodeMetrics>) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    fn tally(&self, which: impl FnOnce(&NodeMetrics) -> &prometheus_client::metrics::counter::Counter) {
+        if let Some(m) = self.metrics.get() {
+            which(m).inc();
         }
     }
 
@@ -191,6 +205,7 @@ impl Shards {
         if stale {
             // Past its self-fence deadline but not dropped yet: its rooms must stop before the
             // shard is taken again (under a new epoch, which fences anything they still write).
+            self.tally(|m| &m.self_fences);
             self.drop_shard(shard, "self-fence: no successful renewal in time");
         }
         if self.closed.load(Ordering::Acquire) {
@@ -208,9 +223,13 @@ impl Shards {
                 let guard = self.guard(shard, &owned);
                 self.owned.lock().unwrap().insert(shard, owned);
                 tracing::debug!(shard, epoch, "shard acquired");
+                self.tally(|m| &m.lease_acquisitions);
                 Placement::Here(guard)
             }
-            Acquire::Held { owner, addr, .. } => Placement::Held { owner, addr },
+            Acquire::Held { owner, addr, .. } => {
+                self.tally(|m| &m.lease_acquisitions_held);
+                Placement::Held { owner, addr }
+            }
         };
         self.acquiring.lock().unwrap().remove(&shard);
         Ok(placement)
@@ -288,6 +307,7 @@ impl Shards {
             let sent = Instant::now();
             match self.backend.renew_many(&owned).await {
                 Ok(held) => {
+                    self.tally(|m| &m.lease_renewals);
                     let deadline = self.ms(sent + self.timing.fence_after);
                     for ((shard, epoch), ok) in owned.iter().zip(held) {
                         if ok {
@@ -296,11 +316,15 @@ impl Shards {
                                 o.deadline.fetch_max(deadline, Ordering::AcqRel);
                             }
                         } else if self.owned.lock().unwrap().get(shard).is_some_and(|o| o.epoch == *epoch) {
+                            self.tally(|m| &m.lease_losses);
                             self.drop_shard(*shard, "lease lost");
                         }
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, shards = owned.len(), "lease renewal failed"),
+                Err(e) => {
+                    self.tally(|m| &m.lease_renewal_failures);
+                    tracing::warn!(error = %e, shards = owned.len(), "lease renewal failed");
+                }
             }
         }
         let now = self.ms(Instant::now());
@@ -313,6 +337,7 @@ impl Shards {
             .map(|(s, _)| *s)
             .collect();
         for shard in expired {
+            self.tally(|m| &m.self_fences);
             self.drop_shard(shard, "self-fence: no successful renewal in time");
         }
     }
