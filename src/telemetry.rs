@@ -53,7 +53,8 @@ pub fn init(json: bool, default_service: &str) -> anyhow::Result<Telemetry> {
     // Logs: events only. Spans are not needed for log lines, and a span that no layer wants
     // costs nothing, which keeps the per-event room spans free when traces are off.
     let only_events = tracing_subscriber::filter::filter_fn(|meta| meta.is_event());
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
     let logs = if json { fmt.json().flatten_event(true).boxed() } else { fmt.boxed() };
     let logs = logs.with_filter(log_filter()).with_filter(only_events);
 

@@ -18,6 +18,7 @@ use partyline::{Before, Lobby, PartyFactory, Request, Response, RoomKey};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
+use tracing::Instrument;
 
 use crate::links::{Admission, RouteError};
 use crate::metrics::{Metrics, ADMIN_PREFIX};
@@ -40,6 +41,11 @@ fn text(status: StatusCode, body: impl Into<String>) -> AxumResponse {
 }
 
 pub(crate) async fn handle(State(gw): State<Arc<Inner>>, req: http::Request<Body>) -> AxumResponse {
+    let span = tracing::info_span!("http", otel.name = %req.method(), http.path = %req.uri().path());
+    route_request(gw, req).instrument(span).await
+}
+
+async fn route_request(gw: Arc<Inner>, req: http::Request<Body>) -> AxumResponse {
     let path = req.uri().path().to_string();
     if let Some(admin) = path.strip_prefix(ADMIN_PREFIX) {
         if !gw.health.on_client_port() {
@@ -227,18 +233,23 @@ async fn upgrade(
     let task = SocketTask { sid, link: attached.link.clone(), outbox: attached.outbox.clone() };
     let config = socket::ws_config(gw.limits.max_message_bytes);
     let gw2 = gw.clone();
-    tokio::spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-                socket::run(gw2, ws, task).await;
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "upgrade failed");
-                gw2.detach(&task.link, task.sid, Some(format!("upgrade failed: {e}"))).await;
+    let span = tracing::info_span!(parent: None, "socket", room = %key, sid);
+    span.follows_from(tracing::Span::current());
+    tokio::spawn(
+        async move {
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+                    socket::run(gw2, ws, task).await;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "upgrade failed");
+                    gw2.detach(&task.link, task.sid, Some(format!("upgrade failed: {e}"))).await;
+                }
             }
         }
-    });
+        .instrument(span),
+    );
     Metrics::inc(&gw.metrics.connections_accepted);
     let mut res = http::Response::new(Body::empty());
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

@@ -238,7 +238,11 @@ impl LinkState {
         let gw = self.gw.upgrade().ok_or_else(|| RouteError::Unavailable("the gateway is shutting down".into()))?;
         let opened = gw.router.open_link(&self.key).await?;
         Metrics::inc(&gw.metrics.links_opened);
-        tokio::spawn(read_link(Arc::downgrade(self), opened.events, gw.metrics.clone()));
+        let span = tracing::info_span!("link", room = %self.key);
+        tokio::spawn(tracing::Instrument::instrument(
+            read_link(Arc::downgrade(self), opened.events, gw.metrics.clone()),
+            span,
+        ));
         Ok(opened.link)
     }
 
