@@ -38,7 +38,8 @@ pub fn inject(metadata: &mut MetadataMap) {
 /// The span of one incoming gRPC call, a child of the caller's span when the call carries a
 /// trace context (for tonic's `Server::trace_fn`).
 pub fn grpc_server_span(req: &http::Request<()>) -> tracing::Span {
-    let span = tracing::info_span!("grpc", otel.name = %req.uri().path(), otel.kind = "server");
+    let name = req.uri().path().trim_start_matches('/');
+    let span = tracing::info_span!("grpc", otel.name = %name, otel.kind = "server");
     let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(req.headers())));
     let _ = span.set_parent(parent);
     span
