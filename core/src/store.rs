@@ -143,6 +143,34 @@ pub trait Store: Send + Sync + 'static {
     async fn get_alarm(&self, room: &RoomKey) -> Result<Option<i64>, StoreError>;
     /// Rooms whose alarm is due at or before `now_ms`, earliest first, at most `limit`.
     async fn due_alarms(&self, now_ms: i64, limit: usize) -> Result<Vec<(RoomKey, i64)>, StoreError>;
+
+    /// [`Store::get`] for a room writing under `fence`. A store that fences writes refuses the
+    /// read as well ([`StoreError::Fenced`]) once the fence no longer holds, so a room never reads
+    /// storage that is not its own any more, such as a Redis that restarted without its data.
+    /// The default ignores the fence.
+    async fn get_fenced(
+        &self,
+        room: &RoomKey,
+        _fence: Option<&Fence>,
+        keys: &[String],
+    ) -> Result<Vec<Option<Bytes>>, StoreError> {
+        self.get(room, keys).await
+    }
+
+    /// [`Store::list`] for a room writing under `fence`; see [`Store::get_fenced`].
+    async fn list_fenced(
+        &self,
+        room: &RoomKey,
+        _fence: Option<&Fence>,
+        opts: &ListOptions,
+    ) -> Result<Vec<(String, Bytes)>, StoreError> {
+        self.list(room, opts).await
+    }
+
+    /// [`Store::get_alarm`] for a room writing under `fence`; see [`Store::get_fenced`].
+    async fn get_alarm_fenced(&self, room: &RoomKey, _fence: Option<&Fence>) -> Result<Option<i64>, StoreError> {
+        self.get_alarm(room).await
+    }
 }
 
 /// Storage in process memory: for unit tests and `partyline dev --ephemeral`.

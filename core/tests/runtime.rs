@@ -468,6 +468,7 @@ fn spawn(id: &str, opts: Opts) -> (RoomHandle, JoinHandle<RoomExit>) {
         parties: Parties::new(opts.parties),
         may_exit: opts.may_exit,
         observer: None,
+        on_exit: None,
     })
 }
 

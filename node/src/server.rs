@@ -191,6 +191,19 @@ pub async fn run_with(
         ..NodeInfo::default()
     };
     let store = Arc::new(redis.store());
+    // Set once the shard table exists: a room whose storage refused its fence stops, and so
+    // does every other room of its shard (the lease is not held at that epoch any more).
+    let fenced_shards: Arc<std::sync::OnceLock<std::sync::Weak<Shards>>> = Arc::default();
+    let on_fenced = {
+        let fenced_shards = fenced_shards.clone();
+        Arc::new(move |room: &RoomKey, fence: &partyline::store::Fence| {
+            let Some(shards) = fenced_shards.get().and_then(std::sync::Weak::upgrade) else { return };
+            let shard = shard_of(room);
+            if shards.owned().contains(&(shard, fence.epoch)) {
+                shards.drop_shard(shard, "a room's storage refused its fence");
+            }
+        })
+    };
     let host = RoomHost::new(HostConfig {
         parties: parties.clone(),
         store: Arc::new(MeteredStore::new(store.clone(), metrics.clone())),
@@ -198,6 +211,7 @@ pub async fn run_with(
         env: cfg.env.clone(),
         parties_client: Some(Arc::new(ClusterParties { client: cluster.clone(), parties: parties.clone() })),
         observer: Some(metrics.clone()),
+        on_fenced: Some(on_fenced),
     });
     let lost_host = host.clone();
     let shards = Arc::new(Shards::new(
@@ -217,6 +231,7 @@ pub async fn run_with(
         }),
     ));
     shards.set_metrics(metrics.clone());
+    let _ = fenced_shards.set(Arc::downgrade(&shards));
     register_gauges(&metrics, &host, &shards, &state);
     if state.refusing() {
         shards.close();
@@ -239,7 +254,9 @@ pub async fn run_with(
             shards: node.shards.clone(),
             cluster: node.cluster.clone(),
             host: node.host.clone(),
-            me: me.id.clone(),
+            me: me.clone(),
+            leases: redis.leases(),
+            fast_failover: cfg.fast_failover,
         }),
         stop_alarms.clone(),
     ));
@@ -595,7 +612,9 @@ struct ClusterAlarms {
     shards: Arc<Shards>,
     cluster: ClusterClient,
     host: RoomHost,
-    me: String,
+    me: NodeInfo,
+    leases: Leases,
+    fast_failover: bool,
 }
 
 #[async_trait]
@@ -603,7 +622,7 @@ impl AlarmScope for ClusterAlarms {
     async fn due(&self, now_ms: i64, limit: usize, parked: &Parked) -> Result<Vec<RoomKey>, StoreError> {
         let owned: HashSet<u16> = self.shards.owned().into_iter().map(|(s, _)| s).collect();
         let wanted = |shard: u16, room: &RoomKey| {
-            (owned.contains(&shard) || self.cluster.preferred(shard).is_some_and(|p| p.id == self.me))
+            (owned.contains(&shard) || self.cluster.preferred(shard).is_some_and(|p| p.id == self.me.id))
                 && !parked.contains(room)
         };
         let due = self.store.due_alarms_where(now_ms, limit, wanted).await?;
@@ -612,7 +631,14 @@ impl AlarmScope for ClusterAlarms {
 
     async fn wake(&self, room: &RoomKey) -> Result<(), HostError> {
         let shard = shard_of(room);
-        match self.shards.acquire(shard).await {
+        let mut placement = self.shards.acquire(shard).await;
+        if let Ok(Placement::Held { owner, .. }) = &placement {
+            // Held by a node that crashed: take it over now rather than after its lease expires.
+            if self.fast_failover && crate::service::take_over_if_gone(&self.leases, &self.me.inc, shard, owner).await {
+                placement = self.shards.acquire(shard).await;
+            }
+        }
+        match placement {
             Ok(Placement::Here(g)) => {
                 let admit = || g.accepts();
                 let handle = self.host.room_fenced(room, Some(fence_for(shard, g.epoch)), &admit)?;

@@ -84,8 +84,39 @@ end
 return {ks, vs}
 "#;
 
+/// The fence check that starts every fenced read: ARGV[1] is the reader's epoch, KEYS[1] its
+/// shard's lease.
+const READ_FENCE: &str = r#"
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then
+  return redis.error_reply('FENCED the lease is not held at this epoch')
+end
+"#;
+
+/// KEYS: lease, room values HASH. ARGV: epoch, then the keys. Returns their values.
+const GET_FENCED: &str = "return redis.call('HMGET', KEYS[2], unpack(ARGV, 2))";
+
+/// KEYS: lease, room alarm. ARGV: epoch. Returns the alarm time or nil.
+const ALARM_FENCED: &str = "return redis.call('GET', KEYS[2])";
+
 static COMMIT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(COMMIT));
 static LIST_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(LIST));
+static GET_FENCED_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{READ_FENCE}{GET_FENCED}")));
+static ALARM_FENCED_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{READ_FENCE}{ALARM_FENCED}")));
+/// [`LIST`] behind the fence check, with every key and argument index shifted by one.
+static LIST_FENCED_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    let body = LIST.replace("KEYS[2]", "KEYS[3]").replace("KEYS[1]", "KEYS[2]");
+    let body = (1..=4).rev().fold(body, |b, i| b.replace(&format!("ARGV[{i}]"), &format!("ARGV[{}]", i + 1)));
+    Script::new(&format!("{READ_FENCE}{body}"))
+});
+
+/// Maps a fenced read's error: `FENCED` to [`StoreError::Fenced`].
+fn read_error(e: ::redis::RedisError, fence: &Fence) -> StoreError {
+    if e.code() == Some("FENCED") {
+        StoreError::Fenced { lease: fence.lease.clone(), epoch: fence.epoch }
+    } else {
+        backend(e)
+    }
+}
 
 /// The fence of a writer holding shard `shard`'s lease at `epoch`.
 pub fn fence_for(shard: u16, epoch: u64) -> Fence {
@@ -232,22 +263,46 @@ impl Store for RedisStore {
     }
 
     async fn list(&self, room: &RoomKey, opts: &ListOptions) -> Result<Vec<(String, Bytes)>, StoreError> {
+        self.list_fenced(room, None, opts).await
+    }
+
+    async fn list_fenced(
+        &self,
+        room: &RoomKey,
+        fence: Option<&Fence>,
+        opts: &ListOptions,
+    ) -> Result<Vec<(String, Bytes)>, StoreError> {
         if opts.limit == Some(0) {
             return Ok(Vec::new());
         }
         let Some((min, max)) = lex_range(opts) else { return Ok(Vec::new()) };
         let shard = shard_of(room);
         let limit = opts.limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
-        let (ks, vs): (Vec<Vec<u8>>, Vec<Value>) = LIST_SCRIPT
-            .key(self.keys.room_keys(shard, room))
-            .key(self.keys.room_values(shard, room))
-            .arg(min)
-            .arg(max)
-            .arg(if opts.reverse { "1" } else { "0" })
-            .arg(limit)
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(backend)?;
+        let reverse = if opts.reverse { "1" } else { "0" };
+        let (ks, vs): (Vec<Vec<u8>>, Vec<Value>) = match fence {
+            None => LIST_SCRIPT
+                .key(self.keys.room_keys(shard, room))
+                .key(self.keys.room_values(shard, room))
+                .arg(min)
+                .arg(max)
+                .arg(reverse)
+                .arg(limit)
+                .invoke_async(&mut self.conn.clone())
+                .await
+                .map_err(backend)?,
+            Some(fence) => LIST_FENCED_SCRIPT
+                .key(self.keys.lease(shard))
+                .key(self.keys.room_keys(shard, room))
+                .key(self.keys.room_values(shard, room))
+                .arg(fence.epoch)
+                .arg(min)
+                .arg(max)
+                .arg(reverse)
+                .arg(limit)
+                .invoke_async(&mut self.conn.clone())
+                .await
+                .map_err(|e| read_error(e, fence))?,
+        };
         if ks.len() != vs.len() {
             return Err(StoreError::Backend(format!("list answered {} values for {} keys", vs.len(), ks.len())));
         }
@@ -313,6 +368,43 @@ impl Store for RedisStore {
             return Ok(Vec::new());
         }
         Ok(self.due_page(now_ms, 0, limit).await?.into_iter().map(|(_, r, t)| (r, t)).collect())
+    }
+
+    async fn get_fenced(
+        &self,
+        room: &RoomKey,
+        fence: Option<&Fence>,
+        keys: &[String],
+    ) -> Result<Vec<Option<Bytes>>, StoreError> {
+        let Some(fence) = fence else { return self.get(room, keys).await };
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let shard = shard_of(room);
+        let values: Vec<Option<Vec<u8>>> = GET_FENCED_SCRIPT
+            .key(self.keys.lease(shard))
+            .key(self.keys.room_values(shard, room))
+            .arg(fence.epoch)
+            .arg(keys)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| read_error(e, fence))?;
+        if values.len() != keys.len() {
+            return Err(StoreError::Backend(format!("HMGET answered {} values for {} keys", values.len(), keys.len())));
+        }
+        Ok(values.into_iter().map(|v| v.map(Bytes::from)).collect())
+    }
+
+    async fn get_alarm_fenced(&self, room: &RoomKey, fence: Option<&Fence>) -> Result<Option<i64>, StoreError> {
+        let Some(fence) = fence else { return self.get_alarm(room).await };
+        let shard = shard_of(room);
+        ALARM_FENCED_SCRIPT
+            .key(self.keys.lease(shard))
+            .key(self.keys.room_alarm(shard, room))
+            .arg(fence.epoch)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| read_error(e, fence))
     }
 }
 
@@ -426,6 +518,46 @@ mod tests {
         store.commit(&room, Some(&fence_for(shard, e)), &[put("k", "v"), WriteOp::SetAlarm(7)]).await.unwrap();
         assert_eq!(store.get(&room, &strings(&["k"])).await.unwrap(), vec![Some(Bytes::from("v"))]);
         assert_eq!(store.get_alarm(&room).await.unwrap(), Some(7));
+    }
+
+    #[tokio::test]
+    async fn reads_under_a_fence_that_no_longer_holds_are_refused() {
+        let mut server = RedisServer::start();
+        let redis = connect(&server).await;
+        let (store, leases) = (redis.store(), redis.leases());
+        let room = RoomKey::new("main", "fenced-reads");
+        let shard = shard_of(&room);
+        let e = grant(&leases, shard, "node-a#1", Duration::from_secs(60)).await;
+        let fence = fence_for(shard, e);
+        store.commit(&room, Some(&fence), &[put("k", "v"), WriteOp::SetAlarm(42)]).await.unwrap();
+        let keys = strings(&["k", "missing"]);
+        assert_eq!(
+            store.get_fenced(&room, Some(&fence), &keys).await.unwrap(),
+            vec![Some(Bytes::from_static(b"v")), None]
+        );
+        let listed = store.list_fenced(&room, Some(&fence), &ListOptions::default()).await.unwrap();
+        assert_eq!(listed, vec![("k".to_string(), Bytes::from_static(b"v"))]);
+        assert_eq!(store.get_alarm_fenced(&room, Some(&fence)).await.unwrap(), Some(42));
+        // A stale epoch reads nothing.
+        let stale = fence_for(shard, e - 1);
+        assert!(matches!(store.get_fenced(&room, Some(&stale), &keys).await, Err(StoreError::Fenced { .. })));
+        assert!(matches!(
+            store.list_fenced(&room, Some(&stale), &ListOptions::default()).await,
+            Err(StoreError::Fenced { .. })
+        ));
+        assert!(matches!(store.get_alarm_fenced(&room, Some(&stale)).await, Err(StoreError::Fenced { .. })));
+        // Redis comes back without its data: the lease is gone, so the room reads nothing either,
+        // rather than an empty room.
+        server.restart();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match store.get_fenced(&room, Some(&fence), &keys).await {
+                Err(StoreError::Fenced { .. }) => break,
+                Err(e) => assert!(Instant::now() < deadline, "{e}"),
+                Ok(v) => panic!("read {v:?} from a Redis that lost the lease"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     #[tokio::test]
