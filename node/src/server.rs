@@ -178,7 +178,7 @@ pub async fn run_with_state(
     let lost_host = host.clone();
     let shards = Arc::new(Shards::new(
         Arc::new(NodeLeases {
-            leases: redis.leases(),
+            leases: redis.leases().expecting_marker(&cluster_id),
             marker: marker.clone(),
             cluster_id: cluster_id.clone(),
             me: me.clone(),
@@ -352,9 +352,15 @@ impl LeaseBackend for NodeLeases {
             self.marker.holds(&self.cluster_id).await?,
             "Redis lost the cluster's data (its cluster marker is gone): refusing to take shards"
         );
-        Ok(self.leases.acquire(shard, &self.me.id, &self.me.inc, &self.me.addr, self.ttl).await?)
+        match self.leases.acquire(shard, &self.me.id, &self.me.inc, &self.me.addr, self.ttl).await {
+            Err(crate::redis::Error::Lost(s)) => {
+                self.marker.note_lost(s);
+                Err(crate::redis::Error::Lost(s).into())
+            }
+            other => Ok(other?),
+        }
     }
-    async fn renew_many(&self, leases: &[(u16, u64)]) -> anyhow::Result<Vec<bool>> {
+    async fn renew_many(&self, leases: &[(u16, u64)]) -> anyhow::Result<Vec<Option<bool>>> {
         Ok(self.leases.renew_many(leases, &self.me.inc, self.ttl).await?)
     }
     async fn release(&self, shard: u16, epoch: u64) -> anyhow::Result<bool> {
@@ -405,7 +411,7 @@ impl Node {
                 _ = tick.tick() => {}
                 _ = stop.cancelled() => return,
             }
-            match marker.holds(&self.me.cluster).await {
+            match marker.check(&self.me.cluster).await {
                 Ok(true) if self.state.refusing() => {
                     tracing::warn!(cluster = %self.me.cluster, "the cluster marker is back in Redis: serving rooms again");
                     self.state.refusing.store(false, Ordering::Release);
@@ -550,12 +556,14 @@ struct ClusterAlarms {
 #[async_trait]
 impl AlarmScope for ClusterAlarms {
     async fn due(&self, now_ms: i64, limit: usize, parked: &Parked) -> Result<Vec<RoomKey>, StoreError> {
-        let owned: HashSet<u16> = self.shards.owned().into_iter().map(|(s, _)| s).collect();
-        let wanted = |shard: u16, room: &RoomKey| {
-            (owned.contains(&shard) || self.cluster.preferred(shard).is_some_and(|p| p.id == self.me))
-                && !parked.contains(room)
-        };
-        let due = self.store.due_alarms_where(now_ms, limit, wanted).await?;
+        let owned: HashMap<u16, u64> = self.shards.owned().into_iter().collect();
+        let shards: Vec<(u16, Option<u64>)> = (0..partyline::placement::SHARDS)
+            .filter_map(|s| match owned.get(&s) {
+                Some(epoch) => Some((s, Some(*epoch))),
+                None => self.cluster.preferred(s).is_some_and(|p| p.id == self.me).then_some((s, None)),
+            })
+            .collect();
+        let due = self.store.due_alarms_in(now_ms, limit, &shards, |room| parked.contains(room)).await?;
         Ok(due.into_iter().map(|(k, _)| k).collect())
     }
 
