@@ -1,36 +1,30 @@
 //! The connection to Redis: one server (`redis://`) or a Redis Cluster (`redis+cluster://`).
 //!
 //! [`Connection`] is what the store, the leases, the membership and the marker share: an
-//! auto-reconnecting [`ConnectionManager`] for one server, or the crate's cluster connection,
-//! which learns the slot map from the seed nodes, sends each command to the primary that serves
-//! its slot, follows `MOVED`/`ASK` redirections (refreshing the slot map on `MOVED`), waits and
-//! retries on `TRYAGAIN` (a slot being migrated) and `CLUSTERDOWN`, and reconnects to nodes that
-//! went away. Both implement [`ConnectionLike`], so `cmd.query_async(&mut conn)` and
+//! auto-reconnecting [`ConnectionManager`] for one server, or a [`Router`] for a cluster, which
+//! learns the slot map from the seed nodes and sends each command to the primary that serves its
+//! key's slot, following `MOVED`/`ASK` and waiting out `TRYAGAIN` (see [`super::router`]). Both
+//! implement [`ConnectionLike`], so `cmd.query_async(&mut conn)` and
 //! `script.invoke_async(&mut conn)` work on either.
 //!
-//! Every command this crate sends touches one hash slot (see [`super::keys`]); a pipeline of
-//! commands on different slots is not one request in a cluster, so [`Connection::each`] runs
-//! such batches as one pipeline on a single server and as concurrent commands in a cluster (the
-//! cluster connection multiplexes them over one connection per primary).
+//! Every command this crate sends touches one hash slot (see [`super::keys`]). Batches of such
+//! commands over many slots ([`Connection::each`]) are one pipeline on a single server and one
+//! pipeline per primary on a cluster.
 //!
 //! Pub/sub is separate ([`PubSubSource`]): a subscription is a dedicated connection to one
 //! server; in a cluster, to any node (Redis Cluster forwards every `PUBLISH` to all nodes).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, PubSub};
-use ::redis::cluster::ClusterClientBuilder;
-use ::redis::cluster_async::ClusterConnection;
 use ::redis::{Client, Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisFuture, Value};
-use futures::StreamExt;
 
+use super::router::Router;
 use super::{redact, Error, RedisConfig, Result};
 
 /// The URL scheme that selects Redis Cluster: `redis+cluster://[user:password@]host:port[,host:port...]`.
 pub const CLUSTER_SCHEME: &str = "redis+cluster://";
-
-/// Commands [`Connection::each`] keeps in flight at once in a cluster.
-const CONCURRENT: usize = 512;
 
 /// Where Redis is, parsed from a [`RedisConfig::url`].
 #[derive(Clone, Debug)]
@@ -86,14 +80,14 @@ pub enum Connection {
     /// One server.
     Single(ConnectionManager),
     /// A Redis Cluster.
-    Cluster(ClusterConnection),
+    Cluster(Arc<Router>),
 }
 
 impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Connection::Single(c) => c.req_packed_command(cmd),
-            Connection::Cluster(c) => c.req_packed_command(cmd),
+            Connection::Cluster(r) => Box::pin(async move { r.run(cmd).await }),
         }
     }
 
@@ -105,14 +99,27 @@ impl ConnectionLike for Connection {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Connection::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            // A pipeline may span slots: its commands go where they belong and answer in order.
+            Connection::Cluster(r) => Box::pin(async move {
+                let cmds: Vec<Cmd> = pipeline.cmd_iter().cloned().collect();
+                let answers = r.each(None, cmds).await;
+                answers
+                    .into_iter()
+                    .skip(offset)
+                    .take(count)
+                    .map(|a| match a {
+                        Ok(v) => Ok(v),
+                        Err(e) => ::redis::ServerError::try_from(e).map(Value::ServerError),
+                    })
+                    .collect()
+            }),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Connection::Single(c) => c.get_db(),
-            Connection::Cluster(c) => c.get_db(),
+            Connection::Cluster(_) => 0,
         }
     }
 }
@@ -125,15 +132,14 @@ impl Connection {
 
     /// Runs independent commands, each on one hash slot, and answers each in order (a server
     /// error answers that command only). One server: one pipeline, one round trip. A cluster:
-    /// all at once (bounded), each to its slot's primary; a primary that does not answer fails
-    /// only its own commands.
+    /// one pipeline per primary, all at once; a primary that does not answer fails only its own
+    /// commands.
     pub async fn each(&self, cmds: Vec<Cmd>) -> Vec<::redis::RedisResult<Value>> {
         self.each_after(None, cmds).await
     }
 
-    /// [`Connection::each`], sending `first` before the commands (its answer ignored): in the
-    /// same pipeline on one server, on its own before them in a cluster (where a keyless
-    /// command like `SCRIPT LOAD` goes to every node).
+    /// [`Connection::each`], sending `first` ahead of the commands in each pipeline (its answer
+    /// ignored), e.g. a `SCRIPT LOAD` for the `EVALSHA`s that follow.
     pub async fn each_after(&self, first: Option<Cmd>, cmds: Vec<Cmd>) -> Vec<::redis::RedisResult<Value>> {
         let n = cmds.len();
         match self {
@@ -156,21 +162,7 @@ impl Connection {
                     Err(e) => vec![Err(e); n],
                 }
             }
-            Connection::Cluster(conn) => {
-                if let Some(first) = first {
-                    if let Err(e) = first.query_async::<Value>(&mut conn.clone()).await {
-                        tracing::debug!(error = %e, "a preliminary command failed");
-                    }
-                }
-                futures::stream::iter(cmds)
-                    .map(|cmd| {
-                        let mut conn = conn.clone();
-                        async move { cmd.query_async::<Value>(&mut conn).await }
-                    })
-                    .buffered(CONCURRENT)
-                    .collect()
-                    .await
-            }
+            Connection::Cluster(router) => router.each(first.as_ref(), cmds).await,
         }
     }
 }
@@ -184,12 +176,12 @@ fn protocol_error(msg: String) -> ::redis::RedisError {
 pub enum PubSubSource {
     /// One server.
     Single(Client),
-    /// A cluster: its seeds, plus the nodes the cluster connection reports.
+    /// A cluster: the nodes its slot map names, then its seeds.
     Cluster {
-        /// The seed nodes of the URL.
+        /// The seed nodes of the URL (credentials and settings for every node).
         seeds: Vec<ConnectionInfo>,
-        /// For discovering the other nodes (`CLUSTER NODES`).
-        conn: ClusterConnection,
+        /// The cluster's slot map.
+        router: Arc<Router>,
         /// Bound on each connection attempt.
         timeout: Duration,
     },
@@ -201,10 +193,22 @@ impl PubSubSource {
     pub async fn open(&self) -> ::redis::RedisResult<PubSub> {
         match self {
             PubSubSource::Single(client) => client.get_async_pubsub().await,
-            PubSubSource::Cluster { seeds, conn, timeout } => {
-                let mut candidates = discover(conn, seeds).await;
+            PubSubSource::Cluster { seeds, router, timeout } => {
+                let Some(template) = seeds.first() else {
+                    return Err(protocol_error("no Redis Cluster seed node".into()));
+                };
+                let mut candidates: Vec<ConnectionInfo> = router
+                    .nodes()
+                    .into_iter()
+                    .map(|(host, port)| template.clone().set_addr(ConnectionAddr::Tcp(host, port)))
+                    .collect();
                 let start = (uuid::Uuid::new_v4().as_u128() % candidates.len().max(1) as u128) as usize;
                 candidates.rotate_left(start);
+                for seed in seeds {
+                    if !candidates.iter().any(|c| c.addr() == seed.addr()) {
+                        candidates.push(seed.clone());
+                    }
+                }
                 let mut last = None;
                 for info in candidates {
                     let attempt = async { Client::open(info.clone())?.get_async_pubsub().await };
@@ -212,7 +216,7 @@ impl PubSubSource {
                         Ok(Ok(pubsub)) => return Ok(pubsub),
                         Ok(Err(e)) => last = Some(e),
                         Err(_) => {
-                            last = Some(protocol_error(format!("no answer from {:?} within {timeout:?}", info.addr())))
+                            last = Some(protocol_error(format!("no answer from {} within {timeout:?}", info.addr())))
                         }
                     }
                 }
@@ -222,54 +226,8 @@ impl PubSubSource {
     }
 }
 
-/// Every node of the cluster the connection knows (from `CLUSTER NODES`), then the seeds not
-/// among them; just the seeds if the cluster does not answer.
-async fn discover(conn: &ClusterConnection, seeds: &[ConnectionInfo]) -> Vec<ConnectionInfo> {
-    let Some(template) = seeds.first() else { return Vec::new() };
-    let listing: ::redis::RedisResult<String> =
-        ::redis::cmd("CLUSTER").arg("NODES").query_async(&mut conn.clone()).await;
-    let mut out: Vec<ConnectionInfo> = match listing {
-        Ok(text) => cluster_nodes(&text)
-            .into_iter()
-            .map(|(host, port)| template.clone().set_addr(ConnectionAddr::Tcp(host, port)))
-            .collect(),
-        Err(e) => {
-            tracing::debug!(error = %e, "CLUSTER NODES failed; subscribing through the seed nodes");
-            Vec::new()
-        }
-    };
-    for seed in seeds {
-        if !out.iter().any(|i| i.addr() == seed.addr()) {
-            out.push(seed.clone());
-        }
-    }
-    out
-}
-
-/// The `host:port` of every node in a `CLUSTER NODES` listing that is not failing.
-pub fn cluster_nodes(listing: &str) -> Vec<(String, u16)> {
-    listing
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let addr = fields.nth(1)?;
-            let flags = fields.next()?;
-            if flags.split(',').any(|f| matches!(f, "fail" | "fail?" | "handshake" | "noaddr")) {
-                return None;
-            }
-            // ip:port@cport[,hostname]
-            let hostport = addr.split(['@', ',']).next()?;
-            let (host, port) = hostport.rsplit_once(':')?;
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            if host.is_empty() {
-                return None;
-            }
-            Some((host.to_string(), port.parse().ok()?))
-        })
-        .collect()
-}
-
-/// Connects to `target` (bounded by `config.connect_timeout`) and checks every primary answers.
+/// Connects to `target` (bounded by `config.connect_timeout`) and checks the server, or every
+/// primary of the cluster, answers.
 pub async fn connect(target: &Target, config: &RedisConfig) -> Result<(Connection, PubSubSource)> {
     let shown = redact(&config.url);
     let failed = |reason: String| Error::Connect { url: shown.clone(), reason };
@@ -300,35 +258,17 @@ pub async fn connect(target: &Target, config: &RedisConfig) -> Result<(Connectio
         }
         Target::Cluster(seeds) => {
             let seeds: Vec<ConnectionInfo> = seeds.iter().cloned().map(nodelay).collect();
-            let client = ClusterClientBuilder::new(seeds.clone())
-                .connection_timeout(config.connect_timeout)
-                .response_timeout(config.response_timeout)
-                .overall_response_timeout(Some(config.response_timeout))
-                // TRYAGAIN while a slot migrates (a script's keys are on both primaries for a
-                // moment) and CLUSTERDOWN during a failover are retried after 5, 10, 20 … ms (at
-                // most 100 ms apart) for as long as the response timeout allows; every ASK
-                // redirection counts as a retry too.
-                .retries(64)
-                .min_retry_wait(5)
-                .max_retry_wait(100)
-                .retry_wait_formula(5, 2)
-                .build()
-                .map_err(|e| Error::Config(format!("bad Redis URL {shown}: {e}")))?;
-            let connect = async {
-                let mut conn = client.get_async_connection().await?;
-                // Routed to every primary: each must answer.
-                ::redis::cmd("PING").query_async::<()>(&mut conn).await?;
-                Ok::<_, ::redis::RedisError>(conn)
-            };
-            let conn = bounded(config.connect_timeout, connect).await.map_err(|reason| {
+            let connect = Router::connect(seeds.clone(), config.connect_timeout, config.response_timeout);
+            let router = bounded(config.connect_timeout * 2, connect).await.map_err(|reason| {
                 if reason.contains("cluster support disabled") {
                     failed(format!("{reason} (this is not a Redis Cluster: use redis://host:port)"))
                 } else {
                     failed(reason)
                 }
             })?;
-            let pubsub = PubSubSource::Cluster { seeds, conn: conn.clone(), timeout: config.connect_timeout };
-            Ok((Connection::Cluster(conn), pubsub))
+            let router = Arc::new(router);
+            let pubsub = PubSubSource::Cluster { seeds, router: router.clone(), timeout: config.connect_timeout };
+            Ok((Connection::Cluster(router), pubsub))
         }
     }
 }
@@ -374,25 +314,5 @@ mod tests {
         }
         let err = Target::parse("redis+cluster://u:secret@a:1/5").unwrap_err().to_string();
         assert!(!err.contains("secret"), "{err}");
-    }
-
-    #[test]
-    fn cluster_nodes_listing_is_parsed() {
-        let listing = "\
-07c37dfeb235213a872192d90877d0cd55635b91 127.0.0.1:30004@31004,host-a slave e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 0 1426238317239 4 connected
-67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1 127.0.0.1:30002@31002 master - 0 1426238316232 2 connected 5461-10922
-292f8b365bb7edb5e285caf0b7e6ddc7265d2f4f 127.0.0.1:30003@31003 master,fail - 0 1426238318243 3 connected 10923-16383
-e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:30001@31001 myself,master - 0 0 1 connected 0-5460
-6ec23923021cf3ffec47632106199cb7f496ce01 [::1]:30005@31005 slave 67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1 0 1426238316232 5 connected
-";
-        assert_eq!(
-            cluster_nodes(listing),
-            vec![
-                ("127.0.0.1".to_string(), 30004),
-                ("127.0.0.1".to_string(), 30002),
-                ("127.0.0.1".to_string(), 30001),
-                ("::1".to_string(), 30005)
-            ]
-        );
     }
 }

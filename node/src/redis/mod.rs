@@ -22,6 +22,7 @@ pub mod keys;
 pub mod lease;
 pub mod marker;
 pub mod membership;
+pub mod router;
 pub mod store;
 pub mod testing;
 
