@@ -169,6 +169,14 @@ impl Redis {
         self.conn.is_cluster()
     }
 
+    /// On a Redis Cluster, its primaries (`host:port`) as last seen; `None` on one server.
+    pub fn cluster_primaries(&self) -> Option<Vec<String>> {
+        match &self.conn {
+            Connection::Cluster(router) => Some(router.primaries()),
+            Connection::Single(_) => None,
+        }
+    }
+
     /// The shared connection, for commands this layer does not wrap.
     pub fn connection(&self) -> Connection {
         self.conn.clone()

@@ -115,6 +115,11 @@ impl Router {
         Ok(router)
     }
 
+    /// The primaries (`host:port`), in slot order.
+    pub fn primaries(&self) -> Vec<String> {
+        self.topology.read().unwrap().primaries().iter().map(|a| a.to_string()).collect()
+    }
+
     /// Every node the cluster reported, as `(host, port)`.
     pub fn nodes(&self) -> Vec<(String, u16)> {
         self.topology.read().unwrap().nodes.iter().filter_map(|a| split_addr(a)).collect()

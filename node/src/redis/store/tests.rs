@@ -477,3 +477,80 @@ async fn throughput() {
         all.len()
     );
 }
+
+/// Fenced commits per second for many rooms, one Redis against a 3-primary Redis Cluster, with
+/// each primary's share of the work (`INFO commandstats`); run with
+/// `cargo test --release -p partyline-node redis::store::tests::many_rooms -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement, not a check"]
+async fn many_rooms_single_vs_cluster() {
+    const ROOMS: usize = 2_000;
+    const WRITERS: usize = 64;
+    const RUN: Duration = Duration::from_secs(5);
+    let server = RedisServer::start();
+    let cluster = RedisCluster::start(3);
+    for (what, url) in [("one Redis", server.url()), ("Redis Cluster, 3 primaries", cluster.url())] {
+        let redis = testing::connect(&url, "pl").await;
+        let (store, leases) = (redis.store(), redis.leases());
+        let rooms: Vec<RoomKey> = (0..ROOMS).map(|i| RoomKey::new("main", format!("room-{i}"))).collect();
+        let mut epochs = HashMap::new();
+        for shard in 0..partyline::placement::SHARDS {
+            epochs.insert(shard, grant(&leases, shard, "bench", Duration::from_secs(600)).await);
+        }
+        let fences: Vec<Fence> = rooms.iter().map(|r| fence_for(shard_of(r), epochs[&shard_of(r)])).collect();
+        if url.starts_with("redis+cluster") {
+            cluster.reset_stats();
+        }
+        let before = testing::command_calls(&redis, "evalsha").await;
+        let deadline = Instant::now() + RUN;
+        let tasks: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let (store, rooms, fences) = (store.clone(), rooms.clone(), fences.clone());
+                tokio::spawn(async move {
+                    let mut n = 0usize;
+                    let message = "m".repeat(100);
+                    while Instant::now() < deadline {
+                        let i = (w + n * WRITERS) % ROOMS;
+                        store.commit(&rooms[i], Some(&fences[i]), &[put("messages", &message)]).await.unwrap();
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let mut commits = 0;
+        for t in tasks {
+            commits += t.await.unwrap();
+        }
+        let calls = testing::command_calls(&redis, "evalsha").await - before;
+        println!(
+            "{what}: {ROOMS} rooms, {WRITERS} writers: {:.0} fenced commits/s ({calls} EVALSHA)",
+            commits as f64 / RUN.as_secs_f64()
+        );
+        // Lease renewals of all 4096 shards, as one node owning them all would send them.
+        let held: Vec<(u16, u64)> = epochs.iter().map(|(s, e)| (*s, *e)).collect();
+        let start = Instant::now();
+        let rounds = 10;
+        for _ in 0..rounds {
+            assert!(leases
+                .renew_many(&held, "bench", Duration::from_secs(600))
+                .await
+                .unwrap()
+                .iter()
+                .all(|r| *r == Some(true)));
+        }
+        println!("{what}: renewing all {} shard leases: {:?} per round", held.len(), start.elapsed() / rounds);
+        if url.starts_with("redis+cluster") {
+            for port in cluster.primaries() {
+                let stats = cluster.command_calls(port);
+                let leases_here = cluster.keys_on(port, "pl:{s*}:lease").len();
+                println!(
+                    "  primary :{port}: {} EVALSHA ({:.0}% of the commits and renewals), {} of the 4096 shard leases",
+                    stats.get("evalsha").copied().unwrap_or(0),
+                    100.0 * stats.get("evalsha").copied().unwrap_or(0) as f64 / (calls + rounds as u64 * 4096) as f64,
+                    leases_here
+                );
+            }
+        }
+    }
+}
