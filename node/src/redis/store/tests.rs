@@ -478,6 +478,19 @@ async fn throughput() {
     );
 }
 
+/// Seconds of CPU each Redis server (each primary of a cluster) has used (`INFO cpu`).
+async fn redis_cpu(redis: &Redis) -> Vec<(String, f64)> {
+    testing::info(redis, "cpu")
+        .await
+        .into_iter()
+        .map(|(node, text)| {
+            let field =
+                |name: &str| text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok()).unwrap_or(0.0);
+            (node, field("used_cpu_sys:") + field("used_cpu_user:"))
+        })
+        .collect()
+}
+
 /// Fenced commits per second for many rooms, one Redis against a 3-primary Redis Cluster, with
 /// each primary's share of the work (`INFO commandstats`); run with
 /// `cargo test --release -p partyline-node redis::store::tests::many_rooms -- --ignored --nocapture`.
@@ -498,9 +511,11 @@ async fn many_rooms_single_vs_cluster() {
             epochs.insert(shard, grant(&leases, shard, "bench", Duration::from_secs(600)).await);
         }
         let fences: Vec<Fence> = rooms.iter().map(|r| fence_for(shard_of(r), epochs[&shard_of(r)])).collect();
-        if url.starts_with("redis+cluster") {
+        let on_cluster = url.starts_with("redis+cluster");
+        if on_cluster {
             cluster.reset_stats();
         }
+        let cpu_before = redis_cpu(&redis).await;
         let before = testing::command_calls(&redis, "evalsha").await;
         let deadline = Instant::now() + RUN;
         let tasks: Vec<_> = (0..WRITERS)
@@ -523,6 +538,14 @@ async fn many_rooms_single_vs_cluster() {
             commits += t.await.unwrap();
         }
         let calls = testing::command_calls(&redis, "evalsha").await - before;
+        let cpu: Vec<(String, f64)> = redis_cpu(&redis)
+            .await
+            .into_iter()
+            .map(|(node, secs)| {
+                let was = cpu_before.iter().find(|(n, _)| *n == node).map_or(0.0, |(_, s)| *s);
+                (node, (secs - was) / RUN.as_secs_f64())
+            })
+            .collect();
         println!(
             "{what}: {ROOMS} rooms, {WRITERS} writers: {:.0} fenced commits/s ({calls} EVALSHA)",
             commits as f64 / RUN.as_secs_f64()
@@ -540,15 +563,25 @@ async fn many_rooms_single_vs_cluster() {
                 .all(|r| *r == Some(true)));
         }
         println!("{what}: renewing all {} shard leases: {:?} per round", held.len(), start.elapsed() / rounds);
-        if url.starts_with("redis+cluster") {
+        for (node, busy) in &cpu {
+            println!("  {node}: Redis CPU {:.0}% of a core while committing", busy * 100.0);
+        }
+        if on_cluster {
             for port in cluster.primaries() {
                 let stats = cluster.command_calls(port);
                 let leases_here = cluster.keys_on(port, "pl:{s*}:lease").len();
+                let rooms_here = rooms
+                    .iter()
+                    .filter(|r| {
+                        cluster.primary_of(crate::redis::router::slot(redis.keys().lease(shard_of(r)).as_bytes()))
+                            == port
+                    })
+                    .count();
                 println!(
-                    "  primary :{port}: {} EVALSHA ({:.0}% of the commits and renewals), {} of the 4096 shard leases",
+                    "  primary :{port}: {rooms_here} of the {ROOMS} rooms, {} of the 4096 shard leases, {} EVALSHA ({:.0}% of the commits and renewals)",
+                    leases_here,
                     stats.get("evalsha").copied().unwrap_or(0),
                     100.0 * stats.get("evalsha").copied().unwrap_or(0) as f64 / (calls + rounds as u64 * 4096) as f64,
-                    leases_here
                 );
             }
         }
