@@ -283,7 +283,20 @@ pub async fn run_with_state(
 async fn claim_marker(marker: &Marker, cluster: &ClusterClient, state: &NodeState) -> anyhow::Result<String> {
     let fresh = fresh_value();
     match marker.get().await.context("could not read the cluster marker")? {
-        Some(v) => return Ok(v),
+        Some(v) => {
+            // No node serves: shards whose Redis Cluster primary lost its data start over.
+            if cluster.nodes().is_empty() {
+                let lost = marker.restore_copies(&v).await.context("could not check the cluster marker's copies")?;
+                if lost > 0 {
+                    tracing::warn!(
+                        shards = lost,
+                        "Redis LOST THE DATA of {lost} shards (their copies of the cluster marker were gone) and no node \
+                         was serving: starting those shards over, empty"
+                    );
+                }
+            }
+            return Ok(v);
+        }
         None => {
             let announced: Vec<String> = cluster
                 .nodes()

@@ -28,7 +28,10 @@
 //!   `false` (the node refuses to serve), until the copies are back.
 //!
 //! A copy with another value (a cluster started earlier on this Redis, or a node that lost the
-//! race to create the cluster) is not lost data: the acquire script takes it over.
+//! race to create the cluster) is not lost data: the acquire script takes it over. A node that
+//! starts while no node serves writes missing copies back ([`Marker::restore_copies`], with a
+//! loud warning): restarting every node starts the lost shards over, as it starts a whole lost
+//! single Redis over.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -141,6 +144,23 @@ impl Marker {
             }
         }
         Ok(missing)
+    }
+
+    /// Redis Cluster, when no node serves: writes back the shards' marker copies that are
+    /// missing (their primary lost its data while the whole cluster was down), so the cluster
+    /// starts those shards over empty, as a whole-cluster restart does after a single Redis lost
+    /// everything. Returns how many were missing (0 on one Redis server).
+    pub async fn restore_copies(&self, value: &str) -> Result<usize> {
+        if !self.keys.is_cluster() {
+            return Ok(0);
+        }
+        let all: Vec<u16> = (0..SHARDS).collect();
+        let missing = self.missing_copies(&all).await?;
+        if !missing.is_empty() {
+            self.write_copies(value).await?;
+        }
+        self.lost.lock().unwrap().0.clear();
+        Ok(missing.len())
     }
 
     /// Redis Cluster: writes every shard's marker copy that is missing, with `value`.
@@ -326,6 +346,15 @@ mod tests {
         let copy: String =
             ::redis::cmd("GET").arg(redis.keys().shard_marker(2)).query_async(&mut redis.connection()).await.unwrap();
         assert_eq!(copy, "one");
+        // The whole cluster restarted after a primary lost its data: the lost copies are written
+        // back (those shards start over), the others are left alone.
+        cluster.wipe(wiped);
+        let restored = marker.restore_copies("one").await.unwrap();
+        assert!(restored > 1000 && restored < 2000, "{restored} copies were missing");
+        assert_eq!(marker.restore_copies("one").await.unwrap(), 0);
+        for _ in 0..17 {
+            assert!(marker.check("one").await.unwrap());
+        }
         // Leases without a marker (tools, tests) do not look at the copies.
         let _: () = ::redis::cmd("DEL")
             .arg(redis.keys().shard_marker(3000))
