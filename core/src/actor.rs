@@ -35,6 +35,9 @@ const ALARM_BACKOFF: Duration = Duration::from_secs(2);
 /// their sockets before it serves anything else.
 const GATHER_WAIT: Duration = Duration::from_secs(3);
 
+/// Called once with how a room task ended; see [`RoomConfig::on_exit`].
+pub type OnExit = Box<dyn FnOnce(&RoomExit) + Send>;
+
 /// Everything a room needs to run.
 pub struct RoomConfig {
     /// Which room.
@@ -57,7 +60,7 @@ pub struct RoomConfig {
     /// Told how long events take and when alarms fire (metrics); `None`: nobody listens.
     pub observer: Option<Arc<dyn RoomObserver>>,
     /// Called once with how the room task ended (after it ended).
-    pub on_exit: Option<Box<dyn FnOnce(&RoomExit) + Send>>,
+    pub on_exit: Option<OnExit>,
 }
 
 // `span` of a request: the caller's, so the handler's span joins the caller's trace.

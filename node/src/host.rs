@@ -55,6 +55,9 @@ struct Entry {
     fence: Option<Fence>,
 }
 
+/// Told that a room's storage refused its fence (the shard's lease is not ours any more).
+pub type OnFenced = Arc<dyn Fn(&RoomKey, &Fence) + Send + Sync>;
+
 /// What a host is built from.
 pub struct HostConfig {
     /// The parties it can run.
@@ -71,7 +74,7 @@ pub struct HostConfig {
     pub observer: Option<Arc<dyn RoomObserver>>,
     /// Called when a room stops because storage refused its fence (a write or a read): the
     /// shard's lease is not held at that epoch any more.
-    pub on_fenced: Option<Arc<dyn Fn(&RoomKey, &Fence) + Send + Sync>>,
+    pub on_fenced: Option<OnFenced>,
 }
 
 /// The rooms of this process. Cheap to clone.
@@ -87,7 +90,7 @@ struct Inner {
     env: Env,
     parties_client: Option<Arc<dyn PartiesClient>>,
     observer: Option<Arc<dyn RoomObserver>>,
-    on_fenced: Option<Arc<dyn Fn(&RoomKey, &Fence) + Send + Sync>>,
+    on_fenced: Option<OnFenced>,
     rooms: Mutex<HashMap<RoomKey, Entry>>,
 }
 

@@ -181,9 +181,10 @@ async fn a_primary_failover_keeps_every_acknowledged_write_and_a_primary_that_lo
     cluster.wipe(replica);
     within(30, "both nodes to refuse", async {
         loop {
-            // A client asking for the room makes its node try the shard (and find it lost).
-            let _ =
-                tokio::time::timeout(Duration::from_millis(300), c.connect(0, "/parties/main/failover?_pk=b")).await;
+            // A client asking for the room makes its node try the shard (and find it lost); the
+            // gateway answers 503 once every node refuses.
+            let url = format!("ws://{}/parties/main/failover?_pk=b", c.gateway(0));
+            let _ = tokio::time::timeout(Duration::from_millis(300), Client::connect(&url)).await;
             let nodes = membership.live().await.unwrap();
             if nodes.len() == 2 && nodes.iter().all(|n| n.refusing) {
                 return;
