@@ -1,11 +1,13 @@
 //! The real npm `yjs` + `y-partykit` provider, run under Node against the `yjs` party (and the
-//! `yjs-auth` test party) in `dev` and in a cluster with two gateways. The checks live in
-//! `tests/interop/yjs.mjs`; `scripts/test.sh` installs its packages (`npm ci`).
+//! `yjs-auth` test party) in `dev` and in a cluster with two gateways, and the collaborative text
+//! page in two tabs of headless Chromium. The checks live in `tests/interop/yjs.mjs` and
+//! `tests/interop/textpage.mjs`; `scripts/test.sh` installs their packages (`npm ci`) and
+//! Chromium (apt).
 
 use partyline::Limits;
 use partyline_server::dev::DevConfig;
 use partyline_tests::cluster::TestCluster;
-use partyline_tests::{run_yjs_checks, DevServer};
+use partyline_tests::{run_interop_script, run_yjs_checks, DevServer};
 
 #[tokio::test]
 async fn providers_against_dev() {
@@ -46,4 +48,11 @@ async fn a_document_moves_to_another_node_whole() {
     c.wait_for_members(1).await;
     let b = c.gateway(1).to_string();
     run_yjs_checks(&["read", &b, "moving-doc"]).await;
+}
+
+#[tokio::test]
+async fn the_text_page_in_two_tabs_of_headless_chromium() {
+    let s = DevServer::start(DevConfig::default()).await;
+    let addr = s.addr.to_string();
+    run_interop_script("textpage.mjs", &[&addr], 120).await;
 }
