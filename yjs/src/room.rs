@@ -301,8 +301,19 @@ impl YjsRoom {
     /// after the last one, the document is stored and unloaded.
     pub async fn on_close(&mut self, conn: &Connection) -> anyhow::Result<()> {
         let Some(peer) = self.peers.remove(conn.id()) else { return Ok(()) };
+        // Also every other connection that is no longer in the room (one whose setup failed
+        // after it was handed over gets no on_close; several that left at once get theirs one
+        // after the other): one removal message for all of them.
+        let mut clients = peer.clients;
+        self.peers.retain(|_, p| {
+            let open = p.conn.is_open();
+            if !open {
+                clients.extend(p.clients.drain());
+            }
+            open
+        });
         if let Some(loaded) = self.loaded.as_mut() {
-            let removed = loaded.awareness.remove(peer.clients);
+            let removed = loaded.awareness.remove(clients);
             if !removed.is_empty() {
                 let frame = protocol::awareness(&loaded.awareness.encode(removed));
                 self.broadcast(frame);
@@ -475,10 +486,18 @@ impl YjsRoom {
         if changes.is_empty() {
             return;
         }
-        if let Some(peer) = self.peers.get_mut(conn.id()) {
-            peer.clients.extend(&changes.added);
-            for c in &changes.removed {
-                peer.clients.remove(c);
+        // A client's state belongs to the connection that last set it (a provider that
+        // reconnected sets it on its new connection; the old one leaving must not remove it).
+        for (id, peer) in self.peers.iter_mut() {
+            if id == conn.id() {
+                peer.clients.extend(changes.added.iter().chain(&changes.updated));
+                for c in &changes.removed {
+                    peer.clients.remove(c);
+                }
+            } else {
+                for c in changes.added.iter().chain(&changes.updated).chain(&changes.removed) {
+                    peer.clients.remove(c);
+                }
             }
         }
         let frame = protocol::awareness(&loaded.awareness.encode(changes.all()));

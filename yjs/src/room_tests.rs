@@ -376,3 +376,40 @@ async fn on_save_gets_the_document_after_changes() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_state_set_again_on_a_new_connection_survives_the_old_one_leaving() {
+    let (room, _task) = testkit::spawn("yjs", "re", &store(), Limits::default());
+    let mut watcher = Client::connect(&room, "w", "/parties/yjs/re?_pk=w").await;
+    let mut old = Client::connect(&room, "old", "/parties/yjs/re?_pk=old").await;
+    watcher.sync().await;
+    old.sync().await;
+    old.send(awareness(7, 1, r#"{"n":1}"#)).await;
+    watcher.recv_awareness().await;
+    // The provider reconnects (new connection id) and its next heartbeat goes there.
+    let mut new = Client::connect(&room, "new", "/parties/yjs/re?_pk=new").await;
+    new.sync().await;
+    new.send(awareness(7, 2, r#"{"n":1}"#)).await;
+    assert_eq!(watcher.recv_awareness().await, [(7, 2, Some(r#"{"n":1}"#.to_string()))]);
+    old.close(Some("timed out")).await;
+    assert!(watcher.quiet_for(Duration::from_millis(100)).await, "the state stays");
+    new.close(None).await;
+    assert_eq!(watcher.recv_awareness().await, [(7, 2, None)]);
+}
+
+#[tokio::test]
+async fn a_connection_that_failed_after_the_handover_does_not_pin_the_document() {
+    set_options("fail", YjsOptions::default());
+    let store = store();
+    let (room, _task) = testkit::spawn("test", "fail", &store, Limits::default());
+    let mut a = Client::connect(&room, "a", "/parties/test/fail?_pk=a").await;
+    a.sync().await;
+    let failed = Client::connect(&room, "f", "/parties/test/fail?_pk=f&fail=1").await;
+    assert!(matches!(failed.verdict, partyline::link::FromRoom::Failed { .. }));
+    let u = a.edit("kept");
+    a.send(protocol::update(&u)).await;
+    a.recv_update().await;
+    a.close(None).await;
+    // The last real connection left: the document is stored as a snapshot and unloaded.
+    eventually("the snapshot", || async { stored_keys(&store, "test", "fail").await == ["yjs:s:000000"] }).await;
+}

@@ -29,7 +29,8 @@ pub(crate) fn set_options(room: &str, options: YjsOptions) {
 }
 
 /// A party that hands connections to a [`YjsRoom`] with the options set for its room id; a
-/// connection with `?yjs=0` stays out of the Yjs room (a party's other connections).
+/// connection with `?yjs=0` stays out of the Yjs room (a party's other connections), one with
+/// `?fail=1` fails in `on_connect` after it was handed over.
 pub(crate) struct TestParty {
     yjs: YjsRoom,
 }
@@ -47,6 +48,9 @@ impl Party for TestParty {
     async fn on_connect(&mut self, conn: &Connection, ctx: &ConnectionContext) -> anyhow::Result<()> {
         if wants_yjs(conn) {
             self.yjs.on_connect(conn, ctx).await?;
+        }
+        if conn.uri().contains("fail=1") {
+            anyhow::bail!("refused after the handover");
         }
         Ok(())
     }
