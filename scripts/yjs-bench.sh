@@ -160,7 +160,7 @@ start_target() {
         return 1
       }
       local w
-      w="$(ps -o pid=,comm= -g "$!" | awk '$2 == "workerd" {print $1; exit}')"
+      w="$(ps -o pid=,comm= --sid "$!" | awk '$2 == "workerd" {print $1; exit}')"
       [ -n "$w" ] || { echo "partykit: no workerd process found" >"$OUT/skipped.partykit"; return 1; }
       URLS=("ws://127.0.0.1:$p"); PIDS=("$w" "$!")
       ;;
