@@ -4,12 +4,15 @@
 #   dev        partyline dev, storage on disk (a fresh data directory)
 #   cluster    redis-server + one partyline node + two gateways (providers spread over both)
 #   partykit   the real PartyKit dev server (npm `partykit`, workerd) running y-partykit's
-#              onConnect with persist: snapshot, as y-partykit's docs show
+#              onConnect with persist: snapshot, as y-partykit's docs show (the same
+#              semantics as Partyline's `yjs` party)
+#   partykit-memory  the same server, y-partykit without persistence (its default)
 # and for each: updates/s and latency with 50 providers in one document (as fast as each
 # provider's previous update comes back, and at 10 updates/s per provider), and server memory
-# per loaded document (200 rooms, one provider each, 50 updates of 64 characters per room).
+# per loaded document (a fresh server, 200 rooms, one provider each, 50 updates of 64
+# characters per room).
 #
-#   scripts/yjs-bench.sh                      every target, 3 runs each (~6 min on 2 cores)
+#   scripts/yjs-bench.sh          every target, 3 runs each (~12 min on 2 cores)
 #   options: --runs N  --only "dev cluster"  --out DIR  --no-build  --duration 10s
 #
 # Everything runs on 127.0.0.1, on ports this script picks (21000-31999), and is stopped when
@@ -24,7 +27,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 RUNS=3
-ONLY="dev cluster partykit"
+ONLY="dev cluster partykit partykit-memory"
 OUT=""
 BUILD=1
 DURATION=10s
@@ -35,7 +38,7 @@ while [ $# -gt 0 ]; do
     --out) OUT="$2"; shift ;;
     --no-build) BUILD=0 ;;
     --duration) DURATION="$2"; shift ;;
-    -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "yjs-bench.sh: unknown argument: $1 (try --help)" >&2; exit 2 ;;
   esac
   shift
@@ -114,15 +117,16 @@ partykit_ready() {
     log "installing PartyKit (npm ci in $PK_DIR)"
     (cd "$PK_DIR" && npm ci --no-audit --no-fund --loglevel=error) >"$OUT/logs/partykit-npm.log" 2>&1 || return 1
   fi
-  cp "$ROOT/scripts/yjs-bench/server.ts" "$PK_DIR/src/server.ts"
+  cp "$ROOT/scripts/yjs-bench/server.ts" "$ROOT/scripts/yjs-bench/server-memory.ts" "$PK_DIR/src/"
   cp "$ROOT/scripts/yjs-bench/partykit.json" "$PK_DIR/partykit.json"
 }
 
 # Set by start_target: URLS (tester --url args), PIDS (--server-pid args; the first EDGE of
-# them hold the client sockets and the documents: their RSS growth is the memory figure).
+# them hold the client sockets and the documents: their RSS growth is the memory figure),
+# PARTY.
 start_target() {
   local name="$1" p np rp g1 g2
-  URLS=(); PIDS=(); EDGE=1
+  URLS=(); PIDS=(); EDGE=1; PARTY=yjs
   case "$name" in
     dev)
       p="$(pick_port)"
@@ -148,20 +152,21 @@ start_target() {
             "$(cut -d' ' -f1 "$OUT/cluster/pids/redis.pid")")
       EDGE=3
       ;;
-    partykit)
-      partykit_ready || { echo "partykit: npm ci failed (log: $OUT/logs/partykit-npm.log)" >"$OUT/skipped.partykit"; return 1; }
+    partykit | partykit-memory)
+      [ "$name" = partykit-memory ] && PARTY=yjsmem
+      partykit_ready || { echo "$name: npm ci failed (log: $OUT/logs/partykit-npm.log)" >"$OUT/skipped.$name"; return 1; }
       p="$(pick_port)"
       rm -rf "$PK_DIR/.partykit"
       # Its own process group, so stopping it stops the workerd it starts.
-      (cd "$PK_DIR" && exec setsid ./node_modules/.bin/partykit dev --port "$p") >"$OUT/logs/partykit.log" 2>&1 &
+      (cd "$PK_DIR" && exec setsid ./node_modules/.bin/partykit dev --port "$p") >"$OUT/logs/$name.log" 2>&1 &
       CHILD_PIDS+=($!)
-      wait_http "$p" $! partykit 60 || {
-        echo "partykit: the dev server did not start: $(tail -n 5 "$OUT/logs/partykit.log" | tr '\n' ' ')" >"$OUT/skipped.partykit"
+      wait_http "$p" $! "$name" 60 || {
+        echo "$name: the dev server did not start: $(tail -n 5 "$OUT/logs/$name.log" | tr '\n' ' ')" >"$OUT/skipped.$name"
         return 1
       }
       local w
       w="$(ps -o pid=,comm= --sid "$!" | awk '$2 == "workerd" {print $1; exit}')"
-      [ -n "$w" ] || { echo "partykit: no workerd process found" >"$OUT/skipped.partykit"; return 1; }
+      [ -n "$w" ] || { echo "$name: no workerd process found" >"$OUT/skipped.$name"; return 1; }
       URLS=("ws://127.0.0.1:$p"); PIDS=("$w" "$!")
       ;;
     *) echo "yjs-bench.sh: unknown target $name" >&2; exit 2 ;;
@@ -175,7 +180,7 @@ tester() { # tester TARGET NAME RUN [ARGS...]
   local json="$OUT/runs/$target.$scen.$run.json" u urlargs=() pidargs=() p
   for u in "${URLS[@]}"; do urlargs+=(--url "$u"); done
   for p in "${PIDS[@]}"; do pidargs+=(--server-pid "$p"); done
-  if ! "$BIN" bench yjs "$@" "${urlargs[@]}" "${pidargs[@]}" --quiet --label "$target" --json "$json" \
+  if ! "$BIN" bench yjs --party "$PARTY" "$@" "${urlargs[@]}" "${pidargs[@]}" --quiet --label "$target" --json "$json" \
     >"$OUT/runs/$target.$scen.$run.txt" 2>&1; then
     FAILED=$((FAILED + 1))
     log "  $scen run $run FAILED: $(tail -n 1 "$OUT/runs/$target.$scen.$run.txt")"
@@ -195,6 +200,7 @@ for run in $(seq 1 "$RUNS"); do
   for target in $ONLY; do
     [ -f "$OUT/skipped.$target" ] && continue
     log "== $target, run $run of $RUNS (load average: $(cut -d' ' -f1-3 /proc/loadavg))"
+    printf '%s %s %s\n' "$target" "$run" "$(cut -d' ' -f1 /proc/loadavg)" >>"$OUT/loadavg"
     if ! start_target "$target"; then
       [ -f "$OUT/skipped.$target" ] || echo "$target: could not start (see $OUT/logs)" >"$OUT/skipped.$target"
       log "  skipped: $(cat "$OUT/skipped.$target")"
@@ -204,6 +210,10 @@ for run in $(seq 1 "$RUNS"); do
     sleep 1
     tester "$target" max "$run" "${COMMON[@]}" --window 1
     tester "$target" rate10 "$run" "${COMMON[@]}" --rate 10
+    cleanup
+    # Memory on a fresh server, so memory freed by the runs above does not hide growth.
+    start_target "$target" || { log "  could not restart $target"; cleanup; continue; }
+    sleep 1
     tester "$target" docs "$run" --clients 200 --rooms 200 --size 64 --warmup 0s --duration 5s --rate 10 --drain 10s
     cleanup
   done
@@ -226,17 +236,26 @@ def doc_kib(r):
     grow = sum(s["end"]["rss_kib"] - s["before"]["rss_kib"] for s in edge(r))
     return grow / r["params"]["rooms"]
 
+def lat(q):
+    # A run in which no measured update arrived within the drain has no latency to show.
+    return lambda r: r["messages"]["latency_ms"][q] if r["messages"]["latency_ms"]["count"] else None
+
+def delivered_pct(r):
+    m = r["messages"]
+    return 100.0 * m["delivered"] / m["expected"] if m["expected"] else None
+
 FIGS = [
     ("max", "updates/s, 50 providers, each sending when its previous update is back", lambda r: r["messages"]["sent_per_s"]),
     ("max", "deliveries/s (updates x 50)", lambda r: r["messages"]["delivered_per_s"]),
-    ("max", "p50 update latency to every provider, ms", lambda r: r["messages"]["latency_ms"]["p50"]),
-    ("max", "p99 update latency to every provider, ms", lambda r: r["messages"]["latency_ms"]["p99"]),
-    ("rate10", "at 10 updates/s per provider (500/s): updates/s", lambda r: r["messages"]["sent_per_s"]),
-    ("rate10", "at 500 updates/s: p50 latency, ms", lambda r: r["messages"]["latency_ms"]["p50"]),
-    ("rate10", "at 500 updates/s: p99 latency, ms", lambda r: r["messages"]["latency_ms"]["p99"]),
+    ("max", "p50 update latency to every provider, ms", lat("p50")),
+    ("max", "p99 update latency to every provider, ms", lat("p99")),
+    ("rate10", "at 10 updates/s per provider (500/s offered): updates/s sent", lambda r: r["messages"]["sent_per_s"]),
+    ("rate10", "at 500 updates/s: deliveries within the run + 10 s, % of expected", delivered_pct),
+    ("rate10", "at 500 updates/s: p50 latency, ms", lat("p50")),
+    ("rate10", "at 500 updates/s: p99 latency, ms", lat("p99")),
     ("rate10", "at 500 updates/s: server CPU, % of a core", lambda r: sum(s["cpu_pct"] or 0 for s in r["servers"])),
     ("docs", "server memory per loaded document (200 rooms, 1 provider each), KiB", doc_kib),
-    (None, "lost + duplicated + reordered updates, all runs", None),
+    (None, "updates lost (not delivered within the drain) + duplicated + reordered, all runs", None),
     (None, "errors, all runs", None),
 ]
 
@@ -249,7 +268,7 @@ for key, label, get in FIGS:
             continue
         if key is None:
             rs = [r for s in ("max", "rate10", "docs") for r in load(t, s)]
-            if label.startswith("lost"):
+            if label.startswith("updates lost"):
                 v = sum(r["messages"]["lost"] + r["messages"]["duplicates"] + r["messages"]["out_of_order"] for r in rs)
             else:
                 v = sum(sum(r["errors"].values()) for r in rs)
@@ -258,9 +277,11 @@ for key, label, get in FIGS:
         vals = []
         for r in load(t, key):
             try:
-                vals.append(float(get(r)))
+                v = get(r)
             except (KeyError, TypeError, ZeroDivisionError):
-                pass
+                v = None
+            if v is not None:
+                vals.append(float(v))
         if not vals:
             cells.append("-")
         else:
@@ -269,7 +290,11 @@ for key, label, get in FIGS:
             cells.append(fmt(med) + (f" ({fmt(min(vals))}-{fmt(max(vals))})" if len(vals) > 1 else ""))
     rows.append((label, cells))
 
-md = [f"Median of {runs} run(s) (min-max in parentheses). Every update inserts 64 characters.", ""]
+md = [f"Median of {runs} run(s) (min-max in parentheses). Every update inserts 64 characters."]
+if os.path.exists(f"{out}/loadavg"):
+    loads = [float(l.split()[2]) for l in open(f"{out}/loadavg")]
+    md.append(f"1-minute load average when each server started: {min(loads):.1f} to {max(loads):.1f} (2 cores).")
+md.append("")
 md.append("| figure | " + " | ".join(only) + " |")
 md.append("|---|" + "---|" * len(only))
 for label, cells in rows:
