@@ -106,6 +106,7 @@ pub(crate) fn spawn(
         env: Env::default(),
         parties: Parties::new(Arc::new(NoParties)),
         may_exit: Box::new(|| false),
+        observer: None,
     })
 }
 
