@@ -122,11 +122,19 @@ run "deploy files (deploy/verify.sh)" deploy/verify.sh
 run "cargo build --bin partyline" cargo build --bin partyline
 
 NEXTEST_ARGS=(--workspace --no-fail-fast)
+PROFILE_ARGS=()
 if [ -z "${NEXTEST_PROFILE:-}" ] && [ -f .config/nextest.toml ] &&
    grep -Eq '^[[:space:]]*\[profile\.ci\]' .config/nextest.toml; then
-  NEXTEST_ARGS+=(--profile ci)
+  PROFILE_ARGS=(--profile ci)
 fi
+NEXTEST_ARGS+=("${PROFILE_ARGS[@]}")
 run "cargo nextest run ${NEXTEST_ARGS[*]}" cargo nextest run "${NEXTEST_ARGS[@]}"
+
+# The cluster suite once more with every test cluster on a 3-primary Redis Cluster (the Redis
+# Cluster specific scenarios already ran above, in tests/tests/redis_cluster.rs).
+run "the cluster suite on Redis Cluster (PARTYLINE_TEST_REDIS=cluster)" \
+  env PARTYLINE_TEST_REDIS=cluster cargo nextest run -p partyline-tests --test cluster --no-fail-fast \
+  "${PROFILE_ARGS[@]}"
 
 run "cargo test --workspace --doc" cargo test --workspace --doc
 

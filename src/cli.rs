@@ -69,7 +69,9 @@ struct StatusArgs {
 /// What nodes and gateways share: where Redis is and the cluster secret.
 #[derive(Debug, Args)]
 struct ClusterArgs {
-    /// Redis URL (membership, leases, room storage, alarms).
+    /// Redis (membership, leases, room storage, alarms): `redis://[user:password@]host:port[/db]`
+    /// for one server, `redis+cluster://[user:password@]host:port[,host:port...]` for a Redis
+    /// Cluster (a few seed nodes; the others are discovered).
     #[arg(long, env = "PARTYLINE_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
     /// Prefix of every Redis key and channel (several clusters can share one Redis).

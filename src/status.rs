@@ -14,6 +14,10 @@ use partyline_proto::pb;
 /// room's shard and owner.
 pub async fn run(redis: RedisConfig, secret: String, room: Option<String>) -> anyhow::Result<()> {
     let redis = Redis::connect(redis).await?;
+    match redis.cluster_primaries() {
+        Some(primaries) => println!("Redis Cluster, {} primaries: {}", primaries.len(), primaries.join(" ")),
+        None => println!("Redis: one server"),
+    }
     let nodes = redis.membership().live().await.context("reading members")?;
     let shards: Vec<u16> = (0..SHARDS).collect();
     let owners = redis.leases().owners(&shards).await.context("reading leases")?;

@@ -56,6 +56,8 @@ pub struct RoomConfig {
     pub may_exit: Box<dyn Fn() -> bool + Send + Sync>,
     /// Told how long events take and when alarms fire (metrics); `None`: nobody listens.
     pub observer: Option<Arc<dyn RoomObserver>>,
+    /// Called once with how the room task ended (after it ended).
+    pub on_exit: Option<Box<dyn FnOnce(&RoomExit) + Send>>,
 }
 
 // `span` of a request: the caller's, so the handler's span joins the caller's trace.
@@ -276,7 +278,15 @@ pub fn spawn_room(cfg: RoomConfig) -> (RoomHandle, tokio::task::JoinHandle<RoomE
         pending: VecDeque::new(),
         observer: cfg.observer,
     };
-    (handle, tokio::spawn(actor.run()))
+    let on_exit = cfg.on_exit;
+    let task = tokio::spawn(async move {
+        let exit = actor.run().await;
+        if let Some(on_exit) = on_exit {
+            on_exit(&exit);
+        }
+        exit
+    });
+    (handle, task)
 }
 
 struct Actor {

@@ -115,6 +115,9 @@ struct Inner {
     state: Mutex<State>,
     sealed: mpsc::UnboundedSender<(u64, Vec<WriteOp>)>,
     progress: watch::Receiver<WriteProgress>,
+    /// Reads are fenced like writes; a refused read fails the room like a refused write.
+    fence: Option<Fence>,
+    progress_tx: Arc<watch::Sender<WriteProgress>>,
 }
 
 impl Storage {
@@ -123,7 +126,8 @@ impl Storage {
     pub fn new(room: RoomKey, store: Arc<dyn Store>, fence: Option<Fence>, limits: Arc<Limits>) -> Self {
         let (sealed_tx, sealed_rx) = mpsc::unbounded_channel();
         let (progress_tx, progress_rx) = watch::channel(WriteProgress::default());
-        tokio::spawn(writer(room.clone(), store.clone(), fence, sealed_rx, progress_tx));
+        let progress_tx = Arc::new(progress_tx);
+        tokio::spawn(writer(room.clone(), store.clone(), fence.clone(), sealed_rx, progress_tx.clone()));
         Storage {
             inner: Arc::new(Inner {
                 room,
@@ -139,8 +143,23 @@ impl Storage {
                 }),
                 sealed: sealed_tx,
                 progress: progress_rx,
+                fence,
+                progress_tx,
             }),
         }
+    }
+
+    /// A read's result; a fenced read fails the room (it is not this room's storage any more).
+    fn read_result<T>(&self, read: Result<T, StoreError>) -> Result<T, StorageError> {
+        if let Err(StoreError::Fenced { .. }) = &read {
+            self.inner.progress_tx.send_modify(|p| {
+                if p.failed.is_none() {
+                    p.failed = Some(Arc::new("a read was refused: the room's lease is not held any more".into()));
+                    p.fenced = true;
+                }
+            });
+        }
+        Ok(read?)
     }
 
     fn check_failed(&self) -> Result<(), StorageError> {
@@ -208,7 +227,8 @@ impl Storage {
         if missing.is_empty() {
             return Ok(out);
         }
-        let values = self.inner.store.get(&self.inner.room, &missing).await?;
+        let read = self.inner.store.get_fenced(&self.inner.room, self.inner.fence.as_ref(), &missing).await;
+        let values = self.read_result(read)?;
         let mut st = self.inner.state.lock().unwrap();
         for (k, v) in missing.into_iter().zip(values) {
             // A write made while the read was in flight wins over what the read saw.
@@ -295,7 +315,8 @@ impl Storage {
     /// The entries in the range, ordered by key bytes (descending with `reverse`).
     pub async fn list(&self, opts: ListOptions) -> Result<Vec<(String, Bytes)>, StorageError> {
         self.sync().await?;
-        let entries = self.inner.store.list(&self.inner.room, &opts).await?;
+        let read = self.inner.store.list_fenced(&self.inner.room, self.inner.fence.as_ref(), &opts).await;
+        let entries = self.read_result(read)?;
         let mut st = self.inner.state.lock().unwrap();
         for (k, v) in &entries {
             if !st.cache.contains_key(k) {
@@ -311,7 +332,8 @@ impl Storage {
         if let Some(a) = self.inner.state.lock().unwrap().alarm {
             return Ok(a);
         }
-        let a = self.inner.store.get_alarm(&self.inner.room).await?;
+        let read = self.inner.store.get_alarm_fenced(&self.inner.room, self.inner.fence.as_ref()).await;
+        let a = self.read_result(read)?;
         let mut st = self.inner.state.lock().unwrap();
         Ok(*st.alarm.get_or_insert(a))
     }
@@ -416,7 +438,7 @@ async fn writer(
     store: Arc<dyn Store>,
     fence: Option<Fence>,
     mut sealed: mpsc::UnboundedReceiver<(u64, Vec<WriteOp>)>,
-    progress: watch::Sender<WriteProgress>,
+    progress: Arc<watch::Sender<WriteProgress>>,
 ) {
     while let Some((mut seq, mut ops)) = sealed.recv().await {
         while let Ok((s, more)) = sealed.try_recv() {

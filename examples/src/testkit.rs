@@ -58,6 +58,7 @@ pub(crate) fn spawn(
         parties: parties(),
         may_exit: Box::new(|| false),
         observer: None,
+        on_exit: None,
     })
 }
 

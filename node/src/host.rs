@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
 use async_trait::async_trait;
-use partyline::actor::{spawn_room, LinkSender, RequestError, RoomConfig, RoomGone, RoomHandle, WeakRoomHandle};
+use partyline::actor::{
+    spawn_room, LinkSender, RequestError, RoomConfig, RoomExit, RoomGone, RoomHandle, WeakRoomHandle,
+};
 use partyline::link::{close_code, FromRoom};
 use partyline::observe::RoomObserver;
 use partyline::store::Fence;
@@ -67,6 +69,9 @@ pub struct HostConfig {
     pub parties_client: Option<Arc<dyn PartiesClient>>,
     /// Told about every room's events (metrics); `None`: nobody listens.
     pub observer: Option<Arc<dyn RoomObserver>>,
+    /// Called when a room stops because storage refused its fence (a write or a read): the
+    /// shard's lease is not held at that epoch any more.
+    pub on_fenced: Option<Arc<dyn Fn(&RoomKey, &Fence) + Send + Sync>>,
 }
 
 /// The rooms of this process. Cheap to clone.
@@ -82,6 +87,7 @@ struct Inner {
     env: Env,
     parties_client: Option<Arc<dyn PartiesClient>>,
     observer: Option<Arc<dyn RoomObserver>>,
+    on_fenced: Option<Arc<dyn Fn(&RoomKey, &Fence) + Send + Sync>>,
     rooms: Mutex<HashMap<RoomKey, Entry>>,
 }
 
@@ -96,6 +102,7 @@ impl RoomHost {
                 env: cfg.env,
                 parties_client: cfg.parties_client,
                 observer: cfg.observer,
+                on_fenced: cfg.on_fenced,
                 rooms: Mutex::new(HashMap::new()),
             }),
         }
@@ -177,6 +184,17 @@ impl RoomHost {
                 }
             }),
             observer: self.inner.observer.clone(),
+            on_exit: match (&self.inner.on_fenced, &fence) {
+                (Some(f), Some(fence)) => {
+                    let (f, key, fence) = (f.clone(), key.clone(), fence.clone());
+                    Some(Box::new(move |exit: &RoomExit| {
+                        if *exit == (RoomExit::StorageFailed { fenced: true }) {
+                            f(&key, &fence);
+                        }
+                    }))
+                }
+                _ => None,
+            },
         });
         let _ = me.set(handle.downgrade());
         rooms.insert(key.clone(), Entry { handle: handle.clone(), fence });

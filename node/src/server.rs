@@ -191,6 +191,19 @@ pub async fn run_with(
         ..NodeInfo::default()
     };
     let store = Arc::new(redis.store());
+    // Set once the shard table exists: a room whose storage refused its fence stops, and so
+    // does every other room of its shard (the lease is not held at that epoch any more).
+    let fenced_shards: Arc<std::sync::OnceLock<std::sync::Weak<Shards>>> = Arc::default();
+    let on_fenced = {
+        let fenced_shards = fenced_shards.clone();
+        Arc::new(move |room: &RoomKey, fence: &partyline::store::Fence| {
+            let Some(shards) = fenced_shards.get().and_then(std::sync::Weak::upgrade) else { return };
+            let shard = shard_of(room);
+            if shards.owned().contains(&(shard, fence.epoch)) {
+                shards.drop_shard(shard, "a room's storage refused its fence");
+            }
+        })
+    };
     let host = RoomHost::new(HostConfig {
         parties: parties.clone(),
         store: Arc::new(MeteredStore::new(store.clone(), metrics.clone())),
@@ -198,11 +211,12 @@ pub async fn run_with(
         env: cfg.env.clone(),
         parties_client: Some(Arc::new(ClusterParties { client: cluster.clone(), parties: parties.clone() })),
         observer: Some(metrics.clone()),
+        on_fenced: Some(on_fenced),
     });
     let lost_host = host.clone();
     let shards = Arc::new(Shards::new(
         Arc::new(NodeLeases {
-            leases: redis.leases(),
+            leases: redis.leases().expecting_marker(&cluster_id),
             marker: marker.clone(),
             cluster_id: cluster_id.clone(),
             me: me.clone(),
@@ -217,6 +231,7 @@ pub async fn run_with(
         }),
     ));
     shards.set_metrics(metrics.clone());
+    let _ = fenced_shards.set(Arc::downgrade(&shards));
     register_gauges(&metrics, &host, &shards, &state);
     if state.refusing() {
         shards.close();
@@ -239,7 +254,9 @@ pub async fn run_with(
             shards: node.shards.clone(),
             cluster: node.cluster.clone(),
             host: node.host.clone(),
-            me: me.id.clone(),
+            me: me.clone(),
+            leases: redis.leases(),
+            fast_failover: cfg.fast_failover,
         }),
         stop_alarms.clone(),
     ));
@@ -316,7 +333,20 @@ pub async fn run_with(
 async fn claim_marker(marker: &Marker, cluster: &ClusterClient, state: &NodeState) -> anyhow::Result<String> {
     let fresh = fresh_value();
     match marker.get().await.context("could not read the cluster marker")? {
-        Some(v) => return Ok(v),
+        Some(v) => {
+            // No node serves: shards whose Redis Cluster primary lost its data start over.
+            if cluster.nodes().is_empty() {
+                let lost = marker.restore_copies(&v).await.context("could not check the cluster marker's copies")?;
+                if lost > 0 {
+                    tracing::warn!(
+                        shards = lost,
+                        "Redis LOST THE DATA of {lost} shards (their copies of the cluster marker were gone) and no node \
+                         was serving: starting those shards over, empty"
+                    );
+                }
+            }
+            return Ok(v);
+        }
         None => {
             let announced: Vec<String> = cluster
                 .nodes()
@@ -385,9 +415,15 @@ impl LeaseBackend for NodeLeases {
             self.marker.holds(&self.cluster_id).await?,
             "Redis lost the cluster's data (its cluster marker is gone): refusing to take shards"
         );
-        Ok(self.leases.acquire(shard, &self.me.id, &self.me.inc, &self.me.addr, self.ttl).await?)
+        match self.leases.acquire(shard, &self.me.id, &self.me.inc, &self.me.addr, self.ttl).await {
+            Err(crate::redis::Error::Lost(s)) => {
+                self.marker.note_lost(s);
+                Err(crate::redis::Error::Lost(s).into())
+            }
+            other => Ok(other?),
+        }
     }
-    async fn renew_many(&self, leases: &[(u16, u64)]) -> anyhow::Result<Vec<bool>> {
+    async fn renew_many(&self, leases: &[(u16, u64)]) -> anyhow::Result<Vec<Option<bool>>> {
         Ok(self.leases.renew_many(leases, &self.me.inc, self.ttl).await?)
     }
     async fn release(&self, shard: u16, epoch: u64) -> anyhow::Result<bool> {
@@ -438,7 +474,7 @@ impl Node {
                 _ = tick.tick() => {}
                 _ = stop.cancelled() => return,
             }
-            match marker.holds(&self.me.cluster).await {
+            match marker.check(&self.me.cluster).await {
                 Ok(true) if self.state.refusing() => {
                     tracing::warn!(cluster = %self.me.cluster, "the cluster marker is back in Redis: serving rooms again");
                     self.state.refusing.store(false, Ordering::Release);
@@ -595,24 +631,35 @@ struct ClusterAlarms {
     shards: Arc<Shards>,
     cluster: ClusterClient,
     host: RoomHost,
-    me: String,
+    me: NodeInfo,
+    leases: Leases,
+    fast_failover: bool,
 }
 
 #[async_trait]
 impl AlarmScope for ClusterAlarms {
     async fn due(&self, now_ms: i64, limit: usize, parked: &Parked) -> Result<Vec<RoomKey>, StoreError> {
-        let owned: HashSet<u16> = self.shards.owned().into_iter().map(|(s, _)| s).collect();
-        let wanted = |shard: u16, room: &RoomKey| {
-            (owned.contains(&shard) || self.cluster.preferred(shard).is_some_and(|p| p.id == self.me))
-                && !parked.contains(room)
-        };
-        let due = self.store.due_alarms_where(now_ms, limit, wanted).await?;
+        let owned: HashMap<u16, u64> = self.shards.owned().into_iter().collect();
+        let shards: Vec<(u16, Option<u64>)> = (0..partyline::placement::SHARDS)
+            .filter_map(|s| match owned.get(&s) {
+                Some(epoch) => Some((s, Some(*epoch))),
+                None => self.cluster.preferred(s).is_some_and(|p| p.id == self.me.id).then_some((s, None)),
+            })
+            .collect();
+        let due = self.store.due_alarms_in(now_ms, limit, &shards, |room| parked.contains(room)).await?;
         Ok(due.into_iter().map(|(k, _)| k).collect())
     }
 
     async fn wake(&self, room: &RoomKey) -> Result<(), HostError> {
         let shard = shard_of(room);
-        match self.shards.acquire(shard).await {
+        let mut placement = self.shards.acquire(shard).await;
+        if let Ok(Placement::Held { owner, .. }) = &placement {
+            // Held by a node that crashed: take it over now rather than after its lease expires.
+            if self.fast_failover && crate::service::take_over_if_gone(&self.leases, &self.me.inc, shard, owner).await {
+                placement = self.shards.acquire(shard).await;
+            }
+        }
+        match placement {
             Ok(Placement::Here(g)) => {
                 let admit = || g.accepts();
                 let handle = self.host.room_fenced(room, Some(fence_for(shard, g.epoch)), &admit)?;

@@ -71,6 +71,26 @@ pub struct NodeService {
     pub metrics: Arc<NodeMetrics>,
 }
 
+/// Breaks the lease of `shard` if `owner` (not us) holds it and its process is gone (see
+/// [`process_gone`]), by compare-and-delete on its grant, so the shard can be taken now under a
+/// new epoch. True when the lease was broken.
+pub async fn take_over_if_gone(leases: &Leases, my_inc: &str, shard: u16, owner: &str) -> bool {
+    let Ok(Some(lease)) = leases.owner(shard).await else { return false };
+    if lease.owner != owner || lease.inc == my_inc || !process_gone(&lease.addr).await {
+        return false;
+    }
+    match leases.break_lease(shard, &lease.inc, lease.epoch).await {
+        Ok(true) => {
+            tracing::warn!(
+                shard, owner = %lease.owner, addr = %lease.addr, epoch = lease.epoch,
+                "the lease holder's process is gone (connection refused): took its lease over"
+            );
+            true
+        }
+        _ => false,
+    }
+}
+
 /// Whether the process that listened at `addr` is gone: its port refuses TCP connections twice
 /// in a row, 50 ms apart. Only an exited process refuses: a paused or overloaded one still has
 /// its listening socket (the kernel completes the handshake for it), and a partitioned one times
@@ -139,23 +159,9 @@ impl NodeService {
     }
 
     /// The caller could not reach `owner`, which holds the shard's lease: if its process is gone,
-    /// break its lease (compare-and-delete on its grant) so the shard can be taken now. True
-    /// when the lease was broken.
+    /// take its lease over; see [`take_over_if_gone`].
     async fn take_over_from_crashed(&self, shard: u16, owner: &str) -> bool {
-        let Ok(Some(lease)) = self.leases.owner(shard).await else { return false };
-        if lease.owner != owner || lease.inc == self.me.inc || !process_gone(&lease.addr).await {
-            return false;
-        }
-        match self.leases.break_lease(shard, &lease.inc, lease.epoch).await {
-            Ok(true) => {
-                tracing::warn!(
-                    shard, owner = %lease.owner, addr = %lease.addr, epoch = lease.epoch,
-                    "the lease holder's process is gone (connection refused): took its lease over"
-                );
-                true
-            }
-            _ => false,
-        }
+        take_over_if_gone(&self.leases, &self.me.inc, shard, owner).await
     }
 
     /// The answer for a shard that is between owners: retry shortly, at the preferred node

@@ -61,8 +61,10 @@ impl LeaseTiming {
 pub trait LeaseBackend: Send + Sync + 'static {
     /// Acquires (or re-confirms) the shard's lease for this node.
     async fn acquire(&self, shard: u16) -> anyhow::Result<Acquire>;
-    /// Renews the given leases in one round trip; true for each still held.
-    async fn renew_many(&self, leases: &[(u16, u64)]) -> anyhow::Result<Vec<bool>>;
+    /// Renews the given leases in one round trip: `Some(true)` for each still held,
+    /// `Some(false)` for each lost, `None` for one that got no answer (on a Redis Cluster, its
+    /// primary is down: the other answers still count).
+    async fn renew_many(&self, leases: &[(u16, u64)]) -> anyhow::Result<Vec<Option<bool>>>;
     /// Releases one lease.
     async fn release(&self, shard: u16, epoch: u64) -> anyhow::Result<bool>;
 }
@@ -309,15 +311,22 @@ impl Shards {
                 Ok(held) => {
                     self.tally(|m| &m.lease_renewals);
                     let deadline = self.ms(sent + self.timing.fence_after);
-                    for ((shard, epoch), ok) in owned.iter().zip(held) {
-                        if ok {
-                            let table = self.owned.lock().unwrap();
-                            if let Some(o) = table.get(shard).filter(|o| o.epoch == *epoch) {
-                                o.deadline.fetch_max(deadline, Ordering::AcqRel);
+                    for ((shard, epoch), held) in owned.iter().zip(held) {
+                        match held {
+                            Some(true) => {
+                                let table = self.owned.lock().unwrap();
+                                if let Some(o) = table.get(shard).filter(|o| o.epoch == *epoch) {
+                                    o.deadline.fetch_max(deadline, Ordering::AcqRel);
+                                }
                             }
-                        } else if self.owned.lock().unwrap().get(shard).is_some_and(|o| o.epoch == *epoch) {
-                            self.tally(|m| &m.lease_losses);
-                            self.drop_shard(*shard, "lease lost");
+                            Some(false) => {
+                                let ours = self.owned.lock().unwrap().get(shard).is_some_and(|o| o.epoch == *epoch);
+                                if ours {
+                                    self.tally(|m| &m.lease_losses);
+                                    self.drop_shard(*shard, "lease lost");
+                                }
+                            }
+                            None => {}
                         }
                     }
                 }
@@ -364,6 +373,8 @@ mod tests {
         renew_ok: AtomicBool,
         renew_errors: AtomicBool,
         next_epoch: AtomicU64,
+        /// Shards whose renewal gets no answer (their Redis Cluster primary is down).
+        unanswered: Mutex<Vec<u16>>,
     }
 
     #[async_trait]
@@ -371,11 +382,15 @@ mod tests {
         async fn acquire(&self, _shard: u16) -> anyhow::Result<Acquire> {
             Ok(Acquire::Granted { epoch: self.next_epoch.fetch_add(1, Ordering::Relaxed) })
         }
-        async fn renew_many(&self, leases: &[(u16, u64)]) -> anyhow::Result<Vec<bool>> {
+        async fn renew_many(&self, leases: &[(u16, u64)]) -> anyhow::Result<Vec<Option<bool>>> {
             if self.renew_errors.load(Ordering::Relaxed) {
                 anyhow::bail!("redis unreachable");
             }
-            Ok(vec![self.renew_ok.load(Ordering::Relaxed); leases.len()])
+            let unanswered = self.unanswered.lock().unwrap();
+            Ok(leases
+                .iter()
+                .map(|(s, _)| (!unanswered.contains(s)).then(|| self.renew_ok.load(Ordering::Relaxed)))
+                .collect())
         }
         async fn release(&self, _shard: u16, _epoch: u64) -> anyhow::Result<bool> {
             Ok(true)
@@ -387,6 +402,7 @@ mod tests {
             renew_ok: AtomicBool::new(true),
             renew_errors: AtomicBool::new(false),
             next_epoch: AtomicU64::new(1),
+            unanswered: Mutex::default(),
         });
         let lost = Arc::new(Mutex::new(Vec::new()));
         let l = lost.clone();
@@ -417,6 +433,22 @@ mod tests {
         shards.renew_once().await;
         assert_eq!(*lost.lock().unwrap(), vec![7]);
         assert!(shards.get(7).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_without_answer_fences_only_its_own_shard() {
+        let (fake, shards, lost) = table();
+        let Placement::Here(a) = shards.acquire(1).await.unwrap() else { panic!("not granted") };
+        let Placement::Here(b) = shards.acquire(2).await.unwrap() else { panic!("not granted") };
+        // Shard 2's Redis Cluster primary stops answering; shard 1's keeps renewing.
+        fake.unanswered.lock().unwrap().push(2);
+        for _ in 0..5 {
+            tokio::time::advance(Duration::from_secs(2)).await;
+            shards.renew_once().await;
+        }
+        assert!(a.is_valid(), "the shard whose primary answers is kept");
+        assert!(!b.is_valid(), "the shard without answers self-fenced");
+        assert_eq!(*lost.lock().unwrap(), vec![2]);
     }
 
     #[tokio::test(start_paused = true)]
