@@ -78,6 +78,13 @@ fi
 # and the compose test: pinned, in target/deploy-tools, installed once.
 run "deploy tools (deploy/verify.sh --install-only)" deploy/verify.sh --install-only
 
+# The collaborative text page is checked in headless Chromium (tests/interop/textpage.mjs).
+if command -v chromium >/dev/null 2>&1 || [ -n "${CHROMIUM:-}" ]; then
+  header "chromium: present (${CHROMIUM:-$(command -v chromium)})"
+else
+  run "install chromium (apt-get)" apt_install chromium
+fi
+
 for tool in node npm; do
   if ! command -v "$tool" >/dev/null 2>&1; then
     echo "test.sh: '$tool' is not on PATH; the interop tests need Node.js 20+ and npm" >&2

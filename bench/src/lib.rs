@@ -13,6 +13,9 @@
 //! - `churn`: N clients connect, hold `--hold`, close, and reconnect with the same `_pk`, as
 //!   partysocket reconnects do.
 //! - `http`: N HTTP/1.1 keep-alive connections send requests to the room (`on_request`).
+//! - `yjs`: N clients speak y-partykit's protocol to a Yjs party (`yjs` by default) and edit one
+//!   shared `Y.Text`: every message is a real Yjs update inserting the payload text, which the
+//!   server must integrate and send to every member, the sender included.
 //!
 //! It aims only at loopback addresses unless given `--allow-remote`, and stops on its own after
 //! connect + warm-up + duration + drain.
@@ -30,6 +33,7 @@ mod stream;
 pub mod sys;
 pub mod target;
 pub mod track;
+mod yjs;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -52,6 +56,8 @@ pub enum Scenario {
     Churn,
     /// HTTP requests to the room's `on_request`.
     Http,
+    /// Yjs providers editing one document: updates per second, latency to every member.
+    Yjs,
 }
 
 impl Scenario {
@@ -62,6 +68,7 @@ impl Scenario {
             Scenario::Idle => "idle",
             Scenario::Churn => "churn",
             Scenario::Http => "http",
+            Scenario::Yjs => "yjs",
         }
     }
 }
@@ -77,10 +84,11 @@ pub struct BenchArgs {
     /// so every room has members on every gateway).
     #[arg(long, default_value = "ws://127.0.0.1:1999")]
     pub url: Vec<String>,
-    /// The party [default: broadcast for fanout and idle, echo for echo and churn, main for http].
+    /// The party [default: broadcast for fanout and idle, echo for echo and churn, main for http,
+    /// yjs for yjs].
     #[arg(long)]
     pub party: Option<String>,
-    /// Clients (connections) [default: fanout 100, echo 100, idle 1000, churn 50, http 16].
+    /// Clients (connections) [default: fanout 100, echo 100, idle 1000, churn 50, http 16, yjs 50].
     #[arg(long, short = 'c')]
     pub clients: Option<usize>,
     /// Rooms; client i joins room i mod rooms.
@@ -98,7 +106,8 @@ pub struct BenchArgs {
     /// itself; the party must deliver a sender's messages to it).
     #[arg(long, default_value_t = 8)]
     pub window: usize,
-    /// Message size in bytes (at least 52 for text, 28 for binary: the payload header).
+    /// Message size in bytes (at least 52 for text, 28 for binary: the payload header); yjs: the
+    /// characters each update inserts.
     #[arg(long, default_value_t = 64)]
     pub size: usize,
     /// Send binary frames instead of text.
@@ -189,7 +198,7 @@ impl Plan {
         let clients = args.clients.unwrap_or(match s {
             Scenario::Fanout | Scenario::Echo => 100,
             Scenario::Idle => 1000,
-            Scenario::Churn => 50,
+            Scenario::Churn | Scenario::Yjs => 50,
             Scenario::Http => 16,
         });
         anyhow::ensure!(clients > 0, "--clients must be at least 1");
@@ -197,13 +206,14 @@ impl Plan {
         anyhow::ensure!(args.rate >= 0.0 && args.rate.is_finite(), "--rate must be 0 or more");
         anyhow::ensure!(args.duration > Duration::ZERO, "--duration must be more than 0");
         let rooms = args.rooms.min(clients);
+        anyhow::ensure!(!(s == Scenario::Yjs && args.binary), "yjs updates insert text: --binary does not apply");
         let senders = match s {
-            Scenario::Fanout | Scenario::Echo => args.senders.unwrap_or(clients).min(clients),
+            Scenario::Fanout | Scenario::Echo | Scenario::Yjs => args.senders.unwrap_or(clients).min(clients),
             Scenario::Idle => rooms,
             Scenario::Churn | Scenario::Http => 0,
         };
         let min = payload::min_size(args.binary);
-        if matches!(s, Scenario::Fanout | Scenario::Echo | Scenario::Idle) && args.size < min {
+        if matches!(s, Scenario::Fanout | Scenario::Echo | Scenario::Idle | Scenario::Yjs) && args.size < min {
             anyhow::bail!(
                 "--size {} is below the payload header ({min} bytes {})",
                 args.size,
@@ -215,6 +225,7 @@ impl Plan {
                 Scenario::Fanout | Scenario::Idle => "broadcast",
                 Scenario::Echo | Scenario::Churn => "echo",
                 Scenario::Http => "main",
+                Scenario::Yjs => "yjs",
             }
             .to_string()
         });
@@ -442,7 +453,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 pub async fn run_report(args: BenchArgs) -> anyhow::Result<Report> {
     let plan = Plan::new(args).await?;
     match plan.args.scenario {
-        Scenario::Fanout | Scenario::Echo | Scenario::Idle => stream::run(&plan).await,
+        Scenario::Fanout | Scenario::Echo | Scenario::Idle | Scenario::Yjs => stream::run(&plan).await,
         Scenario::Churn => churn::run(&plan).await,
         Scenario::Http => http_load::run(&plan).await,
     }

@@ -1,6 +1,7 @@
-//! The WebSocket message scenarios: `fanout`, `echo` and `idle`. Every client is one task
+//! The WebSocket message scenarios: `fanout`, `echo`, `idle` and `yjs`. Every client is one task
 //! that connects, reads every frame (decoding the tester's payloads and accounting for them
-//! per sender), and, if it is a sender, sends on its schedule.
+//! per sender), and, if it is a sender, sends on its schedule. In `yjs` the payloads travel
+//! inside Yjs updates ([`crate::yjs`]).
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,6 +61,8 @@ struct Ctx {
     size: usize,
     binary: bool,
     echo: bool,
+    /// Payloads travel in Yjs updates.
+    yjs: bool,
     live: Arc<Live>,
     errors: Errors,
     latency: SharedHist,
@@ -131,6 +134,23 @@ impl Pending {
     }
 }
 
+/// The payloads in one received frame: at most one, except in Yjs updates.
+enum FrameStamps<'a> {
+    One(Option<Stamp>),
+    Yjs(crate::yjs::Stamps<'a>),
+}
+
+impl Iterator for FrameStamps<'_> {
+    type Item = Stamp;
+
+    fn next(&mut self) -> Option<Stamp> {
+        match self {
+            FrameStamps::One(s) => s.take(),
+            FrameStamps::Yjs(it) => it.next(),
+        }
+    }
+}
+
 /// A sender's state.
 struct Sending {
     mode: Mode,
@@ -177,6 +197,16 @@ async fn client(ctx: Arc<Ctx>, spec: Spec) -> Out {
     Live::add(&ctx.live.connected, 1);
     Live::add(&ctx.live.open, 1);
     let (mut sink, mut stream) = ws.split();
+    let mut writer = None;
+    if ctx.yjs {
+        for frame in crate::yjs::opening_frames(spec.idx as u64) {
+            if let Err(e) = sink.feed(Message::Binary(frame.into())).await {
+                ctx.errors.add(&ctx.live, ws_error_kind("write", &e));
+            }
+        }
+        let _ = sink.flush().await;
+        writer = Some(crate::yjs::Writer::new());
+    }
     let mut phase_rx = ctx.phase.clone();
     let mut lat = HistBuf::new(&ctx.latency);
     let mut pend = Pending::default();
@@ -226,9 +256,10 @@ async fn client(ctx: Arc<Ctx>, spec: Spec) -> Out {
                         break End::Lost;
                     }
                 };
-                let stamp = match &msg {
-                    Message::Text(t) => payload::decode_text(t.as_bytes()),
-                    Message::Binary(b) => payload::decode_binary(b),
+                let stamps = match &msg {
+                    Message::Binary(b) if ctx.yjs => FrameStamps::Yjs(crate::yjs::stamps(b)),
+                    Message::Text(t) => FrameStamps::One(payload::decode_text(t.as_bytes())),
+                    Message::Binary(b) => FrameStamps::One(payload::decode_binary(b)),
                     Message::Close(frame) => {
                         let kind = match frame {
                             Some(f) => format!("closed by server: {} {}", u16::from(f.code), f.reason),
@@ -240,32 +271,34 @@ async fn client(ctx: Arc<Ctx>, spec: Spec) -> Out {
                     _ => continue,
                 };
                 pend.received += 1;
-                match stamp {
-                    None => out.other_frames += 1,
-                    Some(s) => {
-                        let measured = s.sent_ns >= ctx.measure_from_ns.load(Ordering::Relaxed);
-                        let arrival = out.track.observe(s.sender, s.seq, measured);
-                        if measured && arrival != Arrival::Duplicate {
-                            pend.measured += 1;
-                            let took = ctx.now_ns().saturating_sub(s.sent_ns);
-                            lat.record(took);
-                            if let Some(m) = ctx.broadcast_max_ns.get(s.seq as usize) {
-                                m.fetch_max(took, Ordering::Relaxed);
-                            }
+                let mut any = false;
+                for s in stamps {
+                    any = true;
+                    let measured = s.sent_ns >= ctx.measure_from_ns.load(Ordering::Relaxed);
+                    let arrival = out.track.observe(s.sender, s.seq, measured);
+                    if measured && arrival != Arrival::Duplicate {
+                        pend.measured += 1;
+                        let took = ctx.now_ns().saturating_sub(s.sent_ns);
+                        lat.record(took);
+                        if let Some(m) = ctx.broadcast_max_ns.get(s.seq as usize) {
+                            m.fetch_max(took, Ordering::Relaxed);
                         }
-                        if s.sender == me && arrival != Arrival::Duplicate {
-                            snd.in_flight = snd.in_flight.saturating_sub(1);
-                            if let Mode::Window(w) = snd.mode {
-                                if !snd.done && snd.plan.is_some() && snd.next_due.is_none() && snd.in_flight < w {
-                                    let n = w - snd.in_flight;
-                                    if let Err(e) = send(&ctx, &mut sink, &mut snd, &mut out, &mut pend, spec.room, me, n).await {
-                                        ctx.errors.add(&ctx.live, ws_error_kind("write", &e));
-                                        break 'run End::Lost;
-                                    }
+                    }
+                    if s.sender == me && arrival != Arrival::Duplicate {
+                        snd.in_flight = snd.in_flight.saturating_sub(1);
+                        if let Mode::Window(w) = snd.mode {
+                            if !snd.done && snd.plan.is_some() && snd.next_due.is_none() && snd.in_flight < w {
+                                let n = w - snd.in_flight;
+                                if let Err(e) = send(&ctx, &mut sink, &mut snd, &mut out, &mut pend, &mut writer, spec.room, me, n).await {
+                                    ctx.errors.add(&ctx.live, ws_error_kind("write", &e));
+                                    break 'run End::Lost;
                                 }
                             }
                         }
                     }
+                }
+                if !any {
+                    out.other_frames += 1;
                 }
                 pend.touched(&ctx.live);
             }
@@ -287,7 +320,7 @@ async fn client(ctx: Arc<Ctx>, spec: Spec) -> Out {
                             }
                         };
                         snd.next_due = None;
-                        if let Err(e) = send(&ctx, &mut sink, &mut snd, &mut out, &mut pend, spec.room, me, n).await {
+                        if let Err(e) = send(&ctx, &mut sink, &mut snd, &mut out, &mut pend, &mut writer, spec.room, me, n).await {
                             ctx.errors.add(&ctx.live, ws_error_kind("write", &e));
                             break End::Lost;
                         }
@@ -337,6 +370,7 @@ async fn send(
     snd: &mut Sending,
     out: &mut Out,
     pend: &mut Pending,
+    writer: &mut Option<crate::yjs::Writer>,
     room: usize,
     me: u64,
     n: usize,
@@ -352,7 +386,9 @@ async fn send(
             break;
         }
         let stamp = Stamp { sender: me, seq: snd.seq, sent_ns: now };
-        let msg = if ctx.binary {
+        let msg = if let Some(w) = writer.as_mut() {
+            Message::Binary(w.append(&payload::encode_text(stamp, ctx.size)).into())
+        } else if ctx.binary {
             Message::Binary(payload::encode_binary(stamp, ctx.size).into())
         } else {
             Message::Text(payload::encode_text(stamp, ctx.size).into())
@@ -390,6 +426,7 @@ pub(crate) async fn run(plan: &Plan) -> anyhow::Result<crate::stats::Report> {
         size: plan.params.size,
         binary: a.binary,
         echo: scenario == Scenario::Echo,
+        yjs: scenario == Scenario::Yjs,
         live: live.clone(),
         errors: Errors::default(),
         latency: SharedHist::default(),

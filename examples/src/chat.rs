@@ -11,7 +11,8 @@
 //! - `POST /parties/main/<room>` with a JSON string body (`"hello"`) appends, stores and
 //!   broadcasts it like a frame, and answers 200 `OK`; any other body answers 400. Other methods
 //!   answer 405 `Method not allowed`.
-//! - `GET /` (the static `on_fetch`) serves the chat page, [`PAGE`].
+//! - `GET /` (the static `on_fetch`) serves the chat page, [`PAGE`]; `GET /text` and `GET
+//!   /text.js` serve the collaborative text page of the `yjs` party ([`partyline_yjs::web`]).
 //!
 //! **Bounded history.** The history is stored as one value under the key `messages`, and a
 //! value may not exceed the storage limit (`room.limits().max_value_bytes`, 128 KiB by
@@ -50,7 +51,7 @@ impl Party for Chat {
         if req.method() == Method::GET && req.uri().path() == "/" {
             Some(web::with_type(StatusCode::OK, "text/html; charset=utf-8", Bytes::from_static(PAGE.as_bytes())))
         } else {
-            None
+            partyline_yjs::web::serve(&req)
         }
     }
 
@@ -379,6 +380,8 @@ mod tests {
         assert_eq!(content_type(&res), "text/html; charset=utf-8");
         assert_eq!(body_text(&res), PAGE);
         assert!(factory.on_fetch(request("GET", "/nope", Bytes::new()), testkit::lobby(NAME, None)).await.is_none());
+        let text = factory.on_fetch(request("GET", "/text", Bytes::new()), testkit::lobby(NAME, None)).await.unwrap();
+        assert_eq!(body_text(&text), partyline_yjs::web::TEXT_PAGE);
         assert!(factory.on_fetch(request("POST", "/", Bytes::new()), testkit::lobby(NAME, None)).await.is_none());
     }
 

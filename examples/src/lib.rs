@@ -10,6 +10,9 @@
 //!
 //! - [`broadcast`] (`broadcast`): every frame to everyone in the room, no storage (the load
 //!   tester's fan-out target).
+//! - `yjs` ([`partyline_yjs::YjsParty`]): a Yjs document per room for y-partykit's provider,
+//!   persisted in room storage; its collaborative text page is served by `main`'s `on_fetch`
+//!   at `/text`.
 //!
 //! [`registry`] registers them all under their names.
 
@@ -25,7 +28,7 @@ mod testkit;
 use partyline::PartyRegistry;
 
 /// Every example party, each under its name (`main`, `echo`, `private`, `counter`,
-/// `broadcast`).
+/// `broadcast`, `yjs`).
 pub fn registry() -> PartyRegistry {
     PartyRegistry::new()
         .with::<chat::Chat>(chat::NAME)
@@ -33,6 +36,7 @@ pub fn registry() -> PartyRegistry {
         .with::<private::Private>(private::NAME)
         .with::<counter::Counter>(counter::NAME)
         .with::<broadcast::Broadcast>(broadcast::NAME)
+        .with::<partyline_yjs::YjsParty>(partyline_yjs::party::NAME)
 }
 
 #[cfg(test)]
@@ -40,9 +44,9 @@ mod tests {
     #[test]
     fn registry_has_every_party() {
         let reg = super::registry();
-        assert_eq!(reg.names().collect::<Vec<_>>(), ["broadcast", "counter", "echo", "main", "private"]);
+        assert_eq!(reg.names().collect::<Vec<_>>(), ["broadcast", "counter", "echo", "main", "private", "yjs"]);
         assert!(reg.get("counter").unwrap().options().hibernate);
-        for name in ["main", "echo", "private", "broadcast"] {
+        for name in ["main", "echo", "private", "broadcast", "yjs"] {
             assert!(!reg.get(name).unwrap().options().hibernate, "{name} must not hibernate");
         }
     }

@@ -11,7 +11,8 @@
 //! - [`proxy`]: [`proxy::TcpProxy`], a loopback TCP proxy that can drop or hold traffic.
 //! - [`load`]: [`load::Load`], WebSocket clients in many rooms that record everything they see.
 //! - [`checks`]: what a load run must satisfy against storage and lease epochs.
-//! - [`run_partysocket_checks`]: the real npm `partysocket` client under Node.
+//! - [`run_partysocket_checks`], [`run_yjs_checks`]: the real npm `partysocket` client and the
+//!   real `y-partykit` provider under Node.
 
 pub mod checks;
 pub mod cluster;
@@ -61,28 +62,41 @@ pub fn repo_root() -> PathBuf {
 /// Runs `tests/interop/partysocket.mjs` (the real npm `partysocket` under Node) against `addr`;
 /// returns its output, failing the test when any check failed.
 pub async fn run_partysocket_checks(addr: SocketAddr) -> String {
+    run_interop_script("partysocket.mjs", &[&addr.to_string()], 120).await
+}
+
+/// Runs `tests/interop/yjs.mjs` (the real npm `yjs` + `y-partykit` provider under Node) with
+/// these arguments (`check <host> [<host>]`, `write <host> <room>`, `read <host> <room>`);
+/// returns its output, failing the test when any check failed.
+pub async fn run_yjs_checks(args: &[&str]) -> String {
+    run_interop_script("yjs.mjs", args, 200).await
+}
+
+/// Runs a check script of `tests/interop` under Node with `args`, within `secs`; it must print
+/// `N passed, 0 failed` and exit 0.
+pub async fn run_interop_script(script: &str, args: &[&str], secs: u64) -> String {
     let root = repo_root();
-    let script = root.join("tests/interop/partysocket.mjs");
-    let modules = root.join("tests/interop/node_modules/partysocket");
+    let modules = root.join("tests/interop/node_modules");
     assert!(
-        modules.exists(),
-        "the interop test needs its npm packages: run scripts/test.sh (it runs `npm ci` in tests/interop)"
+        modules.join("partysocket").exists() && modules.join("y-partykit").exists(),
+        "the interop tests need their npm packages: run scripts/test.sh (it runs `npm ci` in tests/interop)"
     );
     let child = tokio::process::Command::new("node")
-        .arg(&script)
-        .arg(addr.to_string())
+        .arg(root.join("tests/interop").join(script))
+        .args(args)
         .current_dir(&root)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .expect("node must be installed to run the partysocket interop test");
-    let out = within(120, "the partysocket interop script", child.wait_with_output()).await.expect("node ran");
+        .expect("node must be installed to run the interop tests");
+    let what = format!("the interop script {script}");
+    let out = within(secs, &what, child.wait_with_output()).await.expect("node ran");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     println!("{stdout}");
     eprintln!("{stderr}");
-    assert!(out.status.success(), "partysocket checks failed:\n{stdout}\n{stderr}");
+    assert!(out.status.success(), "{script} checks failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains(" passed, 0 failed"), "no summary line:\n{stdout}");
     stdout
 }

@@ -15,13 +15,54 @@
 //! `hang=1` makes `on_connect` hang. HTTP `GET /parties/faulty/<room>/panic` panics in
 //! `on_request`, `/hang` hangs, `/error` returns a 418 `HttpError`, anything else answers
 //! `200 ok`. `on_close` broadcasts `closed <id>` to the others.
+//!
+//! `yjs-auth` is a party that authenticates and then is a Yjs room ([`partyline_yjs::YjsRoom`]):
+//! `on_before_connect` refuses a connection without `?token=` (401) and passes the role on in
+//! the `x-role` header; a token starting with `view-` makes a read-only connection.
 
 use partyline::prelude::*;
 use partyline::web::query_param;
+use partyline_yjs::{YjsOptions, YjsRoom};
 
 /// Registers the test parties on top of `registry`.
 pub fn register(registry: PartyRegistry) -> PartyRegistry {
-    registry.with::<Faulty>("faulty")
+    registry.with::<Faulty>("faulty").with::<YjsAuth>("yjs-auth")
+}
+
+/// A Yjs room behind a token check.
+pub struct YjsAuth {
+    yjs: YjsRoom,
+}
+
+#[async_trait]
+impl Party for YjsAuth {
+    fn new(room: Room) -> Self {
+        let options = YjsOptions::default()
+            .read_only(|_conn, ctx| ctx.request.headers().get("x-role").is_some_and(|r| r == "viewer"));
+        YjsAuth { yjs: YjsRoom::new(room, options) }
+    }
+
+    async fn on_before_connect(mut req: Request, _lobby: Lobby) -> anyhow::Result<Before> {
+        let token = query_param(req.uri(), "token").unwrap_or_default();
+        if token.is_empty() {
+            return Ok(Before::Respond(web::text(StatusCode::UNAUTHORIZED, "a token is required")));
+        }
+        let role = if token.starts_with("view-") { "viewer" } else { "editor" };
+        req.headers_mut().insert("x-role", http::HeaderValue::from_static(role));
+        Ok(Before::Continue(req))
+    }
+
+    async fn on_connect(&mut self, conn: &Connection, ctx: &ConnectionContext) -> anyhow::Result<()> {
+        self.yjs.on_connect(conn, ctx).await
+    }
+
+    async fn on_message(&mut self, message: Message, sender: &Connection) -> anyhow::Result<()> {
+        self.yjs.on_message(message, sender).await
+    }
+
+    async fn on_close(&mut self, conn: &Connection) -> anyhow::Result<()> {
+        self.yjs.on_close(conn).await
+    }
 }
 
 /// How many times `faulty`'s `/slow-write` request ran in this process.
