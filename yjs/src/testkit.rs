@@ -107,6 +107,7 @@ pub(crate) fn spawn(
         parties: Parties::new(Arc::new(NoParties)),
         may_exit: Box::new(|| false),
         observer: None,
+        on_exit: None,
     })
 }
 
