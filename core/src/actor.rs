@@ -65,13 +65,37 @@ pub struct RoomConfig {
 
 // `span` of a request: the caller's, so the handler's span joins the caller's trace.
 enum RoomCmd {
-    OpenLink { link: LinkId, tx: mpsc::Sender<FromRoom> },
-    Link { link: LinkId, msg: ToRoom },
-    CloseLink { link: LinkId },
-    Request { req: Request, reply: oneshot::Sender<Response>, span: Box<tracing::Span> },
-    Alarm,
-    Shutdown { code: u16, reason: String },
-    Move { deadline: Instant },
+    OpenLink {
+        link: LinkId,
+        tx: mpsc::Sender<FromRoom>,
+    },
+    Link {
+        link: LinkId,
+        msg: ToRoom,
+    },
+    CloseLink {
+        link: LinkId,
+    },
+    Request {
+        req: Request,
+        reply: oneshot::Sender<Response>,
+        span: Box<tracing::Span>,
+    },
+    /// `as_of`: the time (ms since the Unix epoch) to check the alarm against; `None`: now.
+    Alarm {
+        as_of: Option<i64>,
+    },
+    /// Answered, through the output gate, once everything before it was handled.
+    Flush {
+        reply: oneshot::Sender<Response>,
+    },
+    Shutdown {
+        code: u16,
+        reason: String,
+    },
+    Move {
+        deadline: Instant,
+    },
 }
 
 /// The room is not running any more; ask the host for a fresh handle and try again.
@@ -150,7 +174,21 @@ impl RoomHandle {
 
     /// Tells the room its alarm may be due.
     pub async fn alarm(&self) -> Result<(), RoomGone> {
-        self.send(RoomCmd::Alarm).await
+        self.send(RoomCmd::Alarm { as_of: None }).await
+    }
+
+    /// Runs the room's alarm if it is due at `as_of_ms` (ms since the Unix epoch) rather than
+    /// now: how a test moves a room's clock forward to its alarm (see `partyline::testing`).
+    pub async fn alarm_as_of(&self, as_of_ms: i64) -> Result<(), RoomGone> {
+        self.send(RoomCmd::Alarm { as_of: Some(as_of_ms) }).await
+    }
+
+    /// Waits until the room has handled every command sent before this one and the writes they
+    /// made are durable (the answer passes the output gate). Runs no party code.
+    pub async fn flush(&self) -> Result<(), RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(RoomCmd::Flush { reply }).await?;
+        rx.await.map(drop).map_err(|_| RequestError::Interrupted(self.key.clone()))
     }
 
     /// Stops the room: every socket is closed with `code` and `reason`.
@@ -432,7 +470,8 @@ impl Actor {
             RoomCmd::Link { msg: ToRoom::Closed { .. }, .. } => "close",
             RoomCmd::Link { .. } => "handover",
             RoomCmd::Request { .. } => "request",
-            RoomCmd::Alarm => "alarm",
+            RoomCmd::Alarm { .. } => "alarm",
+            RoomCmd::Flush { .. } => "flush",
             RoomCmd::Shutdown { .. } => "shutdown",
             RoomCmd::Move { .. } => "move",
         };
@@ -496,7 +535,7 @@ impl Actor {
                     self.gathering = None;
                 }
                 _ = sleep_until(alarm_at.unwrap_or(idle_at)), if alarm_at.is_some() => {
-                    self.handle_observed(RoomCmd::Alarm).await;
+                    self.handle_observed(RoomCmd::Alarm { as_of: None }).await;
                 }
                 _ = sleep_until(idle_at), if !busy => {
                     if self.on_idle() {
@@ -532,6 +571,10 @@ impl Actor {
                 Some(RoomExit::Shutdown)
             }
             RoomCmd::Move { deadline } => self.begin_move(deadline).await,
+            RoomCmd::Flush { reply } => {
+                self.shared().emit(Outbound::Response(reply, Box::new(Response::new(Bytes::new()))));
+                None
+            }
             cmd => {
                 self.handle_observed(cmd).await;
                 None
@@ -700,12 +743,14 @@ impl Actor {
                 let res = self.request(req).await;
                 self.shared().emit(Outbound::Response(reply, Box::new(res)));
             }
-            RoomCmd::Alarm => {
+            RoomCmd::Alarm { as_of } => {
                 if self.moving.is_none() {
-                    self.fire_alarm().await;
+                    self.fire_alarm(as_of).await;
                 }
             }
-            RoomCmd::Shutdown { .. } | RoomCmd::Move { .. } => unreachable!("handled by dispatch"),
+            RoomCmd::Shutdown { .. } | RoomCmd::Move { .. } | RoomCmd::Flush { .. } => {
+                unreachable!("handled by dispatch")
+            }
         }
     }
 
@@ -886,7 +931,7 @@ impl Actor {
         }
     }
 
-    async fn fire_alarm(&mut self) {
+    async fn fire_alarm(&mut self, as_of: Option<i64>) {
         if self.alarm_not_before.is_some_and(|nb| Instant::now() < nb) {
             return;
         }
@@ -900,7 +945,7 @@ impl Actor {
         }
         self.alarm_not_before = None;
         let due = match self.storage().get_alarm().await {
-            Ok(Some(at)) if at <= now_ms() => at,
+            Ok(Some(at)) if at <= as_of.unwrap_or_else(now_ms) => at,
             Ok(_) => return,
             Err(e) => {
                 tracing::warn!(room = %self.room.key(), error = %e, "could not read the alarm");

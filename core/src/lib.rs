@@ -18,6 +18,9 @@
 //! - [`limits`]: every limit, with defaults.
 //! - [`placement`]: room -> virtual shard -> preferred node (xxh3 + rendezvous hashing).
 //! - [`observe`]: what the runtime reports for metrics (event times, alarms).
+//! - `testing` (feature `testing`): a test kit for parties: a room in a test, clients that
+//!   connect, send and receive, HTTP requests, the alarm run on demand, storage inspection,
+//!   the static hooks.
 //!
 //! ```
 //! use partyline::prelude::*;
@@ -51,6 +54,8 @@ pub mod placement;
 pub mod room;
 pub mod storage;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod web;
 
 pub use async_trait::async_trait;

@@ -13,11 +13,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-use partyline::actor::{spawn_room, LinkSender, RoomConfig, RoomExit, RoomHandle};
+use partyline::actor::{spawn_room, RoomConfig, RoomExit, RoomHandle};
 use partyline::http::{self, StatusCode};
 use partyline::link::{close_code, FromRoom, SocketId, ToRoom};
 use partyline::storage::now_ms;
 use partyline::store::{Fence, StoreError, WriteOp};
+use partyline::testing::{no_parties, Link};
 use partyline::web::{self, query_param};
 use partyline::{
     async_trait, Bytes, Connection, ConnectionContext, Env, HttpError, Limits, ListOptions, MemoryStore, Message,
@@ -433,19 +434,6 @@ impl Store for TestStore {
 // Spawning rooms and driving them like a gateway.
 // ---------------------------------------------------------------------------------------------
 
-struct NoParties;
-
-#[async_trait]
-impl PartiesClient for NoParties {
-    async fn fetch(&self, room: RoomKey, _req: Request) -> anyhow::Result<Response> {
-        anyhow::bail!("no other rooms here (asked for {room})")
-    }
-
-    fn has_party(&self, _party: &str) -> bool {
-        false
-    }
-}
-
 /// How to spawn a test room.
 struct Opts {
     hibernate: bool,
@@ -453,7 +441,7 @@ struct Opts {
     fence: Option<Fence>,
     limits: Limits,
     may_exit: Box<dyn Fn() -> bool + Send + Sync>,
-    parties: Arc<dyn PartiesClient>,
+    parties: Parties,
 }
 
 impl Default for Opts {
@@ -464,7 +452,7 @@ impl Default for Opts {
             fence: None,
             limits: Limits::default(),
             may_exit: Box::new(|| false),
-            parties: Arc::new(NoParties),
+            parties: no_parties(),
         }
     }
 }
@@ -487,7 +475,7 @@ fn spawn(id: &str, opts: Opts) -> (RoomHandle, JoinHandle<RoomExit>) {
         fence: opts.fence,
         limits: Arc::new(opts.limits),
         env: Env::default(),
-        parties: Parties::new(opts.parties),
+        parties: opts.parties,
         may_exit: opts.may_exit,
         observer: None,
         on_exit: None,
@@ -514,17 +502,14 @@ async fn exit_within(exit: &mut JoinHandle<RoomExit>, wait: Duration) -> RoomExi
     timeout(wait, exit).await.expect("the room task did not end in time").expect("the room task did not panic")
 }
 
-/// One gateway link into a room.
+/// One gateway link into a room (the test kit's [`Link`], with this file's shorthands).
 struct Gw {
-    link: LinkSender,
-    rx: mpsc::Receiver<FromRoom>,
+    link: Link,
 }
 
 impl Gw {
     async fn open(room: &RoomHandle) -> Gw {
-        let (tx, rx) = mpsc::channel(1024);
-        let link = timeout(WAIT, room.open_link(tx)).await.expect("open_link hung").expect("the room is running");
-        Gw { link, rx }
+        Gw { link: Link::open(room).await }
     }
 
     /// Asks the room to connect socket `sid` with connection id `id`; `query` is added to the
@@ -533,10 +518,7 @@ impl Gw {
         let path = format!("/parties/scripted/room?_pk={id}&{query}");
         let request = http::Request::builder().uri(path.as_str()).body(Bytes::new()).expect("a valid request");
         let uri = format!("http://localhost{path}");
-        self.link
-            .send(ToRoom::Connect { sid, id: id.to_string(), uri, request: Box::new(request) })
-            .await
-            .expect("the room is running");
+        self.link.send_raw(ToRoom::Connect { sid, id: id.to_string(), uri, request: Box::new(request) }).await;
     }
 
     /// Messages up to the verdict on `sid` (`Accepted`, `Refused` or `Failed`), and the verdict.
@@ -567,55 +549,32 @@ impl Gw {
     }
 
     async fn send(&self, sid: SocketId, text: &str) {
-        self.link.send(ToRoom::Message { sid, msg: Message::from(text) }).await.expect("the room is running");
+        self.link.send(sid, text).await;
     }
 
     async fn closed(&self, sid: SocketId, error: Option<&str>) {
-        self.link.send(ToRoom::Closed { sid, error: error.map(str::to_string) }).await.expect("the room is running");
+        self.link.send_raw(ToRoom::Closed { sid, error: error.map(str::to_string) }).await;
     }
 
     async fn next(&mut self) -> FromRoom {
-        match timeout(WAIT, self.rx.recv()).await {
-            Ok(Some(msg)) => msg,
-            Ok(None) => panic!("the room closed the link"),
-            Err(_) => panic!("no message from the room within {WAIT:?}"),
-        }
+        self.link.next().await
     }
 
     /// The next message, skipping `State`; it must be a frame for `sid`: its text.
     async fn text(&mut self, sid: SocketId) -> String {
-        loop {
-            let msg = self.next().await;
-            match &msg {
-                FromRoom::State { .. } => continue,
-                FromRoom::Send { sid: s, msg: m } if *s == sid => {
-                    return m.as_text().expect("a text frame").to_string()
-                }
-                FromRoom::Broadcast { msg: m, except } if !except.contains(&sid) => {
-                    return m.as_text().expect("a text frame").to_string()
-                }
-                _ => panic!("expected a frame for socket {sid}, got {msg:?}"),
-            }
-        }
+        self.link.frame(sid).await.as_text().expect("a text frame").to_string()
     }
 
     /// Nothing arrives for a while.
     async fn quiet(&mut self, wait: Duration) {
-        if let Ok(msg) = timeout(wait, self.rx.recv()).await {
+        if let Some(msg) = self.link.next_within(wait).await {
             panic!("expected nothing from the room, got {msg:?}");
         }
     }
 
     /// Everything until the room drops the link.
     async fn rest(&mut self) -> Vec<FromRoom> {
-        let mut out = Vec::new();
-        loop {
-            match timeout(WAIT, self.rx.recv()).await {
-                Ok(Some(msg)) => out.push(msg),
-                Ok(None) => return out,
-                Err(_) => panic!("the room did not drop the link within {WAIT:?}; got {out:?}"),
-            }
-        }
+        self.link.rest().await
     }
 }
 
@@ -1145,7 +1104,7 @@ async fn closing_a_link_runs_on_close_for_each_of_its_sockets() {
     events.until_eq("connect:l4:1").await;
 
     // Dropping the sender closes the link.
-    let Gw { link, mut rx } = a;
+    let (link, mut rx) = a.link.into_parts();
     drop(link);
     let mut closed = vec![events.next().await, events.next().await];
     closed.sort();
@@ -1153,7 +1112,7 @@ async fn closing_a_link_runs_on_close_for_each_of_its_sockets() {
     assert!(timeout(WAIT, rx.recv()).await.expect("the link stayed open").is_none());
 
     // So does close().
-    b.link.close().await;
+    b.link.close_link().await;
     assert_eq!(events.next().await, "close:l3:open=false:same=0");
     assert!(b.rest().await.is_empty());
 
@@ -1602,7 +1561,7 @@ async fn an_idle_room_with_nothing_attached_exits_when_the_host_allows() {
     assert!(timeout(room_idle * 6, &mut exit).await.is_err(), "the room exited with a link open");
     assert_eq!(asked.load(Ordering::SeqCst), 0, "may_exit asked while something was attached");
 
-    gw.link.close().await;
+    gw.link.close_link().await;
     let closed_at = tokio::time::Instant::now();
     assert_eq!(exit_within(&mut exit, room_idle * 6).await, RoomExit::Idle);
     assert!(closed_at.elapsed() >= room_idle, "exited after {:?}", closed_at.elapsed());
@@ -1710,7 +1669,8 @@ impl PartiesClient for CountingParties {
 async fn a_request_to_another_room_waits_for_the_callers_writes() {
     let store = TestStore::new();
     let parties = Arc::new(CountingParties::default());
-    let (room, _exit) = spawn("fetch-gate", Opts { store: store.clone(), parties: parties.clone(), ..Opts::default() });
+    let (room, _exit) =
+        spawn("fetch-gate", Opts { store: store.clone(), parties: Parties::new(parties.clone()), ..Opts::default() });
     let mut gw = Gw::open(&room).await;
     gw.join(1, "a", "").await;
     store.hold();
@@ -1730,7 +1690,7 @@ async fn a_fetch_after_a_refused_write_never_leaves() {
     let store = TestStore::new();
     let parties = Arc::new(CountingParties::default());
     let (room, mut exit) =
-        spawn("fetch-fenced", Opts { store: store.clone(), parties: parties.clone(), ..Opts::default() });
+        spawn("fetch-fenced", Opts { store: store.clone(), parties: Parties::new(parties.clone()), ..Opts::default() });
     let mut gw = Gw::open(&room).await;
     gw.join(1, "a", "").await;
     store.fail_with(FailMode::Fenced);
@@ -1792,9 +1752,9 @@ impl Gw {
         for r in recs {
             let uri = format!("http://localhost/parties/hibernating/room?_pk={}", r.id);
             let msg = ToRoom::Adopt { sid: r.sid, id: r.id.clone(), uri, tags: r.tags.clone(), state: r.state.clone() };
-            self.link.send(msg).await.expect("the room is running");
+            self.link.send_raw(msg).await;
         }
-        self.link.send(ToRoom::Adopted { links }).await.expect("the room is running");
+        self.link.send_raw(ToRoom::Adopted { links }).await;
     }
 }
 
@@ -1816,8 +1776,8 @@ async fn a_hibernating_room_moves_its_sockets_to_a_new_instance_without_losing_a
     assert!(matches!(g1.next().await, FromRoom::Pause));
     assert!(matches!(g2.next().await, FromRoom::Pause));
     g2.send(7, "put:n:2|broadcast:two").await;
-    g2.link.send(ToRoom::Paused).await.unwrap();
-    g1.link.send(ToRoom::Paused).await.unwrap();
+    g2.link.send_raw(ToRoom::Paused).await;
+    g1.link.send_raw(ToRoom::Paused).await;
     assert_eq!(g1.text(1).await, "two");
     assert_eq!(g2.text(7).await, "two");
     assert!(matches!(g1.next().await, FromRoom::Moved { links: 2 }));
@@ -1856,7 +1816,7 @@ async fn a_link_that_does_not_pause_in_time_is_closed_and_the_rest_move() {
     old.move_out(tokio::time::Instant::now() + Duration::from_millis(500)).await.unwrap();
     assert!(matches!(g1.next().await, FromRoom::Pause));
     assert!(matches!(g2.next().await, FromRoom::Pause));
-    g1.link.send(ToRoom::Paused).await.unwrap();
+    g1.link.send_raw(ToRoom::Paused).await;
     assert!(matches!(g1.next().await, FromRoom::Moved { links: 1 }));
     assert!(matches!(g2.next().await, FromRoom::Gone { code: 1012, .. }));
     assert_eq!(exit_within(&mut exit, WAIT).await, RoomExit::Moved);

@@ -162,7 +162,7 @@ mod tests {
     }
 
     /// Connects like a gateway does: the hook first, then the room with the request it returned.
-    async fn join(gw: &mut Gateway, sid: u64, id: &str, token: &str) -> testkit::Connected {
+    async fn join(gw: &mut Gateway, sid: u64, id: &str, token: &str) -> partyline::testing::Connected {
         let Before::Continue(req) = before_connect(&format!("/parties/private/r?_pk={id}&token={token}")).await else {
             panic!("refused")
         };

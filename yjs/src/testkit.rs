@@ -5,10 +5,11 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use partyline::actor::{spawn_room, LinkSender, RoomConfig, RoomExit, RoomHandle};
+use partyline::actor::{LinkSender, RoomExit, RoomHandle};
 use partyline::link::{FromRoom, ToRoom};
 use partyline::prelude::*;
-use partyline::{Env, Limits, MemoryStore, Parties, PartiesClient, RoomKey};
+use partyline::testing::TestRoom;
+use partyline::{Limits, MemoryStore, RoomKey};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use yrs::updates::decoder::Decode;
@@ -74,18 +75,6 @@ impl Party for TestParty {
     }
 }
 
-struct NoParties;
-
-#[async_trait]
-impl PartiesClient for NoParties {
-    async fn fetch(&self, room: RoomKey, _req: Request) -> anyhow::Result<Response> {
-        anyhow::bail!("tests have no other rooms (asked for {room})")
-    }
-    fn has_party(&self, _party: &str) -> bool {
-        false
-    }
-}
-
 fn registry() -> PartyRegistry {
     PartyRegistry::new().with::<crate::YjsParty>("yjs").with::<TestParty>("test")
 }
@@ -97,18 +86,9 @@ pub(crate) fn spawn(
     store: &Arc<MemoryStore>,
     limits: Limits,
 ) -> (RoomHandle, JoinHandle<RoomExit>) {
-    spawn_room(RoomConfig {
-        key: RoomKey::new(party, room),
-        factory: registry().get(party).expect("a test party").clone(),
-        store: store.clone(),
-        fence: None,
-        limits: Arc::new(limits),
-        env: Env::default(),
-        parties: Parties::new(Arc::new(NoParties)),
-        may_exit: Box::new(|| false),
-        observer: None,
-        on_exit: None,
-    })
+    let factory = registry().get(party).expect("a test party").clone();
+    let mut room = TestRoom::with_factory(party, room, factory).store(store.clone()).limits(limits).start();
+    (room.handle().clone(), room.take_task())
 }
 
 /// Stops a room and waits for it.
@@ -117,10 +97,7 @@ pub(crate) async fn stop(room: RoomHandle, task: JoinHandle<RoomExit>) {
     assert_eq!(tokio::time::timeout(WAIT, task).await.unwrap().unwrap(), RoomExit::Shutdown);
 }
 
-/// A request to a room.
-pub(crate) fn request(method: &str, path: &str, body: impl Into<Bytes>) -> Request {
-    partyline::http::Request::builder().method(method).uri(path).body(body.into()).unwrap()
-}
+pub(crate) use partyline::testing::request;
 
 /// One client: its own gateway link with one socket, and its own document.
 pub(crate) struct Client {
