@@ -47,6 +47,7 @@ enum Command {
     /// Load-test a Partyline server (or any PartyKit-style server) with WebSocket and HTTP
     /// clients: fanout, echo, idle, churn and http scenarios, with latency histograms, losses,
     /// duplicates and reordering. Loopback targets only unless --allow-remote.
+    #[cfg(feature = "bench")]
     Bench(partyline_bench::BenchArgs),
     /// Show a cluster: live nodes, the shards each owns, the rooms each runs; with --room, which
     /// node owns that room.
@@ -54,6 +55,10 @@ enum Command {
     /// Exit 0 when an HTTP URL answers 2xx within the timeout, else 1: a health check for
     /// images without curl (`partyline probe http://127.0.0.1:9090/readyz`).
     Probe(crate::probe::ProbeArgs),
+    /// Create a crate of your own with one party (a chat with storage, served as `main`), its
+    /// tests on the SDK's test kit, and a README: `partyline new my-party && cd my-party &&
+    /// cargo test && cargo run -- dev`.
+    New(crate::new::NewArgs),
 }
 
 /// Options of `partyline status`.
@@ -307,8 +312,15 @@ fn parse_var(s: &str) -> Result<(String, String), String> {
     Ok((k.to_string(), v.to_string()))
 }
 
-/// Parses `250ms`, `10s`, `2m`, `1h`, or a bare number of seconds (the load tester's parser).
-pub use partyline_bench::parse_duration;
+/// Parses a duration: `250ms`, `10s`, `2m`, `1h 30m` (humantime's syntax), or a bare number of
+/// seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse().map(Duration::from_secs).map_err(|e| format!("invalid duration {s:?}: {e}"));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?} ({e}; try 500ms, 10s, 2m)"))
+}
 
 impl Cli {
     /// The subcommand's name (`dev`, `node`, ...).
@@ -317,9 +329,11 @@ impl Cli {
             Command::Dev(_) => "dev",
             Command::Node(_) => "node",
             Command::Gateway(_) => "gateway",
+            #[cfg(feature = "bench")]
             Command::Bench(_) => "bench",
             Command::Status(_) => "status",
             Command::Probe(_) => "probe",
+            Command::New(_) => "new",
         }
     }
 
@@ -347,9 +361,11 @@ impl Cli {
                 let parties = rust(&args.project, false);
                 run_gateway(args, parties).await
             }
+            #[cfg(feature = "bench")]
             Command::Bench(args) => partyline_bench::run(args).await,
             Command::Status(args) => crate::status::run(args.cluster.redis(), args.cluster.secret()?, args.room).await,
             Command::Probe(args) => crate::probe::run(args).await,
+            Command::New(args) => crate::new::run(args),
         }
     }
 }
@@ -548,7 +564,9 @@ mod tests {
         assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
-        assert!(parse_duration("3 weeks").is_err());
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
+        assert!(parse_duration("3 fortnights").is_err());
+        assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("fast").is_err());
     }
 

@@ -17,7 +17,12 @@ pub mod cli;
 pub mod cluster;
 pub mod dev;
 pub mod health;
+pub mod new;
 pub mod probe;
+#[cfg(feature = "partykit")]
+pub mod project;
+#[cfg(not(feature = "partykit"))]
+#[path = "project_off.rs"]
 pub mod project;
 pub mod status;
 pub mod telemetry;
@@ -34,6 +39,7 @@ pub fn main(parties: PartyRegistry) -> ExitCode {
 }
 
 /// As [`main`], for example parties: a PartyKit project replaces them instead of joining them.
+#[cfg(feature = "examples")]
 pub fn main_examples(parties: PartyRegistry) -> ExitCode {
     run_main(parties, true)
 }
