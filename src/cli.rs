@@ -207,6 +207,9 @@ struct LimitArgs {
     /// Largest inbound WebSocket message in bytes (larger: close 1009).
     #[arg(long, env = "PARTYLINE_MAX_MESSAGE_BYTES", default_value_t = Limits::default().max_message_bytes)]
     max_message_bytes: usize,
+    /// Largest frame a room may send in bytes (a larger send closes that connection with 1009).
+    #[arg(long, env = "PARTYLINE_MAX_OUTBOUND_MESSAGE_BYTES", default_value_t = Limits::default().max_outbound_message_bytes)]
+    max_outbound_message_bytes: usize,
     /// Largest HTTP request body for a room in bytes (larger: 413).
     #[arg(long, env = "PARTYLINE_MAX_REQUEST_BODY_BYTES", default_value_t = Limits::default().max_request_body_bytes)]
     max_request_body_bytes: usize,
@@ -255,6 +258,7 @@ impl LimitArgs {
     fn limits(&self) -> Limits {
         Limits {
             max_message_bytes: self.max_message_bytes,
+            max_outbound_message_bytes: self.max_outbound_message_bytes,
             max_request_body_bytes: self.max_request_body_bytes,
             max_state_bytes: self.max_state_bytes,
             max_tags: self.max_tags,

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::link::{FromRoom, SocketId};
+use crate::link::{close_code, FromRoom, SocketId};
 use crate::message::Message;
 use crate::room::{LinkId, RoomShared};
 
@@ -101,10 +101,19 @@ impl Connection {
         self.emit(FromRoom::State { sid: self.shared.key.1, state: None });
     }
 
-    /// Sends a frame to this connection. Frames to one connection arrive in the order sent.
+    /// Sends a frame to this connection. Frames to one connection arrive in the order sent. A
+    /// frame over the outbound limit (`Limits::max_outbound_message_bytes`) is not sent: the
+    /// connection is closed with 1009 instead, so the client learns that it missed something.
     pub fn send(&self, msg: impl Into<Message>) {
+        let msg = msg.into();
+        let max = self.room.limits.max_outbound_message_bytes;
+        if msg.len() > max {
+            tracing::warn!(room = %self.room.key, conn = %self.shared.id, len = msg.len(), max, "outbound message over the limit; closing the connection");
+            self.close(close_code::TOO_BIG, &format!("outbound message is too large: {} > {max}", msg.len()));
+            return;
+        }
         if self.is_open() {
-            self.emit(FromRoom::Send { sid: self.shared.key.1, msg: msg.into() });
+            self.emit(FromRoom::Send { sid: self.shared.key.1, msg });
         }
     }
 

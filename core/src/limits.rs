@@ -8,6 +8,10 @@ use std::time::Duration;
 pub struct Limits {
     /// Largest inbound WebSocket message; larger closes the socket with 1009.
     pub max_message_bytes: usize,
+    /// Largest frame a room may send (one `send` or `broadcast`); the gRPC link between gateway
+    /// and node is sized to carry it. A larger `send` closes that connection with 1009; a
+    /// larger `broadcast` is dropped with an error in the log.
+    pub max_outbound_message_bytes: usize,
     /// Largest HTTP request body sent to a room; larger answers 413.
     pub max_request_body_bytes: usize,
     /// Largest encoded connection state (`set_state` returns an error above it).
@@ -28,7 +32,8 @@ pub struct Limits {
     pub max_connections_per_room: usize,
     /// Most messages queued for one client before it counts as not reading and is closed.
     pub max_outbox_messages: usize,
-    /// Most bytes queued for one client before it counts as not reading and is closed.
+    /// Most bytes queued for one client before it counts as not reading and is closed (one frame
+    /// larger than this is still queued when nothing else is).
     pub max_outbox_bytes: usize,
     /// Time one party handler may run; past it the connection is closed with 1011 (or the
     /// request answered 500).
@@ -44,6 +49,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_message_bytes: 1 << 20,
+            max_outbound_message_bytes: 16 << 20,
             max_request_body_bytes: 1 << 20,
             max_state_bytes: 16 << 10,
             max_tags: 10,

@@ -180,6 +180,11 @@ impl RoomShared {
     }
 
     pub(crate) fn broadcast(&self, msg: Message, without: &[&str]) {
+        if msg.len() > self.limits.max_outbound_message_bytes {
+            let max = self.limits.max_outbound_message_bytes;
+            tracing::error!(room = %self.key, len = msg.len(), max, "broadcast dropped: over the outbound message limit");
+            return;
+        }
         let table = self.conns.lock().unwrap();
         let mut except: HashMap<LinkId, Vec<SocketId>> = HashMap::new();
         for id in without {
@@ -236,7 +241,8 @@ impl Room {
         &self.shared.limits
     }
 
-    /// Sends `msg` to every connection in the room except those whose id is in `without`.
+    /// Sends `msg` to every connection in the room except those whose id is in `without`. A frame
+    /// over the outbound limit (`Limits::max_outbound_message_bytes`) is dropped and logged.
     pub fn broadcast(&self, msg: impl Into<Message>, without: &[&str]) {
         self.shared.broadcast(msg.into(), without);
     }

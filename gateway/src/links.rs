@@ -125,7 +125,9 @@ impl Outbox {
             if q.closed {
                 return false;
             }
-            if q.items.len() >= self.inner.max_msgs || q.bytes + len > self.inner.max_bytes {
+            // A lone frame larger than the byte bound (up to the outbound message limit) still
+            // goes into an empty queue.
+            if q.items.len() >= self.inner.max_msgs || (q.bytes > 0 && q.bytes + len > self.inner.max_bytes) {
                 drop(q);
                 self.inner.kill.cancel();
                 return false;

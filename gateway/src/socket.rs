@@ -30,7 +30,9 @@ const COALESCE_BYTES: usize = 64 << 10;
 pub(crate) type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// The tungstenite settings for client sockets: small read buffers (an idle socket costs a few
-/// KiB instead of ~135 KB with the 128 KiB default) and the inbound message limit.
+/// KiB instead of ~135 KB with the 128 KiB default) and the inbound message limit. Writes are not
+/// capped here: any frame up to the rooms' outbound limit (16 MiB by default) goes out whole, and
+/// the send queue bounds what waits.
 pub(crate) fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(4 << 10)

@@ -108,9 +108,9 @@ impl NodeState {
     }
 }
 
-/// Largest gRPC message for the given limits: a frame or an HTTP body plus headers.
+/// Largest gRPC message for the given limits: a frame (either way) or an HTTP body plus headers.
 pub fn max_grpc_message_bytes(limits: &Limits) -> usize {
-    limits.max_message_bytes.max(limits.max_request_body_bytes) + (64 << 10)
+    limits.max_message_bytes.max(limits.max_request_body_bytes).max(limits.max_outbound_message_bytes) + (64 << 10)
 }
 
 /// A random incarnation suffix: new at every start, so a restarted node never reuses a lease

@@ -26,6 +26,34 @@ async fn oversized_message_closes_with_1009() {
 }
 
 #[tokio::test]
+async fn an_outbound_frame_over_the_limit_closes_with_1009_or_is_dropped() {
+    let limits = Limits { max_outbound_message_bytes: 1000, ..Default::default() };
+    let s = DevServer::start(with_limits(limits)).await;
+    // `send` (the echo party): that connection is closed with 1009.
+    let mut a = s.connect("/parties/echo/out").await;
+    a.send_text(&"x".repeat(1000)).await;
+    assert_eq!(a.recv_text().await.len(), 1000, "a frame at the limit goes out");
+    a.send_text(&"x".repeat(1001)).await;
+    assert_eq!(a.expect_close().await, (1009, "outbound message is too large: 1001 > 1000".to_string()));
+    // `broadcast`: the frame is dropped, the connection and the room go on.
+    let mut b = s.connect("/parties/broadcast/out").await;
+    b.send_text(&"y".repeat(1001)).await;
+    b.send_text("small").await;
+    assert_eq!(b.recv_text().await, "small");
+}
+
+#[tokio::test]
+async fn a_frame_larger_than_the_send_queue_bound_still_goes_out_alone() {
+    let limits = Limits { max_outbox_bytes: 1000, max_outbound_message_bytes: 1 << 20, ..Default::default() };
+    let s = DevServer::start(with_limits(limits)).await;
+    let mut a = s.connect("/parties/echo/queue").await;
+    a.send_binary(&vec![7u8; 200_000]).await;
+    assert_eq!(a.recv().await, Received::Binary(vec![7u8; 200_000]));
+    a.send_text("after").await;
+    assert_eq!(a.recv_text().await, "after");
+}
+
+#[tokio::test]
 async fn invalid_utf8_text_closes_with_1007() {
     let s = DevServer::start(DevConfig::default()).await;
     let (mut stream, head) = raw_upgrade(s.addr, "/parties/echo/utf?_pk=raw", "").await;
