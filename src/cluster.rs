@@ -35,6 +35,10 @@ pub struct GatewayProcessConfig {
     pub env: Env,
     /// Most client WebSockets.
     pub max_connections: usize,
+    /// Limits of the listener, of each WebSocket and of each client address.
+    pub edge: partyline_gateway::EdgeLimits,
+    /// Serve `https://` and `wss://` with this TLS configuration.
+    pub tls: Option<Arc<partyline_gateway::listener::ServerConfig>>,
 }
 
 /// Runs a gateway on `listener` until `shutdown` resolves.
@@ -61,7 +65,12 @@ pub async fn run_gateway(
     .await?;
     let lobby = Parties::new(Arc::new(ClusterParties { client: client.clone(), parties: parties.clone() }));
     let gateway = Gateway::new(
-        GatewayConfig { limits: Arc::new(cfg.limits), max_connections: cfg.max_connections },
+        GatewayConfig {
+            limits: Arc::new(cfg.limits),
+            max_connections: cfg.max_connections,
+            edge: cfg.edge,
+            tls: cfg.tls,
+        },
         parties,
         Arc::new(GrpcRouter { client }),
         lobby,
@@ -79,6 +88,7 @@ pub struct GrpcRouter {
 fn route_error(e: ClientError) -> RouteError {
     match e {
         ClientError::UnknownParty(p) => RouteError::UnknownParty(p),
+        ClientError::Busy(why) => RouteError::Busy(why),
         other => RouteError::Unavailable(other.to_string()),
     }
 }

@@ -55,19 +55,49 @@ pub struct RoomConfig {
 }
 
 enum RoomCmd {
-    OpenLink { link: LinkId, tx: mpsc::Sender<FromRoom> },
-    Link { link: LinkId, msg: ToRoom },
-    CloseLink { link: LinkId },
-    Request { req: Request, reply: oneshot::Sender<Response> },
+    OpenLink {
+        link: LinkId,
+        tx: mpsc::Sender<FromRoom>,
+    },
+    Link {
+        link: LinkId,
+        msg: ToRoom,
+    },
+    CloseLink {
+        link: LinkId,
+    },
+    Request {
+        req: Request,
+        reply: oneshot::Sender<Response>,
+    },
     Alarm,
-    Shutdown { code: u16, reason: String },
-    Move { deadline: Instant },
+    Shutdown {
+        code: u16,
+        reason: String,
+    },
+    Move {
+        deadline: Instant,
+    },
+    /// The host needs room for another room: leave now if nobody is connected.
+    Evict,
 }
 
 /// The room is not running any more; ask the host for a fresh handle and try again.
 #[derive(Debug, thiserror::Error)]
 #[error("room {0} is not running")]
 pub struct RoomGone(pub RoomKey);
+
+/// Why a room did not take a command.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The room had stopped.
+    #[error(transparent)]
+    Gone(#[from] RoomGone),
+    /// The room's queue stayed full for the queue timeout (`Limits::room_queue_timeout`): the
+    /// room is overloaded (or stuck in a handler). Nothing was delivered.
+    #[error("room {0} is overloaded")]
+    Overloaded(RoomKey),
+}
 
 /// Why an HTTP request to a room got no response.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +106,10 @@ pub enum RequestError {
     /// again (to a fresh instance).
     #[error(transparent)]
     NotDelivered(#[from] RoomGone),
+    /// The room's queue stayed full for the queue timeout: the request did not run. Answer
+    /// 503 rather than wait.
+    #[error("room {0} is overloaded")]
+    Overloaded(RoomKey),
     /// The room took the request and stopped before answering (its storage failed, or it was
     /// shut down): the request may have run, so it must not be sent again.
     #[error("room {0} stopped before it answered the request")]
@@ -90,6 +124,8 @@ pub struct RoomHandle {
     tx: mpsc::Sender<RoomCmd>,
     next_link: Arc<AtomicU64>,
     hibernate: bool,
+    /// How long client work waits for space in the queue before it is refused.
+    queue_wait: Duration,
 }
 
 impl RoomHandle {
@@ -125,22 +161,32 @@ impl RoomHandle {
     }
 
     /// Opens a gateway link: the room's messages for that gateway's sockets go to `tx`.
-    pub async fn open_link(&self, tx: mpsc::Sender<FromRoom>) -> Result<LinkSender, RoomGone> {
+    pub async fn open_link(&self, tx: mpsc::Sender<FromRoom>) -> Result<LinkSender, SendError> {
         let link = self.next_link.fetch_add(1, Ordering::Relaxed);
-        self.send(RoomCmd::OpenLink { link, tx }).await?;
+        self.send_bounded(RoomCmd::OpenLink { link, tx }).await?;
         Ok(LinkSender { room: self.clone(), link, closed: AtomicBool::new(false) })
     }
 
     /// Sends an HTTP request to the room's `on_request`.
     pub async fn request(&self, req: Request) -> Result<Response, RequestError> {
         let (reply, rx) = oneshot::channel();
-        self.send(RoomCmd::Request { req, reply }).await?;
+        match self.send_bounded(RoomCmd::Request { req, reply }).await {
+            Ok(()) => {}
+            Err(SendError::Gone(gone)) => return Err(gone.into()),
+            Err(SendError::Overloaded(key)) => return Err(RequestError::Overloaded(key)),
+        }
         rx.await.map_err(|_| RequestError::Interrupted(self.key.clone()))
     }
 
     /// Tells the room its alarm may be due.
     pub async fn alarm(&self) -> Result<(), RoomGone> {
         self.send(RoomCmd::Alarm).await
+    }
+
+    /// Asks the room to leave now if nobody is connected and nothing else holds it (the host is
+    /// at its room limit); never waits. False when the request could not be queued.
+    pub fn evict(&self) -> bool {
+        self.tx.try_send(RoomCmd::Evict).is_ok()
     }
 
     /// Stops the room: every socket is closed with `code` and `reason`.
@@ -159,6 +205,15 @@ impl RoomHandle {
 
     async fn send(&self, cmd: RoomCmd) -> Result<(), RoomGone> {
         self.tx.send(cmd).await.map_err(|_| RoomGone(self.key.clone()))
+    }
+
+    /// Sends client work: waits for space in the queue at most the queue timeout.
+    async fn send_bounded(&self, cmd: RoomCmd) -> Result<(), SendError> {
+        match self.tx.send_timeout(cmd, self.queue_wait).await {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(RoomGone(self.key.clone()).into()),
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => Err(SendError::Overloaded(self.key.clone())),
+        }
     }
 }
 
@@ -184,9 +239,17 @@ pub struct LinkSender {
 }
 
 impl LinkSender {
-    /// Passes one socket event to the room, in order.
-    pub async fn send(&self, msg: ToRoom) -> Result<(), RoomGone> {
-        self.room.send(RoomCmd::Link { link: self.link, msg }).await
+    /// Passes one socket event to the room, in order. A client's frame or connection attempt
+    /// waits for space in the room's queue at most the queue timeout ([`SendError::Overloaded`]:
+    /// close 1013 or answer 503); the other events always get through.
+    pub async fn send(&self, msg: ToRoom) -> Result<(), SendError> {
+        let client_work = matches!(msg, ToRoom::Message { .. } | ToRoom::Connect { .. });
+        let cmd = RoomCmd::Link { link: self.link, msg };
+        if client_work {
+            self.room.send_bounded(cmd).await
+        } else {
+            Ok(self.room.send(cmd).await?)
+        }
     }
 
     /// The room this link goes to.
@@ -252,8 +315,13 @@ pub fn spawn_room(cfg: RoomConfig) -> (RoomHandle, tokio::task::JoinHandle<RoomE
         gate,
     });
     let options = cfg.factory.options();
-    let handle =
-        RoomHandle { key: cfg.key.clone(), tx, next_link: Arc::new(AtomicU64::new(1)), hibernate: options.hibernate };
+    let handle = RoomHandle {
+        key: cfg.key.clone(),
+        tx,
+        next_link: Arc::new(AtomicU64::new(1)),
+        hibernate: options.hibernate,
+        queue_wait: cfg.limits.room_queue_timeout,
+    };
     let actor = Actor {
         room: Room { shared },
         factory: cfg.factory,
@@ -479,6 +547,11 @@ impl Actor {
                 Some(RoomExit::Shutdown)
             }
             RoomCmd::Move { deadline } => self.begin_move(deadline).await,
+            RoomCmd::Evict => {
+                let attached = self.room.connection_count() > 0 || !self.links.is_empty();
+                let busy = self.moving.is_some() || self.gathering.is_some();
+                (!attached && !busy && (self.may_exit)()).then_some(RoomExit::Idle)
+            }
             cmd => {
                 self.handle(cmd).await;
                 None
@@ -652,7 +725,7 @@ impl Actor {
                     self.fire_alarm().await;
                 }
             }
-            RoomCmd::Shutdown { .. } | RoomCmd::Move { .. } => unreachable!("handled by dispatch"),
+            RoomCmd::Shutdown { .. } | RoomCmd::Move { .. } | RoomCmd::Evict => unreachable!("handled by dispatch"),
         }
     }
 

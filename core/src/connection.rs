@@ -30,6 +30,17 @@ pub enum StateError {
     Encode(#[from] serde_json::Error),
 }
 
+/// A frame larger than the outbound limit (`Limits::max_outbound_message_bytes`): nothing was
+/// sent.
+#[derive(Debug, thiserror::Error)]
+#[error("outbound message is too large: {len} > {max}")]
+pub struct TooLarge {
+    /// The frame's length.
+    pub len: usize,
+    /// The limit.
+    pub max: usize,
+}
+
 pub(crate) struct ConnShared {
     pub(crate) key: ConnKey,
     pub(crate) id: String,
@@ -115,6 +126,20 @@ impl Connection {
         if self.is_open() {
             self.emit(FromRoom::Send { sid: self.shared.key.1, msg });
         }
+    }
+
+    /// Like [`Connection::send`], but a frame over the outbound limit is an error for the party
+    /// to handle, and the connection stays open.
+    pub fn try_send(&self, msg: impl Into<Message>) -> Result<(), TooLarge> {
+        let msg = msg.into();
+        let max = self.room.limits.max_outbound_message_bytes;
+        if msg.len() > max {
+            return Err(TooLarge { len: msg.len(), max });
+        }
+        if self.is_open() {
+            self.emit(FromRoom::Send { sid: self.shared.key.1, msg });
+        }
+        Ok(())
     }
 
     /// Closes the connection with a close code and reason; `on_close` follows.

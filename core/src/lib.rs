@@ -53,7 +53,7 @@ pub mod web;
 
 pub use async_trait::async_trait;
 pub use bytes::Bytes;
-pub use connection::{Connection, StateError};
+pub use connection::{Connection, StateError, TooLarge};
 pub use limits::Limits;
 pub use message::{Message, Text};
 pub use party::{Before, ConnectionContext, Lobby, Party, PartyFactory, PartyOptions, PartyRegistry, Wakeup};

@@ -247,6 +247,18 @@ impl Room {
         self.shared.broadcast(msg.into(), without);
     }
 
+    /// Like [`Room::broadcast`], but a frame over the outbound limit is an error for the party
+    /// to handle (nothing is sent).
+    pub fn try_broadcast(&self, msg: impl Into<Message>, without: &[&str]) -> Result<(), crate::connection::TooLarge> {
+        let msg = msg.into();
+        let max = self.shared.limits.max_outbound_message_bytes;
+        if msg.len() > max {
+            return Err(crate::connection::TooLarge { len: msg.len(), max });
+        }
+        self.shared.broadcast(msg, without);
+        Ok(())
+    }
+
     /// The connection with this id, if it is in the room.
     pub fn get_connection(&self, id: &str) -> Option<Connection> {
         let table = self.shared.conns.lock().unwrap();

@@ -15,10 +15,12 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use crate::limits::Limits;
-use crate::store::{Fence, ListOptions, RoomKey, Store, StoreError, WriteOp};
+use crate::store::{entry_bytes, Fence, ListOptions, Quota, RoomKey, Store, StoreError, Usage, WriteOp};
 
 /// Cached bytes above which clean entries are dropped from a room's cache.
 const MAX_CACHE_BYTES: usize = 32 << 20;
+/// Entries `list` reads from the store at a time.
+const LIST_PAGE: usize = 256;
 
 /// Why a storage call failed.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +59,22 @@ pub enum StorageError {
         /// The serde error.
         source: serde_json::Error,
     },
-    /// The backend refused or failed; the room is being reset.
+    /// More was written since the last commit than one commit may carry.
+    #[error("{bytes} bytes written since the last commit, the limit is {max}; call sync() between large writes")]
+    CommitTooLarge {
+        /// Bytes the write buffer would hold.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A `list` result would be larger than the limit.
+    #[error("list() would return more than {max} bytes; ask for a range or a limit")]
+    ListTooLarge {
+        /// The limit.
+        max: usize,
+    },
+    /// The backend refused or failed (a refused write resets the room), or the write would take
+    /// the room past its storage quota (nothing was written).
     #[error(transparent)]
     Store(#[from] StoreError),
     /// An earlier write failed, so this room instance can no longer use storage.
@@ -83,6 +100,12 @@ struct State {
     complete: bool,
     cache_bytes: usize,
     buffer: Vec<WriteOp>,
+    /// Bytes of keys and values in `buffer`.
+    buffer_bytes: usize,
+    /// What the room's data takes with the buffered writes applied, when the store keeps an
+    /// account (quota checks): exact for keys whose previous value is known, an upper bound
+    /// otherwise (a put over a key not known counts as a new key).
+    usage: Option<Usage>,
     /// Sequence number the open buffer will be sealed with.
     next_seq: u64,
     /// `None` when unknown; `Some(None)` when known unset.
@@ -99,6 +122,34 @@ impl State {
             self.cache_bytes -= size(&key, &old);
         }
         self.cache_bytes += added;
+    }
+
+    /// What the room will take after `entries` are put, from `base`: the keys whose previous
+    /// value is not known count as new and are collected in `unknown`.
+    fn usage_with(&self, base: Usage, entries: &[(String, Bytes)], unknown: &mut Vec<String>) -> Usage {
+        let mut u = base;
+        let mut put: HashMap<&str, usize> = HashMap::new();
+        for (k, v) in entries {
+            let prev = match put.get(k.as_str()) {
+                Some(len) => Some(*len),
+                None => match self.cache.get(k) {
+                    Some(v) => v.as_ref().map(Bytes::len),
+                    None if self.complete => None,
+                    None => {
+                        unknown.push(k.clone());
+                        None
+                    }
+                },
+            };
+            if let Some(len) = prev {
+                u.keys = u.keys.saturating_sub(1);
+                u.bytes = u.bytes.saturating_sub(entry_bytes(k, len));
+            }
+            u.keys += 1;
+            u.bytes += entry_bytes(k, v.len());
+            put.insert(k, v.len());
+        }
+        u
     }
 }
 
@@ -123,7 +174,8 @@ impl Storage {
     pub fn new(room: RoomKey, store: Arc<dyn Store>, fence: Option<Fence>, limits: Arc<Limits>) -> Self {
         let (sealed_tx, sealed_rx) = mpsc::unbounded_channel();
         let (progress_tx, progress_rx) = watch::channel(WriteProgress::default());
-        tokio::spawn(writer(room.clone(), store.clone(), fence, sealed_rx, progress_tx));
+        let max_commit = limits.max_commit_bytes;
+        tokio::spawn(writer(room.clone(), store.clone(), fence, max_commit, sealed_rx, progress_tx));
         Storage {
             inner: Arc::new(Inner {
                 room,
@@ -134,6 +186,8 @@ impl Storage {
                     complete: false,
                     cache_bytes: 0,
                     buffer: Vec::new(),
+                    buffer_bytes: 0,
+                    usage: None,
                     next_seq: 1,
                     alarm: None,
                 }),
@@ -252,12 +306,70 @@ impl Storage {
                 return Err(StorageError::ValueTooLarge { key: k.clone(), len: v.len(), max });
             }
         }
+        let added: usize = entries.iter().map(|(k, v)| k.len() + v.len()).sum();
+        self.check_commit_size(added)?;
+        let quota = self.inner.store.quota();
+        if quota.is_limited() {
+            self.check_quota(quota, &entries).await?;
+        }
         let mut st = self.inner.state.lock().unwrap();
+        if let Some(base) = st.usage {
+            let after = st.usage_with(base, &entries, &mut Vec::new());
+            st.usage = Some(after);
+        }
+        st.buffer_bytes += added;
         for (k, v) in entries {
             st.cache_put(k.clone(), Some(v.clone()));
             st.buffer.push(WriteOp::Put(k, v));
         }
         Ok(())
+    }
+
+    fn check_commit_size(&self, added: usize) -> Result<(), StorageError> {
+        let max = self.inner.limits.max_commit_bytes;
+        let bytes = self.inner.state.lock().unwrap().buffer_bytes + added;
+        if max > 0 && bytes > max {
+            return Err(StorageError::CommitTooLarge { bytes, max });
+        }
+        Ok(())
+    }
+
+    /// Refuses a put that would take the room past its quota. The room's usage is read from the
+    /// store once; after that it is kept here, exact where previous values are known and an
+    /// upper bound where they are not. Only when that bound breaks the quota is the exact
+    /// figure fetched (the buffered writes committed, the previous values read).
+    async fn check_quota(&self, quota: Quota, entries: &[(String, Bytes)]) -> Result<(), StorageError> {
+        let known = self.inner.state.lock().unwrap().usage;
+        let base = match known {
+            Some(u) => u,
+            None => {
+                self.sync().await?;
+                let Some(u) = self.inner.store.usage(&self.inner.room).await? else { return Ok(()) };
+                *self.inner.state.lock().unwrap().usage.get_or_insert(u)
+            }
+        };
+        let mut unknown = Vec::new();
+        let estimate = self.inner.state.lock().unwrap().usage_with(base, entries, &mut unknown);
+        if quota.check(base, estimate).is_ok() {
+            return Ok(());
+        }
+        if !unknown.is_empty() {
+            self.sync().await?;
+            let exact = self.inner.store.usage(&self.inner.room).await?.unwrap_or(base);
+            unknown.sort();
+            unknown.dedup();
+            let previous = self.inner.store.get(&self.inner.room, &unknown).await?;
+            let mut st = self.inner.state.lock().unwrap();
+            for (k, v) in unknown.into_iter().zip(previous) {
+                if !st.cache.contains_key(&k) {
+                    st.cache_put(k, v);
+                }
+            }
+            st.usage = Some(exact);
+            let estimate = st.usage_with(exact, entries, &mut Vec::new());
+            return Ok(quota.check(exact, estimate)?);
+        }
+        Ok(quota.check(base, estimate)?)
     }
 
     /// Deletes `key`; true when it existed.
@@ -273,8 +385,16 @@ impl Storage {
     {
         let keys: Vec<String> = keys.into_iter().map(|k| k.as_ref().to_string()).collect();
         let existing = self.get_many(&keys).await?;
+        self.check_commit_size(keys.iter().map(String::len).sum())?;
         let mut st = self.inner.state.lock().unwrap();
+        if let Some(u) = st.usage.as_mut() {
+            for (k, v) in &existing {
+                u.keys = u.keys.saturating_sub(1);
+                u.bytes = u.bytes.saturating_sub(entry_bytes(k, v.len()));
+            }
+        }
         for k in keys {
+            st.buffer_bytes += k.len();
             st.cache_put(k.clone(), None);
             st.buffer.push(WriteOp::Delete(k));
         }
@@ -288,14 +408,46 @@ impl Storage {
         st.cache.clear();
         st.cache_bytes = 0;
         st.complete = true;
+        st.usage = Some(Usage::default());
         st.buffer.push(WriteOp::DeleteAll);
         Ok(())
     }
 
-    /// The entries in the range, ordered by key bytes (descending with `reverse`).
+    /// The entries in the range, ordered by key bytes (descending with `reverse`). The store is
+    /// read a page at a time; a result larger than the list limit (32 MiB by default) is an
+    /// error: ask for a range or a `limit`.
     pub async fn list(&self, opts: ListOptions) -> Result<Vec<(String, Bytes)>, StorageError> {
         self.sync().await?;
-        let entries = self.inner.store.list(&self.inner.room, &opts).await?;
+        let max = self.inner.limits.max_list_bytes;
+        let mut entries: Vec<(String, Bytes)> = Vec::new();
+        let mut bytes = 0usize;
+        let mut page = opts.clone();
+        let mut left = opts.limit;
+        loop {
+            let want = left.map_or(LIST_PAGE, |n| n.min(LIST_PAGE));
+            if want == 0 {
+                break;
+            }
+            page.limit = Some(want);
+            let got = self.inner.store.list(&self.inner.room, &page).await?;
+            let n = got.len();
+            bytes += got.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+            if max > 0 && bytes > max {
+                return Err(StorageError::ListTooLarge { max });
+            }
+            let last = got.last().map(|(k, _)| k.clone());
+            entries.extend(got);
+            left = left.map(|l| l - n);
+            let Some(last) = last.filter(|_| n == want) else { break };
+            // The next page continues after the last key (before it, in reverse); the other
+            // bounds still hold.
+            if opts.reverse {
+                page.end = Some(last);
+            } else {
+                page.start = None;
+                page.start_after = Some(last);
+            }
+        }
         let mut st = self.inner.state.lock().unwrap();
         for (k, v) in &entries {
             if !st.cache.contains_key(k) {
@@ -357,6 +509,7 @@ impl Storage {
         let mut st = self.inner.state.lock().unwrap();
         if !st.buffer.is_empty() {
             let batch = std::mem::take(&mut st.buffer);
+            st.buffer_bytes = 0;
             let seq = st.next_seq;
             st.next_seq += 1;
             // The writer only stops when every sender is gone, and we hold one.
@@ -410,17 +563,35 @@ impl Storage {
 }
 
 /// Commits sealed batches in order, merging whatever queued up while the previous commit was in
-/// flight into one atomic commit.
+/// flight into one atomic commit of at most `max_bytes` (0: no limit; a single batch larger than
+/// that still goes alone).
 async fn writer(
     room: RoomKey,
     store: Arc<dyn Store>,
     fence: Option<Fence>,
+    max_bytes: usize,
     mut sealed: mpsc::UnboundedReceiver<(u64, Vec<WriteOp>)>,
     progress: watch::Sender<WriteProgress>,
 ) {
-    while let Some((mut seq, mut ops)) = sealed.recv().await {
-        while let Ok((s, more)) = sealed.try_recv() {
+    let mut carried: Option<(u64, Vec<WriteOp>)> = None;
+    loop {
+        let (mut seq, mut ops) = match carried.take() {
+            Some(batch) => batch,
+            None => match sealed.recv().await {
+                Some(batch) => batch,
+                None => return,
+            },
+        };
+        let mut bytes = ops_bytes(&ops);
+        while max_bytes == 0 || bytes < max_bytes {
+            let Ok((s, more)) = sealed.try_recv() else { break };
+            let more_bytes = ops_bytes(&more);
+            if max_bytes > 0 && bytes + more_bytes > max_bytes {
+                carried = Some((s, more));
+                break;
+            }
             seq = s;
+            bytes += more_bytes;
             ops.extend(more);
         }
         let ops = compact(ops);
@@ -466,6 +637,17 @@ pub fn compact(ops: Vec<WriteOp>) -> Vec<WriteOp> {
     }
     out.extend(alarm);
     out
+}
+
+/// Bytes of keys and values in `ops`.
+fn ops_bytes(ops: &[WriteOp]) -> usize {
+    ops.iter()
+        .map(|op| match op {
+            WriteOp::Put(k, v) => k.len() + v.len(),
+            WriteOp::Delete(k) => k.len(),
+            _ => 0,
+        })
+        .sum()
 }
 
 fn is_alarm(op: &WriteOp) -> bool {

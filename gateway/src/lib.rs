@@ -6,12 +6,19 @@
 //! Modules:
 //! - [`routing`]: which party and room a URL names.
 //! - [`links`]: one link per room this gateway has sockets in; the [`RoomRouter`] seam.
-//! - `socket`: one client WebSocket (reader, coalescing writer, bounded send queue).
+//! - `socket`: one client WebSocket (reader, coalescing writer, bounded send queue, pings,
+//!   message rate, lingering close).
 //! - `edge`: the HTTP handler (upgrades, hooks, requests, `on_fetch`).
+//! - [`listener`]: the accept loop (TCP cap, header, body and idle timeouts, TLS).
+//! - [`limits`]: the edge's own limits ([`EdgeLimits`]).
+//! - [`clients`]: client addresses (trusted proxies, forwarded headers) and per-address limits.
 //! - [`metrics`]: counters at `/_partyline/metrics`.
 
+pub mod clients;
 mod edge;
+pub mod limits;
 pub mod links;
+pub mod listener;
 pub mod metrics;
 pub mod routing;
 mod socket;
@@ -25,7 +32,9 @@ use partyline::link::{SocketId, ToRoom};
 use partyline::{Env, Limits, Parties, PartyRegistry, RoomKey};
 use tokio::net::TcpListener;
 
+pub use limits::EdgeLimits;
 pub use links::{OpenLink, RoomLink, RoomRouter, RouteError, LINK_QUEUE};
+pub use listener::tls_config;
 
 use links::{Admission, LinkState, Outbox, SocketEntry};
 
@@ -36,6 +45,16 @@ pub struct GatewayConfig {
     pub limits: Arc<Limits>,
     /// Most client WebSockets this gateway holds; more answer 503.
     pub max_connections: usize,
+    /// Limits of the listener, of each WebSocket and of each client address.
+    pub edge: EdgeLimits,
+    /// Serve `https://` and `wss://` with this configuration (see [`tls_config`]).
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig { limits: Arc::default(), max_connections: 100_000, edge: EdgeLimits::default(), tls: None }
+    }
 }
 
 /// A gateway. Cheap to clone.
@@ -51,6 +70,9 @@ pub(crate) struct Inner {
     pub(crate) env: Env,
     pub(crate) limits: Arc<Limits>,
     pub(crate) max_connections: usize,
+    pub(crate) edge: EdgeLimits,
+    pub(crate) tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    pub(crate) clients: Arc<clients::ClientTable>,
     pub(crate) links: Arc<Mutex<HashMap<RoomKey, Arc<LinkState>>>>,
     pub(crate) next_sid: AtomicU64,
     pub(crate) sockets: AtomicUsize,
@@ -75,6 +97,13 @@ impl Gateway {
                 env,
                 limits: cfg.limits,
                 max_connections: cfg.max_connections,
+                clients: clients::ClientTable::new(clients::PerClient {
+                    max_open: cfg.edge.max_connections_per_ip,
+                    rate: cfg.edge.max_connects_per_ip_per_second,
+                    burst: cfg.edge.connect_burst,
+                }),
+                edge: cfg.edge,
+                tls: cfg.tls,
                 links: Arc::new(Mutex::new(HashMap::new())),
                 next_sid: AtomicU64::new(1),
                 sockets: AtomicUsize::new(0),
@@ -96,20 +125,17 @@ impl Gateway {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let gw = self.clone();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        // Small frames must not wait for the client's delayed ACK (Nagle); the writers already
-        // coalesce what is queued into one write.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let server = axum::serve(listener, self.router()).with_graceful_shutdown(async move {
+        let serve = listener::Serve {
+            router: self.router(),
+            limits: self.inner.edge.clone(),
+            tls: self.inner.tls.clone(),
+            metrics: self.inner.metrics.clone(),
+        };
+        listener::serve(listener, serve, async move {
             shutdown.await;
             gw.close_all(partyline::link::close_code::GOING_AWAY, "server shutting down");
-            let _ = stop_tx.send(());
-        });
-        server.await?;
-        let _ = stop_rx.await;
-        Ok(())
+        })
+        .await
     }
 
     /// Client WebSockets open now.
@@ -169,8 +195,11 @@ pub(crate) struct Attached {
 }
 
 impl Inner {
-    /// Registers a new socket with the link of its room, creating the link if needed.
-    pub(crate) fn attach(self: &Arc<Self>, key: &RoomKey, sid: SocketId, id: String, uri: String) -> Attached {
+    /// Registers a new socket with the link of its room, creating the link if needed; `None`
+    /// when the gateway holds as many sockets as it may (checked and counted in one step).
+    pub(crate) fn attach(self: &Arc<Self>, key: &RoomKey, sid: SocketId, id: String, uri: String) -> Option<Attached> {
+        let max = self.max_connections;
+        self.sockets.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).ok()?;
         let outbox = Outbox::new(self.limits.max_outbox_messages, self.limits.max_outbox_bytes);
         let (adm_tx, adm_rx) = tokio::sync::oneshot::channel();
         let mut links = self.links.lock().unwrap();
@@ -188,8 +217,7 @@ impl Inner {
                 state: None,
             },
         );
-        self.sockets.fetch_add(1, Ordering::AcqRel);
-        Attached { link, outbox, admission: adm_rx }
+        Some(Attached { link, outbox, admission: adm_rx })
     }
 
     /// Takes a socket out of its room: the room hears it closed (with `error` when it failed),

@@ -31,6 +31,10 @@ pub enum RouteError {
     /// The room's owner could not be reached.
     #[error("room unavailable: {0}")]
     Unavailable(String),
+    /// The room or its node is at a limit (its queue stayed full, or the node hosts as many
+    /// rooms as it may): 503 or close 1013, try again later.
+    #[error("{0}")]
+    Busy(String),
 }
 
 /// How a gateway reaches rooms: in-process for `dev`, over gRPC in a cluster.
@@ -74,6 +78,8 @@ pub(crate) enum Admission {
 /// Frames queued for one client.
 pub(crate) enum Out {
     Msg(Message),
+    /// A liveness ping (not counted against the limits).
+    Ping,
     Close(u16, String),
 }
 
@@ -147,6 +153,18 @@ impl Outbox {
                 return;
             }
             q.items.push_back(Out::Close(code, reason));
+        }
+        self.inner.ready.notify_one();
+    }
+
+    /// Queues a ping (not counted against the limits).
+    pub(crate) fn ping(&self) {
+        {
+            let mut q = self.inner.queue.lock().unwrap();
+            if q.closed {
+                return;
+            }
+            q.items.push_back(Out::Ping);
         }
         self.inner.ready.notify_one();
     }

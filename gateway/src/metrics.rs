@@ -33,6 +33,18 @@ pub struct Metrics {
     pub links_moved: AtomicU64,
     /// Room moves whose sockets could not be handed over (closed with 1012 instead).
     pub moves_failed: AtomicU64,
+    /// TCP connections answered 503 at the TCP connection cap.
+    pub tcp_refused: AtomicU64,
+    /// HTTP connections closed for moving no bytes for the idle timeout.
+    pub http_idle_closed: AtomicU64,
+    /// WebSockets refused 429 for their client address's limits.
+    pub clients_refused: AtomicU64,
+    /// WebSockets closed with 1008 for sending faster than the message rate limit.
+    pub rate_limited: AtomicU64,
+    /// WebSockets closed with 1013 because their room's queue stayed full.
+    pub overloaded: AtomicU64,
+    /// WebSockets dropped for not answering pings.
+    pub ping_timeouts: AtomicU64,
 }
 
 impl Metrics {
@@ -68,6 +80,16 @@ impl Metrics {
         counter("links_opened_total", "Links opened to rooms.", &self.links_opened);
         counter("links_moved_total", "Links whose room moved with its sockets handed over.", &self.links_moved);
         counter("moves_failed_total", "Room moves whose sockets were closed instead.", &self.moves_failed);
+        counter("tcp_refused_total", "TCP connections refused at the connection cap.", &self.tcp_refused);
+        counter("http_idle_closed_total", "HTTP connections closed by the idle timeout.", &self.http_idle_closed);
+        counter(
+            "clients_refused_total",
+            "WebSockets refused for their client address's limits.",
+            &self.clients_refused,
+        );
+        counter("rate_limited_total", "WebSockets closed for exceeding the message rate.", &self.rate_limited);
+        counter("overloaded_total", "WebSockets closed because their room was overloaded.", &self.overloaded);
+        counter("ping_timeouts_total", "WebSockets dropped for not answering pings.", &self.ping_timeouts);
         let _ = writeln!(out, "# HELP partyline_gateway_open_sockets Client WebSockets open now.");
         let _ = writeln!(out, "# TYPE partyline_gateway_open_sockets gauge");
         let _ = writeln!(out, "partyline_gateway_open_sockets {open_sockets}");

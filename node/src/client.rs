@@ -59,6 +59,10 @@ pub enum ClientError {
     /// The node does not know the party (nodes and gateways run different party sets).
     #[error("Party {0} not found")]
     UnknownParty(String),
+    /// The room or its node is at a limit (the room's queue stayed full, or the node hosts as
+    /// many rooms as it may): try again later, elsewhere makes no difference.
+    #[error("{0}")]
+    Busy(String),
 }
 
 /// An authenticated client of one node.
@@ -433,6 +437,7 @@ impl ClusterClient {
                 Err(ClientError::Unauthenticated { addr: node.addr.clone(), message: status.message().to_string() })
             }
             tonic::Code::NotFound => Err(ClientError::UnknownParty(status.message().to_string())),
+            tonic::Code::ResourceExhausted => Err(ClientError::Busy(status.message().to_string())),
             _ => {
                 self.remember(shard, None);
                 if never_sent(status) {

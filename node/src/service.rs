@@ -2,10 +2,12 @@
 //! (acquiring a shard's lease on first use when it should own it), "not owner" answers for the
 //! rest, and the cluster-secret check on every call.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use partyline::link::{close_code, FromRoom};
+use partyline::actor::SendError;
+use partyline::link::{close_code, FromRoom, SocketId, ToRoom};
 use partyline::placement::shard_of;
 use partyline::{PartyRegistry, RoomKey};
 use partyline_proto::pb::{self, link_in, link_out, node_server, room_response};
@@ -23,6 +25,10 @@ use crate::wire;
 
 /// Depth of a link's outbound queue.
 const OUT_QUEUE: usize = 1024;
+/// What callers hear when a room's queue stays full (the gateway shows them no more than this).
+const OVERLOADED: &str = "Room overloaded, try again later";
+/// What callers hear when this node hosts as many rooms as it may.
+const FULL: &str = "Too many rooms, try again later";
 
 /// Checks the cluster secret on every call (constant-time comparison).
 #[derive(Clone)]
@@ -185,6 +191,8 @@ fn host_status(e: HostError) -> Option<Status> {
         HostError::UnknownParty(p) => Some(Status::not_found(format!("Party {p} not found"))),
         HostError::NotHere(_) | HostError::Unavailable(_) => None,
         e @ HostError::Interrupted(_) => Some(Status::aborted(e.to_string())),
+        HostError::Overloaded(_) => Some(Status::resource_exhausted(OVERLOADED)),
+        HostError::Full(_) => Some(Status::resource_exhausted(FULL)),
     }
 }
 
@@ -217,6 +225,9 @@ impl node_server::Node for NodeService {
             Decision::Elsewhere(n) => return Ok(link_answer(pb::LinkOut { kind: Some(link_out::Kind::NotOwner(n)) })),
         };
         let (room_tx, room_rx) = mpsc::channel::<FromRoom>(OUT_QUEUE);
+        // For the forwarder's own answers to work it shed (weak: the stream still ends when the
+        // room lets go of the link).
+        let shed_tx = room_tx.downgrade();
         let fence = fence_for(shard, guard.epoch);
         let admit = || guard.accepts();
         let link = match self.host.open_link_fenced(&key, Some(fence), &admit, room_tx).await {
@@ -247,14 +258,48 @@ impl node_server::Node for NodeService {
             let end = matches!(msg, FromRoom::Gone { .. } | FromRoom::Moved { .. });
             Some((Ok(wire::link_out(msg)), (rx, guard, end)))
         });
-        // Gateway -> room, in order. The link closes when the gateway ends the stream.
+        // Gateway -> room, in order. The link closes when the gateway ends the stream. A frame or
+        // connection the room's queue cannot take within the queue timeout is shed: the socket
+        // is closed with 1013 (its later frames dropped, so none arrives after a gap), the
+        // connection refused with 503.
         tokio::spawn(async move {
+            let mut shed: HashSet<SocketId> = HashSet::new();
             loop {
                 match inbound.message().await {
                     Ok(Some(pb::LinkIn { kind: Some(kind) })) => match wire::to_room(kind) {
                         Ok(msg) => {
-                            if link.send(msg).await.is_err() {
-                                break;
+                            let (sid, connect) = match &msg {
+                                ToRoom::Message { sid, .. } => (Some(*sid), false),
+                                ToRoom::Connect { sid, .. } => (Some(*sid), true),
+                                ToRoom::Closed { sid, .. } => {
+                                    shed.remove(sid);
+                                    (None, false)
+                                }
+                                _ => (None, false),
+                            };
+                            if sid.is_some_and(|s| !connect && shed.contains(&s)) {
+                                continue;
+                            }
+                            match link.send(msg).await {
+                                Ok(()) => {}
+                                Err(SendError::Gone(_)) => break,
+                                Err(SendError::Overloaded(room)) => {
+                                    let Some(sid) = sid else { continue };
+                                    tracing::warn!(room = %room, sid, "room queue full; shedding a client");
+                                    let answer = if connect {
+                                        FromRoom::Refused { sid, status: 503, reason: OVERLOADED.into() }
+                                    } else {
+                                        shed.insert(sid);
+                                        FromRoom::Close {
+                                            sid,
+                                            code: close_code::TRY_AGAIN_LATER,
+                                            reason: OVERLOADED.into(),
+                                        }
+                                    };
+                                    if let Some(tx) = shed_tx.upgrade() {
+                                        let _ = tx.send(answer).await;
+                                    }
+                                }
                             }
                         }
                         Err(e) => {

@@ -190,6 +190,8 @@ impl TestCluster {
             limits: self.limits.clone(),
             env: self.env.clone(),
             max_connections: 100_000,
+            edge: Default::default(),
+            tls: None,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(partyline_server::cluster::run_gateway(cfg, self.parties.clone(), listener, async {
