@@ -13,6 +13,7 @@ use partyline::{Env, Limits, PartyRegistry};
 use partyline_gateway::clients::TrustedProxies;
 use partyline_gateway::listener::ServerConfig;
 use partyline_gateway::EdgeLimits;
+use partyline_node::tls::ClusterTls;
 
 use crate::cluster::GatewayProcessConfig;
 use crate::dev::{self, DevConfig};
@@ -75,12 +76,43 @@ struct ClusterArgs {
     /// Shared secret gateways present to nodes (gRPC `authorization: Bearer`); required.
     #[arg(long, env = "PARTYLINE_CLUSTER_SECRET", hide_env_values = true)]
     cluster_secret: Option<String>,
+    /// More cluster secrets nodes accept besides PARTYLINE_CLUSTER_SECRET, comma-separated: to
+    /// rotate the secret, add the new one here on every node, then switch every process's
+    /// PARTYLINE_CLUSTER_SECRET to it, then drop the old one from here.
+    #[arg(
+        long = "accept-cluster-secret",
+        env = "PARTYLINE_ACCEPT_CLUSTER_SECRETS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    accept_secrets: Vec<String>,
+    /// The cluster CA certificate (PEM): turns on TLS between gateways and nodes. Nodes then
+    /// require a client certificate it signed (mutual TLS), and gateways only send the secret
+    /// to nodes whose certificate it signed for the address they dial.
+    #[arg(long, env = "PARTYLINE_CLUSTER_TLS_CA", requires = "cluster_tls_cert")]
+    cluster_tls_ca: Option<PathBuf>,
+    /// This process's certificate chain (PEM) for cluster TLS: a node's must name its advertised
+    /// address and allow server and client authentication; a gateway's client authentication.
+    #[arg(long, env = "PARTYLINE_CLUSTER_TLS_CERT", requires = "cluster_tls_key")]
+    cluster_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --cluster-tls-cert.
+    #[arg(long, env = "PARTYLINE_CLUSTER_TLS_KEY", requires = "cluster_tls_ca")]
+    cluster_tls_key: Option<PathBuf>,
     /// A variable for parties (`room.env()`), as KEY=VALUE; repeatable.
     #[arg(long = "var", value_name = "KEY=VALUE", value_parser = parse_var)]
     vars: Vec<(String, String)>,
 }
 
 impl ClusterArgs {
+    fn cluster_tls(&self) -> anyhow::Result<Option<ClusterTls>> {
+        match &self.cluster_tls_ca {
+            Some(ca) => {
+                Ok(Some(ClusterTls::from_files(ca, self.cluster_tls_cert.as_deref(), self.cluster_tls_key.as_deref())?))
+            }
+            None => Ok(None),
+        }
+    }
+
     fn redis(&self) -> RedisConfig {
         RedisConfig { prefix: self.redis_prefix.clone(), ..RedisConfig::new(self.redis_url.clone()) }
     }
@@ -450,7 +482,10 @@ impl Cli {
                 run_gateway(args, parties).await
             }
             Command::Bench(args) => partyline_bench::run(args).await,
-            Command::Status(args) => crate::status::run(args.cluster.redis(), args.cluster.secret()?, args.room).await,
+            Command::Status(args) => {
+                let tls = args.cluster.cluster_tls()?;
+                crate::status::run(args.cluster.redis(), args.cluster.secret()?, tls, args.room).await
+            }
         }
     }
 }
@@ -508,6 +543,8 @@ async fn run_node(args: NodeArgs, parties: PartyRegistry) -> anyhow::Result<()> 
         advertise,
         redis: args.cluster.redis(),
         secret,
+        accept_secrets: args.cluster.accept_secrets.clone(),
+        tls: args.cluster.cluster_tls()?,
         leases: args.lease_profile.timing(),
         heartbeat: Duration::from_secs(1),
         member_ttl: Duration::from_secs(5),
@@ -540,6 +577,7 @@ async fn run_gateway(args: GatewayArgs, parties: PartyRegistry) -> anyhow::Resul
         max_connections: args.limits.max_connections,
         edge: args.edge.edge(),
         tls: args.edge.tls()?,
+        cluster_tls: args.cluster.cluster_tls()?,
     };
     println!("Partyline gateway listening on {}://{local}", args.edge.scheme());
     println!("  redis: {} (prefix {})", partyline_node::redis::redact(&cfg.redis.url), cfg.redis.prefix);

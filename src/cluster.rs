@@ -39,6 +39,8 @@ pub struct GatewayProcessConfig {
     pub edge: partyline_gateway::EdgeLimits,
     /// Serve `https://` and `wss://` with this TLS configuration.
     pub tls: Option<Arc<partyline_gateway::listener::ServerConfig>>,
+    /// TLS to nodes (the cluster CA, and this gateway's client certificate).
+    pub cluster_tls: Option<partyline_node::tls::ClusterTls>,
 }
 
 /// Runs a gateway on `listener` until `shutdown` resolves.
@@ -58,6 +60,7 @@ pub async fn run_gateway(
             request_timeout: cfg.limits.handler_timeout + Duration::from_secs(5),
             // Long enough for a crashed node's lease to run out under either lease profile.
             route_timeout: ClientConfig::route_timeout_for(LeaseTiming::STANDARD.ttl),
+            tls: cfg.cluster_tls.clone(),
         },
         redis.membership(),
         redis.leases(),

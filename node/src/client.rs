@@ -102,6 +102,9 @@ pub struct ClientConfig {
     /// How long a call keeps looking for a room's owner (redirects, a room between owners
     /// during a move, a crashed owner's lease running out) before it gives up.
     pub route_timeout: Duration,
+    /// TLS to nodes: only nodes with a certificate from the cluster CA for the dialled address
+    /// get the secret.
+    pub tls: Option<crate::tls::ClusterTls>,
 }
 
 impl ClientConfig {
@@ -278,11 +281,16 @@ impl ClusterClient {
             match channels.get(addr) {
                 Some(c) => c.clone(),
                 None => {
-                    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-                        .map_err(|e| ClientError::Unavailable {
-                            room: RoomKey::new("", ""),
-                            why: format!("bad node address {addr}: {e}"),
-                        })?
+                    let bad = |e: tonic::transport::Error| ClientError::Unavailable {
+                        room: RoomKey::new("", ""),
+                        why: format!("bad node address {addr}: {e}"),
+                    };
+                    let scheme = if self.inner.cfg.tls.is_some() { "https" } else { "http" };
+                    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(bad)?;
+                    if let Some(tls) = &self.inner.cfg.tls {
+                        endpoint = endpoint.tls_config(tls.client()).map_err(bad)?;
+                    }
+                    let endpoint = endpoint
                         .connect_timeout(Duration::from_secs(2))
                         .tcp_nodelay(true)
                         .http2_keep_alive_interval(Duration::from_secs(5))

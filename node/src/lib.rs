@@ -12,6 +12,7 @@
 //! - [`client`]: reaching rooms anywhere in the cluster over gRPC (used by gateways, and by
 //!   nodes for calls between rooms).
 //! - [`wire`]: conversions between the link protocol and its protobuf form.
+//! - [`tls`]: TLS between gateways and nodes (mutual, against a cluster CA).
 
 pub mod alarms;
 pub mod client;
@@ -21,6 +22,7 @@ pub mod server;
 pub mod service;
 pub mod shards;
 pub mod store;
+pub mod tls;
 pub mod wire;
 
 pub use host::{HostConfig, HostError, RoomHost};

@@ -45,8 +45,13 @@ pub struct NodeConfig {
     pub advertise: String,
     /// Redis.
     pub redis: RedisConfig,
-    /// The cluster secret callers must present.
+    /// The cluster secret callers must present (and this node presents to others).
     pub secret: String,
+    /// More secrets callers may present, for rotating the secret without a restart of every
+    /// process at once: accept the new one everywhere, switch, then drop the old one.
+    pub accept_secrets: Vec<String>,
+    /// TLS between gateways and nodes (mutual: callers need a certificate from the cluster CA).
+    pub tls: Option<crate::tls::ClusterTls>,
     /// Lease timing.
     pub leases: LeaseTiming,
     /// Membership heartbeat period; the record lives `member_ttl`.
@@ -151,6 +156,7 @@ pub async fn run_with_state(
             max_grpc_message_bytes: grpc_max,
             request_timeout: limits.handler_timeout + Duration::from_secs(5),
             route_timeout: ClientConfig::route_timeout_for(cfg.leases.ttl),
+            tls: cfg.tls.clone(),
         },
         membership.clone(),
         redis.leases(),
@@ -228,11 +234,16 @@ pub async fn run_with_state(
         fast_failover: cfg.fast_failover,
     };
     let server = NodeServer::new(service).max_decoding_message_size(grpc_max).max_encoding_message_size(grpc_max);
-    let server = tonic::service::interceptor::InterceptedService::new(server, CheckSecret::new(&cfg.secret));
+    let secrets = std::iter::once(&cfg.secret).chain(&cfg.accept_secrets);
+    let server = tonic::service::interceptor::InterceptedService::new(server, CheckSecret::any_of(secrets));
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &cfg.tls {
+        builder = builder.tls_config(tls.server()?).context("the node's TLS configuration")?;
+    }
     tracing::info!(node = %me.id, addr = %me.addr, inc = %me.inc, cluster = %cluster_id, "node serving");
     let stop_server = CancellationToken::new();
     let mut served = tokio::spawn(
-        tonic::transport::Server::builder()
+        builder
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(5)))
             .http2_keepalive_timeout(Some(Duration::from_secs(3)))

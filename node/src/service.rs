@@ -2,9 +2,10 @@
 //! (acquiring a shard's lease on first use when it should own it), "not owner" answers for the
 //! rest, and the cluster-secret check on every call.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
+
+use std::collections::HashSet;
 
 use partyline::actor::SendError;
 use partyline::link::{close_code, FromRoom, SocketId, ToRoom};
@@ -32,12 +33,22 @@ const FULL: &str = "Too many rooms, try again later";
 
 /// Checks the cluster secret on every call (constant-time comparison).
 #[derive(Clone)]
-pub struct CheckSecret(Arc<Vec<u8>>);
+pub struct CheckSecret(Arc<Vec<Vec<u8>>>);
 
 impl CheckSecret {
     /// The check for `secret`.
     pub fn new(secret: &str) -> Self {
-        CheckSecret(Arc::new(format!("Bearer {secret}").into_bytes()))
+        Self::any_of([secret])
+    }
+
+    /// A check that accepts any of `secrets` (while a secret is being rotated).
+    pub fn any_of<S: AsRef<str>>(secrets: impl IntoIterator<Item = S>) -> Self {
+        let accepted = secrets
+            .into_iter()
+            .filter(|s| !s.as_ref().is_empty())
+            .map(|s| format!("Bearer {}", s.as_ref()).into_bytes())
+            .collect();
+        CheckSecret(Arc::new(accepted))
     }
 }
 
@@ -48,7 +59,8 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 impl tonic::service::Interceptor for CheckSecret {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
         match req.metadata().get(partyline_proto::AUTH_HEADER) {
-            Some(v) if same(v.as_bytes(), &self.0) => Ok(req),
+            // Every accepted secret is compared, so the time taken says nothing about which matched.
+            Some(v) if self.0.iter().fold(false, |ok, s| same(v.as_bytes(), s) | ok) => Ok(req),
             Some(_) => Err(Status::unauthenticated("wrong cluster secret")),
             None => Err(Status::unauthenticated("missing cluster secret (authorization: Bearer <secret>)")),
         }

@@ -14,7 +14,7 @@ leaf() { # name cn ext
   rm -f "$1.csr"
 }
 leaf server "localhost" "subjectAltName=DNS:localhost,IP:127.0.0.1
-extendedKeyUsage=serverAuth
+extendedKeyUsage=serverAuth,clientAuth
 basicConstraints=critical,CA:FALSE"
 leaf client "partyline-gateway" "subjectAltName=DNS:partyline-gateway
 extendedKeyUsage=clientAuth
