@@ -13,9 +13,12 @@
 //! - [`limits`]: the edge's own limits ([`EdgeLimits`]).
 //! - [`clients`]: client addresses (trusted proxies, forwarded headers) and per-address limits.
 //! - [`metrics`]: counters at `/_partyline/metrics`.
+//! - `fuzzing`: the checks the fuzz targets in `fuzz/` run (the test suite replays the corpus).
 
 pub mod clients;
 mod edge;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod limits;
 pub mod links;
 pub mod listener;

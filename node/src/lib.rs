@@ -13,9 +13,12 @@
 //!   nodes for calls between rooms).
 //! - [`wire`]: conversions between the link protocol and its protobuf form.
 //! - [`tls`]: TLS between gateways and nodes (mutual, against a cluster CA).
+//! - `fuzzing`: the checks the fuzz targets in `fuzz/` run (the test suite replays the corpus).
 
 pub mod alarms;
 pub mod client;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod host;
 pub mod redis;
 pub mod server;
