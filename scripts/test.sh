@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one command that installs what the tests need and runs every test.
 #
-#   scripts/test.sh           install missing deps, then fmt, clippy, build, nextest, doctests
-#   scripts/test.sh --quick   same, without fmt and clippy (local iteration)
+#   scripts/test.sh           install missing deps, then fmt, clippy, cargo deny, build, nextest,
+#                             doctests
+#   scripts/test.sh --quick   same, without fmt, clippy and cargo deny (local iteration)
 #
 # Works on a fresh Debian bookworm machine (root, Rust + cargo-nextest, node 20 + npm),
 # and is fast when everything is already installed. Stops at the first failing step.
@@ -50,6 +51,11 @@ install_redis() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server
 }
 
+install_cargo_deny() {
+  # Built from source: about 3.5 CPU-minutes on a cold machine (2 cores: ~2-3 minutes).
+  cargo install --locked cargo-deny
+}
+
 npm_ci() {
   (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
 }
@@ -94,8 +100,16 @@ if [ "$QUICK" -eq 0 ]; then
   run "cargo fmt --all -- --check" cargo fmt --all -- --check
   run "cargo clippy --workspace --all-targets -- -D warnings" \
     cargo clippy --workspace --all-targets -- -D warnings
+  if cargo deny --version >/dev/null 2>&1; then
+    header "cargo-deny: present ($(cargo deny --version))"
+  else
+    run "install cargo-deny (cargo install --locked)" install_cargo_deny
+  fi
+  # Licenses, banned crates and sources (deny.toml). Not advisories: that database comes from
+  # GitHub, which this machine cannot reach; run `cargo deny check advisories` where it can.
+  run "cargo deny check bans licenses sources" cargo deny --log-level error check bans licenses sources
 else
-  header "--quick: skipping cargo fmt and cargo clippy"
+  header "--quick: skipping cargo fmt, cargo clippy and cargo deny"
 fi
 
 run "cargo build --bin partyline" cargo build --bin partyline
