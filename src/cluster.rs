@@ -9,6 +9,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use futures::future::BoxFuture;
 use partyline::link::{close_code, FromRoom, ToRoom};
+use partyline::sync::Lock;
 use partyline::{Env, Limits, Parties, PartyRegistry, Request, Response, RoomKey};
 use partyline_gateway::{Gateway, GatewayConfig, OpenLink, RoomLink, RoomRouter, RouteError};
 use partyline_node::client::{ClientConfig, ClientError, ClusterClient, ClusterParties};
@@ -172,13 +173,13 @@ struct RemoteLink {
 #[async_trait]
 impl RoomLink for RemoteLink {
     async fn send(&self, msg: ToRoom) -> Result<(), RouteError> {
-        let tx = self.tx.lock().unwrap().clone();
+        let tx = self.tx.locked().clone();
         let Some(tx) = tx else { return Err(RouteError::Unavailable("the link is closed".into())) };
         tx.send(wire::link_in(msg)).await.map_err(|_| RouteError::Unavailable("the link to the node broke".into()))
     }
 
     async fn close(&self) {
         // Ending the request stream closes the link at the node.
-        self.tx.lock().unwrap().take();
+        self.tx.locked().take();
     }
 }

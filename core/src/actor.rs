@@ -22,6 +22,7 @@ use crate::party::{ConnectionContext, Party, PartyFactory};
 use crate::room::{ConnTable, Env, LinkId, Outbound, Parties, Room, RoomShared};
 use crate::storage::{now_ms, Storage, WriteProgress};
 use crate::store::{Fence, RoomKey, Store};
+use crate::sync::Lock;
 use crate::web::{self, Request, Response};
 
 /// Depth of a room's command queue; senders wait when it is full.
@@ -640,7 +641,7 @@ impl Actor {
     /// Seals the write buffer and runs `on_close` for connections the party closed.
     async fn after_handler(&mut self) {
         loop {
-            let closed: Vec<Arc<ConnShared>> = std::mem::take(&mut *self.shared().closed_by_party.lock().unwrap());
+            let closed: Vec<Arc<ConnShared>> = std::mem::take(&mut *self.shared().closed_by_party.locked());
             if closed.is_empty() {
                 break;
             }
@@ -669,7 +670,7 @@ impl Actor {
             }
             RoomCmd::CloseLink { link } => {
                 let conns: Vec<Arc<ConnShared>> = {
-                    let mut table = self.shared().conns.lock().unwrap();
+                    let mut table = self.shared().conns.locked();
                     let keys: Vec<_> = table.by_key.keys().filter(|k| k.0 == link).copied().collect();
                     keys.iter().filter_map(|k| table.remove(k)).collect()
                 };
@@ -686,7 +687,7 @@ impl Actor {
                 ToRoom::Connect { sid, id, uri, request } => self.connect(link, sid, id, uri, request).await,
                 ToRoom::Message { sid, msg } => self.message(link, sid, msg).await,
                 ToRoom::Closed { sid, error } => {
-                    let conn = self.shared().conns.lock().unwrap().remove(&(link, sid));
+                    let conn = self.shared().conns.locked().remove(&(link, sid));
                     if let Some(conn) = conn {
                         self.run_on_close(conn, error).await;
                     }
@@ -783,7 +784,7 @@ impl Actor {
             self.after_handler().await;
         }
         let order = {
-            let mut t = self.shared().conns.lock().unwrap();
+            let mut t = self.shared().conns.locked();
             t.next_order += 1;
             t.next_order
         };
@@ -804,12 +805,12 @@ impl Actor {
             .await
             .map_err(|f| format!("getConnectionTags failed: {f}"))?;
         let tags = self.validate_tags(&id, extra)?;
-        *shared.tags.lock().unwrap() = tags.clone();
-        self.shared().conns.lock().unwrap().insert(shared.clone());
+        *shared.tags.locked() = tags.clone();
+        self.shared().conns.locked().insert(shared.clone());
         self.shared().emit_link(link, FromRoom::Joined { sid });
         let party = self.party.as_mut().expect("started");
         if let Err(f) = guarded(limit, party.on_connect(&conn, &ctx)).await {
-            self.shared().conns.lock().unwrap().remove(&(link, sid));
+            self.shared().conns.locked().remove(&(link, sid));
             return Err(f.to_string());
         }
         self.shared().emit_link(link, FromRoom::Accepted { sid, tags });
@@ -819,7 +820,7 @@ impl Actor {
     /// Takes over a socket from the room's previous instance: it joins the table as it was,
     /// without `on_connect` (as after hibernation). The party starts on the next event.
     fn adopt(&mut self, link: LinkId, sid: SocketId, id: String, uri: String, tags: Vec<String>, state: Option<Bytes>) {
-        let mut table = self.shared().conns.lock().unwrap();
+        let mut table = self.shared().conns.locked();
         table.next_order += 1;
         let order = table.next_order;
         table.insert(Arc::new(ConnShared {
@@ -848,7 +849,7 @@ impl Actor {
     }
 
     async fn message(&mut self, link: LinkId, sid: SocketId, msg: crate::message::Message) {
-        let Some(shared) = self.shared().conns.lock().unwrap().by_key.get(&(link, sid)).cloned() else {
+        let Some(shared) = self.shared().conns.locked().by_key.get(&(link, sid)).cloned() else {
             return;
         };
         let conn = self.connection(shared);

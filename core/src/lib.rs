@@ -17,6 +17,7 @@
 //! - [`actor`]: the room runtime (one task per room, output gate).
 //! - [`limits`]: every limit, with defaults.
 //! - [`placement`]: room -> virtual shard -> preferred node (xxh3 + rendezvous hashing).
+//! - [`sync`]: locks that a panic does not poison for everyone else.
 //!
 //! ```
 //! use partyline::prelude::*;
@@ -49,6 +50,7 @@ pub mod placement;
 pub mod room;
 pub mod storage;
 pub mod store;
+pub mod sync;
 pub mod web;
 
 pub use async_trait::async_trait;

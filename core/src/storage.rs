@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::limits::Limits;
 use crate::store::{entry_bytes, Fence, ListOptions, Quota, RoomKey, Store, StoreError, Usage, WriteOp};
+use crate::sync::Lock;
 
 /// Cached bytes above which clean entries are dropped from a room's cache.
 const MAX_CACHE_BYTES: usize = 32 << 20;
@@ -246,7 +247,7 @@ impl Storage {
         let mut out = BTreeMap::new();
         let mut missing = Vec::new();
         {
-            let st = self.inner.state.lock().unwrap();
+            let st = self.inner.state.locked();
             for k in keys {
                 self.check_key(&k)?;
                 match st.cache.get(&k) {
@@ -263,7 +264,7 @@ impl Storage {
             return Ok(out);
         }
         let values = self.inner.store.get(&self.inner.room, &missing).await?;
-        let mut st = self.inner.state.lock().unwrap();
+        let mut st = self.inner.state.locked();
         for (k, v) in missing.into_iter().zip(values) {
             // A write made while the read was in flight wins over what the read saw.
             let v = match st.cache.get(&k) {
@@ -312,7 +313,7 @@ impl Storage {
         if quota.is_limited() {
             self.check_quota(quota, &entries).await?;
         }
-        let mut st = self.inner.state.lock().unwrap();
+        let mut st = self.inner.state.locked();
         if let Some(base) = st.usage {
             let after = st.usage_with(base, &entries, &mut Vec::new());
             st.usage = Some(after);
@@ -327,7 +328,7 @@ impl Storage {
 
     fn check_commit_size(&self, added: usize) -> Result<(), StorageError> {
         let max = self.inner.limits.max_commit_bytes;
-        let bytes = self.inner.state.lock().unwrap().buffer_bytes + added;
+        let bytes = self.inner.state.locked().buffer_bytes + added;
         if max > 0 && bytes > max {
             return Err(StorageError::CommitTooLarge { bytes, max });
         }
@@ -339,17 +340,17 @@ impl Storage {
     /// upper bound where they are not. Only when that bound breaks the quota is the exact
     /// figure fetched (the buffered writes committed, the previous values read).
     async fn check_quota(&self, quota: Quota, entries: &[(String, Bytes)]) -> Result<(), StorageError> {
-        let known = self.inner.state.lock().unwrap().usage;
+        let known = self.inner.state.locked().usage;
         let base = match known {
             Some(u) => u,
             None => {
                 self.sync().await?;
                 let Some(u) = self.inner.store.usage(&self.inner.room).await? else { return Ok(()) };
-                *self.inner.state.lock().unwrap().usage.get_or_insert(u)
+                *self.inner.state.locked().usage.get_or_insert(u)
             }
         };
         let mut unknown = Vec::new();
-        let estimate = self.inner.state.lock().unwrap().usage_with(base, entries, &mut unknown);
+        let estimate = self.inner.state.locked().usage_with(base, entries, &mut unknown);
         if quota.check(base, estimate).is_ok() {
             return Ok(());
         }
@@ -359,7 +360,7 @@ impl Storage {
             unknown.sort();
             unknown.dedup();
             let previous = self.inner.store.get(&self.inner.room, &unknown).await?;
-            let mut st = self.inner.state.lock().unwrap();
+            let mut st = self.inner.state.locked();
             for (k, v) in unknown.into_iter().zip(previous) {
                 if !st.cache.contains_key(&k) {
                     st.cache_put(k, v);
@@ -386,7 +387,7 @@ impl Storage {
         let keys: Vec<String> = keys.into_iter().map(|k| k.as_ref().to_string()).collect();
         let existing = self.get_many(&keys).await?;
         self.check_commit_size(keys.iter().map(String::len).sum())?;
-        let mut st = self.inner.state.lock().unwrap();
+        let mut st = self.inner.state.locked();
         if let Some(u) = st.usage.as_mut() {
             for (k, v) in &existing {
                 u.keys = u.keys.saturating_sub(1);
@@ -404,7 +405,7 @@ impl Storage {
     /// Deletes every key of the room (the alarm stays).
     pub async fn delete_all(&self) -> Result<(), StorageError> {
         self.check_failed()?;
-        let mut st = self.inner.state.lock().unwrap();
+        let mut st = self.inner.state.locked();
         st.cache.clear();
         st.cache_bytes = 0;
         st.complete = true;
@@ -448,7 +449,7 @@ impl Storage {
                 page.start_after = Some(last);
             }
         }
-        let mut st = self.inner.state.lock().unwrap();
+        let mut st = self.inner.state.locked();
         for (k, v) in &entries {
             if !st.cache.contains_key(k) {
                 st.cache_put(k.clone(), Some(v.clone()));
@@ -460,18 +461,18 @@ impl Storage {
     /// The alarm time in ms since the Unix epoch, if one is set.
     pub async fn get_alarm(&self) -> Result<Option<i64>, StorageError> {
         self.check_failed()?;
-        if let Some(a) = self.inner.state.lock().unwrap().alarm {
+        if let Some(a) = self.inner.state.locked().alarm {
             return Ok(a);
         }
         let a = self.inner.store.get_alarm(&self.inner.room).await?;
-        let mut st = self.inner.state.lock().unwrap();
+        let mut st = self.inner.state.locked();
         Ok(*st.alarm.get_or_insert(a))
     }
 
     /// Sets the room's one alarm (ms since the Unix epoch); a time in the past fires at once.
     pub async fn set_alarm(&self, at_ms: i64) -> Result<(), StorageError> {
         self.check_failed()?;
-        let mut st = self.inner.state.lock().unwrap();
+        let mut st = self.inner.state.locked();
         st.alarm = Some(Some(at_ms));
         st.buffer.push(WriteOp::SetAlarm(at_ms));
         Ok(())
@@ -480,7 +481,7 @@ impl Storage {
     /// Removes the room's alarm.
     pub async fn delete_alarm(&self) -> Result<(), StorageError> {
         self.check_failed()?;
-        let mut st = self.inner.state.lock().unwrap();
+        let mut st = self.inner.state.locked();
         st.alarm = Some(None);
         st.buffer.push(WriteOp::DeleteAlarm);
         Ok(())
@@ -506,7 +507,7 @@ impl Storage {
     /// so far is covered by.
     #[doc(hidden)]
     pub fn seal(&self) -> u64 {
-        let mut st = self.inner.state.lock().unwrap();
+        let mut st = self.inner.state.locked();
         if !st.buffer.is_empty() {
             let batch = std::mem::take(&mut st.buffer);
             st.buffer_bytes = 0;
@@ -527,7 +528,7 @@ impl Storage {
     /// The batch sequence number an outbound frame sent now must wait for.
     #[doc(hidden)]
     pub fn gate_seq(&self) -> u64 {
-        let st = self.inner.state.lock().unwrap();
+        let st = self.inner.state.locked();
         if st.buffer.is_empty() {
             st.next_seq - 1
         } else {
@@ -544,13 +545,13 @@ impl Storage {
     /// The alarm as this room last knew it (`None` when never read or written).
     #[doc(hidden)]
     pub fn known_alarm(&self) -> Option<Option<i64>> {
-        self.inner.state.lock().unwrap().alarm
+        self.inner.state.locked().alarm
     }
 
     /// Drops cached values (when the room hibernates), if no write is in flight.
     #[doc(hidden)]
     pub fn clear_cache(&self) {
-        let mut st = self.inner.state.lock().unwrap();
+        let mut st = self.inner.state.locked();
         let acked = self.inner.progress.borrow().acked;
         if st.buffer.is_empty() && acked + 1 == st.next_seq {
             st.cache.clear();

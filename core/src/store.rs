@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::Mutex;
 
+use crate::sync::Lock;
 use async_trait::async_trait;
 use bytes::Bytes;
 
@@ -305,20 +306,20 @@ where
 #[async_trait]
 impl Store for MemoryStore {
     async fn get(&self, room: &RoomKey, keys: &[String]) -> Result<Vec<Option<Bytes>>, StoreError> {
-        let inner = self.inner.lock().unwrap();
+        let inner = self.inner.locked();
         let data = inner.data.get(room);
         Ok(keys.iter().map(|k| data.and_then(|d| d.get(k).cloned())).collect())
     }
 
     async fn list(&self, room: &RoomKey, opts: &ListOptions) -> Result<Vec<(String, Bytes)>, StoreError> {
-        let inner = self.inner.lock().unwrap();
+        let inner = self.inner.locked();
         let Some(data) = inner.data.get(room) else { return Ok(Vec::new()) };
         let range = data.range((opts.lower_bound(), Bound::Unbounded));
         Ok(select_range(range, opts))
     }
 
     async fn commit(&self, room: &RoomKey, _fence: Option<&Fence>, ops: &[WriteOp]) -> Result<(), StoreError> {
-        let mut inner = self.inner.lock().unwrap();
+        let mut inner = self.inner.locked();
         let before = inner.usage.get(room).copied().unwrap_or_default();
         let data = inner.data.get(room);
         let after = usage_after(before, ops, |k| Ok(data.and_then(|d| d.get(k)).map(|v| v.len())))?;
@@ -354,16 +355,16 @@ impl Store for MemoryStore {
     }
 
     async fn get_alarm(&self, room: &RoomKey) -> Result<Option<i64>, StoreError> {
-        Ok(self.inner.lock().unwrap().alarms.get(room).copied())
+        Ok(self.inner.locked().alarms.get(room).copied())
     }
 
     async fn due_alarms(&self, now_ms: i64, limit: usize) -> Result<Vec<(RoomKey, i64)>, StoreError> {
-        let inner = self.inner.lock().unwrap();
+        let inner = self.inner.locked();
         Ok(inner.by_time.iter().take_while(|(t, _)| *t <= now_ms).take(limit).map(|(t, r)| (r.clone(), *t)).collect())
     }
 
     async fn usage(&self, room: &RoomKey) -> Result<Option<Usage>, StoreError> {
-        Ok(Some(self.inner.lock().unwrap().usage.get(room).copied().unwrap_or_default()))
+        Ok(Some(self.inner.locked().usage.get(room).copied().unwrap_or_default()))
     }
 
     fn quota(&self) -> Quota {

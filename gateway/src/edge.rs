@@ -13,6 +13,7 @@ use http::{header, HeaderValue, StatusCode};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use partyline::link::{close_code, ToRoom};
+use partyline::sync::Lock;
 use partyline::web;
 use partyline::{Before, Lobby, PartyFactory, Request, Response, RoomKey};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -55,7 +56,7 @@ pub(crate) async fn handle(State(gw): State<Arc<Inner>>, mut req: http::Request<
     if let Some(admin) = path.strip_prefix(ADMIN_PREFIX) {
         return match admin {
             "metrics" => {
-                let open_links = gw.links.lock().unwrap().len();
+                let open_links = gw.links.locked().len();
                 let body = gw.metrics.render(gw.sockets.load(Ordering::Acquire), open_links);
                 respond(web::with_type(StatusCode::OK, "text/plain; version=0.0.4", Bytes::from(body)))
             }

@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use partyline::link::{SocketId, ToRoom};
+use partyline::sync::Lock;
 use partyline::{Env, Limits, Parties, PartyRegistry, RoomKey};
 use tokio::net::TcpListener;
 
@@ -153,14 +154,14 @@ impl Gateway {
 
     /// Rooms this gateway has a link into.
     pub fn link_count(&self) -> usize {
-        self.inner.links.lock().unwrap().len()
+        self.inner.links.locked().len()
     }
 
     /// The connection records this gateway holds for a room's sockets, in no particular order:
     /// what a new room instance needs to take them over (id, tags, state as JSON).
     pub fn records(&self, key: &RoomKey) -> Vec<ConnRecord> {
-        let Some(link) = self.inner.links.lock().unwrap().get(key).cloned() else { return Vec::new() };
-        let sockets = link.sockets.lock().unwrap();
+        let Some(link) = self.inner.links.locked().get(key).cloned() else { return Vec::new() };
+        let sockets = link.sockets.locked();
         sockets
             .values()
             .filter(|s| s.joined)
@@ -170,9 +171,9 @@ impl Gateway {
 
     /// Closes every client socket with `code` and `reason`.
     pub fn close_all(&self, code: u16, reason: &str) {
-        let links: Vec<Arc<LinkState>> = self.inner.links.lock().unwrap().values().cloned().collect();
+        let links: Vec<Arc<LinkState>> = self.inner.links.locked().values().cloned().collect();
         for link in links {
-            for s in link.sockets.lock().unwrap().values() {
+            for s in link.sockets.locked().values() {
                 s.outbox.close(code, reason.to_string());
             }
         }
@@ -205,10 +206,10 @@ impl Inner {
         self.sockets.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).ok()?;
         let outbox = Outbox::new(self.limits.max_outbox_messages, self.limits.max_outbox_bytes);
         let (adm_tx, adm_rx) = tokio::sync::oneshot::channel();
-        let mut links = self.links.lock().unwrap();
+        let mut links = self.links.locked();
         let link =
             links.entry(key.clone()).or_insert_with(|| LinkState::new(key.clone(), Arc::downgrade(self))).clone();
-        link.sockets.lock().unwrap().insert(
+        link.sockets.locked().insert(
             sid,
             SocketEntry {
                 outbox: outbox.clone(),
@@ -227,8 +228,8 @@ impl Inner {
     /// and the link closes when it was the last socket.
     pub(crate) async fn detach(&self, link: &Arc<LinkState>, sid: SocketId, error: Option<String>) {
         let last = {
-            let mut links = self.links.lock().unwrap();
-            let mut sockets = link.sockets.lock().unwrap();
+            let mut links = self.links.locked();
+            let mut sockets = link.sockets.locked();
             if sockets.remove(&sid).is_none() {
                 return;
             }
@@ -247,7 +248,7 @@ impl Inner {
 
     /// Queues a close frame for a socket.
     pub(crate) fn send_close(&self, link: &LinkState, sid: SocketId, code: u16, reason: String) {
-        if let Some(s) = link.sockets.lock().unwrap().get(&sid) {
+        if let Some(s) = link.sockets.locked().get(&sid) {
             s.outbox.close(code, reason);
         }
     }

@@ -12,6 +12,7 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use partyline::link::{close_code, FromRoom, SocketId, ToRoom};
+use partyline::sync::Lock;
 use partyline::{Message, Request, Response, RoomKey};
 use tokio::sync::{oneshot, Notify, RwLock};
 use tokio_util::sync::CancellationToken;
@@ -127,7 +128,7 @@ impl Outbox {
     pub(crate) fn push(&self, msg: Message) -> bool {
         let len = msg.len();
         {
-            let mut q = self.inner.queue.lock().unwrap();
+            let mut q = self.inner.queue.locked();
             if q.closed {
                 return false;
             }
@@ -148,7 +149,7 @@ impl Outbox {
     /// Queues a close frame (not counted against the limits).
     pub(crate) fn close(&self, code: u16, reason: String) {
         {
-            let mut q = self.inner.queue.lock().unwrap();
+            let mut q = self.inner.queue.locked();
             if q.closed {
                 return;
             }
@@ -160,7 +161,7 @@ impl Outbox {
     /// Queues a ping (not counted against the limits).
     pub(crate) fn ping(&self) {
         {
-            let mut q = self.inner.queue.lock().unwrap();
+            let mut q = self.inner.queue.locked();
             if q.closed {
                 return;
             }
@@ -171,7 +172,7 @@ impl Outbox {
 
     /// The next queued frame, if any.
     pub(crate) fn pop(&self) -> Option<Out> {
-        let mut q = self.inner.queue.lock().unwrap();
+        let mut q = self.inner.queue.locked();
         let out = q.items.pop_front()?;
         if let Out::Msg(m) = &out {
             q.bytes -= m.len();
@@ -190,7 +191,7 @@ impl Outbox {
 
     /// The socket is gone: drop what is queued and refuse more.
     pub(crate) fn shut(&self) {
-        let mut q = self.inner.queue.lock().unwrap();
+        let mut q = self.inner.queue.locked();
         q.closed = true;
         q.items = VecDeque::new();
         q.bytes = 0;
@@ -272,7 +273,7 @@ impl LinkState {
     /// The room is gone: every socket is closed with `code`, and new sockets get a new link.
     fn gone(self: &Arc<Self>, code: u16, reason: &str) {
         {
-            let mut sockets = self.sockets.lock().unwrap();
+            let mut sockets = self.sockets.locked();
             for s in sockets.values_mut() {
                 s.joined = false;
                 if let Some(tx) = s.admission.take() {
@@ -283,7 +284,7 @@ impl LinkState {
         }
         // The socket table's lock is not held here: the order is always links, then sockets.
         if let Some(gw) = self.gw.upgrade() {
-            let mut links = gw.links.lock().unwrap();
+            let mut links = gw.links.locked();
             if links.get(&self.key).is_some_and(|l| Arc::ptr_eq(l, self)) {
                 links.remove(&self.key);
             }
@@ -321,7 +322,7 @@ impl LinkState {
                 }
             };
             let records: Vec<ToRoom> = {
-                let sockets = self.sockets.lock().unwrap();
+                let sockets = self.sockets.locked();
                 let mut joined: Vec<(&SocketId, &SocketEntry)> = sockets.iter().filter(|(_, s)| s.joined).collect();
                 joined.sort_by_key(|(sid, _)| **sid);
                 joined
@@ -370,7 +371,7 @@ async fn read_link(state: Weak<LinkState>, mut events: BoxStream<'static, FromRo
             }
             _ => {}
         }
-        let mut sockets = state.sockets.lock().unwrap();
+        let mut sockets = state.sockets.locked();
         match msg {
             FromRoom::Joined { sid } => {
                 if let Some(s) = sockets.get_mut(&sid) {

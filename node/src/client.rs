@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use partyline::placement::{preferred, shard_of};
+use partyline::sync::{Lock, ReadWrite};
 use partyline::{PartiesClient, PartyRegistry, Request, Response, RoomKey};
 use partyline_proto::pb::{self, link_in, link_out, node_client::NodeClient, room_response};
 use tokio::sync::{broadcast, mpsc};
@@ -178,7 +179,7 @@ impl ClusterClient {
 
     /// The live nodes, as last read.
     pub fn nodes(&self) -> Arc<Vec<NodeInfo>> {
-        self.inner.view.read().unwrap().clone()
+        self.inner.view.read_locked().clone()
     }
 
     /// Redirects followed so far (a routing-quality counter).
@@ -207,13 +208,13 @@ impl ClusterClient {
     /// Nodes this process found unreachable lately (left out of routing).
     pub fn suspects(&self) -> Vec<String> {
         let now = Instant::now();
-        let mut suspects = self.inner.suspects.lock().unwrap();
+        let mut suspects = self.inner.suspects.locked();
         suspects.retain(|_, (_, until)| *until > now);
         suspects.keys().cloned().collect()
     }
 
     fn is_suspect(&self, id: &str) -> bool {
-        self.inner.suspects.lock().unwrap().get(id).is_some_and(|(_, until)| *until > Instant::now())
+        self.inner.suspects.locked().get(id).is_some_and(|(_, until)| *until > Instant::now())
     }
 
     /// A node refused a connection: it is dead or restarting. Left out of routing until it
@@ -221,13 +222,13 @@ impl ClusterClient {
     fn suspect(&self, node: &NodeInfo) {
         let inc = self.nodes().iter().find(|n| n.id == node.id).map(|n| n.inc.clone()).unwrap_or_default();
         tracing::info!(node = %node.id, addr = %node.addr, "node unreachable; routing around it");
-        self.inner.suspects.lock().unwrap().insert(node.id.clone(), (inc, Instant::now() + SUSPECT_FOR));
-        self.inner.owners.lock().unwrap().retain(|_, n| n.id != node.id);
+        self.inner.suspects.locked().insert(node.id.clone(), (inc, Instant::now() + SUSPECT_FOR));
+        self.inner.owners.locked().retain(|_, n| n.id != node.id);
     }
 
     /// Where to send a call for `shard` first: the known owner, else the preferred node.
     fn route(&self, shard: u16) -> Option<NodeInfo> {
-        if let Some(n) = self.inner.owners.lock().unwrap().get(&shard) {
+        if let Some(n) = self.inner.owners.locked().get(&shard) {
             if !self.is_suspect(&n.id) {
                 return Some(n.clone());
             }
@@ -258,11 +259,11 @@ impl ClusterClient {
 
     /// Forgets where `shard` lives (its room moved or its owner failed).
     pub fn forget(&self, shard: u16) {
-        self.inner.owners.lock().unwrap().remove(&shard);
+        self.inner.owners.locked().remove(&shard);
     }
 
     fn remember(&self, shard: u16, node: Option<NodeInfo>) {
-        let mut owners = self.inner.owners.lock().unwrap();
+        let mut owners = self.inner.owners.locked();
         match node {
             Some(n) => {
                 owners.insert(shard, n);
@@ -277,7 +278,7 @@ impl ClusterClient {
     /// themselves).
     pub fn node(&self, addr: &str) -> Result<Client, ClientError> {
         let channel = {
-            let mut channels = self.inner.channels.lock().unwrap();
+            let mut channels = self.inner.channels.locked();
             match channels.get(addr) {
                 Some(c) => c.clone(),
                 None => {
@@ -539,12 +540,12 @@ async fn refresh(inner: &Inner) {
     match inner.membership.live().await {
         Ok(nodes) => {
             let ids: std::collections::HashSet<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
-            inner.owners.lock().unwrap().retain(|_, n| ids.contains(n.id.as_str()));
+            inner.owners.locked().retain(|_, n| ids.contains(n.id.as_str()));
             // A suspect that came back as a new incarnation (restarted) is routed to again.
-            inner.suspects.lock().unwrap().retain(|id, (inc, _)| {
+            inner.suspects.locked().retain(|id, (inc, _)| {
                 nodes.iter().find(|n| &n.id == id).is_none_or(|n| inc.is_empty() || &n.inc == inc)
             });
-            *inner.view.write().unwrap() = Arc::new(nodes);
+            *inner.view.write_locked() = Arc::new(nodes);
         }
         Err(e) => tracing::warn!(error = %e, "could not read the cluster members"),
     }
@@ -566,7 +567,7 @@ async fn keep_fresh(inner: Weak<Inner>, mut events: Option<mpsc::Receiver<Change
         let Some(inner) = inner.upgrade() else { return };
         match change {
             Some(Change::Owner(shard)) => {
-                inner.owners.lock().unwrap().remove(&shard);
+                inner.owners.locked().remove(&shard);
                 let _ = inner.owner_changes.send(shard);
             }
             Some(Change::Resync) => {

@@ -10,6 +10,7 @@ use partyline::actor::{spawn_room, LinkSender, RequestError, RoomConfig, RoomHan
 use partyline::link::{close_code, FromRoom};
 use partyline::store::Fence;
 use partyline::store::StoreError;
+use partyline::sync::Lock;
 use partyline::{Env, Limits, Parties, PartiesClient, PartyRegistry, Request, Response, RoomKey, Store};
 use tokio::sync::mpsc;
 
@@ -120,7 +121,7 @@ impl RoomHost {
 
     /// How many rooms are running.
     pub fn room_count(&self) -> usize {
-        self.inner.rooms.lock().unwrap().len()
+        self.inner.rooms.locked().len()
     }
 
     /// The handle of a room, starting it when it is not running.
@@ -134,7 +135,7 @@ impl RoomHost {
     /// is older than the running instance's is turned away.
     pub fn room_fenced(&self, key: &RoomKey, fence: Option<Fence>, admit: Admit<'_>) -> Result<RoomHandle, HostError> {
         let factory = self.inner.parties.get(&key.party).ok_or_else(|| HostError::UnknownParty(key.party.clone()))?;
-        let mut rooms = self.inner.rooms.lock().unwrap();
+        let mut rooms = self.inner.rooms.locked();
         if let Some(e) = rooms.get(key).filter(|e| !e.handle.is_closed()) {
             match (&e.fence, &fence) {
                 (Some(old), Some(new)) if old.epoch > new.epoch => return Err(HostError::NotHere(key.clone())),
@@ -175,7 +176,7 @@ impl RoomHost {
             parties: self.client(),
             may_exit: Box::new(move || {
                 let Some(inner) = weak.upgrade() else { return true };
-                let mut rooms = inner.rooms.lock().unwrap();
+                let mut rooms = inner.rooms.locked();
                 // Only this instance's own entry: a newer instance may have replaced it.
                 let mine = match (rooms.get(&exit_key), me2.get()) {
                     (Some(e), Some(me)) => me.is(&e.handle),
@@ -279,7 +280,7 @@ impl RoomHost {
         deadline: tokio::time::Instant,
     ) -> Vec<RoomHandle> {
         let rooms: Vec<RoomHandle> = {
-            let mut map = self.inner.rooms.lock().unwrap();
+            let mut map = self.inner.rooms.locked();
             let keys: Vec<RoomKey> = map.keys().filter(|k| which(k)).cloned().collect();
             keys.iter().filter_map(|k| map.remove(k)).map(|e| e.handle).collect()
         };
@@ -294,7 +295,7 @@ impl RoomHost {
     /// closed with `code`.
     pub fn shutdown_rooms(&self, which: impl Fn(&RoomKey) -> bool, code: u16, reason: &str) -> usize {
         let rooms: Vec<RoomHandle> = {
-            let mut map = self.inner.rooms.lock().unwrap();
+            let mut map = self.inner.rooms.locked();
             let keys: Vec<RoomKey> = map.keys().filter(|k| which(k)).cloned().collect();
             keys.iter().filter_map(|k| map.remove(k)).map(|e| e.handle).collect()
         };
@@ -311,12 +312,12 @@ impl RoomHost {
 
     /// The keys of the running rooms.
     pub fn room_keys(&self) -> Vec<RoomKey> {
-        self.inner.rooms.lock().unwrap().keys().cloned().collect()
+        self.inner.rooms.locked().keys().cloned().collect()
     }
 
     /// Stops every room: sockets are closed with 1001 (going away).
     pub async fn shutdown(&self) {
-        let rooms: Vec<RoomHandle> = self.inner.rooms.lock().unwrap().drain().map(|(_, e)| e.handle).collect();
+        let rooms: Vec<RoomHandle> = self.inner.rooms.locked().drain().map(|(_, e)| e.handle).collect();
         for room in rooms {
             let _ = room.shutdown(close_code::GOING_AWAY, "server shutting down").await;
         }
