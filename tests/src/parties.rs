@@ -18,7 +18,7 @@
 //! `hang=1` makes `on_connect` hang; `whoami=1` makes `on_connect` send
 //! `<client ip>|<x-forwarded-for>|<x-real-ip>` as the connection's first frame. HTTP
 //! `GET /parties/faulty/<room>/panic` panics in `on_request`, `/hang` hangs, `/error` returns a
-//! 418 `HttpError`, `/whoami` answers like `whoami=1`, anything else answers `200 ok`.
+//! 418 `HttpError`, `/whoami` answers like `whoami=1`, `/big` answers 8 MiB, anything else answers `200 ok`.
 //! `on_close` broadcasts `closed <id>` to the others.
 
 use partyline::prelude::*;
@@ -142,6 +142,9 @@ impl Party for Faulty {
         }
         if path.ends_with("/whoami") {
             return Ok(web::text(StatusCode::OK, whoami(&req)));
+        }
+        if path.ends_with("/big") {
+            return Ok(web::with_type(StatusCode::OK, "application/octet-stream", Bytes::from(vec![b'x'; 8 << 20])));
         }
         if path.ends_with("/hang") {
             std::future::pending::<()>().await;

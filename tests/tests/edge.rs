@@ -113,6 +113,28 @@ async fn idle_keep_alive_connections_and_stalled_bodies_are_closed() {
 }
 
 #[tokio::test]
+async fn a_client_that_stops_reading_a_response_is_cut_off() {
+    let edge = EdgeLimits { idle_timeout: Duration::from_secs(1), ..Default::default() };
+    let s = DevServer::start(dev(Limits::default(), edge)).await;
+    let mut tcp = TcpStream::connect(s.addr).await.unwrap();
+    tcp.write_all(b"GET /parties/faulty/slow/big HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    // Read nothing while the gateway's writes back up, then see what arrived.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    within(10, "the stalled response to end", async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .await;
+    assert!(got < 8 << 20, "the connection was closed before the whole body went out ({got} bytes)");
+}
+
+#[tokio::test]
 async fn tcp_connections_past_the_cap_get_503() {
     let edge = EdgeLimits { max_tcp_connections: 5, ..Default::default() };
     let s = DevServer::start(dev(Limits::default(), edge)).await;
