@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A local Partyline cluster on loopback: one redis-server, three nodes, two gateways.
+# A local Partyline cluster on loopback: one redis-server (or a 3-primary Redis Cluster), three
+# nodes, two gateways.
 #
 #   scripts/cluster.sh up       build the release binary if needed, start everything, wait
 #                               until every node is registered and every gateway answers
@@ -11,7 +12,11 @@
 # PARTYLINE_CLUSTER_SECRET, PARTYLINE_LISTEN, PARTYLINE_NODE_ID, PARTYLINE_HOST, PARTYLINE_PORT,
 # PARTYLINE_LEASE_PROFILE); other PARTYLINE_* variables in your environment (limits, say) pass
 # through. Settings (environment):
-#   CLUSTER_REDIS_PORT=6390                 Redis port
+#   CLUSTER_REDIS=single                    single: one redis-server; cluster: a Redis Cluster of three
+#                                           primaries (nodes and gateways get a redis+cluster:// URL)
+#   CLUSTER_REDIS_PORT=6390                 Redis port (CLUSTER_REDIS=single)
+#   CLUSTER_REDIS_PORTS="6391 6392 6393"    the primaries' ports (CLUSTER_REDIS=cluster; the cluster
+#                                           bus uses port + 10000)
 #   CLUSTER_NODE_PORTS="7001 7002 7003"     one node per port (gRPC), ids node-1, node-2, ...
 #   CLUSTER_GATEWAY_PORTS="1999 2999"       one gateway per port (HTTP/WebSocket)
 #   CLUSTER_DIR=.partyline/cluster          state: pid files, logs, Redis data, the secret
@@ -30,15 +35,31 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
+DIR="${CLUSTER_DIR:-$ROOT/.partyline/cluster}"
+# `status`, `logs` and `down` use the Redis mode `up` used unless told otherwise.
+REDIS_MODE="${CLUSTER_REDIS:-$(cat "$DIR/redis-mode" 2>/dev/null || echo single)}"
+case "$REDIS_MODE" in
+  single | cluster) ;;
+  *) printf 'cluster.sh: CLUSTER_REDIS=%s: use single or cluster\n' "$REDIS_MODE" >&2; exit 2 ;;
+esac
 REDIS_PORT="${CLUSTER_REDIS_PORT:-6390}"
+read -r -a REDIS_PORTS <<<"${CLUSTER_REDIS_PORTS:-6391 6392 6393}"
 read -r -a NODE_PORTS <<<"${CLUSTER_NODE_PORTS:-7001 7002 7003}"
 read -r -a GATEWAY_PORTS <<<"${CLUSTER_GATEWAY_PORTS:-1999 2999}"
-DIR="${CLUSTER_DIR:-$ROOT/.partyline/cluster}"
 WAIT="${CLUSTER_WAIT:-60}"
 BIN="${PARTYLINE_BIN:-$ROOT/target/release/partyline}"
 LEASE_PROFILE="${PARTYLINE_LEASE_PROFILE:-fast}"
 PREFIX="${PARTYLINE_REDIS_PREFIX:-pl}"
-REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+if [ "$REDIS_MODE" = cluster ]; then
+  REDIS_URL="redis+cluster://$(printf '127.0.0.1:%s,' "${REDIS_PORTS[@]}" | sed 's/,$//')"
+  REDIS_PORT="${REDIS_PORTS[0]}"
+  MEMBERS_KEY="$PREFIX:{m}:members"
+  NODE_KEY="$PREFIX:{m}:node:"
+else
+  REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+  MEMBERS_KEY="$PREFIX:members"
+  NODE_KEY="$PREFIX:node:"
+fi
 PIDS="$DIR/pids"
 LOGS="$DIR/logs"
 
@@ -66,9 +87,19 @@ alive() {
 
 pid_of() { local pid _st; read -r pid _st <"$PIDS/$1.pid"; printf '%s\n' "$pid"; }
 
+# The Redis processes: redis, or redis-1, redis-2, ... for a Redis Cluster.
+redis_names() {
+  local i
+  if [ "$REDIS_MODE" = cluster ]; then
+    for i in "${!REDIS_PORTS[@]}"; do printf 'redis-%d\n' "$((i + 1))"; done
+  else
+    printf 'redis\n'
+  fi
+}
+
 # The names in start order.
 names() {
-  printf 'redis\n'
+  redis_names
   local i
   for i in "${!NODE_PORTS[@]}"; do printf 'node-%d\n' "$((i + 1))"; done
   for i in "${!GATEWAY_PORTS[@]}"; do printf 'gateway-%d\n' "$((i + 1))"; done
@@ -121,7 +152,7 @@ tail_log() {
   fi
 }
 
-redis_cli() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
+redis_cli() { redis-cli -c -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
 
 # wait_for NAME WHAT CHECK...: polls CHECK until it succeeds; fails if NAME dies or time runs out.
 wait_for() {
@@ -148,7 +179,7 @@ fail_up() {
 }
 
 node_registered() { # node_registered ID
-  redis_cli SISMEMBER "$PREFIX:members" "$1" | grep -qx 1 && [ "$(redis_cli EXISTS "$PREFIX:node:$1")" = 1 ]
+  redis_cli SISMEMBER "$MEMBERS_KEY" "$1" | grep -qx 1 && [ "$(redis_cli EXISTS "$NODE_KEY$1")" = 1 ]
 }
 
 gateway_answers() { # gateway_answers PORT: any HTTP answer on the health endpoint
@@ -170,7 +201,7 @@ build() {
 }
 
 cmd_up() {
-  mkdir -p "$PIDS" "$LOGS" "$DIR/redis"
+  mkdir -p "$PIDS" "$LOGS"
   local n any=0 stale=0
   for n in $(recorded); do
     if alive "$n"; then any=1; else stale=1; fi
@@ -188,8 +219,10 @@ cmd_up() {
   command -v redis-cli >/dev/null || die "redis-cli is not installed (it comes with redis-server)"
   command -v curl >/dev/null || die "curl is not installed"
   local p
-  for p in "$REDIS_PORT" "${NODE_PORTS[@]}" "${GATEWAY_PORTS[@]}"; do
-    port_busy "$p" && die "port $p on 127.0.0.1 is already in use: stop what uses it, or pick other ports (CLUSTER_REDIS_PORT, CLUSTER_NODE_PORTS, CLUSTER_GATEWAY_PORTS)"
+  local redis_ports=("$REDIS_PORT")
+  [ "$REDIS_MODE" = cluster ] && redis_ports=("${REDIS_PORTS[@]}")
+  for p in "${redis_ports[@]}" "${NODE_PORTS[@]}" "${GATEWAY_PORTS[@]}"; do
+    port_busy "$p" && die "port $p on 127.0.0.1 is already in use: stop what uses it, or pick other ports (CLUSTER_REDIS_PORT(S), CLUSTER_NODE_PORTS, CLUSTER_GATEWAY_PORTS)"
   done
   build
   [ -x "$BIN" ] || die "no binary at $BIN"
@@ -202,15 +235,12 @@ cmd_up() {
   sec="$(secret)"
   trap 'fail_up "interrupted"' INT TERM
 
-  local persist=(--save "" --appendonly no)
-  if [ "${CLUSTER_REDIS_PERSIST:-1}" = 1 ]; then
-    persist=(--save "" --appendonly yes --appendfsync "${CLUSTER_REDIS_FSYNC:-always}")
+  printf '%s\n' "$REDIS_MODE" >"$DIR/redis-mode"
+  if [ "$REDIS_MODE" = cluster ]; then
+    start_redis_cluster
   else
-    rm -rf "$DIR/redis/"*.rdb "$DIR/redis/"*.aof "$DIR/redis/appendonlydir" 2>/dev/null || true
+    start_redis redis "$REDIS_PORT" "$DIR/redis"
   fi
-  launch redis redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$DIR/redis" "${persist[@]}" \
-    --daemonize no --protected-mode yes --loglevel notice
-  wait_for redis "answering PING" sh -c "redis-cli -h 127.0.0.1 -p $REDIS_PORT ping | grep -q PONG"
 
   local i
   for i in "${!NODE_PORTS[@]}"; do
@@ -235,9 +265,58 @@ cmd_up() {
   print_where
 }
 
+# start_redis NAME PORT DIR [ARGS...]: one redis-server, durable unless CLUSTER_REDIS_PERSIST=0.
+start_redis() {
+  local name="$1" port="$2" dir="$3"; shift 3
+  mkdir -p "$dir"
+  local persist=(--save "" --appendonly no)
+  if [ "${CLUSTER_REDIS_PERSIST:-1}" = 1 ]; then
+    persist=(--save "" --appendonly yes --appendfsync "${CLUSTER_REDIS_FSYNC:-always}")
+  else
+    rm -rf "$dir/"*.rdb "$dir/"*.aof "$dir/appendonlydir" "$dir/nodes.conf" 2>/dev/null || true
+  fi
+  launch "$name" redis-server --bind 127.0.0.1 --port "$port" --dir "$dir" "${persist[@]}" \
+    --daemonize no --protected-mode yes --loglevel notice "$@"
+  wait_for "$name" "answering PING" sh -c "redis-cli -h 127.0.0.1 -p $port ping | grep -q PONG"
+}
+
+cluster_ok() { # every primary says the cluster is ok
+  local p
+  for p in "${REDIS_PORTS[@]}"; do
+    redis-cli -h 127.0.0.1 -p "$p" cluster info | grep -q '^cluster_state:ok' || return 1
+  done
+}
+
+# A Redis Cluster of three primaries. Its configuration (nodes.conf) stays in each node's
+# directory with the data, so a durable cluster comes back by itself after `down` and `up`; an
+# empty one is created with redis-cli --cluster create.
+start_redis_cluster() {
+  local i
+  for i in "${!REDIS_PORTS[@]}"; do
+    start_redis "redis-$((i + 1))" "${REDIS_PORTS[$i]}" "$DIR/redis-$((i + 1))" \
+      --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 5000
+  done
+  local assigned
+  assigned="$(redis-cli -h 127.0.0.1 -p "${REDIS_PORTS[0]}" cluster info | sed -n 's/^cluster_slots_assigned:\([0-9]*\).*/\1/p')"
+  if [ "${assigned:-0}" = 0 ]; then
+    say "creating the Redis Cluster (redis-cli --cluster create, a few seconds)"
+    local seeds=()
+    for i in "${REDIS_PORTS[@]}"; do seeds+=("127.0.0.1:$i"); done
+    redis-cli --cluster create "${seeds[@]}" --cluster-replicas 0 --cluster-yes >"$LOGS/redis-cluster-create.log" 2>&1 ||
+      { tail -n 20 "$LOGS/redis-cluster-create.log" >&2; fail_up "redis-cli --cluster create failed"; }
+  fi
+  wait_for redis-1 "the Redis Cluster to be ok on every primary" cluster_ok
+}
+
 print_where() {
   local i
-  say "  redis     127.0.0.1:$REDIS_PORT   (redis-cli -p $REDIS_PORT; key prefix $PREFIX)"
+  if [ "$REDIS_MODE" = cluster ]; then
+    for i in "${!REDIS_PORTS[@]}"; do
+      say "  redis-$((i + 1))   127.0.0.1:${REDIS_PORTS[$i]}   (redis-cli -c -p ${REDIS_PORTS[$i]}; key prefix $PREFIX)"
+    done
+  else
+    say "  redis     127.0.0.1:$REDIS_PORT   (redis-cli -p $REDIS_PORT; key prefix $PREFIX)"
+  fi
   for i in "${!NODE_PORTS[@]}"; do
     say "  node-$((i + 1))    127.0.0.1:${NODE_PORTS[$i]}   gRPC"
   done
@@ -312,7 +391,7 @@ cmd_status() {
       printf '  %-10s pid %-8s DEAD    (log: %s)\n' "$n" "$(pid_of "$n")" "$LOGS/$n.log"
     fi
   done
-  alive redis || { say "redis is not running: no membership to show"; return 0; }
+  alive "$(redis_names | head -n 1)" || { say "redis is not running: no membership to show"; return 0; }
   say ""
   local sec
   sec="$(secret 2>/dev/null || true)"
@@ -320,10 +399,10 @@ cmd_status() {
     PARTYLINE_REDIS_URL="$REDIS_URL" PARTYLINE_REDIS_PREFIX="$PREFIX" PARTYLINE_CLUSTER_SECRET="$sec" "$BIN" status "$@" && return 0
     say "(partyline status failed; reading Redis directly)"
   fi
-  say "members ($PREFIX:members):"
+  say "members ($MEMBERS_KEY):"
   local id
-  for id in $(redis_cli SMEMBERS "$PREFIX:members"); do
-    printf '  %-10s %s\n' "$id" "$(redis_cli GET "$PREFIX:node:$id")"
+  for id in $(redis_cli SMEMBERS "$MEMBERS_KEY"); do
+    printf '  %-10s %s\n' "$id" "$(redis_cli GET "$NODE_KEY$id")"
   done
   [ "$any" = 1 ] || true
 }
@@ -346,6 +425,6 @@ case "${1:-}" in
   down) cmd_down ;;
   status) shift; cmd_status "$@" ;;
   logs) shift; cmd_logs "$@" ;;
-  -h | --help | help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//' ;;
+  -h | --help | help) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//' ;;
   *) printf 'usage: scripts/cluster.sh up|down|status|logs (try --help)\n' >&2; exit 2 ;;
 esac

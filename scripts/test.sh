@@ -46,9 +46,10 @@ as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-install_redis() {
-  as_root apt-get update &&
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server
+APT_UPDATED=0
+apt_install() {
+  if [ "$APT_UPDATED" -eq 0 ]; then as_root apt-get update && APT_UPDATED=1; fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"
 }
 
 install_cargo_deny() {
@@ -69,8 +70,19 @@ npm_ci_example() {
 if command -v redis-server >/dev/null 2>&1; then
   header "redis-server: present ($(command -v redis-server))"
 else
-  run "install redis-server (apt-get)" install_redis
+  run "install redis-server (apt-get)" apt_install redis-server
 fi
+
+# The compose test runs the load balancer of deploy/docker-compose.yml (HAProxy) on loopback.
+if command -v haproxy >/dev/null 2>&1; then
+  header "haproxy: present ($(command -v haproxy))"
+else
+  run "install haproxy (apt-get)" apt_install haproxy
+fi
+
+# compose v2, kubectl (kustomize), kubernetes-validate, hadolint, yamllint for deploy/verify.sh
+# and the compose test: pinned, in target/deploy-tools, installed once.
+run "deploy tools (deploy/verify.sh --install-only)" deploy/verify.sh --install-only
 
 for tool in node npm; do
   if ! command -v "$tool" >/dev/null 2>&1; then
@@ -112,14 +124,24 @@ else
   header "--quick: skipping cargo fmt, cargo clippy and cargo deny"
 fi
 
+run "deploy files (deploy/verify.sh)" deploy/verify.sh
+
 run "cargo build --bin partyline" cargo build --bin partyline
 
 NEXTEST_ARGS=(--workspace --no-fail-fast)
+PROFILE_ARGS=()
 if [ -z "${NEXTEST_PROFILE:-}" ] && [ -f .config/nextest.toml ] &&
    grep -Eq '^[[:space:]]*\[profile\.ci\]' .config/nextest.toml; then
-  NEXTEST_ARGS+=(--profile ci)
+  PROFILE_ARGS=(--profile ci)
 fi
+NEXTEST_ARGS+=("${PROFILE_ARGS[@]}")
 run "cargo nextest run ${NEXTEST_ARGS[*]}" cargo nextest run "${NEXTEST_ARGS[@]}"
+
+# The cluster suite once more with every test cluster on a 3-primary Redis Cluster (the Redis
+# Cluster specific scenarios already ran above, in tests/tests/redis_cluster.rs).
+run "the cluster suite on Redis Cluster (PARTYLINE_TEST_REDIS=cluster)" \
+  env PARTYLINE_TEST_REDIS=cluster cargo nextest run -p partyline-tests --test cluster --no-fail-fast \
+  "${PROFILE_ARGS[@]}"
 
 run "cargo test --workspace --doc" cargo test --workspace --doc
 

@@ -32,6 +32,10 @@ pub struct Cli {
     /// when several Partyline processes share a few cores.
     #[arg(long, global = true, env = "PARTYLINE_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
+    /// Log format on stderr: `text` or `json` (one object per line). `RUST_LOG` filters
+    /// (default `info`).
+    #[arg(long, global = true, env = "PARTYLINE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -52,6 +56,9 @@ enum Command {
     /// Show a cluster: live nodes, the shards each owns, the rooms each runs; with --room, which
     /// node owns that room.
     Status(StatusArgs),
+    /// Exit 0 when an HTTP URL answers 2xx within the timeout, else 1: a health check for
+    /// images without curl (`partyline probe http://127.0.0.1:9090/readyz`).
+    Probe(crate::probe::ProbeArgs),
 }
 
 /// Options of `partyline status`.
@@ -67,18 +74,21 @@ struct StatusArgs {
 /// What nodes and gateways share: where Redis is and the cluster secret.
 #[derive(Debug, Args)]
 struct ClusterArgs {
-    /// Redis URL (membership, leases, room storage, alarms).
+    /// Redis (membership, leases, room storage, alarms): `redis://[user:password@]host:port[/db]`
+    /// for one server, `redis+cluster://[user:password@]host:port[,host:port...]` for a Redis
+    /// Cluster (a few seed nodes; the others are discovered).
     #[arg(long, env = "PARTYLINE_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
     /// Prefix of every Redis key and channel (several clusters can share one Redis).
     #[arg(long, env = "PARTYLINE_REDIS_PREFIX", default_value = "pl")]
     redis_prefix: String,
-    /// Shared secret gateways present to nodes (gRPC `authorization: Bearer`); required.
+    /// Shared secret gateways present to nodes (gRPC `authorization: Bearer`), at least 16
+    /// bytes; required, here or in --cluster-secret-file.
     #[arg(long, env = "PARTYLINE_CLUSTER_SECRET", hide_env_values = true)]
     cluster_secret: Option<String>,
-    /// More cluster secrets nodes accept besides PARTYLINE_CLUSTER_SECRET, comma-separated: to
-    /// rotate the secret, add the new one here on every node, then switch every process's
-    /// PARTYLINE_CLUSTER_SECRET to it, then drop the old one from here.
+    /// More cluster secrets nodes accept besides the cluster secret, comma-separated (each at
+    /// least 16 bytes): to rotate the secret, add the new one here on every node, then switch
+    /// every process's cluster secret (or its file) to it, then drop the old one from here.
     #[arg(
         long = "accept-cluster-secret",
         env = "PARTYLINE_ACCEPT_CLUSTER_SECRETS",
@@ -98,6 +108,10 @@ struct ClusterArgs {
     /// The private key (PEM) of --cluster-tls-cert.
     #[arg(long, env = "PARTYLINE_CLUSTER_TLS_KEY", requires = "cluster_tls_ca")]
     cluster_tls_key: Option<PathBuf>,
+    /// File holding the cluster secret (surrounding whitespace ignored), so it is not visible
+    /// in the environment or `ps`.
+    #[arg(long, env = "PARTYLINE_CLUSTER_SECRET_FILE", conflicts_with = "cluster_secret")]
+    cluster_secret_file: Option<PathBuf>,
     /// A variable for parties (`room.env()`), as KEY=VALUE; repeatable.
     #[arg(long = "var", value_name = "KEY=VALUE", value_parser = parse_var)]
     vars: Vec<(String, String)>,
@@ -118,12 +132,20 @@ impl ClusterArgs {
     }
 
     fn secret(&self) -> anyhow::Result<String> {
-        match self.cluster_secret.as_deref() {
-            Some(s) if !s.is_empty() => Ok(s.to_string()),
-            _ => anyhow::bail!(
-                "no cluster secret: set PARTYLINE_CLUSTER_SECRET (or --cluster-secret) to the same value on every node and gateway"
-            ),
+        if let Some(path) = &self.cluster_secret_file {
+            return partyline_node::secret::read_file(path);
         }
+        let secret = self.cluster_secret.clone().unwrap_or_default();
+        partyline_node::secret::validate(&secret)?;
+        Ok(secret)
+    }
+
+    /// The extra secrets nodes accept, each checked like the main one.
+    fn accept_secrets(&self) -> anyhow::Result<Vec<String>> {
+        for secret in &self.accept_secrets {
+            partyline_node::secret::validate(secret).context("in --accept-cluster-secret")?;
+        }
+        Ok(self.accept_secrets.clone())
     }
 
     fn env(&self) -> Env {
@@ -154,6 +176,10 @@ struct NodeArgs {
     /// leases and exits. Keep a container's stop grace period above it.
     #[arg(long, env = "PARTYLINE_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     drain_timeout: Duration,
+    /// Serve /metrics (OpenMetrics), /healthz and /readyz over HTTP on this address (e.g.
+    /// 0.0.0.0:9090); off when unset. The gRPC port also serves grpc.health.v1.Health.
+    #[arg(long, env = "PARTYLINE_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// How often a node hands shards to nodes that joined (their share under rendezvous
     /// hashing), a few at a time.
     #[arg(long, env = "PARTYLINE_REBALANCE_INTERVAL", default_value = "1s", value_parser = parse_duration)]
@@ -205,6 +231,10 @@ struct GatewayArgs {
     /// Port to listen on.
     #[arg(long, env = "PARTYLINE_PORT", default_value_t = 1999)]
     port: u16,
+    /// Serve /metrics, /healthz and /readyz on this separate address (e.g. 0.0.0.0:9091)
+    /// instead of /_partyline/* on the client port.
+    #[arg(long, env = "PARTYLINE_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
     #[command(flatten)]
     cluster: ClusterArgs,
     #[command(flatten)]
@@ -457,6 +487,18 @@ fn parse_var(s: &str) -> Result<(String, String), String> {
 pub use partyline_bench::parse_duration;
 
 impl Cli {
+    /// The subcommand's name (`dev`, `node`, ...).
+    pub fn command_name(&self) -> &'static str {
+        match self.command {
+            Command::Dev(_) => "dev",
+            Command::Node(_) => "node",
+            Command::Gateway(_) => "gateway",
+            Command::Bench(_) => "bench",
+            Command::Status(_) => "status",
+            Command::Probe(_) => "probe",
+        }
+    }
+
     /// Runs the chosen subcommand with `parties`. With a PartyKit project (`--config`, or
     /// ./partykit.json for `dev`), its parties are served beside `parties`, or instead of them
     /// when `examples` is set (the stock binary's example parties).
@@ -486,6 +528,7 @@ impl Cli {
                 let tls = args.cluster.cluster_tls()?;
                 crate::status::run(args.cluster.redis(), args.cluster.secret()?, tls, args.room).await
             }
+            Command::Probe(args) => crate::probe::run(args).await,
         }
     }
 }
@@ -543,7 +586,7 @@ async fn run_node(args: NodeArgs, parties: PartyRegistry) -> anyhow::Result<()> 
         advertise,
         redis: args.cluster.redis(),
         secret,
-        accept_secrets: args.cluster.accept_secrets.clone(),
+        accept_secrets: args.cluster.accept_secrets()?,
         tls: args.cluster.cluster_tls()?,
         leases: args.lease_profile.timing(),
         heartbeat: Duration::from_secs(1),
@@ -558,9 +601,36 @@ async fn run_node(args: NodeArgs, parties: PartyRegistry) -> anyhow::Result<()> 
         limits: args.limits.limits(),
         env,
     };
+    let admin = match args.metrics_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
     println!("Partyline node {} serving gRPC on {local} (advertised as {})", cfg.id, cfg.advertise);
     println!("  redis: {} (prefix {})", partyline_node::redis::redact(&cfg.redis.url), cfg.redis.prefix);
-    partyline_node::server::run(cfg, parties, listener, shutdown_signal()).await
+    let telemetry = partyline_node::server::NodeTelemetry::default();
+    let (stop_admin, admin_task) = match admin {
+        Some(listener) => {
+            println!("  metrics and health: http://{}/metrics, /healthz, /readyz", listener.local_addr()?);
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let serve = partyline_node::admin::serve(
+                listener,
+                telemetry.metrics.clone(),
+                telemetry.state.clone(),
+                async move {
+                    let _ = rx.await;
+                },
+            );
+            (Some(tx), Some(tokio::spawn(serve)))
+        }
+        None => (None, None),
+    };
+    // The admin endpoints outlive the node's drain, so probes see it not ready meanwhile.
+    let served = partyline_node::server::run_with(cfg, parties, listener, shutdown_signal(), telemetry).await;
+    drop(stop_admin);
+    if let Some(task) = admin_task {
+        let _ = task.await;
+    }
+    served
 }
 
 async fn run_gateway(args: GatewayArgs, parties: PartyRegistry) -> anyhow::Result<()> {
@@ -579,9 +649,20 @@ async fn run_gateway(args: GatewayArgs, parties: PartyRegistry) -> anyhow::Resul
         tls: args.edge.tls()?,
         cluster_tls: args.cluster.cluster_tls()?,
     };
-    println!("Partyline gateway listening on {}://{local}", args.edge.scheme());
+    let admin = match args.admin_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    let scheme = args.edge.scheme();
+    println!("Partyline gateway listening on {scheme}://{local}");
     println!("  redis: {} (prefix {})", partyline_node::redis::redact(&cfg.redis.url), cfg.redis.prefix);
-    crate::cluster::run_gateway(cfg, parties, listener, shutdown_signal()).await
+    match &admin {
+        Some(a) => println!("  metrics and health: http://{}/metrics, /healthz, /readyz", a.local_addr()?),
+        None => println!(
+            "  metrics and health: {scheme}://{local}/_partyline/metrics, /_partyline/healthz, /_partyline/readyz"
+        ),
+    }
+    crate::cluster::run_gateway_with(cfg, parties, listener, admin, shutdown_signal()).await
 }
 
 async fn run_dev(args: DevArgs, parties: PartyRegistry) -> anyhow::Result<()> {

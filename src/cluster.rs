@@ -51,7 +51,18 @@ pub async fn run_gateway(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    anyhow::ensure!(!cfg.secret.is_empty(), "the cluster secret is empty: set PARTYLINE_CLUSTER_SECRET");
+    run_gateway_with(cfg, parties, listener, None, shutdown).await
+}
+
+/// [`run_gateway`], with metrics and health on `admin` when given (else on the client port).
+pub async fn run_gateway_with(
+    cfg: GatewayProcessConfig,
+    parties: PartyRegistry,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    partyline_node::secret::validate(&cfg.secret)?;
     let redis = Redis::connect(cfg.redis.clone()).await.context("the gateway needs Redis for membership")?;
     let client = ClusterClient::start(
         ClientConfig {
@@ -76,11 +87,11 @@ pub async fn run_gateway(
             tls: cfg.tls,
         },
         parties,
-        Arc::new(GrpcRouter { client }),
+        Arc::new(GrpcRouter { client: client.clone() }),
         lobby,
         cfg.env,
     );
-    gateway.serve(listener, shutdown).await.context("the HTTP server failed")
+    crate::health::serve_gateway(gateway, listener, admin, shutdown, redis, client).await
 }
 
 /// Reaches rooms on their owner nodes over gRPC.

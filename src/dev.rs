@@ -83,6 +83,8 @@ pub async fn run(
         limits: limits.clone(),
         env: cfg.env.clone(),
         parties_client: None,
+        observer: None,
+        on_fenced: None,
     });
     let stop_alarms = tokio_util::sync::CancellationToken::new();
     let scheduler = tokio::spawn(alarms::run(Arc::new(HostAlarms(host.clone())), stop_alarms.clone()));

@@ -16,8 +16,11 @@
 pub mod cli;
 pub mod cluster;
 pub mod dev;
+pub mod health;
+pub mod probe;
 pub mod project;
 pub mod status;
+pub mod telemetry;
 
 use std::process::ExitCode;
 
@@ -39,13 +42,7 @@ fn run_main(parties: PartyRegistry, examples: bool) -> ExitCode {
     // One TLS implementation for every TLS user in the process (gateways, cluster gRPC, rediss://).
     let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     let cli = cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    raise_fd_limit();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = cli.worker_threads.filter(|n| *n > 0) {
         builder.worker_threads(n);
@@ -57,11 +54,27 @@ fn run_main(parties: PartyRegistry, examples: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli.run(parties, examples)) {
+    let json = cli.log_format == "json";
+    let service = format!("partyline-{}", cli.command_name());
+    let run = async move {
+        let _telemetry = telemetry::init(json, &service)?;
+        cli.run(parties, examples).await
+    };
+    match runtime.block_on(run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit: every client socket, gRPC channel and
+/// Redis connection is a file descriptor, and the usual soft default (1024) caps a gateway at
+/// about a thousand clients.
+fn raise_fd_limit() {
+    #[cfg(unix)]
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        eprintln!("warning: could not raise the open-file limit: {e}");
     }
 }

@@ -20,6 +20,10 @@ pub async fn run(
     room: Option<String>,
 ) -> anyhow::Result<()> {
     let redis = Redis::connect(redis).await?;
+    match redis.cluster_primaries() {
+        Some(primaries) => println!("Redis Cluster, {} primaries: {}", primaries.len(), primaries.join(" ")),
+        None => println!("Redis: one server"),
+    }
     let nodes = redis.membership().live().await.context("reading members")?;
     let shards: Vec<u16> = (0..SHARDS).collect();
     let owners = redis.leases().owners(&shards).await.context("reading leases")?;

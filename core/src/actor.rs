@@ -13,11 +13,13 @@ use futures::FutureExt;
 use http::StatusCode;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep_until, Instant};
+use tracing::Instrument;
 
 use crate::connection::{ConnShared, Connection};
 use crate::gate::Gate;
 use crate::limits::Limits;
 use crate::link::{close_code, FromRoom, SocketId, ToRoom};
+use crate::observe::RoomObserver;
 use crate::party::{ConnectionContext, Party, PartyFactory};
 use crate::room::{ConnTable, Env, LinkId, Outbound, Parties, Room, RoomShared};
 use crate::storage::{now_ms, Storage, WriteProgress};
@@ -33,6 +35,9 @@ const ALARM_BACKOFF: Duration = Duration::from_secs(2);
 /// How long a room that was moved here waits for the links of its previous instance to adopt
 /// their sockets before it serves anything else.
 const GATHER_WAIT: Duration = Duration::from_secs(3);
+
+/// Called once with how a room task ended; see [`RoomConfig::on_exit`].
+pub type OnExit = Box<dyn FnOnce(&RoomExit) + Send>;
 
 /// Everything a room needs to run.
 pub struct RoomConfig {
@@ -53,8 +58,13 @@ pub struct RoomConfig {
     /// Asked when the room has been idle with nothing attached; returns true when the room may
     /// stop (the host removed it from its table, so nothing can send to it any more).
     pub may_exit: Box<dyn Fn() -> bool + Send + Sync>,
+    /// Told how long events take and when alarms fire (metrics); `None`: nobody listens.
+    pub observer: Option<Arc<dyn RoomObserver>>,
+    /// Called once with how the room task ended (after it ended).
+    pub on_exit: Option<OnExit>,
 }
 
+// `span` of a request: the caller's, so the handler's span joins the caller's trace.
 enum RoomCmd {
     OpenLink {
         link: LinkId,
@@ -70,6 +80,7 @@ enum RoomCmd {
     Request {
         req: Request,
         reply: oneshot::Sender<Response>,
+        span: Box<tracing::Span>,
     },
     Alarm,
     Shutdown {
@@ -171,7 +182,8 @@ impl RoomHandle {
     /// Sends an HTTP request to the room's `on_request`.
     pub async fn request(&self, req: Request) -> Result<Response, RequestError> {
         let (reply, rx) = oneshot::channel();
-        match self.send_bounded(RoomCmd::Request { req, reply }).await {
+        let span = Box::new(tracing::Span::current());
+        match self.send_bounded(RoomCmd::Request { req, reply, span }).await {
             Ok(()) => {}
             Err(SendError::Gone(gone)) => return Err(gone.into()),
             Err(SendError::Overloaded(key)) => return Err(RequestError::Overloaded(key)),
@@ -338,8 +350,17 @@ pub fn spawn_room(cfg: RoomConfig) -> (RoomHandle, tokio::task::JoinHandle<RoomE
         moving: None,
         gathering: None,
         pending: VecDeque::new(),
+        observer: cfg.observer,
     };
-    (handle, tokio::spawn(actor.run()))
+    let on_exit = cfg.on_exit;
+    let task = tokio::spawn(async move {
+        let exit = actor.run().await;
+        if let Some(on_exit) = on_exit {
+            on_exit(&exit);
+        }
+        exit
+    });
+    (handle, task)
 }
 
 struct Actor {
@@ -362,6 +383,7 @@ struct Actor {
     gathering: Option<Gathering>,
     /// Commands held while gathering, handled before the inbox once it is over.
     pending: VecDeque<RoomCmd>,
+    observer: Option<Arc<dyn RoomObserver>>,
 }
 
 struct Moving {
@@ -465,7 +487,41 @@ impl Actor {
         &self.room.shared.storage
     }
 
-    async fn run(mut self) -> RoomExit {
+    async fn run(self) -> RoomExit {
+        let span = tracing::info_span!("room", room = %self.room.key());
+        self.serve().instrument(span).await
+    }
+
+    /// Runs `handle` for one command inside an event span (a child of the caller's span for
+    /// requests, else of the room's), and reports its duration.
+    async fn handle_observed(&mut self, cmd: RoomCmd) {
+        let event = match &cmd {
+            RoomCmd::OpenLink { .. } => "open_link",
+            RoomCmd::CloseLink { .. } => "close_link",
+            RoomCmd::Link { msg: ToRoom::Connect { .. }, .. } => "connect",
+            RoomCmd::Link { msg: ToRoom::Message { .. }, .. } => "message",
+            RoomCmd::Link { msg: ToRoom::Closed { .. }, .. } => "close",
+            RoomCmd::Link { .. } => "handover",
+            RoomCmd::Request { .. } => "request",
+            RoomCmd::Alarm => "alarm",
+            RoomCmd::Shutdown { .. } => "shutdown",
+            RoomCmd::Move { .. } => "move",
+            RoomCmd::Evict => "evict",
+        };
+        let span = match &cmd {
+            RoomCmd::Request { span: parent, .. } if parent.id().is_some() => {
+                tracing::info_span!(parent: parent.as_ref(), "room.event", room = %self.room.key(), event)
+            }
+            _ => tracing::info_span!("room.event", room = %self.room.key(), event),
+        };
+        let started = Instant::now();
+        self.handle(cmd).instrument(span).await;
+        if let Some(o) = &self.observer {
+            o.event_handled(event, started.elapsed());
+        }
+    }
+
+    async fn serve(mut self) -> RoomExit {
         let key = self.room.key().clone();
         tracing::debug!(room = %key, "room started");
         let mut last_event = Instant::now();
@@ -512,7 +568,7 @@ impl Actor {
                     self.gathering = None;
                 }
                 _ = sleep_until(alarm_at.unwrap_or(idle_at)), if alarm_at.is_some() => {
-                    self.fire_alarm().await;
+                    self.handle_observed(RoomCmd::Alarm).await;
                 }
                 _ = sleep_until(idle_at), if !busy => {
                     if self.on_idle() {
@@ -554,7 +610,7 @@ impl Actor {
                 (!attached && !busy && (self.may_exit)()).then_some(RoomExit::Idle)
             }
             cmd => {
-                self.handle(cmd).await;
+                self.handle_observed(cmd).await;
                 None
             }
         }
@@ -717,7 +773,7 @@ impl Actor {
                     g.adopted.insert(link);
                 }
             },
-            RoomCmd::Request { req, reply } => {
+            RoomCmd::Request { req, reply, .. } => {
                 let res = self.request(req).await;
                 self.shared().emit(Outbound::Response(reply, Box::new(res)));
             }
@@ -930,6 +986,9 @@ impl Actor {
         };
         let party = self.party.as_mut().expect("started");
         let result = guarded(self.limits.handler_timeout, party.on_alarm()).await;
+        if let Some(o) = &self.observer {
+            o.alarm_fired();
+        }
         let storage = self.storage().clone();
         let unchanged = storage.known_alarm() == Some(Some(due));
         match result {

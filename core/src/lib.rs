@@ -18,6 +18,7 @@
 //! - [`limits`]: every limit, with defaults.
 //! - [`placement`]: room -> virtual shard -> preferred node (xxh3 + rendezvous hashing).
 //! - [`sync`]: locks that a panic does not poison for everyone else.
+//! - [`observe`]: what the runtime reports for metrics (event times, alarms).
 //!
 //! ```
 //! use partyline::prelude::*;
@@ -45,6 +46,7 @@ mod gate;
 pub mod limits;
 pub mod link;
 pub mod message;
+pub mod observe;
 pub mod party;
 pub mod placement;
 pub mod room;

@@ -167,6 +167,9 @@ struct Inner {
     state: Mutex<State>,
     sealed: mpsc::UnboundedSender<(u64, Vec<WriteOp>)>,
     progress: watch::Receiver<WriteProgress>,
+    /// Reads are fenced like writes; a refused read fails the room like a refused write.
+    fence: Option<Fence>,
+    progress_tx: Arc<watch::Sender<WriteProgress>>,
 }
 
 impl Storage {
@@ -176,7 +179,8 @@ impl Storage {
         let (sealed_tx, sealed_rx) = mpsc::unbounded_channel();
         let (progress_tx, progress_rx) = watch::channel(WriteProgress::default());
         let max_commit = limits.max_commit_bytes;
-        tokio::spawn(writer(room.clone(), store.clone(), fence, max_commit, sealed_rx, progress_tx));
+        let progress_tx = Arc::new(progress_tx);
+        tokio::spawn(writer(room.clone(), store.clone(), fence.clone(), max_commit, sealed_rx, progress_tx.clone()));
         Storage {
             inner: Arc::new(Inner {
                 room,
@@ -194,8 +198,23 @@ impl Storage {
                 }),
                 sealed: sealed_tx,
                 progress: progress_rx,
+                fence,
+                progress_tx,
             }),
         }
+    }
+
+    /// A read's result; a fenced read fails the room (it is not this room's storage any more).
+    fn read_result<T>(&self, read: Result<T, StoreError>) -> Result<T, StorageError> {
+        if let Err(StoreError::Fenced { .. }) = &read {
+            self.inner.progress_tx.send_modify(|p| {
+                if p.failed.is_none() {
+                    p.failed = Some(Arc::new("a read was refused: the room's lease is not held any more".into()));
+                    p.fenced = true;
+                }
+            });
+        }
+        Ok(read?)
     }
 
     fn check_failed(&self) -> Result<(), StorageError> {
@@ -263,7 +282,8 @@ impl Storage {
         if missing.is_empty() {
             return Ok(out);
         }
-        let values = self.inner.store.get(&self.inner.room, &missing).await?;
+        let read = self.inner.store.get_fenced(&self.inner.room, self.inner.fence.as_ref(), &missing).await;
+        let values = self.read_result(read)?;
         let mut st = self.inner.state.locked();
         for (k, v) in missing.into_iter().zip(values) {
             // A write made while the read was in flight wins over what the read saw.
@@ -430,7 +450,8 @@ impl Storage {
                 break;
             }
             page.limit = Some(want);
-            let got = self.inner.store.list(&self.inner.room, &page).await?;
+            let read = self.inner.store.list_fenced(&self.inner.room, self.inner.fence.as_ref(), &page).await;
+            let got = self.read_result(read)?;
             let n = got.len();
             bytes += got.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
             if max > 0 && bytes > max {
@@ -464,7 +485,8 @@ impl Storage {
         if let Some(a) = self.inner.state.locked().alarm {
             return Ok(a);
         }
-        let a = self.inner.store.get_alarm(&self.inner.room).await?;
+        let read = self.inner.store.get_alarm_fenced(&self.inner.room, self.inner.fence.as_ref()).await;
+        let a = self.read_result(read)?;
         let mut st = self.inner.state.locked();
         Ok(*st.alarm.get_or_insert(a))
     }
@@ -572,7 +594,7 @@ async fn writer(
     fence: Option<Fence>,
     max_bytes: usize,
     mut sealed: mpsc::UnboundedReceiver<(u64, Vec<WriteOp>)>,
-    progress: watch::Sender<WriteProgress>,
+    progress: Arc<watch::Sender<WriteProgress>>,
 ) {
     let mut carried: Option<(u64, Vec<WriteOp>)> = None;
     loop {

@@ -259,6 +259,29 @@ pub trait Store: Send + Sync + 'static {
     fn quota(&self) -> Quota {
         Quota::NONE
     }
+
+    /// [`Store::get`] for a room writing under `fence`. A store that fences writes refuses the
+    /// read as well ([`StoreError::Fenced`]) once the fence no longer holds, so a room never reads
+    /// storage that is not its own any more, such as a Redis that restarted without its data.
+    /// Required (no default), so a wrapper cannot forget to pass the fence on; a store without
+    /// leases (one process owns every room) answers them as the unfenced reads.
+    async fn get_fenced(
+        &self,
+        room: &RoomKey,
+        fence: Option<&Fence>,
+        keys: &[String],
+    ) -> Result<Vec<Option<Bytes>>, StoreError>;
+
+    /// [`Store::list`] for a room writing under `fence`; see [`Store::get_fenced`].
+    async fn list_fenced(
+        &self,
+        room: &RoomKey,
+        fence: Option<&Fence>,
+        opts: &ListOptions,
+    ) -> Result<Vec<(String, Bytes)>, StoreError>;
+
+    /// [`Store::get_alarm`] for a room writing under `fence`; see [`Store::get_fenced`].
+    async fn get_alarm_fenced(&self, room: &RoomKey, fence: Option<&Fence>) -> Result<Option<i64>, StoreError>;
 }
 
 /// Storage in process memory: for unit tests and `partyline dev --ephemeral`.
@@ -305,6 +328,28 @@ where
 
 #[async_trait]
 impl Store for MemoryStore {
+    async fn get_fenced(
+        &self,
+        room: &RoomKey,
+        _fence: Option<&Fence>,
+        keys: &[String],
+    ) -> Result<Vec<Option<Bytes>>, StoreError> {
+        self.get(room, keys).await
+    }
+
+    async fn list_fenced(
+        &self,
+        room: &RoomKey,
+        _fence: Option<&Fence>,
+        opts: &ListOptions,
+    ) -> Result<Vec<(String, Bytes)>, StoreError> {
+        self.list(room, opts).await
+    }
+
+    async fn get_alarm_fenced(&self, room: &RoomKey, _fence: Option<&Fence>) -> Result<Option<i64>, StoreError> {
+        self.get_alarm(room).await
+    }
+
     async fn get(&self, room: &RoomKey, keys: &[String]) -> Result<Vec<Option<Bytes>>, StoreError> {
         let inner = self.inner.locked();
         let data = inner.data.get(room);

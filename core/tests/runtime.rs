@@ -378,6 +378,28 @@ impl TestStore {
 
 #[async_trait]
 impl Store for TestStore {
+    async fn get_fenced(
+        &self,
+        room: &RoomKey,
+        _fence: Option<&Fence>,
+        keys: &[String],
+    ) -> Result<Vec<Option<Bytes>>, StoreError> {
+        self.get(room, keys).await
+    }
+
+    async fn list_fenced(
+        &self,
+        room: &RoomKey,
+        _fence: Option<&Fence>,
+        opts: &ListOptions,
+    ) -> Result<Vec<(String, Bytes)>, StoreError> {
+        self.list(room, opts).await
+    }
+
+    async fn get_alarm_fenced(&self, room: &RoomKey, _fence: Option<&Fence>) -> Result<Option<i64>, StoreError> {
+        self.get_alarm(room).await
+    }
+
     async fn get(&self, room: &RoomKey, keys: &[String]) -> Result<Vec<Option<Bytes>>, StoreError> {
         self.inner.get(room, keys).await
     }
@@ -467,6 +489,8 @@ fn spawn(id: &str, opts: Opts) -> (RoomHandle, JoinHandle<RoomExit>) {
         env: Env::default(),
         parties: Parties::new(opts.parties),
         may_exit: opts.may_exit,
+        observer: None,
+        on_exit: None,
     })
 }
 

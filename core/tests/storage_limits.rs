@@ -65,6 +65,26 @@ impl Store for Recording {
     async fn due_alarms(&self, now_ms: i64, limit: usize) -> Result<Vec<(RoomKey, i64)>, StoreError> {
         self.inner.due_alarms(now_ms, limit).await
     }
+    async fn get_fenced(
+        &self,
+        room: &RoomKey,
+        fence: Option<&Fence>,
+        keys: &[String],
+    ) -> Result<Vec<Option<Bytes>>, StoreError> {
+        self.inner.get_fenced(room, fence, keys).await
+    }
+    async fn list_fenced(
+        &self,
+        room: &RoomKey,
+        fence: Option<&Fence>,
+        opts: &ListOptions,
+    ) -> Result<Vec<(String, Bytes)>, StoreError> {
+        self.lists.lock().unwrap().push(opts.limit);
+        self.inner.list_fenced(room, fence, opts).await
+    }
+    async fn get_alarm_fenced(&self, room: &RoomKey, fence: Option<&Fence>) -> Result<Option<i64>, StoreError> {
+        self.inner.get_alarm_fenced(room, fence).await
+    }
     async fn usage(&self, room: &RoomKey) -> Result<Option<Usage>, StoreError> {
         self.inner.usage(room).await
     }

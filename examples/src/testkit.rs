@@ -57,6 +57,8 @@ pub(crate) fn spawn(
         env: Env::default(),
         parties: parties(),
         may_exit: Box::new(|| false),
+        observer: None,
+        on_exit: None,
     })
 }
 

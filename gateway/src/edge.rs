@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::State;
@@ -13,12 +13,12 @@ use http::{header, HeaderValue, StatusCode};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use partyline::link::{close_code, ToRoom};
-use partyline::sync::Lock;
 use partyline::web;
 use partyline::{Before, Lobby, PartyFactory, Request, Response, RoomKey};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
+use tracing::Instrument;
 
 use crate::clients::{self, TooMany};
 use crate::links::{Admission, RouteError};
@@ -42,7 +42,12 @@ fn text(status: StatusCode, body: impl Into<String>) -> AxumResponse {
     respond(web::text(status, body))
 }
 
-pub(crate) async fn handle(State(gw): State<Arc<Inner>>, mut req: http::Request<Body>) -> AxumResponse {
+pub(crate) async fn handle(State(gw): State<Arc<Inner>>, req: http::Request<Body>) -> AxumResponse {
+    let span = tracing::info_span!("http", otel.name = %req.method(), http.path = %req.uri().path());
+    route_request(gw, req).instrument(span).await
+}
+
+async fn route_request(gw: Arc<Inner>, mut req: http::Request<Body>) -> AxumResponse {
     // Who the client is, in the headers parties read it from (forwarded headers believed only
     // from trusted proxies). Without a TCP peer (a router used without the listener) nothing
     // is known and nothing is claimed.
@@ -54,15 +59,10 @@ pub(crate) async fn handle(State(gw): State<Arc<Inner>>, mut req: http::Request<
     });
     let path = req.uri().path().to_string();
     if let Some(admin) = path.strip_prefix(ADMIN_PREFIX) {
-        return match admin {
-            "metrics" => {
-                let open_links = gw.links.locked().len();
-                let body = gw.metrics.render(gw.sockets.load(Ordering::Acquire), open_links);
-                respond(web::with_type(StatusCode::OK, "text/plain; version=0.0.4", Bytes::from(body)))
-            }
-            "health" => text(StatusCode::OK, "ok"),
-            _ => text(StatusCode::NOT_FOUND, "Not found"),
-        };
+        if !gw.health.on_client_port() {
+            return text(StatusCode::NOT_FOUND, "Not found");
+        }
+        return crate::admin::respond(&gw, admin).await;
     }
     match route(&path) {
         Route::Room { party, room } => {
@@ -108,9 +108,16 @@ fn lobby(gw: &Inner, party: &str, room: Option<&str>) -> Lobby {
     }
 }
 
-/// Runs a before-hook: a request to go on with, or the response that ends it.
-async fn before(hook: futures::future::BoxFuture<'static, anyhow::Result<Before>>) -> Result<Request, AxumResponse> {
-    match hook.await {
+/// Runs a before-hook (timed as `name`): a request to go on with, or the response that ends it.
+async fn before(
+    gw: &Inner,
+    name: &'static str,
+    hook: futures::future::BoxFuture<'static, anyhow::Result<Before>>,
+) -> Result<Request, AxumResponse> {
+    let started = Instant::now();
+    let outcome = hook.await;
+    gw.metrics.hook(name, started);
+    match outcome {
         Ok(Before::Continue(req)) => Ok(req),
         Ok(Before::Respond(res)) => Err(respond(res)),
         Err(e) => Err(text(StatusCode::UNAUTHORIZED, format!("{e:#}"))),
@@ -171,7 +178,8 @@ async fn request(
         Ok(req) => req,
         Err(res) => return res,
     };
-    let req = match before(factory.on_before_request(req, lobby(&gw, &key.party, Some(&key.room)))).await {
+    let hook = factory.on_before_request(req, lobby(&gw, &key.party, Some(&key.room)));
+    let req = match before(&gw, "on_before_request", hook).await {
         Ok(req) => req,
         Err(res) => return res,
     };
@@ -190,7 +198,10 @@ async fn fetch(gw: Arc<Inner>, req: http::Request<Body>) -> AxumResponse {
         Ok(req) => req,
         Err(res) => return res,
     };
-    match main.on_fetch(req, lobby(&gw, "main", None)).await {
+    let started = Instant::now();
+    let res = main.on_fetch(req, lobby(&gw, "main", None)).await;
+    gw.metrics.hook("on_fetch", started);
+    match res {
         Some(res) => respond(res),
         None => text(StatusCode::NOT_FOUND, "Not found"),
     }
@@ -246,9 +257,13 @@ async fn upgrade(
     };
     parts.uri = absolute_uri(&parts);
     let req = Request::from_parts(parts, Bytes::new());
-    let req = match before(factory.on_before_connect(req, lobby(&gw, &key.party, Some(&key.room)))).await {
+    let hook = factory.on_before_connect(req, lobby(&gw, &key.party, Some(&key.room)));
+    let req = match before(&gw, "on_before_connect", hook).await {
         Ok(req) => req,
-        Err(res) => return res,
+        Err(res) => {
+            Metrics::inc(&gw.metrics.connections_refused);
+            return res;
+        }
     };
     // The hook may have rewritten the URL: the id is the one it left (checked again).
     let id = match connection_id(req.uri(), gw.limits.max_connection_id_bytes) {
@@ -258,6 +273,7 @@ async fn upgrade(
     let uri = req.uri().to_string();
     let sid = gw.next_sid.fetch_add(1, Ordering::Relaxed);
     let Some(attached) = gw.attach(&key, sid, id.clone(), uri.clone()) else {
+        Metrics::inc(&gw.metrics.connections_refused);
         return unavailable("gateway connection limit reached");
     };
     let connect = ToRoom::Connect { sid, id, uri, request: Box::new(req) };
@@ -270,6 +286,7 @@ async fn upgrade(
         Ok(Ok(Admission::Accepted)) => None,
         Ok(Ok(Admission::Failed { reason })) => Some(reason),
         Ok(Ok(Admission::Refused { status, reason })) => {
+            Metrics::inc(&gw.metrics.connections_refused);
             gw.detach(&attached.link, sid, None).await;
             return text(StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE), reason);
         }
@@ -285,18 +302,24 @@ async fn upgrade(
     let task = SocketTask { sid, link: attached.link.clone(), outbox: attached.outbox.clone(), client: slot };
     let config = socket::ws_config(gw.limits.max_message_bytes);
     let gw2 = gw.clone();
-    tokio::spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-                socket::run(gw2, ws, task).await;
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "upgrade failed");
-                gw2.detach(&task.link, task.sid, Some(format!("upgrade failed: {e}"))).await;
+    let span = tracing::info_span!(parent: None, "socket", room = %key, sid);
+    span.follows_from(tracing::Span::current());
+    tokio::spawn(
+        async move {
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+                    socket::run(gw2, ws, task).await;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "upgrade failed");
+                    gw2.detach(&task.link, task.sid, Some(format!("upgrade failed: {e}"))).await;
+                }
             }
         }
-    });
+        .instrument(span),
+    );
+    Metrics::inc(&gw.metrics.connections_accepted);
     let mut res = http::Response::new(Body::empty());
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = res.headers_mut();

@@ -12,9 +12,11 @@
 //! - [`listener`]: the accept loop (TCP cap, header, body and idle timeouts, TLS).
 //! - [`limits`]: the edge's own limits ([`EdgeLimits`]).
 //! - [`clients`]: client addresses (trusted proxies, forwarded headers) and per-address limits.
-//! - [`metrics`]: counters at `/_partyline/metrics`.
+//! - [`metrics`]: counters and histograms (`/metrics` or `/_partyline/metrics`).
 //! - `fuzzing`: the checks the fuzz targets in `fuzz/` run (the test suite replays the corpus).
+//! - [`admin`]: health and metrics endpoints, on an admin listener or the client port.
 
+pub mod admin;
 pub mod clients;
 mod edge;
 #[doc(hidden)]
@@ -81,6 +83,7 @@ pub(crate) struct Inner {
     pub(crate) next_sid: AtomicU64,
     pub(crate) sockets: AtomicUsize,
     pub(crate) metrics: Arc<metrics::Metrics>,
+    pub(crate) health: admin::Health,
 }
 
 impl Gateway {
@@ -93,6 +96,8 @@ impl Gateway {
         lobby_parties: Parties,
         env: Env,
     ) -> Self {
+        let metrics: Arc<metrics::Metrics> = Arc::default();
+        let router = Arc::new(metrics::TimedRouter { inner: router, metrics: metrics.clone() });
         Gateway {
             inner: Arc::new(Inner {
                 parties,
@@ -111,7 +116,8 @@ impl Gateway {
                 links: Arc::new(Mutex::new(HashMap::new())),
                 next_sid: AtomicU64::new(1),
                 sockets: AtomicUsize::new(0),
-                metrics: Arc::default(),
+                metrics,
+                health: admin::Health::default(),
             }),
         }
     }
@@ -137,6 +143,7 @@ impl Gateway {
         };
         listener::serve(listener, serve, async move {
             shutdown.await;
+            gw.inner.health.set_shutting_down();
             gw.close_all(partyline::link::close_code::GOING_AWAY, "server shutting down");
         })
         .await

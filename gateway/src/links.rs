@@ -259,7 +259,11 @@ impl LinkState {
         let gw = self.gw.upgrade().ok_or_else(|| RouteError::Unavailable("the gateway is shutting down".into()))?;
         let opened = gw.router.open_link(&self.key).await?;
         Metrics::inc(&gw.metrics.links_opened);
-        tokio::spawn(read_link(Arc::downgrade(self), opened.events, gw.metrics.clone()));
+        let span = tracing::info_span!("link", room = %self.key);
+        tokio::spawn(tracing::Instrument::instrument(
+            read_link(Arc::downgrade(self), opened.events, gw.metrics.clone()),
+            span,
+        ));
         Ok(opened.link)
     }
 
@@ -398,11 +402,14 @@ async fn read_link(state: Weak<LinkState>, mut events: BoxStream<'static, FromRo
             }
             FromRoom::Broadcast { msg, except } => {
                 Metrics::inc(&metrics.room_broadcasts);
+                let mut fanout = 0;
                 for (sid, s) in sockets.iter() {
                     if s.joined && !except.contains(sid) {
                         s.outbox.push(msg.clone());
+                        fanout += 1;
                     }
                 }
+                metrics.broadcast_fanout.observe(fanout as f64);
             }
             FromRoom::Close { sid, code, reason } => {
                 if let Some(s) = sockets.get_mut(&sid) {

@@ -157,6 +157,7 @@ async fn read_loop(
                     break refuse(close_code::POLICY, format!("more than {rate} messages a second"));
                 }
                 Metrics::inc(&metrics.frames_from_clients);
+                metrics.bytes_from_clients.inc_by(msg.len() as u64);
                 match task.link.send(ToRoom::Message { sid: task.sid, msg }).await {
                     Ok(()) => {}
                     Err(RouteError::Busy(_)) => {
@@ -247,6 +248,7 @@ async fn write_loop(
                 match out {
                     Out::Msg(msg) => {
                         batch_bytes += msg.len();
+                        metrics.bytes_to_clients.inc_by(msg.len() as u64);
                         let frame = match msg {
                             Message::Text(t) => {
                                 tungstenite::Message::Text(Utf8Bytes::try_from(t.into_bytes()).unwrap_or_default())

@@ -64,6 +64,9 @@ pub enum ClientError {
     /// many rooms as it may): try again later, elsewhere makes no difference.
     #[error("{0}")]
     Busy(String),
+    /// Every live node refuses to serve rooms: Redis lost the cluster's data.
+    #[error("every node refuses to serve room {0}: Redis lost the cluster's data")]
+    Refused(RoomKey),
 }
 
 /// An authenticated client of one node.
@@ -85,6 +88,7 @@ impl Auth {
 impl tonic::service::Interceptor for Auth {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         req.metadata_mut().insert(partyline_proto::AUTH_HEADER, self.0.clone());
+        crate::telemetry::inject(req.metadata_mut());
         Ok(req)
     }
 }
@@ -200,7 +204,8 @@ impl ClusterClient {
     /// Like [`ClusterClient::preferred`], leaving out the nodes in `avoid`.
     pub fn preferred_avoiding(&self, shard: u16, avoid: &[String]) -> Option<NodeInfo> {
         let view = self.nodes();
-        let candidates = view.iter().filter(|n| !n.draining && !avoid.contains(&n.id)).map(|n| n.id.as_str());
+        let candidates =
+            view.iter().filter(|n| !n.draining && !n.refusing && !avoid.contains(&n.id)).map(|n| n.id.as_str());
         let id = preferred(shard, candidates)?;
         view.iter().find(|n| n.id == id).cloned()
     }
@@ -404,6 +409,10 @@ impl ClusterClient {
     /// known.
     async fn route_or_wait(&self, shard: u16, room: &RoomKey, route: &Route) -> Result<NodeInfo, ClientError> {
         loop {
+            let view = self.nodes();
+            if !view.is_empty() && view.iter().all(|n| n.refusing) {
+                return Err(ClientError::Refused(room.clone()));
+            }
             if let Some(n) = self.route(shard) {
                 return Ok(n);
             }

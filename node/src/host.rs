@@ -6,8 +6,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
 use async_trait::async_trait;
-use partyline::actor::{spawn_room, LinkSender, RequestError, RoomConfig, RoomHandle, SendError, WeakRoomHandle};
+use partyline::actor::{
+    spawn_room, LinkSender, RequestError, RoomConfig, RoomExit, RoomHandle, SendError, WeakRoomHandle,
+};
 use partyline::link::{close_code, FromRoom};
+use partyline::observe::RoomObserver;
 use partyline::store::Fence;
 use partyline::store::StoreError;
 use partyline::sync::Lock;
@@ -62,6 +65,9 @@ struct Entry {
     fence: Option<Fence>,
 }
 
+/// Told that a room's storage refused its fence (the shard's lease is not ours any more).
+pub type OnFenced = Arc<dyn Fn(&RoomKey, &Fence) + Send + Sync>;
+
 /// What a host is built from.
 pub struct HostConfig {
     /// The parties it can run.
@@ -74,6 +80,11 @@ pub struct HostConfig {
     pub env: Env,
     /// How party code reaches other rooms; `None`: rooms of this host, in process (`dev`).
     pub parties_client: Option<Arc<dyn PartiesClient>>,
+    /// Told about every room's events (metrics); `None`: nobody listens.
+    pub observer: Option<Arc<dyn RoomObserver>>,
+    /// Called when a room stops because storage refused its fence (a write or a read): the
+    /// shard's lease is not held at that epoch any more.
+    pub on_fenced: Option<OnFenced>,
 }
 
 /// The rooms of this process. Cheap to clone.
@@ -88,6 +99,8 @@ struct Inner {
     limits: Arc<Limits>,
     env: Env,
     parties_client: Option<Arc<dyn PartiesClient>>,
+    observer: Option<Arc<dyn RoomObserver>>,
+    on_fenced: Option<OnFenced>,
     rooms: Mutex<HashMap<RoomKey, Entry>>,
 }
 
@@ -101,6 +114,8 @@ impl RoomHost {
                 limits: cfg.limits,
                 env: cfg.env,
                 parties_client: cfg.parties_client,
+                observer: cfg.observer,
+                on_fenced: cfg.on_fenced,
                 rooms: Mutex::new(HashMap::new()),
             }),
         }
@@ -192,6 +207,18 @@ impl RoomHost {
                     false
                 }
             }),
+            observer: self.inner.observer.clone(),
+            on_exit: match (&self.inner.on_fenced, &fence) {
+                (Some(f), Some(fence)) => {
+                    let (f, key, fence) = (f.clone(), key.clone(), fence.clone());
+                    Some(Box::new(move |exit: &RoomExit| {
+                        if *exit == (RoomExit::StorageFailed { fenced: true }) {
+                            f(&key, &fence);
+                        }
+                    }))
+                }
+                _ => None,
+            },
         });
         let _ = me.set(handle.downgrade());
         rooms.insert(key.clone(), Entry { handle: handle.clone(), fence });

@@ -14,17 +14,24 @@
 //! - [`wire`]: conversions between the link protocol and its protobuf form.
 //! - [`tls`]: TLS between gateways and nodes (mutual, against a cluster CA).
 //! - `fuzzing`: the checks the fuzz targets in `fuzz/` run (the test suite replays the corpus).
+//! - [`metrics`], [`admin`]: metrics, readiness, and the `--metrics-listen` HTTP endpoints.
+//! - [`secret`]: the cluster secret (from a file, length checked).
+//! - [`telemetry`]: trace context carried in gRPC metadata.
 
+pub mod admin;
 pub mod alarms;
 pub mod client;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod host;
+pub mod metrics;
 pub mod redis;
+pub mod secret;
 pub mod server;
 pub mod service;
 pub mod shards;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 pub mod wire;
 

@@ -31,6 +31,7 @@ use tokio_util::task::TaskTracker;
 use crate::alarms::{self, AlarmScope, Parked};
 use crate::client::{ClientConfig, ClusterClient, ClusterParties};
 use crate::host::{HostConfig, HostError, RoomHost};
+use crate::metrics::{FnKind, MeteredStore, NodeMetrics};
 use crate::redis::marker::{fresh_value, Claim, Marker, Persistence};
 use crate::redis::{fence_for, Acquire, Leases, Membership, NodeInfo, Redis, RedisConfig, RedisStore};
 use crate::service::{CheckSecret, NodeService};
@@ -94,6 +95,7 @@ pub struct NodeState {
     draining: AtomicBool,
     refusing: AtomicBool,
     registered: AtomicBool,
+    redis_ok: AtomicBool,
 }
 
 impl NodeState {
@@ -107,10 +109,30 @@ impl NodeState {
         self.refusing.load(Ordering::Acquire)
     }
 
-    /// Ready to take rooms: registered, not draining, not refusing.
-    pub fn ready(&self) -> bool {
-        self.registered.load(Ordering::Acquire) && !self.draining() && !self.refusing()
+    /// Registered in the cluster's membership.
+    pub fn registered(&self) -> bool {
+        self.registered.load(Ordering::Acquire)
     }
+
+    /// Redis answered the last heartbeat.
+    pub fn redis_ok(&self) -> bool {
+        self.redis_ok.load(Ordering::Acquire)
+    }
+
+    /// Ready to take rooms: registered, Redis reachable, not draining, not refusing.
+    pub fn ready(&self) -> bool {
+        self.registered() && self.redis_ok() && !self.draining() && !self.refusing()
+    }
+}
+
+/// What a node reports about itself, shared with its `--metrics-listen` endpoints
+/// ([`crate::admin`]): metrics, and the state readiness is read from.
+#[derive(Clone, Default)]
+pub struct NodeTelemetry {
+    /// Counters and histograms.
+    pub metrics: Arc<NodeMetrics>,
+    /// What the node is doing.
+    pub state: Arc<NodeState>,
 }
 
 /// Largest gRPC message for the given limits: a frame (either way) or an HTTP body plus headers.
@@ -132,19 +154,20 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    run_with_state(cfg, parties, listener, shutdown, Arc::default()).await
+    run_with(cfg, parties, listener, shutdown, NodeTelemetry::default()).await
 }
 
-/// Like [`run`], reporting what the node is doing in `state`.
-pub async fn run_with_state(
+/// Like [`run`], reporting what the node is doing and its metrics in `telemetry`.
+pub async fn run_with(
     cfg: NodeConfig,
     parties: PartyRegistry,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    state: Arc<NodeState>,
+    telemetry: NodeTelemetry,
 ) -> anyhow::Result<()> {
+    let NodeTelemetry { metrics, state } = telemetry;
     cfg.leases.validate().map_err(|e| anyhow::anyhow!("lease timing: {e}"))?;
-    anyhow::ensure!(!cfg.secret.is_empty(), "the cluster secret is empty: set PARTYLINE_CLUSTER_SECRET");
+    crate::secret::validate(&cfg.secret)?;
     let redis = Redis::connect(cfg.redis.clone()).await.context("the node needs Redis")?;
     let limits = Arc::new(cfg.limits.clone());
     let grpc_max = max_grpc_message_bytes(&limits);
@@ -174,17 +197,32 @@ pub async fn run_with_state(
         ..NodeInfo::default()
     };
     let store = Arc::new(redis.store());
+    // Set once the shard table exists: a room whose storage refused its fence stops, and so
+    // does every other room of its shard (the lease is not held at that epoch any more).
+    let fenced_shards: Arc<std::sync::OnceLock<std::sync::Weak<Shards>>> = Arc::default();
+    let on_fenced = {
+        let fenced_shards = fenced_shards.clone();
+        Arc::new(move |room: &RoomKey, fence: &partyline::store::Fence| {
+            let Some(shards) = fenced_shards.get().and_then(std::sync::Weak::upgrade) else { return };
+            let shard = shard_of(room);
+            if shards.owned().contains(&(shard, fence.epoch)) {
+                shards.drop_shard(shard, "a room's storage refused its fence");
+            }
+        })
+    };
     let host = RoomHost::new(HostConfig {
         parties: parties.clone(),
-        store: store.clone(),
+        store: Arc::new(MeteredStore::new(store.clone(), metrics.clone())),
         limits: limits.clone(),
         env: cfg.env.clone(),
         parties_client: Some(Arc::new(ClusterParties { client: cluster.clone(), parties: parties.clone() })),
+        observer: Some(metrics.clone()),
+        on_fenced: Some(on_fenced),
     });
     let lost_host = host.clone();
     let shards = Arc::new(Shards::new(
         Arc::new(NodeLeases {
-            leases: redis.leases(),
+            leases: redis.leases().expecting_marker(&cluster_id),
             marker: marker.clone(),
             cluster_id: cluster_id.clone(),
             me: me.clone(),
@@ -198,6 +236,9 @@ pub async fn run_with_state(
             }
         }),
     ));
+    shards.set_metrics(metrics.clone());
+    let _ = fenced_shards.set(Arc::downgrade(&shards));
+    register_gauges(&metrics, &host, &shards, &state);
     if state.refusing() {
         shards.close();
     }
@@ -206,6 +247,7 @@ pub async fn run_with_state(
     // Announce ourselves before serving, so gateways route here.
     node.announce().await.context("could not register in Redis")?;
     node.state.registered.store(true, Ordering::Release);
+    node.state.redis_ok.store(true, Ordering::Release);
 
     let tasks = TaskTracker::new();
     let stop = CancellationToken::new();
@@ -218,7 +260,9 @@ pub async fn run_with_state(
             shards: node.shards.clone(),
             cluster: node.cluster.clone(),
             host: node.host.clone(),
-            me: me.id.clone(),
+            me: me.clone(),
+            leases: redis.leases(),
+            fast_failover: cfg.fast_failover,
         }),
         stop_alarms.clone(),
     ));
@@ -232,6 +276,7 @@ pub async fn run_with_state(
         leases: redis.leases(),
         parties,
         fast_failover: cfg.fast_failover,
+        metrics: metrics.clone(),
     };
     let server = NodeServer::new(service).max_decoding_message_size(grpc_max).max_encoding_message_size(grpc_max);
     let secrets = std::iter::once(&cfg.secret).chain(&cfg.accept_secrets);
@@ -241,12 +286,16 @@ pub async fn run_with_state(
         builder = builder.tls_config(tls.server()?).context("the node's TLS configuration")?;
     }
     tracing::info!(node = %me.id, addr = %me.addr, inc = %me.inc, cluster = %cluster_id, "node serving");
+    let (grpc_health, health_task) = crate::admin::grpc_health(state.clone(), stop.clone());
+    tasks.spawn(health_task);
     let stop_server = CancellationToken::new();
     let mut served = tokio::spawn(
         builder
             .tcp_nodelay(true)
+            .trace_fn(crate::telemetry::grpc_server_span)
             .http2_keepalive_interval(Some(Duration::from_secs(5)))
             .http2_keepalive_timeout(Some(Duration::from_secs(3)))
+            .add_service(grpc_health)
             .add_service(server)
             .serve_with_incoming_shutdown(incoming(listener), stop_server.clone().cancelled_owned()),
     );
@@ -259,6 +308,7 @@ pub async fn run_with_state(
         // The gRPC server keeps serving while rooms move: gateways pause and hand over their
         // sockets through it.
         stop_alarms.cancel();
+        metrics.drains.inc();
         node.drain().await;
     }
     stop_server.cancel();
@@ -294,7 +344,20 @@ pub async fn run_with_state(
 async fn claim_marker(marker: &Marker, cluster: &ClusterClient, state: &NodeState) -> anyhow::Result<String> {
     let fresh = fresh_value();
     match marker.get().await.context("could not read the cluster marker")? {
-        Some(v) => return Ok(v),
+        Some(v) => {
+            // No node serves: shards whose Redis Cluster primary lost its data start over.
+            if cluster.nodes().is_empty() {
+                let lost = marker.restore_copies(&v).await.context("could not check the cluster marker's copies")?;
+                if lost > 0 {
+                    tracing::warn!(
+                        shards = lost,
+                        "Redis LOST THE DATA of {lost} shards (their copies of the cluster marker were gone) and no node \
+                         was serving: starting those shards over, empty"
+                    );
+                }
+            }
+            return Ok(v);
+        }
         None => {
             let announced: Vec<String> = cluster
                 .nodes()
@@ -363,9 +426,15 @@ impl LeaseBackend for NodeLeases {
             self.marker.holds(&self.cluster_id).await?,
             "Redis lost the cluster's data (its cluster marker is gone): refusing to take shards"
         );
-        Ok(self.leases.acquire(shard, &self.me.id, &self.me.inc, &self.me.addr, self.ttl).await?)
+        match self.leases.acquire(shard, &self.me.id, &self.me.inc, &self.me.addr, self.ttl).await {
+            Err(crate::redis::Error::Lost(s)) => {
+                self.marker.note_lost(s);
+                Err(crate::redis::Error::Lost(s).into())
+            }
+            other => Ok(other?),
+        }
     }
-    async fn renew_many(&self, leases: &[(u16, u64)]) -> anyhow::Result<Vec<bool>> {
+    async fn renew_many(&self, leases: &[(u16, u64)]) -> anyhow::Result<Vec<Option<bool>>> {
         Ok(self.leases.renew_many(leases, &self.me.inc, self.ttl).await?)
     }
     async fn release(&self, shard: u16, epoch: u64) -> anyhow::Result<bool> {
@@ -416,7 +485,7 @@ impl Node {
                 _ = tick.tick() => {}
                 _ = stop.cancelled() => return,
             }
-            match marker.holds(&self.me.cluster).await {
+            match marker.check(&self.me.cluster).await {
                 Ok(true) if self.state.refusing() => {
                     tracing::warn!(cluster = %self.me.cluster, "the cluster marker is back in Redis: serving rooms again");
                     self.state.refusing.store(false, Ordering::Release);
@@ -442,7 +511,9 @@ impl Node {
                 }
                 Err(e) => tracing::warn!(error = %e, "could not check the cluster marker"),
             }
-            if let Err(e) = self.announce().await {
+            let announced = self.announce().await;
+            self.state.redis_ok.store(announced.is_ok(), Ordering::Release);
+            if let Err(e) = announced {
                 tracing::warn!(error = %e, "membership heartbeat failed");
             }
         }
@@ -537,6 +608,22 @@ impl Node {
     }
 }
 
+/// Gauges read at every scrape: rooms live, shards owned, draining.
+fn register_gauges(metrics: &NodeMetrics, host: &RoomHost, shards: &Arc<Shards>, state: &Arc<NodeState>) {
+    let host = host.clone();
+    metrics.register_fn("partyline_node_rooms", "Rooms live on this node.", FnKind::Gauge, move || {
+        host.room_count() as i64
+    });
+    let shards = Arc::downgrade(shards);
+    metrics.register_fn("partyline_node_shards_owned", "Shard leases this node holds.", FnKind::Gauge, move || {
+        shards.upgrade().map_or(0, |s| s.count() as i64)
+    });
+    let state = state.clone();
+    metrics.register_fn("partyline_node_draining", "1 while the node drains.", FnKind::Gauge, move || {
+        state.draining() as i64
+    });
+}
+
 /// Accepted gRPC connections with TCP_NODELAY: tonic applies its own `tcp_nodelay` only to
 /// listeners it binds itself, and without it a response's DATA frame can wait for the peer's
 /// delayed ACK (~40 ms).
@@ -555,24 +642,35 @@ struct ClusterAlarms {
     shards: Arc<Shards>,
     cluster: ClusterClient,
     host: RoomHost,
-    me: String,
+    me: NodeInfo,
+    leases: Leases,
+    fast_failover: bool,
 }
 
 #[async_trait]
 impl AlarmScope for ClusterAlarms {
     async fn due(&self, now_ms: i64, limit: usize, parked: &Parked) -> Result<Vec<RoomKey>, StoreError> {
-        let owned: HashSet<u16> = self.shards.owned().into_iter().map(|(s, _)| s).collect();
-        let wanted = |shard: u16, room: &RoomKey| {
-            (owned.contains(&shard) || self.cluster.preferred(shard).is_some_and(|p| p.id == self.me))
-                && !parked.contains(room)
-        };
-        let due = self.store.due_alarms_where(now_ms, limit, wanted).await?;
+        let owned: HashMap<u16, u64> = self.shards.owned().into_iter().collect();
+        let shards: Vec<(u16, Option<u64>)> = (0..partyline::placement::SHARDS)
+            .filter_map(|s| match owned.get(&s) {
+                Some(epoch) => Some((s, Some(*epoch))),
+                None => self.cluster.preferred(s).is_some_and(|p| p.id == self.me.id).then_some((s, None)),
+            })
+            .collect();
+        let due = self.store.due_alarms_in(now_ms, limit, &shards, |room| parked.contains(room)).await?;
         Ok(due.into_iter().map(|(k, _)| k).collect())
     }
 
     async fn wake(&self, room: &RoomKey) -> Result<(), HostError> {
         let shard = shard_of(room);
-        match self.shards.acquire(shard).await {
+        let mut placement = self.shards.acquire(shard).await;
+        if let Ok(Placement::Held { owner, .. }) = &placement {
+            // Held by a node that crashed: take it over now rather than after its lease expires.
+            if self.fast_failover && crate::service::take_over_if_gone(&self.leases, &self.me.inc, shard, owner).await {
+                placement = self.shards.acquire(shard).await;
+            }
+        }
+        match placement {
             Ok(Placement::Here(g)) => {
                 let admit = || g.accepts();
                 let handle = self.host.room_fenced(room, Some(fence_for(shard, g.epoch)), &admit)?;

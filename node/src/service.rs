@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::client::ClusterClient;
 use crate::host::{HostError, RoomHost};
+use crate::metrics::NodeMetrics;
 use crate::redis::{fence_for, Leases, NodeInfo};
 use crate::shards::{Placement, ShardGuard, Shards};
 use crate::wire;
@@ -84,6 +85,28 @@ pub struct NodeService {
     /// Take over at once from a lease holder whose process is gone (see [`process_gone`])
     /// instead of waiting for its lease to expire.
     pub fast_failover: bool,
+    /// Counters.
+    pub metrics: Arc<NodeMetrics>,
+}
+
+/// Breaks the lease of `shard` if `owner` (not us) holds it and its process is gone (see
+/// [`process_gone`]), by compare-and-delete on its grant, so the shard can be taken now under a
+/// new epoch. True when the lease was broken.
+pub async fn take_over_if_gone(leases: &Leases, my_inc: &str, shard: u16, owner: &str) -> bool {
+    let Ok(Some(lease)) = leases.owner(shard).await else { return false };
+    if lease.owner != owner || lease.inc == my_inc || !process_gone(&lease.addr).await {
+        return false;
+    }
+    match leases.break_lease(shard, &lease.inc, lease.epoch).await {
+        Ok(true) => {
+            tracing::warn!(
+                shard, owner = %lease.owner, addr = %lease.addr, epoch = lease.epoch,
+                "the lease holder's process is gone (connection refused): took its lease over"
+            );
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Whether the process that listened at `addr` is gone: its port refuses TCP connections twice
@@ -154,23 +177,9 @@ impl NodeService {
     }
 
     /// The caller could not reach `owner`, which holds the shard's lease: if its process is gone,
-    /// break its lease (compare-and-delete on its grant) so the shard can be taken now. True
-    /// when the lease was broken.
+    /// take its lease over; see [`take_over_if_gone`].
     async fn take_over_from_crashed(&self, shard: u16, owner: &str) -> bool {
-        let Ok(Some(lease)) = self.leases.owner(shard).await else { return false };
-        if lease.owner != owner || lease.inc == self.me.inc || !process_gone(&lease.addr).await {
-            return false;
-        }
-        match self.leases.break_lease(shard, &lease.inc, lease.epoch).await {
-            Ok(true) => {
-                tracing::warn!(
-                    shard, owner = %lease.owner, addr = %lease.addr, epoch = lease.epoch,
-                    "the lease holder's process is gone (connection refused): took its lease over"
-                );
-                true
-            }
-            _ => false,
-        }
+        take_over_if_gone(&self.leases, &self.me.inc, shard, owner).await
     }
 
     /// The answer for a shard that is between owners: retry shortly, at the preferred node
@@ -234,7 +243,10 @@ impl node_server::Node for NodeService {
         let shard = shard_of(&key);
         let guard = match self.place(shard, open.hops, &open.avoid).await? {
             Decision::Here(g) => g,
-            Decision::Elsewhere(n) => return Ok(link_answer(pb::LinkOut { kind: Some(link_out::Kind::NotOwner(n)) })),
+            Decision::Elsewhere(n) => {
+                self.metrics.redirects.inc();
+                return Ok(link_answer(pb::LinkOut { kind: Some(link_out::Kind::NotOwner(n)) }));
+            }
         };
         let (room_tx, room_rx) = mpsc::channel::<FromRoom>(OUT_QUEUE);
         // For the forwarder's own answers to work it shed (weak: the stream still ends when the
@@ -247,6 +259,7 @@ impl node_server::Node for NodeService {
             Err(e) => match host_status(e) {
                 Some(status) => return Err(status),
                 None => {
+                    self.metrics.redirects.inc();
                     let n = self.between_owners(shard, &open.avoid);
                     return Ok(link_answer(pb::LinkOut { kind: Some(link_out::Kind::NotOwner(n)) }));
                 }
@@ -255,6 +268,8 @@ impl node_server::Node for NodeService {
         let opened = pb::Opened { node_id: self.me.id.clone(), shard: shard as u32, epoch: guard.epoch };
         let opened = pb::LinkOut { kind: Some(link_out::Kind::Opened(opened)) };
         tracing::debug!(room = %key, gateway = %open.gateway, shard, "link opened");
+        self.metrics.links_opened.inc();
+        let (metrics_in, metrics_out) = (self.metrics.clone(), self.metrics.clone());
 
         // Room -> gateway, encoded as the HTTP/2 stream polls it (no extra task). Nothing leaves
         // after the shard's self-fence deadline.
@@ -269,6 +284,9 @@ impl node_server::Node for NodeService {
             }
             let end = matches!(msg, FromRoom::Gone { .. } | FromRoom::Moved { .. });
             Some((Ok(wire::link_out(msg)), (rx, guard, end)))
+        })
+        .inspect(move |_| {
+            metrics_out.link_messages_out.inc();
         });
         // Gateway -> room, in order. The link closes when the gateway ends the stream. A frame or
         // connection the room's queue cannot take within the queue timeout is shed: the socket
@@ -280,6 +298,7 @@ impl node_server::Node for NodeService {
                 match inbound.message().await {
                     Ok(Some(pb::LinkIn { kind: Some(kind) })) => match wire::to_room(kind) {
                         Ok(msg) => {
+                            metrics_in.link_messages_in.inc();
                             let (sid, connect) = match &msg {
                                 ToRoom::Message { sid, .. } => (Some(*sid), false),
                                 ToRoom::Connect { sid, .. } => (Some(*sid), true),
@@ -332,11 +351,15 @@ impl node_server::Node for NodeService {
         let key = wire::room_key(req.room).map_err(bad)?;
         self.check_party(&key)?;
         let shard = shard_of(&key);
-        let not_owner = |n| Ok(Response::new(pb::RoomResponse { kind: Some(room_response::Kind::NotOwner(n)) }));
+        let not_owner = |n| {
+            self.metrics.redirects.inc();
+            Ok(Response::new(pb::RoomResponse { kind: Some(room_response::Kind::NotOwner(n)) }))
+        };
         let guard = match self.place(shard, req.hops, &req.avoid).await? {
             Decision::Here(g) => g,
             Decision::Elsewhere(n) => return not_owner(n),
         };
+        self.metrics.requests.inc();
         let http = wire::request(req.head, req.body).map_err(bad)?;
         let admit = || guard.accepts();
         let fence = Some(fence_for(shard, guard.epoch));

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use partyline::sync::Lock;
 use tokio::time::Instant;
 
+use crate::metrics::NodeMetrics;
 use crate::redis::Acquire;
 
 /// Lease timing. The node stops serving a shard `fence_after` after the *send* time of its last
@@ -61,8 +62,10 @@ impl LeaseTiming {
 pub trait LeaseBackend: Send + Sync + 'static {
     /// Acquires (or re-confirms) the shard's lease for this node.
     async fn acquire(&self, shard: u16) -> anyhow::Result<Acquire>;
-    /// Renews the given leases in one round trip; true for each still held.
-    async fn renew_many(&self, leases: &[(u16, u64)]) -> anyhow::Result<Vec<bool>>;
+    /// Renews the given leases in one round trip: `Some(true)` for each still held,
+    /// `Some(false)` for each lost, `None` for one that got no answer (on a Redis Cluster, its
+    /// primary is down: the other answers still count).
+    async fn renew_many(&self, leases: &[(u16, u64)]) -> anyhow::Result<Vec<Option<bool>>>;
     /// Releases one lease.
     async fn release(&self, shard: u16, epoch: u64) -> anyhow::Result<bool>;
 }
@@ -129,6 +132,7 @@ pub struct Shards {
     /// No new shards (draining, or Redis lost the cluster's data).
     closed: AtomicBool,
     on_lost: Box<dyn Fn(u16) + Send + Sync>,
+    metrics: std::sync::OnceLock<Arc<NodeMetrics>>,
 }
 
 impl Shards {
@@ -142,6 +146,18 @@ impl Shards {
             acquiring: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             on_lost,
+            metrics: Default::default(),
+        }
+    }
+
+    /// Counts lease events into `metrics` from now on (once).
+    pub fn set_metrics(&self, metrics: Arc<NodeMetrics>) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    fn tally(&self, which: impl FnOnce(&NodeMetrics) -> &prometheus_client::metrics::counter::Counter) {
+        if let Some(m) = self.metrics.get() {
+            which(m).inc();
         }
     }
 
@@ -192,6 +208,7 @@ impl Shards {
         if stale {
             // Past its self-fence deadline but not dropped yet: its rooms must stop before the
             // shard is taken again (under a new epoch, which fences anything they still write).
+            self.tally(|m| &m.self_fences);
             self.drop_shard(shard, "self-fence: no successful renewal in time");
         }
         if self.closed.load(Ordering::Acquire) {
@@ -209,9 +226,13 @@ impl Shards {
                 let guard = self.guard(shard, &owned);
                 self.owned.locked().insert(shard, owned);
                 tracing::debug!(shard, epoch, "shard acquired");
+                self.tally(|m| &m.lease_acquisitions);
                 Placement::Here(guard)
             }
-            Acquire::Held { owner, addr, .. } => Placement::Held { owner, addr },
+            Acquire::Held { owner, addr, .. } => {
+                self.tally(|m| &m.lease_acquisitions_held);
+                Placement::Held { owner, addr }
+            }
         };
         self.acquiring.locked().remove(&shard);
         Ok(placement)
@@ -289,19 +310,31 @@ impl Shards {
             let sent = Instant::now();
             match self.backend.renew_many(&owned).await {
                 Ok(held) => {
+                    self.tally(|m| &m.lease_renewals);
                     let deadline = self.ms(sent + self.timing.fence_after);
-                    for ((shard, epoch), ok) in owned.iter().zip(held) {
-                        if ok {
-                            let table = self.owned.locked();
-                            if let Some(o) = table.get(shard).filter(|o| o.epoch == *epoch) {
-                                o.deadline.fetch_max(deadline, Ordering::AcqRel);
+                    for ((shard, epoch), held) in owned.iter().zip(held) {
+                        match held {
+                            Some(true) => {
+                                let table = self.owned.locked();
+                                if let Some(o) = table.get(shard).filter(|o| o.epoch == *epoch) {
+                                    o.deadline.fetch_max(deadline, Ordering::AcqRel);
+                                }
                             }
-                        } else if self.owned.locked().get(shard).is_some_and(|o| o.epoch == *epoch) {
-                            self.drop_shard(*shard, "lease lost");
+                            Some(false) => {
+                                let ours = self.owned.locked().get(shard).is_some_and(|o| o.epoch == *epoch);
+                                if ours {
+                                    self.tally(|m| &m.lease_losses);
+                                    self.drop_shard(*shard, "lease lost");
+                                }
+                            }
+                            None => {}
                         }
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, shards = owned.len(), "lease renewal failed"),
+                Err(e) => {
+                    self.tally(|m| &m.lease_renewal_failures);
+                    tracing::warn!(error = %e, shards = owned.len(), "lease renewal failed");
+                }
             }
         }
         let now = self.ms(Instant::now());
@@ -314,6 +347,7 @@ impl Shards {
             .map(|(s, _)| *s)
             .collect();
         for shard in expired {
+            self.tally(|m| &m.self_fences);
             self.drop_shard(shard, "self-fence: no successful renewal in time");
         }
     }
@@ -340,6 +374,8 @@ mod tests {
         renew_ok: AtomicBool,
         renew_errors: AtomicBool,
         next_epoch: AtomicU64,
+        /// Shards whose renewal gets no answer (their Redis Cluster primary is down).
+        unanswered: Mutex<Vec<u16>>,
     }
 
     #[async_trait]
@@ -347,11 +383,15 @@ mod tests {
         async fn acquire(&self, _shard: u16) -> anyhow::Result<Acquire> {
             Ok(Acquire::Granted { epoch: self.next_epoch.fetch_add(1, Ordering::Relaxed) })
         }
-        async fn renew_many(&self, leases: &[(u16, u64)]) -> anyhow::Result<Vec<bool>> {
+        async fn renew_many(&self, leases: &[(u16, u64)]) -> anyhow::Result<Vec<Option<bool>>> {
             if self.renew_errors.load(Ordering::Relaxed) {
                 anyhow::bail!("redis unreachable");
             }
-            Ok(vec![self.renew_ok.load(Ordering::Relaxed); leases.len()])
+            let unanswered = self.unanswered.locked();
+            Ok(leases
+                .iter()
+                .map(|(s, _)| (!unanswered.contains(s)).then(|| self.renew_ok.load(Ordering::Relaxed)))
+                .collect())
         }
         async fn release(&self, _shard: u16, _epoch: u64) -> anyhow::Result<bool> {
             Ok(true)
@@ -363,6 +403,7 @@ mod tests {
             renew_ok: AtomicBool::new(true),
             renew_errors: AtomicBool::new(false),
             next_epoch: AtomicU64::new(1),
+            unanswered: Mutex::default(),
         });
         let lost = Arc::new(Mutex::new(Vec::new()));
         let l = lost.clone();
@@ -392,6 +433,22 @@ mod tests {
         shards.renew_once().await;
         assert_eq!(*lost.locked(), vec![7]);
         assert!(shards.get(7).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_without_answer_fences_only_its_own_shard() {
+        let (fake, shards, lost) = table();
+        let Placement::Here(a) = shards.acquire(1).await.unwrap() else { panic!("not granted") };
+        let Placement::Here(b) = shards.acquire(2).await.unwrap() else { panic!("not granted") };
+        // Shard 2's Redis Cluster primary stops answering; shard 1's keeps renewing.
+        fake.unanswered.locked().push(2);
+        for _ in 0..5 {
+            tokio::time::advance(Duration::from_secs(2)).await;
+            shards.renew_once().await;
+        }
+        assert!(a.is_valid(), "the shard whose primary answers is kept");
+        assert!(!b.is_valid(), "the shard without answers self-fenced");
+        assert_eq!(*lost.locked(), vec![2]);
     }
 
     #[tokio::test(start_paused = true)]

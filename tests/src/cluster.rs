@@ -1,13 +1,17 @@
-//! `TestCluster`: a real `redis-server` on a free port, N nodes and M gateways on `127.0.0.1:0`,
-//! all in this process but talking over real sockets (gRPC between gateways and nodes, Redis
-//! over TCP). Dropping the cluster stops everything.
+//! `TestCluster`: a real `redis-server` on a free port (or a real 3-primary Redis Cluster), N
+//! nodes and M gateways on `127.0.0.1:0`, all in this process but talking over real sockets
+//! (gRPC between gateways and nodes, Redis over TCP). Dropping the cluster stops everything.
+//!
+//! `TestCluster::builder().redis_cluster()` runs the nodes and gateways on a Redis Cluster; so
+//! does every builder when `PARTYLINE_TEST_REDIS=cluster` is set, which is how the whole
+//! cluster suite runs against Redis Cluster too (scripts/test.sh does both).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use partyline::{Env, Limits, PartyRegistry};
 use partyline_node::client::{Auth, Client};
-use partyline_node::redis::testing::RedisServer;
+use partyline_node::redis::testing::{RedisCluster, RedisServer};
 use partyline_node::redis::{Redis, RedisConfig};
 use partyline_node::server::{NodeConfig, Rebalance};
 use partyline_node::shards::LeaseTiming;
@@ -67,6 +71,45 @@ impl Drop for Process {
     }
 }
 
+/// The Redis a test cluster runs on.
+pub enum TestRedis {
+    /// One `redis-server`.
+    Single(RedisServer),
+    /// A Redis Cluster.
+    Cluster(RedisCluster),
+}
+
+impl TestRedis {
+    /// The URL nodes and gateways are given.
+    pub fn url(&self) -> String {
+        match self {
+            TestRedis::Single(s) => s.url(),
+            TestRedis::Cluster(c) => c.url(),
+        }
+    }
+}
+
+/// Which Redis a builder starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RedisKind {
+    Single,
+    /// A Redis Cluster of 3 primaries with this many replicas each.
+    Cluster {
+        replicas: usize,
+    },
+}
+
+impl RedisKind {
+    /// `PARTYLINE_TEST_REDIS=cluster` turns every test cluster into one on Redis Cluster.
+    fn from_env() -> Self {
+        match std::env::var("PARTYLINE_TEST_REDIS").as_deref() {
+            Ok("cluster") => RedisKind::Cluster { replicas: 0 },
+            Ok("") | Ok("single") | Err(_) => RedisKind::Single,
+            Ok(other) => panic!("PARTYLINE_TEST_REDIS={other}: use `single` or `cluster`"),
+        }
+    }
+}
+
 /// How to build a test cluster.
 pub struct Builder {
     nodes: usize,
@@ -74,6 +117,7 @@ pub struct Builder {
     limits: Limits,
     rebalance: Rebalance,
     parties: Option<(PartyRegistry, Env)>,
+    redis: RedisKind,
 }
 
 impl Builder {
@@ -107,9 +151,24 @@ impl Builder {
         self
     }
 
+    /// Runs on a Redis Cluster of 3 primaries instead of one Redis server.
+    pub fn redis_cluster(mut self) -> Self {
+        self.redis = RedisKind::Cluster { replicas: 0 };
+        self
+    }
+
+    /// Runs on a Redis Cluster of 3 primaries with one replica each (for failovers).
+    pub fn redis_cluster_with_replicas(mut self) -> Self {
+        self.redis = RedisKind::Cluster { replicas: 1 };
+        self
+    }
+
     /// Starts Redis, the nodes (waiting until all are registered), then the gateways.
     pub async fn start(self) -> TestCluster {
-        let redis = RedisServer::start();
+        let redis = match self.redis {
+            RedisKind::Single => TestRedis::Single(RedisServer::start()),
+            RedisKind::Cluster { replicas } => TestRedis::Cluster(RedisCluster::start_with_replicas(3, replicas)),
+        };
         let (parties, env) = self.parties.unwrap_or_else(|| (all_parties(), Env::default()));
         let mut cluster = TestCluster {
             redis,
@@ -133,8 +192,8 @@ impl Builder {
 
 /// A cluster under test.
 pub struct TestCluster {
-    /// The Redis server.
-    pub redis: RedisServer,
+    /// The Redis server or Redis Cluster.
+    pub redis: TestRedis,
     /// The nodes, in start order.
     pub nodes: Vec<Process>,
     /// The gateways, in start order.
@@ -148,7 +207,22 @@ pub struct TestCluster {
 impl TestCluster {
     /// A builder: 1 node and 1 gateway by default, fast lease timing.
     pub fn builder() -> Builder {
-        Builder { nodes: 1, gateways: 1, limits: Limits::default(), rebalance: Rebalance::default(), parties: None }
+        Builder {
+            nodes: 1,
+            gateways: 1,
+            limits: Limits::default(),
+            rebalance: Rebalance::default(),
+            parties: None,
+            redis: RedisKind::from_env(),
+        }
+    }
+
+    /// The Redis Cluster this runs on; panics on a single Redis server.
+    pub fn redis_cluster(&self) -> &RedisCluster {
+        match &self.redis {
+            TestRedis::Cluster(c) => c,
+            TestRedis::Single(_) => panic!("this test cluster runs on one Redis server, not a Redis Cluster"),
+        }
     }
 
     /// Redis settings of this cluster.

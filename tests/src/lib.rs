@@ -15,6 +15,7 @@
 
 pub mod checks;
 pub mod cluster;
+pub mod deploy;
 pub mod load;
 pub mod parties;
 pub mod procs;

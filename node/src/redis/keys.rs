@@ -3,7 +3,8 @@
 //!
 //! Every key starts with a configurable prefix (default `pl`). Every key of one virtual shard
 //! carries the hash tag `{s<shard>}`, so a shard's keys map to one Redis Cluster slot and one Lua
-//! script may touch them all (the lease check and the write it guards).
+//! script may touch them all (the lease check and the write it guards, the room's alarm and the
+//! shard's alarm index).
 //!
 //! | Key | Type | Contents |
 //! |---|---|---|
@@ -12,23 +13,28 @@
 //! | `pl:{s<shard>}:k:<room tag>` | ZSET | the room's keys, all with score 0, so `ZRANGEBYLEX` walks them in byte order (= UTF-8 order) |
 //! | `pl:{s<shard>}:v:<room tag>` | HASH | the room's key → value |
 //! | `pl:{s<shard>}:a:<room tag>` | STRING | the room's alarm time (ms since the Unix epoch, decimal) |
-//! | `pl:alarms` | ZSET | member `<alarm member>`, score = alarm time in ms: every room's alarm, in time order |
+//! | `pl:{s<shard>}:alarms` | ZSET | member `<alarm member>`, score = alarm time in ms: the shard's rooms with an alarm, in time order |
+//! | `pl:{s<shard>}:cluster` | STRING | Redis Cluster only: the shard's copy of the cluster marker (see [`super::marker`]) |
+//! | `pl:cluster` | STRING | the cluster marker: written once when the first node starts on an empty Redis; a Redis without it has lost the cluster's data (see [`super::marker`]) |
 //! | `pl:node:<id>` | STRING | JSON [`NodeInfo`](super::NodeInfo) of a live node, `PX` = membership TTL |
 //! | `pl:members` | SET | ids of nodes that have heartbeated (pruned when their node key has expired) |
-//! | `pl:cluster` | STRING | the cluster marker: written once when the first node starts on an empty Redis; a Redis without it has lost the cluster's data (see [`super::marker`]) |
+//! | `pl:alarms` | ZSET | obsolete: the single alarm index of earlier versions; its entries are moved to the shards' indexes (see [`super::alarms`]) |
+//!
+//! On a Redis Cluster the two membership keys carry the hash tag `{m}` (`pl:{m}:node:<id>`,
+//! `pl:{m}:members`), so the membership scripts, which touch both, run on one primary.
 //!
 //! Channels: `pl:members` (a node joined, changed or left; message: the node id) and `pl:owners`
-//! (a shard lease was granted or released; message: the shard number).
+//! (a shard lease was granted or released; message: the shard number). They are ordinary
+//! pub/sub channels, which a Redis Cluster forwards to every node.
 //!
 //! The *room tag* is `<len(party)>:<party>/<room>` with the party's length in bytes, in decimal:
 //! the length makes it unambiguous whatever bytes the party or room contain (`ab`/`c` is
 //! `2:ab/c`, `a`/`bc` is `1:a/bc`). The *alarm member* is `<shard>:<room tag>`.
 //!
-//! **Cross-shard keys.** `pl:alarms`, the membership keys and the channels carry no shard tag.
-//! We run against a single Redis (or Redis with Sentinel), where that is fine; the commit script
-//! touches `pl:alarms` together with the shard's keys, which Redis Cluster would refuse as
-//! CROSSSLOT. Running on Redis Cluster would need a per-shard alarm index
-//! (`pl:{s<shard>}:alarms`) read shard by shard.
+//! **No cross-slot command.** Every command and script touches the keys of one shard, or one
+//! membership or marker key (or, on a Redis Cluster, the two `{m}` keys). Work over many
+//! shards (renewing leases, reading alarm indexes) is many such commands, pipelined on one
+//! server and sent concurrently to the owning primaries on a cluster.
 
 use partyline::store::RoomKey;
 
@@ -41,6 +47,7 @@ pub const DEFAULT_PREFIX: &str = "pl";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Keys {
     prefix: String,
+    cluster: bool,
 }
 
 impl Keys {
@@ -52,7 +59,18 @@ impl Keys {
                 "key prefix {prefix:?} must be non-empty, without braces or whitespace"
             )));
         }
-        Ok(Keys { prefix: prefix.to_string() })
+        Ok(Keys { prefix: prefix.to_string(), cluster: false })
+    }
+
+    /// The layout under `prefix` on a Redis Cluster: membership keys share one hash tag, and
+    /// every shard keeps a copy of the cluster marker.
+    pub fn for_cluster(prefix: &str) -> Result<Self> {
+        Ok(Keys { cluster: true, ..Keys::new(prefix)? })
+    }
+
+    /// Whether this is the Redis Cluster layout.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
     }
 
     /// The prefix.
@@ -80,6 +98,11 @@ impl Keys {
         format!("{}:cluster", self.prefix)
     }
 
+    /// The shard's copy of the cluster marker (Redis Cluster only).
+    pub fn shard_marker(&self, shard: u16) -> String {
+        self.shard(shard) + "cluster"
+    }
+
     /// The ZSET of the room's keys.
     pub fn room_keys(&self, shard: u16, room: &RoomKey) -> String {
         format!("{}k:{}", self.shard(shard), room_tag(room))
@@ -95,19 +118,33 @@ impl Keys {
         format!("{}a:{}", self.shard(shard), room_tag(room))
     }
 
-    /// The global alarm index (the one cross-shard key of room storage).
-    pub fn alarms(&self) -> String {
+    /// The shard's alarm index.
+    pub fn shard_alarms(&self, shard: u16) -> String {
+        self.shard(shard) + "alarms"
+    }
+
+    /// The single alarm index of earlier versions, read only to move its entries.
+    pub fn legacy_alarms(&self) -> String {
         format!("{}:alarms", self.prefix)
+    }
+
+    /// The start of the membership keys: `pl:` or, on a cluster, `pl:{m}:`.
+    fn membership(&self) -> String {
+        if self.cluster {
+            format!("{}:{{m}}:", self.prefix)
+        } else {
+            format!("{}:", self.prefix)
+        }
     }
 
     /// A live node's record.
     pub fn node(&self, id: &str) -> String {
-        format!("{}:node:{id}", self.prefix)
+        format!("{}node:{id}", self.membership())
     }
 
     /// The set of node ids.
     pub fn members(&self) -> String {
-        format!("{}:members", self.prefix)
+        self.membership() + "members"
     }
 
     /// Channel announcing membership changes (message: node id).
@@ -126,7 +163,7 @@ pub fn room_tag(room: &RoomKey) -> String {
     format!("{}:{}/{}", room.party.len(), room.party, room.room)
 }
 
-/// `<shard>:<room tag>`: a room's member in the global alarm index.
+/// `<shard>:<room tag>`: a room's member in its shard's alarm index.
 pub fn alarm_member(shard: u16, room: &RoomKey) -> String {
     format!("{shard}:{}", room_tag(room))
 }
@@ -176,11 +213,22 @@ mod tests {
         assert_eq!(k.room_keys(12, &room), "pl:{s12}:k:4:main/a:b/c");
         assert_eq!(k.room_values(12, &room), "pl:{s12}:v:4:main/a:b/c");
         assert_eq!(k.room_alarm(12, &room), "pl:{s12}:a:4:main/a:b/c");
-        assert_eq!(k.alarms(), "pl:alarms");
+        assert_eq!(k.shard_alarms(12), "pl:{s12}:alarms");
+        assert_eq!(k.legacy_alarms(), "pl:alarms");
+        assert_eq!(k.cluster(), "pl:cluster");
         assert_eq!(k.node("n1"), "pl:node:n1");
         assert_eq!(k.members(), "pl:members");
+        assert_eq!(k.members_channel(), "pl:members");
         assert_eq!(k.owners_channel(), "pl:owners");
         assert_eq!(alarm_member(12, &room), "12:4:main/a:b/c");
+        // On a Redis Cluster: the same shard keys, membership under one hash tag.
+        let c = Keys::for_cluster("pl").unwrap();
+        assert_eq!(c.room_values(12, &room), k.room_values(12, &room));
+        assert_eq!(c.shard_marker(12), "pl:{s12}:cluster");
+        assert_eq!(c.node("n1"), "pl:{m}:node:n1");
+        assert_eq!(c.members(), "pl:{m}:members");
+        assert_eq!(c.members_channel(), "pl:members");
+        assert!(Keys::for_cluster("a{").is_err());
     }
 
     #[test]

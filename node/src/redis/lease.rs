@@ -13,7 +13,14 @@
 //! - **renew**: `(inc, epoch)` must match, then `PEXPIRE`.
 //! - **release**: `(inc, epoch)` must match, then `DEL`.
 //!
-//! Grants and releases are published on `pl:owners` (message: the shard number). Times are only
+//! Leases given the cluster marker ([`Leases::expecting_marker`]) grant a shard only while the
+//! marker is there, in the same script: on one Redis server the marker itself (a Redis that came
+//! back without its data grants nothing, even before the node's periodic marker check notices),
+//! on a Redis Cluster the shard's copy of it (a shard whose copy is gone lives on a primary that
+//! lost its data). Otherwise acquire fails with [`Error::Lost`].
+//!
+//! Grants and releases are published on `pl:owners` (message: the shard number), from inside the
+//! scripts (an ordinary `PUBLISH`, which a Redis Cluster forwards to every node). Times are only
 //! compared on Redis's clock: a lease is free once Redis has expired it. The holder must stop
 //! using the lease at its own self-fence deadline (renew *sent* + TTL − margin), but safety does
 //! not depend on it: every write is checked against the lease epoch by Redis.
@@ -21,15 +28,26 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use ::redis::aio::ConnectionManager;
 use ::redis::{Script, Value};
 
+use super::conn::Connection;
 use super::keys::Keys;
 use super::{Error, Result};
 
-/// KEYS: lease, epoch counter. ARGV: owner, inc, addr, ttl ms, owners channel, shard.
-/// Returns `{'granted', epoch}` or `{'held', owner, addr, epoch}`.
+/// KEYS: lease, epoch counter[, the cluster marker or the shard's copy of it]. ARGV: owner, inc,
+/// addr, ttl ms, owners channel, shard[, expected marker, `copy` or `marker`]. Returns
+/// `{'granted', epoch}`, `{'held', owner, addr, epoch}` or `{'lost'}` (the marker is missing, or
+/// on one Redis server holds another cluster's value). A shard's marker copy with another value
+/// (left by a cluster started before on this Redis, or by a node that lost the race to create
+/// the cluster) is taken over.
 const ACQUIRE: &str = r#"
+if KEYS[3] then
+  local m = redis.call('GET', KEYS[3])
+  if not m then return {'lost'} end
+  if m ~= ARGV[7] then
+    if ARGV[8] == 'copy' then redis.call('SET', KEYS[3], ARGV[7]) else return {'lost'} end
+  end
+end
 local cur = redis.call('HMGET', KEYS[1], 'owner', 'inc', 'epoch', 'addr')
 if cur[2] and cur[3] and cur[2] ~= ARGV[2] then
   return {'held', cur[1] or '', cur[4] or '', cur[3]}
@@ -111,8 +129,9 @@ pub struct LeaseInfo {
 /// Shard leases; see the module docs. Cheap to clone (shares the connection).
 #[derive(Clone)]
 pub struct Leases {
-    conn: ConnectionManager,
+    conn: Connection,
     keys: Keys,
+    marker: Option<String>,
 }
 
 impl std::fmt::Debug for Leases {
@@ -132,26 +151,34 @@ fn parse_epoch(s: &str) -> Result<u64> {
 
 impl Leases {
     /// Leases over `conn` with the key layout `keys` (usually from [`super::Redis::leases`]).
-    pub fn new(conn: ConnectionManager, keys: Keys) -> Self {
-        Leases { conn, keys }
+    pub fn new(conn: Connection, keys: Keys) -> Self {
+        Leases { conn, keys, marker: None }
+    }
+
+    /// These leases, granting a shard only while the cluster marker `marker` is in Redis (on a
+    /// Redis Cluster, the shard's copy of it; see [`super::marker`]).
+    pub fn expecting_marker(mut self, marker: &str) -> Self {
+        self.marker = Some(marker.to_string());
+        self
     }
 
     /// Tries to take the lease of `shard` for `ttl`, announcing `node_id` and `addr` as its
     /// owner. A lease our incarnation `inc` already holds is granted again under a new epoch,
     /// which fences whatever still writes under the old one.
     pub async fn acquire(&self, shard: u16, node_id: &str, inc: &str, addr: &str, ttl: Duration) -> Result<Acquire> {
-        let reply: Vec<String> = ACQUIRE_SCRIPT
-            .key(self.keys.lease(shard))
-            .key(self.keys.epoch(shard))
-            .arg(node_id)
-            .arg(inc)
-            .arg(addr)
-            .arg(ttl_ms(ttl))
-            .arg(self.keys.owners_channel())
-            .arg(shard)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
+        let mut script = ACQUIRE_SCRIPT.key(self.keys.lease(shard));
+        script.key(self.keys.epoch(shard));
+        script.arg(node_id).arg(inc).arg(addr).arg(ttl_ms(ttl)).arg(self.keys.owners_channel()).arg(shard);
+        if let Some(marker) = &self.marker {
+            if self.keys.is_cluster() {
+                script.key(self.keys.shard_marker(shard)).arg(marker).arg("copy");
+            } else {
+                script.key(self.keys.cluster()).arg(marker).arg("marker");
+            }
+        }
+        let reply: Vec<String> = script.invoke_async(&mut self.conn.clone()).await?;
         match reply.as_slice() {
+            [tag] if tag == "lost" => Err(Error::Lost(shard)),
             [tag, epoch] if tag == "granted" => Ok(Acquire::Granted { epoch: parse_epoch(epoch)? }),
             [tag, owner, addr, epoch] if tag == "held" => {
                 Ok(Acquire::Held { owner: owner.clone(), addr: addr.clone(), epoch: parse_epoch(epoch)? })
@@ -173,31 +200,57 @@ impl Leases {
         Ok(renewed == 1)
     }
 
-    /// [`Leases::renew`] for many shards in one round trip (one pipeline); the answers are in the
-    /// order of `leases`.
-    pub async fn renew_many(&self, leases: &[(u16, u64)], inc: &str, ttl: Duration) -> Result<Vec<bool>> {
+    /// [`Leases::renew`] for many shards: one pipeline on one Redis server, concurrent commands
+    /// to the primaries of a Redis Cluster. The answers are in the order of `leases`: `Some(held)`,
+    /// or `None` for a lease whose Redis primary did not answer (its deadline must not move,
+    /// but a primary that fails over does not take the other primaries' shards down with it).
+    /// An error when no lease got an answer.
+    pub async fn renew_many(&self, leases: &[(u16, u64)], inc: &str, ttl: Duration) -> Result<Vec<Option<bool>>> {
         if leases.is_empty() {
             return Ok(Vec::new());
         }
         let ttl = ttl_ms(ttl);
-        let mut pipe = ::redis::pipe();
+        let cmds = |which: &[usize]| {
+            which
+                .iter()
+                .map(|&i| {
+                    let (shard, epoch) = leases[i];
+                    let mut cmd = ::redis::cmd("EVALSHA");
+                    cmd.arg(RENEW_SCRIPT.get_hash()).arg(1).arg(self.keys.lease(shard)).arg(inc).arg(epoch).arg(ttl);
+                    cmd
+                })
+                .collect::<Vec<_>>()
+        };
+        let all: Vec<usize> = (0..leases.len()).collect();
         // Loading first makes the EVALSHAs after it safe even right after a Redis restart (which
-        // forgets scripts); for a script already loaded it costs one hash lookup.
-        pipe.cmd("SCRIPT").arg("LOAD").arg(RENEW).ignore();
-        for (shard, epoch) in leases {
-            pipe.cmd("EVALSHA")
-                .arg(RENEW_SCRIPT.get_hash())
-                .arg(1)
-                .arg(self.keys.lease(*shard))
-                .arg(inc)
-                .arg(*epoch)
-                .arg(ttl);
+        // forgets scripts): on one server it rides in the same pipeline, and for a script
+        // already loaded it costs one hash lookup.
+        let mut load = ::redis::cmd("SCRIPT");
+        load.arg("LOAD").arg(RENEW);
+        let mut answers = self.conn.each_after(Some(load), cmds(&all)).await;
+        // A primary that took over meanwhile may not have the script: load it and send those
+        // again.
+        let missing: Vec<usize> = (0..answers.len()).filter(|&i| is_noscript(&answers[i])).collect();
+        if !missing.is_empty() {
+            ::redis::cmd("SCRIPT").arg("LOAD").arg(RENEW).query_async::<Value>(&mut self.conn.clone()).await?;
+            for (i, answer) in missing.iter().zip(self.conn.each(cmds(&missing)).await) {
+                answers[*i] = answer;
+            }
         }
-        let answers: Vec<i64> = pipe.query_async(&mut self.conn.clone()).await?;
-        if answers.len() != leases.len() {
-            return Err(Error::Protocol(format!("renew_many: {} answers for {} leases", answers.len(), leases.len())));
+        if answers.iter().all(|a| a.is_err()) {
+            return Err(answers.into_iter().find_map(|a| a.err()).expect("one answer per lease").into());
         }
-        Ok(answers.into_iter().map(|a| a == 1).collect())
+        answers
+            .into_iter()
+            .map(|a| match a {
+                Ok(Value::Int(n)) => Ok(Some(n == 1)),
+                Ok(other) => Err(Error::Protocol(format!("renew answered {other:?}"))),
+                Err(e) => {
+                    tracing::debug!(error = %e, "a lease renewal got no answer");
+                    Ok(None)
+                }
+            })
+            .collect()
     }
 
     /// Gives up the lease of `shard` if `(inc, epoch)` hold it; `false` if they did not.
@@ -239,13 +292,27 @@ impl Leases {
         if shards.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = ::redis::pipe();
-        for shard in shards {
-            pipe.cmd("HMGET").arg(self.keys.lease(*shard)).arg(&["owner", "inc", "addr", "epoch"]);
-        }
-        let rows: Vec<Vec<Value>> = pipe.query_async(&mut self.conn.clone()).await?;
-        rows.into_iter().map(parse_info).collect()
+        let cmds = shards
+            .iter()
+            .map(|shard| {
+                let mut cmd = ::redis::cmd("HMGET");
+                cmd.arg(self.keys.lease(*shard)).arg(&["owner", "inc", "addr", "epoch"]);
+                cmd
+            })
+            .collect();
+        self.conn
+            .each(cmds)
+            .await
+            .into_iter()
+            .map(|row| {
+                parse_info(::redis::from_redis_value(row?).map_err(|e| Error::Protocol(format!("lease HMGET: {e}")))?)
+            })
+            .collect()
     }
+}
+
+fn is_noscript(answer: &::redis::RedisResult<Value>) -> bool {
+    matches!(answer, Err(e) if matches!(e.kind(), ::redis::ErrorKind::Server(::redis::ServerErrorKind::NoScript)))
 }
 
 /// One `HMGET owner inc addr epoch` row; `None` when the lease does not exist.
@@ -272,12 +339,8 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::redis::testing::RedisServer;
-    use crate::redis::{Redis, RedisConfig};
-
-    async fn connect(server: &RedisServer) -> Redis {
-        Redis::connect(RedisConfig::new(server.url())).await.unwrap()
-    }
+    use crate::redis::testing::{self, RedisCluster, RedisServer};
+    use crate::redis::Redis;
 
     fn granted(a: Acquire) -> u64 {
         match a {
@@ -288,10 +351,10 @@ mod tests {
 
     const LONG: Duration = Duration::from_secs(60);
 
-    #[tokio::test]
-    async fn acquire_grants_then_reports_the_holder() {
-        let server = RedisServer::start();
-        let redis = connect(&server).await;
+    // Each check runs against one Redis server (a test each) and against a 3-primary Redis
+    // Cluster (all of them in one test, each under its own key prefix).
+
+    async fn acquire_grants_then_reports_the_holder(redis: Redis) {
         let leases = redis.leases();
         let e = granted(leases.acquire(7, "node-a", "node-a#1", "10.0.0.1:7000", LONG).await.unwrap());
         assert_eq!(
@@ -312,10 +375,7 @@ mod tests {
         assert_eq!(all.iter().map(|o| o.as_ref().map(|i| i.epoch)).collect::<Vec<_>>(), vec![None, Some(e2), None]);
     }
 
-    #[tokio::test]
-    async fn epochs_strictly_increase_and_are_floored_by_redis_time() {
-        let server = RedisServer::start();
-        let redis = connect(&server).await;
+    async fn epochs_strictly_increase_and_are_floored_by_redis_time(redis: Redis) {
         let leases = redis.leases();
         let mut last = 0;
         for i in 0..5 {
@@ -332,15 +392,13 @@ mod tests {
         assert!(leases.release(4, "x", a).await.unwrap());
         let b = granted(leases.acquire(4, "n", "y", "a", LONG).await.unwrap());
         assert!(b > a);
-        // Shards have independent counters, but every epoch is time-floored.
+        // Shards have independent counters, but every epoch is time-floored (on a cluster, by
+        // the clock of the primary that serves the shard: the test primaries share one clock).
         let other = granted(leases.acquire(5, "n", "z", "a", LONG).await.unwrap());
         assert!(other >= a);
     }
 
-    #[tokio::test]
-    async fn renew_only_by_the_holder_and_only_while_held() {
-        let server = RedisServer::start();
-        let redis = connect(&server).await;
+    async fn renew_only_by_the_holder_and_only_while_held(redis: Redis) {
         let leases = redis.leases();
         let e = granted(leases.acquire(1, "a", "a#1", "x", Duration::from_millis(400)).await.unwrap());
         assert!(!leases.renew(1, "b#1", e, LONG).await.unwrap(), "another incarnation renewed");
@@ -360,10 +418,7 @@ mod tests {
         assert_eq!(leases.owner(1).await.unwrap(), None, "renew must not resurrect an expired lease");
     }
 
-    #[tokio::test]
-    async fn release_only_by_the_holder() {
-        let server = RedisServer::start();
-        let redis = connect(&server).await;
+    async fn release_only_by_the_holder(redis: Redis) {
         let leases = redis.leases();
         let e = granted(leases.acquire(2, "a", "a#1", "x", LONG).await.unwrap());
         assert!(!leases.release(2, "b#1", e).await.unwrap());
@@ -374,12 +429,14 @@ mod tests {
         assert!(!leases.release(2, "a#1", e).await.unwrap(), "released twice");
         let e2 = granted(leases.acquire(2, "b", "b#1", "y", LONG).await.unwrap());
         assert!(e2 > e);
+        // Breaking is the same compare-and-delete, by another node.
+        assert!(!leases.break_lease(2, "b#1", e2 + 1).await.unwrap());
+        assert!(leases.break_lease(2, "b#1", e2).await.unwrap());
+        assert_eq!(leases.owner(2).await.unwrap(), None);
     }
 
-    #[tokio::test]
-    async fn renew_many_answers_per_shard_in_one_pipeline() {
-        let server = RedisServer::start();
-        let redis = connect(&server).await;
+    /// Returns the leases asked for, for the restart part of the single-server test.
+    async fn renew_many_answers_per_shard(redis: Redis) -> Vec<(u16, u64)> {
         let leases = redis.leases();
         let mut mine = Vec::new();
         for shard in 0..300u16 {
@@ -394,22 +451,59 @@ mod tests {
         ask.push((1000, 1)); // no lease
         let stale = mine[0];
         ask.push((stale.0, stale.1 + 1)); // ours, wrong epoch
-        let before = evalsha_calls(&redis).await;
+        let before = testing::command_calls(&redis, "evalsha").await;
         let got = leases.renew_many(&ask, "me", Duration::from_secs(30)).await.unwrap();
-        let mut want = vec![true; mine.len()];
-        want.extend([false, false, false]);
+        let mut want = vec![Some(true); mine.len()];
+        want.extend([Some(false), Some(false), Some(false)]);
         assert_eq!(got, want);
-        assert_eq!(evalsha_calls(&redis).await - before, ask.len() as u64, "one script call per shard");
+        let calls = testing::command_calls(&redis, "evalsha").await - before;
+        assert_eq!(calls, ask.len() as u64, "one script call per shard");
         assert!(leases.renew_many(&[], "me", LONG).await.unwrap().is_empty());
+        ask
+    }
 
+    async fn single(prefix: &str) -> (RedisServer, Redis) {
+        let server = RedisServer::start();
+        let redis = testing::connect(&server.url(), prefix).await;
+        (server, redis)
+    }
+
+    #[tokio::test]
+    async fn acquire_grants_then_reports_the_holder_single() {
+        let (_server, redis) = single("pl").await;
+        acquire_grants_then_reports_the_holder(redis).await;
+    }
+
+    #[tokio::test]
+    async fn epochs_strictly_increase_and_are_floored_by_redis_time_single() {
+        let (_server, redis) = single("pl").await;
+        epochs_strictly_increase_and_are_floored_by_redis_time(redis).await;
+    }
+
+    #[tokio::test]
+    async fn renew_only_by_the_holder_and_only_while_held_single() {
+        let (_server, redis) = single("pl").await;
+        renew_only_by_the_holder_and_only_while_held(redis).await;
+    }
+
+    #[tokio::test]
+    async fn release_only_by_the_holder_single() {
+        let (_server, redis) = single("pl").await;
+        release_only_by_the_holder(redis).await;
+    }
+
+    #[tokio::test]
+    async fn renew_many_answers_per_shard_in_one_pipeline_single() {
+        let (mut server, redis) = single("pl").await;
+        let ask = renew_many_answers_per_shard(redis.clone()).await;
         // Right after a restart Redis has forgotten the scripts: renew_many still answers.
-        let mut server = server;
         server.restart();
+        let leases = redis.leases();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             match leases.renew_many(&ask[..2], "me", LONG).await {
                 Ok(got) => {
-                    assert_eq!(got, vec![false, false], "the leases died with the server");
+                    assert_eq!(got, vec![Some(false), Some(false)], "the leases died with the server");
                     break;
                 }
                 Err(e) => assert!(Instant::now() < deadline, "{e}"),
@@ -418,13 +512,54 @@ mod tests {
         }
     }
 
-    /// `INFO commandstats` calls of EVALSHA so far.
-    async fn evalsha_calls(redis: &Redis) -> u64 {
-        let info: String = ::redis::cmd("INFO").arg("commandstats").query_async(&mut redis.connection()).await.unwrap();
-        info.lines()
-            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-            .and_then(|rest| rest.split(',').next())
-            .map_or(0, |n| n.parse().unwrap())
+    #[tokio::test]
+    async fn the_lease_checks_pass_on_a_redis_cluster() {
+        let cluster = RedisCluster::start(3);
+        let url = cluster.url();
+        let redis = |prefix: &'static str| testing::connect(&url, prefix);
+        tokio::join!(
+            async { acquire_grants_then_reports_the_holder(redis("c1").await).await },
+            async { epochs_strictly_increase_and_are_floored_by_redis_time(redis("c2").await).await },
+            async { renew_only_by_the_holder_and_only_while_held(redis("c3").await).await },
+            async { release_only_by_the_holder(redis("c4").await).await },
+        );
+        // Alone, so the script call count is its own.
+        renew_many_answers_per_shard(redis("c5").await).await;
+        // The 300 leases are spread over the three primaries.
+        for port in cluster.primaries() {
+            let leases = cluster.keys_on(port, "c5:*:lease");
+            assert!(leases.len() > 50, "primary {port} holds {} of the 300 leases", leases.len());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_primary_that_does_not_answer_fails_only_its_own_renewals() {
+        let cluster = RedisCluster::start(3);
+        let redis = testing::connect(&cluster.url(), "pl").await;
+        let leases = redis.leases();
+        let mut held = Vec::new();
+        for shard in 0..60u16 {
+            held.push((shard, granted(leases.acquire(shard, "me", "me", "x", LONG).await.unwrap())));
+        }
+        let stalled = cluster.primary_of(cluster.slot_of(&redis.keys().lease(0)));
+        cluster.pause(stalled);
+        let got = leases.renew_many(&held, "me", LONG).await.unwrap();
+        cluster.resume(stalled);
+        for ((shard, _), answer) in held.iter().zip(&got) {
+            let on_stalled = cluster.primary_of(cluster.slot_of(&redis.keys().lease(*shard))) == stalled;
+            assert_eq!(*answer, if on_stalled { None } else { Some(true) }, "shard {shard}");
+        }
+        assert!(got.iter().filter(|a| a.is_none()).count() >= 5, "{got:?}");
+        // Once it answers again, every renewal goes through.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = leases.renew_many(&held, "me", LONG).await.unwrap();
+            if got.iter().all(|a| *a == Some(true)) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{got:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Run with `cargo test -p partyline-node redis::lease::tests::renew_throughput -- --ignored --nocapture`.
@@ -432,18 +567,21 @@ mod tests {
     #[ignore = "measurement, not a check"]
     async fn renew_throughput() {
         let server = RedisServer::start();
-        let redis = connect(&server).await;
-        let leases = redis.leases();
-        let mut held = Vec::new();
-        for shard in 0..partyline::placement::SHARDS {
-            held.push((shard, granted(leases.acquire(shard, "me", "me", "x", LONG).await.unwrap())));
+        let cluster = RedisCluster::start(3);
+        for (what, url) in [("one Redis", server.url()), ("a 3-primary Redis Cluster", cluster.url())] {
+            let redis = testing::connect(&url, "pl").await;
+            let leases = redis.leases();
+            let mut held = Vec::new();
+            for shard in 0..partyline::placement::SHARDS {
+                held.push((shard, granted(leases.acquire(shard, "me", "me", "x", LONG).await.unwrap())));
+            }
+            let start = Instant::now();
+            let rounds = 20;
+            for _ in 0..rounds {
+                assert!(leases.renew_many(&held, "me", LONG).await.unwrap().iter().all(|r| *r == Some(true)));
+            }
+            let per = start.elapsed() / rounds;
+            println!("renew_many of all {} shards on {what}: {per:?} per round", held.len());
         }
-        let start = Instant::now();
-        let rounds = 20;
-        for _ in 0..rounds {
-            assert!(leases.renew_many(&held, "me", LONG).await.unwrap().iter().all(|r| *r));
-        }
-        let per = start.elapsed() / rounds;
-        println!("renew_many of all {} shards: {per:?} per round", held.len());
     }
 }

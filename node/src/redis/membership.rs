@@ -5,16 +5,23 @@
 //! leaves are published on `pl:members`; lease grants and releases on `pl:owners`.
 //! [`Membership::subscribe`] turns both channels into a stream of [`Change`]s for gateways and
 //! nodes, which also re-read everything periodically (pub/sub is at-most-once).
+//!
+//! On a Redis Cluster the node keys and the member set share the hash tag `{m}` (one slot, so
+//! the scripts below run unchanged), and the channels are ordinary pub/sub channels: Redis
+//! Cluster forwards every `PUBLISH` to all its nodes, so a subscription to any one node sees
+//! every event (and a subscription whose node goes away reconnects to another one). Sharded
+//! pub/sub (`SSUBSCRIBE`) would not fit: every gateway and node wants every event, and the
+//! events (joins, lease grants) are few.
 
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use ::redis::aio::ConnectionManager;
-use ::redis::{Client, Script};
+use ::redis::Script;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use super::conn::{Connection, PubSubSource};
 use super::keys::Keys;
 use super::{Error, Result};
 
@@ -32,7 +39,8 @@ return 0
 "#;
 
 /// KEYS: members set. ARGV: node key prefix. Returns the JSON of every live member, removing the
-/// ids whose node key has expired.
+/// ids whose node key has expired. (The node keys are not declared: on a Redis Cluster they
+/// share the member set's slot.)
 const LIVE: &str = r#"
 local ids = redis.call('SMEMBERS', KEYS[1])
 local out = {}
@@ -89,8 +97,8 @@ pub enum Change {
 /// Membership; see the module docs. Cheap to clone.
 #[derive(Clone)]
 pub struct Membership {
-    client: Client,
-    conn: ConnectionManager,
+    pubsub: PubSubSource,
+    conn: Connection,
     keys: Keys,
 }
 
@@ -104,10 +112,10 @@ impl std::fmt::Debug for Membership {
 const SUBSCRIPTION_BUFFER: usize = 1024;
 
 impl Membership {
-    /// Membership over `conn`; `client` opens the pub/sub connections (usually from
+    /// Membership over `conn`; `pubsub` opens the pub/sub connections (usually from
     /// [`super::Redis::membership`]).
-    pub fn new(client: Client, conn: ConnectionManager, keys: Keys) -> Self {
-        Membership { client, conn, keys }
+    pub fn new(pubsub: PubSubSource, conn: Connection, keys: Keys) -> Self {
+        Membership { pubsub, conn, keys }
     }
 
     /// Writes `node`'s record with `ttl` and keeps it in the member set; announces it when it is
@@ -161,21 +169,21 @@ impl Membership {
     /// `Resync` once it is back) and stops when the receiver is dropped.
     pub async fn subscribe(&self) -> Result<mpsc::Receiver<Change>> {
         let channels = [self.keys.members_channel(), self.keys.owners_channel()];
-        let pubsub = open_pubsub(&self.client, &channels).await?;
+        let pubsub = open_pubsub(&self.pubsub, &channels).await?;
         let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
-        tokio::spawn(pump(self.client.clone(), channels, pubsub, tx));
+        tokio::spawn(pump(self.pubsub.clone(), channels, pubsub, tx));
         Ok(rx)
     }
 }
 
-async fn open_pubsub(client: &Client, channels: &[String; 2]) -> Result<::redis::aio::PubSub> {
-    let mut pubsub = client.get_async_pubsub().await?;
+async fn open_pubsub(source: &PubSubSource, channels: &[String; 2]) -> Result<::redis::aio::PubSub> {
+    let mut pubsub = source.open().await?;
     pubsub.subscribe(channels.as_slice()).await?;
     Ok(pubsub)
 }
 
 /// Forwards messages to `tx`, reconnecting as needed, until `tx` is closed.
-async fn pump(client: Client, channels: [String; 2], first: ::redis::aio::PubSub, tx: mpsc::Sender<Change>) {
+async fn pump(source: PubSubSource, channels: [String; 2], first: ::redis::aio::PubSub, tx: mpsc::Sender<Change>) {
     let [members, owners] = &channels;
     let mut pubsub = Some(first);
     let mut lagged = false;
@@ -185,7 +193,7 @@ async fn pump(client: Client, channels: [String; 2], first: ::redis::aio::PubSub
             Some(p) => p.into_on_message(),
             None => {
                 let opened = tokio::select! {
-                    opened = open_pubsub(&client, &channels) => opened,
+                    opened = open_pubsub(&source, &channels) => opened,
                     _ = tx.closed() => return,
                 };
                 match opened {
@@ -252,8 +260,8 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::redis::testing::RedisServer;
-    use crate::redis::{Redis, RedisConfig};
+    use crate::redis::testing::{self, RedisCluster, RedisServer};
+    use crate::redis::Redis;
 
     fn node(id: &str) -> NodeInfo {
         NodeInfo {
@@ -265,7 +273,7 @@ mod tests {
     }
 
     async fn connect(server: &RedisServer) -> Redis {
-        Redis::connect(RedisConfig::new(server.url())).await.unwrap()
+        testing::connect(&server.url(), "pl").await
     }
 
     /// The next change other than `Resync`, within a generous bound.
@@ -282,10 +290,11 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn heartbeat_lists_leave_removes() {
-        let server = RedisServer::start();
-        let m = connect(&server).await.membership();
+    // Each check runs against one Redis server (a test each) and against a 3-primary Redis
+    // Cluster (all in one test, each under its own key prefix).
+
+    async fn heartbeat_lists_leave_removes(redis: Redis) {
+        let m = redis.membership();
         let ttl = Duration::from_secs(30);
         assert!(m.live().await.unwrap().is_empty());
         assert!(m.heartbeat(&node("b"), ttl).await.unwrap(), "a new node is announced");
@@ -300,10 +309,7 @@ mod tests {
         assert_eq!(m.live().await.unwrap(), vec![node("b")]);
     }
 
-    #[tokio::test]
-    async fn a_node_without_heartbeats_expires_and_is_pruned() {
-        let server = RedisServer::start();
-        let redis = connect(&server).await;
+    async fn a_node_without_heartbeats_expires_and_is_pruned(redis: Redis) {
         let m = redis.membership();
         m.heartbeat(&node("short"), Duration::from_millis(300)).await.unwrap();
         m.heartbeat(&node("long"), Duration::from_secs(60)).await.unwrap();
@@ -321,10 +327,7 @@ mod tests {
         assert!(m.heartbeat(&node("short"), Duration::from_secs(60)).await.unwrap());
     }
 
-    #[tokio::test]
-    async fn subscribe_sees_joins_leaves_and_lease_changes() {
-        let server = RedisServer::start();
-        let redis = connect(&server).await;
+    async fn subscribe_sees_joins_leaves_and_lease_changes(redis: Redis) {
         let m = redis.membership();
         let mut rx = m.subscribe().await.unwrap();
         m.heartbeat(&node("n1"), Duration::from_secs(30)).await.unwrap();
@@ -339,6 +342,59 @@ mod tests {
         assert_eq!(next_change(&mut rx).await, Change::Owner(42));
         m.leave("n1").await.unwrap();
         assert_eq!(next_change(&mut rx).await, Change::Members("n1".into()));
+    }
+
+    #[tokio::test]
+    async fn heartbeat_lists_leave_removes_single() {
+        let server = RedisServer::start();
+        heartbeat_lists_leave_removes(connect(&server).await).await;
+    }
+
+    #[tokio::test]
+    async fn a_node_without_heartbeats_expires_and_is_pruned_single() {
+        let server = RedisServer::start();
+        a_node_without_heartbeats_expires_and_is_pruned(connect(&server).await).await;
+    }
+
+    #[tokio::test]
+    async fn subscribe_sees_joins_leaves_and_lease_changes_single() {
+        let server = RedisServer::start();
+        subscribe_sees_joins_leaves_and_lease_changes(connect(&server).await).await;
+    }
+
+    #[tokio::test]
+    async fn the_membership_checks_pass_on_a_redis_cluster_and_survive_a_node_loss() {
+        let mut cluster = RedisCluster::start(3);
+        let url = cluster.url();
+        let redis = |prefix: &'static str| testing::connect(&url, prefix);
+        tokio::join!(
+            async { heartbeat_lists_leave_removes(redis("c1").await).await },
+            async { a_node_without_heartbeats_expires_and_is_pruned(redis("c2").await).await },
+            async { subscribe_sees_joins_leaves_and_lease_changes(redis("c3").await).await },
+        );
+        // Subscribed (at a node chosen at random), events keep coming when a primary dies: the
+        // subscription either was elsewhere or moves to a live node (and says Resync).
+        let redis = redis("c4").await;
+        let m = redis.membership();
+        let mut rx = m.subscribe().await.unwrap();
+        let members_primary = cluster.primary_of(cluster.slot_of(&redis.keys().members()));
+        let victim = cluster.primaries().into_iter().find(|p| *p != members_primary).unwrap();
+        cluster.kill(victim);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut n = 0;
+        'outer: loop {
+            n += 1;
+            let id = format!("after{n}");
+            if m.heartbeat(&node(&id), Duration::from_secs(30)).await.is_ok() {
+                let wait = Instant::now() + Duration::from_secs(3);
+                while let Ok(Some(change)) = tokio::time::timeout_at(wait.into(), rx.recv()).await {
+                    if change == Change::Members(id.clone()) {
+                        break 'outer;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no event after a primary died");
+        }
     }
 
     #[tokio::test]

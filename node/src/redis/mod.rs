@@ -1,29 +1,35 @@
-//! The Redis layer of the owner node: room storage ([`RedisStore`]), shard leases ([`Leases`]) and
-//! cluster membership ([`Membership`]), all over one auto-reconnecting connection.
+//! The Redis layer of the owner node: room storage ([`RedisStore`]), shard leases ([`Leases`]),
+//! cluster membership ([`Membership`]) and the cluster marker ([`Marker`]), all over one
+//! auto-reconnecting connection to one Redis server or to a Redis Cluster.
 //!
-//! [`Redis::connect`] builds a [`ConnectionManager`] once (failing
-//! within the connect timeout, with the URL in the message, when Redis is down) and hands out the
-//! three parts, which share it. Each of them is cheap to clone.
+//! [`Redis::connect`] parses the URL (`redis://…` one server, `redis+cluster://host:port,…` a
+//! Redis Cluster; see [`conn`]), connects once (failing within the connect timeout, with the
+//! URL in the message, when Redis is down) and hands out the parts, which share the connection.
+//! Each of them is cheap to clone.
 //!
 //! The key layout is in [`keys`]. Correctness rests on one rule: every storage write runs in one
 //! Lua script that first checks the writer's fence (the shard number and lease epoch) against the
 //! shard's lease hash, so a node whose lease expired or was taken over cannot write, whatever its
-//! own clock says.
+//! own clock says. Every key such a script touches carries its shard's hash tag, so on a Redis
+//! Cluster each script runs on the one primary that serves the shard's slot.
 //!
-//! [`testing`] starts throwaway `redis-server` processes for tests (also used by other crates).
+//! [`testing`] starts throwaway `redis-server` processes and Redis Clusters for tests (also used
+//! by other crates).
 
+pub mod alarms;
+pub mod conn;
 pub mod keys;
 pub mod lease;
 pub mod marker;
 pub mod membership;
+pub mod router;
 pub mod store;
 pub mod testing;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::Client;
-
+pub use conn::{Connection, Target};
 pub use keys::Keys;
 pub use lease::{Acquire, LeaseInfo, Leases};
 pub use marker::{Claim, Marker, Persistence};
@@ -50,6 +56,10 @@ pub enum Error {
     /// Redis answered something this layer does not understand (corrupt or foreign data).
     #[error("unexpected data in Redis: {0}")]
     Protocol(String),
+    /// The shard's copy of the cluster marker is gone: the Redis Cluster primary that serves it
+    /// lost its data (see [`marker`]).
+    #[error("Redis lost the data of shard {0} (its copy of the cluster marker is gone)")]
+    Lost(u16),
 }
 
 /// Result of the Redis layer.
@@ -58,7 +68,9 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// Where Redis is and how to talk to it.
 #[derive(Clone, Debug)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]`.
+    /// `redis://[user:password@]host:port[/db]` for one server, or
+    /// `redis+cluster://[user:password@]host:port[,host:port...]` for a Redis Cluster (seed
+    /// nodes; the others are discovered).
     pub url: String,
     /// First segment of every key and channel (default `pl`); see [`keys`].
     pub prefix: String,
@@ -87,58 +99,44 @@ impl Default for RedisConfig {
     }
 }
 
-/// A connected Redis: hands out the store, the leases and the membership, sharing one connection.
+/// A connected Redis: hands out the store, the leases, the membership and the marker, sharing
+/// one connection.
 #[derive(Clone)]
 pub struct Redis {
-    client: Client,
-    conn: ConnectionManager,
+    conn: Connection,
+    pubsub: conn::PubSubSource,
     keys: Keys,
     config: RedisConfig,
+    alarms: Arc<alarms::Hints>,
 }
 
 impl std::fmt::Debug for Redis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Redis").field("url", &redact(&self.config.url)).field("prefix", &self.keys.prefix()).finish()
+        f.debug_struct("Redis")
+            .field("url", &redact(&self.config.url))
+            .field("prefix", &self.keys.prefix())
+            .field("cluster", &self.conn.is_cluster())
+            .finish()
     }
 }
 
 impl Redis {
-    /// Connects (bounded by `config.connect_timeout`) and checks the server answers.
+    /// Connects (bounded by `config.connect_timeout`) and checks the server, or every primary
+    /// of a cluster, answers.
     pub async fn connect(config: RedisConfig) -> Result<Self> {
-        let keys = Keys::new(&config.prefix)?;
-        let shown = redact(&config.url);
-        // Nagle's algorithm would hold a command back until the previous one is acknowledged
-        // (up to a 40 ms delayed ACK): every command is latency-critical here.
-        let info = ::redis::IntoConnectionInfo::into_connection_info(config.url.as_str())
-            .map_err(|e| Error::Config(format!("bad Redis URL {shown}: {e}")))?
-            .set_tcp_settings(::redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let client = Client::open(info).map_err(|e| Error::Config(format!("bad Redis URL {shown}: {e}")))?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.response_timeout))
-            .set_number_of_retries(4)
-            .set_max_delay(Duration::from_secs(1));
-        let connect = async {
-            let mut conn = ConnectionManager::new_with_config(client.clone(), manager_config).await?;
-            ::redis::cmd("PING").query_async::<()>(&mut conn).await?;
-            Ok::<_, ::redis::RedisError>(conn)
+        let target = Target::parse(&config.url)?;
+        let keys = match target {
+            Target::Single(_) => Keys::new(&config.prefix)?,
+            Target::Cluster(_) => Keys::for_cluster(&config.prefix)?,
         };
-        let conn = match tokio::time::timeout(config.connect_timeout, connect).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => return Err(Error::Connect { url: shown, reason: e.to_string() }),
-            Err(_) => {
-                return Err(Error::Connect {
-                    url: shown,
-                    reason: format!("no answer within {:?}", config.connect_timeout),
-                })
-            }
-        };
-        Ok(Redis { client, conn, keys, config })
+        let (conn, pubsub) = conn::connect(&target, &config).await?;
+        Ok(Redis { conn, pubsub, keys, config, alarms: Arc::default() })
     }
 
-    /// Room storage over this connection.
+    /// Room storage over this connection. Stores of one `Redis` share what they know about
+    /// the alarm index (see [`alarms`]).
     pub fn store(&self) -> RedisStore {
-        RedisStore::new(self.conn.clone(), self.keys.clone())
+        RedisStore::new(self.conn.clone(), self.keys.clone(), self.alarms.clone())
     }
 
     /// Shard leases over this connection.
@@ -153,7 +151,7 @@ impl Redis {
 
     /// Membership over this connection (its subscriptions open their own pub/sub connections).
     pub fn membership(&self) -> Membership {
-        Membership::new(self.client.clone(), self.conn.clone(), self.keys.clone())
+        Membership::new(self.pubsub.clone(), self.conn.clone(), self.keys.clone())
     }
 
     /// The key layout in use.
@@ -166,8 +164,21 @@ impl Redis {
         &self.config
     }
 
+    /// Whether this is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.conn.is_cluster()
+    }
+
+    /// On a Redis Cluster, its primaries (`host:port`) as last seen; `None` on one server.
+    pub fn cluster_primaries(&self) -> Option<Vec<String>> {
+        match &self.conn {
+            Connection::Cluster(router) => Some(router.primaries()),
+            Connection::Single(_) => None,
+        }
+    }
+
     /// The shared connection, for commands this layer does not wrap.
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> Connection {
         self.conn.clone()
     }
 

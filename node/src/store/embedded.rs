@@ -194,6 +194,28 @@ impl Drop for EmbeddedStore {
 
 #[async_trait]
 impl Store for EmbeddedStore {
+    async fn get_fenced(
+        &self,
+        room: &RoomKey,
+        _fence: Option<&Fence>,
+        keys: &[String],
+    ) -> Result<Vec<Option<Bytes>>, StoreError> {
+        self.get(room, keys).await
+    }
+
+    async fn list_fenced(
+        &self,
+        room: &RoomKey,
+        _fence: Option<&Fence>,
+        opts: &ListOptions,
+    ) -> Result<Vec<(String, Bytes)>, StoreError> {
+        self.list(room, opts).await
+    }
+
+    async fn get_alarm_fenced(&self, room: &RoomKey, _fence: Option<&Fence>) -> Result<Option<i64>, StoreError> {
+        self.get_alarm(room).await
+    }
+
     async fn get(&self, room: &RoomKey, keys: &[String]) -> Result<Vec<Option<Bytes>>, StoreError> {
         let prefix = room_prefix(room)?;
         let keys = keys.to_vec();

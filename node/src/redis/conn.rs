@@ -1,0 +1,319 @@
+//! The connection to Redis: one server (`redis://`) or a Redis Cluster (`redis+cluster://`).
+//!
+//! [`Connection`] is what the store, the leases, the membership and the marker share: an
+//! auto-reconnecting [`ConnectionManager`] for one server, or a [`Router`] for a cluster, which
+//! learns the slot map from the seed nodes and sends each command to the primary that serves its
+//! key's slot, following `MOVED`/`ASK` and waiting out `TRYAGAIN` (see [`super::router`]). Both
+//! implement [`ConnectionLike`], so `cmd.query_async(&mut conn)` and
+//! `script.invoke_async(&mut conn)` work on either.
+//!
+//! Every command this crate sends touches one hash slot (see [`super::keys`]). Batches of such
+//! commands over many slots ([`Connection::each`]) are one pipeline on a single server and one
+//! pipeline per primary on a cluster.
+//!
+//! Pub/sub is separate ([`PubSubSource`]): a subscription is a dedicated connection to one
+//! server; in a cluster, to any node (Redis Cluster forwards every `PUBLISH` to all nodes).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, PubSub};
+use ::redis::{Client, Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisFuture, Value};
+
+use super::router::Router;
+use super::{redact, Error, RedisConfig, Result};
+
+/// The URL scheme that selects Redis Cluster: `redis+cluster://[user:password@]host:port[,host:port...]`.
+pub const CLUSTER_SCHEME: &str = "redis+cluster://";
+
+/// Where Redis is, parsed from a [`RedisConfig::url`].
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// One server (or a Sentinel-managed primary behind one address). Boxed: with TLS support
+    /// a `ConnectionInfo` is ten times the size of the cluster variant.
+    Single(Box<ConnectionInfo>),
+    /// A Redis Cluster, reached through these seed nodes (the others are discovered).
+    Cluster(Vec<ConnectionInfo>),
+}
+
+impl Target {
+    /// Parses `url`: `redis://…` is one server, `redis+cluster://host:port[,host:port…]` a
+    /// cluster (credentials, if any, apply to every node; a cluster has only database 0).
+    pub fn parse(url: &str) -> Result<Target> {
+        let shown = redact(url);
+        let bad = |why: String| Error::Config(format!("bad Redis URL {shown}: {why}"));
+        let Some(rest) = url.strip_prefix(CLUSTER_SCHEME) else {
+            let info = url.into_connection_info().map_err(|e| bad(e.to_string()))?;
+            return Ok(Target::Single(Box::new(info)));
+        };
+        let (userinfo, hosts) = match rest.rsplit_once('@') {
+            Some((user, hosts)) => (format!("{user}@"), hosts),
+            None => (String::new(), rest),
+        };
+        let hosts = hosts.strip_suffix("/0").or_else(|| hosts.strip_suffix('/')).unwrap_or(hosts);
+        if hosts.contains(['/', '?', '#']) {
+            return Err(bad(
+                "a Redis Cluster URL is a list of host:port seeds, without a path, a database or options".into()
+            ));
+        }
+        let seeds = hosts
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(|h| format!("redis://{userinfo}{h}").into_connection_info().map_err(|e| bad(format!("seed {h}: {e}"))))
+            .collect::<Result<Vec<_>>>()?;
+        if seeds.is_empty() {
+            return Err(bad("no seed node (redis+cluster://host:port[,host:port...])".into()));
+        }
+        Ok(Target::Cluster(seeds))
+    }
+}
+
+/// Nagle's algorithm would hold a command back until the previous one is acknowledged (up to a
+/// 40 ms delayed ACK): every command is latency-critical here.
+fn nodelay(info: ConnectionInfo) -> ConnectionInfo {
+    info.set_tcp_settings(::redis::io::tcp::TcpSettings::default().set_nodelay(true))
+}
+
+/// One connection to Redis, single server or cluster; see the module docs. Cheap to clone.
+#[derive(Clone)]
+pub enum Connection {
+    /// One server.
+    Single(ConnectionManager),
+    /// A Redis Cluster.
+    Cluster(Arc<Router>),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(c) => c.req_packed_command(cmd),
+            Connection::Cluster(r) => Box::pin(async move { r.run(cmd).await }),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            // A pipeline may span slots: its commands go where they belong and answer in order.
+            Connection::Cluster(r) => Box::pin(async move {
+                let cmds: Vec<Cmd> = pipeline.cmd_iter().cloned().collect();
+                let answers = r.each(None, cmds).await;
+                answers
+                    .into_iter()
+                    .skip(offset)
+                    .take(count)
+                    .map(|a| match a {
+                        Ok(v) => Ok(v),
+                        Err(e) => ::redis::ServerError::try_from(e).map(Value::ServerError),
+                    })
+                    .collect()
+            }),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(c) => c.get_db(),
+            Connection::Cluster(_) => 0,
+        }
+    }
+}
+
+impl Connection {
+    /// Whether this is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Connection::Cluster(_))
+    }
+
+    /// Runs independent commands, each on one hash slot, and answers each in order (a server
+    /// error answers that command only). One server: one pipeline, one round trip. A cluster:
+    /// one pipeline per primary, all at once; a primary that does not answer fails only its own
+    /// commands.
+    pub async fn each(&self, cmds: Vec<Cmd>) -> Vec<::redis::RedisResult<Value>> {
+        self.each_after(None, cmds).await
+    }
+
+    /// [`Connection::each`], sending `first` ahead of the commands in each pipeline (its answer
+    /// ignored), e.g. a `SCRIPT LOAD` for the `EVALSHA`s that follow.
+    pub async fn each_after(&self, first: Option<Cmd>, cmds: Vec<Cmd>) -> Vec<::redis::RedisResult<Value>> {
+        let n = cmds.len();
+        match self {
+            _ if n == 0 => Vec::new(),
+            Connection::Single(conn) => {
+                let mut pipe = ::redis::pipe();
+                if let Some(first) = first {
+                    pipe.add_command(first).ignore();
+                }
+                for cmd in cmds {
+                    pipe.add_command(cmd);
+                }
+                pipe.ignore_errors();
+                match pipe.query_async::<Vec<Value>>(&mut conn.clone()).await {
+                    Ok(values) if values.len() == n => values.into_iter().map(Value::extract_error).collect(),
+                    Ok(values) => {
+                        let e = protocol_error(format!("a pipeline of {n} commands answered {}", values.len()));
+                        vec![Err(e); n]
+                    }
+                    Err(e) => vec![Err(e); n],
+                }
+            }
+            Connection::Cluster(router) => router.each(first.as_ref(), cmds).await,
+        }
+    }
+}
+
+fn protocol_error(msg: String) -> ::redis::RedisError {
+    ::redis::RedisError::from((::redis::ErrorKind::UnexpectedReturnType, "unexpected answer", msg))
+}
+
+/// Opens pub/sub connections: to the server, or to any node of a cluster.
+#[derive(Clone)]
+pub enum PubSubSource {
+    /// One server.
+    Single(Client),
+    /// A cluster: the nodes its slot map names, then its seeds.
+    Cluster {
+        /// The seed nodes of the URL (credentials and settings for every node).
+        seeds: Vec<ConnectionInfo>,
+        /// The cluster's slot map.
+        router: Arc<Router>,
+        /// Bound on each connection attempt.
+        timeout: Duration,
+    },
+}
+
+impl PubSubSource {
+    /// A new pub/sub connection. In a cluster it tries the known nodes in a random order (so
+    /// subscribers spread over the nodes) until one accepts.
+    pub async fn open(&self) -> ::redis::RedisResult<PubSub> {
+        match self {
+            PubSubSource::Single(client) => client.get_async_pubsub().await,
+            PubSubSource::Cluster { seeds, router, timeout } => {
+                let Some(template) = seeds.first() else {
+                    return Err(protocol_error("no Redis Cluster seed node".into()));
+                };
+                let mut candidates: Vec<ConnectionInfo> = router
+                    .nodes()
+                    .into_iter()
+                    .map(|(host, port)| template.clone().set_addr(ConnectionAddr::Tcp(host, port)))
+                    .collect();
+                let start = (uuid::Uuid::new_v4().as_u128() % candidates.len().max(1) as u128) as usize;
+                candidates.rotate_left(start);
+                for seed in seeds {
+                    if !candidates.iter().any(|c| c.addr() == seed.addr()) {
+                        candidates.push(seed.clone());
+                    }
+                }
+                let mut last = None;
+                for info in candidates {
+                    let attempt = async { Client::open(info.clone())?.get_async_pubsub().await };
+                    match tokio::time::timeout(*timeout, attempt).await {
+                        Ok(Ok(pubsub)) => return Ok(pubsub),
+                        Ok(Err(e)) => last = Some(e),
+                        Err(_) => {
+                            last = Some(protocol_error(format!("no answer from {} within {timeout:?}", info.addr())))
+                        }
+                    }
+                }
+                Err(last.unwrap_or_else(|| protocol_error("no Redis Cluster node to subscribe at".into())))
+            }
+        }
+    }
+}
+
+/// Connects to `target` (bounded by `config.connect_timeout`) and checks the server, or every
+/// primary of the cluster, answers.
+pub async fn connect(target: &Target, config: &RedisConfig) -> Result<(Connection, PubSubSource)> {
+    let shown = redact(&config.url);
+    let failed = |reason: String| Error::Connect { url: shown.clone(), reason };
+    match target {
+        Target::Single(info) => {
+            let client = Client::open(nodelay(info.as_ref().clone()))
+                .map_err(|e| Error::Config(format!("bad Redis URL {shown}: {e}")))?;
+            let manager_config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(config.connect_timeout))
+                .set_response_timeout(Some(config.response_timeout))
+                .set_number_of_retries(4)
+                .set_max_delay(Duration::from_secs(1));
+            let connect = async {
+                let mut conn = ConnectionManager::new_with_config(client.clone(), manager_config).await?;
+                ::redis::cmd("PING").query_async::<()>(&mut conn).await?;
+                // Best effort (some managed services restrict INFO): is this a cluster node?
+                let cluster: String =
+                    ::redis::cmd("INFO").arg("cluster").query_async(&mut conn).await.unwrap_or_default();
+                Ok::<_, ::redis::RedisError>((conn, cluster))
+            };
+            let (conn, cluster) = bounded(config.connect_timeout, connect).await.map_err(failed)?;
+            if cluster.lines().any(|l| l.trim() == "cluster_enabled:1") {
+                return Err(failed(format!(
+                    "this server is a Redis Cluster node: use {CLUSTER_SCHEME}host:port[,host:port...] to run on the cluster"
+                )));
+            }
+            Ok((Connection::Single(conn), PubSubSource::Single(client)))
+        }
+        Target::Cluster(seeds) => {
+            let seeds: Vec<ConnectionInfo> = seeds.iter().cloned().map(nodelay).collect();
+            let connect = Router::connect(seeds.clone(), config.connect_timeout, config.response_timeout);
+            let router = bounded(config.connect_timeout * 2, connect).await.map_err(|reason| {
+                if reason.contains("cluster support disabled") {
+                    failed(format!("{reason} (this is not a Redis Cluster: use redis://host:port)"))
+                } else {
+                    failed(reason)
+                }
+            })?;
+            let router = Arc::new(router);
+            let pubsub = PubSubSource::Cluster { seeds, router: router.clone(), timeout: config.connect_timeout };
+            Ok((Connection::Cluster(router), pubsub))
+        }
+    }
+}
+
+async fn bounded<T>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = ::redis::RedisResult<T>>,
+) -> std::result::Result<T, String> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {limit:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs(target: &Target) -> Vec<String> {
+        match target {
+            Target::Single(i) => vec![i.addr().to_string()],
+            Target::Cluster(seeds) => seeds.iter().map(|i| i.addr().to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn urls_select_the_mode() {
+        assert!(matches!(Target::parse("redis://127.0.0.1:6379").unwrap(), Target::Single(_)));
+        let t = Target::parse("redis+cluster://10.0.0.1:7000,10.0.0.2:7001").unwrap();
+        assert!(matches!(t, Target::Cluster(_)));
+        assert_eq!(addrs(&t), vec!["10.0.0.1:7000", "10.0.0.2:7001"]);
+        let t = Target::parse("redis+cluster://user:p%40ss@a:1, b:2/").unwrap();
+        assert_eq!(addrs(&t), vec!["a:1", "b:2"]);
+        let Target::Cluster(seeds) = t else { unreachable!() };
+        assert!(seeds
+            .iter()
+            .all(|s| s.redis_settings().username() == Some("user") && s.redis_settings().password() == Some("p@ss")));
+        assert!(matches!(Target::parse("redis+cluster://a:1/0").unwrap(), Target::Cluster(_)));
+        for bad in ["redis+cluster://", "redis+cluster://a:1/3", "redis+cluster://a:1?x=1", "nope"] {
+            let err = Target::parse(bad).unwrap_err();
+            assert!(matches!(err, Error::Config(_)), "{bad}: {err:?}");
+        }
+        let err = Target::parse("redis+cluster://u:secret@a:1/5").unwrap_err().to_string();
+        assert!(!err.contains("secret"), "{err}");
+    }
+}

@@ -1,0 +1,97 @@
+//! Logs and traces of a Partyline process.
+//!
+//! Logs go to stderr as text or JSON lines (`--log-format`, `PARTYLINE_LOG_FORMAT`), filtered
+//! by `RUST_LOG` (default `info`). Traces are exported over OTLP only when the standard
+//! variables ask for it: `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`)
+//! turns export on; `OTEL_EXPORTER_OTLP_PROTOCOL` picks `http/protobuf` (the default) or
+//! `grpc`; `OTEL_SERVICE_NAME` names the process (default `partyline-<subcommand>`);
+//! `OTEL_SDK_DISABLED=true` turns it off again. Spans cover each HTTP request and WebSocket at
+//! the gateway, each gRPC call at the node (a child of the gateway's span: the trace context
+//! travels in the call's metadata), each room and each event a room handles.
+
+use anyhow::Context;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+/// Keeps trace export running; dropping it flushes what is buffered.
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(p) = self.provider.take() {
+            if let Err(e) = p.shutdown() {
+                eprintln!("warning: could not flush traces: {e}");
+            }
+        }
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// Whether the environment asks for OTLP trace export.
+pub fn otlp_enabled() -> bool {
+    let disabled = env("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    !disabled && (env("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() || env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some())
+}
+
+fn log_filter() -> EnvFilter {
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
+/// Sets up logging and, when configured, trace export. Call from inside the async runtime.
+/// `json` selects JSON log lines; `default_service` is the service name when
+/// `OTEL_SERVICE_NAME` is unset.
+pub fn init(json: bool, default_service: &str) -> anyhow::Result<Telemetry> {
+    // Logs: events only. Spans are not needed for log lines, and a span that no layer wants
+    // costs nothing, which keeps the per-event room spans free when traces are off.
+    let only_events = tracing_subscriber::filter::filter_fn(|meta| meta.is_event());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    let logs = if json { fmt.json().flatten_event(true).boxed() } else { fmt.boxed() };
+    let logs = logs.with_filter(log_filter()).with_filter(only_events);
+
+    let provider = if otlp_enabled() { Some(tracer_provider(default_service)?) } else { None };
+    let traces = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("partyline")).with_filter(log_filter()));
+    tracing_subscriber::registry().with(logs).with(traces).try_init().context("could not set up logging")?;
+    if provider.is_some() {
+        tracing::info!(
+            endpoint = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT")),
+            protocol = env("OTEL_EXPORTER_OTLP_PROTOCOL").unwrap_or_else(|| "http/protobuf".into()),
+            "exporting traces over OTLP"
+        );
+    }
+    Ok(Telemetry { provider })
+}
+
+fn tracer_provider(default_service: &str) -> anyhow::Result<SdkTracerProvider> {
+    for var in ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"] {
+        if let Some(p) = env(var) {
+            anyhow::ensure!(
+                p == "http/protobuf" || p == "grpc",
+                "{var}={p} is not supported: use http/protobuf (the default) or grpc"
+            );
+        }
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder().build().context("could not set up the OTLP exporter")?;
+    let processor = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
+        exporter,
+        opentelemetry_sdk::runtime::Tokio,
+    )
+    .build();
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if env("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name(default_service.to_string());
+    }
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    Ok(SdkTracerProvider::builder().with_span_processor(processor).with_resource(resource.build()).build())
+}
