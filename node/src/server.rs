@@ -196,7 +196,8 @@ pub async fn run_with(
         cluster: cluster_id.clone(),
         ..NodeInfo::default()
     };
-    let store = Arc::new(redis.store());
+    // Every room is held to the storage quota in its commit script.
+    let store = Arc::new(redis.store().with_quota(cfg.limits.quota()));
     // Set once the shard table exists: a room whose storage refused its fence stops, and so
     // does every other room of its shard (the lease is not held at that epoch any more).
     let fenced_shards: Arc<std::sync::OnceLock<std::sync::Weak<Shards>>> = Arc::default();

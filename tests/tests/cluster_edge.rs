@@ -1,4 +1,5 @@
-//! The edge's room limits in a cluster: the node refuses and the gateway answers for it.
+//! The edge's room limits in a cluster: the node refuses and the gateway answers for it; the
+//! storage quota holds on Redis.
 
 use std::time::Duration;
 
@@ -38,4 +39,25 @@ async fn a_stuck_room_on_a_node_sheds_load_with_1013_and_503() {
     let res = within(20, "the request to be refused", c.http(0, "GET", "/parties/faulty/stuck", b"")).await;
     assert_eq!((res.status, res.text().as_str()), (503, "Room overloaded, try again later"));
     assert_eq!(c.http(0, "GET", "/parties/faulty/other", b"").await.status, 200, "other rooms go on");
+}
+
+#[tokio::test]
+async fn the_storage_quota_holds_on_redis() {
+    let limits = Limits { max_room_bytes: 10_000, max_room_keys: 4, ..Default::default() };
+    let c = TestCluster::builder().nodes(1).gateways(1).limits(limits).start().await;
+    let mut a = c.connect(0, "/parties/faulty/quota").await;
+    let mut ask = async |cmd: &str| {
+        a.send_text(cmd).await;
+        a.recv_text().await
+    };
+    assert_eq!(ask("putkey k1 4000").await, "ok");
+    assert_eq!(ask("putkey k2 4000").await, "ok");
+    let err = ask("putkey k3 4000").await;
+    assert!(err.contains("quota exceeded") && err.contains("12006 bytes"), "{err}");
+    assert_eq!(ask("putkey k1 1000").await, "ok", "an overwrite that shrinks");
+    assert_eq!(ask("putkey k3 4000").await, "ok", "fits now");
+    assert_eq!(ask("putkey a 1").await, "ok");
+    let err = ask("putkey b 1").await;
+    assert!(err.contains("5 keys"), "{err}");
+    assert_eq!(ask("echo").await, "echo", "the room goes on");
 }
