@@ -355,6 +355,21 @@ impl Storage {
         Ok(())
     }
 
+    /// Reads the room's storage usage now, when the store enforces a quota and the usage is not
+    /// known yet, so that later puts are checked without waiting on the store unless they come
+    /// near the quota. Parties whose puts must finish at once (JS parties) call it before they
+    /// run.
+    pub async fn prepare_quota(&self) -> Result<(), StorageError> {
+        if !self.inner.store.quota().is_limited() || self.inner.state.locked().usage.is_some() {
+            return Ok(());
+        }
+        self.sync().await?;
+        if let Some(u) = self.inner.store.usage(&self.inner.room).await? {
+            self.inner.state.locked().usage.get_or_insert(u);
+        }
+        Ok(())
+    }
+
     /// Refuses a put that would take the room past its quota. The room's usage is read from the
     /// store once; after that it is kept here, exact where previous values are known and an
     /// upper bound where they are not. Only when that bound breaks the quota is the exact
@@ -379,7 +394,8 @@ impl Storage {
             let exact = self.inner.store.usage(&self.inner.room).await?.unwrap_or(base);
             unknown.sort();
             unknown.dedup();
-            let previous = self.inner.store.get(&self.inner.room, &unknown).await?;
+            let read = self.inner.store.get_fenced(&self.inner.room, self.inner.fence.as_ref(), &unknown).await;
+            let previous = self.read_result(read)?;
             let mut st = self.inner.state.locked();
             for (k, v) in unknown.into_iter().zip(previous) {
                 if !st.cache.contains_key(&k) {
