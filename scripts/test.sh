@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one command that installs what the tests need and runs every test.
 #
-#   scripts/test.sh           install missing deps, then fmt, clippy, build, nextest, doctests
-#   scripts/test.sh --quick   same, without fmt and clippy (local iteration)
+#   scripts/test.sh           install missing deps, then fmt, clippy, cargo deny, build, nextest,
+#                             doctests
+#   scripts/test.sh --quick   same, without fmt, clippy and cargo deny (local iteration)
 #
 # Works on a fresh Debian bookworm machine (root, Rust + cargo-nextest, node 20 + npm),
 # and is fast when everything is already installed. Stops at the first failing step.
@@ -17,7 +18,7 @@ QUICK=0
 for arg in "$@"; do
   case "$arg" in
     --quick) QUICK=1 ;;
-    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "test.sh: unknown argument: $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -49,6 +50,11 @@ APT_UPDATED=0
 apt_install() {
   if [ "$APT_UPDATED" -eq 0 ]; then as_root apt-get update && APT_UPDATED=1; fi
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"
+}
+
+install_cargo_deny() {
+  # Built from source: about 3.5 CPU-minutes on a cold machine (2 cores: ~2-3 minutes).
+  cargo install --locked cargo-deny
 }
 
 npm_ci() {
@@ -113,8 +119,16 @@ if [ "$QUICK" -eq 0 ]; then
   run "cargo fmt --all -- --check" cargo fmt --all -- --check
   run "cargo clippy --workspace --all-targets -- -D warnings" \
     cargo clippy --workspace --all-targets -- -D warnings
+  if cargo deny --version >/dev/null 2>&1; then
+    header "cargo-deny: present ($(cargo deny --version))"
+  else
+    run "install cargo-deny (cargo install --locked)" install_cargo_deny
+  fi
+  # Licenses, banned crates and sources (deny.toml). Not advisories: that database comes from
+  # GitHub, which this machine cannot reach; run `cargo deny check advisories` where it can.
+  run "cargo deny check bans licenses sources" cargo deny --log-level error check bans licenses sources
 else
-  header "--quick: skipping cargo fmt and cargo clippy"
+  header "--quick: skipping cargo fmt, cargo clippy and cargo deny"
 fi
 
 run "deploy files (deploy/verify.sh)" deploy/verify.sh

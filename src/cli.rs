@@ -4,11 +4,16 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use partyline::{Env, Limits, PartyRegistry};
+use partyline_gateway::clients::TrustedProxies;
+use partyline_gateway::listener::ServerConfig;
+use partyline_gateway::EdgeLimits;
+use partyline_node::tls::ClusterTls;
 
 use crate::cluster::GatewayProcessConfig;
 use crate::dev::{self, DevConfig};
@@ -86,6 +91,28 @@ struct ClusterArgs {
     /// bytes; required, here or in --cluster-secret-file.
     #[arg(long, env = "PARTYLINE_CLUSTER_SECRET", hide_env_values = true)]
     cluster_secret: Option<String>,
+    /// More cluster secrets nodes accept besides the cluster secret, comma-separated (each at
+    /// least 16 bytes): to rotate the secret, add the new one here on every node, then switch
+    /// every process's cluster secret (or its file) to it, then drop the old one from here.
+    #[arg(
+        long = "accept-cluster-secret",
+        env = "PARTYLINE_ACCEPT_CLUSTER_SECRETS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    accept_secrets: Vec<String>,
+    /// The cluster CA certificate (PEM): turns on TLS between gateways and nodes. Nodes then
+    /// require a client certificate it signed (mutual TLS), and gateways only send the secret
+    /// to nodes whose certificate it signed for the address they dial.
+    #[arg(long, env = "PARTYLINE_CLUSTER_TLS_CA", requires = "cluster_tls_cert")]
+    cluster_tls_ca: Option<PathBuf>,
+    /// This process's certificate chain (PEM) for cluster TLS: a node's must name its advertised
+    /// address and allow server and client authentication; a gateway's client authentication.
+    #[arg(long, env = "PARTYLINE_CLUSTER_TLS_CERT", requires = "cluster_tls_key")]
+    cluster_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --cluster-tls-cert.
+    #[arg(long, env = "PARTYLINE_CLUSTER_TLS_KEY", requires = "cluster_tls_ca")]
+    cluster_tls_key: Option<PathBuf>,
     /// File holding the cluster secret (surrounding whitespace ignored), so it is not visible
     /// in the environment or `ps`.
     #[arg(long, env = "PARTYLINE_CLUSTER_SECRET_FILE", conflicts_with = "cluster_secret")]
@@ -96,6 +123,15 @@ struct ClusterArgs {
 }
 
 impl ClusterArgs {
+    fn cluster_tls(&self) -> anyhow::Result<Option<ClusterTls>> {
+        match &self.cluster_tls_ca {
+            Some(ca) => {
+                Ok(Some(ClusterTls::from_files(ca, self.cluster_tls_cert.as_deref(), self.cluster_tls_key.as_deref())?))
+            }
+            None => Ok(None),
+        }
+    }
+
     fn redis(&self) -> RedisConfig {
         RedisConfig { prefix: self.redis_prefix.clone(), ..RedisConfig::new(self.redis_url.clone()) }
     }
@@ -107,6 +143,14 @@ impl ClusterArgs {
         let secret = self.cluster_secret.clone().unwrap_or_default();
         partyline_node::secret::validate(&secret)?;
         Ok(secret)
+    }
+
+    /// The extra secrets nodes accept, each checked like the main one.
+    fn accept_secrets(&self) -> anyhow::Result<Vec<String>> {
+        for secret in &self.accept_secrets {
+            partyline_node::secret::validate(secret).context("in --accept-cluster-secret")?;
+        }
+        Ok(self.accept_secrets.clone())
     }
 
     fn env(&self) -> Env {
@@ -202,6 +246,8 @@ struct GatewayArgs {
     limits: LimitArgs,
     #[command(flatten)]
     project: ProjectArgs,
+    #[command(flatten)]
+    edge: EdgeArgs,
 }
 
 /// Options of `partyline dev`.
@@ -226,6 +272,8 @@ struct DevArgs {
     limits: LimitArgs,
     #[command(flatten)]
     project: ProjectArgs,
+    #[command(flatten)]
+    edge: EdgeArgs,
 }
 
 /// Limits; each has a default from PartyKit / Durable Objects where one exists.
@@ -279,6 +327,127 @@ struct LimitArgs {
     /// Idle time before a room without connections is unloaded.
     #[arg(long, env = "PARTYLINE_ROOM_IDLE", default_value = "60s", value_parser = parse_duration)]
     room_idle: Duration,
+    /// Longest connection id (`?_pk=`) in bytes, percent-decoded (longer, or not UTF-8: 400).
+    #[arg(long, env = "PARTYLINE_MAX_CONNECTION_ID_BYTES", default_value_t = Limits::default().max_connection_id_bytes)]
+    max_connection_id_bytes: usize,
+    /// Most rooms this process hosts (0: no limit). At the limit, rooms nobody is connected to
+    /// are asked to leave; a new room that still finds no place gets 503 before any 101.
+    #[arg(long, env = "PARTYLINE_MAX_ROOMS", default_value_t = Limits::default().max_rooms)]
+    max_rooms: usize,
+    /// Longest a client frame, connection or request waits for space in a room's queue before
+    /// it is refused (close 1013, or 503).
+    #[arg(long, env = "PARTYLINE_ROOM_QUEUE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    room_queue_timeout: Duration,
+    /// Most keys one room may store (0: no limit; beyond it: an error to the party).
+    #[arg(long, env = "PARTYLINE_MAX_ROOM_KEYS", default_value_t = Limits::default().max_room_keys)]
+    max_room_keys: u64,
+    /// Most bytes (keys plus values) one room may store (0: no limit; beyond it: an error to the
+    /// party).
+    #[arg(long, env = "PARTYLINE_MAX_ROOM_BYTES", default_value_t = Limits::default().max_room_bytes)]
+    max_room_bytes: u64,
+    /// Most bytes written by one handler before they are committed, and most bytes in one
+    /// commit (beyond it: an error to the party; `sync()` commits in between).
+    #[arg(long, env = "PARTYLINE_MAX_COMMIT_BYTES", default_value_t = Limits::default().max_commit_bytes)]
+    max_commit_bytes: usize,
+    /// Most bytes one `list()` returns (beyond it: an error to the party).
+    #[arg(long, env = "PARTYLINE_MAX_LIST_BYTES", default_value_t = Limits::default().max_list_bytes)]
+    max_list_bytes: usize,
+}
+
+/// The client-facing edge: timeouts, connection caps, rate limits, client addresses and TLS.
+#[derive(Debug, Args)]
+struct EdgeArgs {
+    /// Most TCP connections (HTTP and WebSocket) the listener holds; more are answered 503 and
+    /// closed (0: no limit).
+    #[arg(long, env = "PARTYLINE_MAX_TCP_CONNECTIONS", default_value_t = EdgeLimits::default().max_tcp_connections)]
+    max_tcp_connections: usize,
+    /// Time a client has to send a complete request head (and to finish a TLS handshake); it
+    /// also ends keep-alive connections idle for that long. Past it the connection is closed.
+    #[arg(long, env = "PARTYLINE_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    header_timeout: Duration,
+    /// Time a client has to send a request body (past it: 408).
+    #[arg(long, env = "PARTYLINE_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    body_timeout: Duration,
+    /// An HTTP connection that moves no bytes either way for this long while no request is being
+    /// answered is closed (slow readers, stalled uploads; 0: never).
+    #[arg(long, env = "PARTYLINE_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// TCP keepalive idle time on client connections (0: off).
+    #[arg(long, env = "PARTYLINE_TCP_KEEPALIVE", default_value = "60s", value_parser = parse_duration)]
+    tcp_keepalive: Duration,
+    /// Ping a WebSocket that has been silent this long (0: never). Browsers, partysocket and
+    /// y-partykit answer pings on their own.
+    #[arg(long, env = "PARTYLINE_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    ping_interval: Duration,
+    /// Close (1001) and drop a WebSocket that sends nothing, not even a pong, for this long
+    /// after a ping.
+    #[arg(long, env = "PARTYLINE_PONG_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pong_timeout: Duration,
+    /// Messages per second one WebSocket may send on average (0: no limit); past its burst it
+    /// is closed with 1008.
+    #[arg(long, env = "PARTYLINE_MAX_MESSAGES_PER_SECOND", default_value_t = EdgeLimits::default().max_messages_per_second)]
+    max_messages_per_second: u32,
+    /// Messages one WebSocket may send at once above that rate.
+    #[arg(long, env = "PARTYLINE_MESSAGE_BURST", default_value_t = EdgeLimits::default().message_burst)]
+    message_burst: u32,
+    /// Most open WebSockets from one client address (IPv6: per /64); more get 429 (0: no limit).
+    #[arg(long, env = "PARTYLINE_MAX_CONNECTIONS_PER_IP", default_value_t = EdgeLimits::default().max_connections_per_ip)]
+    max_connections_per_ip: usize,
+    /// New WebSockets per second one client address may open on average (0: no limit); past its
+    /// burst: 429.
+    #[arg(long, env = "PARTYLINE_MAX_CONNECTS_PER_IP_PER_SECOND", default_value_t = EdgeLimits::default().max_connects_per_ip_per_second)]
+    max_connects_per_ip_per_second: u32,
+    /// New WebSockets one client address may open at once above that rate.
+    #[arg(long, env = "PARTYLINE_CONNECT_BURST", default_value_t = EdgeLimits::default().connect_burst)]
+    connect_burst: u32,
+    /// Reverse proxies whose X-Forwarded-For / X-Real-IP name the client, as addresses or CIDR
+    /// ranges separated by commas (e.g. 10.0.0.0/8,127.0.0.1). From anyone else those headers
+    /// are replaced by the peer's address.
+    #[arg(long, env = "PARTYLINE_TRUSTED_PROXIES", default_value = "")]
+    trusted_proxies: TrustedProxies,
+    /// Serve https:// and wss:// with this PEM certificate chain (with --tls-key).
+    #[arg(long, env = "PARTYLINE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "PARTYLINE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+impl EdgeArgs {
+    fn edge(&self) -> EdgeLimits {
+        let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+        EdgeLimits {
+            max_tcp_connections: self.max_tcp_connections,
+            header_timeout: self.header_timeout,
+            body_timeout: self.body_timeout,
+            idle_timeout: self.idle_timeout,
+            tcp_keepalive: nonzero(self.tcp_keepalive),
+            ping_interval: nonzero(self.ping_interval),
+            pong_timeout: self.pong_timeout,
+            max_messages_per_second: self.max_messages_per_second,
+            message_burst: self.message_burst,
+            max_connections_per_ip: self.max_connections_per_ip,
+            max_connects_per_ip_per_second: self.max_connects_per_ip_per_second,
+            connect_burst: self.connect_burst,
+            trusted_proxies: self.trusted_proxies.clone(),
+            ..EdgeLimits::default()
+        }
+    }
+
+    fn tls(&self) -> anyhow::Result<Option<Arc<ServerConfig>>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(partyline_gateway::tls_config(cert, key)?)),
+            _ => Ok(None),
+        }
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
 }
 
 impl LimitArgs {
@@ -300,6 +469,13 @@ impl LimitArgs {
             handler_timeout: self.handler_timeout,
             hibernate_idle: self.hibernate_idle,
             room_idle: self.room_idle,
+            max_connection_id_bytes: self.max_connection_id_bytes,
+            max_rooms: self.max_rooms,
+            room_queue_timeout: self.room_queue_timeout,
+            max_room_keys: self.max_room_keys,
+            max_room_bytes: self.max_room_bytes,
+            max_commit_bytes: self.max_commit_bytes,
+            max_list_bytes: self.max_list_bytes,
         }
     }
 }
@@ -363,7 +539,10 @@ impl Cli {
             }
             #[cfg(feature = "bench")]
             Command::Bench(args) => partyline_bench::run(args).await,
-            Command::Status(args) => crate::status::run(args.cluster.redis(), args.cluster.secret()?, args.room).await,
+            Command::Status(args) => {
+                let tls = args.cluster.cluster_tls()?;
+                crate::status::run(args.cluster.redis(), args.cluster.secret()?, tls, args.room).await
+            }
             Command::Probe(args) => crate::probe::run(args).await,
             Command::New(args) => crate::new::run(args),
         }
@@ -423,6 +602,8 @@ async fn run_node(args: NodeArgs, parties: PartyRegistry) -> anyhow::Result<()> 
         advertise,
         redis: args.cluster.redis(),
         secret,
+        accept_secrets: args.cluster.accept_secrets()?,
+        tls: args.cluster.cluster_tls()?,
         leases: args.lease_profile.timing(),
         heartbeat: Duration::from_secs(1),
         member_ttl: Duration::from_secs(5),
@@ -480,18 +661,22 @@ async fn run_gateway(args: GatewayArgs, parties: PartyRegistry) -> anyhow::Resul
         limits: args.limits.limits(),
         env,
         max_connections: args.limits.max_connections,
+        edge: args.edge.edge(),
+        tls: args.edge.tls()?,
+        cluster_tls: args.cluster.cluster_tls()?,
     };
     let admin = match args.admin_listen {
         Some(addr) => Some(bind(addr).await?),
         None => None,
     };
-    println!("Partyline gateway listening on http://{local}");
+    let scheme = args.edge.scheme();
+    println!("Partyline gateway listening on {scheme}://{local}");
     println!("  redis: {} (prefix {})", partyline_node::redis::redact(&cfg.redis.url), cfg.redis.prefix);
     match &admin {
         Some(a) => println!("  metrics and health: http://{}/metrics, /healthz, /readyz", a.local_addr()?),
-        None => {
-            println!("  metrics and health: http://{local}/_partyline/metrics, /_partyline/healthz, /_partyline/readyz")
-        }
+        None => println!(
+            "  metrics and health: {scheme}://{local}/_partyline/metrics, /_partyline/healthz, /_partyline/readyz"
+        ),
     }
     crate::cluster::run_gateway_with(cfg, parties, listener, admin, shutdown_signal()).await
 }
@@ -500,33 +685,39 @@ async fn run_dev(args: DevArgs, parties: PartyRegistry) -> anyhow::Result<()> {
     let listener = bind(socket_addr(&args.host, args.port)?).await?;
     let local = listener.local_addr()?;
     let data_dir = (!args.ephemeral).then(|| args.data_dir.clone());
+    let tls = args.edge.tls()?;
+    let scheme = args.edge.scheme();
     if let Some(file) = args.project.config_file(true) {
-        println!("Partyline dev server listening on http://{local}");
+        println!("Partyline dev server listening on {scheme}://{local}");
         println!("  project: {} (reloads when its files change)", file.display());
         let cfg = DevConfig {
             data_dir,
             limits: args.limits.limits(),
             env: Env::default(),
             max_connections: args.limits.max_connections,
+            edge: args.edge.edge(),
+            tls,
         };
         let vars = args.vars.into_iter().collect::<BTreeMap<_, _>>();
         return crate::project::run_dev(file, args.project, cfg, vars, parties, listener, shutdown_signal()).await;
     }
     let names: Vec<&str> = parties.names().collect();
-    println!("Partyline dev server listening on http://{local}");
+    println!("Partyline dev server listening on {scheme}://{local}");
     println!("  parties: {}", names.join(", "));
     match &data_dir {
         Some(dir) => println!("  storage: {} (--ephemeral keeps it in memory)", dev::store_path(dir).display()),
         None => println!("  storage: in memory (gone when the process exits)"),
     }
     if parties.get("main").is_some() {
-        println!("  open http://{local}/ for the chat page; Ctrl-C stops");
+        println!("  open {scheme}://{local}/ for the chat page; Ctrl-C stops");
     }
     let cfg = DevConfig {
         data_dir,
         limits: args.limits.limits(),
         env: Env::new(args.vars.into_iter().collect::<BTreeMap<_, _>>()),
         max_connections: args.limits.max_connections,
+        edge: args.edge.edge(),
+        tls,
     };
     dev::run(cfg, parties, listener, shutdown_signal()).await
 }

@@ -9,6 +9,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use futures::future::BoxFuture;
 use partyline::link::{close_code, FromRoom, ToRoom};
+use partyline::sync::Lock;
 use partyline::{Env, Limits, Parties, PartyRegistry, Request, Response, RoomKey};
 use partyline_gateway::{Gateway, GatewayConfig, OpenLink, RoomLink, RoomRouter, RouteError};
 use partyline_node::client::{ClientConfig, ClientError, ClusterClient, ClusterParties};
@@ -35,6 +36,12 @@ pub struct GatewayProcessConfig {
     pub env: Env,
     /// Most client WebSockets.
     pub max_connections: usize,
+    /// Limits of the listener, of each WebSocket and of each client address.
+    pub edge: partyline_gateway::EdgeLimits,
+    /// Serve `https://` and `wss://` with this TLS configuration.
+    pub tls: Option<Arc<partyline_gateway::listener::ServerConfig>>,
+    /// TLS to nodes (the cluster CA, and this gateway's client certificate).
+    pub cluster_tls: Option<partyline_node::tls::ClusterTls>,
 }
 
 /// Runs a gateway on `listener` until `shutdown` resolves.
@@ -65,6 +72,7 @@ pub async fn run_gateway_with(
             request_timeout: cfg.limits.handler_timeout + Duration::from_secs(5),
             // Long enough for a crashed node's lease to run out under either lease profile.
             route_timeout: ClientConfig::route_timeout_for(LeaseTiming::STANDARD.ttl),
+            tls: cfg.cluster_tls.clone(),
         },
         redis.membership(),
         redis.leases(),
@@ -72,7 +80,12 @@ pub async fn run_gateway_with(
     .await?;
     let lobby = Parties::new(Arc::new(ClusterParties { client: client.clone(), parties: parties.clone() }));
     let gateway = Gateway::new(
-        GatewayConfig { limits: Arc::new(cfg.limits), max_connections: cfg.max_connections },
+        GatewayConfig {
+            limits: Arc::new(cfg.limits),
+            max_connections: cfg.max_connections,
+            edge: cfg.edge,
+            tls: cfg.tls,
+        },
         parties,
         Arc::new(GrpcRouter { client: client.clone() }),
         lobby,
@@ -90,6 +103,7 @@ pub struct GrpcRouter {
 fn route_error(e: ClientError) -> RouteError {
     match e {
         ClientError::UnknownParty(p) => RouteError::UnknownParty(p),
+        ClientError::Busy(why) => RouteError::Busy(why),
         other => RouteError::Unavailable(other.to_string()),
     }
 }
@@ -170,13 +184,13 @@ struct RemoteLink {
 #[async_trait]
 impl RoomLink for RemoteLink {
     async fn send(&self, msg: ToRoom) -> Result<(), RouteError> {
-        let tx = self.tx.lock().unwrap().clone();
+        let tx = self.tx.locked().clone();
         let Some(tx) = tx else { return Err(RouteError::Unavailable("the link is closed".into())) };
         tx.send(wire::link_in(msg)).await.map_err(|_| RouteError::Unavailable("the link to the node broke".into()))
     }
 
     async fn close(&self) {
         // Ending the request stream closes the link at the node.
-        self.tx.lock().unwrap().take();
+        self.tx.locked().take();
     }
 }

@@ -9,9 +9,10 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use partyline::actor::LinkSender;
+use partyline::actor::SendError;
 use partyline::link::ToRoom;
 use partyline::{Env, Limits, MemoryStore, PartyRegistry, Request, Response, RoomKey, Store};
-use partyline_gateway::{Gateway, GatewayConfig, OpenLink, RoomLink, RoomRouter, RouteError, LINK_QUEUE};
+use partyline_gateway::{EdgeLimits, Gateway, GatewayConfig, OpenLink, RoomLink, RoomRouter, RouteError, LINK_QUEUE};
 use partyline_node::alarms;
 use partyline_node::host::HostAlarms;
 use partyline_node::store::EmbeddedStore;
@@ -31,11 +32,22 @@ pub struct DevConfig {
     pub env: Env,
     /// Most client WebSockets.
     pub max_connections: usize,
+    /// Limits of the listener, of each WebSocket and of each client address.
+    pub edge: EdgeLimits,
+    /// Serve `https://` and `wss://` with this TLS configuration.
+    pub tls: Option<Arc<partyline_gateway::listener::ServerConfig>>,
 }
 
 impl Default for DevConfig {
     fn default() -> Self {
-        DevConfig { data_dir: None, limits: Limits::default(), env: Env::default(), max_connections: 100_000 }
+        DevConfig {
+            data_dir: None,
+            limits: Limits::default(),
+            env: Env::default(),
+            max_connections: 100_000,
+            edge: EdgeLimits::default(),
+            tls: None,
+        }
     }
 }
 
@@ -52,15 +64,17 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let quota = cfg.limits.quota();
     let store: Arc<dyn Store> = match &cfg.data_dir {
         Some(dir) => {
             let path = store_path(dir);
             Arc::new(
                 EmbeddedStore::open(&path)
-                    .with_context(|| format!("could not open the store at {}", path.display()))?,
+                    .with_context(|| format!("could not open the store at {}", path.display()))?
+                    .with_quota(quota),
             )
         }
-        None => Arc::new(MemoryStore::new()),
+        None => Arc::new(MemoryStore::new().with_quota(quota)),
     };
     let limits = Arc::new(cfg.limits);
     let host = RoomHost::new(HostConfig {
@@ -74,9 +88,10 @@ pub async fn run(
     });
     let stop_alarms = tokio_util::sync::CancellationToken::new();
     let scheduler = tokio::spawn(alarms::run(Arc::new(HostAlarms(host.clone())), stop_alarms.clone()));
-    let router = Arc::new(LocalRouter(host.clone()));
+    let request_timeout = limits.handler_timeout + Duration::from_secs(5);
+    let router = Arc::new(LocalRouter { host: host.clone(), request_timeout });
     let gateway = Gateway::new(
-        GatewayConfig { limits, max_connections: cfg.max_connections },
+        GatewayConfig { limits, max_connections: cfg.max_connections, edge: cfg.edge, tls: cfg.tls },
         parties,
         router,
         host.client(),
@@ -96,11 +111,23 @@ pub async fn run(
 }
 
 /// Reaches rooms of an in-process [`RoomHost`].
-pub struct LocalRouter(pub RoomHost);
+pub struct LocalRouter {
+    /// The rooms.
+    pub host: RoomHost,
+    /// Longest an HTTP request to a room may take (queue, handler, writes), as in a cluster.
+    pub request_timeout: Duration,
+}
+
+/// What a client is told when a room is at a limit (the details are logged).
+pub const OVERLOADED: &str = "Room overloaded, try again later";
+/// What a client is told when the server hosts as many rooms as it may.
+pub const TOO_MANY_ROOMS: &str = "Too many rooms, try again later";
 
 fn route_error(e: HostError) -> RouteError {
     match e {
         HostError::UnknownParty(p) => RouteError::UnknownParty(p),
+        HostError::Overloaded(_) => RouteError::Busy(OVERLOADED.into()),
+        HostError::Full(_) => RouteError::Busy(TOO_MANY_ROOMS.into()),
         e => RouteError::Unavailable(e.to_string()),
     }
 }
@@ -109,12 +136,17 @@ fn route_error(e: HostError) -> RouteError {
 impl RoomRouter for LocalRouter {
     async fn open_link(&self, key: &RoomKey) -> Result<OpenLink, RouteError> {
         let (tx, rx) = mpsc::channel(LINK_QUEUE);
-        let link = self.0.open_link(key, tx).await.map_err(route_error)?;
+        let link = self.host.open_link(key, tx).await.map_err(route_error)?;
         Ok(OpenLink { link: Box::new(LocalLink(link)), events: Box::pin(ReceiverStream::new(rx)) })
     }
 
     async fn request(&self, key: &RoomKey, req: Request) -> Result<Response, RouteError> {
-        self.0.request(key, req).await.map_err(route_error)
+        match tokio::time::timeout(self.request_timeout, self.host.request(key, req)).await {
+            Ok(res) => res.map_err(route_error),
+            Err(_) => {
+                Err(RouteError::Unavailable(format!("room {key} did not answer within {:?}", self.request_timeout)))
+            }
+        }
     }
 }
 
@@ -123,7 +155,10 @@ struct LocalLink(LinkSender);
 #[async_trait]
 impl RoomLink for LocalLink {
     async fn send(&self, msg: ToRoom) -> Result<(), RouteError> {
-        self.0.send(msg).await.map_err(|e| RouteError::Unavailable(e.to_string()))
+        self.0.send(msg).await.map_err(|e| match e {
+            SendError::Overloaded(_) => RouteError::Busy(OVERLOADED.into()),
+            e @ SendError::Gone(_) => RouteError::Unavailable(e.to_string()),
+        })
     }
 
     async fn close(&self) {

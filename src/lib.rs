@@ -45,6 +45,8 @@ pub fn main_examples(parties: PartyRegistry) -> ExitCode {
 }
 
 fn run_main(parties: PartyRegistry, examples: bool) -> ExitCode {
+    // One TLS implementation for every TLS user in the process (gateways, cluster gRPC, rediss://).
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     let cli = cli::Cli::parse();
     raise_fd_limit();
     let mut builder = tokio::runtime::Builder::new_multi_thread();

@@ -8,11 +8,17 @@ use partyline::placement::{shard_of, SHARDS};
 use partyline::RoomKey;
 use partyline_node::client::Auth;
 use partyline_node::redis::{Redis, RedisConfig};
+use partyline_node::tls::ClusterTls;
 use partyline_proto::pb;
 
 /// Prints the cluster's members with their shards and rooms; with `room` (`party/room`), that
 /// room's shard and owner.
-pub async fn run(redis: RedisConfig, secret: String, room: Option<String>) -> anyhow::Result<()> {
+pub async fn run(
+    redis: RedisConfig,
+    secret: String,
+    tls: Option<ClusterTls>,
+    room: Option<String>,
+) -> anyhow::Result<()> {
     let redis = Redis::connect(redis).await?;
     match redis.cluster_primaries() {
         Some(primaries) => println!("Redis Cluster, {} primaries: {}", primaries.len(), primaries.join(" ")),
@@ -28,7 +34,7 @@ pub async fn run(redis: RedisConfig, secret: String, room: Option<String>) -> an
     println!("{} live node(s); {} of {} shards leased", nodes.len(), owners.iter().flatten().count(), SHARDS);
     println!("{:<20} {:<22} {:>7} {:>7}  state", "node", "address", "shards", "rooms");
     for n in &nodes {
-        let rooms = match info(&n.addr, &secret).await {
+        let rooms = match info(&n.addr, &secret, tls.as_ref()).await {
             Ok(i) => i.rooms.to_string(),
             Err(e) => format!("? ({e})"),
         };
@@ -52,11 +58,13 @@ pub async fn run(redis: RedisConfig, secret: String, room: Option<String>) -> an
     Ok(())
 }
 
-async fn info(addr: &str, secret: &str) -> anyhow::Result<pb::InfoReply> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(std::time::Duration::from_secs(2))
-        .connect()
-        .await?;
+async fn info(addr: &str, secret: &str, tls: Option<&ClusterTls>) -> anyhow::Result<pb::InfoReply> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))?;
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls.client())?;
+    }
+    let channel = endpoint.connect_timeout(std::time::Duration::from_secs(2)).connect().await?;
     let mut client = pb::node_client::NodeClient::with_interceptor(channel, Auth::new(secret)?);
     Ok(client.info(pb::InfoRequest {}).await?.into_inner())
 }

@@ -24,6 +24,7 @@ use crate::party::{ConnectionContext, Party, PartyFactory};
 use crate::room::{ConnTable, Env, LinkId, Outbound, Parties, Room, RoomShared};
 use crate::storage::{now_ms, Storage, WriteProgress};
 use crate::store::{Fence, RoomKey, Store};
+use crate::sync::Lock;
 use crate::web::{self, Request, Response};
 
 /// Depth of a room's command queue; senders wait when it is full.
@@ -96,12 +97,26 @@ enum RoomCmd {
     Move {
         deadline: Instant,
     },
+    /// The host needs room for another room: leave now if nobody is connected.
+    Evict,
 }
 
 /// The room is not running any more; ask the host for a fresh handle and try again.
 #[derive(Debug, thiserror::Error)]
 #[error("room {0} is not running")]
 pub struct RoomGone(pub RoomKey);
+
+/// Why a room did not take a command.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The room had stopped.
+    #[error(transparent)]
+    Gone(#[from] RoomGone),
+    /// The room's queue stayed full for the queue timeout (`Limits::room_queue_timeout`): the
+    /// room is overloaded (or stuck in a handler). Nothing was delivered.
+    #[error("room {0} is overloaded")]
+    Overloaded(RoomKey),
+}
 
 /// Why an HTTP request to a room got no response.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +125,10 @@ pub enum RequestError {
     /// again (to a fresh instance).
     #[error(transparent)]
     NotDelivered(#[from] RoomGone),
+    /// The room's queue stayed full for the queue timeout: the request did not run. Answer
+    /// 503 rather than wait.
+    #[error("room {0} is overloaded")]
+    Overloaded(RoomKey),
     /// The room took the request and stopped before answering (its storage failed, or it was
     /// shut down): the request may have run, so it must not be sent again.
     #[error("room {0} stopped before it answered the request")]
@@ -124,6 +143,8 @@ pub struct RoomHandle {
     tx: mpsc::Sender<RoomCmd>,
     next_link: Arc<AtomicU64>,
     hibernate: bool,
+    /// How long client work waits for space in the queue before it is refused.
+    queue_wait: Duration,
 }
 
 impl RoomHandle {
@@ -159,16 +180,21 @@ impl RoomHandle {
     }
 
     /// Opens a gateway link: the room's messages for that gateway's sockets go to `tx`.
-    pub async fn open_link(&self, tx: mpsc::Sender<FromRoom>) -> Result<LinkSender, RoomGone> {
+    pub async fn open_link(&self, tx: mpsc::Sender<FromRoom>) -> Result<LinkSender, SendError> {
         let link = self.next_link.fetch_add(1, Ordering::Relaxed);
-        self.send(RoomCmd::OpenLink { link, tx }).await?;
+        self.send_bounded(RoomCmd::OpenLink { link, tx }).await?;
         Ok(LinkSender { room: self.clone(), link, closed: AtomicBool::new(false) })
     }
 
     /// Sends an HTTP request to the room's `on_request`.
     pub async fn request(&self, req: Request) -> Result<Response, RequestError> {
         let (reply, rx) = oneshot::channel();
-        self.send(RoomCmd::Request { req, reply, span: Box::new(tracing::Span::current()) }).await?;
+        let span = Box::new(tracing::Span::current());
+        match self.send_bounded(RoomCmd::Request { req, reply, span }).await {
+            Ok(()) => {}
+            Err(SendError::Gone(gone)) => return Err(gone.into()),
+            Err(SendError::Overloaded(key)) => return Err(RequestError::Overloaded(key)),
+        }
         rx.await.map_err(|_| RequestError::Interrupted(self.key.clone()))
     }
 
@@ -191,6 +217,12 @@ impl RoomHandle {
         rx.await.map(drop).map_err(|_| RequestError::Interrupted(self.key.clone()))
     }
 
+    /// Asks the room to leave now if nobody is connected and nothing else holds it (the host is
+    /// at its room limit); never waits. False when the request could not be queued.
+    pub fn evict(&self) -> bool {
+        self.tx.try_send(RoomCmd::Evict).is_ok()
+    }
+
     /// Stops the room: every socket is closed with `code` and `reason`.
     pub async fn shutdown(&self, code: u16, reason: &str) -> Result<(), RoomGone> {
         self.send(RoomCmd::Shutdown { code, reason: reason.to_string() }).await
@@ -207,6 +239,15 @@ impl RoomHandle {
 
     async fn send(&self, cmd: RoomCmd) -> Result<(), RoomGone> {
         self.tx.send(cmd).await.map_err(|_| RoomGone(self.key.clone()))
+    }
+
+    /// Sends client work: waits for space in the queue at most the queue timeout.
+    async fn send_bounded(&self, cmd: RoomCmd) -> Result<(), SendError> {
+        match self.tx.send_timeout(cmd, self.queue_wait).await {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(RoomGone(self.key.clone()).into()),
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => Err(SendError::Overloaded(self.key.clone())),
+        }
     }
 }
 
@@ -232,9 +273,17 @@ pub struct LinkSender {
 }
 
 impl LinkSender {
-    /// Passes one socket event to the room, in order.
-    pub async fn send(&self, msg: ToRoom) -> Result<(), RoomGone> {
-        self.room.send(RoomCmd::Link { link: self.link, msg }).await
+    /// Passes one socket event to the room, in order. A client's frame or connection attempt
+    /// waits for space in the room's queue at most the queue timeout ([`SendError::Overloaded`]:
+    /// close 1013 or answer 503); the other events always get through.
+    pub async fn send(&self, msg: ToRoom) -> Result<(), SendError> {
+        let client_work = matches!(msg, ToRoom::Message { .. } | ToRoom::Connect { .. });
+        let cmd = RoomCmd::Link { link: self.link, msg };
+        if client_work {
+            self.room.send_bounded(cmd).await
+        } else {
+            Ok(self.room.send(cmd).await?)
+        }
     }
 
     /// The room this link goes to.
@@ -300,8 +349,13 @@ pub fn spawn_room(cfg: RoomConfig) -> (RoomHandle, tokio::task::JoinHandle<RoomE
         gate,
     });
     let options = cfg.factory.options();
-    let handle =
-        RoomHandle { key: cfg.key.clone(), tx, next_link: Arc::new(AtomicU64::new(1)), hibernate: options.hibernate };
+    let handle = RoomHandle {
+        key: cfg.key.clone(),
+        tx,
+        next_link: Arc::new(AtomicU64::new(1)),
+        hibernate: options.hibernate,
+        queue_wait: cfg.limits.room_queue_timeout,
+    };
     let actor = Actor {
         room: Room { shared },
         factory: cfg.factory,
@@ -474,6 +528,7 @@ impl Actor {
             RoomCmd::Flush { .. } => "flush",
             RoomCmd::Shutdown { .. } => "shutdown",
             RoomCmd::Move { .. } => "move",
+            RoomCmd::Evict => "evict",
         };
         let span = match &cmd {
             RoomCmd::Request { span: parent, .. } if parent.id().is_some() => {
@@ -575,6 +630,11 @@ impl Actor {
                 self.shared().emit(Outbound::Response(reply, Box::new(Response::new(Bytes::new()))));
                 None
             }
+            RoomCmd::Evict => {
+                let attached = self.room.connection_count() > 0 || !self.links.is_empty();
+                let busy = self.moving.is_some() || self.gathering.is_some();
+                (!attached && !busy && (self.may_exit)()).then_some(RoomExit::Idle)
+            }
             cmd => {
                 self.handle_observed(cmd).await;
                 None
@@ -663,7 +723,7 @@ impl Actor {
     /// Seals the write buffer and runs `on_close` for connections the party closed.
     async fn after_handler(&mut self) {
         loop {
-            let closed: Vec<Arc<ConnShared>> = std::mem::take(&mut *self.shared().closed_by_party.lock().unwrap());
+            let closed: Vec<Arc<ConnShared>> = std::mem::take(&mut *self.shared().closed_by_party.locked());
             if closed.is_empty() {
                 break;
             }
@@ -692,7 +752,7 @@ impl Actor {
             }
             RoomCmd::CloseLink { link } => {
                 let conns: Vec<Arc<ConnShared>> = {
-                    let mut table = self.shared().conns.lock().unwrap();
+                    let mut table = self.shared().conns.locked();
                     let keys: Vec<_> = table.by_key.keys().filter(|k| k.0 == link).copied().collect();
                     keys.iter().filter_map(|k| table.remove(k)).collect()
                 };
@@ -709,7 +769,7 @@ impl Actor {
                 ToRoom::Connect { sid, id, uri, request } => self.connect(link, sid, id, uri, request).await,
                 ToRoom::Message { sid, msg } => self.message(link, sid, msg).await,
                 ToRoom::Closed { sid, error } => {
-                    let conn = self.shared().conns.lock().unwrap().remove(&(link, sid));
+                    let conn = self.shared().conns.locked().remove(&(link, sid));
                     if let Some(conn) = conn {
                         self.run_on_close(conn, error).await;
                     }
@@ -748,7 +808,7 @@ impl Actor {
                     self.fire_alarm(as_of).await;
                 }
             }
-            RoomCmd::Shutdown { .. } | RoomCmd::Move { .. } | RoomCmd::Flush { .. } => {
+            RoomCmd::Shutdown { .. } | RoomCmd::Move { .. } | RoomCmd::Flush { .. } | RoomCmd::Evict => {
                 unreachable!("handled by dispatch")
             }
         }
@@ -808,7 +868,7 @@ impl Actor {
             self.after_handler().await;
         }
         let order = {
-            let mut t = self.shared().conns.lock().unwrap();
+            let mut t = self.shared().conns.locked();
             t.next_order += 1;
             t.next_order
         };
@@ -829,12 +889,12 @@ impl Actor {
             .await
             .map_err(|f| format!("getConnectionTags failed: {f}"))?;
         let tags = self.validate_tags(&id, extra)?;
-        *shared.tags.lock().unwrap() = tags.clone();
-        self.shared().conns.lock().unwrap().insert(shared.clone());
+        *shared.tags.locked() = tags.clone();
+        self.shared().conns.locked().insert(shared.clone());
         self.shared().emit_link(link, FromRoom::Joined { sid });
         let party = self.party.as_mut().expect("started");
         if let Err(f) = guarded(limit, party.on_connect(&conn, &ctx)).await {
-            self.shared().conns.lock().unwrap().remove(&(link, sid));
+            self.shared().conns.locked().remove(&(link, sid));
             return Err(f.to_string());
         }
         self.shared().emit_link(link, FromRoom::Accepted { sid, tags });
@@ -844,7 +904,7 @@ impl Actor {
     /// Takes over a socket from the room's previous instance: it joins the table as it was,
     /// without `on_connect` (as after hibernation). The party starts on the next event.
     fn adopt(&mut self, link: LinkId, sid: SocketId, id: String, uri: String, tags: Vec<String>, state: Option<Bytes>) {
-        let mut table = self.shared().conns.lock().unwrap();
+        let mut table = self.shared().conns.locked();
         table.next_order += 1;
         let order = table.next_order;
         table.insert(Arc::new(ConnShared {
@@ -873,7 +933,7 @@ impl Actor {
     }
 
     async fn message(&mut self, link: LinkId, sid: SocketId, msg: crate::message::Message) {
-        let Some(shared) = self.shared().conns.lock().unwrap().by_key.get(&(link, sid)).cloned() else {
+        let Some(shared) = self.shared().conns.locked().by_key.get(&(link, sid)).cloned() else {
             return;
         };
         let conn = self.connection(shared);

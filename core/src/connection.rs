@@ -10,6 +10,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use crate::link::{close_code, FromRoom, SocketId};
 use crate::message::Message;
 use crate::room::{LinkId, RoomShared};
+use crate::sync::Lock;
 
 /// Identifies one socket in a room: the gateway link it came over and its number there.
 pub(crate) type ConnKey = (LinkId, SocketId);
@@ -28,6 +29,17 @@ pub enum StateError {
     /// The value could not be encoded as JSON.
     #[error("connection state could not be encoded: {0}")]
     Encode(#[from] serde_json::Error),
+}
+
+/// A frame larger than the outbound limit (`Limits::max_outbound_message_bytes`): nothing was
+/// sent.
+#[derive(Debug, thiserror::Error)]
+#[error("outbound message is too large: {len} > {max}")]
+pub struct TooLarge {
+    /// The frame's length.
+    pub len: usize,
+    /// The limit.
+    pub max: usize,
 }
 
 pub(crate) struct ConnShared {
@@ -61,7 +73,7 @@ impl Connection {
 
     /// The connection's tags; the id is always the first.
     pub fn tags(&self) -> Vec<String> {
-        self.shared.tags.lock().unwrap().clone()
+        self.shared.tags.locked().clone()
     }
 
     /// Whether the socket is still open (as far as the room knows).
@@ -71,13 +83,13 @@ impl Connection {
 
     /// The connection's state decoded from JSON; `None` when unset (or not of this type).
     pub fn state<T: DeserializeOwned>(&self) -> Option<T> {
-        let bytes = self.shared.state.lock().unwrap().clone()?;
+        let bytes = self.shared.state.locked().clone()?;
         serde_json::from_slice(&bytes).ok()
     }
 
     /// The connection's state as stored (JSON bytes).
     pub fn state_bytes(&self) -> Option<Bytes> {
-        self.shared.state.lock().unwrap().clone()
+        self.shared.state.locked().clone()
     }
 
     /// Replaces the connection's state. It lives as long as the socket, survives hibernation,
@@ -88,7 +100,7 @@ impl Connection {
         if bytes.len() > max {
             return Err(StateError::TooLarge { len: bytes.len(), max });
         }
-        *self.shared.state.lock().unwrap() = Some(bytes.clone());
+        *self.shared.state.locked() = Some(bytes.clone());
         if self.is_open() {
             self.emit(FromRoom::State { sid: self.shared.key.1, state: Some(bytes) });
         }
@@ -97,7 +109,7 @@ impl Connection {
 
     /// Clears the connection's state.
     pub fn clear_state(&self) {
-        *self.shared.state.lock().unwrap() = None;
+        *self.shared.state.locked() = None;
         self.emit(FromRoom::State { sid: self.shared.key.1, state: None });
     }
 
@@ -115,6 +127,20 @@ impl Connection {
         if self.is_open() {
             self.emit(FromRoom::Send { sid: self.shared.key.1, msg });
         }
+    }
+
+    /// Like [`Connection::send`], but a frame over the outbound limit is an error for the party
+    /// to handle, and the connection stays open.
+    pub fn try_send(&self, msg: impl Into<Message>) -> Result<(), TooLarge> {
+        let msg = msg.into();
+        let max = self.room.limits.max_outbound_message_bytes;
+        if msg.len() > max {
+            return Err(TooLarge { len: msg.len(), max });
+        }
+        if self.is_open() {
+            self.emit(FromRoom::Send { sid: self.shared.key.1, msg });
+        }
+        Ok(())
     }
 
     /// Closes the connection with a close code and reason; `on_close` follows.

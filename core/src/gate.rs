@@ -14,6 +14,7 @@ use crate::actor::close_reason;
 use crate::link::{close_code, FromRoom};
 use crate::room::{LinkId, Outbound};
 use crate::storage::WriteProgress;
+use crate::sync::Lock;
 
 /// An outbound item with the write batch it must wait for.
 struct Held {
@@ -78,7 +79,7 @@ impl Gate {
 
     /// Sends `item` once write batch `seq` is durable and everything emitted before it is out.
     pub(crate) fn emit(&self, seq: u64, item: Outbound) {
-        let mut st = self.state.lock().unwrap();
+        let mut st = self.state.locked();
         if st.failed {
             return;
         }
@@ -98,7 +99,7 @@ impl Gate {
 
     /// The room stopped: the pump ends once it released what it holds.
     pub(crate) fn close(&self) {
-        self.state.lock().unwrap().closed = true;
+        self.state.locked().closed = true;
         self.wake.notify_one();
     }
 }
@@ -115,7 +116,7 @@ enum Step {
 
 /// Releases, in order, every held item whose writes are durable, as far as the links take them.
 fn release(gate: &Gate, p: &WriteProgress) -> Step {
-    let mut st = gate.state.lock().unwrap();
+    let mut st = gate.state.locked();
     if p.failed.is_some() {
         return Step::Failed(fail(&mut st));
     }
@@ -135,7 +136,7 @@ fn release(gate: &Gate, p: &WriteProgress) -> Step {
 /// Sends the front item (a message for `link`) with the queue space the pump waited for. Only the
 /// pump takes items off the front, so it is still the same item.
 fn finish_wait(gate: &Gate, link: LinkId, permit: Result<mpsc::Permit<'_, FromRoom>, mpsc::error::SendError<()>>) {
-    let mut st = gate.state.lock().unwrap();
+    let mut st = gate.state.locked();
     if st.failed {
         return;
     }
@@ -173,7 +174,7 @@ pub(crate) async fn pump(gate: Arc<Gate>) {
             }
         }
         let done = {
-            let st = gate.state.lock().unwrap();
+            let st = gate.state.locked();
             st.closed && (st.held.is_empty() || !writer_alive)
         };
         if done {

@@ -17,6 +17,7 @@
 //! - [`actor`]: the room runtime (one task per room, output gate).
 //! - [`limits`]: every limit, with defaults.
 //! - [`placement`]: room -> virtual shard -> preferred node (xxh3 + rendezvous hashing).
+//! - [`sync`]: locks that a panic does not poison for everyone else.
 //! - [`observe`]: what the runtime reports for metrics (event times, alarms).
 //! - `testing` (feature `testing`): a test kit for parties: a room in a test, clients that
 //!   connect, send and receive, HTTP requests, the alarm run on demand, storage inspection,
@@ -54,13 +55,14 @@ pub mod placement;
 pub mod room;
 pub mod storage;
 pub mod store;
+pub mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod web;
 
 pub use async_trait::async_trait;
 pub use bytes::Bytes;
-pub use connection::{Connection, StateError};
+pub use connection::{Connection, StateError, TooLarge};
 pub use limits::Limits;
 pub use message::{Message, Text};
 pub use party::{Before, ConnectionContext, Lobby, Party, PartyFactory, PartyOptions, PartyRegistry, Wakeup};

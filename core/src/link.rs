@@ -152,9 +152,11 @@ pub mod close_code {
     pub const NORMAL: u16 = 1000;
     /// The server is going away.
     pub const GOING_AWAY: u16 = 1001;
+    /// The client broke the WebSocket protocol.
+    pub const PROTOCOL_ERROR: u16 = 1002;
     /// Text frame that is not UTF-8.
     pub const INVALID_PAYLOAD: u16 = 1007;
-    /// Policy violation: the client did not read its messages fast enough.
+    /// Policy violation: the client sent messages faster than its rate limit.
     pub const POLICY: u16 = 1008;
     /// Message larger than the limit.
     pub const TOO_BIG: u16 = 1009;
@@ -162,6 +164,8 @@ pub mod close_code {
     pub const INTERNAL_ERROR: u16 = 1011;
     /// The room restarts elsewhere; reconnect.
     pub const SERVICE_RESTART: u16 = 1012;
+    /// The room is overloaded; reconnect later.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
     /// Another connection with the same id joined the room and replaced this one.
     pub const REPLACED: u16 = 4409;
 }

@@ -15,6 +15,7 @@ use crate::link::{FromRoom, SocketId};
 use crate::message::Message;
 use crate::storage::Storage;
 use crate::store::RoomKey;
+use crate::sync::Lock;
 use crate::web::{Request, Response};
 
 /// Identifies one gateway link into a room (one per gateway that has sockets in it).
@@ -172,10 +173,10 @@ impl RoomShared {
     }
 
     pub(crate) fn close_connection(&self, conn: &Arc<ConnShared>, code: u16, reason: &str) {
-        let removed = self.conns.lock().unwrap().remove(&conn.key);
+        let removed = self.conns.locked().remove(&conn.key);
         if let Some(conn) = removed {
             self.emit_link(conn.key.0, FromRoom::Close { sid: conn.key.1, code, reason: reason.to_string() });
-            self.closed_by_party.lock().unwrap().push(conn);
+            self.closed_by_party.locked().push(conn);
         }
     }
 
@@ -185,7 +186,7 @@ impl RoomShared {
             tracing::error!(room = %self.key, len = msg.len(), max, "broadcast dropped: over the outbound message limit");
             return;
         }
-        let table = self.conns.lock().unwrap();
+        let table = self.conns.locked();
         let mut except: HashMap<LinkId, Vec<SocketId>> = HashMap::new();
         for id in without {
             if let Some((link, sid)) = table.by_id.get(*id) {
@@ -247,20 +248,32 @@ impl Room {
         self.shared.broadcast(msg.into(), without);
     }
 
+    /// Like [`Room::broadcast`], but a frame over the outbound limit is an error for the party
+    /// to handle (nothing is sent).
+    pub fn try_broadcast(&self, msg: impl Into<Message>, without: &[&str]) -> Result<(), crate::connection::TooLarge> {
+        let msg = msg.into();
+        let max = self.shared.limits.max_outbound_message_bytes;
+        if msg.len() > max {
+            return Err(crate::connection::TooLarge { len: msg.len(), max });
+        }
+        self.shared.broadcast(msg, without);
+        Ok(())
+    }
+
     /// The connection with this id, if it is in the room.
     pub fn get_connection(&self, id: &str) -> Option<Connection> {
-        let table = self.shared.conns.lock().unwrap();
+        let table = self.shared.conns.locked();
         let shared = table.get_by_id(id)?.clone();
         Some(Connection { shared, room: self.shared.clone() })
     }
 
     /// The connections in the room, in join order; with a tag, only those that carry it.
     pub fn get_connections(&self, tag: Option<&str>) -> Vec<Connection> {
-        let table = self.shared.conns.lock().unwrap();
+        let table = self.shared.conns.locked();
         let mut conns: Vec<Arc<ConnShared>> = table
             .by_key
             .values()
-            .filter(|c| tag.is_none_or(|t| c.tags.lock().unwrap().iter().any(|x| x == t)))
+            .filter(|c| tag.is_none_or(|t| c.tags.locked().iter().any(|x| x == t)))
             .cloned()
             .collect();
         conns.sort_by_key(|c| c.order);
@@ -269,7 +282,7 @@ impl Room {
 
     /// How many connections are in the room.
     pub fn connection_count(&self) -> usize {
-        self.shared.conns.lock().unwrap().by_key.len()
+        self.shared.conns.locked().by_key.len()
     }
 
     /// Other rooms, for HTTP calls to their `on_request`.

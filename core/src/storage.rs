@@ -15,10 +15,13 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use crate::limits::Limits;
-use crate::store::{Fence, ListOptions, RoomKey, Store, StoreError, WriteOp};
+use crate::store::{entry_bytes, Fence, ListOptions, Quota, RoomKey, Store, StoreError, Usage, WriteOp};
+use crate::sync::Lock;
 
 /// Cached bytes above which clean entries are dropped from a room's cache.
 const MAX_CACHE_BYTES: usize = 32 << 20;
+/// Entries `list` reads from the store at a time.
+const LIST_PAGE: usize = 256;
 
 /// Why a storage call failed.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +60,22 @@ pub enum StorageError {
         /// The serde error.
         source: serde_json::Error,
     },
-    /// The backend refused or failed; the room is being reset.
+    /// More was written since the last commit than one commit may carry.
+    #[error("{bytes} bytes written since the last commit, the limit is {max}; call sync() between large writes")]
+    CommitTooLarge {
+        /// Bytes the write buffer would hold.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A `list` result would be larger than the limit.
+    #[error("list() would return more than {max} bytes; ask for a range or a limit")]
+    ListTooLarge {
+        /// The limit.
+        max: usize,
+    },
+    /// The backend refused or failed (a refused write resets the room), or the write would take
+    /// the room past its storage quota (nothing was written).
     #[error(transparent)]
     Store(#[from] StoreError),
     /// An earlier write failed, so this room instance can no longer use storage.
@@ -83,6 +101,12 @@ struct State {
     complete: bool,
     cache_bytes: usize,
     buffer: Vec<WriteOp>,
+    /// Bytes of keys and values in `buffer`.
+    buffer_bytes: usize,
+    /// What the room's data takes with the buffered writes applied, when the store keeps an
+    /// account (quota checks): exact for keys whose previous value is known, an upper bound
+    /// otherwise (a put over a key not known counts as a new key).
+    usage: Option<Usage>,
     /// Sequence number the open buffer will be sealed with.
     next_seq: u64,
     /// `None` when unknown; `Some(None)` when known unset.
@@ -99,6 +123,34 @@ impl State {
             self.cache_bytes -= size(&key, &old);
         }
         self.cache_bytes += added;
+    }
+
+    /// What the room will take after `entries` are put, from `base`: the keys whose previous
+    /// value is not known count as new and are collected in `unknown`.
+    fn usage_with(&self, base: Usage, entries: &[(String, Bytes)], unknown: &mut Vec<String>) -> Usage {
+        let mut u = base;
+        let mut put: HashMap<&str, usize> = HashMap::new();
+        for (k, v) in entries {
+            let prev = match put.get(k.as_str()) {
+                Some(len) => Some(*len),
+                None => match self.cache.get(k) {
+                    Some(v) => v.as_ref().map(Bytes::len),
+                    None if self.complete => None,
+                    None => {
+                        unknown.push(k.clone());
+                        None
+                    }
+                },
+            };
+            if let Some(len) = prev {
+                u.keys = u.keys.saturating_sub(1);
+                u.bytes = u.bytes.saturating_sub(entry_bytes(k, len));
+            }
+            u.keys += 1;
+            u.bytes += entry_bytes(k, v.len());
+            put.insert(k, v.len());
+        }
+        u
     }
 }
 
@@ -126,8 +178,9 @@ impl Storage {
     pub fn new(room: RoomKey, store: Arc<dyn Store>, fence: Option<Fence>, limits: Arc<Limits>) -> Self {
         let (sealed_tx, sealed_rx) = mpsc::unbounded_channel();
         let (progress_tx, progress_rx) = watch::channel(WriteProgress::default());
+        let max_commit = limits.max_commit_bytes;
         let progress_tx = Arc::new(progress_tx);
-        tokio::spawn(writer(room.clone(), store.clone(), fence.clone(), sealed_rx, progress_tx.clone()));
+        tokio::spawn(writer(room.clone(), store.clone(), fence.clone(), max_commit, sealed_rx, progress_tx.clone()));
         Storage {
             inner: Arc::new(Inner {
                 room,
@@ -138,6 +191,8 @@ impl Storage {
                     complete: false,
                     cache_bytes: 0,
                     buffer: Vec::new(),
+                    buffer_bytes: 0,
+                    usage: None,
                     next_seq: 1,
                     alarm: None,
                 }),
@@ -211,7 +266,7 @@ impl Storage {
         let mut out = BTreeMap::new();
         let mut missing = Vec::new();
         {
-            let st = self.inner.state.lock().unwrap();
+            let st = self.inner.state.locked();
             for k in keys {
                 self.check_key(&k)?;
                 match st.cache.get(&k) {
@@ -229,7 +284,7 @@ impl Storage {
         }
         let read = self.inner.store.get_fenced(&self.inner.room, self.inner.fence.as_ref(), &missing).await;
         let values = self.read_result(read)?;
-        let mut st = self.inner.state.lock().unwrap();
+        let mut st = self.inner.state.locked();
         for (k, v) in missing.into_iter().zip(values) {
             // A write made while the read was in flight wins over what the read saw.
             let v = match st.cache.get(&k) {
@@ -272,12 +327,86 @@ impl Storage {
                 return Err(StorageError::ValueTooLarge { key: k.clone(), len: v.len(), max });
             }
         }
-        let mut st = self.inner.state.lock().unwrap();
+        let added: usize = entries.iter().map(|(k, v)| k.len() + v.len()).sum();
+        self.check_commit_size(added)?;
+        let quota = self.inner.store.quota();
+        if quota.is_limited() {
+            self.check_quota(quota, &entries).await?;
+        }
+        let mut st = self.inner.state.locked();
+        if let Some(base) = st.usage {
+            let after = st.usage_with(base, &entries, &mut Vec::new());
+            st.usage = Some(after);
+        }
+        st.buffer_bytes += added;
         for (k, v) in entries {
             st.cache_put(k.clone(), Some(v.clone()));
             st.buffer.push(WriteOp::Put(k, v));
         }
         Ok(())
+    }
+
+    fn check_commit_size(&self, added: usize) -> Result<(), StorageError> {
+        let max = self.inner.limits.max_commit_bytes;
+        let bytes = self.inner.state.locked().buffer_bytes + added;
+        if max > 0 && bytes > max {
+            return Err(StorageError::CommitTooLarge { bytes, max });
+        }
+        Ok(())
+    }
+
+    /// Reads the room's storage usage now, when the store enforces a quota and the usage is not
+    /// known yet, so that later puts are checked without waiting on the store unless they come
+    /// near the quota. Parties whose puts must finish at once (JS parties) call it before they
+    /// run.
+    pub async fn prepare_quota(&self) -> Result<(), StorageError> {
+        if !self.inner.store.quota().is_limited() || self.inner.state.locked().usage.is_some() {
+            return Ok(());
+        }
+        self.sync().await?;
+        if let Some(u) = self.inner.store.usage(&self.inner.room).await? {
+            self.inner.state.locked().usage.get_or_insert(u);
+        }
+        Ok(())
+    }
+
+    /// Refuses a put that would take the room past its quota. The room's usage is read from the
+    /// store once; after that it is kept here, exact where previous values are known and an
+    /// upper bound where they are not. Only when that bound breaks the quota is the exact
+    /// figure fetched (the buffered writes committed, the previous values read).
+    async fn check_quota(&self, quota: Quota, entries: &[(String, Bytes)]) -> Result<(), StorageError> {
+        let known = self.inner.state.locked().usage;
+        let base = match known {
+            Some(u) => u,
+            None => {
+                self.sync().await?;
+                let Some(u) = self.inner.store.usage(&self.inner.room).await? else { return Ok(()) };
+                *self.inner.state.locked().usage.get_or_insert(u)
+            }
+        };
+        let mut unknown = Vec::new();
+        let estimate = self.inner.state.locked().usage_with(base, entries, &mut unknown);
+        if quota.check(base, estimate).is_ok() {
+            return Ok(());
+        }
+        if !unknown.is_empty() {
+            self.sync().await?;
+            let exact = self.inner.store.usage(&self.inner.room).await?.unwrap_or(base);
+            unknown.sort();
+            unknown.dedup();
+            let read = self.inner.store.get_fenced(&self.inner.room, self.inner.fence.as_ref(), &unknown).await;
+            let previous = self.read_result(read)?;
+            let mut st = self.inner.state.locked();
+            for (k, v) in unknown.into_iter().zip(previous) {
+                if !st.cache.contains_key(&k) {
+                    st.cache_put(k, v);
+                }
+            }
+            st.usage = Some(exact);
+            let estimate = st.usage_with(exact, entries, &mut Vec::new());
+            return Ok(quota.check(exact, estimate)?);
+        }
+        Ok(quota.check(base, estimate)?)
     }
 
     /// Deletes `key`; true when it existed.
@@ -293,8 +422,16 @@ impl Storage {
     {
         let keys: Vec<String> = keys.into_iter().map(|k| k.as_ref().to_string()).collect();
         let existing = self.get_many(&keys).await?;
-        let mut st = self.inner.state.lock().unwrap();
+        self.check_commit_size(keys.iter().map(String::len).sum())?;
+        let mut st = self.inner.state.locked();
+        if let Some(u) = st.usage.as_mut() {
+            for (k, v) in &existing {
+                u.keys = u.keys.saturating_sub(1);
+                u.bytes = u.bytes.saturating_sub(entry_bytes(k, v.len()));
+            }
+        }
         for k in keys {
+            st.buffer_bytes += k.len();
             st.cache_put(k.clone(), None);
             st.buffer.push(WriteOp::Delete(k));
         }
@@ -304,20 +441,52 @@ impl Storage {
     /// Deletes every key of the room (the alarm stays).
     pub async fn delete_all(&self) -> Result<(), StorageError> {
         self.check_failed()?;
-        let mut st = self.inner.state.lock().unwrap();
+        let mut st = self.inner.state.locked();
         st.cache.clear();
         st.cache_bytes = 0;
         st.complete = true;
+        st.usage = Some(Usage::default());
         st.buffer.push(WriteOp::DeleteAll);
         Ok(())
     }
 
-    /// The entries in the range, ordered by key bytes (descending with `reverse`).
+    /// The entries in the range, ordered by key bytes (descending with `reverse`). The store is
+    /// read a page at a time; a result larger than the list limit (32 MiB by default) is an
+    /// error: ask for a range or a `limit`.
     pub async fn list(&self, opts: ListOptions) -> Result<Vec<(String, Bytes)>, StorageError> {
         self.sync().await?;
-        let read = self.inner.store.list_fenced(&self.inner.room, self.inner.fence.as_ref(), &opts).await;
-        let entries = self.read_result(read)?;
-        let mut st = self.inner.state.lock().unwrap();
+        let max = self.inner.limits.max_list_bytes;
+        let mut entries: Vec<(String, Bytes)> = Vec::new();
+        let mut bytes = 0usize;
+        let mut page = opts.clone();
+        let mut left = opts.limit;
+        loop {
+            let want = left.map_or(LIST_PAGE, |n| n.min(LIST_PAGE));
+            if want == 0 {
+                break;
+            }
+            page.limit = Some(want);
+            let read = self.inner.store.list_fenced(&self.inner.room, self.inner.fence.as_ref(), &page).await;
+            let got = self.read_result(read)?;
+            let n = got.len();
+            bytes += got.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+            if max > 0 && bytes > max {
+                return Err(StorageError::ListTooLarge { max });
+            }
+            let last = got.last().map(|(k, _)| k.clone());
+            entries.extend(got);
+            left = left.map(|l| l - n);
+            let Some(last) = last.filter(|_| n == want) else { break };
+            // The next page continues after the last key (before it, in reverse); the other
+            // bounds still hold.
+            if opts.reverse {
+                page.end = Some(last);
+            } else {
+                page.start = None;
+                page.start_after = Some(last);
+            }
+        }
+        let mut st = self.inner.state.locked();
         for (k, v) in &entries {
             if !st.cache.contains_key(k) {
                 st.cache_put(k.clone(), Some(v.clone()));
@@ -329,19 +498,19 @@ impl Storage {
     /// The alarm time in ms since the Unix epoch, if one is set.
     pub async fn get_alarm(&self) -> Result<Option<i64>, StorageError> {
         self.check_failed()?;
-        if let Some(a) = self.inner.state.lock().unwrap().alarm {
+        if let Some(a) = self.inner.state.locked().alarm {
             return Ok(a);
         }
         let read = self.inner.store.get_alarm_fenced(&self.inner.room, self.inner.fence.as_ref()).await;
         let a = self.read_result(read)?;
-        let mut st = self.inner.state.lock().unwrap();
+        let mut st = self.inner.state.locked();
         Ok(*st.alarm.get_or_insert(a))
     }
 
     /// Sets the room's one alarm (ms since the Unix epoch); a time in the past fires at once.
     pub async fn set_alarm(&self, at_ms: i64) -> Result<(), StorageError> {
         self.check_failed()?;
-        let mut st = self.inner.state.lock().unwrap();
+        let mut st = self.inner.state.locked();
         st.alarm = Some(Some(at_ms));
         st.buffer.push(WriteOp::SetAlarm(at_ms));
         Ok(())
@@ -350,7 +519,7 @@ impl Storage {
     /// Removes the room's alarm.
     pub async fn delete_alarm(&self) -> Result<(), StorageError> {
         self.check_failed()?;
-        let mut st = self.inner.state.lock().unwrap();
+        let mut st = self.inner.state.locked();
         st.alarm = Some(None);
         st.buffer.push(WriteOp::DeleteAlarm);
         Ok(())
@@ -376,9 +545,10 @@ impl Storage {
     /// so far is covered by.
     #[doc(hidden)]
     pub fn seal(&self) -> u64 {
-        let mut st = self.inner.state.lock().unwrap();
+        let mut st = self.inner.state.locked();
         if !st.buffer.is_empty() {
             let batch = std::mem::take(&mut st.buffer);
+            st.buffer_bytes = 0;
             let seq = st.next_seq;
             st.next_seq += 1;
             // The writer only stops when every sender is gone, and we hold one.
@@ -396,7 +566,7 @@ impl Storage {
     /// The batch sequence number an outbound frame sent now must wait for.
     #[doc(hidden)]
     pub fn gate_seq(&self) -> u64 {
-        let st = self.inner.state.lock().unwrap();
+        let st = self.inner.state.locked();
         if st.buffer.is_empty() {
             st.next_seq - 1
         } else {
@@ -413,13 +583,13 @@ impl Storage {
     /// The alarm as this room last knew it (`None` when never read or written).
     #[doc(hidden)]
     pub fn known_alarm(&self) -> Option<Option<i64>> {
-        self.inner.state.lock().unwrap().alarm
+        self.inner.state.locked().alarm
     }
 
     /// Drops cached values (when the room hibernates), if no write is in flight.
     #[doc(hidden)]
     pub fn clear_cache(&self) {
-        let mut st = self.inner.state.lock().unwrap();
+        let mut st = self.inner.state.locked();
         let acked = self.inner.progress.borrow().acked;
         if st.buffer.is_empty() && acked + 1 == st.next_seq {
             st.cache.clear();
@@ -432,17 +602,35 @@ impl Storage {
 }
 
 /// Commits sealed batches in order, merging whatever queued up while the previous commit was in
-/// flight into one atomic commit.
+/// flight into one atomic commit of at most `max_bytes` (0: no limit; a single batch larger than
+/// that still goes alone).
 async fn writer(
     room: RoomKey,
     store: Arc<dyn Store>,
     fence: Option<Fence>,
+    max_bytes: usize,
     mut sealed: mpsc::UnboundedReceiver<(u64, Vec<WriteOp>)>,
     progress: Arc<watch::Sender<WriteProgress>>,
 ) {
-    while let Some((mut seq, mut ops)) = sealed.recv().await {
-        while let Ok((s, more)) = sealed.try_recv() {
+    let mut carried: Option<(u64, Vec<WriteOp>)> = None;
+    loop {
+        let (mut seq, mut ops) = match carried.take() {
+            Some(batch) => batch,
+            None => match sealed.recv().await {
+                Some(batch) => batch,
+                None => return,
+            },
+        };
+        let mut bytes = ops_bytes(&ops);
+        while max_bytes == 0 || bytes < max_bytes {
+            let Ok((s, more)) = sealed.try_recv() else { break };
+            let more_bytes = ops_bytes(&more);
+            if max_bytes > 0 && bytes + more_bytes > max_bytes {
+                carried = Some((s, more));
+                break;
+            }
             seq = s;
+            bytes += more_bytes;
             ops.extend(more);
         }
         let ops = compact(ops);
@@ -488,6 +676,17 @@ pub fn compact(ops: Vec<WriteOp>) -> Vec<WriteOp> {
     }
     out.extend(alarm);
     out
+}
+
+/// Bytes of keys and values in `ops`.
+fn ops_bytes(ops: &[WriteOp]) -> usize {
+    ops.iter()
+        .map(|op| match op {
+            WriteOp::Put(k, v) => k.len() + v.len(),
+            WriteOp::Delete(k) => k.len(),
+            _ => 0,
+        })
+        .sum()
 }
 
 fn is_alarm(op: &WriteOp) -> bool {

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::Mutex;
 
+use crate::sync::Lock;
 use async_trait::async_trait;
 use bytes::Bytes;
 
@@ -128,6 +129,112 @@ pub enum StoreError {
     /// The backend failed (I/O, connection, corruption).
     #[error("storage backend failed: {0}")]
     Backend(String),
+    /// The commit would take the room past its storage quota; nothing of it was applied.
+    #[error("room storage quota exceeded: the write would make {keys} keys and {bytes} bytes (limits: {})", quota_text(*.max_keys, *.max_bytes))]
+    QuotaExceeded {
+        /// Keys the room would hold.
+        keys: u64,
+        /// Bytes (keys plus values) the room would hold.
+        bytes: u64,
+        /// The key limit (0: none).
+        max_keys: u64,
+        /// The byte limit (0: none).
+        max_bytes: u64,
+    },
+}
+
+fn quota_text(max_keys: u64, max_bytes: u64) -> String {
+    let part = |n: u64, what: &str| if n == 0 { format!("no {what} limit") } else { format!("{n} {what}") };
+    format!("{}, {}", part(max_keys, "keys"), part(max_bytes, "bytes"))
+}
+
+/// What a room's stored data takes: its keys, and the bytes of its keys plus values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Keys stored.
+    pub keys: u64,
+    /// Bytes of keys plus values.
+    pub bytes: u64,
+}
+
+/// A room's storage quota; 0 means no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Quota {
+    /// Most keys.
+    pub max_keys: u64,
+    /// Most bytes of keys plus values.
+    pub max_bytes: u64,
+}
+
+impl Quota {
+    /// No limit.
+    pub const NONE: Quota = Quota { max_keys: 0, max_bytes: 0 };
+
+    /// Whether any limit is set.
+    pub fn is_limited(&self) -> bool {
+        self.max_keys > 0 || self.max_bytes > 0
+    }
+
+    /// Checks a change of a room's usage from `before` to `after`: only growth past a limit is
+    /// refused, so a room over its quota (the quota was lowered) can always shrink.
+    pub fn check(&self, before: Usage, after: Usage) -> Result<(), StoreError> {
+        let keys = self.max_keys > 0 && after.keys > self.max_keys && after.keys > before.keys;
+        let bytes = self.max_bytes > 0 && after.bytes > self.max_bytes && after.bytes > before.bytes;
+        if keys || bytes {
+            return Err(StoreError::QuotaExceeded {
+                keys: after.keys,
+                bytes: after.bytes,
+                max_keys: self.max_keys,
+                max_bytes: self.max_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The bytes one entry counts for in a [`Usage`].
+pub fn entry_bytes(key: &str, value_len: usize) -> u64 {
+    (key.len() + value_len) as u64
+}
+
+/// A room's usage after applying `ops` to a room that used `before`. `old(key)` gives the length
+/// of a key's value before the commit (`None`: absent); it is asked at most once per key.
+pub fn usage_after(
+    before: Usage,
+    ops: &[WriteOp],
+    mut old: impl FnMut(&str) -> Result<Option<usize>, StoreError>,
+) -> Result<Usage, StoreError> {
+    let mut now: HashMap<&str, Option<usize>> = HashMap::new();
+    let mut cleared = false;
+    let mut u = before;
+    for op in ops {
+        let (key, new) = match op {
+            WriteOp::Put(k, v) => (k.as_str(), Some(v.len())),
+            WriteOp::Delete(k) => (k.as_str(), None),
+            WriteOp::DeleteAll => {
+                u = Usage::default();
+                cleared = true;
+                now.clear();
+                continue;
+            }
+            WriteOp::SetAlarm(_) | WriteOp::DeleteAlarm => continue,
+        };
+        let prev = match now.get(key) {
+            Some(v) => *v,
+            None if cleared => None,
+            None => old(key)?,
+        };
+        if let Some(len) = prev {
+            u.keys = u.keys.saturating_sub(1);
+            u.bytes = u.bytes.saturating_sub(entry_bytes(key, len));
+        }
+        if let Some(len) = new {
+            u.keys += 1;
+            u.bytes += entry_bytes(key, len);
+        }
+        now.insert(key, new);
+    }
+    Ok(u)
 }
 
 /// A room's stored key/value data and alarm, for every room of a process or a cluster.
@@ -143,6 +250,15 @@ pub trait Store: Send + Sync + 'static {
     async fn get_alarm(&self, room: &RoomKey) -> Result<Option<i64>, StoreError>;
     /// Rooms whose alarm is due at or before `now_ms`, earliest first, at most `limit`.
     async fn due_alarms(&self, now_ms: i64, limit: usize) -> Result<Vec<(RoomKey, i64)>, StoreError>;
+    /// What the room's stored data takes, for stores that enforce a [`Quota`] in `commit`
+    /// (`None`: this store keeps no account, and rooms check no quota before committing).
+    async fn usage(&self, _room: &RoomKey) -> Result<Option<Usage>, StoreError> {
+        Ok(None)
+    }
+    /// The quota `commit` enforces per room.
+    fn quota(&self) -> Quota {
+        Quota::NONE
+    }
 
     /// [`Store::get`] for a room writing under `fence`. A store that fences writes refuses the
     /// read as well ([`StoreError::Fenced`]) once the fence no longer holds, so a room never reads
@@ -172,11 +288,13 @@ pub trait Store: Send + Sync + 'static {
 #[derive(Default)]
 pub struct MemoryStore {
     inner: Mutex<MemoryInner>,
+    quota: Quota,
 }
 
 #[derive(Default)]
 struct MemoryInner {
     data: HashMap<RoomKey, BTreeMap<String, Bytes>>,
+    usage: HashMap<RoomKey, Usage>,
     alarms: HashMap<RoomKey, i64>,
     by_time: BTreeSet<(i64, RoomKey)>,
 }
@@ -185,6 +303,12 @@ impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The same store enforcing `quota` on every room's commits.
+    pub fn with_quota(mut self, quota: Quota) -> Self {
+        self.quota = quota;
+        self
     }
 }
 
@@ -227,20 +351,25 @@ impl Store for MemoryStore {
     }
 
     async fn get(&self, room: &RoomKey, keys: &[String]) -> Result<Vec<Option<Bytes>>, StoreError> {
-        let inner = self.inner.lock().unwrap();
+        let inner = self.inner.locked();
         let data = inner.data.get(room);
         Ok(keys.iter().map(|k| data.and_then(|d| d.get(k).cloned())).collect())
     }
 
     async fn list(&self, room: &RoomKey, opts: &ListOptions) -> Result<Vec<(String, Bytes)>, StoreError> {
-        let inner = self.inner.lock().unwrap();
+        let inner = self.inner.locked();
         let Some(data) = inner.data.get(room) else { return Ok(Vec::new()) };
         let range = data.range((opts.lower_bound(), Bound::Unbounded));
         Ok(select_range(range, opts))
     }
 
     async fn commit(&self, room: &RoomKey, _fence: Option<&Fence>, ops: &[WriteOp]) -> Result<(), StoreError> {
-        let mut inner = self.inner.lock().unwrap();
+        let mut inner = self.inner.locked();
+        let before = inner.usage.get(room).copied().unwrap_or_default();
+        let data = inner.data.get(room);
+        let after = usage_after(before, ops, |k| Ok(data.and_then(|d| d.get(k)).map(|v| v.len())))?;
+        self.quota.check(before, after)?;
+        inner.usage.insert(room.clone(), after);
         for op in ops {
             match op {
                 WriteOp::Put(k, v) => {
@@ -271,12 +400,20 @@ impl Store for MemoryStore {
     }
 
     async fn get_alarm(&self, room: &RoomKey) -> Result<Option<i64>, StoreError> {
-        Ok(self.inner.lock().unwrap().alarms.get(room).copied())
+        Ok(self.inner.locked().alarms.get(room).copied())
     }
 
     async fn due_alarms(&self, now_ms: i64, limit: usize) -> Result<Vec<(RoomKey, i64)>, StoreError> {
-        let inner = self.inner.lock().unwrap();
+        let inner = self.inner.locked();
         Ok(inner.by_time.iter().take_while(|(t, _)| *t <= now_ms).take(limit).map(|(t, r)| (r.clone(), *t)).collect())
+    }
+
+    async fn usage(&self, room: &RoomKey) -> Result<Option<Usage>, StoreError> {
+        Ok(Some(self.inner.locked().usage.get(room).copied().unwrap_or_default()))
+    }
+
+    fn quota(&self) -> Quota {
+        self.quota
     }
 }
 
@@ -366,6 +503,38 @@ pub mod conformance {
         store.commit(&a, None, &[WriteOp::Put(k("bin"), bin.clone())]).await.unwrap();
         assert_eq!(store.get(&a, &[k("bin")]).await.unwrap(), vec![Some(bin)]);
     }
+
+    /// The quota [`quota`] expects the store to enforce.
+    pub const QUOTA: Quota = Quota { max_keys: 3, max_bytes: 20 };
+
+    /// Checks that `store` (empty, enforcing [`QUOTA`]) refuses commits past it atomically and
+    /// keeps an exact account. Panics on the first failure.
+    pub async fn quota(store: &dyn Store) {
+        let room = RoomKey::new("main", "quota");
+        let usage = |keys, bytes| Some(Usage { keys, bytes });
+        assert_eq!(store.quota(), QUOTA);
+        assert_eq!(store.usage(&room).await.unwrap(), usage(0, 0));
+        store.commit(&room, None, &[put("a", "1"), put("b", "22"), put("c", "333")]).await.unwrap();
+        assert_eq!(store.usage(&room).await.unwrap(), usage(3, 9));
+        // A fourth key is refused, and nothing of that commit is applied.
+        let err = store.commit(&room, None, &[put("a", "x"), put("d", "4")]).await.unwrap_err();
+        assert!(matches!(err, StoreError::QuotaExceeded { keys: 4, max_keys: 3, .. }), "{err}");
+        assert_eq!(store.get(&room, &[k("a"), k("d")]).await.unwrap(), vec![Some(Bytes::from("1")), None]);
+        assert_eq!(store.usage(&room).await.unwrap(), usage(3, 9));
+        // Overwrites count the difference; a delete makes room in the same commit.
+        store.commit(&room, None, &[put("c", "3333333"), WriteOp::Delete(k("b")), put("d", "4")]).await.unwrap();
+        assert_eq!(store.usage(&room).await.unwrap(), usage(3, 12));
+        let err = store.commit(&room, None, &[put("d", "x".repeat(10).as_str())]).await.unwrap_err();
+        assert!(matches!(err, StoreError::QuotaExceeded { bytes: 21, max_bytes: 20, .. }), "{err}");
+        // Alarms are not counted; delete_all starts the count again.
+        store.commit(&room, None, &[WriteOp::SetAlarm(1)]).await.unwrap();
+        store.commit(&room, None, &[WriteOp::DeleteAll, put("e", "5")]).await.unwrap();
+        assert_eq!(store.usage(&room).await.unwrap(), usage(1, 2));
+        // Other rooms have their own quota.
+        let other = RoomKey::new("main", "other");
+        store.commit(&other, None, &[put("a", "1"), put("b", "1"), put("c", "1")]).await.unwrap();
+        assert_eq!(store.usage(&other).await.unwrap(), usage(3, 6));
+    }
 }
 
 #[cfg(test)]
@@ -375,6 +544,31 @@ mod tests {
     #[tokio::test]
     async fn memory_store_conforms() {
         conformance::run(&MemoryStore::new()).await;
+        conformance::quota(&MemoryStore::new().with_quota(conformance::QUOTA)).await;
+    }
+
+    #[test]
+    fn usage_after_counts_overwrites_deletes_and_delete_all() {
+        let old = |k: &str| Ok(if k == "old" { Some(5) } else { None });
+        let u =
+            usage_after(Usage { keys: 1, bytes: 8 }, &[WriteOp::Put("old".into(), Bytes::from("12"))], old).unwrap();
+        assert_eq!(u, Usage { keys: 1, bytes: 5 });
+        let ops = [
+            WriteOp::Put("n".into(), Bytes::from("1")),
+            WriteOp::Put("n".into(), Bytes::from("123")),
+            WriteOp::Delete("old".into()),
+            WriteOp::Delete("never".into()),
+        ];
+        assert_eq!(usage_after(Usage { keys: 1, bytes: 8 }, &ops, old).unwrap(), Usage { keys: 1, bytes: 4 });
+        let ops =
+            [WriteOp::Put("x".into(), Bytes::from("1")), WriteOp::DeleteAll, WriteOp::Put("old".into(), Bytes::new())];
+        assert_eq!(usage_after(Usage { keys: 9, bytes: 99 }, &ops, old).unwrap(), Usage { keys: 1, bytes: 3 });
+        let q = Quota { max_keys: 2, max_bytes: 0 };
+        assert!(q.check(Usage { keys: 2, bytes: 0 }, Usage { keys: 3, bytes: 0 }).is_err());
+        assert!(
+            q.check(Usage { keys: 5, bytes: 0 }, Usage { keys: 4, bytes: 0 }).is_ok(),
+            "shrinking is always allowed"
+        );
     }
 
     #[test]

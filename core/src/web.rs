@@ -35,15 +35,35 @@ pub fn with_type(status: StatusCode, content_type: &'static str, body: Bytes) ->
 
 /// The query parameter `name` of a request, percent-decoded; the first one wins.
 pub fn query_param(uri: &http::Uri, name: &str) -> Option<String> {
-    let query = uri.query()?;
+    query_param_raw(uri.query()?, name).map(percent_decode)
+}
+
+/// The raw (still percent-encoded) value of the first parameter `name` in a query string.
+pub fn query_param_raw<'a>(query: &'a str, name: &str) -> Option<&'a str> {
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(k) == name).then(|| percent_decode(v))
+        (percent_decode(k) == name).then_some(v)
     })
 }
 
-/// Decodes `%XX` escapes and `+` (as in form encoding); invalid escapes are kept as they are.
+/// Decodes `%XX` escapes and `+` (as in form encoding); invalid escapes are kept as they are,
+/// and bytes that do not form UTF-8 become U+FFFD.
 pub fn percent_decode(s: &str) -> String {
+    String::from_utf8_lossy(&percent_decode_bytes(s)).into_owned()
+}
+
+/// Like [`percent_decode`], but `None` when the decoded bytes are not UTF-8.
+pub fn percent_decode_utf8(s: &str) -> Option<String> {
+    String::from_utf8(percent_decode_bytes(s)).ok()
+}
+
+/// The client's address as the gateway saw it (the `cf-connecting-ip` header it sets on every
+/// request; a client cannot forge it, see `--trusted-proxies`).
+pub fn client_ip<B>(req: &http::Request<B>) -> Option<std::net::IpAddr> {
+    req.headers().get("cf-connecting-ip")?.to_str().ok()?.parse().ok()
+}
+
+fn percent_decode_bytes(s: &str) -> Vec<u8> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -64,7 +84,7 @@ pub fn percent_decode(s: &str) -> String {
         }
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 /// An error that carries the HTTP status it should answer with, for `on_request` and the
@@ -111,5 +131,9 @@ mod tests {
     fn percent_decode_keeps_bad_escapes() {
         assert_eq!(percent_decode("%zz%4"), "%zz%4");
         assert_eq!(percent_decode("%41%62c"), "Abc");
+        assert_eq!(percent_decode("%C3%A9"), "é");
+        assert_eq!(percent_decode_utf8("%C3%A9").as_deref(), Some("é"));
+        assert_eq!(percent_decode_utf8("%C3%28"), None, "not UTF-8");
+        assert_eq!(percent_decode("%C3%28"), "\u{FFFD}(");
     }
 }

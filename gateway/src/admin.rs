@@ -17,6 +17,7 @@ use axum::extract::State;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use http::StatusCode;
+use partyline::sync::Lock;
 use partyline::web;
 use tokio::net::TcpListener;
 
@@ -55,7 +56,7 @@ impl Health {
         if self.shutting_down.load(Ordering::Acquire) {
             return Err("shutting down".into());
         }
-        let check = self.check.lock().unwrap().clone();
+        let check = self.check.locked().clone();
         match check {
             Some(check) => check().await,
             None => Ok(()),
@@ -66,7 +67,7 @@ impl Health {
 impl Gateway {
     /// Sets the check `/readyz` runs (it should answer within a second or two).
     pub fn set_ready_check(&self, check: ReadyCheck) {
-        *self.inner.health.check.lock().unwrap() = Some(check);
+        *self.inner.health.check.locked() = Some(check);
     }
 
     /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown` resolves; from
@@ -91,7 +92,7 @@ impl Gateway {
 pub(crate) async fn respond(gw: &Inner, path: &str) -> axum::response::Response {
     let res = match path {
         "metrics" => {
-            let open_links = gw.links.lock().unwrap().len();
+            let open_links = gw.links.locked().len();
             let body = gw.metrics.render(gw.sockets.load(Ordering::Acquire), open_links);
             web::with_type(StatusCode::OK, CONTENT_TYPE, Bytes::from(body))
         }

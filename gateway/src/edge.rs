@@ -13,14 +13,16 @@ use http::{header, HeaderValue, StatusCode};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use partyline::link::{close_code, ToRoom};
-use partyline::web::{self, query_param};
+use partyline::web;
 use partyline::{Before, Lobby, PartyFactory, Request, Response, RoomKey};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
 
+use crate::clients::{self, TooMany};
 use crate::links::{Admission, RouteError};
+use crate::listener::Peer;
 use crate::metrics::{Metrics, ADMIN_PREFIX};
 use crate::routing::{route, Route};
 use crate::socket::{self, SocketTask};
@@ -45,7 +47,16 @@ pub(crate) async fn handle(State(gw): State<Arc<Inner>>, req: http::Request<Body
     route_request(gw, req).instrument(span).await
 }
 
-async fn route_request(gw: Arc<Inner>, req: http::Request<Body>) -> AxumResponse {
+async fn route_request(gw: Arc<Inner>, mut req: http::Request<Body>) -> AxumResponse {
+    // Who the client is, in the headers parties read it from (forwarded headers believed only
+    // from trusted proxies). Without a TCP peer (a router used without the listener) nothing
+    // is known and nothing is claimed.
+    let client = req.extensions().get::<Peer>().copied().map(|Peer(peer)| {
+        let trusted = &gw.edge.trusted_proxies;
+        let ip = clients::client_ip(peer.ip(), req.headers(), trusted);
+        clients::set_client_headers(req.headers_mut(), peer.ip(), ip, trusted);
+        ip
+    });
     let path = req.uri().path().to_string();
     if let Some(admin) = path.strip_prefix(ADMIN_PREFIX) {
         if !gw.health.on_client_port() {
@@ -64,7 +75,7 @@ async fn route_request(gw: Arc<Inner>, req: http::Request<Body>) -> AxumResponse
             }
             let key = RoomKey::new(party, room);
             if is_upgrade(&req) {
-                upgrade(gw, key, factory, req).await
+                upgrade(gw, key, factory, req, client).await
             } else {
                 request(gw, key, factory, req).await
             }
@@ -113,20 +124,45 @@ async fn before(
     }
 }
 
-fn route_error(e: RouteError) -> AxumResponse {
+/// A 503 that asks the client to come back.
+fn unavailable(body: &str) -> AxumResponse {
+    let mut res = text(StatusCode::SERVICE_UNAVAILABLE, body);
+    res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    res
+}
+
+/// The answer for a room that could not be reached. What went wrong inside the cluster (node
+/// ids, addresses, error chains) goes to the log, not to the client.
+fn route_error(key: &RoomKey, e: RouteError) -> AxumResponse {
     match e {
         RouteError::UnknownParty(p) => text(StatusCode::NOT_FOUND, format!("Party {p} not found")),
-        RouteError::Unavailable(why) => text(StatusCode::SERVICE_UNAVAILABLE, why),
+        RouteError::Unavailable(why) => {
+            tracing::warn!(room = %key, error = %why, "room unavailable");
+            unavailable("Room unavailable, try again later")
+        }
+        RouteError::Busy(why) => {
+            tracing::info!(room = %key, reason = %why, "room busy");
+            unavailable(&why)
+        }
     }
 }
 
-/// Reads a request's body (within the limit; 413 above it) and makes its URL absolute.
+/// Reads a request's body (within the limit; 413 above it, 408 when it does not arrive within
+/// the body timeout) and makes its URL absolute.
 async fn read_request(gw: &Inner, req: http::Request<Body>) -> Result<Request, AxumResponse> {
     let (mut parts, body) = req.into_parts();
     let max = gw.limits.max_request_body_bytes;
-    let body = match http_body_util::Limited::new(body, max).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return Err(text(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than {max} bytes"))),
+    let read = http_body_util::Limited::new(body, max).collect();
+    let body = match tokio::time::timeout(gw.edge.body_timeout, read).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(_)) => {
+            return Err(text(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than {max} bytes")))
+        }
+        Err(_) => {
+            let mut res = text(StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time");
+            res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Err(res);
+        }
     };
     parts.uri = absolute_uri(&parts);
     Ok(Request::from_parts(parts, body))
@@ -150,7 +186,7 @@ async fn request(
     Metrics::inc(&gw.metrics.room_requests);
     match gw.router.request(&key, req).await {
         Ok(res) => respond(res),
-        Err(e) => route_error(e),
+        Err(e) => route_error(&key, e),
     }
 }
 
@@ -171,11 +207,24 @@ async fn fetch(gw: Arc<Inner>, req: http::Request<Body>) -> AxumResponse {
     }
 }
 
+/// The connection id a URL asks for (`?_pk=`): at most `max` bytes and UTF-8 once
+/// percent-decoded, since it is kept (and often stored by parties) for the socket's life.
+/// The error is the text of the 400 answer.
+fn connection_id(uri: &http::Uri, max: usize) -> Result<Option<String>, String> {
+    let Some(raw) = uri.query().and_then(|q| web::query_param_raw(q, "_pk")) else { return Ok(None) };
+    match web::percent_decode_utf8(raw) {
+        Some(id) if id.len() <= max => Ok(Some(id)),
+        Some(id) => Err(format!("_pk is {} bytes, the limit is {max}", id.len())),
+        None => Err("_pk is not valid UTF-8".into()),
+    }
+}
+
 async fn upgrade(
     gw: Arc<Inner>,
     key: RoomKey,
     factory: Arc<dyn PartyFactory>,
     req: http::Request<Body>,
+    client: Option<std::net::IpAddr>,
 ) -> AxumResponse {
     let (mut parts, _body) = req.into_parts();
     let version_ok = parts.headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
@@ -188,6 +237,24 @@ async fn upgrade(
     let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
         return text(StatusCode::BAD_REQUEST, "ERROR: this connection cannot be upgraded");
     };
+    if let Err(why) = connection_id(&parts.uri, gw.limits.max_connection_id_bytes) {
+        return text(StatusCode::BAD_REQUEST, why);
+    }
+    // Per client address: open sockets and connects per second (429 past either).
+    let slot = match client.map(|ip| gw.clients.admit(ip)) {
+        None => None,
+        Some(Ok(slot)) => Some(slot),
+        Some(Err(too_many)) => {
+            Metrics::inc(&gw.metrics.clients_refused);
+            let why = match too_many {
+                TooMany::Open(n) => format!("Too many connections from your address (the limit is {n})"),
+                TooMany::Rate => "Too many new connections from your address, slow down".to_string(),
+            };
+            let mut res = text(StatusCode::TOO_MANY_REQUESTS, why);
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return res;
+        }
+    };
     parts.uri = absolute_uri(&parts);
     let req = Request::from_parts(parts, Bytes::new());
     let hook = factory.on_before_connect(req, lobby(&gw, &key.party, Some(&key.room)));
@@ -198,19 +265,21 @@ async fn upgrade(
             return res;
         }
     };
-    if gw.sockets.load(Ordering::Acquire) >= gw.max_connections {
-        Metrics::inc(&gw.metrics.connections_refused);
-        return text(StatusCode::SERVICE_UNAVAILABLE, "gateway connection limit reached");
-    }
-    let id =
-        query_param(req.uri(), "_pk").filter(|id| !id.is_empty()).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    // The hook may have rewritten the URL: the id is the one it left (checked again).
+    let id = match connection_id(req.uri(), gw.limits.max_connection_id_bytes) {
+        Ok(id) => id.filter(|id| !id.is_empty()).unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        Err(why) => return text(StatusCode::BAD_REQUEST, why),
+    };
     let uri = req.uri().to_string();
     let sid = gw.next_sid.fetch_add(1, Ordering::Relaxed);
-    let attached = gw.attach(&key, sid, id.clone(), uri.clone());
+    let Some(attached) = gw.attach(&key, sid, id.clone(), uri.clone()) else {
+        Metrics::inc(&gw.metrics.connections_refused);
+        return unavailable("gateway connection limit reached");
+    };
     let connect = ToRoom::Connect { sid, id, uri, request: Box::new(req) };
     if let Err(e) = attached.link.send(connect).await {
         gw.detach(&attached.link, sid, None).await;
-        return route_error(e);
+        return route_error(&key, e);
     }
     let wait = gw.limits.handler_timeout * 3 + ADMISSION_SLACK;
     let failed_reason = match tokio::time::timeout(wait, attached.admission).await {
@@ -230,7 +299,7 @@ async fn upgrade(
         // PartyKit's contract: the upgrade succeeds, then the socket closes with 1011 and why.
         attached.outbox.close(close_code::INTERNAL_ERROR, reason.clone());
     }
-    let task = SocketTask { sid, link: attached.link.clone(), outbox: attached.outbox.clone() };
+    let task = SocketTask { sid, link: attached.link.clone(), outbox: attached.outbox.clone(), client: slot };
     let config = socket::ws_config(gw.limits.max_message_bytes);
     let gw2 = gw.clone();
     let span = tracing::info_span!(parent: None, "socket", room = %key, sid);

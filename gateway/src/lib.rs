@@ -6,14 +6,24 @@
 //! Modules:
 //! - [`routing`]: which party and room a URL names.
 //! - [`links`]: one link per room this gateway has sockets in; the [`RoomRouter`] seam.
-//! - `socket`: one client WebSocket (reader, coalescing writer, bounded send queue).
+//! - `socket`: one client WebSocket (reader, coalescing writer, bounded send queue, pings,
+//!   message rate, lingering close).
 //! - `edge`: the HTTP handler (upgrades, hooks, requests, `on_fetch`).
+//! - [`listener`]: the accept loop (TCP cap, header, body and idle timeouts, TLS).
+//! - [`limits`]: the edge's own limits ([`EdgeLimits`]).
+//! - [`clients`]: client addresses (trusted proxies, forwarded headers) and per-address limits.
 //! - [`metrics`]: counters and histograms (`/metrics` or `/_partyline/metrics`).
+//! - `fuzzing`: the checks the fuzz targets in `fuzz/` run (the test suite replays the corpus).
 //! - [`admin`]: health and metrics endpoints, on an admin listener or the client port.
 
 pub mod admin;
+pub mod clients;
 mod edge;
+#[doc(hidden)]
+pub mod fuzzing;
+pub mod limits;
 pub mod links;
+pub mod listener;
 pub mod metrics;
 pub mod routing;
 mod socket;
@@ -24,10 +34,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use partyline::link::{SocketId, ToRoom};
+use partyline::sync::Lock;
 use partyline::{Env, Limits, Parties, PartyRegistry, RoomKey};
 use tokio::net::TcpListener;
 
+pub use limits::EdgeLimits;
 pub use links::{OpenLink, RoomLink, RoomRouter, RouteError, LINK_QUEUE};
+pub use listener::tls_config;
 
 use links::{Admission, LinkState, Outbox, SocketEntry};
 
@@ -38,6 +51,16 @@ pub struct GatewayConfig {
     pub limits: Arc<Limits>,
     /// Most client WebSockets this gateway holds; more answer 503.
     pub max_connections: usize,
+    /// Limits of the listener, of each WebSocket and of each client address.
+    pub edge: EdgeLimits,
+    /// Serve `https://` and `wss://` with this configuration (see [`tls_config`]).
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig { limits: Arc::default(), max_connections: 100_000, edge: EdgeLimits::default(), tls: None }
+    }
 }
 
 /// A gateway. Cheap to clone.
@@ -53,6 +76,9 @@ pub(crate) struct Inner {
     pub(crate) env: Env,
     pub(crate) limits: Arc<Limits>,
     pub(crate) max_connections: usize,
+    pub(crate) edge: EdgeLimits,
+    pub(crate) tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    pub(crate) clients: Arc<clients::ClientTable>,
     pub(crate) links: Arc<Mutex<HashMap<RoomKey, Arc<LinkState>>>>,
     pub(crate) next_sid: AtomicU64,
     pub(crate) sockets: AtomicUsize,
@@ -80,6 +106,13 @@ impl Gateway {
                 env,
                 limits: cfg.limits,
                 max_connections: cfg.max_connections,
+                clients: clients::ClientTable::new(clients::PerClient {
+                    max_open: cfg.edge.max_connections_per_ip,
+                    rate: cfg.edge.max_connects_per_ip_per_second,
+                    burst: cfg.edge.connect_burst,
+                }),
+                edge: cfg.edge,
+                tls: cfg.tls,
                 links: Arc::new(Mutex::new(HashMap::new())),
                 next_sid: AtomicU64::new(1),
                 sockets: AtomicUsize::new(0),
@@ -102,21 +135,18 @@ impl Gateway {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let gw = self.clone();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        // Small frames must not wait for the client's delayed ACK (Nagle); the writers already
-        // coalesce what is queued into one write.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let server = axum::serve(listener, self.router()).with_graceful_shutdown(async move {
+        let serve = listener::Serve {
+            router: self.router(),
+            limits: self.inner.edge.clone(),
+            tls: self.inner.tls.clone(),
+            metrics: self.inner.metrics.clone(),
+        };
+        listener::serve(listener, serve, async move {
             shutdown.await;
             gw.inner.health.set_shutting_down();
             gw.close_all(partyline::link::close_code::GOING_AWAY, "server shutting down");
-            let _ = stop_tx.send(());
-        });
-        server.await?;
-        let _ = stop_rx.await;
-        Ok(())
+        })
+        .await
     }
 
     /// Client WebSockets open now.
@@ -131,14 +161,14 @@ impl Gateway {
 
     /// Rooms this gateway has a link into.
     pub fn link_count(&self) -> usize {
-        self.inner.links.lock().unwrap().len()
+        self.inner.links.locked().len()
     }
 
     /// The connection records this gateway holds for a room's sockets, in no particular order:
     /// what a new room instance needs to take them over (id, tags, state as JSON).
     pub fn records(&self, key: &RoomKey) -> Vec<ConnRecord> {
-        let Some(link) = self.inner.links.lock().unwrap().get(key).cloned() else { return Vec::new() };
-        let sockets = link.sockets.lock().unwrap();
+        let Some(link) = self.inner.links.locked().get(key).cloned() else { return Vec::new() };
+        let sockets = link.sockets.locked();
         sockets
             .values()
             .filter(|s| s.joined)
@@ -148,9 +178,9 @@ impl Gateway {
 
     /// Closes every client socket with `code` and `reason`.
     pub fn close_all(&self, code: u16, reason: &str) {
-        let links: Vec<Arc<LinkState>> = self.inner.links.lock().unwrap().values().cloned().collect();
+        let links: Vec<Arc<LinkState>> = self.inner.links.locked().values().cloned().collect();
         for link in links {
-            for s in link.sockets.lock().unwrap().values() {
+            for s in link.sockets.locked().values() {
                 s.outbox.close(code, reason.to_string());
             }
         }
@@ -176,14 +206,17 @@ pub(crate) struct Attached {
 }
 
 impl Inner {
-    /// Registers a new socket with the link of its room, creating the link if needed.
-    pub(crate) fn attach(self: &Arc<Self>, key: &RoomKey, sid: SocketId, id: String, uri: String) -> Attached {
+    /// Registers a new socket with the link of its room, creating the link if needed; `None`
+    /// when the gateway holds as many sockets as it may (checked and counted in one step).
+    pub(crate) fn attach(self: &Arc<Self>, key: &RoomKey, sid: SocketId, id: String, uri: String) -> Option<Attached> {
+        let max = self.max_connections;
+        self.sockets.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).ok()?;
         let outbox = Outbox::new(self.limits.max_outbox_messages, self.limits.max_outbox_bytes);
         let (adm_tx, adm_rx) = tokio::sync::oneshot::channel();
-        let mut links = self.links.lock().unwrap();
+        let mut links = self.links.locked();
         let link =
             links.entry(key.clone()).or_insert_with(|| LinkState::new(key.clone(), Arc::downgrade(self))).clone();
-        link.sockets.lock().unwrap().insert(
+        link.sockets.locked().insert(
             sid,
             SocketEntry {
                 outbox: outbox.clone(),
@@ -195,16 +228,15 @@ impl Inner {
                 state: None,
             },
         );
-        self.sockets.fetch_add(1, Ordering::AcqRel);
-        Attached { link, outbox, admission: adm_rx }
+        Some(Attached { link, outbox, admission: adm_rx })
     }
 
     /// Takes a socket out of its room: the room hears it closed (with `error` when it failed),
     /// and the link closes when it was the last socket.
     pub(crate) async fn detach(&self, link: &Arc<LinkState>, sid: SocketId, error: Option<String>) {
         let last = {
-            let mut links = self.links.lock().unwrap();
-            let mut sockets = link.sockets.lock().unwrap();
+            let mut links = self.links.locked();
+            let mut sockets = link.sockets.locked();
             if sockets.remove(&sid).is_none() {
                 return;
             }
@@ -223,7 +255,7 @@ impl Inner {
 
     /// Queues a close frame for a socket.
     pub(crate) fn send_close(&self, link: &LinkState, sid: SocketId, code: u16, reason: String) {
-        if let Some(s) = link.sockets.lock().unwrap().get(&sid) {
+        if let Some(s) = link.sockets.locked().get(&sid) {
             s.outbox.close(code, reason);
         }
     }

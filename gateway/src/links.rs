@@ -12,6 +12,7 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use partyline::link::{close_code, FromRoom, SocketId, ToRoom};
+use partyline::sync::Lock;
 use partyline::{Message, Request, Response, RoomKey};
 use tokio::sync::{oneshot, Notify, RwLock};
 use tokio_util::sync::CancellationToken;
@@ -31,6 +32,10 @@ pub enum RouteError {
     /// The room's owner could not be reached.
     #[error("room unavailable: {0}")]
     Unavailable(String),
+    /// The room or its node is at a limit (its queue stayed full, or the node hosts as many
+    /// rooms as it may): 503 or close 1013, try again later.
+    #[error("{0}")]
+    Busy(String),
 }
 
 /// How a gateway reaches rooms: in-process for `dev`, over gRPC in a cluster.
@@ -74,6 +79,8 @@ pub(crate) enum Admission {
 /// Frames queued for one client.
 pub(crate) enum Out {
     Msg(Message),
+    /// A liveness ping (not counted against the limits).
+    Ping,
     Close(u16, String),
 }
 
@@ -121,7 +128,7 @@ impl Outbox {
     pub(crate) fn push(&self, msg: Message) -> bool {
         let len = msg.len();
         {
-            let mut q = self.inner.queue.lock().unwrap();
+            let mut q = self.inner.queue.locked();
             if q.closed {
                 return false;
             }
@@ -142,7 +149,7 @@ impl Outbox {
     /// Queues a close frame (not counted against the limits).
     pub(crate) fn close(&self, code: u16, reason: String) {
         {
-            let mut q = self.inner.queue.lock().unwrap();
+            let mut q = self.inner.queue.locked();
             if q.closed {
                 return;
             }
@@ -151,9 +158,21 @@ impl Outbox {
         self.inner.ready.notify_one();
     }
 
+    /// Queues a ping (not counted against the limits).
+    pub(crate) fn ping(&self) {
+        {
+            let mut q = self.inner.queue.locked();
+            if q.closed {
+                return;
+            }
+            q.items.push_back(Out::Ping);
+        }
+        self.inner.ready.notify_one();
+    }
+
     /// The next queued frame, if any.
     pub(crate) fn pop(&self) -> Option<Out> {
-        let mut q = self.inner.queue.lock().unwrap();
+        let mut q = self.inner.queue.locked();
         let out = q.items.pop_front()?;
         if let Out::Msg(m) = &out {
             q.bytes -= m.len();
@@ -172,7 +191,7 @@ impl Outbox {
 
     /// The socket is gone: drop what is queued and refuse more.
     pub(crate) fn shut(&self) {
-        let mut q = self.inner.queue.lock().unwrap();
+        let mut q = self.inner.queue.locked();
         q.closed = true;
         q.items = VecDeque::new();
         q.bytes = 0;
@@ -258,7 +277,7 @@ impl LinkState {
     /// The room is gone: every socket is closed with `code`, and new sockets get a new link.
     fn gone(self: &Arc<Self>, code: u16, reason: &str) {
         {
-            let mut sockets = self.sockets.lock().unwrap();
+            let mut sockets = self.sockets.locked();
             for s in sockets.values_mut() {
                 s.joined = false;
                 if let Some(tx) = s.admission.take() {
@@ -269,7 +288,7 @@ impl LinkState {
         }
         // The socket table's lock is not held here: the order is always links, then sockets.
         if let Some(gw) = self.gw.upgrade() {
-            let mut links = gw.links.lock().unwrap();
+            let mut links = gw.links.locked();
             if links.get(&self.key).is_some_and(|l| Arc::ptr_eq(l, self)) {
                 links.remove(&self.key);
             }
@@ -307,7 +326,7 @@ impl LinkState {
                 }
             };
             let records: Vec<ToRoom> = {
-                let sockets = self.sockets.lock().unwrap();
+                let sockets = self.sockets.locked();
                 let mut joined: Vec<(&SocketId, &SocketEntry)> = sockets.iter().filter(|(_, s)| s.joined).collect();
                 joined.sort_by_key(|(sid, _)| **sid);
                 joined
@@ -356,7 +375,7 @@ async fn read_link(state: Weak<LinkState>, mut events: BoxStream<'static, FromRo
             }
             _ => {}
         }
-        let mut sockets = state.sockets.lock().unwrap();
+        let mut sockets = state.sockets.locked();
         match msg {
             FromRoom::Joined { sid } => {
                 if let Some(s) = sockets.get_mut(&sid) {

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use async_trait::async_trait;
+use partyline::sync::Lock;
 use partyline::{Request, Response, RoomKey};
 use prometheus_client::collector::Collector;
 use prometheus_client::metrics::counter::Counter;
@@ -63,6 +64,18 @@ pub struct Metrics {
     pub moves_failed: Counter,
     /// Link opens that failed (no owner reachable).
     pub link_failures: Counter,
+    /// TCP connections answered 503 at the TCP connection cap.
+    pub tcp_refused: Counter,
+    /// HTTP connections closed for moving no bytes for the idle timeout.
+    pub http_idle_closed: Counter,
+    /// WebSockets refused 429 for their client address's limits.
+    pub clients_refused: Counter,
+    /// WebSockets closed with 1008 for sending faster than the message rate limit.
+    pub rate_limited: Counter,
+    /// WebSockets closed with 1013 because their room's queue stayed full.
+    pub overloaded: Counter,
+    /// WebSockets dropped for not answering pings.
+    pub ping_timeouts: Counter,
     /// Local sockets one room broadcast was queued for.
     pub broadcast_fanout: Histogram,
     /// Time of the static hooks, by hook.
@@ -93,6 +106,12 @@ impl Default for Metrics {
             links_moved: Counter::default(),
             moves_failed: Counter::default(),
             link_failures: Counter::default(),
+            tcp_refused: Counter::default(),
+            http_idle_closed: Counter::default(),
+            clients_refused: Counter::default(),
+            rate_limited: Counter::default(),
+            overloaded: Counter::default(),
+            ping_timeouts: Counter::default(),
             broadcast_fanout: Histogram::new(exponential_buckets(1.0, 2.0, 17)),
             hooks: Family::new_with_constructor(duration_histogram as fn() -> Histogram),
             link_open_seconds: duration_histogram(),
@@ -101,8 +120,8 @@ impl Default for Metrics {
             open_links: Gauge::default(),
         };
         {
-            let mut r = m.registry.lock().unwrap();
-            let counters: [(&str, &str, &Counter); 14] = [
+            let mut r = m.registry.locked();
+            let counters: [(&str, &str, &Counter); 20] = [
                 ("connections_accepted", "WebSocket upgrades completed.", &m.connections_accepted),
                 ("connections_refused", "WebSocket upgrades refused.", &m.connections_refused),
                 ("slow_clients_closed", "Clients cut off because their send queue filled.", &m.slow_clients_closed),
@@ -121,6 +140,12 @@ impl Default for Metrics {
                 ("links_moved", "Links whose room moved with its sockets handed over.", &m.links_moved),
                 ("moves_failed", "Room moves whose sockets were closed instead.", &m.moves_failed),
                 ("link_failures", "Links that could not be opened (no owner reachable).", &m.link_failures),
+                ("tcp_refused", "TCP connections refused at the connection cap.", &m.tcp_refused),
+                ("http_idle_closed", "HTTP connections closed by the idle timeout.", &m.http_idle_closed),
+                ("clients_refused", "WebSockets refused for their client address's limits.", &m.clients_refused),
+                ("rate_limited", "WebSockets closed for exceeding the message rate.", &m.rate_limited),
+                ("overloaded", "WebSockets closed because their room was overloaded.", &m.overloaded),
+                ("ping_timeouts", "WebSockets dropped for not answering pings.", &m.ping_timeouts),
             ];
             for (name, help, c) in counters {
                 r.register(format!("partyline_gateway_{name}"), help, c.clone());
@@ -165,7 +190,7 @@ impl Metrics {
 
     /// Adds a metric collected at every scrape (such as a counter kept by the router).
     pub fn register_collector(&self, collector: Box<dyn Collector>) {
-        self.registry.lock().unwrap().register_collector(collector);
+        self.registry.locked().register_collector(collector);
     }
 
     /// The OpenMetrics text exposition, with the given gauges.
@@ -173,7 +198,7 @@ impl Metrics {
         self.open_sockets.set(open_sockets as i64);
         self.open_links.set(open_links as i64);
         let mut out = String::new();
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry.lock().unwrap());
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry.locked());
         out
     }
 }

@@ -1,23 +1,31 @@
 //! One client WebSocket after the upgrade: a reader that passes frames to the room in order,
 //! and a writer that drains the client's send queue, coalescing whatever is queued into one
-//! socket write.
+//! socket write. The reader also keeps the socket honest: it pings a socket that went silent
+//! and drops one that stops answering, holds each socket to its message rate, and after
+//! closing a socket for the client's fault keeps reading (and discarding) for a moment, so the
+//! client gets the close frame rather than a reset.
 
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use partyline::actor::close_reason;
 use partyline::link::{close_code, SocketId, ToRoom};
 use partyline::{Message, Text};
-use tokio_tungstenite::tungstenite::error::CapacityError;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::links::{LinkState, Out, Outbox};
+use crate::clients::{Bucket, ClientSlot};
+use crate::limits::EdgeLimits;
+use crate::links::{LinkState, Out, Outbox, RouteError};
 use crate::metrics::Metrics;
 use crate::Inner;
 
@@ -47,16 +55,52 @@ pub(crate) struct SocketTask {
     pub(crate) sid: SocketId,
     pub(crate) link: std::sync::Arc<LinkState>,
     pub(crate) outbox: Outbox,
+    /// The client address's count of open sockets, given back when the socket ends.
+    pub(crate) client: Option<ClientSlot>,
+}
+
+/// How the reader loop ended.
+enum End {
+    /// The client closed, or the socket failed: nothing more to do.
+    Done,
+    /// The gateway closed the socket for the client's fault: read and discard what the client
+    /// still sends before closing TCP.
+    Linger,
 }
 
 /// Runs a socket until it closes, then takes it out of its room.
 pub(crate) async fn run(gw: std::sync::Arc<Inner>, ws: Ws, task: SocketTask) {
-    let (sink, mut stream) = ws.split();
+    let (sink, stream) = ws.split();
     let closing = CancellationToken::new();
     let kill = task.outbox.kill().clone();
     let metrics = gw.metrics.clone();
     let writer = tokio::spawn(write_loop(metrics.clone(), sink, task.outbox.clone(), kill.clone(), closing.clone()));
-    let mut error: Option<String> = None;
+    let (end, error, stream) = read_loop(&gw, &task, stream, &closing, &kill).await;
+    kill.cancel();
+    let sink = writer.await.ok();
+    if let (End::Linger, Some(sink)) = (end, sink) {
+        if let Ok(ws) = stream.reunite(sink) {
+            linger(ws, &gw.edge).await;
+        }
+    }
+    task.outbox.shut();
+    gw.detach(&task.link, task.sid, error).await;
+    drop(task.client);
+}
+
+/// Reads the client's frames until the socket closes; returns how it ended, the error the room
+/// hears (if any), and the stream (for lingering).
+async fn read_loop(
+    gw: &Inner,
+    task: &SocketTask,
+    mut stream: SplitStream<Ws>,
+    closing: &CancellationToken,
+    kill: &CancellationToken,
+) -> (End, Option<String>, SplitStream<Ws>) {
+    let edge: &EdgeLimits = &gw.edge;
+    let metrics = &gw.metrics;
+    let rate = edge.max_messages_per_second;
+    let mut bucket = Bucket::full(edge.message_burst);
     let grace = async {
         closing.cancelled().await;
         tokio::time::sleep(CLOSE_GRACE).await;
@@ -66,13 +110,30 @@ pub(crate) async fn run(gw: std::sync::Arc<Inner>, ws: Ws, task: SocketTask) {
     // registration every time.
     let killed = kill.cancelled();
     tokio::pin!(killed);
-    loop {
+    // Liveness: a socket silent for the ping interval is pinged; one silent for the pong
+    // timeout after that is gone.
+    let mut heard = Instant::now();
+    let mut pinged: Option<Instant> = None;
+    let ping_every = edge.ping_interval.unwrap_or(Duration::MAX);
+    let far = Instant::now() + Duration::from_secs(86_400 * 365);
+    // Closes the socket for the client's fault: the close frame, then lingering.
+    let refuse = |code: u16, reason: String| {
+        gw.send_close(&task.link, task.sid, code, reason.clone());
+        (End::Linger, Some(reason))
+    };
+    let (end, error) = loop {
+        let check = match pinged {
+            Some(at) => at + edge.pong_timeout,
+            None => heard.checked_add(ping_every).unwrap_or(far),
+        };
         // Biased, frames first: the other branches are only polled when no frame is ready.
         tokio::select! {
             biased;
             frame = stream.next() => {
+                heard = Instant::now();
+                pinged = None;
                 let msg = match frame {
-                    None => break,
+                    None => break (End::Done, None),
                     Some(Ok(tungstenite::Message::Text(t))) => Message::Text(text(t)),
                     Some(Ok(tungstenite::Message::Binary(b))) => Message::Binary(b),
                     Some(Ok(_)) => continue, // ping/pong are answered by tungstenite; close is replied to on the next read
@@ -82,40 +143,73 @@ pub(crate) async fn run(gw: std::sync::Arc<Inner>, ws: Ws, task: SocketTask) {
                                 (close_code::TOO_BIG, format!("Message is too large: {size} > {max_size}"))
                             }
                             tungstenite::Error::Utf8(_) => (close_code::INVALID_PAYLOAD, "text frame is not valid UTF-8".into()),
-                            tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => break,
-                            other => {
-                                error = Some(other.to_string());
-                                break;
+                            tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => break (End::Done, None),
+                            tungstenite::Error::Protocol(p) if *p != ProtocolError::ResetWithoutClosingHandshake => {
+                                (close_code::PROTOCOL_ERROR, format!("protocol error: {p}"))
                             }
+                            other => break (End::Done, Some(other.to_string())),
                         };
-                        error = Some(reason.clone());
-                        gw.send_close(&task.link, task.sid, code, reason);
-                        // Give the writer a moment to put the close frame on the wire.
-                        let _ = tokio::time::timeout(Duration::from_secs(1), closing.cancelled()).await;
-                        break;
+                        break refuse(code, reason);
                     }
                 };
+                if rate > 0 && !bucket.take(rate, edge.message_burst) {
+                    Metrics::inc(&metrics.rate_limited);
+                    break refuse(close_code::POLICY, format!("more than {rate} messages a second"));
+                }
                 Metrics::inc(&metrics.frames_from_clients);
                 metrics.bytes_from_clients.inc_by(msg.len() as u64);
-                if task.link.send(ToRoom::Message { sid: task.sid, msg }).await.is_err() {
-                    gw.send_close(&task.link, task.sid, close_code::INTERNAL_ERROR, "room unavailable".into());
-                    error = Some("room unavailable".into());
-                    let _ = tokio::time::timeout(Duration::from_secs(1), closing.cancelled()).await;
-                    break;
+                match task.link.send(ToRoom::Message { sid: task.sid, msg }).await {
+                    Ok(()) => {}
+                    Err(RouteError::Busy(_)) => {
+                        Metrics::inc(&metrics.overloaded);
+                        break refuse(close_code::TRY_AGAIN_LATER, "Room overloaded, try again later".into());
+                    }
+                    Err(_) => {
+                        gw.send_close(&task.link, task.sid, close_code::INTERNAL_ERROR, "room unavailable".into());
+                        break (End::Done, Some("room unavailable".into()));
+                    }
                 }
             }
             _ = &mut killed => {
                 Metrics::inc(&metrics.slow_clients_closed);
-                error = Some("client did not read its messages; send queue full".into());
-                break;
+                break (End::Done, Some("client did not read its messages; send queue full".into()));
             }
-            _ = &mut grace => break,
+            _ = &mut grace => break (End::Done, None),
+            _ = tokio::time::sleep_until(check), if edge.ping_interval.is_some() => {
+                if pinged.is_some() {
+                    Metrics::inc(&metrics.ping_timeouts);
+                    gw.send_close(&task.link, task.sid, close_code::GOING_AWAY, "no answer to ping".into());
+                    let _ = tokio::time::timeout(Duration::from_secs(1), closing.cancelled()).await;
+                    break (End::Done, Some("the client stopped answering pings".into()));
+                }
+                task.outbox.ping();
+                pinged = Some(Instant::now());
+            }
+        }
+    };
+    if matches!(end, End::Linger) {
+        // Give the writer a moment to put the close frame on the wire.
+        let _ = tokio::time::timeout(Duration::from_secs(1), closing.cancelled()).await;
+    }
+    (end, error, stream)
+}
+
+/// After a close frame sent for the client's fault (it may still be sending a large message):
+/// half-close the TCP connection and read and discard what arrives, bounded in bytes and time,
+/// until the client closes its side. Closing with unread data would make the kernel answer
+/// with a reset, and the client would never see the close frame.
+async fn linger(mut ws: Ws, edge: &EdgeLimits) {
+    let io = ws.get_mut();
+    let deadline = Instant::now() + edge.linger;
+    let _ = tokio::time::timeout_at(deadline, io.shutdown()).await;
+    let mut buf = vec![0u8; 16 << 10];
+    let mut left = edge.linger_bytes;
+    while left > 0 {
+        match tokio::time::timeout_at(deadline, io.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+            _ => break,
         }
     }
-    kill.cancel();
-    let _ = writer.await;
-    task.outbox.shut();
-    gw.detach(&task.link, task.sid, error).await;
 }
 
 fn text(t: Utf8Bytes) -> Text {
@@ -123,13 +217,16 @@ fn text(t: Utf8Bytes) -> Text {
     Text::from_utf8(Bytes::from(t)).unwrap_or_default()
 }
 
+type Sink = SplitSink<Ws, tungstenite::Message>;
+
+/// Writes the client's queue until the socket closes; hands the sink back (for lingering).
 async fn write_loop(
     metrics: std::sync::Arc<Metrics>,
-    mut sink: futures::stream::SplitSink<Ws, tungstenite::Message>,
+    mut sink: Sink,
     outbox: Outbox,
     kill: CancellationToken,
     closing: CancellationToken,
-) {
+) -> Sink {
     let killed = kill.cancelled();
     tokio::pin!(killed);
     loop {
@@ -139,7 +236,7 @@ async fn write_loop(
                 tokio::select! {
                     biased;
                     _ = outbox.ready() => continue,
-                    _ = &mut killed => return,
+                    _ = &mut killed => return sink,
                 }
             }
         };
@@ -161,6 +258,7 @@ async fn write_loop(
                         sink.feed(frame).await?;
                         Metrics::inc(&metrics.frames_to_clients);
                     }
+                    Out::Ping => sink.feed(tungstenite::Message::Ping(Bytes::new())).await?,
                     Out::Close(code, reason) => {
                         close = Some((code, reason));
                         break;
@@ -180,14 +278,15 @@ async fn write_loop(
         };
         let done = tokio::select! {
             biased;
-            r = write => r,
-            _ = &mut killed => return,
+            r = write => Some(r),
+            _ = &mut killed => None,
         };
         match done {
-            Ok(false) => {}
-            Ok(true) | Err(_) => {
+            None => return sink,
+            Some(Ok(false)) => {}
+            Some(Ok(true) | Err(_)) => {
                 closing.cancel();
-                return;
+                return sink;
             }
         }
     }

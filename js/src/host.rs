@@ -465,7 +465,12 @@ fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquic
             match put.now_or_never() {
                 Some(Ok(())) => Ok(()),
                 Some(Err(e)) => Err(throw(&ctx, e)),
-                None => Err(throw(&ctx, "storage put did not finish at once")),
+                // Only a put that may take the room past its storage quota waits on the store
+                // (for the previous values of keys the room never read).
+                None => Err(throw(
+                    &ctx,
+                    "storage put may exceed the room's storage quota: read the keys it replaces first, or delete data",
+                )),
             }
         })?,
     )?;

@@ -252,6 +252,9 @@ impl JsParty {
     /// of memory.
     async fn engine(&mut self) -> anyhow::Result<&mut Engine> {
         if self.engine.is_none() {
+            // Storage puts from JS finish at once (they are buffered): with a quota, the room's
+            // usage must be known before they come.
+            self.room.storage().prepare_quota().await?;
             let mut engine = Engine::new(self.def.setup(Some(self.room.clone()), self.room.parties().clone()))
                 .map_err(|e| anyhow!("loading the party failed: {e}"))?;
             let info = serde_json::json!({

@@ -17,6 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use partyline::storage::now_ms;
 use partyline::store::StoreError;
+use partyline::sync::Lock;
 use partyline::RoomKey;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -61,14 +62,14 @@ pub struct Parked {
 impl Parked {
     /// Whether `room` is parked now.
     pub fn contains(&self, room: &RoomKey) -> bool {
-        self.rooms.lock().unwrap().get(room).is_some_and(|p| p.until > Instant::now())
+        self.rooms.locked().get(room).is_some_and(|p| p.until > Instant::now())
     }
 
     /// Parks `room` after a failure; returns for how long. A room that fails again soon after
     /// its park ended is parked twice as long.
     pub fn strike(&self, room: &RoomKey) -> Duration {
         let now = Instant::now();
-        let mut rooms = self.rooms.lock().unwrap();
+        let mut rooms = self.rooms.locked();
         let strikes = match rooms.get(room) {
             Some(p) if now.saturating_duration_since(p.until) < PARK_MAX => p.strikes + 1,
             _ => 1,
@@ -84,7 +85,7 @@ impl Parked {
     /// or one that took its wake-up and will run the alarm itself).
     pub fn rest(&self, room: &RoomKey, wait: Duration) {
         let until = Instant::now() + wait;
-        let mut rooms = self.rooms.lock().unwrap();
+        let mut rooms = self.rooms.locked();
         let strikes = rooms.get(room).map_or(0, |p| p.strikes);
         rooms.insert(room.clone(), Park { until, strikes });
     }
@@ -92,7 +93,7 @@ impl Parked {
     /// How many rooms are parked now.
     pub fn len(&self) -> usize {
         let now = Instant::now();
-        self.rooms.lock().unwrap().values().filter(|p| p.until > now).count()
+        self.rooms.locked().values().filter(|p| p.until > now).count()
     }
 
     /// Whether no room is parked now.

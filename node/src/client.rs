@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use partyline::placement::{preferred, shard_of};
+use partyline::sync::{Lock, ReadWrite};
 use partyline::{PartiesClient, PartyRegistry, Request, Response, RoomKey};
 use partyline_proto::pb::{self, link_in, link_out, node_client::NodeClient, room_response};
 use tokio::sync::{broadcast, mpsc};
@@ -59,6 +60,10 @@ pub enum ClientError {
     /// The node does not know the party (nodes and gateways run different party sets).
     #[error("Party {0} not found")]
     UnknownParty(String),
+    /// The room or its node is at a limit (the room's queue stayed full, or the node hosts as
+    /// many rooms as it may): try again later, elsewhere makes no difference.
+    #[error("{0}")]
+    Busy(String),
     /// Every live node refuses to serve rooms: Redis lost the cluster's data.
     #[error("every node refuses to serve room {0}: Redis lost the cluster's data")]
     Refused(RoomKey),
@@ -102,6 +107,9 @@ pub struct ClientConfig {
     /// How long a call keeps looking for a room's owner (redirects, a room between owners
     /// during a move, a crashed owner's lease running out) before it gives up.
     pub route_timeout: Duration,
+    /// TLS to nodes: only nodes with a certificate from the cluster CA for the dialled address
+    /// get the secret.
+    pub tls: Option<crate::tls::ClusterTls>,
 }
 
 impl ClientConfig {
@@ -175,7 +183,7 @@ impl ClusterClient {
 
     /// The live nodes, as last read.
     pub fn nodes(&self) -> Arc<Vec<NodeInfo>> {
-        self.inner.view.read().unwrap().clone()
+        self.inner.view.read_locked().clone()
     }
 
     /// Redirects followed so far (a routing-quality counter).
@@ -205,13 +213,13 @@ impl ClusterClient {
     /// Nodes this process found unreachable lately (left out of routing).
     pub fn suspects(&self) -> Vec<String> {
         let now = Instant::now();
-        let mut suspects = self.inner.suspects.lock().unwrap();
+        let mut suspects = self.inner.suspects.locked();
         suspects.retain(|_, (_, until)| *until > now);
         suspects.keys().cloned().collect()
     }
 
     fn is_suspect(&self, id: &str) -> bool {
-        self.inner.suspects.lock().unwrap().get(id).is_some_and(|(_, until)| *until > Instant::now())
+        self.inner.suspects.locked().get(id).is_some_and(|(_, until)| *until > Instant::now())
     }
 
     /// A node refused a connection: it is dead or restarting. Left out of routing until it
@@ -219,13 +227,13 @@ impl ClusterClient {
     fn suspect(&self, node: &NodeInfo) {
         let inc = self.nodes().iter().find(|n| n.id == node.id).map(|n| n.inc.clone()).unwrap_or_default();
         tracing::info!(node = %node.id, addr = %node.addr, "node unreachable; routing around it");
-        self.inner.suspects.lock().unwrap().insert(node.id.clone(), (inc, Instant::now() + SUSPECT_FOR));
-        self.inner.owners.lock().unwrap().retain(|_, n| n.id != node.id);
+        self.inner.suspects.locked().insert(node.id.clone(), (inc, Instant::now() + SUSPECT_FOR));
+        self.inner.owners.locked().retain(|_, n| n.id != node.id);
     }
 
     /// Where to send a call for `shard` first: the known owner, else the preferred node.
     fn route(&self, shard: u16) -> Option<NodeInfo> {
-        if let Some(n) = self.inner.owners.lock().unwrap().get(&shard) {
+        if let Some(n) = self.inner.owners.locked().get(&shard) {
             if !self.is_suspect(&n.id) {
                 return Some(n.clone());
             }
@@ -256,11 +264,11 @@ impl ClusterClient {
 
     /// Forgets where `shard` lives (its room moved or its owner failed).
     pub fn forget(&self, shard: u16) {
-        self.inner.owners.lock().unwrap().remove(&shard);
+        self.inner.owners.locked().remove(&shard);
     }
 
     fn remember(&self, shard: u16, node: Option<NodeInfo>) {
-        let mut owners = self.inner.owners.lock().unwrap();
+        let mut owners = self.inner.owners.locked();
         match node {
             Some(n) => {
                 owners.insert(shard, n);
@@ -275,15 +283,20 @@ impl ClusterClient {
     /// themselves).
     pub fn node(&self, addr: &str) -> Result<Client, ClientError> {
         let channel = {
-            let mut channels = self.inner.channels.lock().unwrap();
+            let mut channels = self.inner.channels.locked();
             match channels.get(addr) {
                 Some(c) => c.clone(),
                 None => {
-                    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-                        .map_err(|e| ClientError::Unavailable {
-                            room: RoomKey::new("", ""),
-                            why: format!("bad node address {addr}: {e}"),
-                        })?
+                    let bad = |e: tonic::transport::Error| ClientError::Unavailable {
+                        room: RoomKey::new("", ""),
+                        why: format!("bad node address {addr}: {e}"),
+                    };
+                    let scheme = if self.inner.cfg.tls.is_some() { "https" } else { "http" };
+                    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(bad)?;
+                    if let Some(tls) = &self.inner.cfg.tls {
+                        endpoint = endpoint.tls_config(tls.client()).map_err(bad)?;
+                    }
+                    let endpoint = endpoint
                         .connect_timeout(Duration::from_secs(2))
                         .tcp_nodelay(true)
                         .http2_keep_alive_interval(Duration::from_secs(5))
@@ -442,6 +455,7 @@ impl ClusterClient {
                 Err(ClientError::Unauthenticated { addr: node.addr.clone(), message: status.message().to_string() })
             }
             tonic::Code::NotFound => Err(ClientError::UnknownParty(status.message().to_string())),
+            tonic::Code::ResourceExhausted => Err(ClientError::Busy(status.message().to_string())),
             _ => {
                 self.remember(shard, None);
                 if never_sent(status) {
@@ -535,12 +549,12 @@ async fn refresh(inner: &Inner) {
     match inner.membership.live().await {
         Ok(nodes) => {
             let ids: std::collections::HashSet<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
-            inner.owners.lock().unwrap().retain(|_, n| ids.contains(n.id.as_str()));
+            inner.owners.locked().retain(|_, n| ids.contains(n.id.as_str()));
             // A suspect that came back as a new incarnation (restarted) is routed to again.
-            inner.suspects.lock().unwrap().retain(|id, (inc, _)| {
+            inner.suspects.locked().retain(|id, (inc, _)| {
                 nodes.iter().find(|n| &n.id == id).is_none_or(|n| inc.is_empty() || &n.inc == inc)
             });
-            *inner.view.write().unwrap() = Arc::new(nodes);
+            *inner.view.write_locked() = Arc::new(nodes);
         }
         Err(e) => tracing::warn!(error = %e, "could not read the cluster members"),
     }
@@ -562,7 +576,7 @@ async fn keep_fresh(inner: Weak<Inner>, mut events: Option<mpsc::Receiver<Change
         let Some(inner) = inner.upgrade() else { return };
         match change {
             Some(Change::Owner(shard)) => {
-                inner.owners.lock().unwrap().remove(&shard);
+                inner.owners.locked().remove(&shard);
                 let _ = inner.owner_changes.send(shard);
             }
             Some(Change::Resync) => {

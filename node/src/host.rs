@@ -7,12 +7,13 @@ use std::sync::{Arc, Mutex, Weak};
 
 use async_trait::async_trait;
 use partyline::actor::{
-    spawn_room, LinkSender, RequestError, RoomConfig, RoomExit, RoomGone, RoomHandle, WeakRoomHandle,
+    spawn_room, LinkSender, RequestError, RoomConfig, RoomExit, RoomHandle, SendError, WeakRoomHandle,
 };
 use partyline::link::{close_code, FromRoom};
 use partyline::observe::RoomObserver;
 use partyline::store::Fence;
 use partyline::store::StoreError;
+use partyline::sync::Lock;
 use partyline::{Env, Limits, Parties, PartiesClient, PartyRegistry, Request, Response, RoomKey, Store};
 use tokio::sync::mpsc;
 
@@ -20,6 +21,8 @@ use crate::alarms::{AlarmScope, Parked};
 
 /// Tries for a call that races with a room stopping.
 const ATTEMPTS: usize = 5;
+/// How long a call waits for idle rooms to leave when the host is at its room limit.
+const EVICT_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Why a room could not be reached.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +41,13 @@ pub enum HostError {
     /// sent again.
     #[error("room {0} stopped before it answered")]
     Interrupted(RoomKey),
+    /// The room's queue stayed full for the queue timeout: nothing was delivered (503 / 1013).
+    #[error("room {0} is overloaded")]
+    Overloaded(RoomKey),
+    /// The process hosts as many rooms as it may (`Limits::max_rooms`) and none of them could
+    /// leave: a new room is refused (503).
+    #[error("this process hosts {0} rooms, its limit")]
+    Full(usize),
 }
 
 /// Says whether this process may still start a room (its shard is owned and not being handed
@@ -126,7 +136,7 @@ impl RoomHost {
 
     /// How many rooms are running.
     pub fn room_count(&self) -> usize {
-        self.inner.rooms.lock().unwrap().len()
+        self.inner.rooms.locked().len()
     }
 
     /// The handle of a room, starting it when it is not running.
@@ -140,7 +150,7 @@ impl RoomHost {
     /// is older than the running instance's is turned away.
     pub fn room_fenced(&self, key: &RoomKey, fence: Option<Fence>, admit: Admit<'_>) -> Result<RoomHandle, HostError> {
         let factory = self.inner.parties.get(&key.party).ok_or_else(|| HostError::UnknownParty(key.party.clone()))?;
-        let mut rooms = self.inner.rooms.lock().unwrap();
+        let mut rooms = self.inner.rooms.locked();
         if let Some(e) = rooms.get(key).filter(|e| !e.handle.is_closed()) {
             match (&e.fence, &fence) {
                 (Some(old), Some(new)) if old.epoch > new.epoch => return Err(HostError::NotHere(key.clone())),
@@ -156,6 +166,17 @@ impl RoomHost {
         if !admit() {
             return Err(HostError::NotHere(key.clone()));
         }
+        let max = self.inner.limits.max_rooms;
+        if max > 0 && rooms.len() >= max {
+            rooms.retain(|_, e| !e.handle.is_closed());
+            if rooms.len() >= max {
+                // Rooms nobody is connected to (no link, no queued work) make way: each is asked
+                // to leave, and leaves if it still has no one when it reads that.
+                let asked = rooms.values().filter(|e| e.handle.is_unused()).filter(|e| e.handle.evict()).count();
+                tracing::debug!(rooms = rooms.len(), asked, "room limit reached; asked idle rooms to leave");
+                return Err(HostError::Full(rooms.len()));
+            }
+        }
         let weak = Arc::downgrade(&self.inner);
         let exit_key = key.clone();
         let me: Arc<std::sync::OnceLock<WeakRoomHandle>> = Arc::default();
@@ -170,7 +191,7 @@ impl RoomHost {
             parties: self.client(),
             may_exit: Box::new(move || {
                 let Some(inner) = weak.upgrade() else { return true };
-                let mut rooms = inner.rooms.lock().unwrap();
+                let mut rooms = inner.rooms.locked();
                 // Only this instance's own entry: a newer instance may have replaced it.
                 let mine = match (rooms.get(&exit_key), me2.get()) {
                     (Some(e), Some(me)) => me.is(&e.handle),
@@ -204,6 +225,26 @@ impl RoomHost {
         Ok(handle)
     }
 
+    /// Like [`RoomHost::room_fenced`]; at the room limit, waits a little for the idle rooms it
+    /// asked to leave before giving up.
+    async fn room_or_wait(
+        &self,
+        key: &RoomKey,
+        fence: Option<Fence>,
+        admit: Admit<'_>,
+    ) -> Result<RoomHandle, HostError> {
+        let deadline = tokio::time::Instant::now() + EVICT_WAIT;
+        loop {
+            match self.room_fenced(key, fence.clone(), admit) {
+                Err(HostError::Full(n)) if tokio::time::Instant::now() < deadline => {
+                    tracing::trace!(rooms = n, "waiting for idle rooms to leave");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Sends an HTTP request to a room, starting it if needed.
     pub async fn request(&self, key: &RoomKey, req: Request) -> Result<Response, HostError> {
         self.request_fenced(key, None, &always, req).await
@@ -221,12 +262,13 @@ impl RoomHost {
     ) -> Result<Response, HostError> {
         let (parts, body) = req.into_parts();
         for _ in 0..ATTEMPTS {
-            let room = self.room_fenced(key, fence.clone(), admit)?;
+            let room = self.room_or_wait(key, fence.clone(), admit).await?;
             let req = Request::from_parts(clone_parts(&parts), body.clone());
             match room.request(req).await {
                 Ok(res) => return Ok(res),
                 Err(RequestError::NotDelivered(_)) => tokio::task::yield_now().await,
                 Err(RequestError::Interrupted(key)) => return Err(HostError::Interrupted(key)),
+                Err(RequestError::Overloaded(key)) => return Err(HostError::Overloaded(key)),
             }
         }
         Err(HostError::Unavailable(key.clone()))
@@ -246,10 +288,11 @@ impl RoomHost {
         tx: mpsc::Sender<FromRoom>,
     ) -> Result<LinkSender, HostError> {
         for _ in 0..ATTEMPTS {
-            let room = self.room_fenced(key, fence.clone(), admit)?;
+            let room = self.room_or_wait(key, fence.clone(), admit).await?;
             match room.open_link(tx.clone()).await {
                 Ok(link) => return Ok(link),
-                Err(RoomGone(_)) => tokio::task::yield_now().await,
+                Err(SendError::Gone(_)) => tokio::task::yield_now().await,
+                Err(SendError::Overloaded(key)) => return Err(HostError::Overloaded(key)),
             }
         }
         Err(HostError::Unavailable(key.clone()))
@@ -264,7 +307,7 @@ impl RoomHost {
         deadline: tokio::time::Instant,
     ) -> Vec<RoomHandle> {
         let rooms: Vec<RoomHandle> = {
-            let mut map = self.inner.rooms.lock().unwrap();
+            let mut map = self.inner.rooms.locked();
             let keys: Vec<RoomKey> = map.keys().filter(|k| which(k)).cloned().collect();
             keys.iter().filter_map(|k| map.remove(k)).map(|e| e.handle).collect()
         };
@@ -279,7 +322,7 @@ impl RoomHost {
     /// closed with `code`.
     pub fn shutdown_rooms(&self, which: impl Fn(&RoomKey) -> bool, code: u16, reason: &str) -> usize {
         let rooms: Vec<RoomHandle> = {
-            let mut map = self.inner.rooms.lock().unwrap();
+            let mut map = self.inner.rooms.locked();
             let keys: Vec<RoomKey> = map.keys().filter(|k| which(k)).cloned().collect();
             keys.iter().filter_map(|k| map.remove(k)).map(|e| e.handle).collect()
         };
@@ -296,12 +339,12 @@ impl RoomHost {
 
     /// The keys of the running rooms.
     pub fn room_keys(&self) -> Vec<RoomKey> {
-        self.inner.rooms.lock().unwrap().keys().cloned().collect()
+        self.inner.rooms.locked().keys().cloned().collect()
     }
 
     /// Stops every room: sockets are closed with 1001 (going away).
     pub async fn shutdown(&self) {
-        let rooms: Vec<RoomHandle> = self.inner.rooms.lock().unwrap().drain().map(|(_, e)| e.handle).collect();
+        let rooms: Vec<RoomHandle> = self.inner.rooms.locked().drain().map(|(_, e)| e.handle).collect();
         for room in rooms {
             let _ = room.shutdown(close_code::GOING_AWAY, "server shutting down").await;
         }

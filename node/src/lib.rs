@@ -12,6 +12,8 @@
 //! - [`client`]: reaching rooms anywhere in the cluster over gRPC (used by gateways, and by
 //!   nodes for calls between rooms).
 //! - [`wire`]: conversions between the link protocol and its protobuf form.
+//! - [`tls`]: TLS between gateways and nodes (mutual, against a cluster CA).
+//! - `fuzzing`: the checks the fuzz targets in `fuzz/` run (the test suite replays the corpus).
 //! - [`metrics`], [`admin`]: metrics, readiness, and the `--metrics-listen` HTTP endpoints.
 //! - [`secret`]: the cluster secret (from a file, length checked).
 //! - [`telemetry`]: trace context carried in gRPC metadata.
@@ -19,6 +21,8 @@
 pub mod admin;
 pub mod alarms;
 pub mod client;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod host;
 pub mod metrics;
 pub mod redis;
@@ -28,6 +32,7 @@ pub mod service;
 pub mod shards;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod wire;
 
 pub use host::{HostConfig, HostError, RoomHost};

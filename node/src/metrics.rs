@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use partyline::observe::RoomObserver;
-use partyline::store::{Fence, StoreError, WriteOp};
+use partyline::store::{Fence, Quota, StoreError, Usage, WriteOp};
+use partyline::sync::Lock;
 use partyline::{ListOptions, RoomKey, Store};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -94,7 +95,7 @@ impl Default for NodeMetrics {
             commit_seconds: duration_histogram(),
         };
         {
-            let mut r = m.registry.lock().unwrap();
+            let mut r = m.registry.locked();
             let counters: [(&str, &str, &Counter); 14] = [
                 ("links_opened", "Link streams opened into rooms on this node.", &m.links_opened),
                 ("link_messages_in", "Messages from gateways to rooms over links.", &m.link_messages_in),
@@ -137,13 +138,13 @@ impl NodeMetrics {
     /// Adds a value read at every scrape (a gauge such as rooms live, or a counter kept
     /// elsewhere). `name` is the full metric name (a counter's without `_total`).
     pub fn register_fn(&self, name: &str, help: &str, kind: FnKind, f: impl Fn() -> i64 + Send + Sync + 'static) {
-        self.registry.lock().unwrap().register_collector(Box::new(FnMetric::new(name, help, kind, f)));
+        self.registry.locked().register_collector(Box::new(FnMetric::new(name, help, kind, f)));
     }
 
     /// The OpenMetrics text of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry.lock().unwrap());
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry.locked());
         out
     }
 }
@@ -271,11 +272,28 @@ impl Store for MeteredStore {
     async fn due_alarms(&self, now_ms: i64, limit: usize) -> Result<Vec<(RoomKey, i64)>, StoreError> {
         self.inner.due_alarms(now_ms, limit).await
     }
+
+    async fn usage(&self, room: &RoomKey) -> Result<Option<Usage>, StoreError> {
+        self.inner.usage(room).await
+    }
+
+    fn quota(&self) -> Quota {
+        self.inner.quota()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_metered_store_passes_the_quota_on() {
+        use partyline::store::conformance;
+        use partyline::MemoryStore;
+        let inner = Arc::new(MemoryStore::new().with_quota(conformance::QUOTA));
+        let store = MeteredStore::new(inner, Arc::new(NodeMetrics::default()));
+        conformance::quota(&store).await;
+    }
 
     #[test]
     fn renders_counters_histograms_and_sampled_values() {

@@ -46,8 +46,13 @@ pub struct NodeConfig {
     pub advertise: String,
     /// Redis.
     pub redis: RedisConfig,
-    /// The cluster secret callers must present.
+    /// The cluster secret callers must present (and this node presents to others).
     pub secret: String,
+    /// More secrets callers may present, for rotating the secret without a restart of every
+    /// process at once: accept the new one everywhere, switch, then drop the old one.
+    pub accept_secrets: Vec<String>,
+    /// TLS between gateways and nodes (mutual: callers need a certificate from the cluster CA).
+    pub tls: Option<crate::tls::ClusterTls>,
     /// Lease timing.
     pub leases: LeaseTiming,
     /// Membership heartbeat period; the record lives `member_ttl`.
@@ -174,6 +179,7 @@ pub async fn run_with(
             max_grpc_message_bytes: grpc_max,
             request_timeout: limits.handler_timeout + Duration::from_secs(5),
             route_timeout: ClientConfig::route_timeout_for(cfg.leases.ttl),
+            tls: cfg.tls.clone(),
         },
         membership.clone(),
         redis.leases(),
@@ -190,7 +196,8 @@ pub async fn run_with(
         cluster: cluster_id.clone(),
         ..NodeInfo::default()
     };
-    let store = Arc::new(redis.store());
+    // Every room is held to the storage quota in its commit script.
+    let store = Arc::new(redis.store().with_quota(cfg.limits.quota()));
     // Set once the shard table exists: a room whose storage refused its fence stops, and so
     // does every other room of its shard (the lease is not held at that epoch any more).
     let fenced_shards: Arc<std::sync::OnceLock<std::sync::Weak<Shards>>> = Arc::default();
@@ -273,13 +280,18 @@ pub async fn run_with(
         metrics: metrics.clone(),
     };
     let server = NodeServer::new(service).max_decoding_message_size(grpc_max).max_encoding_message_size(grpc_max);
-    let server = tonic::service::interceptor::InterceptedService::new(server, CheckSecret::new(&cfg.secret));
+    let secrets = std::iter::once(&cfg.secret).chain(&cfg.accept_secrets);
+    let server = tonic::service::interceptor::InterceptedService::new(server, CheckSecret::any_of(secrets));
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &cfg.tls {
+        builder = builder.tls_config(tls.server()?).context("the node's TLS configuration")?;
+    }
     tracing::info!(node = %me.id, addr = %me.addr, inc = %me.inc, cluster = %cluster_id, "node serving");
     let (grpc_health, health_task) = crate::admin::grpc_health(state.clone(), stop.clone());
     tasks.spawn(health_task);
     let stop_server = CancellationToken::new();
     let mut served = tokio::spawn(
-        tonic::transport::Server::builder()
+        builder
             .tcp_nodelay(true)
             .trace_fn(crate::telemetry::grpc_server_span)
             .http2_keepalive_interval(Some(Duration::from_secs(5)))

@@ -5,7 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use partyline::link::{close_code, FromRoom};
+use std::collections::HashSet;
+
+use partyline::actor::SendError;
+use partyline::link::{close_code, FromRoom, SocketId, ToRoom};
 use partyline::placement::shard_of;
 use partyline::{PartyRegistry, RoomKey};
 use partyline_proto::pb::{self, link_in, link_out, node_server, room_response};
@@ -24,15 +27,29 @@ use crate::wire;
 
 /// Depth of a link's outbound queue.
 const OUT_QUEUE: usize = 1024;
+/// What callers hear when a room's queue stays full (the gateway shows them no more than this).
+const OVERLOADED: &str = "Room overloaded, try again later";
+/// What callers hear when this node hosts as many rooms as it may.
+const FULL: &str = "Too many rooms, try again later";
 
 /// Checks the cluster secret on every call (constant-time comparison).
 #[derive(Clone)]
-pub struct CheckSecret(Arc<Vec<u8>>);
+pub struct CheckSecret(Arc<Vec<Vec<u8>>>);
 
 impl CheckSecret {
     /// The check for `secret`.
     pub fn new(secret: &str) -> Self {
-        CheckSecret(Arc::new(format!("Bearer {secret}").into_bytes()))
+        Self::any_of([secret])
+    }
+
+    /// A check that accepts any of `secrets` (while a secret is being rotated).
+    pub fn any_of<S: AsRef<str>>(secrets: impl IntoIterator<Item = S>) -> Self {
+        let accepted = secrets
+            .into_iter()
+            .filter(|s| !s.as_ref().is_empty())
+            .map(|s| format!("Bearer {}", s.as_ref()).into_bytes())
+            .collect();
+        CheckSecret(Arc::new(accepted))
     }
 }
 
@@ -43,7 +60,8 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 impl tonic::service::Interceptor for CheckSecret {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
         match req.metadata().get(partyline_proto::AUTH_HEADER) {
-            Some(v) if same(v.as_bytes(), &self.0) => Ok(req),
+            // Every accepted secret is compared, so the time taken says nothing about which matched.
+            Some(v) if self.0.iter().fold(false, |ok, s| same(v.as_bytes(), s) | ok) => Ok(req),
             Some(_) => Err(Status::unauthenticated("wrong cluster secret")),
             None => Err(Status::unauthenticated("missing cluster secret (authorization: Bearer <secret>)")),
         }
@@ -194,6 +212,8 @@ fn host_status(e: HostError) -> Option<Status> {
         HostError::UnknownParty(p) => Some(Status::not_found(format!("Party {p} not found"))),
         HostError::NotHere(_) | HostError::Unavailable(_) => None,
         e @ HostError::Interrupted(_) => Some(Status::aborted(e.to_string())),
+        HostError::Overloaded(_) => Some(Status::resource_exhausted(OVERLOADED)),
+        HostError::Full(_) => Some(Status::resource_exhausted(FULL)),
     }
 }
 
@@ -229,6 +249,9 @@ impl node_server::Node for NodeService {
             }
         };
         let (room_tx, room_rx) = mpsc::channel::<FromRoom>(OUT_QUEUE);
+        // For the forwarder's own answers to work it shed (weak: the stream still ends when the
+        // room lets go of the link).
+        let shed_tx = room_tx.downgrade();
         let fence = fence_for(shard, guard.epoch);
         let admit = || guard.accepts();
         let link = match self.host.open_link_fenced(&key, Some(fence), &admit, room_tx).await {
@@ -265,15 +288,49 @@ impl node_server::Node for NodeService {
         .inspect(move |_| {
             metrics_out.link_messages_out.inc();
         });
-        // Gateway -> room, in order. The link closes when the gateway ends the stream.
+        // Gateway -> room, in order. The link closes when the gateway ends the stream. A frame or
+        // connection the room's queue cannot take within the queue timeout is shed: the socket
+        // is closed with 1013 (its later frames dropped, so none arrives after a gap), the
+        // connection refused with 503.
         tokio::spawn(async move {
+            let mut shed: HashSet<SocketId> = HashSet::new();
             loop {
                 match inbound.message().await {
                     Ok(Some(pb::LinkIn { kind: Some(kind) })) => match wire::to_room(kind) {
                         Ok(msg) => {
                             metrics_in.link_messages_in.inc();
-                            if link.send(msg).await.is_err() {
-                                break;
+                            let (sid, connect) = match &msg {
+                                ToRoom::Message { sid, .. } => (Some(*sid), false),
+                                ToRoom::Connect { sid, .. } => (Some(*sid), true),
+                                ToRoom::Closed { sid, .. } => {
+                                    shed.remove(sid);
+                                    (None, false)
+                                }
+                                _ => (None, false),
+                            };
+                            if sid.is_some_and(|s| !connect && shed.contains(&s)) {
+                                continue;
+                            }
+                            match link.send(msg).await {
+                                Ok(()) => {}
+                                Err(SendError::Gone(_)) => break,
+                                Err(SendError::Overloaded(room)) => {
+                                    let Some(sid) = sid else { continue };
+                                    tracing::warn!(room = %room, sid, "room queue full; shedding a client");
+                                    let answer = if connect {
+                                        FromRoom::Refused { sid, status: 503, reason: OVERLOADED.into() }
+                                    } else {
+                                        shed.insert(sid);
+                                        FromRoom::Close {
+                                            sid,
+                                            code: close_code::TRY_AGAIN_LATER,
+                                            reason: OVERLOADED.into(),
+                                        }
+                                    };
+                                    if let Some(tx) = shed_tx.upgrade() {
+                                        let _ = tx.send(answer).await;
+                                    }
+                                }
                             }
                         }
                         Err(e) => {

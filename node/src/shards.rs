@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use partyline::sync::Lock;
 use tokio::time::Instant;
 
 use crate::metrics::NodeMetrics;
@@ -181,7 +182,7 @@ impl Shards {
 
     /// The guard of a shard this node owns and accepts new work for.
     pub fn get(&self, shard: u16) -> Option<ShardGuard> {
-        let owned = self.owned.lock().unwrap();
+        let owned = self.owned.locked();
         let g = self.guard(shard, owned.get(&shard)?);
         g.accepts().then_some(g)
     }
@@ -191,13 +192,13 @@ impl Shards {
         if let Some(g) = self.get(shard) {
             return Ok(Placement::Here(g));
         }
-        let lock = self.acquiring.lock().unwrap().entry(shard).or_default().clone();
+        let lock = self.acquiring.locked().entry(shard).or_default().clone();
         let _one = lock.lock().await;
         if let Some(g) = self.get(shard) {
             return Ok(Placement::Here(g));
         }
         let stale = {
-            let owned = self.owned.lock().unwrap();
+            let owned = self.owned.locked();
             match owned.get(&shard) {
                 Some(o) if o.accepting.load(Ordering::Acquire) => true,
                 Some(_) => return Ok(Placement::Leaving),
@@ -223,7 +224,7 @@ impl Shards {
                     accepting: Arc::new(AtomicBool::new(true)),
                 };
                 let guard = self.guard(shard, &owned);
-                self.owned.lock().unwrap().insert(shard, owned);
+                self.owned.locked().insert(shard, owned);
                 tracing::debug!(shard, epoch, "shard acquired");
                 self.tally(|m| &m.lease_acquisitions);
                 Placement::Here(guard)
@@ -233,18 +234,18 @@ impl Shards {
                 Placement::Held { owner, addr }
             }
         };
-        self.acquiring.lock().unwrap().remove(&shard);
+        self.acquiring.locked().remove(&shard);
         Ok(placement)
     }
 
     /// The shards owned now, with their epochs (also those being handed over).
     pub fn owned(&self) -> Vec<(u16, u64)> {
-        self.owned.lock().unwrap().iter().map(|(s, o)| (*s, o.epoch)).collect()
+        self.owned.locked().iter().map(|(s, o)| (*s, o.epoch)).collect()
     }
 
     /// How many shards are owned.
     pub fn count(&self) -> usize {
-        self.owned.lock().unwrap().len()
+        self.owned.locked().len()
     }
 
     /// Stops taking shards: [`Shards::acquire`] answers [`Placement::Leaving`] from now on.
@@ -261,7 +262,7 @@ impl Shards {
     /// keep writing and their frames keep flowing until [`Shards::release`]. The guard, or
     /// `None` when the shard is not owned (or no longer valid).
     pub fn begin_handover(&self, shard: u16) -> Option<ShardGuard> {
-        let owned = self.owned.lock().unwrap();
+        let owned = self.owned.locked();
         let o = owned.get(&shard)?;
         o.accepting.store(false, Ordering::Release);
         let g = self.guard(shard, o);
@@ -274,7 +275,7 @@ impl Shards {
     /// rooms emitted before they stopped may still be on its way to the gateways, and it is
     /// theirs to deliver (their gateways reach the next owner only after it).
     pub async fn release(&self, shard: u16) {
-        let removed = self.owned.lock().unwrap().remove(&shard);
+        let removed = self.owned.locked().remove(&shard);
         if let Some(o) = removed {
             match self.backend.release(shard, o.epoch).await {
                 Ok(_) => tracing::debug!(shard, epoch = o.epoch, "shard released"),
@@ -285,7 +286,7 @@ impl Shards {
 
     /// Drops a shard: its guard turns invalid at once and `on_lost` runs.
     pub fn drop_shard(&self, shard: u16, why: &str) {
-        let removed = self.owned.lock().unwrap().remove(&shard);
+        let removed = self.owned.locked().remove(&shard);
         if let Some(o) = removed {
             o.deadline.store(0, Ordering::Release);
             tracing::warn!(shard, epoch = o.epoch, why, "shard dropped");
@@ -314,13 +315,13 @@ impl Shards {
                     for ((shard, epoch), held) in owned.iter().zip(held) {
                         match held {
                             Some(true) => {
-                                let table = self.owned.lock().unwrap();
+                                let table = self.owned.locked();
                                 if let Some(o) = table.get(shard).filter(|o| o.epoch == *epoch) {
                                     o.deadline.fetch_max(deadline, Ordering::AcqRel);
                                 }
                             }
                             Some(false) => {
-                                let ours = self.owned.lock().unwrap().get(shard).is_some_and(|o| o.epoch == *epoch);
+                                let ours = self.owned.locked().get(shard).is_some_and(|o| o.epoch == *epoch);
                                 if ours {
                                     self.tally(|m| &m.lease_losses);
                                     self.drop_shard(*shard, "lease lost");
@@ -386,7 +387,7 @@ mod tests {
             if self.renew_errors.load(Ordering::Relaxed) {
                 anyhow::bail!("redis unreachable");
             }
-            let unanswered = self.unanswered.lock().unwrap();
+            let unanswered = self.unanswered.locked();
             Ok(leases
                 .iter()
                 .map(|(s, _)| (!unanswered.contains(s)).then(|| self.renew_ok.load(Ordering::Relaxed)))
@@ -406,8 +407,7 @@ mod tests {
         });
         let lost = Arc::new(Mutex::new(Vec::new()));
         let l = lost.clone();
-        let shards =
-            Arc::new(Shards::new(fake.clone(), LeaseTiming::STANDARD, Box::new(move |s| l.lock().unwrap().push(s))));
+        let shards = Arc::new(Shards::new(fake.clone(), LeaseTiming::STANDARD, Box::new(move |s| l.locked().push(s))));
         (fake, shards, lost)
     }
 
@@ -431,7 +431,7 @@ mod tests {
         tokio::time::advance(Duration::from_millis(2100)).await;
         assert!(!g.is_valid(), "8 s after the last renewal the guard is invalid");
         shards.renew_once().await;
-        assert_eq!(*lost.lock().unwrap(), vec![7]);
+        assert_eq!(*lost.locked(), vec![7]);
         assert!(shards.get(7).is_none());
     }
 
@@ -441,14 +441,14 @@ mod tests {
         let Placement::Here(a) = shards.acquire(1).await.unwrap() else { panic!("not granted") };
         let Placement::Here(b) = shards.acquire(2).await.unwrap() else { panic!("not granted") };
         // Shard 2's Redis Cluster primary stops answering; shard 1's keeps renewing.
-        fake.unanswered.lock().unwrap().push(2);
+        fake.unanswered.locked().push(2);
         for _ in 0..5 {
             tokio::time::advance(Duration::from_secs(2)).await;
             shards.renew_once().await;
         }
         assert!(a.is_valid(), "the shard whose primary answers is kept");
         assert!(!b.is_valid(), "the shard without answers self-fenced");
-        assert_eq!(*lost.lock().unwrap(), vec![2]);
+        assert_eq!(*lost.locked(), vec![2]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -458,7 +458,7 @@ mod tests {
         fake.renew_ok.store(false, Ordering::Relaxed);
         shards.renew_once().await;
         assert!(!g.is_valid());
-        assert_eq!(*lost.lock().unwrap(), vec![3]);
+        assert_eq!(*lost.locked(), vec![3]);
         // Acquiring again gives a new epoch.
         fake.renew_ok.store(true, Ordering::Relaxed);
         let Placement::Here(g2) = shards.acquire(3).await.unwrap() else { panic!("not granted") };
@@ -475,7 +475,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(9)).await;
         assert!(!g.is_valid());
         let Placement::Here(g2) = shards.acquire(5).await.unwrap() else { panic!("not granted") };
-        assert_eq!(*lost.lock().unwrap(), vec![5], "the old instance's rooms were stopped first");
+        assert_eq!(*lost.locked(), vec![5], "the old instance's rooms were stopped first");
         assert!(g2.epoch > g.epoch, "epoch {} reused", g.epoch);
         assert!(g2.accepts() && !g.is_valid());
     }
@@ -506,7 +506,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(9)).await;
         assert!(!g.is_valid(), "until the self-fence deadline");
         assert!(shards.get(4).is_none());
-        assert!(lost.lock().unwrap().is_empty(), "a release is not a loss");
+        assert!(lost.locked().is_empty(), "a release is not a loss");
         // Closed: nothing new.
         shards.close();
         assert!(matches!(shards.acquire(6).await.unwrap(), Placement::Leaving));

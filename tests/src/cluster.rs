@@ -36,6 +36,16 @@ pub struct Process {
 }
 
 impl Process {
+    /// A process started by hand (a test's own node or gateway): `stop` asks it to stop.
+    pub fn running(
+        id: String,
+        addr: SocketAddr,
+        stop: oneshot::Sender<()>,
+        task: JoinHandle<anyhow::Result<()>>,
+    ) -> Self {
+        Process { id, addr, stop: Some(stop), task: Some(task) }
+    }
+
     /// Stops it gracefully (a node releases its shards and leaves) and waits.
     pub async fn stop(&mut self) {
         if let Some(stop) = self.stop.take() {
@@ -235,6 +245,8 @@ impl TestCluster {
             advertise: addr.to_string(),
             redis: self.redis_config(),
             secret: SECRET.into(),
+            accept_secrets: Vec::new(),
+            tls: None,
             leases: LeaseTiming::FAST,
             heartbeat: Duration::from_millis(500),
             member_ttl: Duration::from_secs(3),
@@ -264,6 +276,9 @@ impl TestCluster {
             limits: self.limits.clone(),
             env: self.env.clone(),
             max_connections: 100_000,
+            edge: Default::default(),
+            tls: None,
+            cluster_tls: None,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(partyline_server::cluster::run_gateway(cfg, self.parties.clone(), listener, async {

@@ -182,9 +182,10 @@ pub enum Received {
     Ended,
 }
 
-/// A WebSocket client.
-pub struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+/// A WebSocket client (over TCP unless opened over another stream with
+/// [`Client::from_stream`]).
+pub struct Client<S = MaybeTlsStream<TcpStream>> {
+    ws: WebSocketStream<S>,
 }
 
 impl Client {
@@ -192,6 +193,13 @@ impl Client {
     pub async fn connect(url: &str) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
         let (ws, _res) = tokio_tungstenite::connect_async(url).await?;
         Ok(Client { ws })
+    }
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Client<S> {
+    /// A client on a WebSocket opened some other way (over TLS, say).
+    pub fn from_stream(ws: WebSocketStream<S>) -> Self {
+        Client { ws }
     }
 
     /// Sends a text frame.
@@ -402,4 +410,38 @@ pub fn close_payload(payload: &[u8]) -> (u16, String) {
         return (1005, String::new());
     }
     (u16::from_be_bytes([payload[0], payload[1]]), String::from_utf8_lossy(&payload[2..]).into_owned())
+}
+
+/// TLS for tests: a client that trusts the test CA (`tests/certs/`, see its `gen.sh`).
+pub mod tls {
+    use std::net::SocketAddr;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use tokio::net::TcpStream;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+    use tokio_rustls::rustls::{self, RootCertStore};
+    use tokio_rustls::{client::TlsStream, TlsConnector};
+
+    /// A connector that trusts only the CA in `ca` (PEM).
+    pub fn connector(ca: &Path) -> TlsConnector {
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(ca).expect("read the CA") {
+            roots.add(cert.expect("a PEM certificate")).expect("a CA certificate");
+        }
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        TlsConnector::from(Arc::new(cfg))
+    }
+
+    /// A TLS connection to `addr`, checking that it is `localhost`.
+    pub async fn connect(connector: &TlsConnector, addr: SocketAddr) -> TlsStream<TcpStream> {
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let name = ServerName::try_from("localhost").unwrap();
+        crate::within(10, "the TLS handshake", connector.connect(name, tcp)).await.expect("a TLS handshake")
+    }
 }

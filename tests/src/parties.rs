@@ -9,12 +9,17 @@
 //! - `state <n>`: sets a state of about n bytes; replies `ok` or the error text;
 //! - `close`: closes the sender with 4000 `bye`;
 //! - `put <bytes>`: puts a value of that many bytes; replies `ok` or the error text;
+//! - `putkey <key> <bytes>`: the same under that key;
+//! - `send <bytes>`: sends the sender a frame of that many bytes with `try_send`; replies the
+//!   error text if it was refused;
 //! - anything else is echoed.
 //!
 //! Query parameters at connect: `tags=a,b,c` become tags; `fail=1` makes `on_connect` fail;
-//! `hang=1` makes `on_connect` hang. HTTP `GET /parties/faulty/<room>/panic` panics in
-//! `on_request`, `/hang` hangs, `/error` returns a 418 `HttpError`, anything else answers
-//! `200 ok`. `on_close` broadcasts `closed <id>` to the others.
+//! `hang=1` makes `on_connect` hang; `whoami=1` makes `on_connect` send
+//! `<client ip>|<x-forwarded-for>|<x-real-ip>` as the connection's first frame. HTTP
+//! `GET /parties/faulty/<room>/panic` panics in `on_request`, `/hang` hangs, `/error` returns a
+//! 418 `HttpError`, `/whoami` answers like `whoami=1`, `/big` answers 8 MiB, anything else answers `200 ok`.
+//! `on_close` broadcasts `closed <id>` to the others.
 //!
 //! `yjs-auth` is a party that authenticates and then is a Yjs room ([`partyline_yjs::YjsRoom`]):
 //! `on_before_connect` refuses a connection without `?token=` (401) and passes the role on in
@@ -92,7 +97,10 @@ impl Party for Faulty {
         Ok(query(conn, "tags").map(|t| t.split(',').map(str::to_string).collect()).unwrap_or_default())
     }
 
-    async fn on_connect(&mut self, conn: &Connection, _ctx: &ConnectionContext) -> anyhow::Result<()> {
+    async fn on_connect(&mut self, conn: &Connection, ctx: &ConnectionContext) -> anyhow::Result<()> {
+        if query(conn, "whoami").is_some() {
+            conn.send(whoami(&ctx.request));
+        }
         if query(conn, "fail").is_some() {
             anyhow::bail!("on_connect refused this connection");
         }
@@ -133,6 +141,18 @@ impl Party for Faulty {
                     Err(e) => sender.send(e.to_string()),
                 }
             }
+            "putkey" => {
+                let (key, n) = arg.split_once(' ').unwrap_or((arg, "0"));
+                match self.room.storage().put_bytes(key, vec![0u8; n.parse().unwrap_or(0)]).await {
+                    Ok(()) => sender.send("ok"),
+                    Err(e) => sender.send(e.to_string()),
+                }
+            }
+            "send" => {
+                if let Err(e) = sender.try_send(vec![b'x'; arg.parse().unwrap_or(0)]) {
+                    sender.send(e.to_string());
+                }
+            }
             "close" => sender.close(4000, "bye"),
             _ => sender.send(message),
         }
@@ -161,6 +181,12 @@ impl Party for Faulty {
         if path.ends_with("/panic") {
             panic!("asked to panic in on_request");
         }
+        if path.ends_with("/whoami") {
+            return Ok(web::text(StatusCode::OK, whoami(&req)));
+        }
+        if path.ends_with("/big") {
+            return Ok(web::with_type(StatusCode::OK, "application/octet-stream", Bytes::from(vec![b'x'; 8 << 20])));
+        }
         if path.ends_with("/hang") {
             std::future::pending::<()>().await;
         }
@@ -169,4 +195,11 @@ impl Party for Faulty {
         }
         Ok(web::text(StatusCode::OK, "ok"))
     }
+}
+
+/// `<client ip>|<x-forwarded-for>|<x-real-ip>` of a request, as the gateway passed it on.
+fn whoami(req: &Request) -> String {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let ip = web::client_ip(req).map(|ip| ip.to_string()).unwrap_or_default();
+    format!("{ip}|{}|{}", header("x-forwarded-for"), header("x-real-ip"))
 }

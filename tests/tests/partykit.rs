@@ -52,7 +52,13 @@ async fn run_clients(addr: SocketAddr) {
 #[tokio::test]
 async fn the_example_project_passes_the_client_checks_under_dev() {
     let (parties, env) = load(&example().join("partykit.json"), &Limits::default()).await;
-    let s = DevServer::start_with(DevConfig { env, ..DevConfig::default() }, parties).await;
+    let s = DevServer::start_with(DevConfig { env: env.clone(), ..DevConfig::default() }, parties.clone()).await;
+    run_clients(s.addr).await;
+    s.stop().await;
+    // On disk (what `partyline dev` uses): the store answers reads later, not at once, and the
+    // storage quota is enforced; JS puts still finish at once.
+    let dir = tempfile::tempdir().unwrap();
+    let s = DevServer::start_with(DevConfig { env, ..DevServer::on_disk(dir.path()) }, parties).await;
     run_clients(s.addr).await;
     s.stop().await;
 }

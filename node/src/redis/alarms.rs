@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use ::redis::Value;
 use partyline::placement::SHARDS;
 use partyline::store::{RoomKey, StoreError};
+use partyline::sync::Lock;
 
 use super::conn::Connection;
 use super::keys::{self, Keys};
@@ -85,7 +86,7 @@ impl Default for Hints {
 impl Hints {
     /// A commit to `shard` may have set an alarm at `earliest` (the smallest `SetAlarm` time).
     pub fn wrote(&self, shard: u16, earliest: i64) {
-        let mut shards = self.shards.lock().unwrap();
+        let mut shards = self.shards.locked();
         let h = &mut shards[shard as usize];
         h.version += 1;
         h.next = h.next.min(earliest);
@@ -93,7 +94,7 @@ impl Hints {
 
     /// Whether `shard` must be read now, and the version to record the read under.
     fn needs_read(&self, shard: u16, epoch: Option<u64>, now_ms: i64, now: Instant) -> Option<u64> {
-        let h = self.shards.lock().unwrap()[shard as usize];
+        let h = self.shards.locked()[shard as usize];
         let Some(read_at) = h.read_at else { return Some(h.version) };
         let age = now.saturating_duration_since(read_at);
         let spread = REFRESH.mul_f64(f64::from(shard % 64) / 64.0);
@@ -103,7 +104,7 @@ impl Hints {
 
     /// Records a read of `shard` (earliest alarm `next`) unless a commit came in between.
     fn read(&self, shard: u16, epoch: Option<u64>, version: u64, next: i64, at: Instant) {
-        let mut shards = self.shards.lock().unwrap();
+        let mut shards = self.shards.locked();
         let h = &mut shards[shard as usize];
         if h.version == version {
             *h = Hint { epoch, next, version, read_at: Some(at) };
@@ -112,7 +113,7 @@ impl Hints {
 
     /// Whether the obsolete global index is due for a check (and notes the check).
     fn legacy_due(&self, now: Instant) -> bool {
-        let mut last = self.legacy_checked.lock().unwrap();
+        let mut last = self.legacy_checked.locked();
         if last.is_some_and(|t| now.saturating_duration_since(t) < LEGACY_EVERY) {
             return false;
         }

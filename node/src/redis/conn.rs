@@ -29,8 +29,9 @@ pub const CLUSTER_SCHEME: &str = "redis+cluster://";
 /// Where Redis is, parsed from a [`RedisConfig::url`].
 #[derive(Clone, Debug)]
 pub enum Target {
-    /// One server (or a Sentinel-managed primary behind one address).
-    Single(ConnectionInfo),
+    /// One server (or a Sentinel-managed primary behind one address). Boxed: with TLS support
+    /// a `ConnectionInfo` is ten times the size of the cluster variant.
+    Single(Box<ConnectionInfo>),
     /// A Redis Cluster, reached through these seed nodes (the others are discovered).
     Cluster(Vec<ConnectionInfo>),
 }
@@ -43,7 +44,7 @@ impl Target {
         let bad = |why: String| Error::Config(format!("bad Redis URL {shown}: {why}"));
         let Some(rest) = url.strip_prefix(CLUSTER_SCHEME) else {
             let info = url.into_connection_info().map_err(|e| bad(e.to_string()))?;
-            return Ok(Target::Single(info));
+            return Ok(Target::Single(Box::new(info)));
         };
         let (userinfo, hosts) = match rest.rsplit_once('@') {
             Some((user, hosts)) => (format!("{user}@"), hosts),
@@ -233,7 +234,7 @@ pub async fn connect(target: &Target, config: &RedisConfig) -> Result<(Connectio
     let failed = |reason: String| Error::Connect { url: shown.clone(), reason };
     match target {
         Target::Single(info) => {
-            let client = Client::open(nodelay(info.clone()))
+            let client = Client::open(nodelay(info.as_ref().clone()))
                 .map_err(|e| Error::Config(format!("bad Redis URL {shown}: {e}")))?;
             let manager_config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(config.connect_timeout))

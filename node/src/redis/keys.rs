@@ -13,6 +13,7 @@
 //! | `pl:{s<shard>}:k:<room tag>` | ZSET | the room's keys, all with score 0, so `ZRANGEBYLEX` walks them in byte order (= UTF-8 order) |
 //! | `pl:{s<shard>}:v:<room tag>` | HASH | the room's key → value |
 //! | `pl:{s<shard>}:a:<room tag>` | STRING | the room's alarm time (ms since the Unix epoch, decimal) |
+//! | `pl:{s<shard>}:u:<room tag>` | HASH | `keys`, `bytes`: what the room stores, kept while a storage quota is set (absent: not counted; rebuilt from the values when needed) |
 //! | `pl:{s<shard>}:alarms` | ZSET | member `<alarm member>`, score = alarm time in ms: the shard's rooms with an alarm, in time order |
 //! | `pl:{s<shard>}:cluster` | STRING | Redis Cluster only: the shard's copy of the cluster marker (see [`super::marker`]) |
 //! | `pl:cluster` | STRING | the cluster marker: written once when the first node starts on an empty Redis; a Redis without it has lost the cluster's data (see [`super::marker`]) |
@@ -118,6 +119,11 @@ impl Keys {
         format!("{}a:{}", self.shard(shard), room_tag(room))
     }
 
+    /// The HASH of the room's usage (`keys`, `bytes`), for the storage quota.
+    pub fn room_usage(&self, shard: u16, room: &RoomKey) -> String {
+        format!("{}u:{}", self.shard(shard), room_tag(room))
+    }
+
     /// The shard's alarm index.
     pub fn shard_alarms(&self, shard: u16) -> String {
         self.shard(shard) + "alarms"
@@ -212,6 +218,7 @@ mod tests {
         assert_eq!(k.epoch(12), "pl:{s12}:epoch");
         assert_eq!(k.room_keys(12, &room), "pl:{s12}:k:4:main/a:b/c");
         assert_eq!(k.room_values(12, &room), "pl:{s12}:v:4:main/a:b/c");
+        assert_eq!(k.room_usage(12, &room), "pl:{s12}:u:4:main/a:b/c");
         assert_eq!(k.room_alarm(12, &room), "pl:{s12}:a:4:main/a:b/c");
         assert_eq!(k.shard_alarms(12), "pl:{s12}:alarms");
         assert_eq!(k.legacy_alarms(), "pl:alarms");

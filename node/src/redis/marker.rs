@@ -38,6 +38,7 @@ use std::sync::{Arc, Mutex};
 
 use ::redis::Value;
 use partyline::placement::SHARDS;
+use partyline::sync::Lock;
 
 use super::conn::Connection;
 use super::keys::Keys;
@@ -95,12 +96,12 @@ impl Marker {
     /// Notes that `shard`'s marker copy was found missing (a refused acquisition); the next
     /// [`Marker::check`] answers `false` while it stays missing.
     pub fn note_lost(&self, shard: u16) {
-        self.lost.lock().unwrap().0.insert(shard);
+        self.lost.locked().0.insert(shard);
     }
 
     /// The shards last found without their marker copy (Redis Cluster).
     pub fn lost_shards(&self) -> Vec<u16> {
-        self.lost.lock().unwrap().0.iter().copied().collect()
+        self.lost.locked().0.iter().copied().collect()
     }
 
     /// Whether Redis still holds the marker `expected` and, on a Redis Cluster, the shards
@@ -114,13 +115,13 @@ impl Marker {
             return Ok(true);
         }
         let (noted, from) = {
-            let lost = self.lost.lock().unwrap();
+            let lost = self.lost.locked();
             (lost.0.clone(), lost.1)
         };
         let window: Vec<u16> = (0..SWEEP).map(|i| (from + i) % SHARDS).filter(|s| !noted.contains(s)).collect();
         let shards: Vec<u16> = noted.iter().copied().chain(window).collect();
         let missing = self.missing_copies(&shards).await?;
-        let mut lost = self.lost.lock().unwrap();
+        let mut lost = self.lost.locked();
         lost.0.retain(|s| missing.contains(s));
         lost.0.extend(missing.iter().copied());
         lost.1 = (from + SWEEP) % SHARDS;
@@ -159,7 +160,7 @@ impl Marker {
         if !missing.is_empty() {
             self.write_copies(value).await?;
         }
-        self.lost.lock().unwrap().0.clear();
+        self.lost.locked().0.clear();
         Ok(missing.len())
     }
 

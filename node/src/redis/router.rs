@@ -32,6 +32,7 @@ use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use ::redis::{
     Client, Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, RedisError, RedisResult, ServerErrorKind, Value,
 };
+use partyline::sync::{Lock, ReadWrite};
 use tokio::time::Instant;
 
 /// Slots of a Redis Cluster.
@@ -106,7 +107,7 @@ impl Router {
             refreshed: tokio::sync::Mutex::new(None),
         };
         router.refresh().await?;
-        if router.topology.read().unwrap().slots.iter().any(Option::is_none) {
+        if router.topology.read_locked().slots.iter().any(Option::is_none) {
             return Err(client_error("the Redis Cluster does not cover every slot (CLUSTER SLOTS)"));
         }
         for (addr, answer) in router.fanout(&::redis::cmd("PING")).await {
@@ -117,17 +118,17 @@ impl Router {
 
     /// The primaries (`host:port`), in slot order.
     pub fn primaries(&self) -> Vec<String> {
-        self.topology.read().unwrap().primaries().iter().map(|a| a.to_string()).collect()
+        self.topology.read_locked().primaries().iter().map(|a| a.to_string()).collect()
     }
 
     /// Every node the cluster reported, as `(host, port)`.
     pub fn nodes(&self) -> Vec<(String, u16)> {
-        self.topology.read().unwrap().nodes.iter().filter_map(|a| split_addr(a)).collect()
+        self.topology.read_locked().nodes.iter().filter_map(|a| split_addr(a)).collect()
     }
 
     /// The connection to `addr`, made (bounded by the connect timeout) if there is none.
     async fn conn(&self, addr: &Addr) -> RedisResult<ConnectionManager> {
-        if let Some(c) = self.conns.lock().unwrap().get(addr) {
+        if let Some(c) = self.conns.locked().get(addr) {
             return Ok(c.clone());
         }
         let (host, port) = split_addr(addr).ok_or_else(|| client_error(&format!("bad node address {addr}")))?;
@@ -144,7 +145,7 @@ impl Router {
             Ok(c) => c?,
             Err(_) => return Err(timeout_error(&format!("connecting to {addr}"))),
         };
-        Ok(self.conns.lock().unwrap().entry(addr.clone()).or_insert(conn).clone())
+        Ok(self.conns.locked().entry(addr.clone()).or_insert(conn).clone())
     }
 
     /// Reads the slot map again from a node that answers (known primaries, other known nodes,
@@ -156,7 +157,7 @@ impl Router {
             return Ok(());
         }
         let mut candidates: Vec<Addr> = {
-            let t = self.topology.read().unwrap();
+            let t = self.topology.read_locked();
             let mut c = t.primaries();
             c.extend(t.nodes.iter().cloned());
             c
@@ -176,8 +177,8 @@ impl Router {
             match self.slots_from(&addr).await {
                 Ok(topology) => {
                     let known = topology.nodes.clone();
-                    *self.topology.write().unwrap() = topology;
-                    self.conns.lock().unwrap().retain(|a, _| known.contains(a));
+                    *self.topology.write_locked() = topology;
+                    self.conns.locked().retain(|a, _| known.contains(a));
                     *last = Some(Instant::now());
                     return Ok(());
                 }
@@ -212,18 +213,18 @@ impl Router {
     }
 
     fn primary_of(&self, slot: u16) -> Option<Addr> {
-        self.topology.read().unwrap().slots.get(slot as usize).cloned().flatten()
+        self.topology.read_locked().slots.get(slot as usize).cloned().flatten()
     }
 
     fn any_primary(&self) -> Option<Addr> {
-        let primaries = self.topology.read().unwrap().primaries();
+        let primaries = self.topology.read_locked().primaries();
         let n = primaries.len();
         (n > 0).then(|| primaries[(uuid::Uuid::new_v4().as_u128() % n as u128) as usize].clone())
     }
 
     /// Sends `cmd` to every primary; the answers by node.
     async fn fanout(&self, cmd: &Cmd) -> Vec<(Addr, RedisResult<Value>)> {
-        let primaries = self.topology.read().unwrap().primaries();
+        let primaries = self.topology.read_locked().primaries();
         let calls = primaries.into_iter().map(|addr| async move {
             let answer = match self.conn(&addr).await {
                 Ok(mut c) => match tokio::time::timeout(self.response_timeout, c.req_packed_command(cmd)).await {
@@ -335,7 +336,7 @@ impl Router {
 
     /// The slot map says `slot` is on `addr` now (a `MOVED` answer).
     fn learn(&self, slot: u16, addr: Addr) {
-        let mut t = self.topology.write().unwrap();
+        let mut t = self.topology.write_locked();
         if let Some(entry) = t.slots.get_mut(slot as usize) {
             *entry = Some(addr.clone());
         }

@@ -1,14 +1,20 @@
 //! [`RedisStore`]: room storage in Redis, every write fenced by the shard lease.
 //!
 //! A room of shard `s` lives in `pl:{s<s>}:k:<room>` (ZSET of keys, score 0), `pl:{s<s>}:v:<room>`
-//! (HASH key → value) and `pl:{s<s>}:a:<room>` (alarm), plus its member in the shard's alarm
-//! index `pl:{s<s>}:alarms` (see [`super::keys`] and [`super::alarms`]): every key of a commit
-//! is in the shard's hash slot, so a commit is one script on one Redis Cluster primary.
+//! (HASH key → value), `pl:{s<s>}:a:<room>` (alarm) and `pl:{s<s>}:u:<room>` (its usage, for the
+//! quota), plus its member in the shard's alarm index `pl:{s<s>}:alarms` (see [`super::keys`] and
+//! [`super::alarms`]): every key of a commit is in the shard's hash slot, so a commit is one
+//! script on one Redis Cluster primary.
 //!
 //! **Writes.** [`Store::commit`] runs one Lua script: it compares the fence's epoch with the
 //! `epoch` field of the shard's lease hash and, only if they are equal, applies the ops in order.
 //! A missing (expired, released) lease or another epoch answers `FENCED`, which becomes
-//! [`StoreError::Fenced`]; nothing is written. A fence must be presented: in the cluster every
+//! [`StoreError::Fenced`]; nothing is written. With a [`Quota`] ([`RedisStore::with_quota`]) the
+//! same script first works out the room's usage after the ops (from the usage hash, the length of
+//! every value it replaces or deletes, and what it writes) and answers `QUOTA` instead of writing
+//! when that would grow the room past the quota, so the check and the write are one atomic step,
+//! as the fence check is. The usage hash is kept exact while a quota is set, deleted by commits
+//! without one, and rebuilt from the room's values (one pass in the script) when missing. A fence must be presented: in the cluster every
 //! write is fenced, so `commit(.., None, ..)` is refused with `StoreError::Backend("unfenced
 //! write")`. The fence is [`fence_for`]`(shard, epoch)`: its `lease` is the room's shard number
 //! in decimal; a fence naming another shard is refused as fenced (it does not cover the room).
@@ -34,31 +40,106 @@ use ::redis::{Script, Value};
 use async_trait::async_trait;
 use bytes::Bytes;
 use partyline::placement::shard_of;
-use partyline::store::{Fence, ListOptions, RoomKey, Store, StoreError, WriteOp};
+use partyline::store::{Fence, ListOptions, Quota, RoomKey, Store, StoreError, Usage, WriteOp};
 
 use super::alarms::{self, Hints};
 use super::conn::Connection;
 use super::keys::{self, Keys};
 
-/// KEYS: lease, room keys ZSET, room values HASH, room alarm, the shard's alarm index.
-/// ARGV: epoch, alarm member, then the ops: `P key value` | `D key` | `X` | `A time` | `R`.
+/// The usage of a room (keys, bytes of keys plus values) from its values HASH, `v`: one pass.
+const SCAN_USAGE: &str = r#"
+local function scan_usage(v)
+  local keys, bytes = 0, 0
+  for _, k in ipairs(redis.call('HKEYS', v)) do
+    keys = keys + 1
+    bytes = bytes + #k + redis.call('HSTRLEN', v, k)
+  end
+  return keys, bytes
+end
+"#;
+
+/// KEYS: lease, room keys ZSET, room values HASH, room alarm, the shard's alarm index, room
+/// usage HASH. ARGV: epoch, alarm member, most keys, most bytes (0: no limit; both 0: no quota),
+/// then the ops: `P key value` | `D key` | `X` | `A time` | `R`.
 const COMMIT: &str = r#"
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then
   return redis.error_reply('FENCED the lease is not held at this epoch')
 end
-local i, n = 3, #ARGV
+local max_keys, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[4])
+local n = #ARGV
+local quota = max_keys > 0 or max_bytes > 0
+local touches = false
+local keys, bytes
+if quota then
+  local u = redis.call('HMGET', KEYS[6], 'keys', 'bytes')
+  keys, bytes = tonumber(u[1]), tonumber(u[2])
+  if keys == nil or bytes == nil then
+    keys, bytes = scan_usage(KEYS[3])
+  end
+  local keys0, bytes0 = keys, bytes
+  -- The length of each key's value as the ops leave it (false: absent).
+  local now, cleared = {}, false
+  local i = 5
+  while i <= n do
+    local op = ARGV[i]
+    if op == 'P' or op == 'D' then
+      touches = true
+      local k = ARGV[i + 1]
+      local prev = now[k]
+      if prev == nil then
+        prev = false
+        if not cleared then
+          local len = redis.call('HSTRLEN', KEYS[3], k)
+          if len > 0 or redis.call('HEXISTS', KEYS[3], k) == 1 then prev = len end
+        end
+      end
+      if prev then
+        keys = keys - 1
+        bytes = bytes - #k - prev
+      end
+      if op == 'P' then
+        local len = #ARGV[i + 2]
+        keys = keys + 1
+        bytes = bytes + #k + len
+        now[k] = len
+        i = i + 3
+      else
+        now[k] = false
+        i = i + 2
+      end
+    elseif op == 'X' then
+      touches = true
+      keys, bytes, now, cleared = 0, 0, {}, true
+      i = i + 1
+    elseif op == 'A' then
+      i = i + 2
+    elseif op == 'R' then
+      i = i + 1
+    else
+      return redis.error_reply('BADOP ' .. tostring(op))
+    end
+  end
+  -- Only growth past a limit is refused: a room over a lowered quota can always shrink.
+  if (max_keys > 0 and keys > max_keys and keys > keys0) or (max_bytes > 0 and bytes > max_bytes and bytes > bytes0) then
+    return redis.error_reply(string.format('QUOTA %d %d', keys, bytes))
+  end
+end
+local i = 5
 while i <= n do
   local op = ARGV[i]
   if op == 'P' then
     redis.call('ZADD', KEYS[2], 0, ARGV[i + 1])
     redis.call('HSET', KEYS[3], ARGV[i + 1], ARGV[i + 2])
+    touches = true
     i = i + 3
   elseif op == 'D' then
     redis.call('ZREM', KEYS[2], ARGV[i + 1])
     redis.call('HDEL', KEYS[3], ARGV[i + 1])
+    touches = true
     i = i + 2
   elseif op == 'X' then
     redis.call('DEL', KEYS[2], KEYS[3])
+    touches = true
     i = i + 1
   elseif op == 'A' then
     redis.call('SET', KEYS[4], ARGV[i + 1])
@@ -72,7 +153,25 @@ while i <= n do
     return redis.error_reply('BADOP ' .. tostring(op))
   end
 end
+if touches then
+  if quota and keys > 0 then
+    redis.call('HSET', KEYS[6], 'keys', keys, 'bytes', bytes)
+  else
+    -- Empty, or not kept without a quota (rebuilt when a quota is set again).
+    redis.call('DEL', KEYS[6])
+  end
+end
 return 1
+"#;
+
+/// KEYS: room values HASH, room usage HASH. Returns `{keys, bytes}`.
+const USAGE: &str = r#"
+local u = redis.call('HMGET', KEYS[2], 'keys', 'bytes')
+if u[1] and u[2] then
+  return {tonumber(u[1]), tonumber(u[2])}
+end
+local keys, bytes = scan_usage(KEYS[1])
+return {keys, bytes}
 "#;
 
 /// KEYS: room keys ZSET, room values HASH. ARGV: min, max (ZRANGEBYLEX syntax), `1` for
@@ -107,7 +206,8 @@ const GET_FENCED: &str = "return redis.call('HMGET', KEYS[2], unpack(ARGV, 2))";
 /// KEYS: lease, room alarm. ARGV: epoch. Returns the alarm time or nil.
 const ALARM_FENCED: &str = "return redis.call('GET', KEYS[2])";
 
-static COMMIT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(COMMIT));
+static COMMIT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{SCAN_USAGE}{COMMIT}")));
+static USAGE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{SCAN_USAGE}{USAGE}")));
 static LIST_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(LIST));
 static GET_FENCED_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{READ_FENCE}{GET_FENCED}")));
 static ALARM_FENCED_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{READ_FENCE}{ALARM_FENCED}")));
@@ -138,6 +238,7 @@ pub struct RedisStore {
     conn: Connection,
     keys: Keys,
     hints: Arc<Hints>,
+    quota: Quota,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -150,7 +251,12 @@ impl RedisStore {
     /// A store over `conn` with the key layout `keys`, sharing `hints` about the alarm index
     /// with the other stores of the process (usually from [`super::Redis::store`]).
     pub fn new(conn: Connection, keys: Keys, hints: Arc<Hints>) -> Self {
-        RedisStore { conn, keys, hints }
+        RedisStore { conn, keys, hints, quota: Quota::NONE }
+    }
+
+    /// Enforces `quota` per room in every commit.
+    pub fn with_quota(self, quota: Quota) -> Self {
+        RedisStore { quota, ..self }
     }
 
     /// The key layout in use.
@@ -188,6 +294,19 @@ fn alarm_time(op: &WriteOp) -> Option<i64> {
     match op {
         WriteOp::SetAlarm(t) => Some(*t),
         _ => None,
+    }
+}
+
+impl RedisStore {
+    /// The commit script's `QUOTA <keys> <bytes>` answer as [`StoreError::QuotaExceeded`].
+    fn quota_error(&self, e: &::redis::RedisError) -> StoreError {
+        let mut figures = e.detail().unwrap_or_default().split_whitespace().map(|n| n.parse::<u64>().unwrap_or(0));
+        StoreError::QuotaExceeded {
+            keys: figures.next().unwrap_or(0),
+            bytes: figures.next().unwrap_or(0),
+            max_keys: self.quota.max_keys,
+            max_bytes: self.quota.max_bytes,
+        }
     }
 }
 
@@ -324,12 +443,13 @@ impl Store for RedisStore {
         }
         let epoch = fence.epoch.to_string();
         let member = keys::alarm_member(shard, room);
+        let (max_keys, max_bytes) = (self.quota.max_keys.to_string(), self.quota.max_bytes.to_string());
         let times: Vec<String> = ops
             .iter()
             .filter_map(|op| if let WriteOp::SetAlarm(t) = op { Some(t.to_string()) } else { None })
             .collect();
-        let mut args: Vec<&[u8]> = Vec::with_capacity(2 + ops.len() * 3);
-        args.extend([epoch.as_bytes(), member.as_bytes()]);
+        let mut args: Vec<&[u8]> = Vec::with_capacity(4 + ops.len() * 3);
+        args.extend([epoch.as_bytes(), member.as_bytes(), max_keys.as_bytes(), max_bytes.as_bytes()]);
         encode_ops(ops, &mut args, &times);
         let result: ::redis::RedisResult<()> = COMMIT_SCRIPT
             .key(self.keys.lease(shard))
@@ -337,6 +457,7 @@ impl Store for RedisStore {
             .key(self.keys.room_values(shard, room))
             .key(self.keys.room_alarm(shard, room))
             .key(self.keys.shard_alarms(shard))
+            .key(self.keys.room_usage(shard, room))
             .arg(args)
             .invoke_async(&mut self.conn.clone())
             .await;
@@ -350,8 +471,24 @@ impl Store for RedisStore {
             Err(e) if e.code() == Some("FENCED") => {
                 Err(StoreError::Fenced { lease: fence.lease.clone(), epoch: fence.epoch })
             }
+            Err(e) if e.code() == Some("QUOTA") => Err(self.quota_error(&e)),
             Err(e) => Err(backend(e)),
         }
+    }
+
+    async fn usage(&self, room: &RoomKey) -> Result<Option<Usage>, StoreError> {
+        let shard = shard_of(room);
+        let (keys, bytes): (u64, u64) = USAGE_SCRIPT
+            .key(self.keys.room_values(shard, room))
+            .key(self.keys.room_usage(shard, room))
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(backend)?;
+        Ok(Some(Usage { keys, bytes }))
+    }
+
+    fn quota(&self) -> Quota {
+        self.quota
     }
 
     async fn get_alarm(&self, room: &RoomKey) -> Result<Option<i64>, StoreError> {

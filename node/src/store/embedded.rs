@@ -12,6 +12,8 @@
 //! - `alarms`: room prefix → alarm time (ms since the Unix epoch, `i64`).
 //! - `alarm_index`: time as sign-flipped `u64 BE` ‖ room prefix → `()`: alarms in time order, so
 //!   [`Store::due_alarms`] reads only the due entries instead of scanning all rooms.
+//! - `usage`: room prefix → keys and bytes (keys plus values) it stores, `u64 BE` each; kept while
+//!   a quota is enforced, dropped (and recomputed by a scan when next needed) while none is.
 //! - `meta`: `"format"` → layout version.
 //!
 //! # Writes
@@ -26,12 +28,13 @@ use std::fmt;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use partyline::store::{Fence, ListOptions, RoomKey, Store, StoreError, WriteOp};
+use partyline::store::{usage_after, Fence, ListOptions, Quota, RoomKey, Store, StoreError, Usage, WriteOp};
 use redb::backends::InMemoryBackend;
 use redb::{AccessGuard, Database, DatabaseError, Durability, ReadableTable, TableDefinition, WriteTransaction};
 use tokio::sync::oneshot;
@@ -40,6 +43,7 @@ const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
 const ALARMS: TableDefinition<&[u8], i64> = TableDefinition::new("alarms");
 const ALARM_INDEX: TableDefinition<&[u8], ()> = TableDefinition::new("alarm_index");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const USAGE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("usage");
 
 /// Version of the key layout above, stored under `meta["format"]`.
 const FORMAT_VERSION: u64 = 1;
@@ -68,6 +72,8 @@ pub struct EmbeddedStore {
     writer: Option<JoinHandle<()>>,
     /// Write transactions committed so far (one per group).
     groups: Arc<AtomicU64>,
+    /// The per-room quota commits are held to.
+    quota: Arc<Mutex<Quota>>,
 }
 
 /// One caller's `commit`, queued for the writer thread.
@@ -100,6 +106,12 @@ impl EmbeddedStore {
         Self::start(db, None)
     }
 
+    /// Holds every room's commits to `quota` (checked in the commit, atomically with it).
+    pub fn with_quota(self, quota: Quota) -> Self {
+        *self.quota.lock().unwrap_or_else(|p| p.into_inner()) = quota;
+        self
+    }
+
     /// The file this store lives in, `None` for [`EmbeddedStore::in_memory`].
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
@@ -117,6 +129,7 @@ impl EmbeddedStore {
             txn.open_table(DATA).map_err(backend)?;
             txn.open_table(ALARMS).map_err(backend)?;
             txn.open_table(ALARM_INDEX).map_err(backend)?;
+            txn.open_table(USAGE).map_err(backend)?;
             let mut meta = txn.open_table(META).map_err(backend)?;
             let found = meta.get("format").map_err(backend)?.map(|v| v.value());
             match found {
@@ -135,15 +148,16 @@ impl EmbeddedStore {
 
         let db = Arc::new(db);
         let groups = Arc::new(AtomicU64::new(0));
+        let quota = Arc::new(Mutex::new(Quota::NONE));
         let (tx, rx) = mpsc::channel();
         let writer = {
-            let (db, groups) = (db.clone(), groups.clone());
+            let (db, groups, quota) = (db.clone(), groups.clone(), quota.clone());
             std::thread::Builder::new()
                 .name("partyline-store-writer".into())
-                .spawn(move || writer_loop(&db, &rx, &groups))
+                .spawn(move || writer_loop(&db, &rx, &groups, &quota))
                 .map_err(|e| StoreError::Backend(format!("cannot start the store writer thread: {e}")))?
         };
-        Ok(EmbeddedStore { db, path, tx: Some(tx), writer: Some(writer), groups })
+        Ok(EmbeddedStore { db, path, tx: Some(tx), writer: Some(writer), groups, quota })
     }
 
     /// Runs `f` with a read transaction on the blocking thread pool.
@@ -274,6 +288,23 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn usage(&self, room: &RoomKey) -> Result<Option<Usage>, StoreError> {
+        let prefix = room_prefix(room)?;
+        self.read(move |txn| {
+            let usage = txn.open_table(USAGE).map_err(backend)?;
+            if let Some(u) = usage.get(prefix.as_slice()).map_err(backend)? {
+                return Ok(Some(decode_usage(u.value())));
+            }
+            let data = txn.open_table(DATA).map_err(backend)?;
+            Ok(Some(scan_usage(&data, &prefix)?))
+        })
+        .await
+    }
+
+    fn quota(&self) -> Quota {
+        *self.quota.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     async fn due_alarms(&self, now_ms: i64, limit: usize) -> Result<Vec<(RoomKey, i64)>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
@@ -300,8 +331,9 @@ impl Store for EmbeddedStore {
 }
 
 /// The writer thread: takes every queued request, commits them as one group, answers each.
-fn writer_loop(db: &Database, rx: &mpsc::Receiver<CommitRequest>, groups: &AtomicU64) {
+fn writer_loop(db: &Database, rx: &mpsc::Receiver<CommitRequest>, groups: &AtomicU64, quota: &Mutex<Quota>) {
     while let Ok(first) = rx.recv() {
+        let quota = *quota.lock().unwrap_or_else(|p| p.into_inner());
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
@@ -309,7 +341,7 @@ fn writer_loop(db: &Database, rx: &mpsc::Receiver<CommitRequest>, groups: &Atomi
                 Err(_) => break,
             }
         }
-        let results = write_group(db, &group, REDB_LIMITS);
+        let results = write_group(db, &group, REDB_LIMITS, quota);
         groups.fetch_add(1, Ordering::Relaxed);
         match results {
             Ok(results) => {
@@ -329,10 +361,15 @@ fn writer_loop(db: &Database, rx: &mpsc::Receiver<CommitRequest>, groups: &Atomi
 
 /// Applies `group` in order in one durable write transaction. The outer error (a redb failure)
 /// fails every request; an inner error (a request that fails validation) fails only that one.
-fn write_group(db: &Database, group: &[CommitRequest], limits: Limits) -> Result<Vec<Result<(), StoreError>>, String> {
+fn write_group(
+    db: &Database,
+    group: &[CommitRequest],
+    limits: Limits,
+    quota: Quota,
+) -> Result<Vec<Result<(), StoreError>>, String> {
     let mut txn = db.begin_write().map_err(text)?;
     txn.set_durability(Durability::Immediate);
-    let results = apply_group(&txn, group, limits)?;
+    let results = apply_group(&txn, group, limits, quota)?;
     txn.commit().map_err(text)?;
     Ok(results)
 }
@@ -342,10 +379,12 @@ fn apply_group(
     txn: &WriteTransaction,
     group: &[CommitRequest],
     limits: Limits,
+    quota: Quota,
 ) -> Result<Vec<Result<(), StoreError>>, String> {
     let mut data = txn.open_table(DATA).map_err(text)?;
     let mut alarms = txn.open_table(ALARMS).map_err(text)?;
     let mut index = txn.open_table(ALARM_INDEX).map_err(text)?;
+    let mut usage = txn.open_table(USAGE).map_err(text)?;
     let mut results = Vec::with_capacity(group.len());
     for request in group {
         // Validate the whole request first so a refused request leaves nothing behind.
@@ -356,6 +395,35 @@ fn apply_group(
                 continue;
             }
         };
+        let touches_data = request.ops.iter().any(|op| !matches!(op, WriteOp::SetAlarm(_) | WriteOp::DeleteAlarm));
+        if touches_data {
+            if quota.is_limited() {
+                // The room's usage after this request, from the previous size of every key it
+                // writes; refused before anything is applied.
+                let before = match usage.get(prefix.as_slice()).map_err(text)? {
+                    Some(u) => decode_usage(u.value()),
+                    None => scan_usage(&data, &prefix).map_err(text)?,
+                };
+                let mut full = prefix.clone();
+                let after = usage_after(before, &request.ops, |k| {
+                    full.truncate(prefix.len());
+                    full.extend_from_slice(k.as_bytes());
+                    Ok(data.get(full.as_slice()).map_err(backend)?.map(|v| v.value().len()))
+                });
+                match after.and_then(|after| quota.check(before, after).map(|()| after)) {
+                    Ok(after) => {
+                        usage.insert(prefix.as_slice(), encode_usage(after).as_slice()).map_err(text)?;
+                    }
+                    Err(e) => {
+                        results.push(Err(e));
+                        continue;
+                    }
+                }
+            } else {
+                // Not kept without a quota: recomputed when a quota is set again.
+                usage.remove(prefix.as_slice()).map_err(text)?;
+            }
+        }
         let mut full = prefix.clone();
         for op in &request.ops {
             match op {
@@ -394,6 +462,36 @@ fn apply_group(
     Ok(results)
 }
 
+/// `keys ‖ bytes`, `u64 BE` each.
+fn encode_usage(u: Usage) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&u.keys.to_be_bytes());
+    out[8..].copy_from_slice(&u.bytes.to_be_bytes());
+    out
+}
+
+fn decode_usage(b: &[u8]) -> Usage {
+    let word = |r: std::ops::Range<usize>| b.get(r).and_then(|s| s.try_into().ok()).map_or(0, u64::from_be_bytes);
+    Usage { keys: word(0..8), bytes: word(8..16) }
+}
+
+/// What a room stores, counted by scanning its keys (a room's usage row is missing when no quota
+/// was enforced before).
+fn scan_usage(data: &impl ReadableTable<&'static [u8], &'static [u8]>, prefix: &[u8]) -> Result<Usage, StoreError> {
+    let upper = successor(prefix).map_or(Bound::Unbounded, Bound::Excluded);
+    let range = data.range::<&[u8]>((Bound::Included(prefix), as_slice(&upper))).map_err(backend)?;
+    let mut u = Usage::default();
+    for item in range {
+        let (k, v) = item.map_err(backend)?;
+        if !k.value().starts_with(prefix) {
+            break;
+        }
+        u.keys += 1;
+        u.bytes += (k.value().len() - prefix.len() + v.value().len()) as u64;
+    }
+    Ok(u)
+}
+
 /// Checks that every entry of `ops` fits redb's limits; returns the room prefix.
 fn validate(room: &RoomKey, ops: &[WriteOp], limits: Limits) -> Result<Vec<u8>, StoreError> {
     let prefix = room_prefix(room)?;
@@ -425,7 +523,7 @@ fn text(e: impl fmt::Display) -> String {
 }
 
 /// `u32 BE len(party) ‖ party ‖ u32 BE len(room) ‖ room`.
-fn room_prefix(room: &RoomKey) -> Result<Vec<u8>, StoreError> {
+pub fn room_prefix(room: &RoomKey) -> Result<Vec<u8>, StoreError> {
     let mut out = Vec::with_capacity(8 + room.party.len() + room.room.len());
     for part in [&room.party, &room.room] {
         let len = u32::try_from(part.len()).map_err(|_| StoreError::Backend(format!("room name too long: {room}")))?;
@@ -436,7 +534,7 @@ fn room_prefix(room: &RoomKey) -> Result<Vec<u8>, StoreError> {
 }
 
 /// Reads a room prefix that makes up all of `bytes`.
-fn decode_room_prefix(bytes: &[u8]) -> Result<RoomKey, StoreError> {
+pub fn decode_room_prefix(bytes: &[u8]) -> Result<RoomKey, StoreError> {
     fn part(bytes: &[u8]) -> Option<(String, &[u8])> {
         let (len, rest) = bytes.split_first_chunk::<4>()?;
         let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
@@ -456,7 +554,7 @@ fn corrupt() -> StoreError {
 }
 
 /// Alarm index key: time ‖ room prefix.
-fn index_key(t: i64, prefix: &[u8]) -> Vec<u8> {
+pub fn index_key(t: i64, prefix: &[u8]) -> Vec<u8> {
     // The time as 8 bytes that sort like the number: sign bit flipped, big-endian.
     let mut out = Vec::with_capacity(8 + prefix.len());
     out.extend_from_slice(&((t as u64) ^ (1 << 63)).to_be_bytes());
@@ -465,7 +563,7 @@ fn index_key(t: i64, prefix: &[u8]) -> Vec<u8> {
 }
 
 /// Splits an alarm index key into its time and room.
-fn decode_index_key(key: &[u8]) -> Result<(i64, RoomKey), StoreError> {
+pub fn decode_index_key(key: &[u8]) -> Result<(i64, RoomKey), StoreError> {
     let (time, prefix) = key.split_first_chunk::<8>().ok_or_else(corrupt)?;
     let time = (u64::from_be_bytes(*time) ^ (1 << 63)) as i64;
     Ok((time, decode_room_prefix(prefix)?))
@@ -521,6 +619,28 @@ mod tests {
     #[tokio::test]
     async fn in_memory_store_conforms() {
         conformance::run(&EmbeddedStore::in_memory().unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn quota_is_enforced_in_the_commit() {
+        conformance::quota(&EmbeddedStore::in_memory().unwrap().with_quota(conformance::QUOTA)).await;
+    }
+
+    #[tokio::test]
+    async fn usage_of_data_written_without_a_quota_is_counted_when_one_is_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let room = RoomKey::new("main", "old");
+        {
+            let store = EmbeddedStore::open(&path).unwrap();
+            store.commit(&room, None, &[put("a", "12345"), put("b", "1")]).await.unwrap();
+        }
+        let store = EmbeddedStore::open(&path).unwrap().with_quota(Quota { max_keys: 3, max_bytes: 0 });
+        assert_eq!(store.usage(&room).await.unwrap(), Some(Usage { keys: 2, bytes: 8 }));
+        store.commit(&room, None, &[put("c", "x")]).await.unwrap();
+        let err = store.commit(&room, None, &[put("d", "x")]).await.unwrap_err();
+        assert!(matches!(err, StoreError::QuotaExceeded { keys: 4, .. }), "{err}");
+        assert_eq!(store.usage(&room).await.unwrap(), Some(Usage { keys: 3, bytes: 10 }));
     }
 
     #[tokio::test]
@@ -629,7 +749,7 @@ mod tests {
             request("b", vec![put("k", "ok"), put("big", &"x".repeat(100))]),
             request("c", vec![put("k", "ok")]),
         ];
-        let results = write_group(&db, &group, Limits { max_len: 64, max_pair: 96 }).unwrap();
+        let results = write_group(&db, &group, Limits { max_len: 64, max_pair: 96 }, Quota::NONE).unwrap();
         assert!(results[0].is_ok() && results[2].is_ok());
         assert!(matches!(&results[1], Err(StoreError::Backend(m)) if m.contains("too large")), "{:?}", results[1]);
         let txn = db.begin_read().unwrap();

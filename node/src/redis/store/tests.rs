@@ -96,12 +96,52 @@ impl Store for Fenced {
     async fn due_alarms(&self, now_ms: i64, limit: usize) -> Result<Vec<(RoomKey, i64)>, StoreError> {
         self.store.due_alarms(now_ms, limit).await
     }
+    async fn usage(&self, room: &RoomKey) -> Result<Option<Usage>, StoreError> {
+        self.store.usage(room).await
+    }
+    fn quota(&self) -> Quota {
+        self.store.quota()
+    }
 }
 
 async fn conforms_with_fenced_commits(redis: Redis) {
     let fenced = Fenced { store: redis.store(), leases: redis.leases(), epochs: Mutex::default() };
     conformance::run(&fenced).await;
     assert!(!fenced.epochs.lock().unwrap().is_empty());
+}
+
+/// The quota suite through fenced commits; then data written without a quota is counted once
+/// one is set (the usage is rebuilt from the values), and a room over a lowered quota can still
+/// shrink.
+async fn enforces_the_quota_in_the_commit(redis: Redis) {
+    let quota_store = redis.store().with_quota(conformance::QUOTA);
+    let fenced = Fenced { store: quota_store, leases: redis.leases(), epochs: Mutex::default() };
+    conformance::quota(&fenced).await;
+
+    let room = RoomKey::new("main", "counted-later");
+    let plain = Fenced { store: redis.store(), leases: redis.leases(), epochs: Mutex::default() };
+    plain.commit(&room, None, &[put("a", "1"), put("b", "22"), put("c", ""), put("d", "4444")]).await.unwrap();
+    let usage_key = redis.keys().room_usage(shard_of(&room), &room);
+    let exists: bool = ::redis::cmd("EXISTS").arg(&usage_key).query_async(&mut redis.connection()).await.unwrap();
+    assert!(!exists, "no account is kept without a quota");
+    let limited = Fenced {
+        store: redis.store().with_quota(Quota { max_keys: 3, max_bytes: 0 }),
+        leases: redis.leases(),
+        epochs: Mutex::new(plain.epochs.lock().unwrap().clone()),
+    };
+    // Four keys (an empty value counts as a key), 11 bytes.
+    assert_eq!(limited.usage(&room).await.unwrap(), Some(Usage { keys: 4, bytes: 11 }));
+    let err = limited.commit(&room, None, &[put("e", "5")]).await.unwrap_err();
+    assert!(matches!(err, StoreError::QuotaExceeded { keys: 5, bytes: 13, max_keys: 3, max_bytes: 0 }), "{err}");
+    limited.commit(&room, None, &[put("a", "11")]).await.unwrap();
+    limited.commit(&room, None, &[WriteOp::Delete("c".into()), WriteOp::Delete("nothing".into())]).await.unwrap();
+    assert_eq!(limited.usage(&room).await.unwrap(), Some(Usage { keys: 3, bytes: 11 }));
+    let err = limited.commit(&room, None, &[put("f", "6")]).await.unwrap_err();
+    assert!(matches!(err, StoreError::QuotaExceeded { keys: 4, .. }), "{err}");
+    assert_eq!(limited.get(&room, &strings(&["c", "f"])).await.unwrap(), vec![None, None]);
+    // delete_all empties the room and its account.
+    limited.commit(&room, None, &[WriteOp::DeleteAll]).await.unwrap();
+    assert_eq!(limited.usage(&room).await.unwrap(), Some(Usage::default()));
 }
 
 async fn unfenced_and_unleased_writes_are_refused(redis: Redis) {
@@ -327,6 +367,12 @@ async fn conforms_with_fenced_commits_single() {
 }
 
 #[tokio::test]
+async fn enforces_the_quota_in_the_commit_single() {
+    let (_server, redis) = single().await;
+    enforces_the_quota_in_the_commit(redis).await;
+}
+
+#[tokio::test]
 async fn unfenced_and_unleased_writes_are_refused_single() {
     let (_server, redis) = single().await;
     unfenced_and_unleased_writes_are_refused(redis).await;
@@ -383,6 +429,7 @@ async fn the_store_checks_pass_on_a_redis_cluster() {
         async { a_zombie_is_fenced_after_takeover_and_leaves_data_unchanged(redis("c3").await).await },
         async { list_bounds_cover_prefixes_and_edges(redis("c4").await).await },
         async { reads_under_a_fence_that_no_longer_holds_are_refused(&redis("c6").await).await },
+        async { enforces_the_quota_in_the_commit(redis("c7").await).await },
     );
     // Alone, so the command counts are its own.
     due_alarms_come_from_the_given_shards_reading_only_what_may_be_due(redis("c5").await).await;
