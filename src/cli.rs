@@ -10,15 +10,15 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use partyline::{Env, Limits, PartyRegistry};
+use partyline_cluster::tls::ClusterTls;
 use partyline_gateway::clients::TrustedProxies;
 use partyline_gateway::listener::ServerConfig;
 use partyline_gateway::EdgeLimits;
-use partyline_node::tls::ClusterTls;
 
 use crate::cluster::GatewayProcessConfig;
 use crate::dev::{self, DevConfig};
 use crate::project::ProjectArgs;
-use partyline_node::redis::RedisConfig;
+use partyline_cluster::redis::RedisConfig;
 use partyline_node::server::{NodeConfig, Rebalance};
 use partyline_node::shards::LeaseTiming;
 
@@ -138,17 +138,17 @@ impl ClusterArgs {
 
     fn secret(&self) -> anyhow::Result<String> {
         if let Some(path) = &self.cluster_secret_file {
-            return partyline_node::secret::read_file(path);
+            return partyline_cluster::secret::read_file(path);
         }
         let secret = self.cluster_secret.clone().unwrap_or_default();
-        partyline_node::secret::validate(&secret)?;
+        partyline_cluster::secret::validate(&secret)?;
         Ok(secret)
     }
 
     /// The extra secrets nodes accept, each checked like the main one.
     fn accept_secrets(&self) -> anyhow::Result<Vec<String>> {
         for secret in &self.accept_secrets {
-            partyline_node::secret::validate(secret).context("in --accept-cluster-secret")?;
+            partyline_cluster::secret::validate(secret).context("in --accept-cluster-secret")?;
         }
         Ok(self.accept_secrets.clone())
     }
@@ -622,7 +622,7 @@ async fn run_node(args: NodeArgs, parties: PartyRegistry) -> anyhow::Result<()> 
         None => None,
     };
     println!("Partyline node {} serving gRPC on {local} (advertised as {})", cfg.id, cfg.advertise);
-    println!("  redis: {} (prefix {})", partyline_node::redis::redact(&cfg.redis.url), cfg.redis.prefix);
+    println!("  redis: {} (prefix {})", partyline_cluster::redis::redact(&cfg.redis.url), cfg.redis.prefix);
     let telemetry = partyline_node::server::NodeTelemetry::default();
     let (stop_admin, admin_task) = match admin {
         Some(listener) => {
@@ -671,7 +671,7 @@ async fn run_gateway(args: GatewayArgs, parties: PartyRegistry) -> anyhow::Resul
     };
     let scheme = args.edge.scheme();
     println!("Partyline gateway listening on {scheme}://{local}");
-    println!("  redis: {} (prefix {})", partyline_node::redis::redact(&cfg.redis.url), cfg.redis.prefix);
+    println!("  redis: {} (prefix {})", partyline_cluster::redis::redact(&cfg.redis.url), cfg.redis.prefix);
     match &admin {
         Some(a) => println!("  metrics and health: http://{}/metrics, /healthz, /readyz", a.local_addr()?),
         None => println!(

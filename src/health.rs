@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use partyline_cluster::client::ClusterClient;
+use partyline_cluster::redis::Redis;
 use partyline_gateway::Gateway;
-use partyline_node::client::ClusterClient;
 use partyline_node::metrics::{FnKind, FnMetric};
-use partyline_node::redis::Redis;
 use tokio::net::TcpListener;
 
 /// How long `/readyz` waits for Redis.

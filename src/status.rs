@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use anyhow::Context;
 use partyline::placement::{shard_of, SHARDS};
 use partyline::RoomKey;
-use partyline_node::client::Auth;
-use partyline_node::redis::{Redis, RedisConfig};
-use partyline_node::tls::ClusterTls;
+use partyline_cluster::client::Auth;
+use partyline_cluster::redis::{Redis, RedisConfig};
+use partyline_cluster::tls::ClusterTls;
 use partyline_proto::pb;
 
 /// Prints the cluster's members with their shards and rooms; with `room` (`party/room`), that

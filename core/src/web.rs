@@ -114,6 +114,19 @@ pub fn error_response(err: &anyhow::Error, default: StatusCode) -> Response {
     }
 }
 
+/// Rewrites a request made with a path relative to a room (`/`, `/sub?q=1`) to the room's own
+/// URL, as PartyKit's `stub.fetch(path)` does.
+pub fn room_request(room: &crate::RoomKey, req: Request) -> Request {
+    let (mut parts, body) = req.into_parts();
+    let rel = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let rel = if rel == "/" { "" } else { rel };
+    let uri = format!("http://partyline.internal/parties/{}/{}{}", room.party, room.room, rel);
+    if let Ok(uri) = uri.parse() {
+        parts.uri = uri;
+    }
+    Request::from_parts(parts, body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,6 +21,7 @@ pub mod clients;
 mod edge;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod grpc;
 pub mod limits;
 pub mod links;
 pub mod listener;

@@ -11,9 +11,9 @@ use partyline::MemoryStore;
 use partyline_proto::pb;
 use prost::Message as _;
 
-use crate::redis::keys;
 use crate::store::embedded::{self, EmbeddedStore};
-use crate::wire;
+use partyline_cluster::redis::keys;
+use partyline_cluster::wire;
 
 /// Decodes `data` as one of the link protocol's gRPC messages (the first byte picks which) and
 /// maps it to the room protocol: never a panic, and what decodes survives a round trip.

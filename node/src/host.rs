@@ -368,26 +368,13 @@ impl PartiesClient for HostClient {
     async fn fetch(&self, room: RoomKey, req: Request) -> anyhow::Result<Response> {
         let inner = self.0.upgrade().ok_or_else(|| anyhow::anyhow!("server is shutting down"))?;
         let host = RoomHost { inner };
-        let req = room_request(&room, req);
+        let req = partyline::web::room_request(&room, req);
         Ok(host.request(&room, req).await?)
     }
 
     fn has_party(&self, party: &str) -> bool {
         self.0.upgrade().is_some_and(|inner| inner.parties.get(party).is_some())
     }
-}
-
-/// Rewrites a request made with a path relative to a room (`/`, `/sub?q=1`) to the room's own
-/// URL, as PartyKit's `stub.fetch(path)` does.
-pub fn room_request(room: &RoomKey, req: Request) -> Request {
-    let (mut parts, body) = req.into_parts();
-    let rel = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let rel = if rel == "/" { "" } else { rel };
-    let uri = format!("http://partyline.internal/parties/{}/{}{}", room.party, room.room, rel);
-    if let Ok(uri) = uri.parse() {
-        parts.uri = uri;
-    }
-    Request::from_parts(parts, body)
 }
 
 /// The alarms of every room of a host (`dev`: one process owns every room).

@@ -29,13 +29,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::alarms::{self, AlarmScope, Parked};
-use crate::client::{ClientConfig, ClusterClient, ClusterParties};
 use crate::host::{HostConfig, HostError, RoomHost};
 use crate::metrics::{FnKind, MeteredStore, NodeMetrics};
-use crate::redis::marker::{fresh_value, Claim, Marker, Persistence};
-use crate::redis::{fence_for, Acquire, Leases, Membership, NodeInfo, Redis, RedisConfig, RedisStore};
 use crate::service::{CheckSecret, NodeService};
 use crate::shards::{LeaseBackend, LeaseTiming, Placement, Shards};
+use partyline_cluster::client::{ClientConfig, ClusterClient, ClusterParties};
+use partyline_cluster::redis::marker::{fresh_value, Claim, Marker, Persistence};
+use partyline_cluster::redis::{fence_for, Acquire, Leases, Membership, NodeInfo, Redis, RedisConfig, RedisStore};
 
 /// Settings of a node.
 #[derive(Clone, Debug)]
@@ -52,7 +52,7 @@ pub struct NodeConfig {
     /// process at once: accept the new one everywhere, switch, then drop the old one.
     pub accept_secrets: Vec<String>,
     /// TLS between gateways and nodes (mutual: callers need a certificate from the cluster CA).
-    pub tls: Option<crate::tls::ClusterTls>,
+    pub tls: Option<partyline_cluster::tls::ClusterTls>,
     /// Lease timing.
     pub leases: LeaseTiming,
     /// Membership heartbeat period; the record lives `member_ttl`.
@@ -135,10 +135,7 @@ pub struct NodeTelemetry {
     pub state: Arc<NodeState>,
 }
 
-/// Largest gRPC message for the given limits: a frame (either way) or an HTTP body plus headers.
-pub fn max_grpc_message_bytes(limits: &Limits) -> usize {
-    limits.max_message_bytes.max(limits.max_request_body_bytes).max(limits.max_outbound_message_bytes) + (64 << 10)
-}
+pub use partyline_cluster::wire::max_grpc_message_bytes;
 
 /// A random incarnation suffix: new at every start, so a restarted node never reuses a lease
 /// granted to its previous life.
@@ -167,7 +164,7 @@ pub async fn run_with(
 ) -> anyhow::Result<()> {
     let NodeTelemetry { metrics, state } = telemetry;
     cfg.leases.validate().map_err(|e| anyhow::anyhow!("lease timing: {e}"))?;
-    crate::secret::validate(&cfg.secret)?;
+    partyline_cluster::secret::validate(&cfg.secret)?;
     let redis = Redis::connect(cfg.redis.clone()).await.context("the node needs Redis")?;
     let limits = Arc::new(cfg.limits.clone());
     let grpc_max = max_grpc_message_bytes(&limits);
@@ -293,7 +290,7 @@ pub async fn run_with(
     let mut served = tokio::spawn(
         builder
             .tcp_nodelay(true)
-            .trace_fn(crate::telemetry::grpc_server_span)
+            .trace_fn(partyline_cluster::telemetry::grpc_server_span)
             .http2_keepalive_interval(Some(Duration::from_secs(5)))
             .http2_keepalive_timeout(Some(Duration::from_secs(3)))
             .add_service(grpc_health)
@@ -340,7 +337,7 @@ pub async fn run_with(
     }
 }
 
-/// Reads or writes the cluster marker; see [`crate::redis::marker`]. Marks the node refusing
+/// Reads or writes the cluster marker; see [`partyline_cluster::redis::marker`]. Marks the node refusing
 /// when live members announce a marker Redis no longer has.
 async fn claim_marker(marker: &Marker, cluster: &ClusterClient, state: &NodeState) -> anyhow::Result<String> {
     let fresh = fresh_value();
@@ -428,9 +425,9 @@ impl LeaseBackend for NodeLeases {
             "Redis lost the cluster's data (its cluster marker is gone): refusing to take shards"
         );
         match self.leases.acquire(shard, &self.me.id, &self.me.inc, &self.me.addr, self.ttl).await {
-            Err(crate::redis::Error::Lost(s)) => {
+            Err(partyline_cluster::redis::Error::Lost(s)) => {
                 self.marker.note_lost(s);
-                Err(crate::redis::Error::Lost(s).into())
+                Err(partyline_cluster::redis::Error::Lost(s).into())
             }
             other => Ok(other?),
         }
@@ -472,11 +469,11 @@ impl Node {
         NodeInfo { draining: self.state.draining(), refusing: self.state.refusing(), ..self.me.clone() }
     }
 
-    async fn announce(&self) -> crate::redis::Result<bool> {
+    async fn announce(&self) -> partyline_cluster::redis::Result<bool> {
         self.membership.heartbeat(&self.record(), self.cfg.member_ttl).await
     }
 
-    /// Heartbeats, checking the cluster marker each time; see [`crate::redis::marker`].
+    /// Heartbeats, checking the cluster marker each time; see [`partyline_cluster::redis::marker`].
     async fn heartbeats(self, marker: Marker, stop: CancellationToken) {
         let mut tick = tokio::time::interval(self.cfg.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -18,12 +18,12 @@ use tokio::sync::mpsc;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::client::ClusterClient;
 use crate::host::{HostError, RoomHost};
 use crate::metrics::NodeMetrics;
-use crate::redis::{fence_for, Leases, NodeInfo};
 use crate::shards::{Placement, ShardGuard, Shards};
-use crate::wire;
+use partyline_cluster::client::ClusterClient;
+use partyline_cluster::redis::{fence_for, Leases, NodeInfo};
+use partyline_cluster::wire;
 
 /// Depth of a link's outbound queue.
 const OUT_QUEUE: usize = 1024;
@@ -391,7 +391,7 @@ impl node_server::Node for NodeService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::redis::testing::RedisServer;
+    use partyline_cluster::redis::testing::RedisServer;
 
     #[tokio::test]
     async fn only_a_process_that_exited_counts_as_gone() {

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use partyline::placement::shard_of;
 use partyline::Store;
-use partyline_node::redis::Redis;
+use partyline_cluster::redis::Redis;
 use tokio::task::JoinHandle;
 
 use crate::load::{count_of, Kind, LoadReport, RoomSpec};

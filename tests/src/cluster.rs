@@ -10,9 +10,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use partyline::{Env, Limits, PartyRegistry};
-use partyline_node::client::{Auth, Client};
-use partyline_node::redis::testing::{RedisCluster, RedisServer};
-use partyline_node::redis::{Redis, RedisConfig};
+use partyline_cluster::client::{Auth, Client};
+use partyline_cluster::redis::testing::{RedisCluster, RedisServer};
+use partyline_cluster::redis::{Redis, RedisConfig};
 use partyline_node::server::{NodeConfig, Rebalance};
 use partyline_node::shards::LeaseTiming;
 use partyline_proto::pb;

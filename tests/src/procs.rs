@@ -35,8 +35,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use partyline::placement::shard_of;
 use partyline::RoomKey;
-use partyline_node::redis::testing::RedisServer;
-use partyline_node::redis::{NodeInfo, Redis, RedisConfig};
+use partyline_cluster::redis::testing::RedisServer;
+use partyline_cluster::redis::{NodeInfo, Redis, RedisConfig};
 use partyline_node::shards::LeaseTiming;
 
 use crate::proxy::TcpProxy;

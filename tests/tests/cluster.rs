@@ -273,7 +273,7 @@ async fn a_broadcast_crosses_to_each_gateway_once_whatever_the_room_size() {
 #[tokio::test]
 async fn a_room_whose_lease_is_taken_over_is_fenced_and_reveals_nothing() {
     use partyline::store::Store;
-    use partyline_node::redis::Acquire;
+    use partyline_cluster::redis::Acquire;
 
     let c = TestCluster::builder().nodes(1).gateways(1).start().await;
     let mut a = c.connect(0, "/parties/main/fenced?_pk=a").await;
@@ -380,7 +380,7 @@ async fn a_draining_node_closes_other_rooms_with_1012_and_nothing_acknowledged_i
 
 #[tokio::test]
 async fn a_request_that_ran_is_never_sent_again_even_when_its_room_fails() {
-    use partyline_node::redis::Acquire;
+    use partyline_cluster::redis::Acquire;
     use partyline_tests::parties::SLOW_WRITES;
     use std::sync::atomic::Ordering;
 

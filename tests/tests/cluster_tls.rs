@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use partyline::Limits;
-use partyline_node::redis::testing::RedisServer;
-use partyline_node::redis::{NodeInfo, Redis, RedisConfig};
+use partyline_cluster::redis::testing::RedisServer;
+use partyline_cluster::redis::{NodeInfo, Redis, RedisConfig};
+use partyline_cluster::tls::ClusterTls;
 use partyline_node::server::{NodeConfig, Rebalance};
 use partyline_node::shards::LeaseTiming;
-use partyline_node::tls::ClusterTls;
 use partyline_server::cluster::GatewayProcessConfig;
 use partyline_tests::cluster::Process;
 use partyline_tests::{all_parties, http, repo_root, within, Client};

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
-use partyline_node::redis::testing::RedisServer;
+use partyline_cluster::redis::testing::RedisServer;
 use partyline_tests::deploy::{free_port, get, partyline_bin, sample, wait_ok, Proc};
 use partyline_tests::{http, within, Client};
 use prost::Message as _;

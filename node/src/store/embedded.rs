@@ -23,7 +23,7 @@
 //! moment, applies them in order in one write transaction, commits once and answers each caller.
 //! Reads use their own read transactions on the blocking thread pool, concurrently with the writer.
 
-use crate::redis::keys::successor;
+use partyline_cluster::redis::keys::successor;
 use std::fmt;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};

@@ -599,7 +599,7 @@ pub struct ClusterParties {
 #[async_trait]
 impl PartiesClient for ClusterParties {
     async fn fetch(&self, room: RoomKey, req: Request) -> anyhow::Result<Response> {
-        let req = crate::host::room_request(&room, req);
+        let req = partyline::web::room_request(&room, req);
         Ok(self.client.request(&room, req).await?)
     }
 

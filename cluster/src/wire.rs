@@ -166,6 +166,11 @@ pub fn from_room(kind: link_out::Kind) -> Result<FromRoom, Malformed> {
     })
 }
 
+/// Largest gRPC message for the given limits: a frame (either way) or an HTTP body plus headers.
+pub fn max_grpc_message_bytes(limits: &partyline::Limits) -> usize {
+    limits.max_message_bytes.max(limits.max_request_body_bytes).max(limits.max_outbound_message_bytes) + (64 << 10)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

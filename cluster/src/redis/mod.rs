@@ -31,7 +31,7 @@ use std::time::Duration;
 
 pub use conn::{Connection, Target};
 pub use keys::Keys;
-pub use lease::{Acquire, LeaseInfo, Leases};
+pub use lease::{Acquire, LeaseInfo, LeaseTiming, Leases};
 pub use marker::{Claim, Marker, Persistence};
 pub use membership::{Change, Membership, NodeInfo};
 pub use store::{fence_for, RedisStore};

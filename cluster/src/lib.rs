@@ -1,0 +1,21 @@
+//! What Partyline's gateways and nodes share to form a cluster.
+//!
+//! Modules:
+//! - [`redis`]: the cluster's Redis layer, on one Redis server or a Redis Cluster: fenced room
+//!   storage, shard leases and their timing, membership, the cluster marker, alarm indexes,
+//!   and a test harness that runs real `redis-server`s.
+//! - [`client`]: reaching rooms anywhere in the cluster over gRPC (used by gateways, and by
+//!   nodes for calls between rooms): routing by shard, redirects, retries of what provably did
+//!   not run.
+//! - [`wire`]: conversions between the link protocol and its protobuf form, and the gRPC
+//!   message size.
+//! - [`tls`]: TLS between gateways and nodes (mutual, against a cluster CA).
+//! - [`secret`]: the cluster secret (from a file, length checked).
+//! - [`telemetry`]: trace context carried in gRPC metadata.
+
+pub mod client;
+pub mod redis;
+pub mod secret;
+pub mod telemetry;
+pub mod tls;
+pub mod wire;

@@ -1,0 +1,119 @@
+//! The gateway's side of gRPC: [`GrpcRouter`] reaches each room on its owner node through the
+//! cluster client (`partyline_cluster::client`), one bidirectional stream per room link, and
+//! turns the node's messages back into the link protocol. A link also ends when the room's node
+//! loses its shard to another node, so its sockets are closed and reconnect to the new owner.
+
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use partyline::link::{close_code, FromRoom, ToRoom};
+use partyline::sync::Lock;
+use partyline::{Request, Response, RoomKey};
+use partyline_cluster::client::{ClientError, ClusterClient};
+use partyline_cluster::wire;
+use partyline_proto::pb;
+use tokio::sync::mpsc;
+
+use crate::{OpenLink, RoomLink, RoomRouter, RouteError};
+
+/// Reaches rooms on their owner nodes over gRPC.
+pub struct GrpcRouter {
+    /// The cluster client.
+    pub client: ClusterClient,
+}
+
+fn route_error(e: ClientError) -> RouteError {
+    match e {
+        ClientError::UnknownParty(p) => RouteError::UnknownParty(p),
+        ClientError::Busy(why) => RouteError::Busy(why),
+        other => RouteError::Unavailable(other.to_string()),
+    }
+}
+
+#[async_trait]
+impl RoomRouter for GrpcRouter {
+    async fn open_link(&self, key: &RoomKey) -> Result<OpenLink, RouteError> {
+        let opened = self.client.open_link(key).await.map_err(route_error)?;
+        let room = key.clone();
+        // Decoded on the task that applies them (no extra hop). A stream that breaks without the
+        // room saying so ends with Gone, so the sockets are closed rather than left waiting; so
+        // does a link whose node lost the room's shard to another node (it stalled, or was cut
+        // from Redis), unless the room is moving (it said `Pause`: the move ends the link).
+        let client = self.client.clone();
+        let (shard, epoch) = (opened.shard, opened.epoch);
+        let lost: BoxFuture<'static, ()> = Box::pin(async move { client.lost(shard, epoch).await });
+        let state = LinkEvents { rx: opened.rx, lost, moving: false, done: false };
+        let events = futures::stream::unfold(state, move |mut st| {
+            let room = room.clone();
+            async move {
+                if st.done {
+                    return None;
+                }
+                let gone = |reason: &str| FromRoom::Gone { code: close_code::SERVICE_RESTART, reason: reason.into() };
+                loop {
+                    let next = tokio::select! {
+                        biased;
+                        m = st.rx.message() => m,
+                        _ = &mut st.lost, if !st.moving => {
+                            tracing::info!(room = %room, "the room's node lost its shard; closing its sockets");
+                            st.done = true;
+                            return Some((gone("room moved"), st));
+                        }
+                    };
+                    match next {
+                        Ok(Some(pb::LinkOut { kind: Some(kind) })) => match wire::from_room(kind) {
+                            Ok(msg) => {
+                                st.moving |= matches!(msg, FromRoom::Pause);
+                                st.done = matches!(msg, FromRoom::Gone { .. } | FromRoom::Moved { .. });
+                                return Some((msg, st));
+                            }
+                            Err(e) => tracing::warn!(room = %room, error = %e, "dropping a malformed room message"),
+                        },
+                        Ok(Some(_)) => {}
+                        Ok(None) | Err(_) => {
+                            st.done = true;
+                            return Some((gone("room unavailable"), st));
+                        }
+                    }
+                }
+            }
+        });
+        Ok(OpenLink { link: Box::new(RemoteLink { tx: Mutex::new(Some(opened.tx)) }), events: Box::pin(events) })
+    }
+
+    async fn request(&self, key: &RoomKey, req: Request) -> Result<Response, RouteError> {
+        self.client.request(key, req).await.map_err(route_error)
+    }
+
+    fn moved(&self, key: &RoomKey) {
+        self.client.forget(partyline::placement::shard_of(key));
+    }
+}
+
+/// A link's incoming side: the node's stream and a watch on the room's shard lease.
+struct LinkEvents {
+    rx: tonic::Streaming<pb::LinkOut>,
+    lost: BoxFuture<'static, ()>,
+    moving: bool,
+    done: bool,
+}
+
+/// The sending half of a link stream to a node.
+struct RemoteLink {
+    tx: Mutex<Option<mpsc::Sender<pb::LinkIn>>>,
+}
+
+#[async_trait]
+impl RoomLink for RemoteLink {
+    async fn send(&self, msg: ToRoom) -> Result<(), RouteError> {
+        let tx = self.tx.locked().clone();
+        let Some(tx) = tx else { return Err(RouteError::Unavailable("the link is closed".into())) };
+        tx.send(wire::link_in(msg)).await.map_err(|_| RouteError::Unavailable("the link to the node broke".into()))
+    }
+
+    async fn close(&self) {
+        // Ending the request stream closes the link at the node.
+        self.tx.locked().take();
+    }
+}
