@@ -1,6 +1,14 @@
-//! The `partyline` server: the command line and the process setups (`dev`, and with later work
-//! `gateway` and `node`) that put the SDK (`partyline`), the node (`partyline-node`) and the
-//! gateway (`partyline-gateway`) together.
+//! The `partyline` server: the command line and the process setups that put the SDK
+//! (`partyline`), the node (`partyline-node`), the gateway (`partyline-gateway`) and what they
+//! share (`partyline-cluster`) together.
+//!
+//! Modules: [`cli`] (the command line), [`dev`] (gateway and node in one process, embedded
+//! store), [`cluster`] (the `gateway` process), [`health`] (health and metrics endpoints),
+//! [`status`], [`probe`], [`new`] (`partyline new`), [`project`] (PartyKit projects, feature
+//! `partykit`), [`telemetry`] (logs and OTLP traces).
+//!
+//! Features (all on by default): `examples` (the example parties and the `partyline` binary),
+//! `bench` (`partyline bench`), `partykit` (PartyKit projects on the JS engine).
 //!
 //! To serve your own parties, depend on this crate and the SDK, and call [`main`] with your
 //! registry:
@@ -84,3 +92,8 @@ fn raise_fd_limit() {
         eprintln!("warning: could not raise the open-file limit: {e}");
     }
 }
+
+/// The README's Rust examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

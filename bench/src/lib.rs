@@ -21,6 +21,9 @@
 //! connect + warm-up + duration + drain.
 
 #![warn(missing_docs)]
+// Doc comments of the options are also their `--help` text, where `<pid>` and `<room>` are meant
+// literally, not as HTML.
+#![allow(rustdoc::invalid_html_tags)]
 
 pub mod baseline;
 mod churn;

@@ -242,9 +242,15 @@ impl Room {
         &self.shared.limits
     }
 
-    /// Sends `msg` to every connection in the room except those whose id is in `without`. A frame
-    /// over the outbound limit (`Limits::max_outbound_message_bytes`) is dropped and logged.
-    pub fn broadcast(&self, msg: impl Into<Message>, without: &[&str]) {
+    /// Sends `msg` to every connection in the room. A frame over the outbound limit
+    /// (`Limits::max_outbound_message_bytes`) is dropped and logged.
+    pub fn broadcast(&self, msg: impl Into<Message>) {
+        self.shared.broadcast(msg.into(), &[]);
+    }
+
+    /// Like [`Room::broadcast`], leaving out the connections whose id is in `without`
+    /// (PartyKit's `broadcast(msg, without)`).
+    pub fn broadcast_without(&self, msg: impl Into<Message>, without: &[&str]) {
         self.shared.broadcast(msg.into(), without);
     }
 

@@ -33,9 +33,10 @@ pub fn with_type(status: StatusCode, content_type: &'static str, body: Bytes) ->
     res
 }
 
-/// The query parameter `name` of a request, percent-decoded; the first one wins.
+/// The query parameter `name` of a request, decoded as a form (`%XX` and `+`, bytes that are
+/// not UTF-8 as U+FFFD); the first one wins.
 pub fn query_param(uri: &http::Uri, name: &str) -> Option<String> {
-    query_param_raw(uri.query()?, name).map(percent_decode)
+    form_urlencoded::parse(uri.query()?.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
 }
 
 /// The raw (still percent-encoded) value of the first parameter `name` in a query string.
@@ -64,27 +65,8 @@ pub fn client_ip<B>(req: &http::Request<B>) -> Option<std::net::IpAddr> {
 }
 
 fn percent_decode_bytes(s: &str) -> Vec<u8> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = |b: u8| (b as char).to_digit(16);
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    out
+    // `+` first, so an escaped `%2B` stays a plus; invalid escapes are kept as they are.
+    percent_encoding::percent_decode_str(&s.replace('+', " ")).collect()
 }
 
 /// An error that carries the HTTP status it should answer with, for `on_request` and the

@@ -60,7 +60,7 @@ impl Party for Counter {
             _ => {
                 self.count += 1;
                 self.room.storage().put("count", &self.count).await?;
-                self.room.broadcast(format!("count {}", self.count), &[]);
+                self.room.broadcast(format!("count {}", self.count));
             }
         }
         Ok(())
@@ -69,7 +69,7 @@ impl Party for Counter {
     async fn on_alarm(&mut self) -> anyhow::Result<()> {
         self.count = 0;
         self.room.storage().put("count", &self.count).await?;
-        self.room.broadcast("reset", &[]);
+        self.room.broadcast("reset");
         Ok(())
     }
 

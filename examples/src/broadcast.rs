@@ -19,7 +19,7 @@ impl Party for Broadcast {
     }
 
     async fn on_message(&mut self, message: Message, _sender: &Connection) -> anyhow::Result<()> {
-        self.room.broadcast(message, &[]);
+        self.room.broadcast(message);
         Ok(())
     }
 }

@@ -102,7 +102,7 @@ impl Chat {
         } else {
             tracing::debug!(room = %self.room.key(), len = text.len(), "chat message too large to keep in the history");
         }
-        self.room.broadcast(text, &[]);
+        self.room.broadcast(text);
         Ok(())
     }
 }

@@ -132,7 +132,7 @@ impl Party for Counter {
     async fn on_alarm(&mut self) -> anyhow::Result<()> {
         let fired: u64 = self.room.storage().get(ALARMS_KEY).await?.unwrap_or(0);
         self.room.storage().put(ALARMS_KEY, &(fired + 1)).await?;
-        self.room.broadcast(json!({ "alarm": true, "count": self.count }).to_string(), &[]);
+        self.room.broadcast(json!({ "alarm": true, "count": self.count }).to_string());
         Ok(())
     }
 }
@@ -143,7 +143,7 @@ impl Counter {
         let next = self.count + 1;
         self.room.storage().put(COUNT_KEY, &next).await?;
         self.count = next;
-        self.room.broadcast(json!({ "count": next }).to_string(), &[]);
+        self.room.broadcast(json!({ "count": next }).to_string());
         Ok(())
     }
 }

@@ -78,7 +78,7 @@ impl Party for Private {
         let Message::Text(text) = message else { return Ok(()) };
         let state: UserState =
             sender.state().ok_or_else(|| anyhow::anyhow!("connection {} has no user", sender.id()))?;
-        self.room.broadcast(format!("{}: {text}", state.user), &[]);
+        self.room.broadcast(format!("{}: {text}", state.user));
         Ok(())
     }
 

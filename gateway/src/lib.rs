@@ -6,6 +6,7 @@
 //! Modules:
 //! - [`routing`]: which party and room a URL names.
 //! - [`links`]: one link per room this gateway has sockets in; the [`RoomRouter`] seam.
+//! - [`grpc`]: the cluster's router: rooms on their owner nodes over gRPC.
 //! - `socket`: one client WebSocket (reader, coalescing writer, bounded send queue, pings,
 //!   message rate, lingering close).
 //! - `edge`: the HTTP handler (upgrades, hooks, requests, `on_fetch`).

@@ -653,7 +653,7 @@ fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquic
             let room = h.room()?;
             let without = without.0.flatten().unwrap_or_default();
             let refs: Vec<&str> = without.iter().map(String::as_str).collect();
-            room.broadcast(message(data, binary), &refs);
+            room.broadcast_without(message(data, binary), &refs);
             Ok::<(), rquickjs::Error>(())
         })?,
     )?;

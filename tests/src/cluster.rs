@@ -165,6 +165,7 @@ impl Builder {
 
     /// Starts Redis, the nodes (waiting until all are registered), then the gateways.
     pub async fn start(self) -> TestCluster {
+        crate::capture_logs();
         let redis = match self.redis {
             RedisKind::Single => TestRedis::Single(RedisServer::start()),
             RedisKind::Cluster { replicas } => TestRedis::Cluster(RedisCluster::start_with_replicas(3, replicas)),

@@ -3,7 +3,7 @@
 //!
 //! - [`DevServer`]: a `partyline dev` server in this process, stopped on drop.
 //! - [`Client`]: a WebSocket client with receive helpers that time out instead of hanging.
-//! - [`http`]: one HTTP request over a fresh TCP connection, exact bytes kept.
+//! - [`http()`](fn@http): one HTTP request over a fresh TCP connection, exact bytes kept.
 //! - [`parties`]: parties that misbehave on purpose (panic, hang, fail) for fault tests.
 //! - [`cluster`]: [`cluster::TestCluster`], Redis + nodes + gateways on loopback.
 //! - [`procs`]: [`procs::ProcCluster`], Redis + nodes + gateways as child processes of the real
@@ -13,6 +13,8 @@
 //! - [`checks`]: what a load run must satisfy against storage and lease epochs.
 //! - [`run_partysocket_checks`], [`run_yjs_checks`]: the real npm `partysocket` client and the
 //!   real `y-partykit` provider under Node.
+//! - [`capture_logs`]: the logs of in-process servers go to the test's output, which the test
+//!   runner shows for a failing test (process clusters keep a log file per process instead).
 
 pub mod checks;
 pub mod cluster;
@@ -102,6 +104,23 @@ pub async fn run_interop_script(script: &str, args: &[&str], secs: u64) -> Strin
 }
 
 /// A dev server running in this process.
+/// Sends what in-process servers log (`tracing`) to the running test's output, so a failing
+/// test shows what the servers said (libtest and nextest print a test's output only when it
+/// fails). `RUST_LOG` chooses what is logged; the default is warnings, and Partyline's own info
+/// lines. [`DevServer`] and [`cluster::TestCluster`] call it; calling it again does nothing.
+pub fn capture_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(
+                "warn,partyline=info,partyline_node=info,partyline_gateway=info,partyline_cluster=info,partyline_server=info",
+            )
+        });
+        // Another subscriber may be set already (a test that installs its own): keep it.
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    });
+}
+
 pub struct DevServer {
     /// Where it listens.
     pub addr: SocketAddr,
@@ -117,6 +136,7 @@ impl DevServer {
 
     /// Starts a server with these parties.
     pub async fn start_with(cfg: DevConfig, parties: PartyRegistry) -> Self {
+        capture_logs();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -165,7 +165,7 @@ impl Party for Faulty {
     }
 
     async fn on_close(&mut self, conn: &Connection) -> anyhow::Result<()> {
-        self.room.broadcast(format!("closed {}", conn.id()), &[conn.id()]);
+        self.room.broadcast_without(format!("closed {}", conn.id()), &[conn.id()]);
         Ok(())
     }
 

@@ -530,13 +530,13 @@ fn broadcast(room: &Room, peers: &HashMap<String, Peer>, frame: Vec<u8>) {
     let open = peers.values().filter(|p| p.conn.is_open()).count();
     if open == room.connection_count() {
         // Every connection in the room is ours: no exceptions to compute.
-        room.broadcast(frame, &[]);
+        room.broadcast(frame);
         return;
     }
     let others: Vec<String> =
         room.get_connections(None).iter().filter(|c| !peers.contains_key(c.id())).map(|c| c.id().to_string()).collect();
     let others: Vec<&str> = others.iter().map(String::as_str).collect();
-    room.broadcast(frame, &others);
+    room.broadcast_without(frame, &others);
 }
 
 /// Sends and stores the updates `loaded` emitted; true when there were any.

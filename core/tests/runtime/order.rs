@@ -1,0 +1,217 @@
+//! Per-connection order (invariant 3).
+
+use super::*;
+
+#[tokio::test]
+async fn messages_from_one_socket_reach_on_message_in_order() {
+    let id = "order_in";
+    let fx = Fixture::register(id);
+    let mut events = fx.events();
+    let (room, _exit) = spawn(id, Opts::default());
+    let mut gw = Gw::open(&room).await;
+    gw.join(1, "o", "").await;
+    events.until_eq("connect:o:1").await;
+    for i in 0..500 {
+        gw.send(1, &format!("log:{i}")).await;
+    }
+    for i in 0..500 {
+        assert_eq!(events.next().await, format!("log:{i}"));
+    }
+}
+
+#[tokio::test]
+async fn frames_to_one_socket_arrive_in_the_order_sent() {
+    let id = "order_out";
+    Fixture::register(id);
+    let (room, _exit) = spawn(id, Opts::default());
+    let mut gw = Gw::open(&room).await;
+    gw.join(1, "o", "").await;
+    gw.send(1, "burst:500").await;
+    for i in 0..500 {
+        assert_eq!(gw.text(1).await, i.to_string());
+    }
+    // Sends and broadcasts interleaved keep their order too.
+    gw.send(1, "send:1|broadcast:2|send:3|broadcast:4").await;
+    for want in ["1", "2", "3", "4"] {
+        assert_eq!(gw.text(1).await, want);
+    }
+}
+
+// =============================================================================================
+// Moves between nodes (invariant 6) and at-most-once requests (invariant 2)
+// =============================================================================================
+
+/// Answers every fetch with "ok" and counts the calls.
+#[derive(Default)]
+struct CountingParties {
+    calls: AtomicUsize,
+}
+
+#[async_trait]
+impl PartiesClient for CountingParties {
+    async fn fetch(&self, _room: RoomKey, _req: Request) -> anyhow::Result<Response> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(web::text(StatusCode::OK, "ok"))
+    }
+
+    fn has_party(&self, _party: &str) -> bool {
+        true
+    }
+}
+
+#[tokio::test]
+async fn a_request_to_another_room_waits_for_the_callers_writes() {
+    let store = TestStore::new();
+    let parties = Arc::new(CountingParties::default());
+    let (room, _exit) =
+        spawn("fetch-gate", Opts { store: store.clone(), parties: Parties::new(parties.clone()), ..Opts::default() });
+    let mut gw = Gw::open(&room).await;
+    gw.join(1, "a", "").await;
+    store.hold();
+    gw.send(1, "put:k:v").await;
+    store.wait_commits(1).await;
+    gw.send(1, "put:k2:v2|fetch:b").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(parties.calls.load(Ordering::SeqCst), 0, "the request left before the caller's writes were durable");
+    store.release();
+    assert_eq!(gw.text(1).await, "fetched:ok");
+    assert_eq!(parties.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(store.value(&key("fetch-gate"), "k2").await.as_deref(), Some(&b"\"v2\""[..]));
+}
+
+#[tokio::test]
+async fn a_fetch_after_a_refused_write_never_leaves() {
+    let store = TestStore::new();
+    let parties = Arc::new(CountingParties::default());
+    let (room, mut exit) =
+        spawn("fetch-fenced", Opts { store: store.clone(), parties: Parties::new(parties.clone()), ..Opts::default() });
+    let mut gw = Gw::open(&room).await;
+    gw.join(1, "a", "").await;
+    store.fail_with(FailMode::Fenced);
+    gw.send(1, "put:k:v|fetch:b").await;
+    let rest = gw.rest().await;
+    assert!(rest.iter().any(|m| matches!(m, FromRoom::Gone { code: 1012, .. })), "{rest:?}");
+    assert_eq!(exit_within(&mut exit, WAIT).await, RoomExit::StorageFailed { fenced: true });
+    assert_eq!(parties.calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_request_the_room_took_is_interrupted_not_undelivered_when_the_room_fails() {
+    let store = TestStore::new();
+    let (room, _exit) = spawn("interrupted", Opts { store: store.clone(), ..Opts::default() });
+    store.hold();
+    store.fail_with(FailMode::Fenced);
+    let call = tokio::spawn({
+        let room = room.clone();
+        async move { room.request(request("/write")).await }
+    });
+    store.wait_commits(1).await;
+    store.release();
+    let res = timeout(WAIT, call).await.unwrap().unwrap();
+    assert!(matches!(res, Err(partyline::actor::RequestError::Interrupted(_))), "{res:?}");
+    // A request to a room that has stopped was never delivered: safe to send elsewhere.
+    let res = timeout(WAIT, room.request(request("/write"))).await.unwrap();
+    assert!(matches!(res, Err(partyline::actor::RequestError::NotDelivered(_))), "{res:?}");
+}
+
+#[tokio::test]
+async fn a_room_that_does_not_hibernate_closes_its_links_on_a_move_once_its_writes_are_durable() {
+    let store = TestStore::new();
+    let (room, mut exit) = spawn("move-plain", Opts { store: store.clone(), ..Opts::default() });
+    let mut gw = Gw::open(&room).await;
+    gw.join(1, "a", "").await;
+    store.hold();
+    gw.send(1, "put:k:v|send:after").await;
+    store.wait_commits(1).await;
+    room.move_out(tokio::time::Instant::now() + WAIT).await.unwrap();
+    gw.quiet(Duration::from_millis(200)).await;
+    store.release();
+    assert_send(&gw.next().await, 1, "after");
+    assert!(matches!(gw.next().await, FromRoom::Gone { code: 1012, .. }));
+    assert_eq!(exit_within(&mut exit, WAIT).await, RoomExit::Moved);
+    assert!(store.value(&key("move-plain"), "k").await.is_some(), "durable before the room let go");
+}
+
+/// One socket's record as a gateway keeps it.
+struct Rec {
+    sid: SocketId,
+    id: String,
+    tags: Vec<String>,
+    state: Option<Bytes>,
+}
+
+impl Gw {
+    /// Hands `recs` to a new instance over this link, as a gateway does after `Moved`.
+    async fn adopt(&self, recs: &[Rec], links: u32) {
+        for r in recs {
+            let uri = format!("http://localhost/parties/hibernating/room?_pk={}", r.id);
+            let msg = ToRoom::Adopt { sid: r.sid, id: r.id.clone(), uri, tags: r.tags.clone(), state: r.state.clone() };
+            self.link.send_raw(msg).await;
+        }
+        self.link.send_raw(ToRoom::Adopted { links }).await;
+    }
+}
+
+#[tokio::test]
+async fn a_hibernating_room_moves_its_sockets_to_a_new_instance_without_losing_a_frame() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let opts = || Opts { hibernate: true, store: store.clone(), ..Opts::default() };
+    let mut events = Fixture::register("move-h").events();
+    let (old, mut old_exit) = spawn("move-h", opts());
+    let (mut g1, mut g2) = (Gw::open(&old).await, Gw::open(&old).await);
+    g1.join(1, "a", "tags=red").await;
+    g2.join(7, "b", "").await;
+    g1.send(1, "setstate:alpha|put:n:1|broadcast:one").await;
+    assert_eq!(g1.text(1).await, "one");
+    assert_eq!(g2.text(7).await, "one");
+
+    old.move_out(tokio::time::Instant::now() + WAIT).await.unwrap();
+    // Each link is asked to pause; a frame that was already on its way is still handled.
+    assert!(matches!(g1.next().await, FromRoom::Pause));
+    assert!(matches!(g2.next().await, FromRoom::Pause));
+    g2.send(7, "put:n:2|broadcast:two").await;
+    g2.link.send_raw(ToRoom::Paused).await;
+    g1.link.send_raw(ToRoom::Paused).await;
+    assert_eq!(g1.text(1).await, "two");
+    assert_eq!(g2.text(7).await, "two");
+    assert!(matches!(g1.next().await, FromRoom::Moved { links: 2 }));
+    assert!(matches!(g2.next().await, FromRoom::Moved { links: 2 }));
+    assert_eq!(exit_within(&mut old_exit, WAIT).await, RoomExit::Moved);
+
+    // The next owner: the same sockets, ids, tags and state, no on_connect.
+    let (new, _new_exit) = spawn("move-h", opts());
+    let (mut n1, mut n2) = (Gw::open(&new).await, Gw::open(&new).await);
+    let state = Some(Bytes::from(serde_json::to_vec(&serde_json::json!({"text": "alpha"})).unwrap()));
+    n1.adopt(&[Rec { sid: 1, id: "a".into(), tags: vec!["a".into(), "red".into()], state }], 2).await;
+    // The first link's client speaks before the second link adopted: held, so the broadcast
+    // reaches both.
+    n1.send(1, "broadcast:three").await;
+    n2.quiet(Duration::from_millis(200)).await;
+    n2.adopt(&[Rec { sid: 7, id: "b".into(), tags: vec!["b".into()], state: None }], 2).await;
+    assert_eq!(n1.text(1).await, "three");
+    assert_eq!(n2.text(7).await, "three");
+    n1.send(1, "whoami|ids:red|get:n").await;
+    let who: serde_json::Value = serde_json::from_str(&n1.text(1).await).unwrap();
+    assert_eq!(who, serde_json::json!({"id": "a", "tags": ["a", "red"], "state": "alpha"}));
+    assert_eq!(n1.text(1).await, "ids:a");
+    assert_eq!(n1.text(1).await, "got:2", "the write made during the pause is there");
+    let events = events.drain();
+    let connects: Vec<&String> = events.iter().filter(|e| e.starts_with("connect:")).collect();
+    assert_eq!(connects, ["connect:a:1", "connect:b:1"], "no on_connect for adopted sockets: {events:?}");
+    assert_eq!(events.iter().filter(|e| e.starts_with("start:")).count(), 2, "one start per instance: {events:?}");
+}
+
+#[tokio::test]
+async fn a_link_that_does_not_pause_in_time_is_closed_and_the_rest_move() {
+    let (old, mut exit) = spawn("move-late", Opts { hibernate: true, ..Opts::default() });
+    let (mut g1, mut g2) = (Gw::open(&old).await, Gw::open(&old).await);
+    g1.join(1, "a", "").await;
+    g2.join(2, "b", "").await;
+    old.move_out(tokio::time::Instant::now() + Duration::from_millis(500)).await.unwrap();
+    assert!(matches!(g1.next().await, FromRoom::Pause));
+    assert!(matches!(g2.next().await, FromRoom::Pause));
+    g1.link.send_raw(ToRoom::Paused).await;
+    assert!(matches!(g1.next().await, FromRoom::Moved { links: 1 }));
+    assert!(matches!(g2.next().await, FromRoom::Gone { code: 1012, .. }));
+    assert_eq!(exit_within(&mut exit, WAIT).await, RoomExit::Moved);
+}
