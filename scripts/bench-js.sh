@@ -23,7 +23,8 @@ ROOMS_COLD="${ROOMS_COLD:-200}"; ROOMS_IDLE="${ROOMS_IDLE:-1000}"
 PORT="${PORT:-2600}"; SERVER_CORE="${SERVER_CORE:-0}"; TESTER_CORE="${TESTER_CORE:-1}"
 OUT="${OUT:-$ROOT/target/bench-js}"
 mkdir -p "$OUT"
-cargo build --release --bin partyline --bin partyline-bench
+cargo build --release --bin partyline
+cargo build --release -p partyline-bench
 BIN="$ROOT/target/release/partyline"
 TESTER=(taskset -c "$TESTER_CORE" "$ROOT/target/release/partyline-bench")
 [ -d examples/partykit/node_modules ] || (cd examples/partykit && npm ci --no-audit --no-fund --loglevel=error)
