@@ -943,7 +943,7 @@ pub async fn drain(setup: Setup, restart: bool) -> Outcome {
             let took = t.elapsed();
             drain_exit = Some(took);
             run.say(format!("drain: SIGTERM -> exit {:.2}s ({status})", took.as_secs_f64()));
-            let _ = write!(what, ", exit after {:.1}s", took.as_secs_f64());
+            let _ = write!(what, ", exit after {:.2}s", took.as_secs_f64());
             if !status.success() {
                 run.problem(format!("the drained node exited with {status}"));
             }

@@ -235,6 +235,37 @@ async fn rebalance_keeps_hibernating_clients_connected() {
     join.verdict();
 }
 
+/// The chaos runner (`partyline-chaos`, which `scripts/chaos.sh` runs) end to end: two short
+/// rounds, a crash and a drain, and its summary; and a usage error.
+#[test]
+fn the_chaos_runner_runs_rounds_and_sums_them_up() {
+    let chaos = env!("CARGO_BIN_EXE_partyline-chaos");
+    let out = std::process::Command::new(chaos)
+        .args(["--rounds", "2", "--seed", "1", "--kinds", "sigkill,sigterm"])
+        .output()
+        .expect("run partyline-chaos");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(out.status.success(), "partyline-chaos failed ({}):\n{stdout}\n{stderr}", out.status);
+    for expected in [
+        "round 1/2 ",
+        "round 2/2 ",
+        "faults: sigkill 1, sigterm 1",
+        "lost acknowledged writes: 0",
+        "phantom writes (seen or stored, never sent or acknowledged): 0",
+        "hibernating clients disconnected during drains (and the rebalance back): 0",
+        "problems: none",
+    ] {
+        assert!(stdout.contains(expected), "{expected:?} not in the output:\n{stdout}");
+    }
+
+    let bad = std::process::Command::new(chaos).args(["--kinds", "sigkill,meteor"]).output().expect("run it");
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "a usage error: {stderr}");
+    assert!(stderr.contains("unknown fault kind \"meteor\"") && stderr.contains("redis-outage"), "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alarm_fires_after_its_owner_crashed() {
     use partyline::Store;
