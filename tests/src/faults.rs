@@ -518,14 +518,21 @@ pub fn zombie_frames(
     if late.is_empty() {
         return None;
     }
-    let shown: Vec<String> =
-        late.iter().take(5).map(|(c, at, text)| format!("{c} got {text:?} at {}", report.secs(*at))).collect();
+    let shown: Vec<String> = late
+        .iter()
+        .take(5)
+        .map(|(c, at, text)| {
+            let sent = report.sent_at(text).map_or(String::new(), |s| format!(", sent at {}", report.secs(s)));
+            format!("{c} got {text:?} at {}{sent}", report.secs(*at))
+        })
+        .collect();
     Some((
         late.len(),
         format!(
-            "{} frame(s) reached clients of the fenced owner after its self-fence deadline ({} + slack): {}",
+            "{} frame(s) reached clients of the fenced owner after its self-fence deadline ({} + slack; the fault at {}): {}",
             late.len(),
             report.secs(deadline),
+            report.secs(t_fault),
             shown.join("; ")
         ),
     ))

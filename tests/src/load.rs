@@ -781,6 +781,15 @@ impl LoadReport {
         out
     }
 
+    /// When the chat message `text` (`<client>:<seq>`) was sent by its client, if a client of
+    /// the load sent it.
+    pub fn sent_at(&self, text: &str) -> Option<Instant> {
+        let (id, seq) = text.split_once(':')?;
+        let seq: u64 = seq.parse().ok()?;
+        let client = self.clients.iter().find(|c| c.id == id && self.rooms[c.room].kind == Kind::Chat)?;
+        client.sessions.iter().flat_map(|s| s.sent.iter()).find(|(n, _)| *n == seq).map(|(_, at)| *at)
+    }
+
     /// Data frames received after `after` on sessions of `rooms` that were opened before
     /// `opened_before`: (client, receive time, text).
     pub fn frames_on_old_sessions(
@@ -918,5 +927,8 @@ mod tests {
         assert_eq!(d[0].end.code(), Some(1012));
         assert!(report.summary().contains("disconnects [(\"1012\", 1)]"), "{}", report.summary());
         assert_eq!(report.acknowledged(), 2 + 3, "a:1 and a:2, and counts 1, 2, 3");
+        assert_eq!(report.sent_at("a:2"), Some(ms(300)));
+        assert_eq!(report.sent_at("a:3"), None);
+        assert_eq!(report.sent_at("b:1"), None, "b is a counter client: its sends are not messages");
     }
 }

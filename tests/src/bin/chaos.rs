@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use partyline_tests::faults::{
-    self, mixed_rooms, multi, Counts, FaultKind, Outcome, Pause, RedisFault, Setup, Transcript, FAILOVER_TARGET,
+    self, multi, Counts, FaultKind, Outcome, Pause, RedisFault, Setup, Transcript, FAILOVER_TARGET,
 };
+use partyline_tests::load::{Kind, RoomSpec};
 use partyline_tests::procs::LEASES;
 use partyline_tests::proxy::Mode;
 
@@ -51,8 +52,9 @@ Fault kinds (--kinds):
   join           a fourth node joins and takes over its share of the shards
 
 The order of the kinds (each kind once per block of rounds, in a shuffled order) and the
-random parameters (pauses, outages, when the fault hits) come from --seed. The seed is
-printed, so a run can be repeated with the same faults (the processes' timing still varies).
+random parameters (pauses, outages, when the fault hits, the rooms' names and so which nodes
+own them) come from --seed. The seed is printed, so a run can be repeated with the same
+faults (the processes' timing still varies).
 
 Figures: failover is the time from the fault (redis-outage: from Redis back) to the first
 acknowledged write made after it, per affected room (every room for the Redis faults). For
@@ -143,6 +145,9 @@ struct Plan {
     pause: Pause,
     /// redis-outage: how long Redis stays down.
     outage: Duration,
+    /// In the rooms' names, so that each round's rooms fall in other shards: the owners, the
+    /// busiest node and the rooms a joining node takes vary from round to round.
+    tag: u16,
 }
 
 /// The rounds' plans: every kind once per block, blocks shuffled, parameters drawn.
@@ -164,7 +169,8 @@ fn plan(seed: u64, rounds: usize, kinds: &[FaultKind]) -> Vec<Plan> {
                 )
             };
             let outage = rng.between(LEASES.ttl + Duration::from_millis(500), LEASES.ttl + Duration::from_secs(3));
-            plans.push(Plan { kind, settle, pause, outage });
+            let tag = (rng.next_u64() >> 48) as u16;
+            plans.push(Plan { kind, settle, pause, outage, tag });
         }
     }
     plans.truncate(rounds);
@@ -190,9 +196,17 @@ struct RoundResult {
     logs: Option<String>,
 }
 
+/// `chat-<tag>-<i>` and `count-<tag>-<i>`.
+fn load_rooms(tag: u16, (chat, counters): (usize, usize)) -> Vec<RoomSpec> {
+    (0..chat)
+        .map(|i| RoomSpec::new(Kind::Chat, format!("chat-{tag:04x}-{i}")))
+        .chain((0..counters).map(|i| RoomSpec::new(Kind::Counter, format!("count-{tag:04x}-{i}"))))
+        .collect()
+}
+
 async fn run_plan(p: Plan, rooms: (usize, usize), transcript: Transcript) -> Outcome {
     let setup =
-        Setup::new(multi().durable_redis(true), mixed_rooms(rooms.0, rooms.1)).settle(p.settle).transcript(transcript);
+        Setup::new(multi().durable_redis(true), load_rooms(p.tag, rooms)).settle(p.settle).transcript(transcript);
     match p.kind {
         FaultKind::Sigkill => faults::sigkill(setup).await,
         FaultKind::Sigstop => faults::pause(setup, p.pause).await,
@@ -216,8 +230,8 @@ fn judge(mut o: Outcome, keep_logs: bool, transcript: &Transcript) -> RoundResul
     let mut hibernating = None;
     if let Some(h) = &o.hibernating {
         let rooms: Vec<usize> = match o.kind {
-            FaultKind::Join => o.report.rooms_of(partyline_tests::load::Kind::Counter),
-            _ => o.run.kinds(&o.affected, partyline_tests::load::Kind::Counter),
+            FaultKind::Join => o.report.rooms_of(Kind::Counter),
+            _ => o.run.kinds(&o.affected, Kind::Counter),
         };
         let clients = o.report.clients.iter().filter(|c| rooms.contains(&c.room)).count();
         hibernating = Some((h.len(), clients));
@@ -573,6 +587,8 @@ mod tests {
         let b = plan(7, 20, &kinds);
         assert_eq!(a.iter().map(|p| p.kind).collect::<Vec<_>>(), b.iter().map(|p| p.kind).collect::<Vec<_>>());
         assert_eq!(a.iter().map(|p| p.settle).collect::<Vec<_>>(), b.iter().map(|p| p.settle).collect::<Vec<_>>());
+        assert_eq!(a.iter().map(|p| p.tag).collect::<Vec<_>>(), b.iter().map(|p| p.tag).collect::<Vec<_>>());
+        assert_ne!(a[0].tag, a[1].tag, "each round has its own rooms");
         let c = plan(8, 20, &kinds);
         assert_ne!(a.iter().map(|p| p.kind).collect::<Vec<_>>(), c.iter().map(|p| p.kind).collect::<Vec<_>>());
         for p in &a {
