@@ -420,8 +420,9 @@ pub struct Timeline {
     pub codes: BTreeMap<String, usize>,
     /// When the first and the last disconnect happened, after `t`.
     pub disconnected: Option<(Duration, Duration)>,
-    /// Connection attempts that failed after `t`.
-    pub failed_connects: usize,
+    /// Connection attempts that failed after `t`, by error (`HTTP error: 503 Service
+    /// Unavailable`, `not open within 4s`, ...).
+    pub failed: BTreeMap<String, usize>,
     /// When the first and the last client connected again after `t` (the first session each
     /// client opened after `t`).
     pub reconnected: Option<(Duration, Duration)>,
@@ -437,8 +438,10 @@ impl Timeline {
             *codes.entry(d.end.code().map_or("dropped".to_string(), |c| c.to_string())).or_default() += 1;
         }
         let clients = report.clients.iter().filter(|c| rooms.contains(&c.room));
-        let failed_connects =
-            clients.clone().map(|c| c.connect_failures.iter().filter(|(at, _)| *at > t).count()).sum();
+        let mut failed: BTreeMap<String, usize> = BTreeMap::new();
+        for (_, error) in clients.clone().flat_map(|c| c.connect_failures.iter().filter(|(at, _)| *at > t)) {
+            *failed.entry(error.clone()).or_default() += 1;
+        }
         let reopened: Vec<Instant> =
             clients.filter_map(|c| c.sessions.iter().map(|s| s.opened).find(|&o| o > t)).collect();
         Timeline {
@@ -447,7 +450,7 @@ impl Timeline {
                 .first()
                 .zip(disconnects.last())
                 .map(|(a, b)| (since(a.end.at()), since(b.end.at()))),
-            failed_connects,
+            failed,
             reconnected: reopened.iter().min().zip(reopened.iter().max()).map(|(&a, &b)| (since(a), since(b))),
         }
     }
@@ -455,6 +458,11 @@ impl Timeline {
     /// Disconnects in all.
     pub fn disconnects(&self) -> usize {
         self.codes.values().sum()
+    }
+
+    /// Failed connection attempts in all.
+    pub fn failed_connects(&self) -> usize {
+        self.failed.values().sum()
     }
 }
 
@@ -466,11 +474,12 @@ impl std::fmt::Display for Timeline {
         };
         write!(
             f,
-            "clients of the affected rooms: {} disconnects {:?} {}; {} failed connection attempts; reconnected {}",
+            "clients of the affected rooms: {} disconnects {:?} {}; {} failed connection attempts {:?}; reconnected {}",
             self.disconnects(),
             self.codes,
             span(self.disconnected),
-            self.failed_connects,
+            self.failed_connects(),
+            self.failed,
             span(self.reconnected)
         )
     }

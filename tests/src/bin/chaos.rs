@@ -187,6 +187,8 @@ struct RoundResult {
     not_recovered: usize,
     affected: usize,
     codes: BTreeMap<String, usize>,
+    /// Failed connection attempts of the affected rooms' clients, by error.
+    failed: BTreeMap<String, usize>,
     /// Drains and joins: hibernating clients disconnected, and hibernating clients of the
     /// rooms concerned.
     hibernating: Option<(usize, usize)>,
@@ -251,6 +253,7 @@ fn judge(mut o: Outcome, keep_logs: bool, transcript: &Transcript) -> RoundResul
         affected: o.affected.len(),
         times,
         codes: o.timeline.codes.clone(),
+        failed: o.timeline.failed.clone(),
         hibernating,
         drain_exit: o.drain_exit,
         counts: o.run.counts(),
@@ -293,6 +296,9 @@ fn round_line(i: usize, rounds: usize, r: &RoundResult, took: Duration) -> Strin
         let _ = write!(line, " ({} not writable again)", r.not_recovered);
     }
     let _ = write!(line, " | disconnects {:?}", r.codes);
+    if !r.failed.is_empty() {
+        let _ = write!(line, " | failed connects {}", r.failed.values().sum::<usize>());
+    }
     if let Some((n, _)) = r.hibernating {
         let _ = write!(line, " | hibernating disconnects {n}");
     }
@@ -323,6 +329,7 @@ fn failed_round(kind: FaultKind, why: String, transcript: &Transcript) -> RoundR
         not_recovered: 0,
         affected: 0,
         codes: BTreeMap::new(),
+        failed: BTreeMap::new(),
         hibernating: None,
         drain_exit: None,
         counts: Counts::default(),
@@ -438,6 +445,21 @@ fn summary(args: &Args, seed: u64, results: &[RoundResult], started: Instant, in
             codes,
             if not > 0 { format!(" ({not} rooms not writable again)") } else { String::new() }
         );
+    }
+    let mut any_failed = false;
+    for (kind, rs) in &per_kind {
+        let mut failed: BTreeMap<&str, usize> = BTreeMap::new();
+        for (e, n) in rs.iter().flat_map(|r| r.failed.iter()) {
+            *failed.entry(e.as_str()).or_default() += n;
+        }
+        if failed.is_empty() {
+            continue;
+        }
+        if !any_failed {
+            let _ = writeln!(out, "\nfailed connection attempts of the affected rooms' clients (reconnecting):");
+            any_failed = true;
+        }
+        let _ = writeln!(out, "  {:<13} {failed:?}", kind.name());
     }
     let failed: Vec<(usize, &RoundResult)> =
         results.iter().enumerate().filter(|(_, r)| !r.problems.is_empty()).collect();
