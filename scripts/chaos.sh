@@ -3,7 +3,7 @@
 # against what storage holds. Builds the `partyline` binary and the runner, then runs it.
 #
 #   scripts/chaos.sh                       10 rounds, a seed from the clock
-#   scripts/chaos.sh --rounds 50           the run (about 20-30 min on 2 cores)
+#   scripts/chaos.sh --rounds 50           the run (about 6 min on 2 cores)
 #   scripts/chaos.sh --rounds 8 --seed 42 --kinds sigkill,sigterm --keep-logs
 #   scripts/chaos.sh --release ...         build and run release binaries instead
 #   scripts/chaos.sh --help                this text and the runner's options
