@@ -74,24 +74,88 @@ pub async fn read_storage(redis: &Redis, rooms: &[RoomSpec]) -> Vec<Stored> {
 /// Every problem the report shows against `storage` (one entry per room per kind of problem,
 /// with examples); empty when all is well. See the module docs for what is checked.
 pub fn check(report: &LoadReport, storage: &[Stored]) -> Vec<String> {
+    group(report, findings(report, storage))
+}
+
+/// What a [`Finding`] says about the writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Category {
+    /// An acknowledged write is not in storage.
+    Lost,
+    /// A client saw (or storage holds) a write that no client's acknowledged write explains.
+    Phantom,
+    /// A client saw writes out of storage order or twice, a history or count older than what
+    /// it had seen, or storage holds an entry twice.
+    StaleOrReordered,
+    /// A frame that is neither a history nor a count where one was expected.
+    Malformed,
+}
+
+/// One thing wrong in a room, found by [`findings`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    /// The room (index into [`LoadReport::rooms`]).
+    pub room: usize,
+    /// What kind of problem (`"lost acknowledged write (seen by its sender, not stored)"`, ...).
+    pub kind: &'static str,
+    /// Its category.
+    pub category: Category,
+    /// The writes it concerns: 1, or the increments lost or made up in a counter room.
+    pub writes: u64,
+    /// An example, with client and time.
+    pub detail: String,
+}
+
+impl Finding {
+    fn new(room: usize, kind: &'static str, detail: String) -> Self {
+        let category = match kind {
+            "lost acknowledged write (seen by its sender, not stored)" | "lost acknowledged increment" => {
+                Category::Lost
+            }
+            "phantom broadcast (seen, not stored)"
+            | "stored entry no client of this room sent"
+            | "phantom increment" => Category::Phantom,
+            "first frame of a session is not a history" | "frame without a count" => Category::Malformed,
+            _ => Category::StaleOrReordered,
+        };
+        Finding { room, kind, category, writes: 1, detail }
+    }
+
+    fn writes(mut self, n: u64) -> Self {
+        self.writes = n;
+        self
+    }
+}
+
+/// Everything the report shows against `storage`, one finding per occurrence; empty when all
+/// is well. See the module docs for what is checked.
+pub fn findings(report: &LoadReport, storage: &[Stored]) -> Vec<Finding> {
     assert_eq!(report.rooms.len(), storage.len(), "one storage entry per room");
-    let mut problems = Vec::new();
+    let mut all = Vec::new();
     for (r, stored) in storage.iter().enumerate() {
-        let label = report.rooms[r].label();
-        let found = match stored {
+        all.extend(match stored {
             Stored::Chat(history) => check_chat(report, r, history),
             Stored::Counter(count) => check_counter(report, r, *count),
-        };
+        });
+    }
+    all
+}
+
+/// `findings` as problems: one entry per room per kind of problem, with the first few examples.
+pub fn group(report: &LoadReport, findings: Vec<Finding>) -> Vec<String> {
+    let mut problems = Vec::new();
+    for r in 0..report.rooms.len() {
+        let label = report.rooms[r].label();
         // Group by kind of problem: the first few examples of each.
-        let mut kinds: Vec<(String, Vec<String>)> = Vec::new();
-        for (kind, detail) in found {
-            match kinds.iter_mut().find(|(k, _)| *k == kind) {
-                Some((_, details)) => details.push(detail),
-                None => kinds.push((kind, vec![detail])),
+        let mut kinds: Vec<(&str, Vec<&str>)> = Vec::new();
+        for f in findings.iter().filter(|f| f.room == r) {
+            match kinds.iter_mut().find(|(k, _)| *k == f.kind) {
+                Some((_, details)) => details.push(&f.detail),
+                None => kinds.push((f.kind, vec![&f.detail])),
             }
         }
         for (kind, details) in kinds {
-            let shown: Vec<&str> = details.iter().take(5).map(String::as_str).collect();
+            let shown: Vec<&str> = details.iter().take(5).copied().collect();
             let more = if details.len() > 5 { format!(" (+{} more)", details.len() - 5) } else { String::new() };
             problems.push(format!("{label}: {kind} x{}: {}{more}", details.len(), shown.join("; ")));
         }
@@ -99,19 +163,19 @@ pub fn check(report: &LoadReport, storage: &[Stored]) -> Vec<String> {
     problems
 }
 
-fn check_chat(report: &LoadReport, r: usize, stored: &[String]) -> Vec<(String, String)> {
+fn check_chat(report: &LoadReport, r: usize, stored: &[String]) -> Vec<Finding> {
     let mut found = Vec::new();
     let mut pos: HashMap<&str, usize> = HashMap::new();
     for (i, m) in stored.iter().enumerate() {
         if let Some(first) = pos.insert(m.as_str(), i) {
-            found.push(("stored twice".into(), format!("{m:?} at {first} and {i}")));
+            found.push(Finding::new(r, "stored twice", format!("{m:?} at {first} and {i}")));
         }
     }
     let clients: HashSet<String> = report.clients_of(r).map(|c| c.id.clone()).collect();
     for m in stored {
         let known = m.split_once(':').is_some_and(|(id, seq)| clients.contains(id) && seq.parse::<u64>().is_ok());
         if !known {
-            found.push(("stored entry no client of this room sent".into(), format!("{m:?}")));
+            found.push(Finding::new(r, "stored entry no client of this room sent", format!("{m:?}")));
         }
     }
     for c in report.clients_of(r) {
@@ -125,8 +189,9 @@ fn check_chat(report: &LoadReport, r: usize, stored: &[String]) -> Vec<(String, 
                     let prefix = history.len() <= stored.len() && history[..] == stored[..history.len()];
                     if !prefix {
                         let diverge = history.iter().zip(stored).position(|(a, b)| a != b).unwrap_or(stored.len());
-                        found.push((
-                            "history on connect is not a prefix of storage".into(),
+                        found.push(Finding::new(
+                            r,
+                            "history on connect is not a prefix of storage",
                             format!(
                                 "{} session {n} at {at}: {} entries, diverges at {diverge} ({:?} vs {:?})",
                                 c.id,
@@ -138,8 +203,9 @@ fn check_chat(report: &LoadReport, r: usize, stored: &[String]) -> Vec<(String, 
                     }
                     if let Some(l) = last {
                         if history.len() <= l {
-                            found.push((
-                                "stale history on connect (older than broadcasts already seen)".into(),
+                            found.push(Finding::new(
+                                r,
+                                "stale history on connect (older than broadcasts already seen)",
                                 format!("{} session {n} at {at}: {} entries, had seen entry {l}", c.id, history.len()),
                             ));
                         }
@@ -147,24 +213,28 @@ fn check_chat(report: &LoadReport, r: usize, stored: &[String]) -> Vec<(String, 
                     for f in &s.frames[1..] {
                         let at = report.secs(f.at);
                         match pos.get(f.text.as_str()) {
-                            None if f.text.starts_with(&own) => found.push((
-                                "lost acknowledged write (seen by its sender, not stored)".into(),
+                            None if f.text.starts_with(&own) => found.push(Finding::new(
+                                r,
+                                "lost acknowledged write (seen by its sender, not stored)",
                                 format!("{:?} at {at}", f.text),
                             )),
-                            None => found.push((
-                                "phantom broadcast (seen, not stored)".into(),
+                            None => found.push(Finding::new(
+                                r,
+                                "phantom broadcast (seen, not stored)",
                                 format!("{} saw {:?} at {at}", c.id, f.text),
                             )),
                             Some(&p) => {
                                 if p < history.len() {
-                                    found.push((
-                                        "broadcast already in the session's history".into(),
+                                    found.push(Finding::new(
+                                        r,
+                                        "broadcast already in the session's history",
                                         format!("{} saw {:?} (entry {p}) at {at}", c.id, f.text),
                                     ));
                                 }
                                 if last.is_some_and(|l| p <= l) {
-                                    found.push((
-                                        "broadcast out of storage order or twice".into(),
+                                    found.push(Finding::new(
+                                        r,
+                                        "broadcast out of storage order or twice",
                                         format!(
                                             "{} saw {:?} (entry {p}) at {at} after entry {}",
                                             c.id,
@@ -178,8 +248,9 @@ fn check_chat(report: &LoadReport, r: usize, stored: &[String]) -> Vec<(String, 
                         }
                     }
                 }
-                Err(_) => found.push((
-                    "first frame of a session is not a history".into(),
+                Err(_) => found.push(Finding::new(
+                    r,
+                    "first frame of a session is not a history",
                     format!("{} session {n} at {at}: {:?}", c.id, greeting.text),
                 )),
             }
@@ -188,7 +259,7 @@ fn check_chat(report: &LoadReport, r: usize, stored: &[String]) -> Vec<(String, 
     found
 }
 
-fn check_counter(report: &LoadReport, r: usize, stored: i64) -> Vec<(String, String)> {
+fn check_counter(report: &LoadReport, r: usize, stored: i64) -> Vec<Finding> {
     let mut found = Vec::new();
     let mut max_seen: Option<i64> = None;
     let mut sent = 0usize;
@@ -199,20 +270,22 @@ fn check_counter(report: &LoadReport, r: usize, stored: i64) -> Vec<(String, Str
             for (i, f) in s.frames.iter().enumerate() {
                 let at = report.secs(f.at);
                 let Some(count) = count_of(&f.text) else {
-                    found.push(("frame without a count".into(), format!("{} at {at}: {:?}", c.id, f.text)));
+                    found.push(Finding::new(r, "frame without a count", format!("{} at {at}: {:?}", c.id, f.text)));
                     continue;
                 };
                 let greeting = i == 0;
                 if let Some(l) = last {
                     if greeting && count < l {
-                        found.push((
-                            "count went back on reconnect".into(),
+                        found.push(Finding::new(
+                            r,
+                            "count went back on reconnect",
                             format!("{} session {n} at {at}: greeted with {count} after seeing {l}", c.id),
                         ));
                     }
                     if !greeting && count <= l {
-                        found.push((
-                            "broadcast count not above what the client saw (duplicate or went back)".into(),
+                        found.push(Finding::new(
+                            r,
+                            "broadcast count not above what the client saw (duplicate or went back)",
                             format!("{} at {at}: {count} after {l}", c.id),
                         ));
                     }
@@ -226,11 +299,17 @@ fn check_counter(report: &LoadReport, r: usize, stored: i64) -> Vec<(String, Str
     }
     if let Some(m) = max_seen {
         if stored < m {
-            found.push(("lost acknowledged increment".into(), format!("a client saw {m}, storage has {stored}")));
+            found.push(
+                Finding::new(r, "lost acknowledged increment", format!("a client saw {m}, storage has {stored}"))
+                    .writes((m - stored) as u64),
+            );
         }
     }
     if stored > sent as i64 {
-        found.push(("phantom increment".into(), format!("storage has {stored}, only {sent} inc sent")));
+        found.push(
+            Finding::new(r, "phantom increment", format!("storage has {stored}, only {sent} inc sent"))
+                .writes((stored - sent as i64) as u64),
+        );
     }
     found
 }
@@ -377,6 +456,10 @@ mod tests {
             ],
         );
         let problems = check(&r, &[Stored::Chat(strings(&["a:2", "a:2"]))]).join("\n");
+        let found = findings(&r, &[Stored::Chat(strings(&["a:2", "a:2"]))]);
+        let of = |c: Category| found.iter().filter(|f| f.category == c).count();
+        assert_eq!((of(Category::Lost), of(Category::Phantom)), (1, 1), "{found:?}");
+        assert!(of(Category::StaleOrReordered) >= 4, "{found:?}");
         for expected in [
             "stored twice",
             "lost acknowledged write",
@@ -398,6 +481,8 @@ mod tests {
         assert_eq!(check(&clean, &[Stored::Counter(2)]), Vec::<String>::new());
         assert!(check(&clean, &[Stored::Counter(1)])[0].contains("lost acknowledged increment"));
         assert!(check(&clean, &[Stored::Counter(3)])[0].contains("phantom increment"));
+        let lost = findings(&clean, &[Stored::Counter(0)]);
+        assert_eq!((lost[0].category, lost[0].writes), (Category::Lost, 2));
         let twice =
             report(Kind::Counter, vec![("a", vec![s.clone(), session(t, &[r#"{"count":1}"#, r#"{"count":2}"#])])]);
         let problems = check(&twice, &[Stored::Counter(2)]).join("\n");

@@ -11,6 +11,9 @@
 //! - [`proxy`]: [`proxy::TcpProxy`], a loopback TCP proxy that can drop or hold traffic.
 //! - [`load`]: [`load::Load`], WebSocket clients in many rooms that record everything they see.
 //! - [`checks`]: what a load run must satisfy against storage and lease epochs.
+//! - [`faults`]: fault scenarios (SIGKILL, SIGSTOP, a node cut from Redis, Redis restarts,
+//!   drains, joins) on a process cluster under load, returning what was measured; the fault
+//!   tests and the chaos runner (`partyline-chaos`, `scripts/chaos.sh`) use them.
 //! - [`run_partysocket_checks`], [`run_yjs_checks`]: the real npm `partysocket` client and the
 //!   real `y-partykit` provider under Node.
 //! - [`capture_logs`]: the logs of in-process servers go to the test's output, which the test
@@ -19,6 +22,7 @@
 pub mod checks;
 pub mod cluster;
 pub mod deploy;
+pub mod faults;
 pub mod load;
 pub mod parties;
 pub mod procs;

@@ -714,6 +714,17 @@ impl LoadReport {
             .collect()
     }
 
+    /// Writes seen acknowledged in every room: chat messages their senders saw come back, and
+    /// distinct counts seen broadcast (as [`LoadReport::summary`] counts them).
+    pub fn acknowledged(&self) -> usize {
+        (0..self.rooms.len())
+            .map(|r| match self.rooms[r].kind {
+                Kind::Chat => self.clients_of(r).map(|c| c.acked().len()).sum(),
+                Kind::Counter => self.counts_seen(r).len(),
+            })
+            .sum()
+    }
+
     /// The longest time room `r` went without an acknowledged write between `from` and `to`
     /// (counting from `from` and up to `to`).
     pub fn longest_ack_gap(&self, r: usize, from: Instant, to: Instant) -> Duration {
@@ -768,6 +779,15 @@ impl LoadReport {
         }
         out.sort_by_key(|d| d.end.at());
         out
+    }
+
+    /// When the chat message `text` (`<client>:<seq>`) was sent by its client, if a client of
+    /// the load sent it.
+    pub fn sent_at(&self, text: &str) -> Option<Instant> {
+        let (id, seq) = text.split_once(':')?;
+        let seq: u64 = seq.parse().ok()?;
+        let client = self.clients.iter().find(|c| c.id == id && self.rooms[c.room].kind == Kind::Chat)?;
+        client.sessions.iter().flat_map(|s| s.sent.iter()).find(|(n, _)| *n == seq).map(|(_, at)| *at)
     }
 
     /// Data frames received after `after` on sessions of `rooms` that were opened before
@@ -906,5 +926,9 @@ mod tests {
         assert_eq!(d.len(), 1, "a stop by the driver is not a disconnect");
         assert_eq!(d[0].end.code(), Some(1012));
         assert!(report.summary().contains("disconnects [(\"1012\", 1)]"), "{}", report.summary());
+        assert_eq!(report.acknowledged(), 2 + 3, "a:1 and a:2, and counts 1, 2, 3");
+        assert_eq!(report.sent_at("a:2"), Some(ms(300)));
+        assert_eq!(report.sent_at("a:3"), None);
+        assert_eq!(report.sent_at("b:1"), None, "b is a counter client: its sends are not messages");
     }
 }

@@ -95,10 +95,14 @@ fn newer_input(bin: &Path) -> Option<PathBuf> {
 
 fn built_bin() -> PathBuf {
     let mut candidates = Vec::new();
-    // <target>/<profile>/deps/<test binary>  ->  <target>/<profile>/partyline
+    // <target>/<profile>/deps/<test binary>  ->  <target>/<profile>/partyline, and
+    // <target>/<profile>/<binary> (the chaos runner)  ->  <target>/<profile>/partyline
     if let Ok(exe) = std::env::current_exe() {
         if let Some(profile_dir) = exe.parent().and_then(Path::parent) {
             candidates.push(profile_dir.join("partyline"));
+        }
+        if let Some(dir) = exe.parent() {
+            candidates.push(dir.join("partyline"));
         }
     }
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
@@ -389,6 +393,7 @@ impl ProcClusterBuilder {
             dir: Some(dir),
             worker_threads: self.worker_threads,
             env: self.env,
+            keep_logs: None,
         };
         for _ in 0..self.nodes {
             cluster.add_node().await;
@@ -410,6 +415,7 @@ pub struct ProcCluster {
     dir: Option<tempfile::TempDir>,
     worker_threads: usize,
     env: Vec<(String, String)>,
+    keep_logs: Option<bool>,
 }
 
 impl ProcCluster {
@@ -425,6 +431,12 @@ impl ProcCluster {
     /// The directory of the logs.
     pub fn log_dir(&self) -> PathBuf {
         self.dir().to_path_buf()
+    }
+
+    /// Keeps the log directory when the cluster is dropped (`true`) or removes it (`false`),
+    /// whatever `PARTYLINE_TEST_KEEP_LOGS` says; it is always kept when dropped while panicking.
+    pub fn keep_logs(&mut self, keep: bool) {
+        self.keep_logs = Some(keep);
     }
 
     fn redis_server(&self) -> &RedisServer {
@@ -651,9 +663,12 @@ impl Drop for ProcCluster {
         if std::thread::panicking() {
             eprintln!("\n==== the test failed: what the processes said\n{}", self.logs(FAILURE_LOG_LINES));
         }
-        if std::thread::panicking() || keep {
+        if std::thread::panicking() || self.keep_logs.unwrap_or(keep) {
             if let Some(dir) = self.dir.take() {
-                eprintln!("==== logs kept in {}", dir.keep().display());
+                let dir = dir.keep();
+                if self.keep_logs.is_none() || std::thread::panicking() {
+                    eprintln!("==== logs kept in {}", dir.display());
+                }
             }
         }
         // Gateways first, so no client is routed to a node that is going away.
