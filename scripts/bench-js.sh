@@ -7,8 +7,8 @@
 # the other. Targets, all with the load tester's fanout scenario (every member receives every
 # message; --window in flight per sender):
 #   rust-main / rust-broadcast   partyline dev with the Rust example parties
-#   js-main / js-relay           partyline dev serving examples/partykit (chat: store then
-#                                broadcast; relay: broadcast only)
+#   js-main / js-relay           partyline dev serving examples/partykit (log.ts, a chat
+#                                without framing: store then broadcast; relay: broadcast only)
 #   partykit-main / -relay       `partykit dev` (npm partykit, installed in bench/partykit) on the
 #                                same examples/partykit files
 # plus the cold start of small JS rooms (one client per new room: connect to 101) and the memory
@@ -58,7 +58,7 @@ stop
 # JS parties (examples/partykit).
 (cd examples/partykit && exec taskset -c "$SERVER_CORE" "$BIN" dev --ephemeral --worker-threads 1 --port "$PORT") >"$OUT/js.log" 2>&1 &
 PID=$!; wait_port
-fanout js-main main --query token=letmein
+fanout js-main log
 fanout js-relay relay
 "${TESTER[@]}" fanout --url "ws://127.0.0.1:$PORT" --clients "$ROOMS_COLD" --rooms "$ROOMS_COLD" --party relay \
   --rate 1 --duration 2s --connect-concurrency 1 --room-prefix cold- --quiet --json "$OUT/js-cold.json" || true
@@ -74,7 +74,7 @@ if [ -x bench/partykit/node_modules/.bin/partykit ]; then
   (cd examples/partykit && exec taskset -c "$SERVER_CORE" "$ROOT/bench/partykit/node_modules/.bin/partykit" dev --port "$PORT") >"$OUT/partykit.log" 2>&1 &
   PID=$!
   if wait_port; then
-    fanout partykit-main main --query token=letmein
+    fanout partykit-main log
     fanout partykit-relay relay
   else
     echo "bench-js: partykit dev did not start; its log:" >&2; tail -20 "$OUT/partykit.log" >&2
@@ -114,6 +114,8 @@ if cold:
     print(f"JS room cold start (connect to 101, one client per new room): p50 {q.get('p50')} ms, p99 {q.get('p99')} ms (target p50 <= 10 ms)")
 idle = load("js-idle")
 if idle:
-    mem = idle.get("server") or idle.get("server_mem") or {}
-    print("idle JS rooms (one connection each), server memory:", json.dumps(mem)[:400])
+    for srv in idle.get("servers") or []:
+        print(f"idle JS rooms ({idle['idle']['held']}, one connection each): server RSS "
+              f"{srv['before']['rss_kib']} -> {srv['connected']['rss_kib']} KiB, "
+              f"{srv['per_connection_kib']:.0f} KiB per loaded room")
 PY
