@@ -102,7 +102,7 @@ for n in ["rust-main", "rust-broadcast", "js-main", "js-relay", "partykit-main",
     if not r: print(f"{n:<18} {'(not run)':>13}"); continue
     m = r["messages"]
     rows[n] = m["delivered_per_s"]
-    lost = get(m, "totals", "lost")
+    lost = m.get("lost")
     print(f"{n:<18} {m['delivered_per_s']:>13.0f} {m['sent_per_s']:>9.0f} {m['latency_ms']['p99']:>8.2f} {lost if lost is not None else '?':>6}")
 def ratio(a, b):
     return f"{rows[a] / rows[b]:.2f}x" if a in rows and b in rows and rows[b] else "n/a"
