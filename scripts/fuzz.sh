@@ -9,7 +9,8 @@
 #
 # Targets: route (route and query parser), addresses (client addresses from forwarded headers),
 # wire (the link protocol's protobuf decoding), storage_keys (storage key encodings),
-# list_ranges (list ranges of the embedded and memory stores against a model).
+# list_ranges (list ranges of the embedded and memory stores against a model), yjs_batch (the
+# Yjs party's y-pk-batch reassembly against a model).
 # Installs cargo-fuzz when missing; builds on stable with RUSTC_BOOTSTRAP=1 (no nightly needed).
 # A crash stops its target and leaves the input in fuzz/artifacts/<target>/: copy it to
 # fuzz/regressions/<target>/ (the test suite replays both directories), then fix the bug.
@@ -19,7 +20,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT/fuzz"
 export RUSTC_BOOTSTRAP=1
-ALL=(route addresses wire storage_keys list_ranges)
+ALL=(route addresses wire storage_keys list_ranges yjs_batch)
 
 TIME=60s
 CMIN=0
@@ -44,6 +45,16 @@ seconds() { # 90, 90s, 10m, 1h
 }
 SECS="$(seconds "$TIME")"
 
+feature() { # the crate a target checks (a feature of fuzz/Cargo.toml): build only that one
+  case "$1" in
+    route|addresses) echo gateway ;;
+    wire|storage_keys|list_ranges) echo node ;;
+    yjs_batch) echo yjs ;;
+    *) echo "fuzz.sh: unknown target $1 (targets: ${ALL[*]})" >&2; exit 2 ;;
+  esac
+}
+for t in "${TARGETS[@]}"; do feature "$t" >/dev/null; done
+
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "fuzz.sh: installing cargo-fuzz (cargo install cargo-fuzz)"
   cargo install cargo-fuzz
@@ -55,7 +66,7 @@ if [ "$CMIN" -eq 1 ]; then
   for t in "${TARGETS[@]}"; do
     mkdir -p "corpus/$t"
     tmp="$(mktemp -d)"
-    cargo fuzz run "$t" "$tmp" "corpus/$t" -- -merge=1 -use_counters=0 -max_len=512 >/dev/null 2>&1
+    cargo fuzz run --no-default-features --features "$(feature "$t")" "$t" "$tmp" "corpus/$t" -- -merge=1 -use_counters=0 -max_len=512 >/dev/null 2>&1
     before="$(find "corpus/$t" -type f | wc -l)"
     rm -rf "corpus/$t" && mv "$tmp" "corpus/$t"
     echo "$t: $before -> $(find "corpus/$t" -type f | wc -l) inputs"
@@ -70,7 +81,7 @@ for t in "${TARGETS[@]}"; do
   mkdir -p "corpus/$t" "regressions/$t"
   echo "==> $t for ${SECS}s"
   rc=0
-  cargo fuzz run "$t" "corpus/$t" "regressions/$t" -- \
+  cargo fuzz run --no-default-features --features "$(feature "$t")" "$t" "corpus/$t" "regressions/$t" -- \
     -max_total_time="$SECS" -max_len=4096 -rss_limit_mb=2048 -print_final_stats=1 \
     >"$LOGS/$t.log" 2>&1 || rc=$?
   runs="$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$LOGS/$t.log" | grep -o '[0-9]*$' | tail -1)"

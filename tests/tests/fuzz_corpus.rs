@@ -59,3 +59,8 @@ fn list_ranges() {
     let check = std::sync::Mutex::new(partyline_node::fuzzing::ListRanges::default());
     replay("list_ranges", |data| check.lock().unwrap_or_else(|p| p.into_inner()).check(data));
 }
+
+#[test]
+fn yjs_batch() {
+    replay("yjs_batch", partyline_yjs::fuzzing::batch);
+}

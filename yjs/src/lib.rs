@@ -30,9 +30,13 @@
 //! - [`room`]: [`YjsRoom`] and its options.
 //! - [`party`]: the built-in `yjs` party.
 //! - [`web`]: the collaborative text page (`/text`) and its JavaScript bundle.
+//! - `fuzzing`: the check the `yjs_batch` fuzz target in `fuzz/` runs (the test suite replays
+//!   the corpus).
 
 pub mod awareness;
 pub mod batch;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod party;
 pub mod persist;
 pub mod protocol;
