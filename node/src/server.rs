@@ -222,7 +222,6 @@ pub async fn run_with(
         Arc::new(NodeLeases {
             leases: redis.leases().expecting_marker(&cluster_id),
             marker: marker.clone(),
-            cluster_id: cluster_id.clone(),
             me: me.clone(),
             ttl: cfg.leases.ttl,
         }),
@@ -408,11 +407,11 @@ async fn warn_about_persistence(marker: &Marker) {
     }
 }
 
-/// Lease operations of this node incarnation, refused while Redis lacks the cluster marker.
+/// Lease operations of this node incarnation; Redis refuses a lease while it lacks the cluster
+/// marker (checked in the acquire script).
 struct NodeLeases {
     leases: Leases,
     marker: Marker,
-    cluster_id: String,
     me: NodeInfo,
     ttl: Duration,
 }
@@ -420,10 +419,7 @@ struct NodeLeases {
 #[async_trait]
 impl LeaseBackend for NodeLeases {
     async fn acquire(&self, shard: u16) -> anyhow::Result<Acquire> {
-        anyhow::ensure!(
-            self.marker.holds(&self.cluster_id).await?,
-            "Redis lost the cluster's data (its cluster marker is gone): refusing to take shards"
-        );
+        // The acquire script itself checks the cluster marker (or the shard's copy of it).
         match self.leases.acquire(shard, &self.me.id, &self.me.inc, &self.me.addr, self.ttl).await {
             Err(partyline_cluster::redis::Error::Lost(s)) => {
                 self.marker.note_lost(s);

@@ -604,7 +604,7 @@ mod tests {
         }
     }
 
-    /// Run with `cargo test -p partyline-node redis::lease::tests::renew_throughput -- --ignored --nocapture`.
+    /// Run with `cargo test -p partyline-cluster redis::lease::tests::renew_throughput -- --ignored --nocapture`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore = "measurement, not a check"]
     async fn renew_throughput() {

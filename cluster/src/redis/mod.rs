@@ -58,7 +58,7 @@ pub enum Error {
     Protocol(String),
     /// The shard's copy of the cluster marker is gone: the Redis Cluster primary that serves it
     /// lost its data (see [`marker`]).
-    #[error("Redis lost the data of shard {0} (its copy of the cluster marker is gone)")]
+    #[error("Redis lost the data of shard {0} (the cluster marker, or on a Redis Cluster the shard's copy of it, is gone or replaced): refusing to take it")]
     Lost(u16),
 }
 

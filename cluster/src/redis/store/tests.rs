@@ -553,7 +553,7 @@ async fn a_paused_redis_errors_within_the_response_timeout_then_recovers() {
 }
 
 /// Throughput figures; run with
-/// `cargo test -p partyline-node redis::store::tests::throughput -- --ignored --nocapture`.
+/// `cargo test -p partyline-cluster redis::store::tests::throughput -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement, not a check"]
 async fn throughput() {
@@ -607,7 +607,7 @@ async fn redis_cpu(redis: &Redis) -> Vec<(String, f64)> {
 
 /// Fenced commits per second for many rooms, one Redis against a 3-primary Redis Cluster, with
 /// each primary's share of the work (`INFO commandstats`); run with
-/// `cargo test --release -p partyline-node redis::store::tests::many_rooms -- --ignored --nocapture`.
+/// `cargo test --release -p partyline-cluster redis::store::tests::many_rooms -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement, not a check"]
 async fn many_rooms_single_vs_cluster() {
