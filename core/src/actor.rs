@@ -20,7 +20,7 @@ use crate::gate::Gate;
 use crate::limits::Limits;
 use crate::link::{close_code, FromRoom, SocketId, ToRoom};
 use crate::observe::RoomObserver;
-use crate::party::{ConnectionContext, Party, PartyFactory};
+use crate::party::{ConnectionContext, DynParty, PartyFactory};
 use crate::room::{ConnTable, Env, LinkId, Outbound, Parties, Room, RoomShared};
 use crate::storage::{now_ms, Storage, WriteProgress};
 use crate::store::{Fence, RoomKey, Store};
@@ -388,7 +388,7 @@ struct Actor {
     room: Room,
     factory: Arc<dyn PartyFactory>,
     hibernate: bool,
-    party: Option<Box<dyn Party>>,
+    party: Option<Box<dyn DynParty>>,
     /// Open gateway links and how many of their sockets are connecting or in the room.
     links: HashSet<LinkId>,
     inbox: mpsc::Receiver<RoomCmd>,

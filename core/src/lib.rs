@@ -28,7 +28,6 @@
 //!
 //! struct Echo;
 //!
-//! #[async_trait]
 //! impl Party for Echo {
 //!     fn new(_room: Room) -> Self {
 //!         Echo
@@ -60,12 +59,13 @@ pub mod sync;
 pub mod testing;
 pub mod web;
 
+/// For implementing [`Store`] and [`PartiesClient`]; a [`Party`] needs no attribute.
 pub use async_trait::async_trait;
 pub use bytes::Bytes;
 pub use connection::{Connection, StateError, TooLarge};
 pub use limits::Limits;
 pub use message::{Message, Text};
-pub use party::{Before, ConnectionContext, Lobby, Party, PartyFactory, PartyOptions, PartyRegistry, Wakeup};
+pub use party::{Before, ConnectionContext, DynParty, Lobby, Party, PartyFactory, PartyOptions, PartyRegistry, Wakeup};
 pub use room::{Env, Parties, PartiesClient, Room, RoomStub};
 pub use storage::{Storage, StorageError};
 pub use store::{ListOptions, MemoryStore, RoomKey, Store};
@@ -76,8 +76,8 @@ pub mod prelude {
     pub use crate::link::close_code;
     pub use crate::web::{self, HttpError, Request, Response};
     pub use crate::{
-        async_trait, Before, Bytes, Connection, ConnectionContext, Env, ListOptions, Lobby, Message, Party,
-        PartyOptions, PartyRegistry, Room, Storage, Text,
+        Before, Bytes, Connection, ConnectionContext, Env, ListOptions, Lobby, Message, Party, PartyOptions,
+        PartyRegistry, Room, Storage, Text,
     };
     pub use http::{Method, StatusCode};
 }

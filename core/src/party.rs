@@ -2,11 +2,12 @@
 //! parties a server hosts.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use futures::future::BoxFuture;
+use futures::FutureExt;
 
 use crate::connection::Connection;
 use crate::message::Message;
@@ -67,12 +68,33 @@ pub struct ConnectionContext {
 /// runs its handlers one at a time, never concurrently. Every method has a default, so a party
 /// implements only what it needs.
 ///
+/// Handlers are written as plain `async fn` (no attribute macro): the trait declares them as
+/// returning a `Send` future, and the room boxes them internally (see [`DynParty`]).
+///
+/// ```
+/// use partyline::prelude::*;
+///
+/// struct Echo;
+///
+/// impl Party for Echo {
+///     fn new(_room: Room) -> Self {
+///         Echo
+///     }
+///     async fn on_message(&mut self, msg: Message, sender: &Connection) -> anyhow::Result<()> {
+///         sender.send(msg);
+///         Ok(())
+///     }
+/// }
+/// ```
+///
 /// Errors returned from handlers are contained: from `on_message` they reach `on_error`; from
 /// `get_connection_tags` or `on_connect` they close the new socket with 1011 and the error
-/// text; from `on_request` they answer 500 (or an [`web::HttpError`]'s status). A panic or a
-/// handler that runs past the time limit closes the affected connection with 1011 (or answers
-/// 500) and the room goes on serving.
-#[async_trait]
+/// text; from `on_request` they answer 500 (or an [`web::HttpError`]'s status); from `on_close`
+/// and `on_error` they are logged. A panic or a handler that runs past the time limit closes
+/// the affected connection with 1011 (or answers 500) and the room goes on serving.
+///
+/// Parties written for the earlier form of this trait, with `#[async_trait]` on the impl:
+/// delete that attribute line; the methods stay as they are.
 pub trait Party: Send + 'static {
     /// Creates the party value for a room (PartyKit's constructor). Runs again after
     /// hibernation.
@@ -90,75 +112,87 @@ pub trait Party: Send + 'static {
 
     /// Runs before a WebSocket upgrade reaches the room (at the gateway). Return
     /// `Before::Respond` to refuse; an error answers 401 with the error text.
-    async fn on_before_connect(req: Request, _lobby: Lobby) -> anyhow::Result<Before>
+    fn on_before_connect(req: Request, _lobby: Lobby) -> impl Future<Output = anyhow::Result<Before>> + Send
     where
         Self: Sized,
     {
-        Ok(Before::Continue(req))
+        async { Ok(Before::Continue(req)) }
     }
 
     /// Runs before an HTTP request reaches the room (at the gateway). Same contract as
     /// `on_before_connect`.
-    async fn on_before_request(req: Request, _lobby: Lobby) -> anyhow::Result<Before>
+    fn on_before_request(req: Request, _lobby: Lobby) -> impl Future<Output = anyhow::Result<Before>> + Send
     where
         Self: Sized,
     {
-        Ok(Before::Continue(req))
+        async { Ok(Before::Continue(req)) }
     }
 
     /// Answers requests that are not for any party (only the `main` party's hook is used, as in
     /// PartyKit). `None` answers 404.
-    async fn on_fetch(_req: Request, _lobby: Lobby) -> Option<Response>
+    fn on_fetch(_req: Request, _lobby: Lobby) -> impl Future<Output = Option<Response>> + Send
     where
         Self: Sized,
     {
-        None
+        async { None }
     }
 
     /// Runs once per instance before any other handler; a failure fails the event that started
     /// the room, and the next event tries again.
-    async fn on_start(&mut self) -> anyhow::Result<()> {
-        Ok(())
+    fn on_start(&mut self) -> impl Future<Output = anyhow::Result<()>> + Send {
+        async { Ok(()) }
     }
 
     /// Tags for a new connection, for `Room::get_connections(Some(tag))`; at most 9 besides the
     /// id, each at most 256 bytes.
-    async fn get_connection_tags(
+    fn get_connection_tags(
         &mut self,
         _conn: &Connection,
         _ctx: &ConnectionContext,
-    ) -> anyhow::Result<Vec<String>> {
-        Ok(Vec::new())
+    ) -> impl Future<Output = anyhow::Result<Vec<String>>> + Send {
+        async { Ok(Vec::new()) }
     }
 
     /// A client connected. The upgrade completes only after this returns.
-    async fn on_connect(&mut self, _conn: &Connection, _ctx: &ConnectionContext) -> anyhow::Result<()> {
-        Ok(())
+    fn on_connect(
+        &mut self,
+        _conn: &Connection,
+        _ctx: &ConnectionContext,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send {
+        async { Ok(()) }
     }
 
     /// A frame from `sender`, text or binary as sent.
-    async fn on_message(&mut self, _message: Message, _sender: &Connection) -> anyhow::Result<()> {
-        Ok(())
+    fn on_message(
+        &mut self,
+        _message: Message,
+        _sender: &Connection,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send {
+        async { Ok(()) }
     }
 
     /// A connection closed.
-    async fn on_close(&mut self, _conn: &Connection) -> anyhow::Result<()> {
-        Ok(())
+    fn on_close(&mut self, _conn: &Connection) -> impl Future<Output = anyhow::Result<()>> + Send {
+        async { Ok(()) }
     }
 
     /// A connection failed, or `on_message` returned an error.
-    async fn on_error(&mut self, _conn: &Connection, _error: &anyhow::Error) -> anyhow::Result<()> {
-        Ok(())
+    fn on_error(
+        &mut self,
+        _conn: &Connection,
+        _error: &anyhow::Error,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send {
+        async { Ok(()) }
     }
 
     /// An HTTP request to the room (`/parties/:party/:room[/*]`), any method.
-    async fn on_request(&mut self, _req: Request) -> anyhow::Result<Response> {
-        Ok(web::text(http::StatusCode::INTERNAL_SERVER_ERROR, "No onRequest handler"))
+    fn on_request(&mut self, _req: Request) -> impl Future<Output = anyhow::Result<Response>> + Send {
+        async { Ok(web::text(http::StatusCode::INTERNAL_SERVER_ERROR, "No onRequest handler")) }
     }
 
     /// The room's alarm went off. An error retries with backoff (2 s, doubling, 6 times).
-    async fn on_alarm(&mut self) -> anyhow::Result<()> {
-        Ok(())
+    fn on_alarm(&mut self) -> impl Future<Output = anyhow::Result<()>> + Send {
+        async { Ok(()) }
     }
 
     /// When the party has work of its own between events (see [`Wakeup`]); asked after every
@@ -170,15 +204,91 @@ pub trait Party: Send + 'static {
     /// Runs the background work [`Party::wakeup`] announced, as an event of its own: alone, with
     /// the time limit and the output gate like any handler. It does not count as activity for
     /// hibernation and idle unloading.
-    async fn on_wakeup(&mut self) -> anyhow::Result<()> {
-        Ok(())
+    fn on_wakeup(&mut self) -> impl Future<Output = anyhow::Result<()>> + Send {
+        async { Ok(()) }
+    }
+}
+
+/// A party value as the room runtime holds it: [`Party`]'s instance handlers with their
+/// futures boxed, so parties of different types fit behind one `Box<dyn DynParty>`. Every
+/// [`Party`] is one; implement [`Party`], not this (a [`PartyFactory`] returns it from
+/// `create`).
+pub trait DynParty: Send + 'static {
+    /// [`Party::on_start`].
+    fn on_start(&mut self) -> BoxFuture<'_, anyhow::Result<()>>;
+    /// [`Party::get_connection_tags`].
+    fn get_connection_tags<'a>(
+        &'a mut self,
+        conn: &'a Connection,
+        ctx: &'a ConnectionContext,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<String>>>;
+    /// [`Party::on_connect`].
+    fn on_connect<'a>(
+        &'a mut self,
+        conn: &'a Connection,
+        ctx: &'a ConnectionContext,
+    ) -> BoxFuture<'a, anyhow::Result<()>>;
+    /// [`Party::on_message`].
+    fn on_message<'a>(&'a mut self, message: Message, sender: &'a Connection) -> BoxFuture<'a, anyhow::Result<()>>;
+    /// [`Party::on_close`].
+    fn on_close<'a>(&'a mut self, conn: &'a Connection) -> BoxFuture<'a, anyhow::Result<()>>;
+    /// [`Party::on_error`].
+    fn on_error<'a>(&'a mut self, conn: &'a Connection, error: &'a anyhow::Error) -> BoxFuture<'a, anyhow::Result<()>>;
+    /// [`Party::on_request`].
+    fn on_request(&mut self, req: Request) -> BoxFuture<'_, anyhow::Result<Response>>;
+    /// [`Party::on_alarm`].
+    fn on_alarm(&mut self) -> BoxFuture<'_, anyhow::Result<()>>;
+    /// [`Party::wakeup`].
+    fn wakeup(&self) -> Option<Wakeup>;
+    /// [`Party::on_wakeup`].
+    fn on_wakeup(&mut self) -> BoxFuture<'_, anyhow::Result<()>>;
+}
+
+impl<P: Party> DynParty for P {
+    fn on_start(&mut self) -> BoxFuture<'_, anyhow::Result<()>> {
+        Party::on_start(self).boxed()
+    }
+    fn get_connection_tags<'a>(
+        &'a mut self,
+        conn: &'a Connection,
+        ctx: &'a ConnectionContext,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
+        Party::get_connection_tags(self, conn, ctx).boxed()
+    }
+    fn on_connect<'a>(
+        &'a mut self,
+        conn: &'a Connection,
+        ctx: &'a ConnectionContext,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Party::on_connect(self, conn, ctx).boxed()
+    }
+    fn on_message<'a>(&'a mut self, message: Message, sender: &'a Connection) -> BoxFuture<'a, anyhow::Result<()>> {
+        Party::on_message(self, message, sender).boxed()
+    }
+    fn on_close<'a>(&'a mut self, conn: &'a Connection) -> BoxFuture<'a, anyhow::Result<()>> {
+        Party::on_close(self, conn).boxed()
+    }
+    fn on_error<'a>(&'a mut self, conn: &'a Connection, error: &'a anyhow::Error) -> BoxFuture<'a, anyhow::Result<()>> {
+        Party::on_error(self, conn, error).boxed()
+    }
+    fn on_request(&mut self, req: Request) -> BoxFuture<'_, anyhow::Result<Response>> {
+        Party::on_request(self, req).boxed()
+    }
+    fn on_alarm(&mut self) -> BoxFuture<'_, anyhow::Result<()>> {
+        Party::on_alarm(self).boxed()
+    }
+    fn wakeup(&self) -> Option<Wakeup> {
+        Party::wakeup(self)
+    }
+    fn on_wakeup(&mut self) -> BoxFuture<'_, anyhow::Result<()>> {
+        Party::on_wakeup(self).boxed()
     }
 }
 
 /// A party type with its static parts, erased so a registry can hold many.
 pub trait PartyFactory: Send + Sync + 'static {
     /// Creates the party value for a room.
-    fn create(&self, room: Room) -> Box<dyn Party>;
+    fn create(&self, room: Room) -> Box<dyn DynParty>;
     /// The party's options.
     fn options(&self) -> PartyOptions;
     /// The `on_before_connect` hook.
@@ -192,20 +302,20 @@ pub trait PartyFactory: Send + Sync + 'static {
 struct Factory<P>(PhantomData<fn() -> P>);
 
 impl<P: Party> PartyFactory for Factory<P> {
-    fn create(&self, room: Room) -> Box<dyn Party> {
+    fn create(&self, room: Room) -> Box<dyn DynParty> {
         Box::new(P::new(room))
     }
     fn options(&self) -> PartyOptions {
         P::options()
     }
     fn on_before_connect(&self, req: Request, lobby: Lobby) -> BoxFuture<'static, anyhow::Result<Before>> {
-        P::on_before_connect(req, lobby)
+        P::on_before_connect(req, lobby).boxed()
     }
     fn on_before_request(&self, req: Request, lobby: Lobby) -> BoxFuture<'static, anyhow::Result<Before>> {
-        P::on_before_request(req, lobby)
+        P::on_before_request(req, lobby).boxed()
     }
     fn on_fetch(&self, req: Request, lobby: Lobby) -> BoxFuture<'static, Option<Response>> {
-        P::on_fetch(req, lobby)
+        P::on_fetch(req, lobby).boxed()
     }
 }
 

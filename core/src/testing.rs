@@ -16,11 +16,10 @@
 //!
 //! ```
 //! use partyline::testing::TestRoom;
-//! use partyline::{async_trait, Connection, Message, Party, Room};
+//! use partyline::{Connection, Message, Party, Room};
 //!
 //! struct Echo(Room);
 //!
-//! #[async_trait]
 //! impl Party for Echo {
 //!     fn new(room: Room) -> Self {
 //!         Echo(room)

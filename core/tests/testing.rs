@@ -8,7 +8,7 @@ use partyline::http::StatusCode;
 use partyline::storage::now_ms;
 use partyline::testing::{body_text, request, Connect, Event, Hooks, TestRoom};
 use partyline::web::{self, query_param};
-use partyline::{async_trait, Before, Connection, ConnectionContext, Lobby, Message, Party, Request, Response, Room};
+use partyline::{Before, Connection, ConnectionContext, Lobby, Message, Party, Request, Response, Room};
 
 /// Counts messages; `alarm` sets an alarm an hour away that resets the count; `close` closes
 /// the sender with 4000. A `?role=` query becomes the connection's tag; the `x-name` header
@@ -18,7 +18,6 @@ struct Counter {
     count: u64,
 }
 
-#[async_trait]
 impl Party for Counter {
     fn new(room: Room) -> Self {
         Counter { room, count: 0 }

@@ -12,7 +12,6 @@ pub struct Broadcast {
     room: Room,
 }
 
-#[async_trait]
 impl Party for Broadcast {
     fn new(room: Room) -> Self {
         Broadcast { room }

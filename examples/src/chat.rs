@@ -40,7 +40,6 @@ pub struct Chat {
     history: History,
 }
 
-#[async_trait]
 impl Party for Chat {
     fn new(room: Room) -> Self {
         let max = room.limits().max_value_bytes;

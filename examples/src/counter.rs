@@ -60,7 +60,6 @@ struct ConnState {
     messages: u64,
 }
 
-#[async_trait]
 impl Party for Counter {
     fn new(room: Room) -> Self {
         Counter { room, count: 0 }

@@ -9,7 +9,6 @@ pub const NAME: &str = "echo";
 /// The echo room.
 pub struct Echo;
 
-#[async_trait]
 impl Party for Echo {
     fn new(_room: Room) -> Self {
         Echo

@@ -53,7 +53,6 @@ fn user_of(req: &Request) -> anyhow::Result<String> {
     Ok(String::from_utf8(value.as_bytes().to_vec())?)
 }
 
-#[async_trait]
 impl Party for Private {
     fn new(room: Room) -> Self {
         Private { room }

@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use http::{HeaderName, HeaderValue, StatusCode};
 use partyline::link::close_code;
-use partyline::party::Wakeup;
+use partyline::party::{DynParty, Wakeup};
 use partyline::{
     Before, Connection, ConnectionContext, Lobby, Message, Parties, PartiesClient, Party, PartyFactory, PartyOptions,
     Request, Response, Room, RoomKey,
@@ -189,7 +189,7 @@ impl JsFactory {
 }
 
 impl PartyFactory for JsFactory {
-    fn create(&self, room: Room) -> Box<dyn Party> {
+    fn create(&self, room: Room) -> Box<dyn DynParty> {
         Box::new(JsParty { room, def: self.def.clone(), engine: None })
     }
 
@@ -296,7 +296,6 @@ impl JsParty {
     }
 }
 
-#[async_trait]
 impl Party for JsParty {
     /// JS parties are created by [`JsFactory`]; a `JsParty` made without one fails to start.
     fn new(room: Room) -> Self {

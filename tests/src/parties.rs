@@ -39,7 +39,6 @@ pub struct YjsAuth {
     yjs: YjsRoom,
 }
 
-#[async_trait]
 impl Party for YjsAuth {
     fn new(room: Room) -> Self {
         let options = YjsOptions::default()
@@ -83,7 +82,6 @@ fn query(conn: &Connection, name: &str) -> Option<String> {
     query_param(&uri, name)
 }
 
-#[async_trait]
 impl Party for Faulty {
     fn new(room: Room) -> Self {
         Faulty { room }

@@ -17,7 +17,6 @@ pub struct YjsParty {
     yjs: YjsRoom,
 }
 
-#[async_trait]
 impl Party for YjsParty {
     fn new(room: Room) -> Self {
         YjsParty { yjs: YjsRoom::new(room, YjsOptions::default()) }

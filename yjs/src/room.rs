@@ -183,7 +183,6 @@ struct Loaded {
 ///
 /// struct Notes { yjs: YjsRoom }
 ///
-/// #[async_trait]
 /// impl Party for Notes {
 ///     fn new(room: Room) -> Self {
 ///         // Viewers (marked by the static hook below) may read, not write.

@@ -40,7 +40,6 @@ fn wants_yjs(conn: &Connection) -> bool {
     !conn.uri().contains("yjs=0")
 }
 
-#[async_trait]
 impl Party for TestParty {
     fn new(room: Room) -> Self {
         let options = OPTIONS.lock().unwrap().as_ref().and_then(|m| m.get(room.id()).cloned()).unwrap_or_default();

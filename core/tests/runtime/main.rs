@@ -219,7 +219,6 @@ impl<const H: bool> Scripted<H> {
     }
 }
 
-#[async_trait]
 impl<const H: bool> Party for Scripted<H> {
     fn new(room: Room) -> Self {
         let fx = fixture(room.id());
