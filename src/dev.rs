@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use partyline::actor::LinkSender;
-use partyline::actor::SendError;
-use partyline::link::ToRoom;
+use partyline::runtime::actor::LinkSender;
+use partyline::runtime::actor::SendError;
+use partyline::runtime::link::ToRoom;
 use partyline::{Env, Limits, MemoryStore, PartyRegistry, Request, Response, RoomKey, Store};
 use partyline_gateway::{EdgeLimits, Gateway, GatewayConfig, OpenLink, RoomLink, RoomRouter, RouteError, LINK_QUEUE};
 use partyline_node::alarms;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::Context;
-use partyline::placement::{shard_of, SHARDS};
+use partyline::runtime::placement::{shard_of, SHARDS};
 use partyline::RoomKey;
 use partyline_cluster::client::Auth;
 use partyline_cluster::redis::{Redis, RedisConfig};

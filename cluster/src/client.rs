@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use partyline::placement::{preferred, shard_of};
+use partyline::runtime::placement::{preferred, shard_of};
 use partyline::sync::{Lock, ReadWrite};
 use partyline::{PartiesClient, PartyRegistry, Request, Response, RoomKey};
 use partyline_proto::pb::{self, link_in, link_out, node_client::NodeClient, room_response};

@@ -1,8 +1,8 @@
-//! Conversions between the link protocol (`partyline::link`) and its gRPC encoding
+//! Conversions between the link protocol (`partyline::runtime::link`) and its gRPC encoding
 //! (`partyline_proto::pb`), and between HTTP requests/responses and their proto form.
 
 use bytes::Bytes;
-use partyline::link::{FromRoom, ToRoom};
+use partyline::runtime::link::{FromRoom, ToRoom};
 use partyline::{Message, Request, Response, RoomKey, Text};
 use partyline_proto::pb::{self, link_in, link_out};
 

@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::link::{close_code, FromRoom, SocketId};
 use crate::message::Message;
 use crate::room::{LinkId, RoomShared};
+use crate::runtime::link::{close_code, FromRoom, SocketId};
 use crate::sync::Lock;
 
 /// Identifies one socket in a room: the gateway link it came over and its number there.

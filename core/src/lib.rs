@@ -13,12 +13,11 @@
 //! - [`store`]: the [`Store`] backend trait and [`MemoryStore`].
 //! - [`message`]: [`Message`], text and binary kept apart.
 //! - [`web`]: HTTP request/response types and helpers.
-//! - [`link`]: the messages between a gateway and a room.
-//! - [`actor`]: the room runtime (one task per room, output gate).
 //! - [`limits`]: every limit, with defaults.
-//! - [`placement`]: room -> virtual shard -> preferred node (xxh3 + rendezvous hashing).
 //! - [`sync`]: locks that a panic does not poison for everyone else.
-//! - [`observe`]: what the runtime reports for metrics (event times, alarms).
+//! - [`runtime`]: what runs rooms, for the server crates (party code does not need it): the
+//!   room task and its output gate, the messages between a gateway and a room, placement, and
+//!   what the runtime reports for metrics.
 //! - `testing` (feature `testing`): a test kit for parties: a room in a test, clients that
 //!   connect, send and receive, HTTP requests, the alarm run on demand, storage inspection,
 //!   the static hooks.
@@ -42,16 +41,12 @@
 //! assert!(parties.get("echo").is_some());
 //! ```
 
-pub mod actor;
 pub mod connection;
-mod gate;
 pub mod limits;
-pub mod link;
 pub mod message;
-pub mod observe;
 pub mod party;
-pub mod placement;
 pub mod room;
+pub mod runtime;
 pub mod storage;
 pub mod store;
 pub mod sync;
@@ -67,13 +62,14 @@ pub use limits::Limits;
 pub use message::{Message, Text};
 pub use party::{Before, ConnectionContext, DynParty, Lobby, Party, PartyFactory, PartyOptions, PartyRegistry, Wakeup};
 pub use room::{Env, Parties, PartiesClient, Room, RoomStub};
+pub use runtime::link::close_code;
 pub use storage::{Storage, StorageError};
 pub use store::{ListOptions, MemoryStore, RoomKey, Store};
 pub use web::{HttpError, Request, Response};
 
 /// What a party module usually imports.
 pub mod prelude {
-    pub use crate::link::close_code;
+    pub use crate::close_code;
     pub use crate::web::{self, HttpError, Request, Response};
     pub use crate::{
         Before, Bytes, Connection, ConnectionContext, Env, ListOptions, Lobby, Message, Party, PartyOptions,

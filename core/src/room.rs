@@ -9,10 +9,10 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::connection::{ConnKey, ConnShared, Connection};
-use crate::gate::Gate;
 use crate::limits::Limits;
-use crate::link::{FromRoom, SocketId};
 use crate::message::Message;
+use crate::runtime::gate::Gate;
+use crate::runtime::link::{FromRoom, SocketId};
 use crate::storage::Storage;
 use crate::store::RoomKey;
 use crate::sync::Lock;

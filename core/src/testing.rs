@@ -48,10 +48,10 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::actor::{spawn_room, LinkSender, RoomConfig, RoomExit, RoomHandle};
-use crate::link::{close_code, FromRoom, SocketId, ToRoom};
 use crate::party::{Before, Lobby, PartyFactory, PartyRegistry};
 use crate::room::{Env, Parties, PartiesClient};
+use crate::runtime::actor::{spawn_room, LinkSender, RoomConfig, RoomExit, RoomHandle};
+use crate::runtime::link::{close_code, FromRoom, SocketId, ToRoom};
 use crate::store::{ListOptions, MemoryStore, RoomKey, Store};
 use crate::web::{Request, Response};
 use crate::{async_trait, Limits, Message, Party};

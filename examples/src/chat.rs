@@ -188,7 +188,7 @@ fn json_len(s: &str) -> usize {
 mod tests {
     use std::sync::Arc;
 
-    use partyline::link::FromRoom;
+    use partyline::runtime::link::FromRoom;
     use partyline::{Limits, MemoryStore, PartyFactory};
 
     use super::*;
@@ -327,7 +327,7 @@ mod tests {
         room.shutdown(1012, "restart").await.unwrap();
         assert_eq!(
             tokio::time::timeout(testkit::WAIT, task).await.unwrap().unwrap(),
-            partyline::actor::RoomExit::Shutdown
+            partyline::runtime::actor::RoomExit::Shutdown
         );
 
         let (room, _task) = testkit::spawn(NAME, "r", &store, Limits::default());

@@ -92,7 +92,7 @@ impl Party for Private {
 
 #[cfg(test)]
 mod tests {
-    use partyline::link::FromRoom;
+    use partyline::runtime::link::FromRoom;
 
     use super::*;
     use crate::testkit::{self, body_text, content_type, json, request, Gateway};

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, StatusCode};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
-use partyline::link::{close_code, ToRoom};
+use partyline::runtime::link::{close_code, ToRoom};
 use partyline::web;
 use partyline::{Before, Lobby, PartyFactory, Request, Response, RoomKey};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
-use partyline::link::{close_code, FromRoom, ToRoom};
+use partyline::runtime::link::{close_code, FromRoom, ToRoom};
 use partyline::sync::Lock;
 use partyline::{Request, Response, RoomKey};
 use partyline_cluster::client::{ClientError, ClusterClient};
@@ -87,7 +87,7 @@ impl RoomRouter for GrpcRouter {
     }
 
     fn moved(&self, key: &RoomKey) {
-        self.client.forget(partyline::placement::shard_of(key));
+        self.client.forget(partyline::runtime::placement::shard_of(key));
     }
 }
 

@@ -35,7 +35,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use partyline::link::{SocketId, ToRoom};
+use partyline::runtime::link::{SocketId, ToRoom};
 use partyline::sync::Lock;
 use partyline::{Env, Limits, Parties, PartyRegistry, RoomKey};
 use tokio::net::TcpListener;
@@ -146,7 +146,7 @@ impl Gateway {
         listener::serve(listener, serve, async move {
             shutdown.await;
             gw.inner.health.set_shutting_down();
-            gw.close_all(partyline::link::close_code::GOING_AWAY, "server shutting down");
+            gw.close_all(partyline::close_code::GOING_AWAY, "server shutting down");
         })
         .await
     }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use partyline::link::{close_code, FromRoom, SocketId, ToRoom};
+use partyline::runtime::link::{close_code, FromRoom, SocketId, ToRoom};
 use partyline::sync::Lock;
 use partyline::{Message, Request, Response, RoomKey};
 use tokio::sync::{oneshot, Notify, RwLock};

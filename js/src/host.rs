@@ -642,7 +642,7 @@ fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquic
         "close",
         Function::new(ctx.clone(), move |id: String, code: f64, reason: String| {
             if let Some(conn) = h.conn(&id) {
-                conn.close(code as u16, &partyline::actor::close_reason(&reason));
+                conn.close(code as u16, &partyline::runtime::actor::close_reason(&reason));
             }
         })?,
     )?;

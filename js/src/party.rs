@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use http::{HeaderName, HeaderValue, StatusCode};
-use partyline::link::close_code;
+use partyline::close_code;
 use partyline::party::{DynParty, Wakeup};
 use partyline::{
     Before, Connection, ConnectionContext, Lobby, Message, Parties, PartiesClient, Party, PartyFactory, PartyOptions,

@@ -6,11 +6,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
 use async_trait::async_trait;
-use partyline::actor::{
+use partyline::runtime::actor::{
     spawn_room, LinkSender, RequestError, RoomConfig, RoomExit, RoomHandle, SendError, WeakRoomHandle,
 };
-use partyline::link::{close_code, FromRoom};
-use partyline::observe::RoomObserver;
+use partyline::runtime::link::{close_code, FromRoom};
+use partyline::runtime::observe::RoomObserver;
 use partyline::store::Fence;
 use partyline::store::StoreError;
 use partyline::sync::Lock;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use partyline::observe::RoomObserver;
+use partyline::runtime::observe::RoomObserver;
 use partyline::store::{Fence, Quota, StoreError, Usage, WriteOp};
 use partyline::sync::Lock;
 use partyline::{ListOptions, RoomKey, Store};

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use partyline::link::close_code;
-use partyline::placement::shard_of;
+use partyline::close_code;
+use partyline::runtime::placement::shard_of;
 use partyline::store::StoreError;
 use partyline::{Env, Limits, PartyRegistry, RoomKey};
 use partyline_proto::pb::node_server::NodeServer;
@@ -645,7 +645,7 @@ struct ClusterAlarms {
 impl AlarmScope for ClusterAlarms {
     async fn due(&self, now_ms: i64, limit: usize, parked: &Parked) -> Result<Vec<RoomKey>, StoreError> {
         let owned: HashMap<u16, u64> = self.shards.owned().into_iter().collect();
-        let shards: Vec<(u16, Option<u64>)> = (0..partyline::placement::SHARDS)
+        let shards: Vec<(u16, Option<u64>)> = (0..partyline::runtime::placement::SHARDS)
             .filter_map(|s| match owned.get(&s) {
                 Some(epoch) => Some((s, Some(*epoch))),
                 None => self.cluster.preferred(s).is_some_and(|p| p.id == self.me.id).then_some((s, None)),

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use std::collections::HashSet;
 
-use partyline::actor::SendError;
-use partyline::link::{close_code, FromRoom, SocketId, ToRoom};
-use partyline::placement::shard_of;
+use partyline::runtime::actor::SendError;
+use partyline::runtime::link::{close_code, FromRoom, SocketId, ToRoom};
+use partyline::runtime::placement::shard_of;
 use partyline::{PartyRegistry, RoomKey};
 use partyline_proto::pb::{self, link_in, link_out, node_server, room_response};
 use std::pin::Pin;

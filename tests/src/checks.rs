@@ -23,7 +23,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use partyline::placement::shard_of;
+use partyline::runtime::placement::shard_of;
 use partyline::Store;
 use partyline_cluster::redis::Redis;
 use tokio::task::JoinHandle;

@@ -35,7 +35,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use partyline::placement::{preferred, shard_of};
+use partyline::runtime::placement::{preferred, shard_of};
 use partyline::RoomKey;
 
 use crate::checks::{self, Category, EpochWatch, LeaseSample};

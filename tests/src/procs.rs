@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use partyline::placement::shard_of;
+use partyline::runtime::placement::shard_of;
 use partyline::RoomKey;
 use partyline_cluster::redis::testing::RedisServer;
 use partyline_cluster::redis::{NodeInfo, Redis, RedisConfig};

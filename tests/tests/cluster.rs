@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use partyline::placement::shard_of;
+use partyline::runtime::placement::shard_of;
 use partyline::RoomKey;
 use partyline_proto::pb;
 use partyline_tests::cluster::{TestCluster, SECRET};
@@ -84,8 +84,8 @@ async fn rooms_spread_over_three_nodes_with_one_owner_each() {
     println!("rooms per node: {per_node:?}");
     // The preference over all shards, which is what many rooms converge to.
     let mut shards_per_node: BTreeMap<&str, usize> = BTreeMap::new();
-    for shard in 0..partyline::placement::SHARDS {
-        let p = partyline::placement::preferred(shard, ["node-1", "node-2", "node-3"]).unwrap();
+    for shard in 0..partyline::runtime::placement::SHARDS {
+        let p = partyline::runtime::placement::preferred(shard, ["node-1", "node-2", "node-3"]).unwrap();
         *shards_per_node.entry(p).or_default() += 1;
     }
     println!("preferred shards per node: {shards_per_node:?}");

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use partyline::placement::shard_of;
+use partyline::runtime::placement::shard_of;
 use partyline::RoomKey;
 use partyline_tests::cluster::TestCluster;
 use partyline_tests::{run_partysocket_checks, within, Client, Received};

@@ -405,7 +405,7 @@ async fn a_connection_that_failed_after_the_handover_does_not_pin_the_document()
     let mut a = Client::connect(&room, "a", "/parties/test/fail?_pk=a").await;
     a.sync().await;
     let failed = Client::connect(&room, "f", "/parties/test/fail?_pk=f&fail=1").await;
-    assert!(matches!(failed.verdict, partyline::link::FromRoom::Failed { .. }));
+    assert!(matches!(failed.verdict, partyline::runtime::link::FromRoom::Failed { .. }));
     let u = a.edit("kept");
     a.send(protocol::update(&u)).await;
     a.recv_update().await;

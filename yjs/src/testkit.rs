@@ -5,9 +5,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use partyline::actor::{LinkSender, RoomExit, RoomHandle};
-use partyline::link::{FromRoom, ToRoom};
 use partyline::prelude::*;
+use partyline::runtime::actor::{LinkSender, RoomExit, RoomHandle};
+use partyline::runtime::link::{FromRoom, ToRoom};
 use partyline::testing::TestRoom;
 use partyline::{Limits, MemoryStore, RoomKey};
 use tokio::sync::mpsc;

@@ -34,7 +34,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ::redis::Value;
-use partyline::placement::SHARDS;
+use partyline::runtime::placement::SHARDS;
 use partyline::store::{RoomKey, StoreError};
 use partyline::sync::Lock;
 

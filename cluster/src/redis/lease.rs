@@ -614,7 +614,7 @@ mod tests {
             let redis = testing::connect(&url, "pl").await;
             let leases = redis.leases();
             let mut held = Vec::new();
-            for shard in 0..partyline::placement::SHARDS {
+            for shard in 0..partyline::runtime::placement::SHARDS {
                 held.push((shard, granted(leases.acquire(shard, "me", "me", "x", LONG).await.unwrap())));
             }
             let start = Instant::now();

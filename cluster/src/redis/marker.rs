@@ -37,7 +37,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
 use ::redis::Value;
-use partyline::placement::SHARDS;
+use partyline::runtime::placement::SHARDS;
 use partyline::sync::Lock;
 
 use super::conn::Connection;
@@ -300,7 +300,7 @@ mod tests {
         let wiped = cluster.primaries().into_iter().find(|p| *p != marker_primary).unwrap();
         cluster.wipe(wiped);
         assert!(marker.holds("one").await.unwrap(), "the marker itself is still there");
-        let lost_shard = (3..partyline::placement::SHARDS)
+        let lost_shard = (3..partyline::runtime::placement::SHARDS)
             .find(|s| cluster.primary_of(cluster.slot_of(&redis.keys().lease(*s))) == wiped)
             .unwrap();
         // Acquiring a shard of the wiped primary is refused...
@@ -319,7 +319,7 @@ mod tests {
         assert!(found, "the sweep never noticed the wiped primary");
         assert!(marker.lost_shards().len() > 10, "{:?}", marker.lost_shards());
         // When the copies are back (the data restored), the check passes again.
-        for s in 0..partyline::placement::SHARDS {
+        for s in 0..partyline::runtime::placement::SHARDS {
             let _: Option<String> = ::redis::cmd("SET")
                 .arg(redis.keys().shard_marker(s))
                 .arg("one")

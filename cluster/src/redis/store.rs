@@ -39,7 +39,7 @@ use std::sync::Arc;
 use ::redis::{Script, Value};
 use async_trait::async_trait;
 use bytes::Bytes;
-use partyline::placement::shard_of;
+use partyline::runtime::placement::shard_of;
 use partyline::store::{Fence, ListOptions, Quota, RoomKey, Store, StoreError, Usage, WriteOp};
 
 use super::alarms::{self, Hints};

@@ -1,4 +1,4 @@
-//! Behaviour tests of the room runtime (`partyline::actor`), driven the way a gateway drives a
+//! Behaviour tests of the room runtime (`partyline::runtime::actor`), driven the way a gateway drives a
 //! room: a `RoomHandle` from `spawn_room`, one `LinkSender` per gateway link, and the `FromRoom`
 //! messages the room answers with. Parties are small scripted types defined here; what they do
 //! is chosen by the text of the messages they get, and what they see is reported to the test
@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-use partyline::actor::{spawn_room, RoomConfig, RoomExit, RoomHandle};
 use partyline::http::{self, StatusCode};
-use partyline::link::{close_code, FromRoom, SocketId, ToRoom};
+use partyline::runtime::actor::{spawn_room, RoomConfig, RoomExit, RoomHandle};
+use partyline::runtime::link::{close_code, FromRoom, SocketId, ToRoom};
 use partyline::storage::now_ms;
 use partyline::store::{Fence, StoreError, WriteOp};
 use partyline::testing::{no_parties, Link};

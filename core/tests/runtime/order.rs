@@ -108,10 +108,10 @@ async fn a_request_the_room_took_is_interrupted_not_undelivered_when_the_room_fa
     store.wait_commits(1).await;
     store.release();
     let res = timeout(WAIT, call).await.unwrap().unwrap();
-    assert!(matches!(res, Err(partyline::actor::RequestError::Interrupted(_))), "{res:?}");
+    assert!(matches!(res, Err(partyline::runtime::actor::RequestError::Interrupted(_))), "{res:?}");
     // A request to a room that has stopped was never delivered: safe to send elsewhere.
     let res = timeout(WAIT, room.request(request("/write"))).await.unwrap();
-    assert!(matches!(res, Err(partyline::actor::RequestError::NotDelivered(_))), "{res:?}");
+    assert!(matches!(res, Err(partyline::runtime::actor::RequestError::NotDelivered(_))), "{res:?}");
 }
 
 #[tokio::test]

@@ -157,7 +157,7 @@ async fn unfenced_and_unleased_writes_are_refused(redis: Redis) {
     assert!(matches!(err, StoreError::Fenced { ref lease, epoch: 1 } if *lease == shard.to_string()), "{err:?}");
 
     // A lease of another shard does not cover the room.
-    let other = (shard + 1) % partyline::placement::SHARDS;
+    let other = (shard + 1) % partyline::runtime::placement::SHARDS;
     let e = grant(&redis.leases(), other, "n1", Duration::from_secs(30)).await;
     let err = store.commit(&room, Some(&fence_for(other, e)), &[put("k", "v")]).await.unwrap_err();
     assert!(matches!(err, StoreError::Fenced { .. }), "{err:?}");
@@ -304,8 +304,11 @@ async fn due_alarms_come_from_the_given_shards_reading_only_what_may_be_due(redi
     assert!(store.due_alarms_in(-1, 10, &owned, none).await.unwrap().is_empty());
 
     // 100 owned shards without alarms: read once, then not again while nothing may be due.
-    let quiet: Vec<(u16, Option<u64>)> =
-        (0..partyline::placement::SHARDS).filter(|s| !epochs.contains_key(s)).take(100).map(|s| (s, Some(1))).collect();
+    let quiet: Vec<(u16, Option<u64>)> = (0..partyline::runtime::placement::SHARDS)
+        .filter(|s| !epochs.contains_key(s))
+        .take(100)
+        .map(|s| (s, Some(1)))
+        .collect();
     assert!(store.due_alarms_in(1_000, 10, &quiet, none).await.unwrap().is_empty());
     let before = testing::command_calls(&redis, "zrangebyscore").await;
     for _ in 0..3 {
@@ -621,7 +624,7 @@ async fn many_rooms_single_vs_cluster() {
         let (store, leases) = (redis.store(), redis.leases());
         let rooms: Vec<RoomKey> = (0..ROOMS).map(|i| RoomKey::new("main", format!("room-{i}"))).collect();
         let mut epochs = HashMap::new();
-        for shard in 0..partyline::placement::SHARDS {
+        for shard in 0..partyline::runtime::placement::SHARDS {
             epochs.insert(shard, grant(&leases, shard, "bench", Duration::from_secs(600)).await);
         }
         let fences: Vec<Fence> = rooms.iter().map(|r| fence_for(shard_of(r), epochs[&shard_of(r)])).collect();

@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::actor::close_reason;
-use crate::link::{close_code, FromRoom};
 use crate::room::{LinkId, Outbound};
+use crate::runtime::actor::close_reason;
+use crate::runtime::link::{close_code, FromRoom};
 use crate::storage::WriteProgress;
 use crate::sync::Lock;
 

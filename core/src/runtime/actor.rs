@@ -16,12 +16,12 @@ use tokio::time::{sleep_until, Instant};
 use tracing::Instrument;
 
 use crate::connection::{ConnShared, Connection};
-use crate::gate::Gate;
 use crate::limits::Limits;
-use crate::link::{close_code, FromRoom, SocketId, ToRoom};
-use crate::observe::RoomObserver;
 use crate::party::{ConnectionContext, DynParty, PartyFactory};
 use crate::room::{ConnTable, Env, LinkId, Outbound, Parties, Room, RoomShared};
+use crate::runtime::gate::Gate;
+use crate::runtime::link::{close_code, FromRoom, SocketId, ToRoom};
+use crate::runtime::observe::RoomObserver;
 use crate::storage::{now_ms, Storage, WriteProgress};
 use crate::store::{Fence, RoomKey, Store};
 use crate::sync::Lock;
@@ -337,7 +337,7 @@ pub fn spawn_room(cfg: RoomConfig) -> (RoomHandle, tokio::task::JoinHandle<RoomE
     let (tx, rx) = mpsc::channel(INBOX);
     let storage = Storage::new(cfg.key.clone(), cfg.store.clone(), cfg.fence.clone(), cfg.limits.clone());
     let gate = Gate::new(storage.progress());
-    tokio::spawn(crate::gate::pump(gate.clone()));
+    tokio::spawn(crate::runtime::gate::pump(gate.clone()));
     let shared = Arc::new(RoomShared {
         key: cfg.key.clone(),
         env: cfg.env,
