@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use partyline::sync::Lock;
 use partyline::{Connection, Message, Parties, Room};
 use rquickjs::{ArrayBuffer, Context, Ctx, Function, Module, Object, Runtime, Value};
 use tokio::sync::{mpsc, Notify};
@@ -73,7 +74,7 @@ impl Host {
             return pair(ctx, Value::new_bool(ctx.clone(), true), value);
         }
         let id = {
-            let mut ops = self.ops.lock().unwrap();
+            let mut ops = self.ops.locked();
             ops.next += 1;
             ops.in_flight += 1;
             ops.next
@@ -90,7 +91,7 @@ impl Host {
 
     pub(crate) fn set_timer(&self, id: u64, delay_ms: f64) {
         let at = Instant::now() + Duration::from_micros((delay_ms.max(0.0) * 1000.0) as u64);
-        let mut ops = self.ops.lock().unwrap();
+        let mut ops = self.ops.locked();
         if let Some(old) = ops.timers.insert(id, at) {
             ops.queue.remove(&(old, id));
         }
@@ -98,19 +99,19 @@ impl Host {
     }
 
     pub(crate) fn clear_timer(&self, id: u64) {
-        let mut ops = self.ops.lock().unwrap();
+        let mut ops = self.ops.locked();
         if let Some(at) = ops.timers.remove(&id) {
             ops.queue.remove(&(at, id));
         }
     }
 
     fn next_timer(&self) -> Option<Instant> {
-        self.ops.lock().unwrap().queue.first().map(|(at, _)| *at)
+        self.ops.locked().queue.first().map(|(at, _)| *at)
     }
 
     fn due_timers(&self) -> Vec<u64> {
         let now = Instant::now();
-        let mut ops = self.ops.lock().unwrap();
+        let mut ops = self.ops.locked();
         let mut due = Vec::new();
         while let Some(&(at, id)) = ops.queue.first() {
             if at > now {
@@ -125,26 +126,26 @@ impl Host {
 
     /// The connection `id`, as the room knows it (also one seen in an earlier event).
     pub(crate) fn conn(&self, id: &str) -> Option<Connection> {
-        if let Some(c) = self.conns.lock().unwrap().get(id) {
+        if let Some(c) = self.conns.locked().get(id) {
             return Some(c.clone());
         }
         let c = self.room.as_ref()?.get_connection(id)?;
-        self.conns.lock().unwrap().insert(id.to_string(), c.clone());
+        self.conns.locked().insert(id.to_string(), c.clone());
         Some(c)
     }
 
     pub(crate) fn remember(&self, conn: &Connection) {
-        self.conns.lock().unwrap().insert(conn.id().to_string(), conn.clone());
+        self.conns.locked().insert(conn.id().to_string(), conn.clone());
     }
 
     /// Drops a closed connection.
     pub(crate) fn forget(&self, id: &str) {
-        self.conns.lock().unwrap().remove(id);
+        self.conns.locked().remove(id);
     }
 
     /// Sets how other rooms are reached (the static hooks get it with each call).
     pub(crate) fn set_parties(&self, parties: Parties) {
-        *self.parties.lock().unwrap() = parties;
+        *self.parties.locked() = parties;
     }
 }
 
@@ -368,7 +369,7 @@ impl Engine {
         self.disarm();
         if let Err(CallError::Timeout(_)) = &result {
             // Stop what the timed-out call left scheduled, so it cannot run later.
-            self.host.ops.lock().unwrap().queue.clear();
+            self.host.ops.locked().queue.clear();
         }
         result
     }
@@ -393,7 +394,7 @@ impl Engine {
                 Ok(None) => {}
             }
             let next_timer = self.host.next_timer();
-            if self.host.ops.lock().unwrap().in_flight == 0 && next_timer.is_none() {
+            if self.host.ops.locked().in_flight == 0 && next_timer.is_none() {
                 return Err(CallError::Stuck);
             }
             let remaining = self.deadline_instant();
@@ -460,7 +461,7 @@ impl Engine {
     }
 
     fn deliver(&mut self, op: u64, result: OpResult) -> Result<(), CallError> {
-        self.host.ops.lock().unwrap().in_flight -= 1;
+        self.host.ops.locked().in_flight -= 1;
         let out = self.ctx.with(|ctx| -> Result<(), String> {
             let api: Object = ctx.globals().get("__partyline").map_err(|e| js_error(&ctx, e))?;
             let complete: Function = api.get("complete").map_err(|e| js_error(&ctx, e))?;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::FutureExt;
 use http::{HeaderName, HeaderValue};
+use partyline::sync::Lock;
 use partyline::{ListOptions, Message, RoomKey};
 use rquickjs::function::Opt;
 use rquickjs::{Array, ArrayBuffer, Ctx, Function, Object, Value};
@@ -662,7 +663,7 @@ fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquic
         "partyFetch",
         Function::new(ctx.clone(), move |ctx: Ctx<'js>, party: String, room: String, req: Object<'js>| {
             let req = request_from(&req).map_err(|e| throw(&ctx, e))?;
-            let stub = h.parties.lock().unwrap().get(&party, &room);
+            let stub = h.parties.locked().get(&party, &room);
             let key = RoomKey::new(&party, &room);
             h.op(
                 &ctx,

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use oxc_resolver::{ModuleType, ResolveError, ResolveOptions, Resolver};
+use partyline::sync::Lock;
 use rquickjs::loader::{Bundle, ImportAttributes, Loader as QjsLoader, Resolver as QjsResolver};
 use rquickjs::{Context, Ctx, Module, Runtime, WriteOptions};
 
@@ -110,11 +111,11 @@ fn compiler() -> &'static Mutex<Compiler> {
 fn compile(name: &str, code: &str) -> Result<Code, LoadError> {
     let hash = xxhash_rust::xxh3::xxh3_64(code.as_bytes());
     let key = (name.to_string(), hash);
-    if let Some(code) = code_cache().lock().unwrap().get(&key) {
+    if let Some(code) = code_cache().locked().get(&key) {
         return Ok(code);
     }
     let bytes = {
-        let c = compiler().lock().unwrap();
+        let c = compiler().locked();
         c.ctx.with(|ctx| {
             let module = Module::declare(ctx.clone(), name, code).map_err(|e| crate::engine::js_error(&ctx, e))?;
             module.write(WriteOptions::default()).map_err(|e| crate::engine::js_error(&ctx, e))
@@ -124,7 +125,7 @@ fn compile(name: &str, code: &str) -> Result<Code, LoadError> {
     let name: &'static str = Box::leak(name.to_string().into_boxed_str());
     let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
     let code: Code = Box::leak(Box::new([(name, bytes)]));
-    code_cache().lock().unwrap().insert(key, code);
+    code_cache().locked().insert(key, code);
     Ok(code)
 }
 
@@ -187,7 +188,7 @@ impl Modules {
 
     /// Every file read so far.
     pub fn files(&self) -> Vec<PathBuf> {
-        self.state.lock().unwrap().files.iter().cloned().collect()
+        self.state.locked().files.iter().cloned().collect()
     }
 
     fn resolve_with(&self, require: bool, from: &str, spec: &str) -> Result<(String, Option<ModuleType>), LoadError> {
@@ -209,11 +210,11 @@ impl Modules {
     /// Resolves an `import` of `spec` from module `from` to a module name (an absolute path).
     pub fn resolve(&self, from: &str, spec: &str) -> Result<String, LoadError> {
         let key = (from.to_string(), spec.to_string());
-        if let Some(name) = self.state.lock().unwrap().resolved.get(&key) {
+        if let Some(name) = self.state.locked().resolved.get(&key) {
             return Ok(name.clone());
         }
         let (name, _) = self.resolve_with(false, from, spec)?;
-        self.state.lock().unwrap().resolved.insert(key, name.clone());
+        self.state.locked().resolved.insert(key, name.clone());
         Ok(name)
     }
 
@@ -227,7 +228,7 @@ impl Modules {
         let path = Path::new(name);
         let source =
             std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: name.to_string(), source })?;
-        self.state.lock().unwrap().files.insert(path.to_path_buf());
+        self.state.locked().files.insert(path.to_path_buf());
         let commonjs_hint = match path.extension().and_then(|e| e.to_str()) {
             Some("cjs") => true,
             Some("js") => !package_is_module(path),
@@ -238,7 +239,7 @@ impl Modules {
 
     /// The entry of module `name`, reading and compiling it on first use.
     fn entry(&self, name: &str) -> Result<Entry, LoadError> {
-        if let Some(e) = self.state.lock().unwrap().modules.get(name) {
+        if let Some(e) = self.state.locked().modules.get(name) {
             return Ok(e.clone());
         }
         let entry = if name == PRELUDE {
@@ -250,7 +251,7 @@ impl Modules {
                 kind => Entry::Source { kind, code: Arc::from(t.code) },
             }
         };
-        self.state.lock().unwrap().modules.insert(name.to_string(), entry.clone());
+        self.state.locked().modules.insert(name.to_string(), entry.clone());
         Ok(entry)
     }
 
