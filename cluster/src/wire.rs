@@ -143,7 +143,7 @@ pub fn link_out(msg: FromRoom) -> pb::LinkOut {
         FromRoom::Pause => link_out::Kind::Pause(pb::Empty {}),
         FromRoom::Moved { links } => link_out::Kind::Moved(pb::Moved { links }),
     };
-    pb::LinkOut { kind: Some(kind) }
+    pb::LinkOut { kind: Some(kind), valid_until_ms: 0 }
 }
 
 /// Decodes a room message (not `Opened`/`NotOwner`, which the client handles itself).

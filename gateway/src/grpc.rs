@@ -1,7 +1,8 @@
 //! The gateway's side of gRPC: [`GrpcRouter`] reaches each room on its owner node through the
 //! cluster client (`partyline_cluster::client`), one bidirectional stream per room link, and
 //! turns the node's messages back into the link protocol. A link also ends when the room's node
-//! loses its shard to another node, so its sockets are closed and reconnect to the new owner.
+//! loses its shard to another node, or when a message from its node arrives after the node's
+//! self-fence deadline, so its sockets are closed and reconnect to the new owner.
 
 use std::sync::Mutex;
 
@@ -62,7 +63,16 @@ impl RoomRouter for GrpcRouter {
                         }
                     };
                     match next {
-                        Ok(Some(pb::LinkOut { kind: Some(kind) })) => match wire::from_room(kind) {
+                        Ok(Some(pb::LinkOut { kind: Some(_), valid_until_ms })) if past(valid_until_ms) => {
+                            tracing::warn!(
+                                room = %room,
+                                late_ms = unix_ms().saturating_sub(valid_until_ms),
+                                "a message from the room's node arrived after its self-fence deadline; closing its sockets"
+                            );
+                            st.done = true;
+                            return Some((gone("room moved"), st));
+                        }
+                        Ok(Some(pb::LinkOut { kind: Some(kind), .. })) => match wire::from_room(kind) {
                             Ok(msg) => {
                                 st.moving |= matches!(msg, FromRoom::Pause);
                                 st.done = matches!(msg, FromRoom::Gone { .. } | FromRoom::Moved { .. });
@@ -91,6 +101,19 @@ impl RoomRouter for GrpcRouter {
     }
 }
 
+/// Now, in ms since the Unix epoch.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Whether a node message stamped `valid_until_ms` arrived after its node's self-fence deadline
+/// (a node that froze with it in its send buffer and woke up after its lease). Compares the
+/// gateway's clock with the node's: clocks kept within a second by NTP are well inside the
+/// margin (the deadline is at least `fence_after - renew_every` ahead while a node renews).
+fn past(valid_until_ms: u64) -> bool {
+    valid_until_ms != 0 && unix_ms() > valid_until_ms
+}
+
 /// A link's incoming side: the node's stream and a watch on the room's shard lease.
 struct LinkEvents {
     rx: tonic::Streaming<pb::LinkOut>,
@@ -115,5 +138,17 @@ impl RoomLink for RemoteLink {
     async fn close(&self) {
         // Ending the request stream closes the link at the node.
         self.tx.locked().take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_is_late_only_past_a_deadline_it_carries() {
+        assert!(!past(0), "no deadline stamped (a message before the room's shard was known)");
+        assert!(!past(unix_ms() + 5_000));
+        assert!(past(unix_ms() - 1));
     }
 }

@@ -247,7 +247,7 @@ impl node_server::Node for NodeService {
             Decision::Here(g) => g,
             Decision::Elsewhere(n) => {
                 self.metrics.redirects.inc();
-                return Ok(link_answer(pb::LinkOut { kind: Some(link_out::Kind::NotOwner(n)) }));
+                return Ok(link_answer(pb::LinkOut { kind: Some(link_out::Kind::NotOwner(n)), valid_until_ms: 0 }));
             }
         };
         let (room_tx, room_rx) = mpsc::channel::<FromRoom>(OUT_QUEUE);
@@ -263,12 +263,12 @@ impl node_server::Node for NodeService {
                 None => {
                     self.metrics.redirects.inc();
                     let n = self.between_owners(shard, &open.avoid);
-                    return Ok(link_answer(pb::LinkOut { kind: Some(link_out::Kind::NotOwner(n)) }));
+                    return Ok(link_answer(pb::LinkOut { kind: Some(link_out::Kind::NotOwner(n)), valid_until_ms: 0 }));
                 }
             },
         };
         let opened = pb::Opened { node_id: self.me.id.clone(), shard: shard as u32, epoch: guard.epoch };
-        let opened = pb::LinkOut { kind: Some(link_out::Kind::Opened(opened)) };
+        let opened = pb::LinkOut { kind: Some(link_out::Kind::Opened(opened)), valid_until_ms: 0 };
         tracing::debug!(room = %key, gateway = %open.gateway, shard, "link opened");
         self.metrics.links_opened.inc();
         let (metrics_in, metrics_out) = (self.metrics.clone(), self.metrics.clone());
@@ -285,7 +285,9 @@ impl node_server::Node for NodeService {
                 return Some((Ok(wire::link_out(gone)), (rx, guard, true)));
             }
             let end = matches!(msg, FromRoom::Gone { .. } | FromRoom::Moved { .. });
-            Some((Ok(wire::link_out(msg)), (rx, guard, end)))
+            let mut out = wire::link_out(msg);
+            out.valid_until_ms = guard.valid_until_unix_ms();
+            Some((Ok(out), (rx, guard, end)))
         })
         .inspect(move |_| {
             metrics_out.link_messages_out.inc();

@@ -50,6 +50,20 @@ impl ShardGuard {
         now < self.deadline.load(Ordering::Acquire)
     }
 
+    /// The self-fence deadline as a wall-clock time, in ms since the Unix epoch (0 once the
+    /// shard is dropped): stamped on every message a room sends through a gateway, which drops
+    /// a message that arrives after it (one that sat in the send buffer of a node that froze).
+    pub fn valid_until_unix_ms(&self) -> u64 {
+        let deadline = self.deadline.load(Ordering::Acquire);
+        if deadline == 0 {
+            return 0;
+        }
+        let now = Instant::now().saturating_duration_since(self.base).as_millis() as u64;
+        let wall =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        wall.saturating_add(deadline.saturating_sub(now)).max(1)
+    }
+
     /// Whether this node may start rooms and open links in the shard: valid, and not being
     /// handed over to another node.
     pub fn accepts(&self) -> bool {
@@ -394,6 +408,26 @@ mod tests {
         shards.renew_once().await;
         assert_eq!(*lost.locked(), vec![7]);
         assert!(shards.get(7).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_wall_clock_deadline_follows_the_renewals_and_ends_with_the_shard() {
+        fn wall_ms() -> u64 {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+        }
+        let (fake, shards, _lost) = table();
+        let Placement::Here(g) = shards.acquire(6).await.unwrap() else { panic!("not granted") };
+        // 8 s ahead (the self-fence after the grant), on the wall clock.
+        let ahead = g.valid_until_unix_ms().saturating_sub(wall_ms());
+        assert!((7_900..=8_000).contains(&ahead), "{ahead} ms ahead");
+        fake.renew_errors.store(true, Ordering::Relaxed);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        let ahead = g.valid_until_unix_ms().saturating_sub(wall_ms());
+        assert!((1_900..=2_000).contains(&ahead), "6 s without renewals: {ahead} ms ahead");
+        tokio::time::advance(Duration::from_secs(3)).await;
+        shards.renew_once().await;
+        assert!(!g.is_valid());
+        assert_eq!(g.valid_until_unix_ms(), 0, "a dropped shard stamps no deadline");
     }
 
     #[tokio::test(start_paused = true)]
