@@ -2,8 +2,9 @@
 # The one command that installs what the tests need and runs every test.
 #
 #   scripts/test.sh           install missing deps, then fmt, clippy, cargo deny, build, nextest,
-#                             doctests
-#   scripts/test.sh --quick   same, without fmt, clippy and cargo deny (local iteration)
+#                             doctests, cargo package of the SDK, cargo doc
+#   scripts/test.sh --quick   same, without fmt, clippy, cargo deny, cargo package and cargo
+#                             doc (local iteration)
 #
 # Works on a fresh Debian bookworm machine (root, Rust + cargo-nextest, node 20 + npm),
 # and is fast when everything is already installed. Stops at the first failing step.
@@ -151,5 +152,13 @@ run "the cluster suite on Redis Cluster (PARTYLINE_TEST_REDIS=cluster)" \
   "${PROFILE_ARGS[@]}"
 
 run "cargo test --workspace --doc" cargo test --workspace --doc
+
+if [ "$QUICK" -eq 0 ]; then
+  # The SDK stays publishable (its package builds on its own) and every crate's docs build
+  # without warnings.
+  run "cargo package -p partyline (the SDK, built from its package)" cargo package -p partyline --allow-dirty
+  run "cargo doc --workspace --no-deps (warnings are errors)" \
+    env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+fi
 
 printf '\ntest.sh: all steps passed\n'
