@@ -81,7 +81,8 @@ struct StatusArgs {
 struct ClusterArgs {
     /// Redis (membership, leases, room storage, alarms): `redis://[user:password@]host:port[/db]`
     /// for one server, `redis+cluster://[user:password@]host:port[,host:port...]` for a Redis
-    /// Cluster (a few seed nodes; the others are discovered).
+    /// Cluster (a few seed nodes; the others are discovered); `rediss://` and
+    /// `rediss+cluster://` over TLS (`SSL_CERT_FILE` adds a private CA).
     #[arg(long, env = "PARTYLINE_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
     /// Prefix of every Redis key and channel (several clusters can share one Redis).

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use partyline::Limits;
-use partyline_cluster::redis::testing::RedisServer;
+use partyline_cluster::redis::testing::{RedisCluster, RedisServer, TlsFiles};
 use partyline_cluster::redis::{NodeInfo, Redis, RedisConfig};
 use partyline_cluster::tls::ClusterTls;
 use partyline_node::server::{NodeConfig, Rebalance};
@@ -245,10 +245,30 @@ async fn nodes_and_gateways_reach_redis_over_tls() {
     // the usual way (SSL_CERT_FILE). Each test runs in its own process under nextest.
     std::env::set_var("SSL_CERT_FILE", certs().join("ca.pem"));
     let redis = TlsRedis::start().await;
-    let url = format!("rediss://localhost:{}", redis.port);
-    let r = Redis::connect(RedisConfig::new(url.clone())).await.expect("connect over TLS");
+    chat_through_a_cluster_on(&format!("rediss://localhost:{}", redis.port), "rediss").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_and_gateways_reach_a_redis_cluster_over_tls() {
+    std::env::set_var("SSL_CERT_FILE", certs().join("ca.pem"));
+    let files =
+        TlsFiles { cert: certs().join("server.pem"), key: certs().join("server.key"), ca: certs().join("ca.pem") };
+    let cluster = tokio::task::spawn_blocking(move || RedisCluster::start_tls(3, files)).await.unwrap();
+    // Only TLS ports are given: the nodes the cluster reports must be reached over TLS too (a
+    // plain connection to a TLS port, or TLS to a plain one, fails).
+    let url = cluster.tls_url();
+    chat_through_a_cluster_on(&url, "rediss-cluster").await;
+    // The writes are in the cluster: the room's history key holds the message.
+    let keys: Vec<String> =
+        cluster.primaries().into_iter().flat_map(|p| cluster.keys_on(p, "*rediss-cluster*")).collect();
+    assert!(!keys.is_empty(), "no key of the room on any primary");
+}
+
+/// A node and a gateway on the Redis at `url`, and a chat in room `room` through the gateway.
+async fn chat_through_a_cluster_on(url: &str, room: &str) {
+    let r = Redis::connect(RedisConfig::new(url)).await.expect("connect over TLS");
     assert!(r.membership().live().await.unwrap().is_empty());
-    let node_cfg = RedisConfig::new(url.clone());
+    let node_cfg = RedisConfig::new(url);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let cfg = NodeConfig {
@@ -296,7 +316,7 @@ async fn nodes_and_gateways_reach_redis_over_tls() {
     }));
     let mut a = within(20, "a socket through the gateway", async {
         loop {
-            if let Ok(c) = Client::connect(&ws(gw_addr, "/parties/main/rediss")).await {
+            if let Ok(c) = Client::connect(&ws(gw_addr, &format!("/parties/main/{room}"))).await {
                 return c;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -1,4 +1,5 @@
-//! The connection to Redis: one server (`redis://`) or a Redis Cluster (`redis+cluster://`).
+//! The connection to Redis: one server (`redis://`, `rediss://` over TLS) or a Redis Cluster
+//! (`redis+cluster://`, `rediss+cluster://` over TLS).
 //!
 //! [`Connection`] is what the store, the leases, the membership and the marker share: an
 //! auto-reconnecting [`ConnectionManager`] for one server, or a [`Router`] for a cluster, which
@@ -25,6 +26,10 @@ use super::{redact, Error, RedisConfig, Result};
 
 /// The URL scheme that selects Redis Cluster: `redis+cluster://[user:password@]host:port[,host:port...]`.
 pub const CLUSTER_SCHEME: &str = "redis+cluster://";
+/// The same over TLS to every node: `rediss+cluster://...`. Node certificates are checked
+/// against the system's roots (a private CA is added with `SSL_CERT_FILE`), for the name or IP
+/// address the cluster reports for each node.
+pub const CLUSTER_TLS_SCHEME: &str = "rediss+cluster://";
 
 /// Where Redis is, parsed from a [`RedisConfig::url`].
 #[derive(Clone, Debug)]
@@ -37,14 +42,19 @@ pub enum Target {
 }
 
 impl Target {
-    /// Parses `url`: `redis://…` is one server, `redis+cluster://host:port[,host:port…]` a
-    /// cluster (credentials, if any, apply to every node; a cluster has only database 0).
+    /// Parses `url`: `redis://…` (`rediss://…`) is one server,
+    /// `redis+cluster://host:port[,host:port…]` (`rediss+cluster://…`) a cluster (credentials,
+    /// if any, apply to every node; a cluster has only database 0).
     pub fn parse(url: &str) -> Result<Target> {
         let shown = redact(url);
         let bad = |why: String| Error::Config(format!("bad Redis URL {shown}: {why}"));
-        let Some(rest) = url.strip_prefix(CLUSTER_SCHEME) else {
-            let info = url.into_connection_info().map_err(|e| bad(e.to_string()))?;
-            return Ok(Target::Single(Box::new(info)));
+        let (scheme, rest) = match (url.strip_prefix(CLUSTER_SCHEME), url.strip_prefix(CLUSTER_TLS_SCHEME)) {
+            (Some(rest), _) => ("redis", rest),
+            (None, Some(rest)) => ("rediss", rest),
+            (None, None) => {
+                let info = url.into_connection_info().map_err(|e| bad(e.to_string()))?;
+                return Ok(Target::Single(Box::new(info)));
+            }
         };
         let (userinfo, hosts) = match rest.rsplit_once('@') {
             Some((user, hosts)) => (format!("{user}@"), hosts),
@@ -60,12 +70,25 @@ impl Target {
             .split(',')
             .map(str::trim)
             .filter(|h| !h.is_empty())
-            .map(|h| format!("redis://{userinfo}{h}").into_connection_info().map_err(|e| bad(format!("seed {h}: {e}"))))
+            .map(|h| {
+                format!("{scheme}://{userinfo}{h}").into_connection_info().map_err(|e| bad(format!("seed {h}: {e}")))
+            })
             .collect::<Result<Vec<_>>>()?;
         if seeds.is_empty() {
             return Err(bad("no seed node (redis+cluster://host:port[,host:port...])".into()));
         }
         Ok(Target::Cluster(seeds))
+    }
+}
+
+/// The address of the cluster node `host:port`, reached the way `template` (a seed) is: over
+/// TLS, with the same settings, when the URL was `rediss+cluster://`.
+pub(crate) fn node_addr(template: &ConnectionAddr, host: String, port: u16) -> ConnectionAddr {
+    match template {
+        ConnectionAddr::TcpTls { insecure, tls_params, .. } => {
+            ConnectionAddr::TcpTls { host, port, insecure: *insecure, tls_params: tls_params.clone() }
+        }
+        _ => ConnectionAddr::Tcp(host, port),
     }
 }
 
@@ -201,7 +224,7 @@ impl PubSubSource {
                 let mut candidates: Vec<ConnectionInfo> = router
                     .nodes()
                     .into_iter()
-                    .map(|(host, port)| template.clone().set_addr(ConnectionAddr::Tcp(host, port)))
+                    .map(|(host, port)| template.clone().set_addr(node_addr(template.addr(), host, port)))
                     .collect();
                 let start = (uuid::Uuid::new_v4().as_u128() % candidates.len().max(1) as u128) as usize;
                 candidates.rotate_left(start);
@@ -251,8 +274,13 @@ pub async fn connect(target: &Target, config: &RedisConfig) -> Result<(Connectio
             };
             let (conn, cluster) = bounded(config.connect_timeout, connect).await.map_err(failed)?;
             if cluster.lines().any(|l| l.trim() == "cluster_enabled:1") {
+                let scheme = if matches!(info.addr(), ConnectionAddr::TcpTls { .. }) {
+                    CLUSTER_TLS_SCHEME
+                } else {
+                    CLUSTER_SCHEME
+                };
                 return Err(failed(format!(
-                    "this server is a Redis Cluster node: use {CLUSTER_SCHEME}host:port[,host:port...] to run on the cluster"
+                    "this server is a Redis Cluster node: use {scheme}host:port[,host:port...] to run on the cluster"
                 )));
             }
             Ok((Connection::Single(conn), PubSubSource::Single(client)))
@@ -315,5 +343,21 @@ mod tests {
         }
         let err = Target::parse("redis+cluster://u:secret@a:1/5").unwrap_err().to_string();
         assert!(!err.contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn rediss_cluster_reaches_every_node_over_tls() {
+        let t = Target::parse("rediss+cluster://user:pw@a:1,b:2").unwrap();
+        assert_eq!(addrs(&t), vec!["a:1", "b:2"]);
+        let Target::Cluster(seeds) = t else { unreachable!() };
+        assert!(seeds.iter().all(|s| matches!(s.addr(), ConnectionAddr::TcpTls { insecure: false, .. })));
+        // Nodes the cluster reports are reached the same way as the seeds.
+        let node = node_addr(seeds[0].addr(), "10.0.0.9".into(), 7001);
+        assert!(
+            matches!(&node, ConnectionAddr::TcpTls { host, port: 7001, insecure: false, .. } if host == "10.0.0.9")
+        );
+        let plain = Target::parse("redis+cluster://a:1").unwrap();
+        let Target::Cluster(seeds) = plain else { unreachable!() };
+        assert!(matches!(node_addr(seeds[0].addr(), "h".into(), 1), ConnectionAddr::Tcp(..)));
     }
 }

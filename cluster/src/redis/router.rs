@@ -132,7 +132,7 @@ impl Router {
             return Ok(c.clone());
         }
         let (host, port) = split_addr(addr).ok_or_else(|| client_error(&format!("bad node address {addr}")))?;
-        let info = self.template.clone().set_addr(ConnectionAddr::Tcp(host, port));
+        let info = self.template.clone().set_addr(super::conn::node_addr(self.template.addr(), host, port));
         let client = Client::open(info)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
@@ -163,7 +163,7 @@ impl Router {
             c
         };
         for seed in &self.seeds {
-            if let ConnectionAddr::Tcp(host, port) = seed.addr() {
+            if let ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } = seed.addr() {
                 candidates.push(format!("{host}:{port}").into());
             }
         }

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 mod cluster;
 
-pub use cluster::RedisCluster;
+pub use cluster::{RedisCluster, TlsFiles};
 
 /// How long a fresh server may take to answer PING (generous: busy 2-core CI machines).
 const STARTUP: Duration = Duration::from_secs(20);

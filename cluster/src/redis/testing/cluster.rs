@@ -1,6 +1,7 @@
 //! [`RedisCluster`]: a throwaway Redis Cluster on loopback; see the parent module.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
@@ -11,17 +12,58 @@ use super::{free_port, log_tail, signal, spawn, wait_ready, STARTUP};
 /// Slots of a Redis Cluster.
 const SLOTS: u16 = 16384;
 
+/// TLS for the nodes of a [`RedisCluster::start_tls`]: one certificate and key for every node,
+/// and the CA that signed it.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// The nodes' certificate (PEM), for 127.0.0.1.
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// The CA certificate (PEM).
+    pub ca: PathBuf,
+}
+
 /// One `redis-server --cluster-enabled yes` of a [`RedisCluster`].
 #[derive(Debug)]
 struct Node {
     child: Option<Child>,
     port: u16,
     bus: u16,
+    /// The TLS port and files, when the cluster serves TLS.
+    tls: Option<(u16, TlsFiles)>,
     dir: tempfile::TempDir,
 }
 
 impl Node {
     fn args(&self) -> Vec<String> {
+        let mut args = self.cluster_args();
+        if let Some((port, files)) = &self.tls {
+            // TLS clients on the TLS port, the cluster bus over TLS too; the plain port stays
+            // (for this harness). Redis answers CLUSTER SLOTS with each node's TLS port to a
+            // client connected over TLS, its plain port to others.
+            let path = |p: &PathBuf| p.display().to_string();
+            args.extend([
+                "--tls-port".into(),
+                port.to_string(),
+                "--tls-cluster".into(),
+                "yes".into(),
+                "--tls-replication".into(),
+                "yes".into(),
+                "--tls-cert-file".into(),
+                path(&files.cert),
+                "--tls-key-file".into(),
+                path(&files.key),
+                "--tls-ca-cert-file".into(),
+                path(&files.ca),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ]);
+        }
+        args
+    }
+
+    fn cluster_args(&self) -> Vec<String> {
         [
             "--cluster-enabled",
             "yes",
@@ -87,10 +129,21 @@ impl RedisCluster {
 
     /// A cluster of `primaries` primaries with `replicas` replicas each.
     pub fn start_with_replicas(primaries: usize, replicas: usize) -> Self {
+        Self::start_inner(primaries, replicas, None)
+    }
+
+    /// A cluster of `primaries` primaries, no replicas, that also serves TLS (and speaks TLS on
+    /// its cluster bus) with `files`; [`RedisCluster::tls_url`] reaches it over TLS. Needs a
+    /// `redis-server` built with TLS (Debian's is).
+    pub fn start_tls(primaries: usize, files: TlsFiles) -> Self {
+        Self::start_inner(primaries, 0, Some(files))
+    }
+
+    fn start_inner(primaries: usize, replicas: usize, tls: Option<TlsFiles>) -> Self {
         assert!(primaries >= 1, "a cluster needs a primary");
         let mut last = String::new();
         for _ in 0..3 {
-            match Self::try_start(primaries, replicas) {
+            match Self::try_start(primaries, replicas, tls.clone()) {
                 Ok(cluster) => return cluster,
                 Err(e) => last = e,
             }
@@ -98,21 +151,23 @@ impl RedisCluster {
         panic!("could not start a Redis Cluster: {last}");
     }
 
-    fn try_start(primaries: usize, replicas: usize) -> Result<Self, String> {
+    fn try_start(primaries: usize, replicas: usize, tls: Option<TlsFiles>) -> Result<Self, String> {
         let total = primaries * (1 + replicas);
+        let per_node = if tls.is_some() { 3 } else { 2 };
         let mut ports = Vec::new();
-        while ports.len() < total * 2 {
+        while ports.len() < total * per_node {
             let p = free_port();
             if !ports.contains(&p) {
                 ports.push(p);
             }
         }
         let mut nodes: Vec<Node> = ports
-            .chunks(2)
-            .map(|pair| Node {
+            .chunks(per_node)
+            .map(|p| Node {
                 child: None,
-                port: pair[0],
-                bus: pair[1],
+                port: p[0],
+                bus: p[1],
+                tls: tls.as_ref().map(|files| (p[2], files.clone())),
                 dir: tempfile::Builder::new().prefix("partyline-redis-cluster-").tempdir().expect("a temp dir"),
             })
             .collect();
@@ -198,6 +253,17 @@ impl RedisCluster {
     pub fn url(&self) -> String {
         let seeds: Vec<String> = self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
         format!("redis+cluster://{}", seeds.join(","))
+    }
+
+    /// `rediss+cluster://` with every node's TLS port as a seed. Panics for a cluster started
+    /// without TLS.
+    pub fn tls_url(&self) -> String {
+        let seeds: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.tls.as_ref().expect("a cluster started with start_tls").0))
+            .collect();
+        format!("rediss+cluster://{}", seeds.join(","))
     }
 
     /// Every node's port.
