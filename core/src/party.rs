@@ -69,7 +69,10 @@ pub struct ConnectionContext {
 /// implements only what it needs.
 ///
 /// Handlers are written as plain `async fn` (no attribute macro): the trait declares them as
-/// returning a `Send` future, and the room boxes them internally (see [`DynParty`]).
+/// returning a `Send` future, and the room boxes them internally (see [`DynParty`]). So a
+/// handler must not hold a value that is not `Send` (an `Rc`, a `std::sync::MutexGuard`)
+/// across an `.await`; the compiler says "future cannot be sent between threads safely" at the
+/// handler if it does.
 ///
 /// ```
 /// use partyline::prelude::*;
