@@ -240,14 +240,23 @@ pub fn usage_after(
 /// A room's stored key/value data and alarm, for every room of a process or a cluster.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// The values of `keys` (in the same order), `None` for absent keys.
-    async fn get(&self, room: &RoomKey, keys: &[String]) -> Result<Vec<Option<Bytes>>, StoreError>;
-    /// The entries in the range, ordered by key bytes (descending with `reverse`).
-    async fn list(&self, room: &RoomKey, opts: &ListOptions) -> Result<Vec<(String, Bytes)>, StoreError>;
+    /// The values of `keys` (in the same order), `None` for absent keys: [`Store::get_fenced`]
+    /// without a fence.
+    async fn get(&self, room: &RoomKey, keys: &[String]) -> Result<Vec<Option<Bytes>>, StoreError> {
+        self.get_fenced(room, None, keys).await
+    }
+    /// The entries in the range, ordered by key bytes (descending with `reverse`):
+    /// [`Store::list_fenced`] without a fence.
+    async fn list(&self, room: &RoomKey, opts: &ListOptions) -> Result<Vec<(String, Bytes)>, StoreError> {
+        self.list_fenced(room, None, opts).await
+    }
     /// Applies `ops` in order as one atomic step, checked against `fence` first.
     async fn commit(&self, room: &RoomKey, fence: Option<&Fence>, ops: &[WriteOp]) -> Result<(), StoreError>;
-    /// The room's alarm time (ms since the Unix epoch), if set.
-    async fn get_alarm(&self, room: &RoomKey) -> Result<Option<i64>, StoreError>;
+    /// The room's alarm time (ms since the Unix epoch), if set: [`Store::get_alarm_fenced`]
+    /// without a fence.
+    async fn get_alarm(&self, room: &RoomKey) -> Result<Option<i64>, StoreError> {
+        self.get_alarm_fenced(room, None).await
+    }
     /// Rooms whose alarm is due at or before `now_ms`, earliest first, at most `limit`.
     async fn due_alarms(&self, now_ms: i64, limit: usize) -> Result<Vec<(RoomKey, i64)>, StoreError>;
     /// What the room's stored data takes, for stores that enforce a [`Quota`] in `commit`
@@ -260,11 +269,12 @@ pub trait Store: Send + Sync + 'static {
         Quota::NONE
     }
 
-    /// [`Store::get`] for a room writing under `fence`. A store that fences writes refuses the
-    /// read as well ([`StoreError::Fenced`]) once the fence no longer holds, so a room never reads
-    /// storage that is not its own any more, such as a Redis that restarted without its data.
-    /// Required (no default), so a wrapper cannot forget to pass the fence on; a store without
-    /// leases (one process owns every room) answers them as the unfenced reads.
+    /// The values of `keys` for a room writing under `fence` (`None`: no fence). A store that
+    /// fences writes refuses the read as well ([`StoreError::Fenced`]) once the fence no longer
+    /// holds, so a room never reads storage that is not its own any more, such as a Redis that
+    /// restarted without its data. The fenced reads are the required ones and the unfenced
+    /// reads call them, so a wrapper that forwards the required methods passes every fence on;
+    /// a store without leases (one process owns every room) ignores the fence.
     async fn get_fenced(
         &self,
         room: &RoomKey,
@@ -272,7 +282,8 @@ pub trait Store: Send + Sync + 'static {
         keys: &[String],
     ) -> Result<Vec<Option<Bytes>>, StoreError>;
 
-    /// [`Store::list`] for a room writing under `fence`; see [`Store::get_fenced`].
+    /// The entries in the range (see [`Store::list`]) for a room writing under `fence`; see
+    /// [`Store::get_fenced`].
     async fn list_fenced(
         &self,
         room: &RoomKey,
@@ -280,7 +291,7 @@ pub trait Store: Send + Sync + 'static {
         opts: &ListOptions,
     ) -> Result<Vec<(String, Bytes)>, StoreError>;
 
-    /// [`Store::get_alarm`] for a room writing under `fence`; see [`Store::get_fenced`].
+    /// The room's alarm time for a room writing under `fence`; see [`Store::get_fenced`].
     async fn get_alarm_fenced(&self, room: &RoomKey, fence: Option<&Fence>) -> Result<Option<i64>, StoreError>;
 }
 
@@ -334,7 +345,9 @@ impl Store for MemoryStore {
         _fence: Option<&Fence>,
         keys: &[String],
     ) -> Result<Vec<Option<Bytes>>, StoreError> {
-        self.get(room, keys).await
+        let inner = self.inner.locked();
+        let data = inner.data.get(room);
+        Ok(keys.iter().map(|k| data.and_then(|d| d.get(k).cloned())).collect())
     }
 
     async fn list_fenced(
@@ -343,20 +356,6 @@ impl Store for MemoryStore {
         _fence: Option<&Fence>,
         opts: &ListOptions,
     ) -> Result<Vec<(String, Bytes)>, StoreError> {
-        self.list(room, opts).await
-    }
-
-    async fn get_alarm_fenced(&self, room: &RoomKey, _fence: Option<&Fence>) -> Result<Option<i64>, StoreError> {
-        self.get_alarm(room).await
-    }
-
-    async fn get(&self, room: &RoomKey, keys: &[String]) -> Result<Vec<Option<Bytes>>, StoreError> {
-        let inner = self.inner.locked();
-        let data = inner.data.get(room);
-        Ok(keys.iter().map(|k| data.and_then(|d| d.get(k).cloned())).collect())
-    }
-
-    async fn list(&self, room: &RoomKey, opts: &ListOptions) -> Result<Vec<(String, Bytes)>, StoreError> {
         let inner = self.inner.locked();
         let Some(data) = inner.data.get(room) else { return Ok(Vec::new()) };
         let range = data.range((opts.lower_bound(), Bound::Unbounded));
@@ -399,7 +398,7 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn get_alarm(&self, room: &RoomKey) -> Result<Option<i64>, StoreError> {
+    async fn get_alarm_fenced(&self, room: &RoomKey, _fence: Option<&Fence>) -> Result<Option<i64>, StoreError> {
         Ok(self.inner.locked().alarms.get(room).copied())
     }
 

@@ -39,13 +39,6 @@ impl Recording {
 
 #[async_trait]
 impl Store for Recording {
-    async fn get(&self, room: &RoomKey, keys: &[String]) -> Result<Vec<Option<Bytes>>, StoreError> {
-        self.inner.get(room, keys).await
-    }
-    async fn list(&self, room: &RoomKey, opts: &ListOptions) -> Result<Vec<(String, Bytes)>, StoreError> {
-        self.lists.lock().unwrap().push(opts.limit);
-        self.inner.list(room, opts).await
-    }
     async fn commit(&self, room: &RoomKey, fence: Option<&Fence>, ops: &[WriteOp]) -> Result<(), StoreError> {
         let _open = self.gate.read().await;
         let bytes = ops
@@ -58,9 +51,6 @@ impl Store for Recording {
             .sum();
         self.commits.lock().unwrap().push(bytes);
         self.inner.commit(room, fence, ops).await
-    }
-    async fn get_alarm(&self, room: &RoomKey) -> Result<Option<i64>, StoreError> {
-        self.inner.get_alarm(room).await
     }
     async fn due_alarms(&self, now_ms: i64, limit: usize) -> Result<Vec<(RoomKey, i64)>, StoreError> {
         self.inner.due_alarms(now_ms, limit).await

@@ -225,14 +225,6 @@ impl MeteredStore {
 
 #[async_trait]
 impl Store for MeteredStore {
-    async fn get(&self, room: &RoomKey, keys: &[String]) -> Result<Vec<Option<Bytes>>, StoreError> {
-        self.inner.get(room, keys).await
-    }
-
-    async fn list(&self, room: &RoomKey, opts: &ListOptions) -> Result<Vec<(String, Bytes)>, StoreError> {
-        self.inner.list(room, opts).await
-    }
-
     async fn commit(&self, room: &RoomKey, fence: Option<&Fence>, ops: &[WriteOp]) -> Result<(), StoreError> {
         let started = Instant::now();
         let result = self.inner.commit(room, fence, ops).await;
@@ -241,10 +233,6 @@ impl Store for MeteredStore {
             self.metrics.commit_failures.inc();
         }
         result
-    }
-
-    async fn get_alarm(&self, room: &RoomKey) -> Result<Option<i64>, StoreError> {
-        self.inner.get_alarm(room).await
     }
 
     async fn get_fenced(

@@ -359,23 +359,6 @@ fn encode_ops<'a>(ops: &'a [WriteOp], args: &mut Vec<&'a [u8]>, times: &'a [Stri
 
 #[async_trait]
 impl Store for RedisStore {
-    async fn get(&self, room: &RoomKey, keys: &[String]) -> Result<Vec<Option<Bytes>>, StoreError> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let hash = self.keys.room_values(shard_of(room), room);
-        let values: Vec<Option<Vec<u8>>> =
-            ::redis::cmd("HMGET").arg(hash).arg(keys).query_async(&mut self.conn.clone()).await.map_err(backend)?;
-        if values.len() != keys.len() {
-            return Err(StoreError::Backend(format!("HMGET answered {} values for {} keys", values.len(), keys.len())));
-        }
-        Ok(values.into_iter().map(|v| v.map(Bytes::from)).collect())
-    }
-
-    async fn list(&self, room: &RoomKey, opts: &ListOptions) -> Result<Vec<(String, Bytes)>, StoreError> {
-        self.list_fenced(room, None, opts).await
-    }
-
     async fn list_fenced(
         &self,
         room: &RoomKey,
@@ -491,11 +474,6 @@ impl Store for RedisStore {
         self.quota
     }
 
-    async fn get_alarm(&self, room: &RoomKey) -> Result<Option<i64>, StoreError> {
-        let key = self.keys.room_alarm(shard_of(room), room);
-        ::redis::cmd("GET").arg(key).query_async(&mut self.conn.clone()).await.map_err(backend)
-    }
-
     async fn due_alarms(&self, now_ms: i64, limit: usize) -> Result<Vec<(RoomKey, i64)>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
@@ -509,19 +487,26 @@ impl Store for RedisStore {
         fence: Option<&Fence>,
         keys: &[String],
     ) -> Result<Vec<Option<Bytes>>, StoreError> {
-        let Some(fence) = fence else { return self.get(room, keys).await };
         if keys.is_empty() {
             return Ok(Vec::new());
         }
         let shard = shard_of(room);
-        let values: Vec<Option<Vec<u8>>> = GET_FENCED_SCRIPT
-            .key(self.keys.lease(shard))
-            .key(self.keys.room_values(shard, room))
-            .arg(fence.epoch)
-            .arg(keys)
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(|e| read_error(e, fence))?;
+        let values: Vec<Option<Vec<u8>>> = match fence {
+            None => ::redis::cmd("HMGET")
+                .arg(self.keys.room_values(shard, room))
+                .arg(keys)
+                .query_async(&mut self.conn.clone())
+                .await
+                .map_err(backend)?,
+            Some(fence) => GET_FENCED_SCRIPT
+                .key(self.keys.lease(shard))
+                .key(self.keys.room_values(shard, room))
+                .arg(fence.epoch)
+                .arg(keys)
+                .invoke_async(&mut self.conn.clone())
+                .await
+                .map_err(|e| read_error(e, fence))?,
+        };
         if values.len() != keys.len() {
             return Err(StoreError::Backend(format!("HMGET answered {} values for {} keys", values.len(), keys.len())));
         }
@@ -529,8 +514,11 @@ impl Store for RedisStore {
     }
 
     async fn get_alarm_fenced(&self, room: &RoomKey, fence: Option<&Fence>) -> Result<Option<i64>, StoreError> {
-        let Some(fence) = fence else { return self.get_alarm(room).await };
         let shard = shard_of(room);
+        let Some(fence) = fence else {
+            let key = self.keys.room_alarm(shard, room);
+            return ::redis::cmd("GET").arg(key).query_async(&mut self.conn.clone()).await.map_err(backend);
+        };
         ALARM_FENCED_SCRIPT
             .key(self.keys.lease(shard))
             .key(self.keys.room_alarm(shard, room))

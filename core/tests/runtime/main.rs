@@ -385,7 +385,7 @@ impl Store for TestStore {
         _fence: Option<&Fence>,
         keys: &[String],
     ) -> Result<Vec<Option<Bytes>>, StoreError> {
-        self.get(room, keys).await
+        self.inner.get(room, keys).await
     }
 
     async fn list_fenced(
@@ -394,18 +394,6 @@ impl Store for TestStore {
         _fence: Option<&Fence>,
         opts: &ListOptions,
     ) -> Result<Vec<(String, Bytes)>, StoreError> {
-        self.list(room, opts).await
-    }
-
-    async fn get_alarm_fenced(&self, room: &RoomKey, _fence: Option<&Fence>) -> Result<Option<i64>, StoreError> {
-        self.get_alarm(room).await
-    }
-
-    async fn get(&self, room: &RoomKey, keys: &[String]) -> Result<Vec<Option<Bytes>>, StoreError> {
-        self.inner.get(room, keys).await
-    }
-
-    async fn list(&self, room: &RoomKey, opts: &ListOptions) -> Result<Vec<(String, Bytes)>, StoreError> {
         self.inner.list(room, opts).await
     }
 
@@ -421,7 +409,7 @@ impl Store for TestStore {
         }
     }
 
-    async fn get_alarm(&self, room: &RoomKey) -> Result<Option<i64>, StoreError> {
+    async fn get_alarm_fenced(&self, room: &RoomKey, _fence: Option<&Fence>) -> Result<Option<i64>, StoreError> {
         self.inner.get_alarm(room).await
     }
 

@@ -200,23 +200,6 @@ impl Store for EmbeddedStore {
         _fence: Option<&Fence>,
         keys: &[String],
     ) -> Result<Vec<Option<Bytes>>, StoreError> {
-        self.get(room, keys).await
-    }
-
-    async fn list_fenced(
-        &self,
-        room: &RoomKey,
-        _fence: Option<&Fence>,
-        opts: &ListOptions,
-    ) -> Result<Vec<(String, Bytes)>, StoreError> {
-        self.list(room, opts).await
-    }
-
-    async fn get_alarm_fenced(&self, room: &RoomKey, _fence: Option<&Fence>) -> Result<Option<i64>, StoreError> {
-        self.get_alarm(room).await
-    }
-
-    async fn get(&self, room: &RoomKey, keys: &[String]) -> Result<Vec<Option<Bytes>>, StoreError> {
         let prefix = room_prefix(room)?;
         let keys = keys.to_vec();
         self.read(move |txn| {
@@ -233,7 +216,12 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn list(&self, room: &RoomKey, opts: &ListOptions) -> Result<Vec<(String, Bytes)>, StoreError> {
+    async fn list_fenced(
+        &self,
+        room: &RoomKey,
+        _fence: Option<&Fence>,
+        opts: &ListOptions,
+    ) -> Result<Vec<(String, Bytes)>, StoreError> {
         let prefix = room_prefix(room)?;
         let opts = opts.clone();
         let room = room.clone();
@@ -279,7 +267,7 @@ impl Store for EmbeddedStore {
         answer.await.map_err(|_| stopped())?
     }
 
-    async fn get_alarm(&self, room: &RoomKey) -> Result<Option<i64>, StoreError> {
+    async fn get_alarm_fenced(&self, room: &RoomKey, _fence: Option<&Fence>) -> Result<Option<i64>, StoreError> {
         let prefix = room_prefix(room)?;
         self.read(move |txn| {
             let table = txn.open_table(ALARMS).map_err(backend)?;

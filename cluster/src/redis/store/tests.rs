@@ -64,33 +64,21 @@ impl Store for Fenced {
         _fence: Option<&Fence>,
         keys: &[String],
     ) -> Result<Vec<Option<Bytes>>, StoreError> {
-        self.get(room, keys).await
+        self.store.get(room, keys).await
     }
-
     async fn list_fenced(
         &self,
         room: &RoomKey,
         _fence: Option<&Fence>,
         opts: &ListOptions,
     ) -> Result<Vec<(String, Bytes)>, StoreError> {
-        self.list(room, opts).await
-    }
-
-    async fn get_alarm_fenced(&self, room: &RoomKey, _fence: Option<&Fence>) -> Result<Option<i64>, StoreError> {
-        self.get_alarm(room).await
-    }
-
-    async fn get(&self, room: &RoomKey, keys: &[String]) -> Result<Vec<Option<Bytes>>, StoreError> {
-        self.store.get(room, keys).await
-    }
-    async fn list(&self, room: &RoomKey, opts: &ListOptions) -> Result<Vec<(String, Bytes)>, StoreError> {
         self.store.list(room, opts).await
     }
     async fn commit(&self, room: &RoomKey, fence: Option<&Fence>, ops: &[WriteOp]) -> Result<(), StoreError> {
         assert!(fence.is_none());
         self.store.commit(room, Some(&self.fence(room).await), ops).await
     }
-    async fn get_alarm(&self, room: &RoomKey) -> Result<Option<i64>, StoreError> {
+    async fn get_alarm_fenced(&self, room: &RoomKey, _fence: Option<&Fence>) -> Result<Option<i64>, StoreError> {
         self.store.get_alarm(room).await
     }
     async fn due_alarms(&self, now_ms: i64, limit: usize) -> Result<Vec<(RoomKey, i64)>, StoreError> {
