@@ -33,13 +33,13 @@ fn tls(name: &str) -> ClusterTls {
     ClusterTls::from_files(&dir.join("ca.pem"), Some(&cert), Some(&key)).unwrap()
 }
 
-async fn node(redis: &RedisServer, secret: &str, accept: &[&str], tls: Option<ClusterTls>) -> Process {
+async fn node(redis_url: &str, secret: &str, accept: &[&str], tls: Option<ClusterTls>) -> Process {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let cfg = NodeConfig {
         id: format!("node-{}", addr.port()),
         advertise: addr.to_string(),
-        redis: RedisConfig::new(redis.url()),
+        redis: RedisConfig::new(redis_url),
         secret: secret.into(),
         accept_secrets: accept.iter().map(|s| s.to_string()).collect(),
         tls,
@@ -56,7 +56,7 @@ async fn node(redis: &RedisServer, secret: &str, accept: &[&str], tls: Option<Cl
     let task = tokio::spawn(partyline_node::server::run(cfg, all_parties(), listener, async {
         let _ = stopped.await;
     }));
-    let redis = Redis::connect(RedisConfig::new(redis.url())).await.unwrap();
+    let redis = Redis::connect(RedisConfig::new(redis_url)).await.unwrap();
     within(30, "the node to register", async {
         while !redis.membership().live().await.unwrap_or_default().iter().any(|n| n.addr == addr.to_string()) {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -66,12 +66,12 @@ async fn node(redis: &RedisServer, secret: &str, accept: &[&str], tls: Option<Cl
     Process::running(addr.to_string(), addr, stop, task)
 }
 
-async fn gateway(redis: &RedisServer, secret: &str, cluster_tls: Option<ClusterTls>) -> Process {
+async fn gateway(redis_url: &str, secret: &str, cluster_tls: Option<ClusterTls>) -> Process {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let cfg = GatewayProcessConfig {
         name: format!("gateway-{}", addr.port()),
-        redis: RedisConfig::new(redis.url()),
+        redis: RedisConfig::new(redis_url),
         secret: secret.into(),
         limits: Limits::default(),
         env: Default::default(),
@@ -100,8 +100,8 @@ fn ws(addr: SocketAddr, path: &str) -> String {
 #[tokio::test]
 async fn a_cluster_with_mutual_tls_serves_rooms_and_refuses_callers_without_a_certificate() {
     let redis = RedisServer::start();
-    let _node = node(&redis, "s3cret-s3cret-s3cret", &[], Some(tls("server"))).await;
-    let gw = gateway(&redis, "s3cret-s3cret-s3cret", Some(tls("client"))).await;
+    let _node = node(&redis.url(), "s3cret-s3cret-s3cret", &[], Some(tls("server"))).await;
+    let gw = gateway(&redis.url(), "s3cret-s3cret-s3cret", Some(tls("client"))).await;
     let mut a = Client::connect(&ws(gw.addr, "/parties/main/tls?_pk=a")).await.unwrap();
     assert_eq!(a.recv_text().await, "[]");
     a.send_text("over mutual tls").await;
@@ -112,7 +112,7 @@ async fn a_cluster_with_mutual_tls_serves_rooms_and_refuses_callers_without_a_ce
     // A gateway that trusts the CA but has no certificate of its own is refused by the node.
     let dir = certs();
     let anonymous = ClusterTls::from_files(&dir.join("ca.pem"), None, None).unwrap();
-    let gw2 = gateway(&redis, "s3cret-s3cret-s3cret", Some(anonymous)).await;
+    let gw2 = gateway(&redis.url(), "s3cret-s3cret-s3cret", Some(anonymous)).await;
     let res = within(60, "the anonymous gateway's answer", http(gw2.addr, "GET", "/parties/main/tls", &[], b"")).await;
     assert_eq!((res.status, res.text().as_str()), (503, "Room unavailable, try again later"));
 }
@@ -159,7 +159,7 @@ async fn a_gateway_sends_nothing_to_a_node_the_cluster_ca_did_not_sign() {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     });
-    let gw = gateway(&redis, "s3cret-s3cret-s3cret", Some(tls("client"))).await;
+    let gw = gateway(&redis.url(), "s3cret-s3cret-s3cret", Some(tls("client"))).await;
     let res = within(60, "the gateway to give up", http(gw.addr, "GET", "/parties/main/x", &[], b"")).await;
     beat.abort();
     assert_eq!(res.status, 503);
@@ -183,7 +183,7 @@ async fn a_gateway_sends_nothing_to_a_node_the_cluster_ca_did_not_sign() {
     let fooled =
         ClusterTls::from_files(&dir.join("other-ca.pem"), Some(&dir.join("client.pem")), Some(&dir.join("client.key")))
             .unwrap();
-    let gw2 = gateway(&redis, "s3cret-s3cret-s3cret", Some(fooled)).await;
+    let gw2 = gateway(&redis.url(), "s3cret-s3cret-s3cret", Some(fooled)).await;
     let _ = within(60, "the fooled gateway's answer", http(gw2.addr, "GET", "/parties/main/x", &[], b"")).await;
     beat.abort();
     assert!(received.load(Ordering::SeqCst) > 0, "a gateway that trusts the impostor talks to it");
@@ -193,15 +193,15 @@ async fn a_gateway_sends_nothing_to_a_node_the_cluster_ca_did_not_sign() {
 async fn nodes_accept_a_list_of_secrets_for_rotation() {
     let redis = RedisServer::start();
     // The node moved to the new secret and still accepts the old one.
-    let _node = node(&redis, "new-secret-new-secret", &["old-secret-old-secret"], None).await;
-    let old = gateway(&redis, "old-secret-old-secret", None).await;
-    let new = gateway(&redis, "new-secret-new-secret", None).await;
+    let _node = node(&redis.url(), "new-secret-new-secret", &["old-secret-old-secret"], None).await;
+    let old = gateway(&redis.url(), "old-secret-old-secret", None).await;
+    let new = gateway(&redis.url(), "new-secret-new-secret", None).await;
     for gw in [&old, &new] {
         let res = http(gw.addr, "GET", "/parties/main/rotate", &[], b"").await;
         assert_eq!(res.status, 200, "{}", gw.id);
     }
     // A secret it does not accept gets nowhere, and the client is not told why.
-    let wrong = gateway(&redis, "wrong-secret-wrong-secret", None).await;
+    let wrong = gateway(&redis.url(), "wrong-secret-wrong-secret", None).await;
     let res = http(wrong.addr, "GET", "/parties/main/rotate", &[], b"").await;
     assert_eq!((res.status, res.text().as_str()), (503, "Room unavailable, try again later"));
 }
@@ -268,55 +268,11 @@ async fn nodes_and_gateways_reach_a_redis_cluster_over_tls() {
 async fn chat_through_a_cluster_on(url: &str, room: &str) {
     let r = Redis::connect(RedisConfig::new(url)).await.expect("connect over TLS");
     assert!(r.membership().live().await.unwrap().is_empty());
-    let node_cfg = RedisConfig::new(url);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let cfg = NodeConfig {
-        id: "tls-redis-node".into(),
-        advertise: addr.to_string(),
-        redis: node_cfg,
-        secret: "s3cret-s3cret-s3cret".into(),
-        accept_secrets: Vec::new(),
-        tls: None,
-        leases: LeaseTiming::FAST,
-        heartbeat: Duration::from_millis(500),
-        member_ttl: Duration::from_secs(3),
-        drain_timeout: Duration::from_secs(5),
-        rebalance: Rebalance::default(),
-        fast_failover: true,
-        limits: Limits::default(),
-        env: Default::default(),
-    };
-    let (_stop, stopped) = oneshot::channel::<()>();
-    let _node = tokio::spawn(partyline_node::server::run(cfg, all_parties(), listener, async {
-        let _ = stopped.await;
-    }));
-    within(30, "the node to register over TLS", async {
-        while r.membership().live().await.unwrap_or_default().is_empty() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
-    let gw_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gw_addr = gw_listener.local_addr().unwrap();
-    let gw_cfg = GatewayProcessConfig {
-        name: "tls-redis-gateway".into(),
-        redis: RedisConfig::new(url),
-        secret: "s3cret-s3cret-s3cret".into(),
-        limits: Limits::default(),
-        env: Default::default(),
-        max_connections: 100,
-        edge: Default::default(),
-        tls: None,
-        cluster_tls: None,
-    };
-    let (_gw_stop, gw_stopped) = oneshot::channel::<()>();
-    let _gw = tokio::spawn(partyline_server::cluster::run_gateway(gw_cfg, all_parties(), gw_listener, async {
-        let _ = gw_stopped.await;
-    }));
+    let _node = node(url, "s3cret-s3cret-s3cret", &[], None).await;
+    let gw = gateway(url, "s3cret-s3cret-s3cret", None).await;
     let mut a = within(20, "a socket through the gateway", async {
         loop {
-            if let Ok(c) = Client::connect(&ws(gw_addr, &format!("/parties/main/{room}"))).await {
+            if let Ok(c) = Client::connect(&ws(gw.addr, &format!("/parties/main/{room}"))).await {
                 return c;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
