@@ -636,6 +636,12 @@ impl Link {
     pub async fn connect_with(&mut self, sid: SocketId, id: &str, request: Request) -> Connected {
         let uri = format!("http://localhost{}", request.uri());
         self.send_raw(ToRoom::Connect { sid, id: id.to_string(), uri, request: Box::new(request) }).await;
+        self.verdict(sid).await
+    }
+
+    /// What the room answers to a connect of socket `sid` already sent (with
+    /// [`Link::send_raw`]), up to its verdict.
+    pub async fn verdict(&mut self, sid: SocketId) -> Connected {
         let mut before = Vec::new();
         loop {
             let msg = self.next().await;

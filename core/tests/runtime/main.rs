@@ -511,20 +511,8 @@ impl Gw {
 
     /// Messages up to the verdict on `sid` (`Accepted`, `Refused` or `Failed`), and the verdict.
     async fn verdict(&mut self, sid: SocketId) -> (Vec<FromRoom>, FromRoom) {
-        let mut before = Vec::new();
-        loop {
-            let msg = self.next().await;
-            match msg {
-                FromRoom::Accepted { sid: s, .. }
-                | FromRoom::Refused { sid: s, .. }
-                | FromRoom::Failed { sid: s, .. }
-                    if s == sid =>
-                {
-                    return (before, msg)
-                }
-                other => before.push(other),
-            }
-        }
+        let connected = self.link.verdict(sid).await;
+        (connected.before, connected.verdict)
     }
 
     /// Connects `sid` and expects it accepted; returns its tags.
