@@ -103,7 +103,7 @@ impl RoomRouter for GrpcRouter {
 
 /// Now, in ms since the Unix epoch.
 fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    u64::try_from(partyline::storage::now_ms()).unwrap_or(0)
 }
 
 /// Whether a node message stamped `valid_until_ms` arrived after its node's self-fence deadline

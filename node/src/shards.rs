@@ -59,8 +59,7 @@ impl ShardGuard {
             return 0;
         }
         let now = Instant::now().saturating_duration_since(self.base).as_millis() as u64;
-        let wall =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let wall = u64::try_from(partyline::storage::now_ms()).unwrap_or(0);
         wall.saturating_add(deadline.saturating_sub(now)).max(1)
     }
 
@@ -412,9 +411,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_wall_clock_deadline_follows_the_renewals_and_ends_with_the_shard() {
-        fn wall_ms() -> u64 {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
-        }
+        let wall_ms = || u64::try_from(partyline::storage::now_ms()).unwrap();
         let (fake, shards, _lost) = table();
         let Placement::Here(g) = shards.acquire(6).await.unwrap() else { panic!("not granted") };
         // 8 s ahead (the self-fence after the grant), on the wall clock.
