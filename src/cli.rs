@@ -1,5 +1,10 @@
 //! The `partyline` command line: options (each also read from a `PARTYLINE_*` environment
-//! variable) and the subcommands.
+//! variable), the subcommands, and for each server command its `into_config()`: the process it
+//! asks for ([`DevProcess`], [`NodeProcess`], [`GatewayProcess`]), which [`Cli::run`] runs.
+//!
+//! The same thing has the same flag on every command: clients connect to `--host` and `--port`
+//! (`dev`, `gateway`), a node's gRPC server listens on `--listen`, and metrics and health are
+//! served on `--admin-listen` (`node`, `gateway`). Older spellings stay as hidden aliases.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -15,9 +20,12 @@ use partyline_gateway::clients::TrustedProxies;
 use partyline_gateway::listener::ServerConfig;
 use partyline_gateway::EdgeLimits;
 
-use crate::cluster::GatewayProcessConfig;
-use crate::dev::{self, DevConfig};
+use crate::dev::{DevConfig, DevProcess};
+use crate::gateway::{GatewayProcess, GatewayProcessConfig};
+use crate::node::NodeProcess;
 use crate::project::ProjectArgs;
+use crate::telemetry::LogFormat;
+use crate::values::{parse_duration, parse_var};
 use partyline_cluster::redis::RedisConfig;
 use partyline_node::server::{NodeConfig, Rebalance};
 use partyline_node::shards::LeaseTiming;
@@ -32,10 +40,9 @@ pub struct Cli {
     /// when several Partyline processes share a few cores.
     #[arg(long, global = true, env = "PARTYLINE_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
-    /// Log format on stderr: `text` or `json` (one object per line). `RUST_LOG` filters
-    /// (default `info`).
-    #[arg(long, global = true, env = "PARTYLINE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
+    /// Log format on stderr. `RUST_LOG` filters (default `info`).
+    #[arg(long, global = true, env = "PARTYLINE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,9 +125,8 @@ struct ClusterArgs {
     /// in the environment or `ps`.
     #[arg(long, env = "PARTYLINE_CLUSTER_SECRET_FILE", conflicts_with = "cluster_secret")]
     cluster_secret_file: Option<PathBuf>,
-    /// A variable for parties (`room.env()`), as KEY=VALUE; repeatable.
-    #[arg(long = "var", value_name = "KEY=VALUE", value_parser = parse_var)]
-    vars: Vec<(String, String)>,
+    #[command(flatten)]
+    vars: VarArgs,
 }
 
 impl ClusterArgs {
@@ -155,7 +161,7 @@ impl ClusterArgs {
     }
 
     fn env(&self) -> Env {
-        Env::new(self.vars.iter().cloned().collect::<BTreeMap<_, _>>())
+        Env::new(self.vars.map())
     }
 }
 
@@ -184,8 +190,8 @@ struct NodeArgs {
     drain_timeout: Duration,
     /// Serve /metrics (OpenMetrics), /healthz and /readyz over HTTP on this address (e.g.
     /// 0.0.0.0:9090); off when unset. The gRPC port also serves grpc.health.v1.Health.
-    #[arg(long, env = "PARTYLINE_METRICS_LISTEN")]
-    metrics_listen: Option<SocketAddr>,
+    #[arg(long, alias = "metrics-listen", env = "PARTYLINE_METRICS_LISTEN")]
+    admin_listen: Option<SocketAddr>,
     /// How often a node hands shards to nodes that joined (their share under rendezvous
     /// hashing), a few at a time.
     #[arg(long, env = "PARTYLINE_REBALANCE_INTERVAL", default_value = "1s", value_parser = parse_duration)]
@@ -228,15 +234,51 @@ impl LeaseProfile {
     }
 }
 
+impl NodeArgs {
+    /// The node process these options ask for.
+    fn into_config(self) -> anyhow::Result<NodeProcess> {
+        let secret = self.cluster.secret()?;
+        let listen = self
+            .listen
+            .parse()
+            .with_context(|| format!("--listen {:?} is not an address like 127.0.0.1:7001", self.listen))?;
+        let config = NodeConfig {
+            // Both set once the gRPC port is bound (see `NodeProcess`).
+            id: String::new(),
+            advertise: String::new(),
+            redis: self.cluster.redis(),
+            secret,
+            accept_secrets: self.cluster.accept_secrets()?,
+            tls: self.cluster.cluster_tls()?,
+            leases: self.lease_profile.timing(),
+            heartbeat: Duration::from_secs(1),
+            member_ttl: Duration::from_secs(5),
+            drain_timeout: self.drain_timeout,
+            fast_failover: self.fast_failover,
+            rebalance: Rebalance {
+                every: self.rebalance_interval,
+                max_shards: self.rebalance_max_shards,
+                ..Rebalance::default()
+            },
+            limits: self.limits.limits(),
+            env: self.cluster.env(),
+        };
+        Ok(NodeProcess {
+            listen,
+            advertise: self.advertise,
+            id: self.id,
+            admin_listen: self.admin_listen,
+            project: self.project,
+            config,
+        })
+    }
+}
+
 /// Options of `partyline gateway`.
 #[derive(Debug, Args)]
 struct GatewayArgs {
-    /// Address to listen on.
-    #[arg(long, env = "PARTYLINE_HOST", default_value = "127.0.0.1")]
-    host: String,
-    /// Port to listen on.
-    #[arg(long, env = "PARTYLINE_PORT", default_value_t = 1999)]
-    port: u16,
+    #[command(flatten)]
+    listen: ListenArgs,
     /// Serve /metrics, /healthz and /readyz on this separate address (e.g. 0.0.0.0:9091)
     /// instead of /_partyline/* on the client port.
     #[arg(long, env = "PARTYLINE_ADMIN_LISTEN")]
@@ -251,30 +293,98 @@ struct GatewayArgs {
     edge: EdgeArgs,
 }
 
+impl GatewayArgs {
+    /// The gateway process these options ask for.
+    fn into_config(self) -> anyhow::Result<GatewayProcess> {
+        let secret = self.cluster.secret()?;
+        let listen = self.listen.addr()?;
+        let config = GatewayProcessConfig {
+            // Set once the client port is bound (see `GatewayProcess`).
+            name: String::new(),
+            redis: self.cluster.redis(),
+            secret,
+            limits: self.limits.limits(),
+            env: self.cluster.env(),
+            max_connections: self.limits.max_connections,
+            edge: self.edge.edge(),
+            tls: self.edge.tls()?,
+            cluster_tls: self.cluster.cluster_tls()?,
+        };
+        Ok(GatewayProcess { listen, admin_listen: self.admin_listen, project: self.project, config })
+    }
+}
+
 /// Options of `partyline dev`.
 #[derive(Debug, Args)]
 struct DevArgs {
-    /// Address to listen on.
-    #[arg(long, env = "PARTYLINE_HOST", default_value = "127.0.0.1")]
-    host: String,
-    /// Port to listen on (0 picks a free one).
-    #[arg(long, env = "PARTYLINE_PORT", default_value_t = 1999)]
-    port: u16,
+    #[command(flatten)]
+    listen: ListenArgs,
     /// Directory for room storage and alarms; they survive restarts.
     #[arg(long, env = "PARTYLINE_DATA_DIR", default_value = ".partyline")]
     data_dir: PathBuf,
     /// Keep storage in memory only; it is gone when the process exits.
     #[arg(long, env = "PARTYLINE_EPHEMERAL")]
     ephemeral: bool,
-    /// A variable for parties (`room.env()`), as KEY=VALUE; repeatable.
-    #[arg(long = "var", value_name = "KEY=VALUE", value_parser = parse_var)]
-    vars: Vec<(String, String)>,
+    #[command(flatten)]
+    vars: VarArgs,
     #[command(flatten)]
     limits: LimitArgs,
     #[command(flatten)]
     project: ProjectArgs,
     #[command(flatten)]
     edge: EdgeArgs,
+}
+
+impl DevArgs {
+    /// The dev server process these options ask for.
+    fn into_config(self) -> anyhow::Result<DevProcess> {
+        let listen = self.listen.addr()?;
+        let config = DevConfig {
+            data_dir: (!self.ephemeral).then_some(self.data_dir),
+            limits: self.limits.limits(),
+            // Made from the variables when the process starts (see `DevProcess`).
+            env: Env::default(),
+            max_connections: self.limits.max_connections,
+            edge: self.edge.edge(),
+            tls: self.edge.tls()?,
+        };
+        Ok(DevProcess { listen, project: self.project, vars: self.vars.map(), config })
+    }
+}
+
+/// Where clients connect (`dev`, `gateway`).
+#[derive(Debug, Args)]
+struct ListenArgs {
+    /// Address to listen on.
+    #[arg(long, env = "PARTYLINE_HOST", default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, env = "PARTYLINE_PORT", default_value_t = 1999)]
+    port: u16,
+}
+
+impl ListenArgs {
+    fn addr(&self) -> anyhow::Result<SocketAddr> {
+        let (host, port) = (&self.host, self.port);
+        format!("{host}:{port}")
+            .parse()
+            .or_else(|_| format!("[{host}]:{port}").parse())
+            .with_context(|| format!("--host {host:?} is not an IP address"))
+    }
+}
+
+/// Variables for parties (`dev`, `node`, `gateway`).
+#[derive(Debug, Args)]
+struct VarArgs {
+    /// A variable for parties (`room.env()`), as KEY=VALUE; repeatable.
+    #[arg(long = "var", value_name = "KEY=VALUE", value_parser = parse_var)]
+    vars: Vec<(String, String)>,
+}
+
+impl VarArgs {
+    fn map(&self) -> BTreeMap<String, String> {
+        self.vars.iter().cloned().collect()
+    }
 }
 
 /// Limits; each has a default from PartyKit / Durable Objects where one exists.
@@ -441,14 +551,6 @@ impl EdgeArgs {
             _ => Ok(None),
         }
     }
-
-    fn scheme(&self) -> &'static str {
-        if self.tls_cert.is_some() {
-            "https"
-        } else {
-            "http"
-        }
-    }
 }
 
 impl LimitArgs {
@@ -481,24 +583,6 @@ impl LimitArgs {
     }
 }
 
-fn parse_var(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s.split_once('=').ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))?;
-    if k.is_empty() {
-        return Err("the variable name is empty".into());
-    }
-    Ok((k.to_string(), v.to_string()))
-}
-
-/// Parses a duration: `250ms`, `10s`, `2m`, `1h 30m` (humantime's syntax), or a bare number of
-/// seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-        return s.parse().map(Duration::from_secs).map_err(|e| format!("invalid duration {s:?}: {e}"));
-    }
-    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?} ({e}; try 500ms, 10s, 2m)"))
-}
-
 impl Cli {
     /// The subcommand's name (`dev`, `node`, ...).
     pub fn command_name(&self) -> &'static str {
@@ -527,16 +611,19 @@ impl Cli {
         };
         match self.command {
             Command::Dev(args) => {
-                let parties = rust(&args.project, true);
-                run_dev(args, parties).await
+                let dev = args.into_config()?;
+                let parties = rust(&dev.project, true);
+                dev.run(parties).await
             }
             Command::Node(args) => {
-                let parties = rust(&args.project, false);
-                run_node(args, parties).await
+                let node = args.into_config()?;
+                let parties = rust(&node.project, false);
+                node.run(parties).await
             }
             Command::Gateway(args) => {
-                let parties = rust(&args.project, false);
-                run_gateway(args, parties).await
+                let gateway = args.into_config()?;
+                let parties = rust(&gateway.project, false);
+                gateway.run(parties).await
             }
             #[cfg(feature = "bench")]
             Command::Bench(args) => partyline_bench::run(args).await,
@@ -550,221 +637,67 @@ impl Cli {
     }
 }
 
-fn socket_addr(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
-    format!("{host}:{port}")
-        .parse()
-        .or_else(|_| format!("[{host}]:{port}").parse())
-        .with_context(|| format!("--host {host:?} is not an IP address"))
-}
-
-async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("could not listen on {addr}: is another server using the port? pick another one"))
-}
-
-/// The parties and environment of a node or gateway: with `--config`, the project's beside
-/// `parties`.
-async fn cluster_parties(
-    project: &ProjectArgs,
-    limits: &Limits,
-    parties: PartyRegistry,
-    env: Env,
-) -> anyhow::Result<(PartyRegistry, Env)> {
-    match project.config_file(false) {
-        Some(file) => {
-            let (_project, parties, env) = crate::project::load(&file, project, limits, parties, env.vars()).await?;
-            Ok((parties, env))
-        }
-        None => Ok((parties, env)),
-    }
-}
-
-async fn run_node(args: NodeArgs, parties: PartyRegistry) -> anyhow::Result<()> {
-    let secret = args.cluster.secret()?;
-    let (parties, env) = cluster_parties(&args.project, &args.limits.limits(), parties, args.cluster.env()).await?;
-    let listen: SocketAddr = args
-        .listen
-        .parse()
-        .with_context(|| format!("--listen {:?} is not an address like 127.0.0.1:7001", args.listen))?;
-    let listener = bind(listen).await?;
-    let local = listener.local_addr()?;
-    let advertise = match args.advertise {
-        Some(a) => a,
-        None if local.ip().is_unspecified() => {
-            anyhow::bail!(
-                "listening on {local}: set --advertise (PARTYLINE_ADVERTISE) to the address others reach this node at"
-            )
-        }
-        None => local.to_string(),
-    };
-    let cfg = NodeConfig {
-        id: args.id.unwrap_or_else(|| advertise.clone()),
-        advertise,
-        redis: args.cluster.redis(),
-        secret,
-        accept_secrets: args.cluster.accept_secrets()?,
-        tls: args.cluster.cluster_tls()?,
-        leases: args.lease_profile.timing(),
-        heartbeat: Duration::from_secs(1),
-        member_ttl: Duration::from_secs(5),
-        drain_timeout: args.drain_timeout,
-        fast_failover: args.fast_failover,
-        rebalance: Rebalance {
-            every: args.rebalance_interval,
-            max_shards: args.rebalance_max_shards,
-            ..Rebalance::default()
-        },
-        limits: args.limits.limits(),
-        env,
-    };
-    let admin = match args.metrics_listen {
-        Some(addr) => Some(bind(addr).await?),
-        None => None,
-    };
-    println!("Partyline node {} serving gRPC on {local} (advertised as {})", cfg.id, cfg.advertise);
-    println!("  redis: {} (prefix {})", partyline_cluster::redis::redact(&cfg.redis.url), cfg.redis.prefix);
-    let telemetry = partyline_node::server::NodeTelemetry::default();
-    let (stop_admin, admin_task) = match admin {
-        Some(listener) => {
-            println!("  metrics and health: http://{}/metrics, /healthz, /readyz", listener.local_addr()?);
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let serve = partyline_node::admin::serve(
-                listener,
-                telemetry.metrics.clone(),
-                telemetry.state.clone(),
-                async move {
-                    let _ = rx.await;
-                },
-            );
-            (Some(tx), Some(tokio::spawn(serve)))
-        }
-        None => (None, None),
-    };
-    // The admin endpoints outlive the node's drain, so probes see it not ready meanwhile.
-    let served = partyline_node::server::run_with(cfg, parties, listener, shutdown_signal(), telemetry).await;
-    drop(stop_admin);
-    if let Some(task) = admin_task {
-        let _ = task.await;
-    }
-    served
-}
-
-async fn run_gateway(args: GatewayArgs, parties: PartyRegistry) -> anyhow::Result<()> {
-    let secret = args.cluster.secret()?;
-    let (parties, env) = cluster_parties(&args.project, &args.limits.limits(), parties, args.cluster.env()).await?;
-    let listener = bind(socket_addr(&args.host, args.port)?).await?;
-    let local = listener.local_addr()?;
-    let cfg = GatewayProcessConfig {
-        name: format!("gateway {local}"),
-        redis: args.cluster.redis(),
-        secret,
-        limits: args.limits.limits(),
-        env,
-        max_connections: args.limits.max_connections,
-        edge: args.edge.edge(),
-        tls: args.edge.tls()?,
-        cluster_tls: args.cluster.cluster_tls()?,
-    };
-    let admin = match args.admin_listen {
-        Some(addr) => Some(bind(addr).await?),
-        None => None,
-    };
-    let scheme = args.edge.scheme();
-    println!("Partyline gateway listening on {scheme}://{local}");
-    println!("  redis: {} (prefix {})", partyline_cluster::redis::redact(&cfg.redis.url), cfg.redis.prefix);
-    match &admin {
-        Some(a) => println!("  metrics and health: http://{}/metrics, /healthz, /readyz", a.local_addr()?),
-        None => println!(
-            "  metrics and health: {scheme}://{local}/_partyline/metrics, /_partyline/healthz, /_partyline/readyz"
-        ),
-    }
-    crate::cluster::run_gateway_with(cfg, parties, listener, admin, shutdown_signal()).await
-}
-
-async fn run_dev(args: DevArgs, parties: PartyRegistry) -> anyhow::Result<()> {
-    let listener = bind(socket_addr(&args.host, args.port)?).await?;
-    let local = listener.local_addr()?;
-    let data_dir = (!args.ephemeral).then(|| args.data_dir.clone());
-    let tls = args.edge.tls()?;
-    let scheme = args.edge.scheme();
-    if let Some(file) = args.project.config_file(true) {
-        println!("Partyline dev server listening on {scheme}://{local}");
-        println!("  project: {} (reloads when its files change)", file.display());
-        let cfg = DevConfig {
-            data_dir,
-            limits: args.limits.limits(),
-            env: Env::default(),
-            max_connections: args.limits.max_connections,
-            edge: args.edge.edge(),
-            tls,
-        };
-        let vars = args.vars.into_iter().collect::<BTreeMap<_, _>>();
-        return crate::project::run_dev(file, args.project, cfg, vars, parties, listener, shutdown_signal()).await;
-    }
-    let names: Vec<&str> = parties.names().collect();
-    println!("Partyline dev server listening on {scheme}://{local}");
-    println!("  parties: {}", names.join(", "));
-    match &data_dir {
-        Some(dir) => println!("  storage: {} (--ephemeral keeps it in memory)", dev::store_path(dir).display()),
-        None => println!("  storage: in memory (gone when the process exits)"),
-    }
-    if parties.get("main").is_some() {
-        println!("  open {scheme}://{local}/ for the chat page; Ctrl-C stops");
-    }
-    let cfg = DevConfig {
-        data_dir,
-        limits: args.limits.limits(),
-        env: Env::new(args.vars.into_iter().collect::<BTreeMap<_, _>>()),
-        max_connections: args.limits.max_connections,
-        edge: args.edge.edge(),
-        tls,
-    };
-    dev::run(cfg, parties, listener, shutdown_signal()).await
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
-    }
-    println!("shutting down");
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
-        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
-        assert!(parse_duration("3 fortnights").is_err());
-        assert!(parse_duration("-1s").is_err());
-        assert!(parse_duration("fast").is_err());
-    }
-
-    #[test]
     fn cli_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("partyline").chain(args.iter().copied())).unwrap()
+    }
+
+    /// The process a node command line asks for, as text (the configs have no `PartialEq`).
+    fn node_config(args: &[&str]) -> String {
+        match parse(args).command {
+            Command::Node(node) => format!("{:?}", node.into_config().unwrap()),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn old_flag_spellings_give_the_same_config() {
+        let secret = ["--cluster-secret", "0123456789abcdef0123"];
+        let old = node_config(&[&["node", "--metrics-listen", "127.0.0.1:9090"][..], &secret].concat());
+        let new = node_config(&[&["node", "--admin-listen", "127.0.0.1:9090"][..], &secret].concat());
+        assert_eq!(old, new);
+        assert!(new.contains("admin_listen: Some(127.0.0.1:9090)"), "{new}");
+    }
+
+    #[test]
+    fn old_spellings_are_hidden_from_help() {
+        use clap::CommandFactory;
+        let mut cli = Cli::command();
+        let help = cli.find_subcommand_mut("node").unwrap().render_long_help().to_string();
+        assert!(help.contains("--admin-listen"), "{help}");
+        assert!(!help.contains("--metrics-listen"), "{help}");
+    }
+
+    #[test]
+    fn log_formats_parse() {
+        assert_eq!(parse(&["--log-format", "json", "probe", "http://x/"]).log_format, LogFormat::Json);
+        assert_eq!(parse(&["probe", "http://x/", "--log-format", "text"]).log_format, LogFormat::Text);
+        assert!(Cli::try_parse_from(["partyline", "--log-format", "yaml", "probe", "http://x/"]).is_err());
+    }
+
+    #[test]
+    fn dev_and_gateway_listen_where_host_and_port_say() {
+        let dev = match parse(&["dev", "--host", "::1", "--port", "0", "--ephemeral", "--var", "A=1"]).command {
+            Command::Dev(dev) => dev.into_config().unwrap(),
+            _ => unreachable!(),
+        };
+        assert_eq!(dev.listen, "[::1]:0".parse().unwrap());
+        assert_eq!(dev.config.data_dir, None);
+        assert_eq!(dev.vars.get("A").map(String::as_str), Some("1"));
+        let args = ["gateway", "--port", "2000", "--cluster-secret", "0123456789abcdef0123"];
+        let gateway = match parse(&args).command {
+            Command::Gateway(gateway) => gateway.into_config().unwrap(),
+            _ => unreachable!(),
+        };
+        assert_eq!(gateway.listen, "127.0.0.1:2000".parse().unwrap());
     }
 }

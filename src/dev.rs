@@ -1,15 +1,17 @@
 //! `partyline dev`: a gateway and a node in one process, linked in-process, with storage in an
 //! embedded store on local disk (or in memory with `--ephemeral`).
 
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use partyline::runtime::actor::LinkSender;
-use partyline::runtime::actor::SendError;
+use partyline::runtime::handle::LinkSender;
+use partyline::runtime::handle::SendError;
 use partyline::runtime::link::ToRoom;
 use partyline::{Env, Limits, MemoryStore, PartyRegistry, Request, Response, RoomKey, Store};
 use partyline_gateway::{EdgeLimits, Gateway, GatewayConfig, OpenLink, RoomLink, RoomRouter, RouteError, LINK_QUEUE};
@@ -20,6 +22,50 @@ use partyline_node::{HostConfig, HostError, RoomHost};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+
+use crate::process::{bind, scheme, shutdown_signal};
+use crate::project::ProjectArgs;
+
+/// A dev server process as its command line asks for it (`partyline dev`, [`crate::cli`]).
+#[derive(Debug)]
+pub struct DevProcess {
+    /// Where clients connect.
+    pub listen: SocketAddr,
+    /// The PartyKit project to serve (`--config`, or ./partykit.json when present).
+    pub project: ProjectArgs,
+    /// Variables for parties (`--var`); a project's own are under them.
+    pub vars: BTreeMap<String, String>,
+    /// The server's settings; its `env` is made from `vars` (and a project's variables).
+    pub config: DevConfig,
+}
+
+impl DevProcess {
+    /// Serves `parties` (or the project, reloaded when its files change) until Ctrl-C or
+    /// SIGTERM.
+    pub async fn run(self, parties: PartyRegistry) -> anyhow::Result<()> {
+        let DevProcess { listen, project, vars, config } = self;
+        let listener = bind(listen).await?;
+        let local = listener.local_addr()?;
+        let scheme = scheme(config.tls.is_some());
+        if let Some(file) = project.config_file(true) {
+            println!("Partyline dev server listening on {scheme}://{local}");
+            println!("  project: {} (reloads when its files change)", file.display());
+            return crate::project::run_dev(file, project, config, vars, parties, listener, shutdown_signal()).await;
+        }
+        let names: Vec<&str> = parties.names().collect();
+        println!("Partyline dev server listening on {scheme}://{local}");
+        println!("  parties: {}", names.join(", "));
+        match &config.data_dir {
+            Some(dir) => println!("  storage: {} (--ephemeral keeps it in memory)", store_path(dir).display()),
+            None => println!("  storage: in memory (gone when the process exits)"),
+        }
+        if parties.get("main").is_some() {
+            println!("  open {scheme}://{local}/ for the chat page; Ctrl-C stops");
+        }
+        let config = DevConfig { env: Env::new(vars), ..config };
+        run(config, parties, listener, shutdown_signal()).await
+    }
+}
 
 /// Settings of a dev server.
 #[derive(Clone, Debug)]
@@ -137,7 +183,7 @@ impl RoomRouter for LocalRouter {
     async fn open_link(&self, key: &RoomKey) -> Result<OpenLink, RouteError> {
         let (tx, rx) = mpsc::channel(LINK_QUEUE);
         let link = self.host.open_link(key, tx).await.map_err(route_error)?;
-        Ok(OpenLink { link: Box::new(LocalLink(link)), events: Box::pin(ReceiverStream::new(rx)) })
+        Ok(OpenLink { sender: Box::new(LocalLink(link)), events: Box::pin(ReceiverStream::new(rx)) })
     }
 
     async fn request(&self, key: &RoomKey, req: Request) -> Result<Response, RouteError> {

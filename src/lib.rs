@@ -2,10 +2,12 @@
 //! (`partyline`), the node (`partyline-node`), the gateway (`partyline-gateway`) and what they
 //! share (`partyline-cluster`) together.
 //!
-//! Modules: [`cli`] (the command line), [`dev`] (gateway and node in one process, embedded
-//! store), [`cluster`] (the `gateway` process), [`health`] (health and metrics endpoints),
-//! [`status`], [`probe`], [`new`] (`partyline new`), [`project`] (PartyKit projects, feature
-//! `partykit`), [`telemetry`] (logs and OTLP traces).
+//! Modules: [`cli`] (the command line, and each command's settings), the processes it starts
+//! ([`dev`]: gateway and node in one process, embedded store; [`node`]: a cluster's owner node;
+//! [`gateway`]: a cluster's gateway), [`process`] (what every server process shares: listening,
+//! shutdown signals), [`health`] (a gateway's health and metrics endpoints), [`status`],
+//! [`probe`], [`new`] (`partyline new`), [`project`] (PartyKit projects, feature `partykit`),
+//! [`telemetry`] (logs and OTLP traces).
 //!
 //! Features (all on by default): `examples` (the example parties and the `partyline` binary),
 //! `bench` (`partyline bench`), `partykit` (PartyKit projects on the JS engine).
@@ -22,11 +24,13 @@
 //! ```
 
 pub mod cli;
-pub mod cluster;
 pub mod dev;
+pub mod gateway;
 pub mod health;
 pub mod new;
+pub mod node;
 pub mod probe;
+pub mod process;
 #[cfg(feature = "partykit")]
 pub mod project;
 #[cfg(not(feature = "partykit"))]
@@ -34,6 +38,7 @@ pub mod project;
 pub mod project;
 pub mod status;
 pub mod telemetry;
+pub mod values;
 
 use std::process::ExitCode;
 
@@ -68,10 +73,10 @@ fn run_main(parties: PartyRegistry, examples: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let json = cli.log_format == "json";
+    let log_format = cli.log_format;
     let service = format!("partyline-{}", cli.command_name());
     let run = async move {
-        let _telemetry = telemetry::init(json, &service)?;
+        let _telemetry = telemetry::init(log_format, &service)?;
         cli.run(parties, examples).await
     };
     match runtime.block_on(run) {

@@ -13,7 +13,7 @@ pub struct ProbeArgs {
     /// The URL to GET (`http://host:port/path`; no TLS).
     url: String,
     /// Give up after this long (e.g. 2s, 500ms).
-    #[arg(long, default_value = "2s", value_parser = crate::cli::parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = crate::values::parse_duration)]
     timeout: Duration,
 }
 

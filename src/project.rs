@@ -31,7 +31,7 @@ pub struct ProjectArgs {
     #[arg(long, env = "PARTYLINE_FETCH_ALLOW", value_delimiter = ',', default_value = "*")]
     pub fetch_allow: Vec<String>,
     /// Time limit of one outbound `fetch` from a JS party (e.g. 10s).
-    #[arg(long, env = "PARTYLINE_FETCH_TIMEOUT", default_value = "30s", value_parser = crate::cli::parse_duration)]
+    #[arg(long, env = "PARTYLINE_FETCH_TIMEOUT", default_value = "30s", value_parser = crate::values::parse_duration)]
     pub fetch_timeout: Duration,
 }
 

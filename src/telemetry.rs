@@ -17,6 +17,16 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+/// How log lines are written on stderr (`--log-format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Text, coloured on a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 /// Keeps trace export running; dropping it flushes what is buffered.
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
@@ -47,15 +57,18 @@ fn log_filter() -> EnvFilter {
 }
 
 /// Sets up logging and, when configured, trace export. Call from inside the async runtime.
-/// `json` selects JSON log lines; `default_service` is the service name when
+/// `format` is how log lines are written; `default_service` is the service name when
 /// `OTEL_SERVICE_NAME` is unset.
-pub fn init(json: bool, default_service: &str) -> anyhow::Result<Telemetry> {
+pub fn init(format: LogFormat, default_service: &str) -> anyhow::Result<Telemetry> {
     // Logs: events only. Spans are not needed for log lines, and a span that no layer wants
     // costs nothing, which keeps the per-event room spans free when traces are off.
     let only_events = tracing_subscriber::filter::filter_fn(|meta| meta.is_event());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
-    let logs = if json { fmt.json().flatten_event(true).boxed() } else { fmt.boxed() };
+    let logs = match format {
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
+        LogFormat::Text => fmt.boxed(),
+    };
     let logs = logs.with_filter(log_filter()).with_filter(only_events);
 
     let provider = if otlp_enabled() { Some(tracer_provider(default_service)?) } else { None };

@@ -50,7 +50,8 @@ use tokio::task::JoinHandle;
 
 use crate::party::{Before, Lobby, PartyFactory, PartyRegistry};
 use crate::room::{Env, Parties, PartiesClient};
-use crate::runtime::actor::{spawn_room, LinkSender, RoomConfig, RoomExit, RoomHandle};
+use crate::runtime::actor::spawn_room;
+use crate::runtime::handle::{LinkSender, RoomConfig, RoomExit, RoomHandle};
 use crate::runtime::link::{close_code, FromRoom, SocketId, ToRoom};
 use crate::store::{ListOptions, MemoryStore, RoomKey, Store};
 use crate::web::{Request, Response};

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use partyline::store::{Fence, Quota, StoreError, Usage, WriteOp};
 use partyline::{async_trait, Bytes, Limits, ListOptions, MemoryStore, RoomKey, Storage, StorageError, Store};
+use partyline_test_macros::timed_test;
 
 fn room() -> RoomKey {
     RoomKey::new("main", "limits")
@@ -92,7 +93,7 @@ fn keys(entries: &[(String, Bytes)]) -> Vec<String> {
     entries.iter().map(|(k, _)| k.clone()).collect()
 }
 
-#[tokio::test]
+#[timed_test]
 async fn list_reads_the_store_in_pages_and_keeps_order_bounds_and_limit() {
     let store = Recording::new(MemoryStore::new());
     seed(store.as_ref(), 1000).await;
@@ -119,7 +120,7 @@ async fn list_reads_the_store_in_pages_and_keeps_order_bounds_and_limit() {
     assert_eq!(keys(&s.list(prefix).await.unwrap()), all[900..].to_vec());
 }
 
-#[tokio::test]
+#[timed_test]
 async fn a_list_larger_than_its_limit_is_an_error() {
     let store = Arc::new(MemoryStore::new());
     seed(store.as_ref(), 1000).await;
@@ -130,7 +131,7 @@ async fn a_list_larger_than_its_limit_is_an_error() {
     assert_eq!(part.len(), 900, "a limit keeps it under");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn one_handlers_writes_are_bounded_and_sync_makes_room() {
     let store = Arc::new(MemoryStore::new());
     let s = storage(store.clone(), Limits { max_commit_bytes: 100, ..Default::default() });
@@ -144,7 +145,7 @@ async fn one_handlers_writes_are_bounded_and_sync_makes_room() {
     assert_eq!(store.usage(&room()).await.unwrap(), Some(Usage { keys: 2, bytes: 120 }));
 }
 
-#[tokio::test]
+#[timed_test]
 async fn queued_batches_merge_into_commits_no_larger_than_the_limit() {
     let store = Recording::new(MemoryStore::new());
     let s = storage(store.clone(), Limits { max_commit_bytes: 1000, ..Default::default() });
@@ -162,7 +163,7 @@ async fn queued_batches_merge_into_commits_no_larger_than_the_limit() {
     assert_eq!(commits.iter().sum::<usize>(), 20 * 300);
 }
 
-#[tokio::test]
+#[timed_test]
 async fn the_quota_is_an_error_at_put_and_exact_for_keys_never_read() {
     let quota = Quota { max_keys: 3, max_bytes: 100 };
     let store = Arc::new(MemoryStore::new().with_quota(quota));

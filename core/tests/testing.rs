@@ -9,6 +9,7 @@ use partyline::storage::now_ms;
 use partyline::testing::{body_text, request, Connect, Event, Hooks, TestRoom};
 use partyline::web::{self, query_param};
 use partyline::{Before, Connection, ConnectionContext, Lobby, Message, Party, Request, Response, Room};
+use partyline_test_macros::timed_test;
 
 /// Counts messages; `alarm` sets an alarm an hour away that resets the count; `close` closes
 /// the sender with 4000. A `?role=` query becomes the connection's tag; the `x-name` header
@@ -77,7 +78,7 @@ impl Party for Counter {
     }
 }
 
-#[tokio::test]
+#[timed_test]
 async fn clients_connect_send_receive_and_close() {
     let room = TestRoom::new::<Counter>("counter", "r");
     let mut a = room.connect("a").await;
@@ -102,7 +103,7 @@ async fn clients_connect_send_receive_and_close() {
     assert_eq!(room.stored_all().await.len(), 1);
 }
 
-#[tokio::test]
+#[timed_test]
 async fn the_alarm_runs_when_the_test_says_and_a_restart_reads_storage() {
     let mut room = TestRoom::new::<Counter>("counter", "r");
     let mut a = room.connect("a").await;
@@ -127,7 +128,7 @@ async fn the_alarm_runs_when_the_test_says_and_a_restart_reads_storage() {
     assert_eq!(b.recv_text().await, "count 1", "on_start read what was stored");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn the_static_hooks_run_like_a_gateway_runs_them() {
     let hooks = Hooks::of::<Counter>("counter");
     let refused = hooks.before_connect("r", request("GET", "/parties/counter/r", "")).await.unwrap();

@@ -327,7 +327,7 @@ mod tests {
         room.shutdown(1012, "restart").await.unwrap();
         assert_eq!(
             tokio::time::timeout(testkit::WAIT, task).await.unwrap().unwrap(),
-            partyline::runtime::actor::RoomExit::Shutdown
+            partyline::runtime::handle::RoomExit::Shutdown
         );
 
         let (room, _task) = testkit::spawn(NAME, "r", &store, Limits::default());

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use partyline::runtime::actor::{RoomExit, RoomHandle};
+use partyline::runtime::handle::{RoomExit, RoomHandle};
 pub(crate) use partyline::testing::{body_text, request, Link as Gateway, WAIT};
 use partyline::testing::{Hooks, TestRoom};
 use partyline::{http, Limits, Lobby, MemoryStore, Message, Response};

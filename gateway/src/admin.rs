@@ -92,8 +92,8 @@ impl Gateway {
 pub(crate) async fn respond(gw: &Inner, path: &str) -> axum::response::Response {
     let res = match path {
         "metrics" => {
-            let open_links = gw.links.locked().len();
-            let body = gw.metrics.render(gw.sockets.load(Ordering::Acquire), open_links);
+            let open_links = gw.link_count();
+            let body = gw.metrics.render(gw.open_sockets.load(Ordering::Acquire), open_links);
             web::with_type(StatusCode::OK, CONTENT_TYPE, Bytes::from(body))
         }
         "healthz" | "health" => web::text(StatusCode::OK, "ok"),

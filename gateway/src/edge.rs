@@ -21,10 +21,11 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
 
 use crate::clients::{self, TooMany};
-use crate::links::{Admission, RouteError};
+use crate::links::Admission;
 use crate::listener::Peer;
 use crate::metrics::{Metrics, ADMIN_PREFIX};
-use crate::routing::{route, Route};
+use crate::paths::{self, Target};
+use crate::router::RouteError;
 use crate::socket::{self, SocketTask};
 use crate::Inner;
 
@@ -64,8 +65,8 @@ async fn route_request(gw: Arc<Inner>, mut req: http::Request<Body>) -> AxumResp
         }
         return crate::admin::respond(&gw, admin).await;
     }
-    match route(&path) {
-        Route::Room { party, room } => {
+    match paths::parse(&path) {
+        Target::Room { party, room } => {
             let Some(factory) = gw.parties.get(party).cloned() else {
                 return text(StatusCode::NOT_FOUND, format!("Party {party} not found"));
             };
@@ -80,8 +81,8 @@ async fn route_request(gw: Arc<Inner>, mut req: http::Request<Body>) -> AxumResp
                 request(gw, key, factory, req).await
             }
         }
-        Route::MissingParty => text(StatusCode::BAD_REQUEST, "No party found in request url"),
-        Route::Fetch => fetch(gw, req).await,
+        Target::MissingParty => text(StatusCode::BAD_REQUEST, "No party found in request url"),
+        Target::Fetch => fetch(gw, req).await,
     }
 }
 
@@ -297,9 +298,9 @@ async fn upgrade(
     };
     if let Some(reason) = &failed_reason {
         // PartyKit's contract: the upgrade succeeds, then the socket closes with 1011 and why.
-        attached.outbox.close(close_code::INTERNAL_ERROR, reason.clone());
+        attached.queue.close(close_code::INTERNAL_ERROR, reason.clone());
     }
-    let task = SocketTask { sid, link: attached.link.clone(), outbox: attached.outbox.clone(), client: slot };
+    let task = SocketTask { sid, link: attached.link.clone(), queue: attached.queue.clone(), client: slot };
     let config = socket::ws_config(gw.limits.max_message_bytes);
     let gw2 = gw.clone();
     let span = tracing::info_span!(parent: None, "socket", room = %key, sid);

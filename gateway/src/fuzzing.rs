@@ -1,4 +1,4 @@
-//! The checks behind the fuzz targets in `fuzz/` (the route and query parser, client
+//! The checks behind the fuzz targets in `fuzz/` (the path and query parser, client
 //! addresses), kept in the library so the regular test suite replays the fuzz corpus and every
 //! crash found (`tests/tests/fuzz_corpus.rs`). Each check panics when a property fails.
 
@@ -8,14 +8,14 @@ use http::{HeaderMap, HeaderValue};
 use partyline::web;
 
 use crate::clients::{client_ip, set_client_headers, TrustedProxies};
-use crate::routing::{route, Route};
+use crate::paths::{parse, Target};
 
-/// A request target (`path?query`): how it routes, and what its query parameters decode to.
+/// A request target (`path?query`): where its path goes, and what its query parameters decode to.
 pub fn route_and_query(data: &[u8]) {
     let target = String::from_utf8_lossy(data);
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-    match route(path) {
-        Route::Room { party, room } => {
+    match parse(path) {
+        Target::Room { party, room } => {
             assert!(!party.is_empty() && !room.is_empty(), "{path:?}");
             assert!(!room.contains('/') && !party.contains('/'), "{path:?}");
             assert!(path.starts_with("/parties/") || path.starts_with("/party/"), "{path:?}");
@@ -23,8 +23,8 @@ pub fn route_and_query(data: &[u8]) {
                 assert_eq!(party, "main");
             }
         }
-        Route::MissingParty => assert!(path.starts_with("/parties//"), "{path:?}"),
-        Route::Fetch => {}
+        Target::MissingParty => assert!(path.starts_with("/parties//"), "{path:?}"),
+        Target::Fetch => {}
     }
     for name in ["_pk", "token", ""] {
         if let Some(raw) = web::query_param_raw(query, name) {

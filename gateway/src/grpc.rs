@@ -89,7 +89,7 @@ impl RoomRouter for GrpcRouter {
                 }
             }
         });
-        Ok(OpenLink { link: Box::new(RemoteLink { tx: Mutex::new(Some(opened.tx)) }), events: Box::pin(events) })
+        Ok(OpenLink { sender: Box::new(RemoteLink { tx: Mutex::new(Some(opened.tx)) }), events: Box::pin(events) })
     }
 
     async fn request(&self, key: &RoomKey, req: Request) -> Result<Response, RouteError> {

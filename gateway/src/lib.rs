@@ -4,11 +4,16 @@
 //! connection records, and fans a room's broadcasts out to its local sockets.
 //!
 //! Modules:
-//! - [`routing`]: which party and room a URL names.
-//! - [`links`]: one link per room this gateway has sockets in; the [`RoomRouter`] seam.
+//! - [`paths`]: which party and room a URL names.
+//! - [`router`]: the [`RoomRouter`] seam: how the gateway opens links into rooms and forwards
+//!   requests to them.
+//! - `links`: one link per room this gateway has sockets in, the table of them, and the
+//!   attaching and detaching of sockets (the lock order, links then sockets, is kept there).
 //! - [`grpc`]: the cluster's router: rooms on their owner nodes over gRPC.
-//! - `socket`: one client WebSocket (reader, coalescing writer, bounded send queue, pings,
-//!   message rate, lingering close).
+//! - `socket`: one client WebSocket (reader, coalescing writer, pings, message rate, lingering
+//!   close).
+//! - `send_queue`: one client's bounded send queue, and what happens to a client that does not
+//!   read.
 //! - `edge`: the HTTP handler (upgrades, hooks, requests, `on_fetch`).
 //! - [`listener`]: the accept loop (TCP cap, header, body and idle timeouts, TLS).
 //! - [`limits`]: the edge's own limits ([`EdgeLimits`]).
@@ -24,10 +29,12 @@ mod edge;
 pub mod fuzzing;
 pub mod grpc;
 pub mod limits;
-pub mod links;
+mod links;
 pub mod listener;
 pub mod metrics;
-pub mod routing;
+pub mod paths;
+pub mod router;
+mod send_queue;
 mod socket;
 
 use std::collections::HashMap;
@@ -35,16 +42,14 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use partyline::runtime::link::{SocketId, ToRoom};
-use partyline::sync::Lock;
 use partyline::{Env, Limits, Parties, PartyRegistry, RoomKey};
 use tokio::net::TcpListener;
 
 pub use limits::EdgeLimits;
-pub use links::{OpenLink, RoomLink, RoomRouter, RouteError, LINK_QUEUE};
 pub use listener::tls_config;
+pub use router::{OpenLink, RoomLink, RoomRouter, RouteError, LINK_QUEUE};
 
-use links::{Admission, LinkState, Outbox, SocketEntry};
+use links::LinkState;
 
 /// Gateway settings.
 #[derive(Clone, Debug)]
@@ -81,9 +86,11 @@ pub(crate) struct Inner {
     pub(crate) edge: EdgeLimits,
     pub(crate) tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     pub(crate) clients: Arc<clients::ClientTable>,
+    /// The table of links (see `links` for its lock order).
     pub(crate) links: Arc<Mutex<HashMap<RoomKey, Arc<LinkState>>>>,
     pub(crate) next_sid: AtomicU64,
-    pub(crate) sockets: AtomicUsize,
+    /// Client WebSockets attached now (counted against `max_connections`).
+    pub(crate) open_sockets: AtomicUsize,
     pub(crate) metrics: Arc<metrics::Metrics>,
     pub(crate) health: admin::Health,
 }
@@ -117,7 +124,7 @@ impl Gateway {
                 tls: cfg.tls,
                 links: Arc::new(Mutex::new(HashMap::new())),
                 next_sid: AtomicU64::new(1),
-                sockets: AtomicUsize::new(0),
+                open_sockets: AtomicUsize::new(0),
                 metrics,
                 health: admin::Health::default(),
             }),
@@ -153,7 +160,7 @@ impl Gateway {
 
     /// Client WebSockets open now.
     pub fn connection_count(&self) -> usize {
-        self.inner.sockets.load(Ordering::Acquire)
+        self.inner.open_sockets.load(Ordering::Acquire)
     }
 
     /// This gateway's counters.
@@ -163,29 +170,18 @@ impl Gateway {
 
     /// Rooms this gateway has a link into.
     pub fn link_count(&self) -> usize {
-        self.inner.links.locked().len()
+        self.inner.link_count()
     }
 
     /// The connection records this gateway holds for a room's sockets, in no particular order:
     /// what a new room instance needs to take them over (id, tags, state as JSON).
     pub fn records(&self, key: &RoomKey) -> Vec<ConnRecord> {
-        let Some(link) = self.inner.links.locked().get(key).cloned() else { return Vec::new() };
-        let sockets = link.sockets.locked();
-        sockets
-            .values()
-            .filter(|s| s.joined)
-            .map(|s| ConnRecord { id: s.id.clone(), tags: s.tags.clone(), state: s.state.clone() })
-            .collect()
+        self.inner.records(key)
     }
 
     /// Closes every client socket with `code` and `reason`.
     pub fn close_all(&self, code: u16, reason: &str) {
-        let links: Vec<Arc<LinkState>> = self.inner.links.locked().values().cloned().collect();
-        for link in links {
-            for s in link.sockets.locked().values() {
-                s.outbox.close(code, reason.to_string());
-            }
-        }
+        self.inner.close_all(code, reason)
     }
 }
 
@@ -198,67 +194,4 @@ pub struct ConnRecord {
     pub tags: Vec<String>,
     /// State as JSON bytes.
     pub state: Option<bytes::Bytes>,
-}
-
-/// A socket registered with its room's link, before its upgrade completes.
-pub(crate) struct Attached {
-    pub(crate) link: Arc<LinkState>,
-    pub(crate) outbox: Outbox,
-    pub(crate) admission: tokio::sync::oneshot::Receiver<Admission>,
-}
-
-impl Inner {
-    /// Registers a new socket with the link of its room, creating the link if needed; `None`
-    /// when the gateway holds as many sockets as it may (checked and counted in one step).
-    pub(crate) fn attach(self: &Arc<Self>, key: &RoomKey, sid: SocketId, id: String, uri: String) -> Option<Attached> {
-        let max = self.max_connections;
-        self.sockets.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).ok()?;
-        let outbox = Outbox::new(self.limits.max_outbox_messages, self.limits.max_outbox_bytes);
-        let (adm_tx, adm_rx) = tokio::sync::oneshot::channel();
-        let mut links = self.links.locked();
-        let link =
-            links.entry(key.clone()).or_insert_with(|| LinkState::new(key.clone(), Arc::downgrade(self))).clone();
-        link.sockets.locked().insert(
-            sid,
-            SocketEntry {
-                outbox: outbox.clone(),
-                joined: false,
-                admission: Some(adm_tx),
-                id,
-                uri,
-                tags: Vec::new(),
-                state: None,
-            },
-        );
-        Some(Attached { link, outbox, admission: adm_rx })
-    }
-
-    /// Takes a socket out of its room: the room hears it closed (with `error` when it failed),
-    /// and the link closes when it was the last socket.
-    pub(crate) async fn detach(&self, link: &Arc<LinkState>, sid: SocketId, error: Option<String>) {
-        let last = {
-            let mut links = self.links.locked();
-            let mut sockets = link.sockets.locked();
-            if sockets.remove(&sid).is_none() {
-                return;
-            }
-            self.sockets.fetch_sub(1, Ordering::AcqRel);
-            let last = sockets.is_empty();
-            if last && links.get(&link.key).is_some_and(|l| Arc::ptr_eq(l, link)) {
-                links.remove(&link.key);
-            }
-            last
-        };
-        link.send_if_open(ToRoom::Closed { sid, error }).await;
-        if last {
-            link.close().await;
-        }
-    }
-
-    /// Queues a close frame for a socket.
-    pub(crate) fn send_close(&self, link: &LinkState, sid: SocketId, code: u16, reason: String) {
-        if let Some(s) = link.sockets.locked().get(&sid) {
-            s.outbox.close(code, reason);
-        }
-    }
 }

@@ -17,7 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::links::{OpenLink, RoomRouter, RouteError};
+use crate::router::{OpenLink, RoomRouter, RouteError};
 
 /// The reserved path prefix for the gateway's own endpoints on the client port (never routed
 /// to `on_fetch`).

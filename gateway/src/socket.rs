@@ -11,8 +11,7 @@ use bytes::Bytes;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
-use partyline::runtime::actor::close_reason;
-use partyline::runtime::link::{close_code, SocketId, ToRoom};
+use partyline::runtime::link::{close_code, close_reason, SocketId, ToRoom};
 use partyline::{Message, Text};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
@@ -25,8 +24,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clients::{Bucket, ClientSlot};
 use crate::limits::EdgeLimits;
-use crate::links::{LinkState, Out, Outbox, RouteError};
+use crate::links::LinkState;
 use crate::metrics::Metrics;
+use crate::router::RouteError;
+use crate::send_queue::{Queued, SendQueue};
 use crate::Inner;
 
 /// How long a closing socket waits for the client's close frame before dropping the TCP
@@ -54,7 +55,7 @@ pub(crate) fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
 pub(crate) struct SocketTask {
     pub(crate) sid: SocketId,
     pub(crate) link: std::sync::Arc<LinkState>,
-    pub(crate) outbox: Outbox,
+    pub(crate) queue: SendQueue,
     /// The client address's count of open sockets, given back when the socket ends.
     pub(crate) client: Option<ClientSlot>,
 }
@@ -72,9 +73,9 @@ enum End {
 pub(crate) async fn run(gw: std::sync::Arc<Inner>, ws: Ws, task: SocketTask) {
     let (sink, stream) = ws.split();
     let closing = CancellationToken::new();
-    let kill = task.outbox.kill().clone();
+    let kill = task.queue.kill().clone();
     let metrics = gw.metrics.clone();
-    let writer = tokio::spawn(write_loop(metrics.clone(), sink, task.outbox.clone(), kill.clone(), closing.clone()));
+    let writer = tokio::spawn(write_loop(metrics.clone(), sink, task.queue.clone(), kill.clone(), closing.clone()));
     let (end, error, stream) = read_loop(&gw, &task, stream, &closing, &kill).await;
     kill.cancel();
     let sink = writer.await.ok();
@@ -83,7 +84,7 @@ pub(crate) async fn run(gw: std::sync::Arc<Inner>, ws: Ws, task: SocketTask) {
             linger(ws, &gw.edge).await;
         }
     }
-    task.outbox.shut();
+    task.queue.shut();
     gw.detach(&task.link, task.sid, error).await;
     drop(task.client);
 }
@@ -182,7 +183,7 @@ async fn read_loop(
                     let _ = tokio::time::timeout(Duration::from_secs(1), closing.cancelled()).await;
                     break (End::Done, Some("the client stopped answering pings".into()));
                 }
-                task.outbox.ping();
+                task.queue.ping();
                 pinged = Some(Instant::now());
             }
         }
@@ -223,19 +224,19 @@ type Sink = SplitSink<Ws, tungstenite::Message>;
 async fn write_loop(
     metrics: std::sync::Arc<Metrics>,
     mut sink: Sink,
-    outbox: Outbox,
+    queue: SendQueue,
     kill: CancellationToken,
     closing: CancellationToken,
 ) -> Sink {
     let killed = kill.cancelled();
     tokio::pin!(killed);
     loop {
-        let first = match outbox.pop() {
+        let first = match queue.pop() {
             Some(out) => out,
             None => {
                 tokio::select! {
                     biased;
-                    _ = outbox.ready() => continue,
+                    _ = queue.ready() => continue,
                     _ = &mut killed => return sink,
                 }
             }
@@ -246,7 +247,7 @@ async fn write_loop(
             let mut close = None;
             while let Some(out) = next.take() {
                 match out {
-                    Out::Msg(msg) => {
+                    Queued::Msg(msg) => {
                         batch_bytes += msg.len();
                         metrics.bytes_to_clients.inc_by(msg.len() as u64);
                         let frame = match msg {
@@ -258,14 +259,14 @@ async fn write_loop(
                         sink.feed(frame).await?;
                         Metrics::inc(&metrics.frames_to_clients);
                     }
-                    Out::Ping => sink.feed(tungstenite::Message::Ping(Bytes::new())).await?,
-                    Out::Close(code, reason) => {
+                    Queued::Ping => sink.feed(tungstenite::Message::Ping(Bytes::new())).await?,
+                    Queued::Close(code, reason) => {
                         close = Some((code, reason));
                         break;
                     }
                 }
                 if batch_bytes < COALESCE_BYTES {
-                    next = outbox.pop();
+                    next = queue.pop();
                 }
             }
             sink.flush().await?;

@@ -20,6 +20,7 @@ use rquickjs::{ArrayBuffer, Context, Ctx, Function, Module, Object, Runtime, Val
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
+use crate::bridge::{Api, Global, Hook};
 use crate::host::{self, OpResult};
 use crate::modules::{Modules, RoomLoader, PRELUDE};
 
@@ -320,7 +321,7 @@ impl Engine {
             host::install(&ctx, host).map_err(|e| js_error(&ctx, e))?;
             import(&ctx, PRELUDE)?;
             let ns = import(&ctx, &entry)?;
-            ctx.globals().set("__partyline_module", ns).map_err(|e| js_error(&ctx, e))?;
+            ctx.globals().set(Global::Module.name(), ns).map_err(|e| js_error(&ctx, e))?;
             Ok(())
         });
         engine.disarm();
@@ -359,13 +360,13 @@ impl Engine {
         self.rt.memory_usage().memory_used_size
     }
 
-    /// Calls handler `kind` with `args` and runs the engine until its result is in; the result
-    /// is returned as JSON (`null` for none).
-    pub(crate) async fn call(&mut self, kind: &str, args: [Arg; 3]) -> Result<serde_json::Value, CallError> {
+    /// Calls the prelude's handler of `hook` with `args` and runs the engine until its result is
+    /// in; the result is returned as JSON (`null` for none).
+    pub(crate) async fn call(&mut self, hook: Hook, args: [Arg; 3]) -> Result<serde_json::Value, CallError> {
         self.next_call += 1;
         let id = self.next_call;
         self.arm();
-        let result = self.run(id, kind, args).await;
+        let result = self.run(id, hook, args).await;
         self.disarm();
         if let Err(CallError::Timeout(_)) = &result {
             // Stop what the timed-out call left scheduled, so it cannot run later.
@@ -374,15 +375,14 @@ impl Engine {
         result
     }
 
-    async fn run(&mut self, id: u64, kind: &str, args: [Arg; 3]) -> Result<serde_json::Value, CallError> {
+    async fn run(&mut self, id: u64, hook: Hook, args: [Arg; 3]) -> Result<serde_json::Value, CallError> {
         let started = self.ctx.with(|ctx| -> Result<(), String> {
-            let api: Object = ctx.globals().get("__partyline").map_err(|e| js_error(&ctx, e))?;
-            let dispatch: Function = api.get("dispatch").map_err(|e| js_error(&ctx, e))?;
+            let dispatch = api(&ctx, Api::Dispatch)?;
             let [a, b, c] = args;
             let a = arg_value(&ctx, a).map_err(|e| js_error(&ctx, e))?;
             let b = arg_value(&ctx, b).map_err(|e| js_error(&ctx, e))?;
             let c = arg_value(&ctx, c).map_err(|e| js_error(&ctx, e))?;
-            dispatch.call::<_, ()>((id as f64, kind, a, b, c)).map_err(|e| js_error(&ctx, e))
+            dispatch.call::<_, ()>((id as f64, hook.name(), a, b, c)).map_err(|e| js_error(&ctx, e))
         });
         if let Err(e) = started {
             return Err(self.classify(e));
@@ -426,8 +426,7 @@ impl Engine {
         let out = self.ctx.with(|ctx| -> Result<Option<Result<serde_json::Value, String>>, String> {
             while ctx.execute_pending_job() {}
             let Some(id) = id else { return Ok(None) };
-            let api: Object = ctx.globals().get("__partyline").map_err(|e| js_error(&ctx, e))?;
-            let take: Function = api.get("take").map_err(|e| js_error(&ctx, e))?;
+            let take = api(&ctx, Api::Take)?;
             let r: Value = take.call((id as f64,)).map_err(|e| js_error(&ctx, e))?;
             let Some(arr) = r.as_array() else { return Ok(None) };
             let ok: bool = arr.get(0).map_err(|e| js_error(&ctx, e))?;
@@ -463,8 +462,7 @@ impl Engine {
     fn deliver(&mut self, op: u64, result: OpResult) -> Result<(), CallError> {
         self.host.ops.locked().in_flight -= 1;
         let out = self.ctx.with(|ctx| -> Result<(), String> {
-            let api: Object = ctx.globals().get("__partyline").map_err(|e| js_error(&ctx, e))?;
-            let complete: Function = api.get("complete").map_err(|e| js_error(&ctx, e))?;
+            let complete = api(&ctx, Api::Complete)?;
             let (ok, value) = match result {
                 OpResult::Error(msg) => {
                     (false, rquickjs::String::from_str(ctx.clone(), &msg).map_err(|e| js_error(&ctx, e))?.into_value())
@@ -482,8 +480,7 @@ impl Engine {
             return Ok(());
         }
         let out = self.ctx.with(|ctx| -> Result<(), String> {
-            let api: Object = ctx.globals().get("__partyline").map_err(|e| js_error(&ctx, e))?;
-            let timers: Function = api.get("timers").map_err(|e| js_error(&ctx, e))?;
+            let timers = api(&ctx, Api::Timers)?;
             let ids = arg_value(&ctx, Arg::Ids(due)).map_err(|e| js_error(&ctx, e))?;
             timers.call::<_, ()>((ids,)).map_err(|e| js_error(&ctx, e))
         });
@@ -514,6 +511,12 @@ impl Engine {
         self.step(None)?;
         Ok(())
     }
+}
+
+/// The prelude's entry point `entry` (on `globalThis.__partyline`).
+fn api<'js>(ctx: &Ctx<'js>, entry: Api) -> Result<Function<'js>, String> {
+    let api: Object = ctx.globals().get(Global::Api.name()).map_err(|e| js_error(ctx, e))?;
+    api.get(entry.name()).map_err(|e| js_error(ctx, e))
 }
 
 /// Imports module `name` and runs the jobs its evaluation queued; the module's namespace.

@@ -14,6 +14,7 @@ use rquickjs::function::Opt;
 use rquickjs::{Array, ArrayBuffer, Ctx, Function, Object, Value};
 use sha2::Digest;
 
+use crate::bridge::{Global, HostCall};
 use crate::engine::Host;
 
 /// Tag bytes of stored JS values that are not plain JSON text.
@@ -331,7 +332,7 @@ pub(crate) fn install<'js>(ctx: &Ctx<'js>, host: Arc<Host>) -> rquickjs::Result<
     let n = Object::new(ctx.clone())?;
     let label = host.label.clone();
     n.set(
-        "log",
+        HostCall::Log.name(),
         Function::new(ctx.clone(), move |level: i32, msg: String| match level {
             0 => tracing::trace!(target: "party", party = %label, "{msg}"),
             1 => tracing::debug!(target: "party", party = %label, "{msg}"),
@@ -340,14 +341,20 @@ pub(crate) fn install<'js>(ctx: &Ctx<'js>, host: Arc<Host>) -> rquickjs::Result<
             _ => tracing::error!(target: "party", party = %label, "{msg}"),
         })?,
     )?;
-    n.set("now", Function::new(ctx.clone(), || crate::engine::epoch().elapsed().as_secs_f64() * 1000.0)?)?;
-    let h = host.clone();
-    n.set("setTimer", Function::new(ctx.clone(), move |id: f64, ms: f64| h.set_timer(id as u64, ms))?)?;
-    let h = host.clone();
-    n.set("clearTimer", Function::new(ctx.clone(), move |id: f64| h.clear_timer(id as u64))?)?;
-    n.set("utf8Encode", Function::new(ctx.clone(), |ctx: Ctx<'js>, s: String| ArrayBuffer::new(ctx, s.into_bytes()))?)?;
     n.set(
-        "utf8Decode",
+        HostCall::Now.name(),
+        Function::new(ctx.clone(), || crate::engine::epoch().elapsed().as_secs_f64() * 1000.0)?,
+    )?;
+    let h = host.clone();
+    n.set(HostCall::SetTimer.name(), Function::new(ctx.clone(), move |id: f64, ms: f64| h.set_timer(id as u64, ms))?)?;
+    let h = host.clone();
+    n.set(HostCall::ClearTimer.name(), Function::new(ctx.clone(), move |id: f64| h.clear_timer(id as u64))?)?;
+    n.set(
+        HostCall::Utf8Encode.name(),
+        Function::new(ctx.clone(), |ctx: Ctx<'js>, s: String| ArrayBuffer::new(ctx, s.into_bytes()))?,
+    )?;
+    n.set(
+        HostCall::Utf8Decode.name(),
         Function::new(ctx.clone(), |ctx: Ctx<'js>, s: String, fatal: bool| {
             let bytes = latin1(&s);
             match String::from_utf8(bytes) {
@@ -358,16 +365,16 @@ pub(crate) fn install<'js>(ctx: &Ctx<'js>, host: Arc<Host>) -> rquickjs::Result<
         })?,
     )?;
     n.set(
-        "randomBytes",
+        HostCall::RandomBytes.name(),
         Function::new(ctx.clone(), |ctx: Ctx<'js>, len: usize| {
             let mut buf = vec![0u8; len];
             getrandom::fill(&mut buf).map_err(|e| throw(&ctx, e))?;
             ArrayBuffer::new(ctx, buf)
         })?,
     )?;
-    n.set("uuid", Function::new(ctx.clone(), || uuid::Uuid::new_v4().to_string())?)?;
+    n.set(HostCall::Uuid.name(), Function::new(ctx.clone(), || uuid::Uuid::new_v4().to_string())?)?;
     n.set(
-        "digest",
+        HostCall::Digest.name(),
         Function::new(ctx.clone(), |ctx: Ctx<'js>, alg: String, data: String| {
             let data = latin1(&data);
             let out: Vec<u8> = match alg.as_str() {
@@ -381,7 +388,7 @@ pub(crate) fn install<'js>(ctx: &Ctx<'js>, host: Arc<Host>) -> rquickjs::Result<
         })?,
     )?;
     n.set(
-        "parseUrl",
+        HostCall::ParseUrl.name(),
         Function::new(ctx.clone(), |input: String, base: Opt<Option<String>>| {
             let parsed = match base.0.flatten() {
                 Some(b) => url::Url::parse(&b).and_then(|b| b.join(&input)),
@@ -391,12 +398,12 @@ pub(crate) fn install<'js>(ctx: &Ctx<'js>, host: Arc<Host>) -> rquickjs::Result<
         })?,
     )?;
     n.set(
-        "setUrl",
+        HostCall::SetUrl.name(),
         Function::new(ctx.clone(), |href: String, part: String, value: String| set_url_part(&href, &part, &value))?,
     )?;
     let h = host.clone();
     n.set(
-        "fetch",
+        HostCall::Fetch.name(),
         Function::new(ctx.clone(), move |ctx: Ctx<'js>, req: Object<'js>| {
             let req = request_from(&req).map_err(|e| throw(&ctx, e))?;
             h.op(&ctx, fetch(h.fetch.clone(), req).boxed())
@@ -404,14 +411,14 @@ pub(crate) fn install<'js>(ctx: &Ctx<'js>, host: Arc<Host>) -> rquickjs::Result<
     )?;
     install_room(ctx, &n, &host)?;
     install_modules(ctx, &n, &host)?;
-    ctx.globals().set("__partyline_native", n)?;
+    ctx.globals().set(Global::Natives.name(), n)?;
     Ok(())
 }
 
 fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquickjs::Result<()> {
     let h = host.clone();
     n.set(
-        "storageGet",
+        HostCall::StorageGet.name(),
         Function::new(ctx.clone(), move |ctx: Ctx<'js>, keys: Vec<String>| {
             let storage = h.room()?.storage().clone();
             h.op(
@@ -428,7 +435,7 @@ fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquic
     )?;
     let h = host.clone();
     n.set(
-        "storagePut",
+        HostCall::StoragePut.name(),
         Function::new(ctx.clone(), move |ctx: Ctx<'js>, entries: Vec<Array<'js>>| {
             let storage = h.room()?.storage().clone();
             let mut batch = Vec::with_capacity(entries.len());
@@ -477,7 +484,7 @@ fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquic
     )?;
     let h = host.clone();
     n.set(
-        "storageDelete",
+        HostCall::StorageDelete.name(),
         Function::new(ctx.clone(), move |ctx: Ctx<'js>, keys: Vec<String>| {
             let storage = h.room()?.storage().clone();
             h.op(
@@ -494,7 +501,7 @@ fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquic
     )?;
     let h = host.clone();
     n.set(
-        "storageDeleteAll",
+        HostCall::StorageDeleteAll.name(),
         Function::new(ctx.clone(), move |ctx: Ctx<'js>| {
             let storage = h.room()?.storage().clone();
             match storage.delete_all().now_or_never() {
@@ -505,7 +512,7 @@ fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquic
     )?;
     let h = host.clone();
     n.set(
-        "storageList",
+        HostCall::StorageList.name(),
         Function::new(
             ctx.clone(),
             move |ctx: Ctx<'js>,
@@ -532,7 +539,7 @@ fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquic
     )?;
     let h = host.clone();
     n.set(
-        "getAlarm",
+        HostCall::GetAlarm.name(),
         Function::new(ctx.clone(), move |ctx: Ctx<'js>| {
             let storage = h.room()?.storage().clone();
             h.op(
@@ -549,7 +556,7 @@ fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquic
     )?;
     let h = host.clone();
     n.set(
-        "setAlarm",
+        HostCall::SetAlarm.name(),
         Function::new(ctx.clone(), move |ctx: Ctx<'js>, at: f64| {
             let storage = h.room()?.storage().clone();
             match storage.set_alarm(at as i64).now_or_never() {
@@ -560,7 +567,7 @@ fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquic
     )?;
     let h = host.clone();
     n.set(
-        "deleteAlarm",
+        HostCall::DeleteAlarm.name(),
         Function::new(ctx.clone(), move |ctx: Ctx<'js>| {
             let storage = h.room()?.storage().clone();
             match storage.delete_alarm().now_or_never() {
@@ -571,7 +578,7 @@ fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquic
     )?;
     let h = host.clone();
     n.set(
-        "storageSync",
+        HostCall::StorageSync.name(),
         Function::new(ctx.clone(), move |ctx: Ctx<'js>| {
             let storage = h.room()?.storage().clone();
             h.op(
@@ -587,19 +594,22 @@ fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquic
         })?,
     )?;
     let h = host.clone();
-    n.set("connUri", Function::new(ctx.clone(), move |id: String| h.conn(&id).map(|c| c.uri().to_string()))?)?;
+    n.set(
+        HostCall::ConnUri.name(),
+        Function::new(ctx.clone(), move |id: String| h.conn(&id).map(|c| c.uri().to_string()))?,
+    )?;
     let h = host.clone();
-    n.set("connTags", Function::new(ctx.clone(), move |id: String| h.conn(&id).map(|c| c.tags()))?)?;
+    n.set(HostCall::ConnTags.name(), Function::new(ctx.clone(), move |id: String| h.conn(&id).map(|c| c.tags()))?)?;
     let h = host.clone();
     n.set(
-        "connState",
+        HostCall::ConnState.name(),
         Function::new(ctx.clone(), move |id: String| {
             h.conn(&id).and_then(|c| c.state_bytes()).map(|b| String::from_utf8_lossy(&b).into_owned())
         })?,
     )?;
     let h = host.clone();
     n.set(
-        "setConnState",
+        HostCall::SetConnState.name(),
         Function::new(ctx.clone(), move |ctx: Ctx<'js>, id: String, json: Option<String>| {
             let Some(conn) = h.conn(&id) else { return Ok(()) };
             match json {
@@ -616,7 +626,7 @@ fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquic
     )?;
     let h = host.clone();
     n.set(
-        "connList",
+        HostCall::ConnList.name(),
         Function::new(ctx.clone(), move |tag: Opt<Option<String>>| -> rquickjs::Result<Vec<Vec<String>>> {
             let room = h.room()?;
             let conns = room.get_connections(tag.0.flatten().as_deref());
@@ -631,7 +641,7 @@ fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquic
     )?;
     let h = host.clone();
     n.set(
-        "send",
+        HostCall::Send.name(),
         Function::new(ctx.clone(), move |id: String, data: String, binary: bool| {
             if let Some(conn) = h.conn(&id) {
                 conn.send(message(data, binary));
@@ -640,16 +650,16 @@ fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquic
     )?;
     let h = host.clone();
     n.set(
-        "close",
+        HostCall::Close.name(),
         Function::new(ctx.clone(), move |id: String, code: f64, reason: String| {
             if let Some(conn) = h.conn(&id) {
-                conn.close(code as u16, &partyline::runtime::actor::close_reason(&reason));
+                conn.close(code as u16, &partyline::runtime::link::close_reason(&reason));
             }
         })?,
     )?;
     let h = host.clone();
     n.set(
-        "broadcast",
+        HostCall::Broadcast.name(),
         Function::new(ctx.clone(), move |data: String, binary: bool, without: Opt<Option<Vec<String>>>| {
             let room = h.room()?;
             let without = without.0.flatten().unwrap_or_default();
@@ -660,7 +670,7 @@ fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquic
     )?;
     let h = host.clone();
     n.set(
-        "partyFetch",
+        HostCall::PartyFetch.name(),
         Function::new(ctx.clone(), move |ctx: Ctx<'js>, party: String, room: String, req: Object<'js>| {
             let req = request_from(&req).map_err(|e| throw(&ctx, e))?;
             let stub = h.parties.locked().get(&party, &room);
@@ -691,14 +701,14 @@ fn message(data: String, binary: bool) -> Message {
 fn install_modules<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquickjs::Result<()> {
     let h = host.clone();
     n.set(
-        "requireResolve",
+        HostCall::RequireResolve.name(),
         Function::new(ctx.clone(), move |ctx: Ctx<'js>, dir: String, spec: String| {
             h.modules.resolve_require(&dir, &spec).map_err(|e| throw(&ctx, e))
         })?,
     )?;
     let h = host.clone();
     n.set(
-        "commonjs",
+        HostCall::Commonjs.name(),
         Function::new(ctx.clone(), move |ctx: Ctx<'js>, path: String| -> rquickjs::Result<Function<'js>> {
             let source = h.modules.commonjs(&path).map_err(|e| throw(&ctx, e))?;
             let mut opts = rquickjs::context::EvalOptions::default();

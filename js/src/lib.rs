@@ -22,6 +22,9 @@
 //!   `onFetch`, static assets) and the room type implementing `Party`.
 //! - [`engine`]: one QuickJS runtime and context, and the event loop of a call.
 //! - `host`: the natives under the prelude (storage, connections, fetch, URL, crypto).
+//! - `bridge`: the names Rust and the prelude call each other by, as enums (`Hook`, `HostCall`).
+//! - `prelude/*.js`: the prelude, the Web APIs and PartyKit's API in JavaScript, in four parts
+//!   joined into one module at build time (`web.js`, `fetch.js`, `partykit.js`, `host.js`).
 //! - [`modules`]: resolution (`oxc_resolver`), transpiling and bytecode shared by every room.
 //! - [`transpile`]: TypeScript stripped with `oxc`, JSON modules, CommonJS detection.
 //! - [`statics`]: `serve` (static assets).
@@ -64,6 +67,7 @@
 //! URL, TextEncoder, crypto, timers, fetch) whose exact behaviour we want to control (outbound
 //! `fetch` allow-list and time limit, `console` into `tracing`).
 
+mod bridge;
 pub mod engine;
 mod host;
 pub mod modules;

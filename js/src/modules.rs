@@ -11,11 +11,20 @@ use partyline::sync::Lock;
 use rquickjs::loader::{Bundle, ImportAttributes, Loader as QjsLoader, Resolver as QjsResolver};
 use rquickjs::{Context, Ctx, Module, Runtime, WriteOptions};
 
+use crate::bridge::{Api, Global};
 use crate::transpile::{transpile, ModuleKind, Transpiled};
 
 /// The module name of the Web API and PartyKit layer every room evaluates first.
 pub const PRELUDE: &str = "partyline:prelude";
-const PRELUDE_SOURCE: &str = include_str!("prelude.js");
+
+/// The prelude's source: its parts (`prelude/*.js`) joined into one module, so they share one
+/// scope; their top-level code runs in this order.
+pub(crate) const PRELUDE_SOURCE: &str = concat!(
+    include_str!("prelude/web.js"),
+    include_str!("prelude/fetch.js"),
+    include_str!("prelude/partykit.js"),
+    include_str!("prelude/host.js"),
+);
 
 /// Bytecode of one module, in the shape rquickjs' bundle loader takes.
 type Code = &'static [(&'static str, &'static [u8])];
@@ -262,7 +271,8 @@ impl Modules {
             Entry::Esm(code, _) => Ok(code),
             Entry::Source { .. } => {
                 let quoted = serde_json::to_string(name).expect("a string");
-                let stub = format!("export default globalThis.__partyline.requireFile({quoted});\n");
+                let (api, require_file) = (Global::Api.name(), Api::RequireFile.name());
+                let stub = format!("export default globalThis.{api}.{require_file}({quoted});\n");
                 compile(name, &stub)
             }
         }

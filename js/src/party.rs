@@ -20,6 +20,7 @@ use partyline::{
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
+use crate::bridge::Hook;
 use crate::engine::{string_list, Arg, CallError, Engine, EngineLimits, EngineSetup};
 use crate::host::FetchPolicy;
 use crate::modules::Modules;
@@ -145,7 +146,7 @@ impl PartyDef {
 /// Loads a party's module in a hook engine and reads its static options and hooks.
 pub(crate) async fn hook_engine(def: &PartyDef) -> Result<(Engine, HookFlags), CallError> {
     let mut engine = Engine::new(def.setup(None, Parties::new(Arc::new(NoParties))))?;
-    let flags = engine.call("hooksInit", [Arg::Null, Arg::Null, Arg::Null]).await?;
+    let flags = engine.call(Hook::HooksInit, [Arg::Null, Arg::Null, Arg::Null]).await?;
     let flags: HookFlags = serde_json::from_value(flags).map_err(|e| CallError::Engine(e.to_string()))?;
     Ok((engine, flags))
 }
@@ -157,23 +158,24 @@ pub struct JsFactory {
 }
 
 impl JsFactory {
-    async fn hook(&self, kind: &str, args: [Arg; 3], parties: Parties) -> anyhow::Result<serde_json::Value> {
+    async fn hook(&self, hook: Hook, args: [Arg; 3], parties: Parties) -> anyhow::Result<serde_json::Value> {
         let mut guard = self.def.hook_engine.lock().await;
         if guard.as_ref().is_none_or(|e| e.broken) {
             *guard = Some(hook_engine(&self.def).await.map_err(|e| anyhow!(e))?.0);
         }
         let engine = guard.as_mut().expect("just set");
         engine.host().set_parties(parties);
-        engine.call(kind, args).await.map_err(|e| anyhow!(e))
+        engine.call(hook, args).await.map_err(|e| anyhow!(e))
     }
 
     fn lobby_json(lobby: &Lobby) -> serde_json::Value {
         serde_json::json!({ "id": lobby.id, "party": lobby.party, "env": env_json(&lobby.env) })
     }
 
-    async fn before(self, kind: &'static str, req: Request, lobby: Lobby) -> anyhow::Result<Before> {
-        let args = [Arg::Str(kind.into()), Arg::Request(Box::new(req)), Arg::Json(Self::lobby_json(&lobby))];
-        let out = self.hook("before", args, lobby.parties.clone()).await?;
+    /// Runs `onBeforeConnect` or `onBeforeRequest` (`hook`).
+    async fn before(self, hook: Hook, req: Request, lobby: Lobby) -> anyhow::Result<Before> {
+        let args = [Arg::Request(Box::new(req)), Arg::Json(Self::lobby_json(&lobby)), Arg::Null];
+        let out = self.hook(hook, args, lobby.parties.clone()).await?;
         #[derive(Deserialize)]
         struct Decision {
             respond: Option<JsHttp>,
@@ -201,14 +203,14 @@ impl PartyFactory for JsFactory {
         if !self.def.hooks.on_before_connect {
             return futures::future::ready(Ok(Before::Continue(req))).boxed();
         }
-        self.clone().before("connect", req, lobby).boxed()
+        self.clone().before(Hook::BeforeConnect, req, lobby).boxed()
     }
 
     fn on_before_request(&self, req: Request, lobby: Lobby) -> BoxFuture<'static, anyhow::Result<Before>> {
         if !self.def.hooks.on_before_request {
             return futures::future::ready(Ok(Before::Continue(req))).boxed();
         }
-        self.clone().before("request", req, lobby).boxed()
+        self.clone().before(Hook::BeforeRequest, req, lobby).boxed()
     }
 
     fn on_fetch(&self, req: Request, lobby: Lobby) -> BoxFuture<'static, Option<Response>> {
@@ -223,7 +225,7 @@ impl PartyFactory for JsFactory {
                 return None;
             }
             let args = [Arg::Request(Box::new(req)), Arg::Json(Self::lobby_json(&lobby)), Arg::Null];
-            match this.hook("fetch", args, lobby.parties.clone()).await {
+            match this.hook(Hook::Fetch, args, lobby.parties.clone()).await {
                 Ok(serde_json::Value::Null) => None,
                 Ok(v) => match serde_json::from_value::<JsHttp>(v)
                     .map_err(anyhow::Error::from)
@@ -263,8 +265,8 @@ impl JsParty {
                 "internalID": format!("{}/{}", self.room.name(), self.room.id()),
                 "env": env_json(self.room.env()),
             });
-            engine.call("init", [Arg::Json(info), Arg::Null, Arg::Null]).await.map_err(|e| self.failed(e))?;
-            engine.call("start", [Arg::Null, Arg::Null, Arg::Null]).await.map_err(|e| self.failed(e))?;
+            engine.call(Hook::Init, [Arg::Json(info), Arg::Null, Arg::Null]).await.map_err(|e| self.failed(e))?;
+            engine.call(Hook::Start, [Arg::Null, Arg::Null, Arg::Null]).await.map_err(|e| self.failed(e))?;
             self.engine = Some(engine);
         }
         Ok(self.engine.as_mut().expect("just set"))
@@ -283,9 +285,9 @@ impl JsParty {
         anyhow!(e)
     }
 
-    async fn call(&mut self, kind: &str, args: [Arg; 3]) -> anyhow::Result<serde_json::Value> {
+    async fn call(&mut self, hook: Hook, args: [Arg; 3]) -> anyhow::Result<serde_json::Value> {
         let engine = self.engine().await?;
-        let result = engine.call(kind, args).await;
+        let result = engine.call(hook, args).await;
         result.map_err(|e| self.failed(e))
     }
 
@@ -329,7 +331,7 @@ impl Party for JsParty {
             Arg::Str(conn.uri().into()),
             Arg::Request(Box::new(clone_request(&ctx.request))),
         ];
-        Ok(string_list(&self.call("tags", args).await?))
+        Ok(string_list(&self.call(Hook::Tags, args).await?))
     }
 
     async fn on_connect(&mut self, conn: &Connection, ctx: &ConnectionContext) -> anyhow::Result<()> {
@@ -340,19 +342,19 @@ impl Party for JsParty {
             Arg::Str(conn.uri().into()),
             Arg::Request(Box::new(clone_request(&ctx.request))),
         ];
-        self.call("connect", args).await.map(|_| ())
+        self.call(Hook::Connect, args).await.map(|_| ())
     }
 
     async fn on_message(&mut self, message: Message, sender: &Connection) -> anyhow::Result<()> {
         self.engine().await?;
         self.remember(sender);
-        self.call("message", [Arg::Str(sender.id().into()), Arg::Message(message), Arg::Null]).await.map(|_| ())
+        self.call(Hook::Message, [Arg::Str(sender.id().into()), Arg::Message(message), Arg::Null]).await.map(|_| ())
     }
 
     async fn on_close(&mut self, conn: &Connection) -> anyhow::Result<()> {
         self.engine().await?;
         self.remember(conn);
-        let result = self.call("close", [Arg::Str(conn.id().into()), Arg::Null, Arg::Null]).await;
+        let result = self.call(Hook::Close, [Arg::Str(conn.id().into()), Arg::Null, Arg::Null]).await;
         if let Some(engine) = &self.engine {
             engine.host().forget(conn.id());
         }
@@ -362,16 +364,18 @@ impl Party for JsParty {
     async fn on_error(&mut self, conn: &Connection, error: &anyhow::Error) -> anyhow::Result<()> {
         self.engine().await?;
         self.remember(conn);
-        self.call("error", [Arg::Str(conn.id().into()), Arg::Str(format!("{error:#}")), Arg::Null]).await.map(|_| ())
+        self.call(Hook::Error, [Arg::Str(conn.id().into()), Arg::Str(format!("{error:#}")), Arg::Null])
+            .await
+            .map(|_| ())
     }
 
     async fn on_request(&mut self, req: Request) -> anyhow::Result<Response> {
-        let out = self.call("request", [Arg::Request(Box::new(req)), Arg::Null, Arg::Null]).await?;
+        let out = self.call(Hook::Request, [Arg::Request(Box::new(req)), Arg::Null, Arg::Null]).await?;
         serde_json::from_value::<JsHttp>(out)?.response()
     }
 
     async fn on_alarm(&mut self) -> anyhow::Result<()> {
-        self.call("alarm", [Arg::Null, Arg::Null, Arg::Null]).await.map(|_| ())
+        self.call(Hook::Alarm, [Arg::Null, Arg::Null, Arg::Null]).await.map(|_| ())
     }
 
     fn wakeup(&self) -> Option<Wakeup> {

@@ -1,4 +1,4 @@
-//! A node's health and metrics: the HTTP listener of `--metrics-listen` (`/metrics`,
+//! A node's health and metrics: the HTTP listener of `--admin-listen` (`/metrics`,
 //! `/healthz`, `/readyz`) and the standard gRPC health service on the gRPC port, both read
 //! from the node's [`NodeState`].
 //!

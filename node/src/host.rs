@@ -6,8 +6,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
 use async_trait::async_trait;
-use partyline::runtime::actor::{
-    spawn_room, LinkSender, RequestError, RoomConfig, RoomExit, RoomHandle, SendError, WeakRoomHandle,
+use partyline::runtime::actor::spawn_room;
+use partyline::runtime::handle::{
+    LinkSender, RequestError, RoomConfig, RoomExit, RoomHandle, SendError, WeakRoomHandle,
 };
 use partyline::runtime::link::{close_code, FromRoom};
 use partyline::runtime::observe::RoomObserver;

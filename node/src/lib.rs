@@ -10,7 +10,7 @@
 //!   handed over.
 //! - [`service`]: the gRPC service gateways call (links, requests, info).
 //! - [`server`]: `partyline node`: the process (membership, renewals, alarms, drain).
-//! - [`metrics`], [`admin`]: metrics, readiness, and the `--metrics-listen` HTTP endpoints.
+//! - [`metrics`], [`admin`]: metrics, readiness, and the `--admin-listen` HTTP endpoints.
 //! - `fuzzing`: the checks the fuzz targets in `fuzz/` run (the test suite replays the corpus).
 
 pub mod admin;

@@ -1,5 +1,5 @@
 //! A node's metrics (Prometheus / OpenMetrics, with `prometheus-client`), served with its health
-//! on `--metrics-listen` (see [`crate::admin`]). One [`NodeMetrics`] per node, so several nodes
+//! on `--admin-listen` (see [`crate::admin`]). One [`NodeMetrics`] per node, so several nodes
 //! in one process (tests) keep their own figures.
 //!
 //! Names start with `partyline_node_`; counters end in `_total`, durations are histograms in

@@ -6,8 +6,8 @@
 //! hibernating party's sockets are handed over without a disconnect), releases its leases, and
 //! exits within the drain timeout.
 //!
-//! Every background task is owned by the process ([`TaskTracker`] + [`CancellationToken`]):
-//! when [`run`] returns, nothing it started is left running.
+//! Every background task is owned by the process (one [`TaskTracker`] and one tree of
+//! [`CancellationToken`]s): when [`run`] returns, nothing it started is left running.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -125,7 +125,7 @@ impl NodeState {
     }
 }
 
-/// What a node reports about itself, shared with its `--metrics-listen` endpoints
+/// What a node reports about itself, shared with its `--admin-listen` endpoints
 /// ([`crate::admin`]): metrics, and the state readiness is read from.
 #[derive(Clone, Default)]
 pub struct NodeTelemetry {
@@ -155,6 +155,11 @@ pub async fn run(
 }
 
 /// Like [`run`], reporting what the node is doing and its metrics in `telemetry`.
+///
+/// A node runs in four steps: it starts (Redis, the cluster marker, the room host, the shard
+/// table, its membership record), spawns its background tasks (renewals, heartbeats, alarms,
+/// rebalance), serves gRPC until `shutdown` resolves or the server fails, and stops (drains,
+/// then ends everything it started, under one cancellation tree).
 pub async fn run_with(
     cfg: NodeConfig,
     parties: PartyRegistry,
@@ -162,177 +167,233 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
     telemetry: NodeTelemetry,
 ) -> anyhow::Result<()> {
-    let NodeTelemetry { metrics, state } = telemetry;
-    cfg.leases.validate().map_err(|e| anyhow::anyhow!("lease timing: {e}"))?;
-    partyline_cluster::secret::validate(&cfg.secret)?;
-    let redis = Redis::connect(cfg.redis.clone()).await.context("the node needs Redis")?;
-    let limits = Arc::new(cfg.limits.clone());
-    let grpc_max = max_grpc_message_bytes(&limits);
-    let membership = redis.membership();
-    let cluster = ClusterClient::start(
-        ClientConfig {
-            name: format!("node {}", cfg.id),
-            secret: cfg.secret.clone(),
-            max_grpc_message_bytes: grpc_max,
-            request_timeout: limits.handler_timeout + Duration::from_secs(5),
-            route_timeout: ClientConfig::route_timeout_for(cfg.leases.ttl),
-            tls: cfg.tls.clone(),
-        },
-        membership.clone(),
-        redis.leases(),
-    )
-    .await?;
-    let marker = redis.marker();
-    let cluster_id = claim_marker(&marker, &cluster, &state).await?;
-    warn_about_persistence(&marker).await;
-
-    let me = NodeInfo {
-        id: cfg.id.clone(),
-        inc: format!("{}-{}", cfg.id, boot_nonce()),
-        addr: cfg.advertise.clone(),
-        cluster: cluster_id.clone(),
-        ..NodeInfo::default()
-    };
-    // Every room is held to the storage quota in its commit script.
-    let store = Arc::new(redis.store().with_quota(cfg.limits.quota()));
-    // Set once the shard table exists: a room whose storage refused its fence stops, and so
-    // does every other room of its shard (the lease is not held at that epoch any more).
-    let fenced_shards: Arc<std::sync::OnceLock<std::sync::Weak<Shards>>> = Arc::default();
-    let on_fenced = {
-        let fenced_shards = fenced_shards.clone();
-        Arc::new(move |room: &RoomKey, fence: &partyline::store::Fence| {
-            let Some(shards) = fenced_shards.get().and_then(std::sync::Weak::upgrade) else { return };
-            let shard = shard_of(room);
-            if shards.owned().contains(&(shard, fence.epoch)) {
-                shards.drop_shard(shard, "a room's storage refused its fence");
-            }
-        })
-    };
-    let host = RoomHost::new(HostConfig {
-        parties: parties.clone(),
-        store: Arc::new(MeteredStore::new(store.clone(), metrics.clone())),
-        limits: limits.clone(),
-        env: cfg.env.clone(),
-        parties_client: Some(Arc::new(ClusterParties { client: cluster.clone(), parties: parties.clone() })),
-        observer: Some(metrics.clone()),
-        on_fenced: Some(on_fenced),
-    });
-    let lost_host = host.clone();
-    let shards = Arc::new(Shards::new(
-        Arc::new(NodeLeases {
-            leases: redis.leases().expecting_marker(&cluster_id),
-            marker: marker.clone(),
-            me: me.clone(),
-            ttl: cfg.leases.ttl,
-        }),
-        cfg.leases,
-        Box::new(move |shard| {
-            let n = lost_host.shutdown_rooms(|k| shard_of(k) == shard, close_code::SERVICE_RESTART, "room moved");
-            if n > 0 {
-                tracing::info!(shard, rooms = n, "rooms stopped with their shard");
-            }
-        }),
-    ));
-    shards.set_metrics(metrics.clone());
-    let _ = fenced_shards.set(Arc::downgrade(&shards));
-    register_gauges(&metrics, &host, &shards, &state);
-    if state.refusing() {
-        shards.close();
-    }
-
-    let node = Node { cfg: cfg.clone(), me: me.clone(), state: state.clone(), shards, host, cluster, membership };
-    // Announce ourselves before serving, so gateways route here.
-    node.announce().await.context("could not register in Redis")?;
-    node.state.registered.store(true, Ordering::Release);
-    node.state.redis_ok.store(true, Ordering::Release);
-
-    let tasks = TaskTracker::new();
-    let stop = CancellationToken::new();
-    let stop_alarms = CancellationToken::new();
-    tasks.spawn(node.shards.clone().run_renewals(stop.clone()));
-    tasks.spawn(node.clone_parts().heartbeats(marker, stop.clone()));
-    tasks.spawn(alarms::run(
-        Arc::new(ClusterAlarms {
-            store,
-            shards: node.shards.clone(),
-            cluster: node.cluster.clone(),
-            host: node.host.clone(),
-            me: me.clone(),
-            leases: redis.leases(),
-            fast_failover: cfg.fast_failover,
-        }),
-        stop_alarms.clone(),
-    ));
-    tasks.spawn(node.clone_parts().rebalance(stop.clone()));
-
-    let service = NodeService {
-        me: me.clone(),
-        host: node.host.clone(),
-        shards: node.shards.clone(),
-        cluster: node.cluster.clone(),
-        leases: redis.leases(),
-        parties,
-        fast_failover: cfg.fast_failover,
-        metrics: metrics.clone(),
-    };
-    let server = NodeServer::new(service).max_decoding_message_size(grpc_max).max_encoding_message_size(grpc_max);
-    let secrets = std::iter::once(&cfg.secret).chain(&cfg.accept_secrets);
-    let server = tonic::service::interceptor::InterceptedService::new(server, CheckSecret::any_of(secrets));
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = &cfg.tls {
-        builder = builder.tls_config(tls.server()?).context("the node's TLS configuration")?;
-    }
-    tracing::info!(node = %me.id, addr = %me.addr, inc = %me.inc, cluster = %cluster_id, "node serving");
-    let (grpc_health, health_task) = crate::admin::grpc_health(state.clone(), stop.clone());
-    tasks.spawn(health_task);
-    let stop_server = CancellationToken::new();
-    let mut served = tokio::spawn(
-        builder
-            .tcp_nodelay(true)
-            .trace_fn(partyline_cluster::telemetry::grpc_server_span)
-            .http2_keepalive_interval(Some(Duration::from_secs(5)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(3)))
-            .add_service(grpc_health)
-            .add_service(server)
-            .serve_with_incoming_shutdown(incoming(listener), stop_server.clone().cancelled_owned()),
-    );
-
+    let started = Started::start(cfg, parties, telemetry).await?;
+    let tasks = Tasks::new();
+    started.spawn_background(&tasks);
+    let mut served = started.serve(listener, &tasks)?;
     let failed = tokio::select! {
         _ = shutdown => None,
         r = &mut served => Some(r),
     };
-    if failed.is_none() {
-        // The gRPC server keeps serving while rooms move: gateways pause and hand over their
-        // sockets through it.
-        stop_alarms.cancel();
-        metrics.drains.inc();
-        node.drain().await;
+    started.stop(failed, served, tasks).await
+}
+
+/// The gRPC server's task.
+type Served = tokio::task::JoinHandle<Result<(), tonic::transport::Error>>;
+
+/// How the gRPC server's task ended.
+type ServerExit = Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>;
+
+/// Everything a node starts, and the one cancellation tree that ends it: cancelling `stop` ends
+/// the gRPC server and every background task; `stop_alarms`, its child, ends the alarm scheduler
+/// alone, first, when a drain begins.
+struct Tasks {
+    tracker: TaskTracker,
+    stop: CancellationToken,
+    stop_alarms: CancellationToken,
+}
+
+impl Tasks {
+    fn new() -> Self {
+        let stop = CancellationToken::new();
+        Tasks { tracker: TaskTracker::new(), stop_alarms: stop.child_token(), stop }
     }
-    stop_server.cancel();
-    stop_alarms.cancel();
-    stop.cancel();
-    tasks.close();
-    let served = match failed {
-        Some(r) => r,
-        None => match tokio::time::timeout(Duration::from_secs(2), &mut served).await {
-            Ok(r) => r,
-            Err(_) => {
-                // Streams a gateway keeps open past the drain do not hold the process.
-                served.abort();
-                Ok(Ok(()))
-            }
-        },
-    };
-    if tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await.is_err() {
-        tracing::warn!("background tasks did not stop in time");
+}
+
+/// A node that has started: registered in the cluster, not serving yet.
+struct Started {
+    node: Node,
+    redis: Redis,
+    marker: Marker,
+    store: Arc<RedisStore>,
+    metrics: Arc<NodeMetrics>,
+    parties: PartyRegistry,
+}
+
+impl Started {
+    /// Connects to Redis and the cluster, claims the cluster marker, builds the room host and the
+    /// shard table, and announces the node, so that gateways route here once it serves.
+    async fn start(cfg: NodeConfig, parties: PartyRegistry, telemetry: NodeTelemetry) -> anyhow::Result<Started> {
+        let NodeTelemetry { metrics, state } = telemetry;
+        cfg.leases.validate().map_err(|e| anyhow::anyhow!("lease timing: {e}"))?;
+        partyline_cluster::secret::validate(&cfg.secret)?;
+        let redis = Redis::connect(cfg.redis.clone()).await.context("the node needs Redis")?;
+        let limits = Arc::new(cfg.limits.clone());
+        let membership = redis.membership();
+        let cluster = ClusterClient::start(
+            ClientConfig {
+                name: format!("node {}", cfg.id),
+                secret: cfg.secret.clone(),
+                max_grpc_message_bytes: max_grpc_message_bytes(&limits),
+                request_timeout: limits.handler_timeout + Duration::from_secs(5),
+                route_timeout: ClientConfig::route_timeout_for(cfg.leases.ttl),
+                tls: cfg.tls.clone(),
+            },
+            membership.clone(),
+            redis.leases(),
+        )
+        .await?;
+        let marker = redis.marker();
+        let cluster_id = claim_marker(&marker, &cluster, &state).await?;
+        warn_about_persistence(&marker).await;
+
+        let me = NodeInfo {
+            id: cfg.id.clone(),
+            inc: format!("{}-{}", cfg.id, boot_nonce()),
+            addr: cfg.advertise.clone(),
+            cluster: cluster_id.clone(),
+            ..NodeInfo::default()
+        };
+        // Every room is held to the storage quota in its commit script.
+        let store = Arc::new(redis.store().with_quota(cfg.limits.quota()));
+        // Set once the shard table exists: a room whose storage refused its fence stops, and so
+        // does every other room of its shard (the lease is not held at that epoch any more).
+        let fenced_shards: Arc<std::sync::OnceLock<std::sync::Weak<Shards>>> = Arc::default();
+        let on_fenced = {
+            let fenced_shards = fenced_shards.clone();
+            Arc::new(move |room: &RoomKey, fence: &partyline::store::Fence| {
+                let Some(shards) = fenced_shards.get().and_then(std::sync::Weak::upgrade) else { return };
+                let shard = shard_of(room);
+                if shards.owned().contains(&(shard, fence.epoch)) {
+                    shards.drop_shard(shard, "a room's storage refused its fence");
+                }
+            })
+        };
+        let host = RoomHost::new(HostConfig {
+            parties: parties.clone(),
+            store: Arc::new(MeteredStore::new(store.clone(), metrics.clone())),
+            limits: limits.clone(),
+            env: cfg.env.clone(),
+            parties_client: Some(Arc::new(ClusterParties { client: cluster.clone(), parties: parties.clone() })),
+            observer: Some(metrics.clone()),
+            on_fenced: Some(on_fenced),
+        });
+        let lost_host = host.clone();
+        let shards = Arc::new(Shards::new(
+            Arc::new(NodeLeases {
+                leases: redis.leases().expecting_marker(&cluster_id),
+                marker: marker.clone(),
+                me: me.clone(),
+                ttl: cfg.leases.ttl,
+            }),
+            cfg.leases,
+            Box::new(move |shard| {
+                let n = lost_host.shutdown_rooms(|k| shard_of(k) == shard, close_code::SERVICE_RESTART, "room moved");
+                if n > 0 {
+                    tracing::info!(shard, rooms = n, "rooms stopped with their shard");
+                }
+            }),
+        ));
+        shards.set_metrics(metrics.clone());
+        let _ = fenced_shards.set(Arc::downgrade(&shards));
+        register_gauges(&metrics, &host, &shards, &state);
+        if state.refusing() {
+            shards.close();
+        }
+
+        let node = Node { cfg, me, state, shards, host, cluster, membership };
+        // Announce ourselves before serving, so gateways route here.
+        node.announce().await.context("could not register in Redis")?;
+        node.state.registered.store(true, Ordering::Release);
+        node.state.redis_ok.store(true, Ordering::Release);
+        Ok(Started { node, redis, marker, store, metrics, parties })
     }
-    node.host.shutdown().await;
-    let _ = node.membership.leave(&me.id).await;
-    tracing::info!(node = %me.id, "node stopped");
-    match served {
-        Ok(r) => r.context("the gRPC server failed"),
-        Err(e) if e.is_cancelled() => Ok(()),
-        Err(e) => Err(anyhow::anyhow!("the gRPC server task failed: {e}")),
+
+    /// Spawns the node's background tasks: lease renewals, membership heartbeats (checking the
+    /// cluster marker), the alarm scheduler, and rebalancing.
+    fn spawn_background(&self, tasks: &Tasks) {
+        let node = &self.node;
+        tasks.tracker.spawn(node.shards.clone().run_renewals(tasks.stop.clone()));
+        tasks.tracker.spawn(node.clone().heartbeats(self.marker.clone(), tasks.stop.clone()));
+        tasks.tracker.spawn(alarms::run(
+            Arc::new(ClusterAlarms {
+                store: self.store.clone(),
+                shards: node.shards.clone(),
+                cluster: node.cluster.clone(),
+                host: node.host.clone(),
+                me: node.me.clone(),
+                leases: self.redis.leases(),
+                fast_failover: node.cfg.fast_failover,
+            }),
+            tasks.stop_alarms.clone(),
+        ));
+        tasks.tracker.spawn(node.clone().rebalance(tasks.stop.clone()));
+    }
+
+    /// Starts the gRPC server on `listener` (the node service behind the secret check, and the
+    /// standard health service); it serves until `tasks.stop` is cancelled.
+    fn serve(&self, listener: TcpListener, tasks: &Tasks) -> anyhow::Result<Served> {
+        let node = &self.node;
+        let cfg = &node.cfg;
+        let grpc_max = max_grpc_message_bytes(&cfg.limits);
+        let service = NodeService {
+            me: node.me.clone(),
+            host: node.host.clone(),
+            shards: node.shards.clone(),
+            cluster: node.cluster.clone(),
+            leases: self.redis.leases(),
+            parties: self.parties.clone(),
+            fast_failover: cfg.fast_failover,
+            metrics: self.metrics.clone(),
+        };
+        let server = NodeServer::new(service).max_decoding_message_size(grpc_max).max_encoding_message_size(grpc_max);
+        let secrets = std::iter::once(&cfg.secret).chain(&cfg.accept_secrets);
+        let server = tonic::service::interceptor::InterceptedService::new(server, CheckSecret::any_of(secrets));
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &cfg.tls {
+            builder = builder.tls_config(tls.server()?).context("the node's TLS configuration")?;
+        }
+        let me = &node.me;
+        tracing::info!(node = %me.id, addr = %me.addr, inc = %me.inc, cluster = %me.cluster, "node serving");
+        let (grpc_health, health_task) = crate::admin::grpc_health(node.state.clone(), tasks.stop.clone());
+        tasks.tracker.spawn(health_task);
+        Ok(tokio::spawn(
+            builder
+                .tcp_nodelay(true)
+                .trace_fn(partyline_cluster::telemetry::grpc_server_span)
+                .http2_keepalive_interval(Some(Duration::from_secs(5)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(3)))
+                .add_service(grpc_health)
+                .add_service(server)
+                .serve_with_incoming_shutdown(incoming(listener), tasks.stop.clone().cancelled_owned()),
+        ))
+    }
+
+    /// Stops the node once `shutdown` resolved (`failed` is `None`) or the gRPC server ended
+    /// (`failed` is its result). After a shutdown it first drains, the gRPC server still serving:
+    /// gateways pause and hand over their sockets through it. Then it ends everything it started,
+    /// stops the rooms left, and leaves the membership.
+    async fn stop(self, failed: Option<ServerExit>, mut served: Served, tasks: Tasks) -> anyhow::Result<()> {
+        let node = self.node;
+        if failed.is_none() {
+            tasks.stop_alarms.cancel();
+            self.metrics.drains.inc();
+            node.drain().await;
+        }
+        tasks.stop.cancel();
+        tasks.tracker.close();
+        let served = match failed {
+            Some(r) => r,
+            None => match tokio::time::timeout(Duration::from_secs(2), &mut served).await {
+                Ok(r) => r,
+                Err(_) => {
+                    // Streams a gateway keeps open past the drain do not hold the process.
+                    served.abort();
+                    Ok(Ok(()))
+                }
+            },
+        };
+        if tokio::time::timeout(Duration::from_secs(2), tasks.tracker.wait()).await.is_err() {
+            tracing::warn!("background tasks did not stop in time");
+        }
+        node.host.shutdown().await;
+        let _ = node.membership.leave(&node.me.id).await;
+        tracing::info!(node = %node.me.id, "node stopped");
+        match served {
+            Ok(r) => r.context("the gRPC server failed"),
+            Err(e) if e.is_cancelled() => Ok(()),
+            Err(e) => Err(anyhow::anyhow!("the gRPC server task failed: {e}")),
+        }
     }
 }
 
@@ -437,6 +498,7 @@ impl LeaseBackend for NodeLeases {
 }
 
 /// The parts of a running node its background loops share.
+#[derive(Clone)]
 struct Node {
     cfg: NodeConfig,
     me: NodeInfo,
@@ -448,18 +510,6 @@ struct Node {
 }
 
 impl Node {
-    fn clone_parts(&self) -> Node {
-        Node {
-            cfg: self.cfg.clone(),
-            me: self.me.clone(),
-            state: self.state.clone(),
-            shards: self.shards.clone(),
-            host: self.host.clone(),
-            cluster: self.cluster.clone(),
-            membership: self.membership.clone(),
-        }
-    }
-
     /// The membership record as of now.
     fn record(&self) -> NodeInfo {
         NodeInfo { draining: self.state.draining(), refusing: self.state.refusing(), ..self.me.clone() }

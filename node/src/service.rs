@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use std::collections::HashSet;
 
-use partyline::runtime::actor::SendError;
+use partyline::runtime::handle::SendError;
 use partyline::runtime::link::{close_code, FromRoom, SocketId, ToRoom};
 use partyline::runtime::placement::shard_of;
 use partyline::{PartyRegistry, RoomKey};

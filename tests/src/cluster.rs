@@ -16,7 +16,7 @@ use partyline_cluster::redis::{Redis, RedisConfig};
 use partyline_node::server::{NodeConfig, Rebalance};
 use partyline_node::shards::LeaseTiming;
 use partyline_proto::pb;
-use partyline_server::cluster::GatewayProcessConfig;
+use partyline_server::gateway::GatewayProcessConfig;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -282,7 +282,7 @@ impl TestCluster {
             cluster_tls: None,
         };
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(partyline_server::cluster::run_gateway(cfg, self.parties.clone(), listener, async {
+        let task = tokio::spawn(partyline_server::gateway::run_gateway(cfg, self.parties.clone(), listener, async {
             let _ = stopped.await;
         }));
         self.gateways.push(Process { id, addr, stop: Some(stop), task: Some(task) });

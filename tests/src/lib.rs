@@ -4,7 +4,8 @@
 //! - [`DevServer`]: a `partyline dev` server in this process, stopped on drop.
 //! - [`Client`]: a WebSocket client with receive helpers that time out instead of hanging.
 //! - [`http()`](fn@http): one HTTP request over a fresh TCP connection, exact bytes kept.
-//! - [`parties`]: parties that misbehave on purpose (panic, hang, fail) for fault tests.
+//! - [`parties`]: parties that misbehave on purpose (panic, hang, fail) for the limits tests
+//!   (`tests/tests/limits.rs`), the edge tests and the cluster tests.
 //! - [`cluster`]: [`cluster::TestCluster`], Redis + nodes + gateways on loopback.
 //! - [`procs`]: [`procs::ProcCluster`], Redis + nodes + gateways as child processes of the real
 //!   `partyline` binary, for fault tests (SIGKILL, SIGSTOP, SIGTERM, Redis cut or restarted).

@@ -238,6 +238,8 @@ async fn pump(
 mod tests {
     use std::time::Duration;
 
+    use partyline_test_macros::timed_test;
+
     use super::*;
 
     /// An echo server; returns its address.
@@ -267,7 +269,7 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), fut).await.expect("timed out")
     }
 
-    #[tokio::test]
+    #[timed_test]
     async fn passes_holds_drops_and_passes_again() {
         let proxy = TcpProxy::start(echo_server().await).await;
         let mut a = TcpStream::connect(proxy.addr()).await.unwrap();
@@ -309,7 +311,7 @@ mod tests {
         assert!(proxy.forwarded() >= 3);
     }
 
-    #[tokio::test]
+    #[timed_test]
     async fn an_unreachable_upstream_resets_the_client() {
         let gone = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap().local_addr().unwrap();
         let proxy = TcpProxy::start(gone).await;
@@ -321,7 +323,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[timed_test]
     async fn dropping_the_proxy_closes_its_connections() {
         let proxy = TcpProxy::start(echo_server().await).await;
         let mut a = TcpStream::connect(proxy.addr()).await.unwrap();

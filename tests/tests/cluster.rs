@@ -6,11 +6,12 @@ use std::time::Duration;
 use partyline::runtime::placement::shard_of;
 use partyline::RoomKey;
 use partyline_proto::pb;
+use partyline_test_macros::timed_test;
 use partyline_tests::cluster::{TestCluster, SECRET};
 use partyline_tests::{raw_upgrade, run_partysocket_checks, within, Received};
 use serde_json::json;
 
-#[tokio::test]
+#[timed_test]
 async fn one_room_through_two_gateways_is_one_room() {
     let c = TestCluster::builder().nodes(3).gateways(2).start().await;
     let mut a = c.connect(0, "/parties/main/shared?_pk=a").await;
@@ -57,7 +58,7 @@ async fn one_room_through_two_gateways_is_one_room() {
     assert_eq!(&history[1..], seen[0].as_slice());
 }
 
-#[tokio::test]
+#[timed_test]
 async fn rooms_spread_over_three_nodes_with_one_owner_each() {
     let c = TestCluster::builder().nodes(3).gateways(1).start().await;
     let rooms = 90;
@@ -95,7 +96,7 @@ async fn rooms_spread_over_three_nodes_with_one_owner_each() {
     assert!(per_node.values().all(|&n| n >= rooms / 6), "a very uneven spread: {per_node:?}");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn http_reaches_the_same_room_through_any_gateway() {
     let c = TestCluster::builder().nodes(2).gateways(2).start().await;
     let mut ws = c.connect(1, "/parties/main/web").await;
@@ -110,7 +111,7 @@ async fn http_reaches_the_same_room_through_any_gateway() {
     assert_eq!((res.status, res.text().as_str()), (404, "Party nope not found"));
 }
 
-#[tokio::test]
+#[timed_test]
 async fn hooks_run_at_the_gateway_and_rejected_connections_never_reach_a_node() {
     let c = TestCluster::builder().nodes(2).gateways(1).start().await;
     for _ in 0..5 {
@@ -128,7 +129,7 @@ async fn hooks_run_at_the_gateway_and_rejected_connections_never_reach_a_node() 
     assert_eq!(rooms, 1);
 }
 
-#[tokio::test]
+#[timed_test]
 async fn a_node_refuses_callers_without_the_cluster_secret() {
     let c = TestCluster::builder().nodes(1).gateways(0).start().await;
     let mut wrong = c.node_client(0, "not-the-secret").await;
@@ -154,7 +155,7 @@ async fn a_node_refuses_callers_without_the_cluster_secret() {
     assert_eq!(right.info(pb::InfoRequest {}).await.unwrap().into_inner().node_id, "node-1");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn a_stale_view_still_reaches_the_owner_through_redirects() {
     // No rebalancing: the leases stay where they are while the test asks around.
     let mut c = TestCluster::builder().nodes(2).gateways(1).no_rebalance().start().await;
@@ -201,14 +202,14 @@ async fn a_stale_view_still_reaches_the_owner_through_redirects() {
     assert_eq!(c.node_info(2).await.rooms, 0, "node 3 never ran a room it does not own");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn partysocket_works_against_both_gateways_of_a_cluster() {
     let c = TestCluster::builder().nodes(3).gateways(2).start().await;
     run_partysocket_checks(c.gateway(0)).await;
     run_partysocket_checks(c.gateway(1)).await;
 }
 
-#[tokio::test]
+#[timed_test]
 async fn the_counter_party_and_its_alarm_work_in_the_cluster() {
     let c = TestCluster::builder().nodes(2).gateways(2).start().await;
     let mut a = c.connect(0, "/parties/counter/alarmed?_pk=x&role=r").await;
@@ -246,7 +247,7 @@ async fn counter(c: &TestCluster, gw: usize, name: &str) -> u64 {
     line.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
-#[tokio::test]
+#[timed_test]
 async fn a_broadcast_crosses_to_each_gateway_once_whatever_the_room_size() {
     let c = TestCluster::builder().nodes(2).gateways(2).start().await;
     let mut on_0 = Vec::new();
@@ -270,7 +271,7 @@ async fn a_broadcast_crosses_to_each_gateway_once_whatever_the_room_size() {
     assert_eq!(counter(&c, 0, "open_sockets").await, 40);
 }
 
-#[tokio::test]
+#[timed_test]
 async fn a_room_whose_lease_is_taken_over_is_fenced_and_reveals_nothing() {
     use partyline::store::Store;
     use partyline_cluster::redis::Acquire;
@@ -310,7 +311,7 @@ async fn owner_of(c: &TestCluster, room: &RoomKey) -> String {
     redis.leases().owner(shard_of(room)).await.unwrap().expect("the room's shard is leased").owner
 }
 
-#[tokio::test]
+#[timed_test]
 async fn a_draining_node_hands_a_hibernating_room_over_without_a_disconnect() {
     let mut c = TestCluster::builder().nodes(2).gateways(2).start().await;
     let key = RoomKey::new("counter", "moving");
@@ -360,7 +361,7 @@ async fn a_draining_node_hands_a_hibernating_room_over_without_a_disconnect() {
     assert!(b.recv_within(Duration::from_millis(300)).await.is_none());
 }
 
-#[tokio::test]
+#[timed_test]
 async fn a_draining_node_closes_other_rooms_with_1012_and_nothing_acknowledged_is_lost() {
     let mut c = TestCluster::builder().nodes(2).gateways(1).start().await;
     let key = RoomKey::new("main", "drained-chat");
@@ -378,7 +379,7 @@ async fn a_draining_node_closes_other_rooms_with_1012_and_nothing_acknowledged_i
     assert_eq!(a.recv_json().await, json!(["m0", "m1", "m2", "m3", "m4"]));
 }
 
-#[tokio::test]
+#[timed_test]
 async fn a_request_that_ran_is_never_sent_again_even_when_its_room_fails() {
     use partyline_cluster::redis::Acquire;
     use partyline_tests::parties::SLOW_WRITES;
@@ -413,7 +414,7 @@ async fn a_request_that_ran_is_never_sent_again_even_when_its_room_fails() {
     assert_eq!(SLOW_WRITES.load(Ordering::SeqCst) - before, 1, "the request ran once");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn a_node_that_joins_takes_its_share_and_hibernating_clients_stay_connected() {
     let mut c = TestCluster::builder().nodes(1).gateways(1).start().await;
     let rooms: Vec<String> = (0..24).map(|i| format!("share-{i}")).collect();

@@ -4,10 +4,11 @@
 use std::time::Duration;
 
 use partyline::Limits;
+use partyline_test_macros::timed_test;
 use partyline_tests::cluster::TestCluster;
 use partyline_tests::{raw_upgrade, within};
 
-#[tokio::test]
+#[timed_test]
 async fn a_node_at_its_room_limit_makes_the_gateway_answer_503() {
     let limits = Limits { max_rooms: 1, ..Default::default() };
     let c = TestCluster::builder().nodes(1).gateways(1).limits(limits).start().await;
@@ -20,7 +21,7 @@ async fn a_node_at_its_room_limit_makes_the_gateway_answer_503() {
     assert_eq!(c.http(0, "GET", "/parties/faulty/first", b"").await.status, 200);
 }
 
-#[tokio::test]
+#[timed_test]
 async fn a_stuck_room_on_a_node_sheds_load_with_1013_and_503() {
     let limits = Limits {
         room_queue_timeout: Duration::from_millis(300),
@@ -41,7 +42,7 @@ async fn a_stuck_room_on_a_node_sheds_load_with_1013_and_503() {
     assert_eq!(c.http(0, "GET", "/parties/faulty/other", b"").await.status, 200, "other rooms go on");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn the_storage_quota_holds_on_redis() {
     let limits = Limits { max_room_bytes: 10_000, max_room_keys: 4, ..Default::default() };
     let c = TestCluster::builder().nodes(1).gateways(1).limits(limits).start().await;

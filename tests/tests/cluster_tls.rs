@@ -14,7 +14,8 @@ use partyline_cluster::redis::{NodeInfo, Redis, RedisConfig};
 use partyline_cluster::tls::ClusterTls;
 use partyline_node::server::{NodeConfig, Rebalance};
 use partyline_node::shards::LeaseTiming;
-use partyline_server::cluster::GatewayProcessConfig;
+use partyline_server::gateway::GatewayProcessConfig;
+use partyline_test_macros::timed_test;
 use partyline_tests::cluster::Process;
 use partyline_tests::{all_parties, http, repo_root, within, Client};
 use tokio::io::AsyncReadExt;
@@ -81,7 +82,7 @@ async fn gateway(redis_url: &str, secret: &str, cluster_tls: Option<ClusterTls>)
         cluster_tls,
     };
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(partyline_server::cluster::run_gateway(cfg, all_parties(), listener, async {
+    let task = tokio::spawn(partyline_server::gateway::run_gateway(cfg, all_parties(), listener, async {
         let _ = stopped.await;
     }));
     within(20, "the gateway to listen", async {
@@ -97,7 +98,7 @@ fn ws(addr: SocketAddr, path: &str) -> String {
     format!("ws://{addr}{path}")
 }
 
-#[tokio::test]
+#[timed_test]
 async fn a_cluster_with_mutual_tls_serves_rooms_and_refuses_callers_without_a_certificate() {
     let redis = RedisServer::start();
     let _node = node(&redis.url(), "s3cret-s3cret-s3cret", &[], Some(tls("server"))).await;
@@ -117,7 +118,7 @@ async fn a_cluster_with_mutual_tls_serves_rooms_and_refuses_callers_without_a_ce
     assert_eq!((res.status, res.text().as_str()), (503, "Room unavailable, try again later"));
 }
 
-#[tokio::test]
+#[timed_test]
 async fn a_gateway_sends_nothing_to_a_node_the_cluster_ca_did_not_sign() {
     let redis = RedisServer::start();
     // An impostor registers itself as a node (anyone who can write to Redis could), serving
@@ -189,7 +190,7 @@ async fn a_gateway_sends_nothing_to_a_node_the_cluster_ca_did_not_sign() {
     assert!(received.load(Ordering::SeqCst) > 0, "a gateway that trusts the impostor talks to it");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn nodes_accept_a_list_of_secrets_for_rotation() {
     let redis = RedisServer::start();
     // The node moved to the new secret and still accepts the old one.
@@ -239,7 +240,7 @@ impl TlsRedis {
     }
 }
 
-#[tokio::test]
+#[timed_test]
 async fn nodes_and_gateways_reach_redis_over_tls() {
     // rediss:// checks Redis's certificate against the system's roots; a private CA is added
     // the usual way (SSL_CERT_FILE). Each test runs in its own process under nextest.
@@ -248,7 +249,7 @@ async fn nodes_and_gateways_reach_redis_over_tls() {
     chat_through_a_cluster_on(&format!("rediss://localhost:{}", redis.port), "rediss").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[timed_test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_and_gateways_reach_a_redis_cluster_over_tls() {
     std::env::set_var("SSL_CERT_FILE", certs().join("ca.pem"));
     let files =

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use partyline_test_macros::timed_test;
 use partyline_tests::deploy::{partyline_bin, wait_ok, Proc};
 use partyline_tests::{http, repo_root, within, Client};
 use serde_json::Value;
@@ -186,7 +187,8 @@ async fn relayed(from: &mut Client, to: &mut Client, text: &str) {
     within(20, "a chat message to cross gateways", async { while to.recv_text().await != text {} }).await;
 }
 
-#[tokio::test]
+// Each service may take up to 90 s to become healthy (`healthy`): more than the default limit.
+#[timed_test(secs = 110)]
 async fn the_compose_cluster_runs_on_loopback_and_chats_through_both_gateways_and_the_balancer() {
     let raw = std::fs::read_to_string(repo_root().join("deploy/docker-compose.yml")).unwrap();
     assert!(!raw.contains("PARTYLINE_CLUSTER_SECRET:"), "the secret must come from the env file only");
@@ -200,9 +202,10 @@ async fn the_compose_cluster_runs_on_loopback_and_chats_through_both_gateways_an
     let redis_cmd = strings(&services["redis"]["command"]).join(" ");
     assert!(redis_cmd.contains("--appendonly yes"), "{redis_cmd}");
     for (name, svc) in services.iter().filter(|(n, _)| n.starts_with("node-")) {
-        let grace = partyline_server::cli::parse_duration(svc["stop_grace_period"].as_str().expect("grace")).unwrap();
+        let grace =
+            partyline_server::values::parse_duration(svc["stop_grace_period"].as_str().expect("grace")).unwrap();
         let drain = svc["environment"]["PARTYLINE_DRAIN_TIMEOUT"].as_str().unwrap_or("10s");
-        let drain = partyline_server::cli::parse_duration(drain).unwrap();
+        let drain = partyline_server::values::parse_duration(drain).unwrap();
         assert!(grace > drain, "{name}: stop_grace_period {grace:?} must exceed the drain time {drain:?}");
         assert_eq!(svc["ulimits"]["nofile"]["soft"].as_u64().map(|n| n >= 65536), Some(true), "{name}: nofile");
     }

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use partyline_server::dev::DevConfig;
+use partyline_test_macros::timed_test;
 use partyline_tests::{http, raw_upgrade, DevServer, Received};
 use serde_json::json;
 
@@ -10,7 +11,7 @@ fn ephemeral() -> DevConfig {
     DevConfig::default()
 }
 
-#[tokio::test]
+#[timed_test]
 async fn chat_history_and_broadcast_reach_every_member() {
     let s = DevServer::start(ephemeral()).await;
     let mut a = s.connect("/parties/main/room1?_pk=a").await;
@@ -30,7 +31,7 @@ async fn chat_history_and_broadcast_reach_every_member() {
     assert_eq!(d.recv_text().await, "[]");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn http_reaches_the_same_room_state() {
     let s = DevServer::start(ephemeral()).await;
     let mut a = s.connect("/parties/main/h1").await;
@@ -48,7 +49,7 @@ async fn http_reaches_the_same_room_state() {
     assert_eq!(res.status, 405);
 }
 
-#[tokio::test]
+#[timed_test]
 async fn unknown_party_and_fetch_fallback() {
     let s = DevServer::start(ephemeral()).await;
     let res = s.http("GET", "/parties/nope/r", b"").await;
@@ -71,7 +72,7 @@ async fn unknown_party_and_fetch_fallback() {
     assert_eq!(res.status, 400);
 }
 
-#[tokio::test]
+#[timed_test]
 async fn handshake_selects_no_subprotocol_and_no_extension() {
     let s = DevServer::start(ephemeral()).await;
     let (_stream, head) = raw_upgrade(
@@ -98,7 +99,7 @@ async fn handshake_selects_no_subprotocol_and_no_extension() {
     assert_eq!(res.status, 400, "{}", res.text());
 }
 
-#[tokio::test]
+#[timed_test]
 async fn echo_keeps_text_and_binary_apart_and_answers_only_the_sender() {
     let s = DevServer::start(ephemeral()).await;
     let mut a = s.connect("/parties/echo/e1").await;
@@ -110,7 +111,7 @@ async fn echo_keeps_text_and_binary_apart_and_answers_only_the_sender() {
     assert_eq!(b.recv_within(Duration::from_millis(300)).await, None, "echo answers the sender only");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn private_party_checks_the_token_at_the_edge() {
     let s = DevServer::start(ephemeral()).await;
     for path in ["/parties/private/p1", "/parties/private/p1?token="] {
@@ -129,7 +130,7 @@ async fn private_party_checks_the_token_at_the_edge() {
     assert_eq!(v["connections"], json!(1));
 }
 
-#[tokio::test]
+#[timed_test]
 async fn storage_and_alarms_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let s = DevServer::start(DevServer::on_disk(dir.path())).await;
@@ -163,7 +164,7 @@ async fn storage_and_alarms_survive_a_restart() {
     assert_eq!(fired["count"], json!(1));
 }
 
-#[tokio::test]
+#[timed_test]
 async fn an_alarm_wakes_a_room_that_is_not_loaded() {
     let cfg = DevConfig {
         limits: partyline::Limits { room_idle: Duration::from_millis(200), ..Default::default() },
@@ -186,7 +187,7 @@ async fn an_alarm_wakes_a_room_that_is_not_loaded() {
     assert_eq!(v["alarms_fired"], json!(1), "the alarm fired while no client was connected: {v}");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn raw_http_answers_have_the_partykit_shape() {
     let s = DevServer::start(ephemeral()).await;
     let res = http(s.addr, "GET", "/parties/main/shape", &[], b"").await;

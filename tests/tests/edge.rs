@@ -8,6 +8,7 @@ use std::time::Duration;
 use partyline::Limits;
 use partyline_gateway::EdgeLimits;
 use partyline_server::dev::DevConfig;
+use partyline_test_macros::timed_test;
 use partyline_tests::{
     client_frame, close_payload, http, raw_upgrade, read_server_frame, repo_root, within, Client, DevServer, Received,
 };
@@ -32,7 +33,7 @@ async fn until_closed(stream: &mut TcpStream, secs: u64, what: &str) {
     .await
 }
 
-#[tokio::test]
+#[timed_test]
 async fn oversized_frames_get_1009_and_not_a_reset() {
     let s = DevServer::start(DevConfig::default()).await;
     // 1 MiB is the limit; the client is still sending when the gateway closes: it must read on
@@ -49,7 +50,7 @@ async fn oversized_frames_get_1009_and_not_a_reset() {
     assert_eq!(a.recv_text().await, "still serving");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn slowloris_request_heads_are_cut_off() {
     let edge = EdgeLimits { header_timeout: Duration::from_secs(1), ..Default::default() };
     let s = DevServer::start(dev(Limits::default(), edge)).await;
@@ -87,7 +88,7 @@ async fn slowloris_request_heads_are_cut_off() {
     }
 }
 
-#[tokio::test]
+#[timed_test]
 async fn idle_keep_alive_connections_and_stalled_bodies_are_closed() {
     let edge = EdgeLimits {
         header_timeout: Duration::from_millis(800),
@@ -112,7 +113,7 @@ async fn idle_keep_alive_connections_and_stalled_bodies_are_closed() {
     assert!(String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 408"), "{}", String::from_utf8_lossy(&raw));
 }
 
-#[tokio::test]
+#[timed_test]
 async fn a_client_that_stops_reading_a_response_is_cut_off() {
     let edge = EdgeLimits { idle_timeout: Duration::from_secs(1), ..Default::default() };
     let s = DevServer::start(dev(Limits::default(), edge)).await;
@@ -134,7 +135,7 @@ async fn a_client_that_stops_reading_a_response_is_cut_off() {
     assert!(got < 8 << 20, "the connection was closed before the whole body went out ({got} bytes)");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn tcp_connections_past_the_cap_get_503() {
     let edge = EdgeLimits { max_tcp_connections: 5, ..Default::default() };
     let s = DevServer::start(dev(Limits::default(), edge)).await;
@@ -164,7 +165,7 @@ async fn tcp_connections_past_the_cap_get_503() {
     .await;
 }
 
-#[tokio::test]
+#[timed_test]
 async fn silent_sockets_are_pinged_then_dropped() {
     let edge = EdgeLimits {
         ping_interval: Some(Duration::from_millis(300)),
@@ -188,7 +189,7 @@ async fn silent_sockets_are_pinged_then_dropped() {
     assert_eq!(a.recv_text().await, "still here");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn a_client_over_its_message_rate_is_closed_with_1008() {
     let edge = EdgeLimits { max_messages_per_second: 5, message_burst: 10, ..Default::default() };
     let s = DevServer::start(dev(Limits::default(), edge)).await;
@@ -206,7 +207,7 @@ async fn a_client_over_its_message_rate_is_closed_with_1008() {
     assert_eq!(b.recv_text().await, "others go on");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn one_client_address_is_limited_in_open_and_new_sockets() {
     let edge = EdgeLimits {
         max_connections_per_ip: 2,
@@ -236,7 +237,7 @@ async fn one_client_address_is_limited_in_open_and_new_sockets() {
     assert!(head.starts_with("HTTP/1.1 429"), "a fourth connect within the second: {head}");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn parties_see_the_client_address_and_forged_headers_are_replaced() {
     let forged = "X-Forwarded-For: 6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nCF-Connecting-IP: 6.6.6.6\r\n";
     let s = DevServer::start(DevConfig::default()).await;
@@ -259,7 +260,7 @@ async fn parties_see_the_client_address_and_forged_headers_are_replaced() {
     assert_eq!(res.text(), "2001:db8::5|127.0.0.1|2001:db8::5");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn connection_ids_are_bounded_and_utf8() {
     let s = DevServer::start(DevConfig::default()).await;
     let ok = "a".repeat(256);
@@ -275,7 +276,7 @@ async fn connection_ids_are_bounded_and_utf8() {
     assert_eq!(b.recv_text().await, format!("{ok},été"));
 }
 
-#[tokio::test]
+#[timed_test]
 async fn the_connection_limit_never_overshoots() {
     let s = DevServer::start(DevConfig { max_connections: 5, ..DevConfig::default() }).await;
     let addr = s.addr;
@@ -296,7 +297,7 @@ async fn the_connection_limit_never_overshoots() {
     assert_eq!((open.len(), refused), (5, 35));
 }
 
-#[tokio::test]
+#[timed_test]
 async fn the_room_limit_refuses_new_rooms_and_idle_rooms_make_way() {
     let limits = Limits { max_rooms: 2, ..Default::default() };
     let s = DevServer::start(dev(limits, EdgeLimits::default())).await;
@@ -321,7 +322,7 @@ async fn the_room_limit_refuses_new_rooms_and_idle_rooms_make_way() {
     }
 }
 
-#[tokio::test]
+#[timed_test]
 async fn a_stuck_room_sheds_load_with_1013_and_503() {
     let limits = Limits {
         room_queue_timeout: Duration::from_millis(300),
@@ -345,7 +346,7 @@ async fn a_stuck_room_sheds_load_with_1013_and_503() {
     assert_eq!(s.http("GET", "/parties/faulty/other", b"").await.status, 200);
 }
 
-#[tokio::test]
+#[timed_test]
 async fn storage_quotas_are_errors_for_the_party_in_memory_and_on_disk() {
     let limits = Limits { max_room_bytes: 10_000, max_room_keys: 4, ..Default::default() };
     let dir = tempfile::tempdir().unwrap();
@@ -375,7 +376,7 @@ async fn ask(a: &mut Client, cmd: &str) -> String {
     a.recv_text().await
 }
 
-#[tokio::test]
+#[timed_test]
 async fn try_send_reports_the_outbound_limit_and_keeps_the_connection() {
     let limits = Limits { max_outbound_message_bytes: 1000, ..Default::default() };
     let s = DevServer::start(dev(limits, EdgeLimits::default())).await;
@@ -388,7 +389,7 @@ async fn try_send_reports_the_outbound_limit_and_keeps_the_connection() {
     assert_eq!(a.recv_text().await, "still open");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn wss_and_https_with_tls() {
     let certs = repo_root().join("tests/certs");
     let tls = partyline_gateway::tls_config(&certs.join("server.pem"), &certs.join("server.key")).unwrap();
@@ -413,7 +414,7 @@ async fn wss_and_https_with_tls() {
     until_closed(&mut plain, 15, "a plain HTTP request on the TLS port to be dropped").await;
 }
 
-#[tokio::test]
+#[timed_test]
 async fn raw_frames_after_a_close_do_not_hang_the_gateway() {
     // A client that sends a too-large frame header and then nothing more: the linger ends on its
     // own time and the socket is gone.

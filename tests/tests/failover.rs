@@ -18,6 +18,7 @@
 use std::time::{Duration, Instant};
 
 use partyline::RoomKey;
+use partyline_test_macros::timed_test;
 use partyline_tests::faults::{
     self, mixed_rooms, multi, rooms_for_a_join, Outcome, Pause, RedisFault, Run, Setup, RECOVERY_TIMEOUT,
 };
@@ -25,7 +26,12 @@ use partyline_tests::load::{Kind, RoomSpec};
 use partyline_tests::procs::{ProcCluster, LEASES};
 use partyline_tests::proxy::Mode;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// The whole-test limit of a fault test: a run warms up its load, causes its fault, waits up to
+/// [`RECOVERY_TIMEOUT`] for every room and checks storage, so it gets more than the default
+/// limit, and still fails (with its name) before nextest kills it at 120 s.
+const FAULT_TEST_SECS: u64 = 110;
+
+#[timed_test(flavor = "multi_thread", worker_threads = 2, secs = FAULT_TEST_SECS)]
 async fn a_healthy_cluster_under_load_passes_every_check() {
     let mut run = Run::start(Setup::new(multi(), mixed_rooms(4, 2))).await;
     let t = Instant::now();
@@ -40,17 +46,17 @@ async fn a_healthy_cluster_under_load_passes_every_check() {
     run.verdict();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[timed_test(flavor = "multi_thread", worker_threads = 2, secs = FAULT_TEST_SECS)]
 async fn sigkill_of_an_owner_loses_no_acknowledged_write() {
     faults::sigkill(Setup::new(multi(), mixed_rooms(6, 3))).await.verdict();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[timed_test(flavor = "multi_thread", worker_threads = 2, secs = FAULT_TEST_SECS)]
 async fn an_owner_paused_until_its_rooms_moved_is_fenced_when_it_resumes() {
     faults::pause(Setup::new(multi(), mixed_rooms(6, 3)), Pause::UntilMoved).await.verdict();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[timed_test(flavor = "multi_thread", worker_threads = 2, secs = FAULT_TEST_SECS)]
 async fn an_owner_resumed_just_past_its_lease_delivers_nothing() {
     // Past the lease TTL, but before gateways give up on the paused node's streams: it wakes
     // up with its links to clients still open and messages waiting.
@@ -58,17 +64,17 @@ async fn an_owner_resumed_just_past_its_lease_delivers_nothing() {
     faults::pause(Setup::new(multi(), mixed_rooms(6, 3)), pause).await.verdict();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[timed_test(flavor = "multi_thread", worker_threads = 2, secs = FAULT_TEST_SECS)]
 async fn an_owner_partitioned_from_redis_is_fenced() {
     faults::cut_from_redis(Setup::new(multi(), mixed_rooms(6, 3)), Mode::Hold).await.verdict();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[timed_test(flavor = "multi_thread", worker_threads = 2, secs = FAULT_TEST_SECS)]
 async fn an_owner_whose_redis_connections_reset_is_fenced() {
     faults::cut_from_redis(Setup::new(multi(), mixed_rooms(6, 3)), Mode::Drop).await.verdict();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[timed_test(flavor = "multi_thread", worker_threads = 2, secs = FAULT_TEST_SECS)]
 async fn redis_restarts_with_aof_lose_nothing_and_crash_nothing() {
     // A crash and an immediate restart, then an outage past the self-fence deadline (every
     // node loses its leases).
@@ -77,7 +83,7 @@ async fn redis_restarts_with_aof_lose_nothing_and_crash_nothing() {
     faults::redis_restarts(setup, &[RedisFault::Restart, outage]).await.verdict();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[timed_test(flavor = "multi_thread", worker_threads = 2, secs = FAULT_TEST_SECS)]
 async fn a_redis_that_lost_its_data_is_refused_not_served_empty() {
     let mut run = Run::start(Setup::new(multi().durable_redis(true), mixed_rooms(4, 2))).await;
     let t = Instant::now();
@@ -170,7 +176,7 @@ async fn drain_the_busiest(rooms: Vec<RoomSpec>) -> Outcome {
     faults::drain(Setup::new(multi(), rooms), false).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[timed_test(flavor = "multi_thread", worker_threads = 2, secs = FAULT_TEST_SECS)]
 async fn sigterm_drains_an_owner_under_load() {
     let mut drain = drain_the_busiest(mixed_rooms(6, 3)).await;
     // Sockets of non-hibernating rooms are closed with 1012 so that clients reconnect at once.
@@ -185,7 +191,7 @@ async fn sigterm_drains_an_owner_under_load() {
     drain.verdict();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[timed_test(flavor = "multi_thread", worker_threads = 2, secs = FAULT_TEST_SECS)]
 async fn drain_keeps_hibernating_clients_connected() {
     let mut drain = drain_the_busiest(mixed_rooms(0, 6)).await;
     // Every room is a counter room: the drained node's rooms' clients are all hibernating.
@@ -205,7 +211,7 @@ async fn join_a_node(rooms: Vec<RoomSpec>) -> Outcome {
     faults::join(Setup::new(ProcCluster::builder().nodes(2).gateways(2), rooms)).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[timed_test(flavor = "multi_thread", worker_threads = 2, secs = FAULT_TEST_SECS)]
 async fn a_node_joining_under_load_takes_its_share_and_loses_nothing() {
     let rooms = rooms_for_a_join(Kind::Chat, "chat", 3, 2, 3)
         .into_iter()
@@ -220,7 +226,7 @@ async fn a_node_joining_under_load_takes_its_share_and_loses_nothing() {
     join.verdict();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[timed_test(flavor = "multi_thread", worker_threads = 2, secs = FAULT_TEST_SECS)]
 async fn rebalance_keeps_hibernating_clients_connected() {
     let mut join = join_a_node(rooms_for_a_join(Kind::Counter, "count", 3, 2, 3)).await;
     let all: Vec<usize> = (0..join.report.rooms.len()).collect();
@@ -266,7 +272,7 @@ fn the_chaos_runner_runs_rounds_and_sums_them_up() {
     assert!(stderr.contains("unknown fault kind \"meteor\"") && stderr.contains("redis-outage"), "{stderr}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[timed_test(flavor = "multi_thread", worker_threads = 2, secs = FAULT_TEST_SECS)]
 async fn an_alarm_fires_after_its_owner_crashed() {
     use partyline::Store;
     let mut cluster = multi().start().await;

@@ -2,9 +2,10 @@
 //! `tests/interop/partysocket.mjs`; `scripts/test.sh` installs its packages (`npm ci`).
 
 use partyline_server::dev::DevConfig;
+use partyline_test_macros::timed_test;
 use partyline_tests::{run_partysocket_checks, DevServer};
 
-#[tokio::test]
+#[timed_test]
 async fn partysocket_works_against_dev() {
     let s = DevServer::start(DevConfig::default()).await;
     run_partysocket_checks(s.addr).await;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use partyline_cluster::redis::testing::RedisServer;
+use partyline_test_macros::timed_test;
 use partyline_tests::deploy::{free_port, get, partyline_bin, sample, wait_ok, Proc};
 use partyline_tests::{http, within, Client};
 use prost::Message as _;
@@ -82,7 +83,7 @@ fn at_least(text: &str, name: &str, min: f64) {
     assert!(v >= min, "{name} is {v}, expected at least {min}");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn gateway_and_node_metrics_move_with_traffic() {
     let mut c = within(90, "the cluster to start", cluster(&[], &[], &[])).await;
     let url = format!("ws://{}/parties/main/metrics-room", c.client_addr);
@@ -150,7 +151,7 @@ async fn gateway_and_node_metrics_move_with_traffic() {
     c.node.terminate().await;
 }
 
-#[tokio::test]
+#[timed_test]
 async fn a_short_or_missing_secret_is_refused_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("secret");
@@ -298,12 +299,12 @@ async fn one_trace_covers_gateway_and_node(protocol: &str) {
     c.node.terminate().await;
 }
 
-#[tokio::test]
+#[timed_test]
 async fn one_trace_covers_gateway_and_node_over_otlp_http() {
     one_trace_covers_gateway_and_node("http/protobuf").await;
 }
 
-#[tokio::test]
+#[timed_test]
 async fn one_trace_covers_gateway_and_node_over_otlp_grpc() {
     one_trace_covers_gateway_and_node("grpc").await;
 }

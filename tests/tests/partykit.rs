@@ -11,6 +11,7 @@ use std::time::Duration;
 use partyline::{Env, Limits, PartyRegistry};
 use partyline_js::{JsSettings, Project};
 use partyline_server::dev::DevConfig;
+use partyline_test_macros::timed_test;
 use partyline_tests::cluster::TestCluster;
 use partyline_tests::{repo_root, within, DevServer};
 
@@ -49,7 +50,7 @@ async fn run_clients(addr: SocketAddr) {
     assert!(stdout.contains(" passed, 0 failed"), "no summary line:\n{stdout}");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn the_example_project_passes_the_client_checks_under_dev() {
     let (parties, env) = load(&example().join("partykit.json"), &Limits::default()).await;
     let s = DevServer::start_with(DevConfig { env: env.clone(), ..DevConfig::default() }, parties.clone()).await;
@@ -63,7 +64,7 @@ async fn the_example_project_passes_the_client_checks_under_dev() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[timed_test]
 async fn the_example_project_passes_the_client_checks_through_a_cluster() {
     let (parties, env) = load(&example().join("partykit.json"), &Limits::default()).await;
     let c = TestCluster::builder().nodes(2).gateways(2).parties(parties, env).start().await;
@@ -84,7 +85,7 @@ fn project(files: &[(&str, &str)]) -> tempfile::TempDir {
 
 const CONFIG: &str = r#"{ "main": "server.ts" }"#;
 
-#[tokio::test]
+#[timed_test]
 async fn a_type_error_names_the_file_and_line() {
     let dir = project(&[("partykit.json", CONFIG), ("server.ts", "export default class {\n  x: number = ;\n}\n")]);
     let err = Project::load(&dir.path().join("partykit.json"), &Limits::default(), &JsSettings::default())
@@ -95,7 +96,7 @@ async fn a_type_error_names_the_file_and_line() {
     assert!(text.contains("server.ts:2:"), "{text}");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn a_missing_package_is_reported() {
     let dir = project(&[
         ("partykit.json", CONFIG),
@@ -130,7 +131,7 @@ export default class Faulty implements Party.Server {
 }
 "#;
 
-#[tokio::test]
+#[timed_test]
 async fn js_parties_keep_the_room_guarantees() {
     let dir = project(&[("partykit.json", CONFIG), ("server.ts", FAULTY)]);
     let limits = Limits { handler_timeout: Duration::from_secs(1), ..Limits::default() };
@@ -173,7 +174,7 @@ async fn js_parties_keep_the_room_guarantees() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[timed_test]
 async fn dev_reloads_the_project_when_a_file_changes() {
     let v1 = "export default class { onRequest() { return new Response(\"one\"); } }\n";
     let v2 = "export default class { onRequest() { return new Response(\"two\"); } }\n";

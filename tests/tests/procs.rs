@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
+use partyline_test_macros::timed_test;
 use partyline_tests::procs::{health, ProcCluster};
 use partyline_tests::within;
 
@@ -29,7 +30,7 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[timed_test(flavor = "multi_thread", worker_threads = 2)]
 async fn processes_start_take_signals_restart_and_are_all_killed_on_drop() {
     let mut c = ProcCluster::builder().nodes(2).gateways(1).start().await;
     let members: Vec<String> = c.members().await.into_iter().map(|m| m.id).collect();

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use partyline::runtime::placement::shard_of;
 use partyline::RoomKey;
+use partyline_test_macros::timed_test;
 use partyline_tests::cluster::TestCluster;
 use partyline_tests::{run_partysocket_checks, within, Client, Received};
 use serde_json::json;
@@ -20,7 +21,7 @@ async fn history(c: &TestCluster, room: &str) -> Vec<String> {
     serde_json::from_slice(&res.body).unwrap()
 }
 
-#[tokio::test]
+#[timed_test]
 async fn partysocket_through_two_gateways_with_room_data_on_every_primary() {
     let c = TestCluster::builder().nodes(3).gateways(2).redis_cluster().start().await;
     run_partysocket_checks(c.gateway(0)).await;
@@ -83,7 +84,7 @@ async fn send_until(mut client: Client, prefix: String, stop: Arc<AtomicBool>) -
     (client, acked)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[timed_test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_migrating_under_load_loses_nothing_acknowledged() {
     let c = TestCluster::builder().nodes(2).gateways(2).no_rebalance().redis_cluster().start().await;
     // Four chat rooms on one shard, so its slot holds a dozen keys to move.
@@ -134,7 +135,7 @@ async fn a_slot_migrating_under_load_loses_nothing_acknowledged() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[timed_test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_failover_keeps_every_acknowledged_write_and_a_primary_that_lost_its_data_is_refused() {
     let c = TestCluster::builder().nodes(2).gateways(1).redis_cluster_with_replicas().start().await;
     let redis = c.redis().await;

@@ -6,17 +6,18 @@
 
 use partyline::Limits;
 use partyline_server::dev::DevConfig;
+use partyline_test_macros::timed_test;
 use partyline_tests::cluster::TestCluster;
 use partyline_tests::{run_interop_script, run_yjs_checks, DevServer};
 
-#[tokio::test]
+#[timed_test]
 async fn providers_against_dev() {
     let s = DevServer::start(DevConfig::default()).await;
     let addr = s.addr.to_string();
     run_yjs_checks(&["check", &addr, "--auth"]).await;
 }
 
-#[tokio::test]
+#[timed_test]
 async fn a_document_survives_a_dev_restart() {
     let dir = tempfile::tempdir().unwrap();
     let s = DevServer::start(DevServer::on_disk(dir.path())).await;
@@ -28,14 +29,14 @@ async fn a_document_survives_a_dev_restart() {
     run_yjs_checks(&["read", &addr, "restart-doc"]).await;
 }
 
-#[tokio::test]
+#[timed_test]
 async fn providers_through_two_gateways_of_a_cluster() {
     let c = TestCluster::builder().nodes(2).gateways(2).start().await;
     let (a, b) = (c.gateway(0).to_string(), c.gateway(1).to_string());
     run_yjs_checks(&["check", &a, &b, "--auth"]).await;
 }
 
-#[tokio::test]
+#[timed_test]
 async fn a_document_moves_to_another_node_whole() {
     // Small values force the 2 MB document into many pieces in Redis.
     let limits = Limits { max_value_bytes: 64 << 10, ..Limits::default() };
@@ -50,7 +51,7 @@ async fn a_document_moves_to_another_node_whole() {
     run_yjs_checks(&["read", &b, "moving-doc"]).await;
 }
 
-#[tokio::test]
+#[timed_test]
 async fn the_text_page_in_two_tabs_of_headless_chromium() {
     let s = DevServer::start(DevConfig::default()).await;
     let addr = s.addr.to_string();

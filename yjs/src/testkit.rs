@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use partyline::prelude::*;
-use partyline::runtime::actor::{LinkSender, RoomExit, RoomHandle};
+use partyline::runtime::handle::{LinkSender, RoomExit, RoomHandle};
 use partyline::runtime::link::{FromRoom, ToRoom};
 use partyline::testing::TestRoom;
 use partyline::{Limits, MemoryStore, RoomKey};

@@ -11,8 +11,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::room::{LinkId, Outbound};
-use crate::runtime::actor::close_reason;
-use crate::runtime::link::{close_code, FromRoom};
+use crate::runtime::link::{close_code, close_reason, FromRoom};
 use crate::storage::WriteProgress;
 use crate::sync::Lock;
 

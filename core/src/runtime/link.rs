@@ -1,6 +1,8 @@
 //! The messages between a gateway and a room: what one gateway's sockets do in one room, and
 //! what the room asks that gateway to do with them. `dev` passes them over in-process channels;
 //! the cluster carries the same messages over one gRPC stream per (gateway, room).
+//! Beside them: the WebSocket close codes the runtime uses ([`close_code`]) and [`close_reason`],
+//! which fits a close reason in a close frame.
 
 use bytes::Bytes;
 
@@ -168,4 +170,16 @@ pub mod close_code {
     pub const TRY_AGAIN_LATER: u16 = 1013;
     /// Another connection with the same id joined the room and replaced this one.
     pub const REPLACED: u16 = 4409;
+}
+
+/// A close reason fits in a control frame: at most 123 bytes, cut at a character boundary.
+pub fn close_reason(text: &str) -> String {
+    if text.len() <= 123 {
+        return text.to_string();
+    }
+    let mut end = 123;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
 }

@@ -24,7 +24,7 @@ fn alarm_time(event: &str) -> i64 {
     event.rsplit(':').next().unwrap().parse().expect("alarm:N:TIME")
 }
 
-#[tokio::test]
+#[timed_test]
 async fn an_alarm_fires_once_and_is_then_deleted() {
     let id = "alarm_once";
     let fx = Fixture::register(id);
@@ -47,7 +47,7 @@ async fn an_alarm_fires_once_and_is_then_deleted() {
     assert_eq!(fx.count(&fx.alarms), 1, "the alarm fired again");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn a_failing_alarm_is_retried_with_backoff_and_then_deleted() {
     let id = "alarm_retry";
     let fx = Fixture::register(id);
@@ -71,7 +71,7 @@ async fn a_failing_alarm_is_retried_with_backoff_and_then_deleted() {
     assert_eq!(fx.count(&fx.alarms), 2);
 }
 
-#[tokio::test]
+#[timed_test]
 async fn the_alarm_command_runs_on_alarm_only_when_an_alarm_is_due() {
     // No alarm at all.
     let id = "alarm_cmd_none";
@@ -105,7 +105,7 @@ async fn the_alarm_command_runs_on_alarm_only_when_an_alarm_is_due() {
     wait_store_alarm(store.as_ref(), &key(id), None).await;
 }
 
-#[tokio::test]
+#[timed_test]
 async fn an_alarm_far_in_the_past_fires_at_once() {
     let id = "alarm_min";
     let fx = Fixture::register(id);
@@ -120,7 +120,7 @@ async fn an_alarm_far_in_the_past_fires_at_once() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[timed_test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hibernated_room_whose_on_start_fails_on_an_alarm_does_not_spin() {
     let id = "alarm_start_spin";
     let fx = Fixture::register(id);

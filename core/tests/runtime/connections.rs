@@ -2,7 +2,7 @@
 
 use super::*;
 
-#[tokio::test]
+#[timed_test]
 async fn a_second_connection_with_the_same_id_replaces_the_first() {
     let id = "duplicate_id";
     let fx = Fixture::register(id);
@@ -51,7 +51,7 @@ async fn a_second_connection_with_the_same_id_replaces_the_first() {
     }
 }
 
-#[tokio::test]
+#[timed_test]
 async fn broadcast_without_excludes_by_id_and_skips_links_with_no_recipient() {
     let id = "broadcast_without";
     Fixture::register(id);
@@ -82,7 +82,7 @@ async fn broadcast_without_excludes_by_id_and_skips_links_with_no_recipient() {
     b.quiet(QUIET).await;
 }
 
-#[tokio::test]
+#[timed_test]
 async fn broadcast_without_a_repeated_id_still_reaches_the_others() {
     let id = "broadcast_without_repeat";
     Fixture::register(id);
@@ -100,7 +100,7 @@ async fn broadcast_without_a_repeated_id_still_reaches_the_others() {
     assert_eq!(a.text(2).await, "end");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn tags_are_validated_and_filter_get_connections() {
     let id = "tags";
     Fixture::register(id);
@@ -134,7 +134,7 @@ async fn tags_are_validated_and_filter_get_connections() {
     }
 }
 
-#[tokio::test]
+#[timed_test]
 async fn joined_comes_before_accepted_with_on_connect_frames_between() {
     let id = "handshake_order";
     Fixture::register(id);
@@ -150,7 +150,7 @@ async fn joined_comes_before_accepted_with_on_connect_frames_between() {
     }
 }
 
-#[tokio::test]
+#[timed_test]
 async fn closing_a_connection_from_party_code_closes_the_socket_then_runs_on_close() {
     let id = "party_close";
     let fx = Fixture::register(id);
@@ -173,7 +173,7 @@ async fn closing_a_connection_from_party_code_closes_the_socket_then_runs_on_clo
     assert!(events.drain().is_empty(), "on_close ran twice");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn closing_a_connection_in_on_connect_closes_it_and_runs_on_close() {
     let id = "connect_close";
     let fx = Fixture::register(id);
@@ -191,7 +191,7 @@ async fn closing_a_connection_in_on_connect_closes_it_and_runs_on_close() {
     assert_eq!(gw.text(2).await, "ids:yes");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn a_socket_that_failed_runs_on_error_then_on_close() {
     let id = "socket_error";
     let fx = Fixture::register(id);
@@ -206,7 +206,7 @@ async fn a_socket_that_failed_runs_on_error_then_on_close() {
     assert_eq!(seen, ["error:s1:connection reset", "close:s1:open=false:same=0"]);
 }
 
-#[tokio::test]
+#[timed_test]
 async fn closing_a_link_runs_on_close_for_each_of_its_sockets() {
     let id = "link_close";
     let fx = Fixture::register(id);
@@ -238,7 +238,7 @@ async fn closing_a_link_runs_on_close_for_each_of_its_sockets() {
     assert_eq!(c.text(4).await, "ids:l4");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn connections_past_the_room_limit_are_refused_with_503() {
     let id = "room_full";
     Fixture::register(id);

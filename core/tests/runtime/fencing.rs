@@ -2,7 +2,7 @@
 
 use super::*;
 
-#[tokio::test]
+#[timed_test]
 async fn a_fenced_write_drops_the_room_with_1012_and_discards_what_followed() {
     let id = "fenced";
     let fx = Fixture::register(id);
@@ -47,7 +47,7 @@ async fn a_fenced_write_drops_the_room_with_1012_and_discards_what_followed() {
     assert!(room.request(request("/ping")).await.is_err(), "the room still answers");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn a_failed_backend_write_drops_the_room_with_1011() {
     let id = "backend_failed";
     Fixture::register(id);
@@ -75,7 +75,7 @@ async fn a_failed_backend_write_drops_the_room_with_1011() {
     assert_eq!(exit_within(&mut exit, WAIT).await, RoomExit::StorageFailed { fenced: false });
 }
 
-#[tokio::test]
+#[timed_test]
 async fn storage_fails_for_good_after_a_failed_commit() {
     let store = TestStore::new();
     store.fail_with(FailMode::Backend);

@@ -2,7 +2,7 @@
 
 use super::*;
 
-#[tokio::test]
+#[timed_test]
 async fn a_panic_in_on_message_closes_that_socket_with_1011_and_the_room_goes_on() {
     let id = "panic_message";
     let fx = Fixture::register(id);
@@ -23,7 +23,7 @@ async fn a_panic_in_on_message_closes_that_socket_with_1011_and_the_room_goes_on
     assert_eq!(gw.text(2).await, "ids:p2");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn an_error_from_on_message_reaches_on_error() {
     let id = "error_message";
     let fx = Fixture::register(id);
@@ -40,7 +40,7 @@ async fn an_error_from_on_message_reaches_on_error() {
     assert_eq!(gw.text(1).await, "still open");
 }
 
-#[tokio::test(start_paused = true)]
+#[timed_test(start_paused = true)]
 async fn a_handler_past_the_time_limit_closes_its_socket_with_1011() {
     let id = "handler_timeout";
     Fixture::register(id);
@@ -57,7 +57,7 @@ async fn a_handler_past_the_time_limit_closes_its_socket_with_1011() {
     assert_eq!(gw.text(2).await, "alive");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn an_on_connect_error_fails_the_connection_with_its_text() {
     let id = "connect_error";
     Fixture::register(id);
@@ -73,7 +73,7 @@ async fn an_on_connect_error_fails_the_connection_with_its_text() {
     assert_eq!(gw.text(2).await, "ids:good");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn on_request_panics_answer_500_and_http_errors_their_status() {
     let id = "request_errors";
     Fixture::register(id);
@@ -87,7 +87,7 @@ async fn on_request_panics_answer_500_and_http_errors_their_status() {
     assert_eq!(res.status(), StatusCode::OK, "the room goes on after a panic");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn a_failed_on_start_fails_the_first_event_and_the_next_event_retries() {
     let id = "start_retry";
     let fx = Fixture::register(id);

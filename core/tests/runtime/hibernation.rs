@@ -28,7 +28,7 @@ async fn idle_then_whoami(hibernate: bool, id: &str) -> (Arc<Fixture>, serde_jso
     (fx, who)
 }
 
-#[tokio::test(start_paused = true)]
+#[timed_test(start_paused = true)]
 async fn a_hibernating_room_wakes_with_connection_ids_tags_and_state_intact() {
     let (fx, who) = idle_then_whoami(true, "hibernate_wake").await;
     assert_eq!(who, serde_json::json!({"id": "h1", "tags": ["h1", "red", "blue"], "state": "kept"}));
@@ -36,7 +36,7 @@ async fn a_hibernating_room_wakes_with_connection_ids_tags_and_state_intact() {
     assert_eq!(fx.count(&fx.starts), 2, "on_start did not run again");
 }
 
-#[tokio::test(start_paused = true)]
+#[timed_test(start_paused = true)]
 async fn a_non_hibernating_room_keeps_its_party_value_when_idle() {
     let (fx, who) = idle_then_whoami(false, "no_hibernate").await;
     assert_eq!(who, serde_json::json!({"id": "h1", "tags": ["h1", "red", "blue"], "state": "kept"}));
@@ -44,7 +44,7 @@ async fn a_non_hibernating_room_keeps_its_party_value_when_idle() {
     assert_eq!(fx.count(&fx.starts), 1);
 }
 
-#[tokio::test(start_paused = true)]
+#[timed_test(start_paused = true)]
 async fn an_idle_room_with_nothing_attached_exits_when_the_host_allows() {
     let id = "idle_exit";
     let fx = Fixture::register(id);
@@ -76,7 +76,7 @@ async fn an_idle_room_with_nothing_attached_exits_when_the_host_allows() {
     assert!(room.request(request("/ping")).await.is_err());
 }
 
-#[tokio::test(start_paused = true)]
+#[timed_test(start_paused = true)]
 async fn an_idle_room_stays_when_the_host_says_no() {
     let id = "idle_stay";
     Fixture::register(id);
@@ -95,7 +95,7 @@ async fn an_idle_room_stays_when_the_host_says_no() {
     assert_eq!(call(&room, "/ping").await.status(), StatusCode::OK);
 }
 
-#[tokio::test]
+#[timed_test]
 async fn shutdown_tells_every_link_the_room_is_gone() {
     let id = "shutdown";
     Fixture::register(id);

@@ -15,7 +15,8 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use partyline::http::{self, StatusCode};
-use partyline::runtime::actor::{spawn_room, RoomConfig, RoomExit, RoomHandle};
+use partyline::runtime::actor::spawn_room;
+use partyline::runtime::handle::{RoomConfig, RoomExit, RoomHandle};
 use partyline::runtime::link::{close_code, FromRoom, SocketId, ToRoom};
 use partyline::storage::now_ms;
 use partyline::store::{Fence, StoreError, WriteOp};
@@ -26,6 +27,7 @@ use partyline::{
     Parties, PartiesClient, Party, PartyFactory, PartyOptions, PartyRegistry, Request, Response, Room, RoomKey,
     Storage, StorageError, Store,
 };
+use partyline_test_macros::timed_test;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;

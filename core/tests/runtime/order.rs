@@ -2,7 +2,7 @@
 
 use super::*;
 
-#[tokio::test]
+#[timed_test]
 async fn messages_from_one_socket_reach_on_message_in_order() {
     let id = "order_in";
     let fx = Fixture::register(id);
@@ -19,7 +19,7 @@ async fn messages_from_one_socket_reach_on_message_in_order() {
     }
 }
 
-#[tokio::test]
+#[timed_test]
 async fn frames_to_one_socket_arrive_in_the_order_sent() {
     let id = "order_out";
     Fixture::register(id);
@@ -59,7 +59,7 @@ impl PartiesClient for CountingParties {
     }
 }
 
-#[tokio::test]
+#[timed_test]
 async fn a_request_to_another_room_waits_for_the_callers_writes() {
     let store = TestStore::new();
     let parties = Arc::new(CountingParties::default());
@@ -79,7 +79,7 @@ async fn a_request_to_another_room_waits_for_the_callers_writes() {
     assert_eq!(store.value(&key("fetch-gate"), "k2").await.as_deref(), Some(&b"\"v2\""[..]));
 }
 
-#[tokio::test]
+#[timed_test]
 async fn a_fetch_after_a_refused_write_never_leaves() {
     let store = TestStore::new();
     let parties = Arc::new(CountingParties::default());
@@ -95,7 +95,7 @@ async fn a_fetch_after_a_refused_write_never_leaves() {
     assert_eq!(parties.calls.load(Ordering::SeqCst), 0);
 }
 
-#[tokio::test]
+#[timed_test]
 async fn a_request_the_room_took_is_interrupted_not_undelivered_when_the_room_fails() {
     let store = TestStore::new();
     let (room, _exit) = spawn("interrupted", Opts { store: store.clone(), ..Opts::default() });
@@ -108,13 +108,13 @@ async fn a_request_the_room_took_is_interrupted_not_undelivered_when_the_room_fa
     store.wait_commits(1).await;
     store.release();
     let res = timeout(WAIT, call).await.unwrap().unwrap();
-    assert!(matches!(res, Err(partyline::runtime::actor::RequestError::Interrupted(_))), "{res:?}");
+    assert!(matches!(res, Err(partyline::runtime::handle::RequestError::Interrupted(_))), "{res:?}");
     // A request to a room that has stopped was never delivered: safe to send elsewhere.
     let res = timeout(WAIT, room.request(request("/write"))).await.unwrap();
-    assert!(matches!(res, Err(partyline::runtime::actor::RequestError::NotDelivered(_))), "{res:?}");
+    assert!(matches!(res, Err(partyline::runtime::handle::RequestError::NotDelivered(_))), "{res:?}");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn a_room_that_does_not_hibernate_closes_its_links_on_a_move_once_its_writes_are_durable() {
     let store = TestStore::new();
     let (room, mut exit) = spawn("move-plain", Opts { store: store.clone(), ..Opts::default() });
@@ -152,7 +152,7 @@ impl Gw {
     }
 }
 
-#[tokio::test]
+#[timed_test]
 async fn a_hibernating_room_moves_its_sockets_to_a_new_instance_without_losing_a_frame() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let opts = || Opts { hibernate: true, store: store.clone(), ..Opts::default() };
@@ -201,7 +201,7 @@ async fn a_hibernating_room_moves_its_sockets_to_a_new_instance_without_losing_a
     assert_eq!(events.iter().filter(|e| e.starts_with("start:")).count(), 2, "one start per instance: {events:?}");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn a_link_that_does_not_pause_in_time_is_closed_and_the_rest_move() {
     let (old, mut exit) = spawn("move-late", Opts { hibernate: true, ..Opts::default() });
     let (mut g1, mut g2) = (Gw::open(&old).await, Gw::open(&old).await);

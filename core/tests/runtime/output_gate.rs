@@ -2,7 +2,7 @@
 
 use super::*;
 
-#[tokio::test]
+#[timed_test]
 async fn output_gate_holds_frames_that_follow_a_write_until_the_commit_is_acked() {
     let id = "gate_frames";
     Fixture::register(id);
@@ -30,7 +30,7 @@ async fn output_gate_holds_frames_that_follow_a_write_until_the_commit_is_acked(
     assert_eq!(store.value(&key(id), "k").await, Some(Bytes::from("\"v\"")));
 }
 
-#[tokio::test]
+#[timed_test]
 async fn output_gate_holds_later_frames_behind_a_held_one_in_order() {
     let id = "gate_order";
     Fixture::register(id);
@@ -51,7 +51,7 @@ async fn output_gate_holds_later_frames_behind_a_held_one_in_order() {
     assert_eq!(a.text(1).await, "3");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn output_gate_holds_an_http_response_until_the_commit_is_acked() {
     let id = "gate_http";
     Fixture::register(id);

@@ -10,7 +10,7 @@ fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
 }
 
-#[tokio::test]
+#[timed_test]
 async fn storage_reads_its_own_writes_before_they_are_committed() {
     let store = TestStore::new();
     let storage = direct("ryw", store.clone(), Limits::default());
@@ -35,7 +35,7 @@ async fn storage_reads_its_own_writes_before_they_are_committed() {
     assert_eq!(store.value(&key("ryw"), "k").await, None);
 }
 
-#[tokio::test]
+#[timed_test]
 async fn storage_delete_reports_whether_the_key_existed() {
     let store = Arc::new(MemoryStore::new());
     let room = key("delete");
@@ -53,7 +53,7 @@ async fn storage_delete_reports_whether_the_key_existed() {
     assert_eq!(store.get(&room, &["stored".into(), "buffered".into()]).await.unwrap(), vec![None, None]);
 }
 
-#[tokio::test]
+#[timed_test]
 async fn storage_delete_all_hides_every_key_while_the_commit_is_pending() {
     let store = TestStore::new();
     let room = key("delete_all");
@@ -86,7 +86,7 @@ async fn storage_delete_all_hides_every_key_while_the_commit_is_pending() {
     assert_eq!(store.get_alarm(&room).await.unwrap(), Some(12_345), "delete_all keeps the alarm");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn storage_list_sees_buffered_writes() {
     let store = Arc::new(MemoryStore::new());
     let room = key("list");
@@ -123,7 +123,7 @@ async fn storage_list_sees_buffered_writes() {
     assert_eq!(list(ListOptions { start: Some("c".into()), ..Default::default() }).await, ["c2"]);
 }
 
-#[tokio::test]
+#[timed_test]
 async fn storage_enforces_key_value_and_batch_limits() {
     let limits = Limits { max_key_bytes: 8, max_value_bytes: 16, max_batch_keys: 3, ..Limits::default() };
     let store = Arc::new(MemoryStore::new());
@@ -155,7 +155,7 @@ async fn storage_enforces_key_value_and_batch_limits() {
     assert_eq!(storage.get_bytes("p0").await.unwrap(), None);
 }
 
-#[tokio::test]
+#[timed_test]
 async fn storage_json_get_of_a_non_json_value_is_a_json_error() {
     let storage = direct("json", Arc::new(MemoryStore::new()), Limits::default());
     storage.put_bytes("raw", Bytes::from_static(&[0xff, 0x00, 0x01])).await.unwrap();
@@ -168,7 +168,7 @@ async fn storage_json_get_of_a_non_json_value_is_a_json_error() {
     assert_eq!(storage.get_bytes("raw").await.unwrap(), Some(Bytes::from_static(&[0xff, 0x00, 0x01])));
 }
 
-#[tokio::test]
+#[timed_test]
 async fn storage_sync_resolves_only_once_the_store_has_the_data() {
     let store = TestStore::new();
     let room = key("sync");
@@ -189,7 +189,7 @@ async fn storage_sync_resolves_only_once_the_store_has_the_data() {
     assert_eq!(store.value(&room, "k").await, Some(b("\"v\"")));
 }
 
-#[tokio::test]
+#[timed_test]
 async fn storage_alarm_round_trips_and_reaches_the_store() {
     let store = Arc::new(MemoryStore::new());
     let room = key("alarm_rt");

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use partyline::Limits;
 use partyline_server::dev::DevConfig;
+use partyline_test_macros::timed_test;
 use partyline_tests::{client_frame, close_payload, raw_upgrade, read_server_frame, within, DevServer, Received};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
@@ -13,7 +14,7 @@ fn with_limits(limits: Limits) -> DevConfig {
     DevConfig { limits, ..DevConfig::default() }
 }
 
-#[tokio::test]
+#[timed_test]
 async fn oversized_message_closes_with_1009() {
     let s = DevServer::start(with_limits(Limits { max_message_bytes: 1024, ..Default::default() })).await;
     let mut a = s.connect("/parties/echo/big").await;
@@ -25,7 +26,7 @@ async fn oversized_message_closes_with_1009() {
     assert_eq!(reason, "Message is too large: 1025 > 1024");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn an_outbound_frame_over_the_limit_closes_with_1009_or_is_dropped() {
     let limits = Limits { max_outbound_message_bytes: 1000, ..Default::default() };
     let s = DevServer::start(with_limits(limits)).await;
@@ -42,7 +43,7 @@ async fn an_outbound_frame_over_the_limit_closes_with_1009_or_is_dropped() {
     assert_eq!(b.recv_text().await, "small");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn a_frame_larger_than_the_send_queue_bound_still_goes_out_alone() {
     let limits = Limits { max_outbox_bytes: 1000, max_outbound_message_bytes: 1 << 20, ..Default::default() };
     let s = DevServer::start(with_limits(limits)).await;
@@ -53,7 +54,7 @@ async fn a_frame_larger_than_the_send_queue_bound_still_goes_out_alone() {
     assert_eq!(a.recv_text().await, "after");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn invalid_utf8_text_closes_with_1007() {
     let s = DevServer::start(DevConfig::default()).await;
     let (mut stream, head) = raw_upgrade(s.addr, "/parties/echo/utf?_pk=raw", "").await;
@@ -68,7 +69,7 @@ async fn invalid_utf8_text_closes_with_1007() {
     assert_eq!(close_payload(&payload).0, 1007);
 }
 
-#[tokio::test]
+#[timed_test]
 async fn ping_is_answered_and_client_close_is_answered() {
     let s = DevServer::start(DevConfig::default()).await;
     let (mut stream, _) = raw_upgrade(s.addr, "/parties/echo/ping", "").await;
@@ -83,7 +84,7 @@ async fn ping_is_answered_and_client_close_is_answered() {
     assert_eq!(close_payload(&payload).0, 4001);
 }
 
-#[tokio::test]
+#[timed_test]
 async fn long_room_id_and_large_body_are_refused() {
     let s = DevServer::start(with_limits(Limits { max_request_body_bytes: 100, ..Default::default() })).await;
     let long = "r".repeat(257);
@@ -96,7 +97,7 @@ async fn long_room_id_and_large_body_are_refused() {
     assert_eq!(res.status, 413);
 }
 
-#[tokio::test]
+#[timed_test]
 async fn a_client_that_does_not_read_is_closed_and_the_room_goes_on() {
     let limits = Limits { max_outbox_messages: 64, max_outbox_bytes: 1 << 20, ..Default::default() };
     let s = DevServer::start(with_limits(limits)).await;
@@ -130,7 +131,7 @@ async fn a_client_that_does_not_read_is_closed_and_the_room_goes_on() {
     assert_eq!(fast.recv_text().await, "still here");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn panics_errors_and_hangs_are_contained() {
     let s = DevServer::start(with_limits(Limits { handler_timeout: Duration::from_millis(300), ..Default::default() }))
         .await;
@@ -170,7 +171,7 @@ async fn panics_errors_and_hangs_are_contained() {
     assert_eq!(res.status, 200);
 }
 
-#[tokio::test]
+#[timed_test]
 async fn a_failing_on_connect_is_a_101_then_1011_with_the_reason() {
     let s = DevServer::start(DevConfig::default()).await;
     let (mut stream, head) = raw_upgrade(s.addr, "/parties/faulty/c?fail=1", "").await;
@@ -187,7 +188,7 @@ async fn a_failing_on_connect_is_a_101_then_1011_with_the_reason() {
     assert!(reason.contains("tags"), "{reason}");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn state_and_storage_limits_are_errors_for_the_party() {
     let s = DevServer::start(DevConfig::default()).await;
     let mut a = s.connect("/parties/faulty/lim").await;
@@ -201,7 +202,7 @@ async fn state_and_storage_limits_are_errors_for_the_party() {
     assert!(a.recv_text().await.contains("the limit is 131072"));
 }
 
-#[tokio::test]
+#[timed_test]
 async fn newest_connection_with_an_id_wins() {
     let s = DevServer::start(DevConfig::default()).await;
     let mut old = s.connect("/parties/faulty/dup?_pk=same").await;
@@ -222,7 +223,7 @@ async fn newest_connection_with_an_id_wins() {
     assert_eq!(other.recv_text().await, "same");
 }
 
-#[tokio::test]
+#[timed_test]
 async fn hibernation_keeps_sockets_ids_tags_and_state() {
     let limits = Limits { hibernate_idle: Duration::from_millis(300), ..Default::default() };
     let s = DevServer::start(with_limits(limits)).await;

@@ -2,6 +2,7 @@
 //! through its `GrpcRouter`, with membership from Redis, metrics and health.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,52 @@ use partyline_cluster::wire::max_grpc_message_bytes;
 use partyline_gateway::grpc::GrpcRouter;
 use partyline_gateway::{Gateway, GatewayConfig};
 use tokio::net::TcpListener;
+
+use crate::process::{bind, cluster_parties, scheme, shutdown_signal};
+use crate::project::ProjectArgs;
+
+/// A gateway process as its command line asks for it (`partyline gateway`, [`crate::cli`]).
+#[derive(Debug)]
+pub struct GatewayProcess {
+    /// Where clients connect.
+    pub listen: SocketAddr,
+    /// Serve `/metrics`, `/healthz` and `/readyz` here instead of under `/_partyline/` on the
+    /// client port.
+    pub admin_listen: Option<SocketAddr>,
+    /// A PartyKit project served beside the gateway's parties (the gateway runs their static
+    /// hooks).
+    pub project: ProjectArgs,
+    /// The gateway's settings. Its `name` is set once the client port is bound, and its `env`
+    /// gets the project's variables.
+    pub config: GatewayProcessConfig,
+}
+
+impl GatewayProcess {
+    /// Runs the gateway with `parties` until Ctrl-C or SIGTERM.
+    pub async fn run(self, parties: PartyRegistry) -> anyhow::Result<()> {
+        let GatewayProcess { listen, admin_listen, project, mut config } = self;
+        let (parties, env) =
+            cluster_parties(&project, &config.limits, parties, std::mem::take(&mut config.env)).await?;
+        config.env = env;
+        let listener = bind(listen).await?;
+        let local = listener.local_addr()?;
+        config.name = format!("gateway {local}");
+        let admin = match admin_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        let scheme = scheme(config.tls.is_some());
+        println!("Partyline gateway listening on {scheme}://{local}");
+        println!("  redis: {} (prefix {})", partyline_cluster::redis::redact(&config.redis.url), config.redis.prefix);
+        match &admin {
+            Some(a) => println!("  metrics and health: http://{}/metrics, /healthz, /readyz", a.local_addr()?),
+            None => println!(
+                "  metrics and health: {scheme}://{local}/_partyline/metrics, /_partyline/healthz, /_partyline/readyz"
+            ),
+        }
+        run_gateway_with(config, parties, listener, admin, shutdown_signal()).await
+    }
+}
 
 /// Settings of a gateway process.
 #[derive(Clone, Debug)]

@@ -1,0 +1,333 @@
+//! What a room's callers hold: the [`RoomHandle`] and a gateway's [`LinkSender`], the commands
+//! they queue for the room task, what a room needs to start ([`RoomConfig`]), the errors its
+//! callers see, and how the task ended ([`RoomExit`]). The task itself is in [`super::actor`].
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::limits::Limits;
+use crate::party::PartyFactory;
+use crate::room::{Env, LinkId, Parties};
+use crate::runtime::link::{FromRoom, ToRoom};
+use crate::runtime::observe::RoomObserver;
+use crate::store::{Fence, RoomKey, Store};
+use crate::web::{Request, Response};
+/// Called once with how a room task ended; see [`RoomConfig::on_exit`].
+pub type OnExit = Box<dyn FnOnce(&RoomExit) + Send>;
+
+/// Everything a room needs to run.
+pub struct RoomConfig {
+    /// Which room.
+    pub key: RoomKey,
+    /// Its party.
+    pub factory: Arc<dyn PartyFactory>,
+    /// Where its storage lives.
+    pub store: Arc<dyn Store>,
+    /// The lease the room's writes are fenced by (`None` in `dev`).
+    pub fence: Option<Fence>,
+    /// Limits in force.
+    pub limits: Arc<Limits>,
+    /// Party variables.
+    pub env: Env,
+    /// Access to other rooms.
+    pub parties: Parties,
+    /// Asked when the room has been idle with nothing attached; returns true when the room may
+    /// stop (the host removed it from its table, so nothing can send to it any more).
+    pub may_exit: Box<dyn Fn() -> bool + Send + Sync>,
+    /// Told how long events take and when alarms fire (metrics); `None`: nobody listens.
+    pub observer: Option<Arc<dyn RoomObserver>>,
+    /// Called once with how the room task ended (after it ended).
+    pub on_exit: Option<OnExit>,
+}
+
+/// What a room task is asked to do, in its queue's order.
+// `span` of a request: the caller's, so the handler's span joins the caller's trace.
+pub(super) enum RoomCmd {
+    OpenLink {
+        link: LinkId,
+        tx: mpsc::Sender<FromRoom>,
+    },
+    Link {
+        link: LinkId,
+        msg: ToRoom,
+    },
+    CloseLink {
+        link: LinkId,
+    },
+    Request {
+        req: Request,
+        reply: oneshot::Sender<Response>,
+        span: Box<tracing::Span>,
+    },
+    /// `as_of`: the time (ms since the Unix epoch) to check the alarm against; `None`: now.
+    Alarm {
+        as_of: Option<i64>,
+    },
+    /// Answered, through the output gate, once everything before it was handled.
+    Flush {
+        reply: oneshot::Sender<Response>,
+    },
+    Shutdown {
+        code: u16,
+        reason: String,
+    },
+    Move {
+        deadline: Instant,
+    },
+    /// The host needs room for another room: leave now if nobody is connected.
+    Evict,
+}
+
+impl RoomCmd {
+    /// Whether the command may run while a moved room gathers its sockets (the handover itself).
+    pub(super) fn is_handover(&self) -> bool {
+        matches!(
+            self,
+            RoomCmd::OpenLink { .. }
+                | RoomCmd::CloseLink { .. }
+                | RoomCmd::Shutdown { .. }
+                | RoomCmd::Move { .. }
+                | RoomCmd::Link { msg: ToRoom::Adopt { .. } | ToRoom::Adopted { .. }, .. }
+        )
+    }
+}
+
+/// The room is not running any more; ask the host for a fresh handle and try again.
+#[derive(Debug, thiserror::Error)]
+#[error("room {0} is not running")]
+pub struct RoomGone(pub RoomKey);
+
+/// Why a room did not take a command.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The room had stopped.
+    #[error(transparent)]
+    Gone(#[from] RoomGone),
+    /// The room's queue stayed full for the queue timeout (`Limits::room_queue_timeout`): the
+    /// room is overloaded (or stuck in a handler). Nothing was delivered.
+    #[error("room {0} is overloaded")]
+    Overloaded(RoomKey),
+}
+
+/// Why an HTTP request to a room got no response.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The room had stopped before it took the request: it did not run, so it may be sent
+    /// again (to a fresh instance).
+    #[error(transparent)]
+    NotDelivered(#[from] RoomGone),
+    /// The room's queue stayed full for the queue timeout: the request did not run. Answer
+    /// 503 rather than wait.
+    #[error("room {0} is overloaded")]
+    Overloaded(RoomKey),
+    /// The room took the request and stopped before answering (its storage failed, or it was
+    /// shut down): the request may have run, so it must not be sent again.
+    #[error("room {0} stopped before it answered the request")]
+    Interrupted(RoomKey),
+}
+
+/// A handle on a running room. Cheap to clone; the room may stop only when no handle but its
+/// host's is left.
+#[derive(Clone)]
+pub struct RoomHandle {
+    key: RoomKey,
+    tx: mpsc::Sender<RoomCmd>,
+    next_link: Arc<AtomicU64>,
+    hibernate: bool,
+    /// How long client work waits for space in the queue before it is refused.
+    queue_wait: Duration,
+}
+
+impl RoomHandle {
+    /// The handle on a room task that reads its commands from `tx`'s receiver.
+    pub(super) fn new(key: RoomKey, tx: mpsc::Sender<RoomCmd>, hibernate: bool, queue_wait: Duration) -> Self {
+        RoomHandle { key, tx, next_link: Arc::new(AtomicU64::new(1)), hibernate, queue_wait }
+    }
+
+    /// The room's key.
+    pub fn key(&self) -> &RoomKey {
+        &self.key
+    }
+
+    /// Whether the party hibernates.
+    pub fn hibernates(&self) -> bool {
+        self.hibernate
+    }
+
+    /// True when no handle but this one exists and the room has no queued work: the host may
+    /// drop it.
+    pub fn is_unused(&self) -> bool {
+        self.tx.strong_count() == 1 && self.tx.capacity() == self.tx.max_capacity()
+    }
+
+    /// Whether the room task has stopped.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Resolves once the room task has stopped (after a move: its writes durable).
+    pub async fn stopped(&self) {
+        self.tx.closed().await
+    }
+
+    /// A handle that does not keep the room alive, to recognise this instance later.
+    pub fn downgrade(&self) -> WeakRoomHandle {
+        WeakRoomHandle { tx: self.tx.downgrade() }
+    }
+
+    /// Opens a gateway link: the room's messages for that gateway's sockets go to `tx`.
+    pub async fn open_link(&self, tx: mpsc::Sender<FromRoom>) -> Result<LinkSender, SendError> {
+        let link = self.next_link.fetch_add(1, Ordering::Relaxed);
+        self.send_bounded(RoomCmd::OpenLink { link, tx }).await?;
+        Ok(LinkSender { room: self.clone(), link, closed: AtomicBool::new(false) })
+    }
+
+    /// Sends an HTTP request to the room's `on_request`.
+    pub async fn request(&self, req: Request) -> Result<Response, RequestError> {
+        let (reply, rx) = oneshot::channel();
+        let span = Box::new(tracing::Span::current());
+        match self.send_bounded(RoomCmd::Request { req, reply, span }).await {
+            Ok(()) => {}
+            Err(SendError::Gone(gone)) => return Err(gone.into()),
+            Err(SendError::Overloaded(key)) => return Err(RequestError::Overloaded(key)),
+        }
+        rx.await.map_err(|_| RequestError::Interrupted(self.key.clone()))
+    }
+
+    /// Tells the room its alarm may be due.
+    pub async fn alarm(&self) -> Result<(), RoomGone> {
+        self.send(RoomCmd::Alarm { as_of: None }).await
+    }
+
+    /// Runs the room's alarm if it is due at `as_of_ms` (ms since the Unix epoch) rather than
+    /// now: how a test moves a room's clock forward to its alarm (see `partyline::testing`).
+    pub async fn alarm_as_of(&self, as_of_ms: i64) -> Result<(), RoomGone> {
+        self.send(RoomCmd::Alarm { as_of: Some(as_of_ms) }).await
+    }
+
+    /// Waits until the room has handled every command sent before this one and the writes they
+    /// made are durable (the answer passes the output gate). Runs no party code.
+    pub async fn flush(&self) -> Result<(), RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(RoomCmd::Flush { reply }).await?;
+        rx.await.map(drop).map_err(|_| RequestError::Interrupted(self.key.clone()))
+    }
+
+    /// Asks the room to leave now if nobody is connected and nothing else holds it (the host is
+    /// at its room limit); never waits. False when the request could not be queued.
+    pub fn evict(&self) -> bool {
+        self.tx.try_send(RoomCmd::Evict).is_ok()
+    }
+
+    /// Stops the room: every socket is closed with `code` and `reason`.
+    pub async fn shutdown(&self, code: u16, reason: &str) -> Result<(), RoomGone> {
+        self.send(RoomCmd::Shutdown { code, reason: reason.to_string() }).await
+    }
+
+    /// Moves the room away from this process: it finishes what it was given, makes its writes
+    /// durable, and stops. A hibernating party's links are paused first and then told the room
+    /// moved ([`FromRoom::Moved`]), so their gateways hand the same sockets to the next owner;
+    /// other parties' sockets are closed with 1012. Whatever is unfinished at `deadline` is cut
+    /// short (links that did not pause are closed with 1012).
+    pub async fn move_out(&self, deadline: Instant) -> Result<(), RoomGone> {
+        self.send(RoomCmd::Move { deadline }).await
+    }
+
+    async fn send(&self, cmd: RoomCmd) -> Result<(), RoomGone> {
+        self.tx.send(cmd).await.map_err(|_| RoomGone(self.key.clone()))
+    }
+
+    /// Sends client work: waits for space in the queue at most the queue timeout.
+    async fn send_bounded(&self, cmd: RoomCmd) -> Result<(), SendError> {
+        match self.tx.send_timeout(cmd, self.queue_wait).await {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(RoomGone(self.key.clone()).into()),
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => Err(SendError::Overloaded(self.key.clone())),
+        }
+    }
+}
+
+/// Recognises one room instance without keeping it alive.
+#[derive(Clone)]
+pub struct WeakRoomHandle {
+    tx: mpsc::WeakSender<RoomCmd>,
+}
+
+impl WeakRoomHandle {
+    /// Whether `handle` is a handle of this same instance.
+    pub fn is(&self, handle: &RoomHandle) -> bool {
+        self.tx.upgrade().is_some_and(|tx| tx.same_channel(&handle.tx))
+    }
+}
+
+/// One gateway's link into a room. Dropping it closes the link: the room runs `on_close` for
+/// that gateway's sockets still in it.
+pub struct LinkSender {
+    room: RoomHandle,
+    link: LinkId,
+    closed: AtomicBool,
+}
+
+impl LinkSender {
+    /// Passes one socket event to the room, in order. A client's frame or connection attempt
+    /// waits for space in the room's queue at most the queue timeout ([`SendError::Overloaded`]:
+    /// close 1013 or answer 503); the other events always get through.
+    pub async fn send(&self, msg: ToRoom) -> Result<(), SendError> {
+        let client_work = matches!(msg, ToRoom::Message { .. } | ToRoom::Connect { .. });
+        let cmd = RoomCmd::Link { link: self.link, msg };
+        if client_work {
+            self.room.send_bounded(cmd).await
+        } else {
+            Ok(self.room.send(cmd).await?)
+        }
+    }
+
+    /// The room this link goes to.
+    pub fn room(&self) -> &RoomHandle {
+        &self.room
+    }
+
+    /// Closes the link now (rather than on drop).
+    pub async fn close(&self) {
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            let _ = self.room.send(RoomCmd::CloseLink { link: self.link }).await;
+        }
+    }
+}
+
+impl Drop for LinkSender {
+    fn drop(&mut self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let cmd = RoomCmd::CloseLink { link: self.link };
+        if let Err(mpsc::error::TrySendError::Full(cmd)) = self.room.tx.try_send(cmd) {
+            let tx = self.room.tx.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = tx.send(cmd).await;
+                });
+            }
+        }
+    }
+}
+
+/// How a room task ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RoomExit {
+    /// Idle with nothing attached.
+    Idle,
+    /// Asked to stop.
+    Shutdown,
+    /// Moved to another node (its writes durable, its links handed over or closed).
+    Moved,
+    /// A storage write was refused or failed; the room must not keep serving.
+    StorageFailed {
+        /// True when refused by fencing (another owner exists).
+        fenced: bool,
+    },
+}
