@@ -10,8 +10,10 @@
 #
 # Every argument but --release goes to the runner (partyline-chaos, tests/src/bin/chaos.rs).
 # Each round: a fresh cluster on loopback (durable redis-server, 3 nodes, 2 gateways, fast
-# leases), chat and hibernating counter rooms under load, one fault, recovery, checks. One line
-# per round, a summary at the end; exit status 1 if a round found a problem, 130 if interrupted
+# leases), chat and hibernating counter rooms under load, one fault, recovery, checks (storage,
+# lease epochs, and the close reasons and error bodies clients received: documented texts only,
+# issue 22). One line per round, a summary at the end; exit status 1 if a round found a problem
+# (an undocumented client text is one), 130 if interrupted
 # (Ctrl-C stops the current round and kills its processes).
 #
 # Debug build by default: it is the build scripts/test.sh already makes (no second, release,

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
+use partyline::client_text::{OVERLOADED, TOO_MANY_ROOMS};
 use partyline::runtime::handle::LinkSender;
 use partyline::runtime::handle::SendError;
 use partyline::runtime::link::ToRoom;
@@ -163,11 +164,6 @@ pub struct LocalRouter {
     /// Longest an HTTP request to a room may take (queue, handler, writes), as in a cluster.
     pub request_timeout: Duration,
 }
-
-/// What a client is told when a room is at a limit (the details are logged).
-pub const OVERLOADED: &str = "Room overloaded, try again later";
-/// What a client is told when the server hosts as many rooms as it may.
-pub const TOO_MANY_ROOMS: &str = "Too many rooms, try again later";
 
 fn route_error(e: HostError) -> RouteError {
     match e {

@@ -121,7 +121,7 @@ impl Connection {
         let max = self.room.limits.max_outbound_message_bytes;
         if msg.len() > max {
             tracing::warn!(room = %self.room.key, conn = %self.shared.id, len = msg.len(), max, "outbound message over the limit; closing the connection");
-            self.close(close_code::TOO_BIG, &format!("outbound message is too large: {} > {max}", msg.len()));
+            self.close(close_code::TOO_BIG, crate::client_text::MESSAGE_TOO_LARGE);
             return;
         }
         if self.is_open() {

@@ -41,6 +41,7 @@
 //! assert!(parties.get("echo").is_some());
 //! ```
 
+pub mod client_text;
 pub mod connection;
 pub mod limits;
 pub mod message;

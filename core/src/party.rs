@@ -190,7 +190,7 @@ pub trait Party: Send + 'static {
 
     /// An HTTP request to the room (`/parties/:party/:room[/*]`), any method.
     fn on_request(&mut self, _req: Request) -> impl Future<Output = anyhow::Result<Response>> + Send {
-        async { Ok(web::text(http::StatusCode::INTERNAL_SERVER_ERROR, "No onRequest handler")) }
+        async { Ok(web::text(http::StatusCode::INTERNAL_SERVER_ERROR, crate::client_text::NO_ON_REQUEST)) }
     }
 
     /// The room's alarm went off. An error retries with backoff (2 s, doubling, 6 times).

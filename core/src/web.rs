@@ -21,7 +21,11 @@ pub fn text(status: StatusCode, body: impl Into<String>) -> Response {
 pub fn json<T: serde::Serialize + ?Sized>(status: StatusCode, value: &T) -> Response {
     match serde_json::to_vec(value) {
         Ok(body) => with_type(status, "application/json", Bytes::from(body)),
-        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("json encoding failed: {e}")),
+        Err(e) => {
+            let r = crate::client_text::ErrorRef::new();
+            tracing::warn!(error_ref = %r, error = %e, "json encoding failed");
+            text(StatusCode::INTERNAL_SERVER_ERROR, r.tag(crate::client_text::INTERNAL_SERVER_ERROR))
+        }
     }
 }
 
@@ -87,12 +91,17 @@ impl HttpError {
     }
 }
 
-/// The response an `on_request` error becomes: an [`HttpError`]'s own status, else 500; the
-/// body is the error message.
+/// The response an `on_request` error becomes: an [`HttpError`]'s own status and message (the
+/// party's words); any other error is `default` with a fixed text and a reference, the error
+/// itself going to the log ([`crate::client_text`]).
 pub fn error_response(err: &anyhow::Error, default: StatusCode) -> Response {
     match err.downcast_ref::<HttpError>() {
         Some(e) => text(e.status, e.message.clone()),
-        None => text(default, format!("{err:#}")),
+        None => {
+            let r = crate::client_text::ErrorRef::new();
+            tracing::warn!(error_ref = %r, error = format!("{err:#}"), "request failed");
+            text(default, r.tag(crate::client_text::INTERNAL_SERVER_ERROR))
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, StatusCode};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
+use partyline::client_text::{self, ErrorRef};
 use partyline::runtime::link::{close_code, ToRoom};
 use partyline::web;
 use partyline::{Before, Lobby, PartyFactory, Request, Response, RoomKey};
@@ -61,18 +62,17 @@ async fn route_request(gw: Arc<Inner>, mut req: http::Request<Body>) -> AxumResp
     let path = req.uri().path().to_string();
     if let Some(admin) = path.strip_prefix(ADMIN_PREFIX) {
         if !gw.health.on_client_port() {
-            return text(StatusCode::NOT_FOUND, "Not found");
+            return text(StatusCode::NOT_FOUND, client_text::NOT_FOUND);
         }
         return crate::admin::respond(&gw, admin).await;
     }
     match paths::parse(&path) {
         Target::Room { party, room } => {
             let Some(factory) = gw.parties.get(party).cloned() else {
-                return text(StatusCode::NOT_FOUND, format!("Party {party} not found"));
+                return text(StatusCode::NOT_FOUND, client_text::party_not_found(party));
             };
             if room.len() > gw.limits.max_room_id_bytes {
-                let msg = format!("room id is {} bytes, the limit is {}", room.len(), gw.limits.max_room_id_bytes);
-                return text(StatusCode::BAD_REQUEST, msg);
+                return text(StatusCode::BAD_REQUEST, client_text::ROOM_ID_TOO_LONG);
             }
             let key = RoomKey::new(party, room);
             if is_upgrade(&req) {
@@ -81,7 +81,7 @@ async fn route_request(gw: Arc<Inner>, mut req: http::Request<Body>) -> AxumResp
                 request(gw, key, factory, req).await
             }
         }
-        Target::MissingParty => text(StatusCode::BAD_REQUEST, "No party found in request url"),
+        Target::MissingParty => text(StatusCode::BAD_REQUEST, client_text::NO_PARTY),
         Target::Fetch => fetch(gw, req).await,
     }
 }
@@ -121,7 +121,23 @@ async fn before(
     match outcome {
         Ok(Before::Continue(req)) => Ok(req),
         Ok(Before::Respond(res)) => Err(respond(res)),
-        Err(e) => Err(text(StatusCode::UNAUTHORIZED, format!("{e:#}"))),
+        // PartyKit answers a throwing hook with 401; the error itself is for the log.
+        Err(e) => {
+            let r = ErrorRef::new();
+            tracing::info!(hook = name, error_ref = %r, error = format!("{e:#}"), "a before-hook refused the request");
+            Err(text(StatusCode::UNAUTHORIZED, r.tag(client_text::UNAUTHORIZED)))
+        }
+    }
+}
+
+/// `text` when it is one of the fixed client texts (what a node sends), else `instead`: whatever a
+/// node of another version or a bug puts there stays out of the client's sight.
+fn only_server_text<'a>(text: &'a str, instead: &'a str) -> &'a str {
+    if client_text::is_server_text(text) {
+        text
+    } else {
+        tracing::warn!(text, "a node sent a refusal text that is not a client text; answering with a fixed one");
+        instead
     }
 }
 
@@ -136,14 +152,14 @@ fn unavailable(body: &str) -> AxumResponse {
 /// ids, addresses, error chains) goes to the log, not to the client.
 fn route_error(key: &RoomKey, e: RouteError) -> AxumResponse {
     match e {
-        RouteError::UnknownParty(p) => text(StatusCode::NOT_FOUND, format!("Party {p} not found")),
+        RouteError::UnknownParty(p) => text(StatusCode::NOT_FOUND, client_text::party_not_found(&p)),
         RouteError::Unavailable(why) => {
             tracing::warn!(room = %key, error = %why, "room unavailable");
-            unavailable("Room unavailable, try again later")
+            unavailable(client_text::TRY_AGAIN_LATER)
         }
         RouteError::Busy(why) => {
             tracing::info!(room = %key, reason = %why, "room busy");
-            unavailable(&why)
+            unavailable(only_server_text(&why, client_text::OVERLOADED))
         }
     }
 }
@@ -156,11 +172,9 @@ async fn read_request(gw: &Inner, req: http::Request<Body>) -> Result<Request, A
     let read = http_body_util::Limited::new(body, max).collect();
     let body = match tokio::time::timeout(gw.edge.body_timeout, read).await {
         Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(_)) => {
-            return Err(text(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than {max} bytes")))
-        }
+        Ok(Err(_)) => return Err(text(StatusCode::PAYLOAD_TOO_LARGE, client_text::BODY_TOO_LARGE)),
         Err(_) => {
-            let mut res = text(StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time");
+            let mut res = text(StatusCode::REQUEST_TIMEOUT, client_text::BODY_TIMEOUT);
             res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
             return Err(res);
         }
@@ -193,7 +207,7 @@ async fn request(
 
 async fn fetch(gw: Arc<Inner>, req: http::Request<Body>) -> AxumResponse {
     let Some(main) = gw.parties.get("main").cloned() else {
-        return text(StatusCode::NOT_FOUND, "Not found");
+        return text(StatusCode::NOT_FOUND, client_text::NOT_FOUND);
     };
     let req = match read_request(&gw, req).await {
         Ok(req) => req,
@@ -204,19 +218,19 @@ async fn fetch(gw: Arc<Inner>, req: http::Request<Body>) -> AxumResponse {
     gw.metrics.hook("on_fetch", started);
     match res {
         Some(res) => respond(res),
-        None => text(StatusCode::NOT_FOUND, "Not found"),
+        None => text(StatusCode::NOT_FOUND, client_text::NOT_FOUND),
     }
 }
 
 /// The connection id a URL asks for (`?_pk=`): at most `max` bytes and UTF-8 once
 /// percent-decoded, since it is kept (and often stored by parties) for the socket's life.
 /// The error is the text of the 400 answer.
-fn connection_id(uri: &http::Uri, max: usize) -> Result<Option<String>, String> {
+fn connection_id(uri: &http::Uri, max: usize) -> Result<Option<String>, &'static str> {
     let Some(raw) = uri.query().and_then(|q| web::query_param_raw(q, "_pk")) else { return Ok(None) };
     match web::percent_decode_utf8(raw) {
         Some(id) if id.len() <= max => Ok(Some(id)),
-        Some(id) => Err(format!("_pk is {} bytes, the limit is {max}", id.len())),
-        None => Err("_pk is not valid UTF-8".into()),
+        Some(_) => Err(client_text::CONNECTION_ID_TOO_LONG),
+        None => Err(client_text::CONNECTION_ID_NOT_UTF8),
     }
 }
 
@@ -230,13 +244,13 @@ async fn upgrade(
     let (mut parts, _body) = req.into_parts();
     let version_ok = parts.headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
     if !version_ok {
-        return text(StatusCode::BAD_REQUEST, "ERROR: The requested WebSocket version is not supported.");
+        return text(StatusCode::BAD_REQUEST, client_text::WS_VERSION);
     }
     let Some(ws_key) = parts.headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
-        return text(StatusCode::BAD_REQUEST, "ERROR: Missing Sec-WebSocket-Key");
+        return text(StatusCode::BAD_REQUEST, client_text::WS_KEY);
     };
     let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
-        return text(StatusCode::BAD_REQUEST, "ERROR: this connection cannot be upgraded");
+        return text(StatusCode::BAD_REQUEST, client_text::NOT_UPGRADABLE);
     };
     if let Err(why) = connection_id(&parts.uri, gw.limits.max_connection_id_bytes) {
         return text(StatusCode::BAD_REQUEST, why);
@@ -248,8 +262,8 @@ async fn upgrade(
         Some(Err(too_many)) => {
             Metrics::inc(&gw.metrics.clients_refused);
             let why = match too_many {
-                TooMany::Open(n) => format!("Too many connections from your address (the limit is {n})"),
-                TooMany::Rate => "Too many new connections from your address, slow down".to_string(),
+                TooMany::Open(_) => client_text::TOO_MANY_CONNECTIONS,
+                TooMany::Rate => client_text::TOO_MANY_CONNECTS,
             };
             let mut res = text(StatusCode::TOO_MANY_REQUESTS, why);
             res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -275,7 +289,7 @@ async fn upgrade(
     let sid = gw.next_sid.fetch_add(1, Ordering::Relaxed);
     let Some(attached) = gw.attach(&key, sid, id.clone(), uri.clone()) else {
         Metrics::inc(&gw.metrics.connections_refused);
-        return unavailable("gateway connection limit reached");
+        return unavailable(client_text::GATEWAY_FULL);
     };
     let connect = ToRoom::Connect { sid, id, uri, request: Box::new(req) };
     if let Err(e) = attached.link.send(connect).await {
@@ -289,16 +303,19 @@ async fn upgrade(
         Ok(Ok(Admission::Refused { status, reason })) => {
             Metrics::inc(&gw.metrics.connections_refused);
             gw.detach(&attached.link, sid, None).await;
-            return text(StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE), reason);
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            return text(status, only_server_text(&reason, client_text::TRY_AGAIN_LATER));
         }
         Ok(Err(_)) | Err(_) => {
             gw.detach(&attached.link, sid, Some("connection setup timed out".into())).await;
-            return text(StatusCode::GATEWAY_TIMEOUT, "the room did not answer the connection in time");
+            return text(StatusCode::GATEWAY_TIMEOUT, client_text::CONNECT_TIMEOUT);
         }
     };
     if let Some(reason) = &failed_reason {
         // PartyKit's contract: the upgrade succeeds, then the socket closes with 1011 and why.
-        attached.queue.close(close_code::INTERNAL_ERROR, reason.clone());
+        attached
+            .queue
+            .close(close_code::INTERNAL_ERROR, only_server_text(reason, client_text::INTERNAL_ERROR).to_string());
     }
     let task = SocketTask { sid, link: attached.link.clone(), queue: attached.queue.clone(), client: slot };
     let config = socket::ws_config(gw.limits.max_message_bytes);

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
+use partyline::client_text;
 use partyline::runtime::link::{close_code, FromRoom, ToRoom};
 use partyline::sync::Lock;
 use partyline::{Request, Response, RoomKey};
@@ -59,7 +60,7 @@ impl RoomRouter for GrpcRouter {
                         _ = &mut st.lost, if !st.moving => {
                             tracing::info!(room = %room, "the room's node lost its shard; closing its sockets");
                             st.done = true;
-                            return Some((gone("room moved"), st));
+                            return Some((gone(client_text::ROOM_MOVED), st));
                         }
                     };
                     match next {
@@ -70,7 +71,7 @@ impl RoomRouter for GrpcRouter {
                                 "a message from the room's node arrived after its self-fence deadline; closing its sockets"
                             );
                             st.done = true;
-                            return Some((gone("room moved"), st));
+                            return Some((gone(client_text::ROOM_MOVED), st));
                         }
                         Ok(Some(pb::LinkOut { kind: Some(kind), .. })) => match wire::from_room(kind) {
                             Ok(msg) => {
@@ -83,7 +84,7 @@ impl RoomRouter for GrpcRouter {
                         Ok(Some(_)) => {}
                         Ok(None) | Err(_) => {
                             st.done = true;
-                            return Some((gone("room unavailable"), st));
+                            return Some((gone(client_text::ROOM_UNAVAILABLE), st));
                         }
                     }
                 }

@@ -153,7 +153,7 @@ impl Gateway {
         listener::serve(listener, serve, async move {
             shutdown.await;
             gw.inner.health.set_shutting_down();
-            gw.close_all(partyline::close_code::GOING_AWAY, "server shutting down");
+            gw.close_all(partyline::close_code::GOING_AWAY, partyline::client_text::SHUTTING_DOWN);
         })
         .await
     }

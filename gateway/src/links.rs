@@ -16,6 +16,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::StreamExt;
+use partyline::client_text;
 use partyline::runtime::link::{close_code, FromRoom, SocketId, ToRoom};
 use partyline::sync::Lock;
 use partyline::RoomKey;
@@ -207,7 +208,7 @@ impl LinkState {
             for s in sockets.values_mut() {
                 s.joined = false;
                 if let Some(tx) = s.admission.take() {
-                    let _ = tx.send(Admission::Refused { status: 503, reason: reason.to_string() });
+                    let _ = tx.send(Admission::Refused { status: 503, reason: client_text::TRY_AGAIN_LATER.into() });
                 }
                 s.queue.close(code, reason.to_string());
             }
@@ -247,7 +248,7 @@ impl LinkState {
                     tracing::warn!(room = %self.key, error = %e, "the room moved but its new owner cannot be reached");
                     Metrics::inc(&gw.metrics.moves_failed);
                     drop(sender);
-                    self.gone(close_code::SERVICE_RESTART, "room moved");
+                    self.gone(close_code::SERVICE_RESTART, client_text::ROOM_MOVED);
                     return;
                 }
             };

@@ -134,7 +134,7 @@ pub(crate) async fn serve(
 
 /// Answers a connection over the TCP cap with 503 and closes it.
 async fn refuse(mut tcp: TcpStream) {
-    const BODY: &str = "gateway connection limit reached";
+    const BODY: &str = partyline::client_text::GATEWAY_FULL;
     let res = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain;charset=UTF-8\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{BODY}",
         BODY.len()

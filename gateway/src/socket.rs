@@ -11,6 +11,7 @@ use bytes::Bytes;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
+use partyline::client_text;
 use partyline::runtime::link::{close_code, close_reason, SocketId, ToRoom};
 use partyline::{Message, Text};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -141,12 +142,18 @@ async fn read_loop(
                     Some(Err(e)) => {
                         let (code, reason) = match &e {
                             tungstenite::Error::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
-                                (close_code::TOO_BIG, format!("Message is too large: {size} > {max_size}"))
+                                {
+                                tracing::debug!(size, max_size, "message over the limit");
+                                (close_code::TOO_BIG, client_text::MESSAGE_TOO_LARGE.into())
                             }
-                            tungstenite::Error::Utf8(_) => (close_code::INVALID_PAYLOAD, "text frame is not valid UTF-8".into()),
+                            }
+                            tungstenite::Error::Utf8(_) => (close_code::INVALID_PAYLOAD, client_text::INVALID_UTF8.into()),
                             tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => break (End::Done, None),
                             tungstenite::Error::Protocol(p) if *p != ProtocolError::ResetWithoutClosingHandshake => {
-                                (close_code::PROTOCOL_ERROR, format!("protocol error: {p}"))
+                                {
+                                tracing::debug!(error = %p, "protocol error");
+                                (close_code::PROTOCOL_ERROR, client_text::PROTOCOL_ERROR.into())
+                            }
                             }
                             other => break (End::Done, Some(other.to_string())),
                         };
@@ -155,7 +162,7 @@ async fn read_loop(
                 };
                 if rate > 0 && !bucket.take(rate, edge.message_burst) {
                     Metrics::inc(&metrics.rate_limited);
-                    break refuse(close_code::POLICY, format!("more than {rate} messages a second"));
+                    break refuse(close_code::POLICY, client_text::RATE_LIMITED.into());
                 }
                 Metrics::inc(&metrics.frames_from_clients);
                 metrics.bytes_from_clients.inc_by(msg.len() as u64);
@@ -163,10 +170,10 @@ async fn read_loop(
                     Ok(()) => {}
                     Err(RouteError::Busy(_)) => {
                         Metrics::inc(&metrics.overloaded);
-                        break refuse(close_code::TRY_AGAIN_LATER, "Room overloaded, try again later".into());
+                        break refuse(close_code::TRY_AGAIN_LATER, client_text::OVERLOADED.into());
                     }
                     Err(_) => {
-                        gw.send_close(&task.link, task.sid, close_code::INTERNAL_ERROR, "room unavailable".into());
+                        gw.send_close(&task.link, task.sid, close_code::INTERNAL_ERROR, client_text::ROOM_UNAVAILABLE.into());
                         break (End::Done, Some("room unavailable".into()));
                     }
                 }
@@ -179,7 +186,7 @@ async fn read_loop(
             _ = tokio::time::sleep_until(check), if edge.ping_interval.is_some() => {
                 if pinged.is_some() {
                     Metrics::inc(&metrics.ping_timeouts);
-                    gw.send_close(&task.link, task.sid, close_code::GOING_AWAY, "no answer to ping".into());
+                    gw.send_close(&task.link, task.sid, close_code::GOING_AWAY, client_text::NO_PONG.into());
                     let _ = tokio::time::timeout(Duration::from_secs(1), closing.cancelled()).await;
                     break (End::Done, Some("the client stopped answering pings".into()));
                 }

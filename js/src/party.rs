@@ -227,14 +227,16 @@ impl PartyFactory for JsFactory {
             let args = [Arg::Request(Box::new(req)), Arg::Json(Self::lobby_json(&lobby)), Arg::Null];
             match this.hook(Hook::Fetch, args, lobby.parties.clone()).await {
                 Ok(serde_json::Value::Null) => None,
-                Ok(v) => match serde_json::from_value::<JsHttp>(v)
-                    .map_err(anyhow::Error::from)
-                    .and_then(JsHttp::response)
-                {
-                    Ok(res) => Some(res),
-                    Err(e) => Some(partyline::web::text(StatusCode::INTERNAL_SERVER_ERROR, format!("onFetch: {e:#}"))),
-                },
-                Err(e) => Some(partyline::web::text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))),
+                Ok(v) => {
+                    match serde_json::from_value::<JsHttp>(v).map_err(anyhow::Error::from).and_then(JsHttp::response) {
+                        Ok(res) => Some(res),
+                        Err(e) => Some(partyline::web::error_response(
+                            &e.context("onFetch"),
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                        )),
+                    }
+                }
+                Err(e) => Some(partyline::web::error_response(&e, StatusCode::INTERNAL_SERVER_ERROR)),
             }
         }
         .boxed()
@@ -279,7 +281,7 @@ impl JsParty {
             tracing::error!(room = %self.room.key(), error = %e, "room out of memory; restarting it");
             self.engine = None;
             for conn in self.room.get_connections(None) {
-                conn.close(close_code::INTERNAL_ERROR, "room restarted: out of memory");
+                conn.close(close_code::INTERNAL_ERROR, partyline::client_text::ROOM_RESTARTED);
             }
         }
         anyhow!(e)

@@ -158,7 +158,7 @@ impl RoomHost {
                 (Some(old), Some(new)) if old.epoch < new.epoch => {
                     let stale = rooms.remove(key).expect("present").handle;
                     tokio::spawn(async move {
-                        let _ = stale.shutdown(close_code::SERVICE_RESTART, "room moved").await;
+                        let _ = stale.shutdown(close_code::SERVICE_RESTART, partyline::client_text::ROOM_MOVED).await;
                     });
                 }
                 _ => return Ok(e.handle.clone()),
@@ -312,9 +312,10 @@ impl RoomHost {
             let keys: Vec<RoomKey> = map.keys().filter(|k| which(k)).cloned().collect();
             keys.iter().filter_map(|k| map.remove(k)).map(|e| e.handle).collect()
         };
-        for room in &rooms {
-            let _ = room.move_out(deadline).await;
-        }
+        // Each room hears it at once (a room with a full inbox waits for space, at most until
+        // the deadline, without holding up the others).
+        futures::future::join_all(rooms.iter().map(|room| tokio::time::timeout_at(deadline, room.move_out(deadline))))
+            .await;
         rooms
     }
 
@@ -347,7 +348,7 @@ impl RoomHost {
     pub async fn shutdown(&self) {
         let rooms: Vec<RoomHandle> = self.inner.rooms.locked().drain().map(|(_, e)| e.handle).collect();
         for room in rooms {
-            let _ = room.shutdown(close_code::GOING_AWAY, "server shutting down").await;
+            let _ = room.shutdown(close_code::GOING_AWAY, partyline::client_text::SHUTTING_DOWN).await;
         }
     }
 }

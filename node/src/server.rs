@@ -12,14 +12,16 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
+use futures::future::{BoxFuture, FutureExt, Shared};
 use partyline::close_code;
 use partyline::runtime::placement::shard_of;
 use partyline::store::StoreError;
+use partyline::sync::Lock;
 use partyline::{Env, Limits, PartyRegistry, RoomKey};
 use partyline_proto::pb::node_server::NodeServer;
 use tokio::net::TcpListener;
@@ -278,7 +280,11 @@ impl Started {
             }),
             cfg.leases,
             Box::new(move |shard| {
-                let n = lost_host.shutdown_rooms(|k| shard_of(k) == shard, close_code::SERVICE_RESTART, "room moved");
+                let n = lost_host.shutdown_rooms(
+                    |k| shard_of(k) == shard,
+                    close_code::SERVICE_RESTART,
+                    partyline::client_text::ROOM_MOVED,
+                );
                 if n > 0 {
                     tracing::info!(shard, rooms = n, "rooms stopped with their shard");
                 }
@@ -291,7 +297,7 @@ impl Started {
             shards.close();
         }
 
-        let node = Node { cfg, me, state, shards, host, cluster, membership };
+        let node = Node { cfg, me, state, shards, host, cluster, membership, handovers: Arc::default() };
         // Announce ourselves before serving, so gateways route here.
         node.announce().await.context("could not register in Redis")?;
         node.state.registered.store(true, Ordering::Release);
@@ -507,6 +513,9 @@ struct Node {
     host: RoomHost,
     cluster: ClusterClient,
     membership: Membership,
+    /// Handovers under way, by shard: a drain that meets a shard a rebalance is already moving
+    /// joins that handover instead of starting a second one.
+    handovers: Arc<Mutex<HashMap<u16, Shared<BoxFuture<'static, usize>>>>>,
 }
 
 impl Node {
@@ -563,19 +572,60 @@ impl Node {
         }
     }
 
-    /// Hands one shard to its next owner: no new rooms start in it, its rooms move out (by
-    /// `deadline`), then its lease is released so the next owner can take it at once.
+    /// Hands a shard to its next owner: no new rooms start in it, its rooms move (writes
+    /// durable, hibernating sockets handed over), and its lease is released so the next owner
+    /// takes it at once. One handover per shard at a time: a second call joins the first (and
+    /// counts no rooms). Every wait is bounded by `deadline`. A room that has not stopped by
+    /// then is stopped by the node itself: the shard is dropped (its guards turn invalid, so
+    /// nothing more of it is relayed) and its lease is left to expire instead of being released,
+    /// so no next owner starts the room while this one may still run.
     async fn hand_over(&self, shard: u16, deadline: Instant) -> usize {
+        let (handover, first) = {
+            let mut handovers = self.handovers.locked();
+            match handovers.get(&shard) {
+                Some(h) => (h.clone(), false),
+                None => {
+                    let node = self.clone();
+                    let h = async move { node.move_shard(shard, deadline).await }.boxed().shared();
+                    handovers.insert(shard, h.clone());
+                    (h, true)
+                }
+            }
+        };
+        let moved = handover.await;
+        if !first {
+            return 0;
+        }
+        self.handovers.locked().remove(&shard);
+        moved
+    }
+
+    async fn move_shard(&self, shard: u16, deadline: Instant) -> usize {
         if self.shards.begin_handover(shard).is_none() {
             return 0;
         }
         let rooms = self.host.move_rooms(|k| shard_of(k) == shard, deadline).await;
+        let mut running = Vec::new();
         for room in &rooms {
             if tokio::time::timeout_at(deadline, room.stopped()).await.is_err() {
-                tracing::warn!(room = %room.key(), "room did not finish moving by the deadline");
+                running.push(room.clone());
             }
         }
-        self.shards.release(shard).await;
+        if running.is_empty() {
+            self.shards.release(shard).await;
+            return rooms.len();
+        }
+        tracing::warn!(
+            shard,
+            rooms = running.len(),
+            "rooms did not finish moving by the deadline; stopping them and leaving the shard's lease to expire"
+        );
+        self.shards.drop_shard(shard, "rooms did not finish moving by the deadline");
+        for room in running {
+            tokio::spawn(async move {
+                let _ = room.shutdown(close_code::SERVICE_RESTART, partyline::client_text::ROOM_MOVED).await;
+            });
+        }
         rooms.len()
     }
 

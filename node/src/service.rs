@@ -24,13 +24,12 @@ use crate::shards::{Placement, ShardGuard, Shards};
 use partyline_cluster::client::ClusterClient;
 use partyline_cluster::redis::{fence_for, Leases, NodeInfo};
 use partyline_cluster::wire;
+// What callers hear when a room's queue stays full, when this node hosts as many rooms as it may,
+// and when a room moved: fixed client texts (the details are logged).
+use partyline::client_text::{OVERLOADED, ROOM_MOVED, TOO_MANY_ROOMS};
 
 /// Depth of a link's outbound queue.
 const OUT_QUEUE: usize = 1024;
-/// What callers hear when a room's queue stays full (the gateway shows them no more than this).
-const OVERLOADED: &str = "Room overloaded, try again later";
-/// What callers hear when this node hosts as many rooms as it may.
-const FULL: &str = "Too many rooms, try again later";
 
 /// Checks the cluster secret on every call (constant-time comparison).
 #[derive(Clone)]
@@ -215,7 +214,7 @@ fn host_status(e: HostError) -> Option<Status> {
         HostError::NotHere(_) | HostError::Unavailable(_) => None,
         e @ HostError::Interrupted(_) => Some(Status::aborted(e.to_string())),
         HostError::Overloaded(_) => Some(Status::resource_exhausted(OVERLOADED)),
-        HostError::Full(_) => Some(Status::resource_exhausted(FULL)),
+        HostError::Full(_) => Some(Status::resource_exhausted(TOO_MANY_ROOMS)),
     }
 }
 
@@ -281,7 +280,7 @@ impl node_server::Node for NodeService {
             }
             let msg = rx.recv().await?;
             if !guard.is_valid() {
-                let gone = FromRoom::Gone { code: close_code::SERVICE_RESTART, reason: "room moved".into() };
+                let gone = FromRoom::Gone { code: close_code::SERVICE_RESTART, reason: ROOM_MOVED.into() };
                 return Some((Ok(wire::link_out(gone)), (rx, guard, true)));
             }
             let end = matches!(msg, FromRoom::Gone { .. } | FromRoom::Moved { .. });

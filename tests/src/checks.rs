@@ -16,6 +16,9 @@
 //! - `stored` ≥ every count anyone saw (no lost increment), and ≤ the `inc`s sent (no
 //!   phantom increment).
 //!
+//! Per room, of either kind: every close reason and HTTP error body its clients received is a
+//! documented text ([`crate::client_texts`], issue 22): else an **undocumented client text**.
+//!
 //! [`EpochWatch`] samples the lease of every load room's shard and checks that a shard's epoch
 //! never goes back.
 
@@ -89,6 +92,9 @@ pub enum Category {
     StaleOrReordered,
     /// A frame that is neither a history nor a count where one was expected.
     Malformed,
+    /// A close reason or an HTTP error body a client received that is not a documented text
+    /// (a server's fixed text or a party's own; see [`crate::client_texts`]).
+    UndocumentedText,
 }
 
 /// One thing wrong in a room, found by [`findings`].
@@ -100,7 +106,8 @@ pub struct Finding {
     pub kind: &'static str,
     /// Its category.
     pub category: Category,
-    /// The writes it concerns: 1, or the increments lost or made up in a counter room.
+    /// The writes it concerns: 1, or the increments lost or made up in a counter room; for an
+    /// undocumented client text, how many times clients received it.
     pub writes: u64,
     /// An example, with client and time.
     pub detail: String,
@@ -116,6 +123,7 @@ impl Finding {
             | "stored entry no client of this room sent"
             | "phantom increment" => Category::Phantom,
             "first frame of a session is not a history" | "frame without a count" => Category::Malformed,
+            UNDOCUMENTED_TEXT => Category::UndocumentedText,
             _ => Category::StaleOrReordered,
         };
         Finding { room, kind, category, writes: 1, detail }
@@ -127,8 +135,12 @@ impl Finding {
     }
 }
 
-/// Everything the report shows against `storage`, one finding per occurrence; empty when all
-/// is well. See the module docs for what is checked.
+/// The kind of an [`Category::UndocumentedText`] finding.
+pub const UNDOCUMENTED_TEXT: &str = "undocumented client text";
+
+/// Everything the report shows against `storage`, one finding per occurrence (per distinct
+/// text for undocumented client texts); empty when all is well. See the module docs for what
+/// is checked.
 pub fn findings(report: &LoadReport, storage: &[Stored]) -> Vec<Finding> {
     assert_eq!(report.rooms.len(), storage.len(), "one storage entry per room");
     let mut all = Vec::new();
@@ -138,7 +150,21 @@ pub fn findings(report: &LoadReport, storage: &[Stored]) -> Vec<Finding> {
             Stored::Counter(count) => check_counter(report, r, *count),
         });
     }
+    all.extend(text_findings(report));
     all
+}
+
+/// The close reasons and HTTP error bodies clients received that are not documented texts:
+/// one finding per room and text, its `writes` how many times (needs no storage, so a run
+/// whose storage is wrong on purpose checks these too).
+pub fn text_findings(report: &LoadReport) -> Vec<Finding> {
+    let mut found = Vec::new();
+    for r in 0..report.rooms.len() {
+        for (text, n) in report.undocumented_texts(r) {
+            found.push(Finding::new(r, UNDOCUMENTED_TEXT, format!("{text} (x{n})")).writes(n as u64));
+        }
+    }
+    found
 }
 
 /// `findings` as problems: one entry per room per kind of problem, with the first few examples.
@@ -419,7 +445,13 @@ mod tests {
             rooms: vec![RoomSpec::new(kind, "r")],
             clients: clients
                 .into_iter()
-                .map(|(id, sessions)| ClientLog { id: id.into(), room: 0, sessions, connect_failures: Vec::new() })
+                .map(|(id, sessions)| ClientLog {
+                    id: id.into(),
+                    room: 0,
+                    sessions,
+                    connect_failures: Vec::new(),
+                    refusals: Vec::new(),
+                })
                 .collect(),
             started: now,
             ended: now,
@@ -489,6 +521,23 @@ mod tests {
         assert!(problems.contains("count went back on reconnect"), "{problems}");
         assert!(problems.contains("broadcast count not above"), "{problems}");
         assert_eq!(clean.counts_seen(0), std::collections::BTreeSet::from([1, 2]));
+    }
+
+    #[test]
+    fn undocumented_client_texts_are_findings() {
+        let t = Instant::now();
+        let mut leaked = session(t, &[r#"{"count":0}"#]);
+        leaked.end = End::Closed { at: t, code: 1012, reason: "write refused: lease 823 is no longer held".into() };
+        let mut moved = session(t, &[r#"{"count":0}"#]);
+        moved.end = End::Closed { at: t, code: 1012, reason: partyline::client_text::ROOM_MOVED.into() };
+        let r = report(Kind::Counter, vec![("a", vec![leaked.clone(), moved]), ("b", vec![leaked])]);
+        let found = findings(&r, &[Stored::Counter(0)]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!((found[0].category, found[0].writes), (Category::UndocumentedText, 2));
+        assert_eq!(text_findings(&r), found);
+        let problems = check(&r, &[Stored::Counter(0)]).join("\n");
+        assert!(problems.contains("undocumented client text x1") && problems.contains("lease 823"), "{problems}");
+        assert!(problems.contains("(x2)"), "{problems}");
     }
 
     #[test]

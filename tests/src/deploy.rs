@@ -76,9 +76,10 @@ impl Proc {
     }
 }
 
-/// GET `path` on `addr`.
+/// GET `path` on `addr`: an admin endpoint, or a readiness poll (its answers are the operator's,
+/// not held against the client texts of [`crate::client_texts`]).
 pub async fn get(addr: SocketAddr, path: &str) -> HttpResponse {
-    crate::http(addr, "GET", path, &[], b"").await
+    crate::http_unchecked(addr, "GET", path, &[], b"").await
 }
 
 /// Waits until GET `path` on `addr` answers 200 (within `secs`), checking that every process

@@ -20,7 +20,8 @@
 //!
 //! What every scenario records as a problem: a room that is not writable again within
 //! [`RECOVERY_TIMEOUT`], a process that exited when it should not have, and everything
-//! [`checks::check`] and [`checks::check_epochs`] find. Paused and cut-off owners also must not
+//! [`checks::check`] and [`checks::check_epochs`] find (among them close reasons and error
+//! bodies clients received that are not documented texts, issue 22). Paused and cut-off owners also must not
 //! deliver frames after their self-fence deadline ([`zombie_frames`]) nor be taken over before
 //! their leases can have expired ([`no_early_takeover`]); a drained node must exit, successfully,
 //! within [`DRAIN_BOUND`]; a joining node must take its share. What depends on the caller (which
@@ -165,6 +166,9 @@ pub struct Counts {
     pub stale_epochs: u64,
     /// Frames delivered by a fenced owner after its self-fence deadline.
     pub zombie_frames: u64,
+    /// Close reasons and HTTP error bodies clients received that are not documented texts
+    /// (each time one was received).
+    pub undocumented_texts: u64,
 }
 
 impl Counts {
@@ -177,6 +181,7 @@ impl Counts {
         self.malformed += other.malformed;
         self.stale_epochs += other.stale_epochs;
         self.zombie_frames += other.zombie_frames;
+        self.undocumented_texts += other.undocumented_texts;
     }
 }
 
@@ -194,6 +199,8 @@ pub struct Run {
     leases: Vec<LeaseSample>,
     problems: Vec<String>,
     counts: Counts,
+    /// The undocumented client texts found, with how many times (all rooms).
+    texts: Vec<(String, usize)>,
     transcript: Transcript,
 }
 
@@ -221,6 +228,7 @@ impl Run {
             leases: Vec::new(),
             problems: Vec::new(),
             counts: Counts::default(),
+            texts: Vec::new(),
             transcript,
         }
     }
@@ -249,6 +257,13 @@ impl Run {
     /// What the checks counted (once stopped).
     pub fn counts(&self) -> Counts {
         self.counts
+    }
+
+    /// The close reasons and error bodies clients received that are not documented texts, each
+    /// (as [`crate::client_texts`] describes it, with the code or status) with how many times
+    /// (once stopped).
+    pub fn undocumented_texts(&self) -> &[(String, usize)] {
+        &self.texts
     }
 
     /// The lease changes seen on the load's shards (once stopped).
@@ -366,18 +381,7 @@ impl Run {
         self.say(report.summary());
         self.counts.acknowledged = report.acknowledged() as u64;
         let findings = checks::findings(&report, &storage);
-        for f in &findings {
-            let n = match f.category {
-                Category::Lost => &mut self.counts.lost,
-                Category::Phantom => &mut self.counts.phantom,
-                Category::StaleOrReordered => &mut self.counts.stale_or_reordered,
-                Category::Malformed => &mut self.counts.malformed,
-            };
-            *n += f.writes;
-        }
-        for p in checks::group(&report, findings) {
-            self.problem(p);
-        }
+        self.judge(&report, findings);
         self.leases = self.epochs.take().expect("the lease sampler is running").stop();
         self.say(format!("lease changes seen on the load's shards: {}", self.leases.len()));
         let epochs = checks::check_epochs(&self.leases);
@@ -388,10 +392,39 @@ impl Run {
         report
     }
 
+    /// Counts `findings` and records them as problems.
+    fn judge(&mut self, report: &LoadReport, findings: Vec<checks::Finding>) {
+        for f in &findings {
+            let n = match f.category {
+                Category::Lost => &mut self.counts.lost,
+                Category::Phantom => &mut self.counts.phantom,
+                Category::StaleOrReordered => &mut self.counts.stale_or_reordered,
+                Category::Malformed => &mut self.counts.malformed,
+                Category::UndocumentedText => &mut self.counts.undocumented_texts,
+            };
+            *n += f.writes;
+        }
+        for r in 0..report.rooms.len() {
+            for (text, n) in report.undocumented_texts(r) {
+                match self.texts.iter_mut().find(|(t, _)| *t == text) {
+                    Some((_, m)) => *m += n,
+                    None => self.texts.push((text, n)),
+                }
+            }
+        }
+        for p in checks::group(report, findings) {
+            self.problem(p);
+        }
+    }
+
     /// Stops the load without checking it against storage (for a Redis that lost its data,
-    /// where storage is wrong on purpose).
+    /// where storage is wrong on purpose); what clients read in close reasons and error bodies
+    /// is still checked (a problem if not a documented text).
     pub async fn load_stop_without_checks(&mut self) -> LoadReport {
-        self.load.take().expect("the load is running").stop().await
+        let report = self.load.take().expect("the load is running").stop().await;
+        let findings = checks::text_findings(&report);
+        self.judge(&report, findings);
+        report
     }
 
     /// Prints what the clients of `rooms` went through after `t` (see [`Timeline`]) and returns

@@ -17,10 +17,14 @@
 //!   tests and the chaos runner (`partyline-chaos`, `scripts/chaos.sh`) use them.
 //! - [`run_partysocket_checks`], [`run_yjs_checks`]: the real npm `partysocket` client and the
 //!   real `y-partykit` provider under Node.
+//! - [`client_texts`]: what clients may read in a close reason or an HTTP error body (issue
+//!   22). The test client, [`http()`](fn@http), [`raw_upgrade`] and [`close_payload`] panic at
+//!   anything else; the load clients count it as a finding.
 //! - [`capture_logs`]: the logs of in-process servers go to the test's output, which the test
 //!   runner shows for a failing test (process clusters keep a log file per process instead).
 
 pub mod checks;
+pub mod client_texts;
 pub mod cluster;
 pub mod deploy;
 pub mod faults;
@@ -215,9 +219,26 @@ pub struct Client<S = MaybeTlsStream<TcpStream>> {
 
 impl Client {
     /// Connects to `url`; the error includes the HTTP status when the upgrade was refused.
+    /// Panics when a refusal's body is not a documented text ([`client_texts::check_body`]).
     pub async fn connect(url: &str) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
-        let (ws, _res) = tokio_tungstenite::connect_async(url).await?;
-        Ok(Client { ws })
+        match tokio_tungstenite::connect_async(url).await {
+            Ok((ws, _res)) => Ok(Client { ws }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+                if let Some(body) = client_texts::refused_upgrade_body(&res) {
+                    assert_documented(client_texts::check_body(res.status().as_u16(), &body));
+                }
+                Err(tokio_tungstenite::tungstenite::Error::Http(res))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Fails the test at a close reason or error body that is not a documented text.
+#[track_caller]
+fn assert_documented(checked: Result<(), String>) {
+    if let Err(e) = checked {
+        panic!("{e} (issue 22: clients get documented texts only; see partyline::client_text)");
     }
 }
 
@@ -260,10 +281,12 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Client<S> {
                 Some(Ok(WsMessage::Text(t))) => return Received::Text(t.to_string()),
                 Some(Ok(WsMessage::Binary(b))) => return Received::Binary(b.to_vec()),
                 Some(Ok(WsMessage::Close(f))) => {
-                    return match f {
-                        Some(f) => Received::Close(f.code.into(), f.reason.to_string()),
-                        None => Received::Close(1005, String::new()),
-                    }
+                    let (code, reason) = match f {
+                        Some(f) => (f.code.into(), f.reason.to_string()),
+                        None => (1005, String::new()),
+                    };
+                    assert_documented(client_texts::check_close(code, &reason));
+                    return Received::Close(code, reason);
                 }
                 Some(Ok(_)) => continue,
                 Some(Err(_)) | None => return Received::Ended,
@@ -321,8 +344,23 @@ impl HttpResponse {
 }
 
 /// Sends one HTTP/1.1 request over a new connection and reads the whole response (the request
-/// says `Connection: close`).
+/// says `Connection: close`). Panics when an error's body (status 400 and above) is not a
+/// documented text ([`client_texts::check_body`]).
 pub async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
+    let res = http_unchecked(addr, method, path, headers, body).await;
+    assert_documented(client_texts::check_body(res.status, &res.text()));
+    res
+}
+
+/// [`http()`](fn@http) without the check of the body: for what is not a client's view (the
+/// admin endpoints of gateways and nodes).
+pub async fn http_unchecked(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     let mut req =
         format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
@@ -371,7 +409,9 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
 }
 
 /// Performs a WebSocket handshake over raw TCP and returns the stream and the response head,
-/// for tests that check exact bytes or send frames a normal client will not.
+/// for tests that check exact bytes or send frames a normal client will not. When the upgrade
+/// is refused (400 and above) with a `Content-Length`, the body is read too and must be a
+/// documented text ([`client_texts::check_body`]), or the test fails.
 pub async fn raw_upgrade(addr: SocketAddr, path: &str, extra_headers: &str) -> (TcpStream, String) {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     let req = format!(
@@ -385,7 +425,16 @@ pub async fn raw_upgrade(addr: SocketAddr, path: &str, extra_headers: &str) -> (
         assert!(n == 1, "connection closed during the handshake: {}", String::from_utf8_lossy(&head));
         head.push(byte[0]);
     }
-    (stream, String::from_utf8_lossy(&head).into_owned())
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let refused = parse_response(head.as_bytes());
+    let length = refused.header("content-length").and_then(|l| l.parse::<usize>().ok());
+    if let (true, Some(length)) = (refused.status >= 400, length) {
+        let mut body = vec![0u8; length];
+        if let Ok(Ok(_)) = tokio::time::timeout(RECV_TIMEOUT, stream.read_exact(&mut body)).await {
+            assert_documented(client_texts::check_body(refused.status, &String::from_utf8_lossy(&body)));
+        }
+    }
+    (stream, head)
 }
 
 /// Encodes one masked client frame.
@@ -429,12 +478,16 @@ pub async fn read_server_frame(stream: &mut TcpStream) -> (bool, u8, Vec<u8>) {
     (fin, opcode, payload)
 }
 
-/// The close code and reason of a close frame payload.
+/// The close code and reason of a close frame payload (a server's); panics when the reason is
+/// not a documented text ([`client_texts::check_close`]).
 pub fn close_payload(payload: &[u8]) -> (u16, String) {
     if payload.len() < 2 {
         return (1005, String::new());
     }
-    (u16::from_be_bytes([payload[0], payload[1]]), String::from_utf8_lossy(&payload[2..]).into_owned())
+    let (code, reason) =
+        (u16::from_be_bytes([payload[0], payload[1]]), String::from_utf8_lossy(&payload[2..]).into_owned());
+    assert_documented(client_texts::check_close(code, &reason));
+    (code, reason)
 }
 
 /// TLS for tests: a client that trusts the test CA (`tests/certs/`, see its `gen.sh`).

@@ -12,8 +12,10 @@
 //!   count and broadcasts `{"count": n}` to everyone.
 //!
 //! [`Load::stop`] ends the run and returns a [`LoadReport`]: every client's sessions, the frames
-//! each received (with times), how each session ended (close code, or dropped), and what each
-//! sent. [`crate::checks`] holds what to check it against (storage, epochs).
+//! each received (with times), how each session ended (close code and reason, or dropped), the
+//! answers to refused connection attempts, and what each sent. [`crate::checks`] holds what to
+//! check it against (storage, epochs, and the texts clients may read:
+//! [`LoadReport::undocumented_texts`]).
 //!
 //! Reconnect delays are PartySocket's shape (a minimum, growing ×1.3 per failed attempt, a
 //! ceiling, reset after a connection stayed up) with shorter figures, so that a test measures
@@ -226,6 +228,9 @@ pub struct ClientLog {
     pub sessions: Vec<Session>,
     /// Connection attempts that failed before a 101: (time, error).
     pub connect_failures: Vec<(Instant, String)>,
+    /// Connection attempts refused with an HTTP answer whose body arrived whole: (time,
+    /// status, body).
+    pub refusals: Vec<(Instant, u16, String)>,
 }
 
 impl ClientLog {
@@ -501,8 +506,13 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<t
 
 impl ClientTask {
     async fn run(mut self) -> ClientLog {
-        let mut log =
-            ClientLog { id: self.id.clone(), room: self.room, sessions: Vec::new(), connect_failures: Vec::new() };
+        let mut log = ClientLog {
+            id: self.id.clone(),
+            room: self.room,
+            sessions: Vec::new(),
+            connect_failures: Vec::new(),
+            refusals: Vec::new(),
+        };
         let url =
             format!("ws://{}/parties/{}/{}?_pk={}", self.gateway, self.spec.kind.party(), self.spec.name, self.id);
         let mut seq = 0u64;
@@ -521,7 +531,14 @@ impl ClientTask {
                         failures = 0;
                     }
                 }
-                Ok(Err(e)) => log.connect_failures.push((attempt, e.to_string())),
+                Ok(Err(e)) => {
+                    if let tokio_tungstenite::tungstenite::Error::Http(res) = &e {
+                        if let Some(body) = crate::client_texts::refused_upgrade_body(res) {
+                            log.refusals.push((attempt, res.status().as_u16(), body));
+                        }
+                    }
+                    log.connect_failures.push((attempt, e.to_string()));
+                }
                 Err(_) => {
                     log.connect_failures.push((attempt, format!("not open within {:?}", self.cfg.connect_timeout)))
                 }
@@ -790,6 +807,32 @@ impl LoadReport {
         client.sessions.iter().flat_map(|s| s.sent.iter()).find(|(n, _)| *n == seq).map(|(_, at)| *at)
     }
 
+    /// Close reasons and error bodies the clients of room `r` received that are not documented
+    /// texts (see [`crate::client_texts`]): each check's message (naming the code or status and
+    /// the text) with how many times, in the order first seen.
+    pub fn undocumented_texts(&self, r: usize) -> Vec<(String, usize)> {
+        let mut found: Vec<(String, usize)> = Vec::new();
+        let mut count = |checked: Result<(), String>| {
+            if let Err(e) = checked {
+                match found.iter_mut().find(|(m, _)| *m == e) {
+                    Some((_, n)) => *n += 1,
+                    None => found.push((e, 1)),
+                }
+            }
+        };
+        for c in self.clients_of(r) {
+            for s in &c.sessions {
+                if let End::Closed { code, reason, .. } = &s.end {
+                    count(crate::client_texts::check_close(*code, reason));
+                }
+            }
+            for (_, status, body) in &c.refusals {
+                count(crate::client_texts::check_body(*status, body));
+            }
+        }
+        found
+    }
+
     /// Data frames received after `after` on sessions of `rooms` that were opened before
     /// `opened_before`: (client, receive time, text).
     pub fn frames_on_old_sessions(
@@ -904,8 +947,20 @@ mod tests {
         let report = LoadReport {
             rooms: vec![RoomSpec::new(Kind::Chat, "c"), RoomSpec::new(Kind::Counter, "n")],
             clients: vec![
-                ClientLog { id: "a".into(), room: 0, sessions: vec![chat], connect_failures: Vec::new() },
-                ClientLog { id: "b".into(), room: 1, sessions: vec![counter], connect_failures: Vec::new() },
+                ClientLog {
+                    id: "a".into(),
+                    room: 0,
+                    sessions: vec![chat],
+                    connect_failures: Vec::new(),
+                    refusals: Vec::new(),
+                },
+                ClientLog {
+                    id: "b".into(),
+                    room: 1,
+                    sessions: vec![counter],
+                    connect_failures: Vec::new(),
+                    refusals: Vec::new(),
+                },
             ],
             started: t0,
             ended: ms(3000),
@@ -930,5 +985,51 @@ mod tests {
         assert_eq!(report.sent_at("a:2"), Some(ms(300)));
         assert_eq!(report.sent_at("a:3"), None);
         assert_eq!(report.sent_at("b:1"), None, "b is a counter client: its sends are not messages");
+        assert!(report.undocumented_texts(0).is_empty() && report.undocumented_texts(1).is_empty());
+    }
+
+    #[test]
+    fn undocumented_texts_are_counted_per_room() {
+        let t0 = Instant::now();
+        let gateway: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let leak = "room storage failed: write refused: lease 823 is no longer held at epoch 1796527189502";
+        let closed = |code: u16, reason: &str| Session {
+            gateway,
+            opened: t0,
+            sent: Vec::new(),
+            frames: Vec::new(),
+            end: End::Closed { at: t0, code, reason: reason.into() },
+        };
+        let moved = partyline::client_text::ROOM_MOVED;
+        let internal = partyline::client_text::ErrorRef::new().tag(partyline::client_text::INTERNAL_ERROR);
+        let client = |id: &str, sessions, refusals| ClientLog {
+            id: id.into(),
+            room: 0,
+            sessions,
+            connect_failures: Vec::new(),
+            refusals,
+        };
+        let report = LoadReport {
+            rooms: vec![RoomSpec::new(Kind::Chat, "c")],
+            clients: vec![
+                client("a", vec![closed(1012, leak), closed(1012, moved), closed(1011, &internal)], Vec::new()),
+                client(
+                    "b",
+                    vec![closed(1012, leak), closed(1005, "")],
+                    vec![
+                        (t0, 503, "node-2 at 10.0.0.7:7001 refused".into()),
+                        (t0, 503, "Room unavailable, try again later".into()),
+                        (t0, 200, "x".into()),
+                    ],
+                ),
+            ],
+            started: t0,
+            ended: t0,
+        };
+        let found = report.undocumented_texts(0);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!(found[0].1, 2, "the same leak twice: {found:?}");
+        assert!(found[0].0.contains("close 1012") && found[0].0.contains(leak), "{found:?}");
+        assert!(found[1].0.contains("HTTP 503") && found[1].0.contains("10.0.0.7"), "{found:?}");
     }
 }

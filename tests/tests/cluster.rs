@@ -108,7 +108,7 @@ async fn http_reaches_the_same_room_through_any_gateway() {
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&res.body).unwrap(), json!(["via gateway 0"]));
     assert_eq!(res.header("content-type"), Some("application/json"));
     let res = c.http(0, "GET", "/parties/nope/web", b"").await;
-    assert_eq!((res.status, res.text().as_str()), (404, "Party nope not found"));
+    assert_eq!((res.status, res.text()), (404, partyline::client_text::party_not_found("nope")));
 }
 
 #[timed_test]

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use partyline::client_text;
 use partyline::Limits;
 use partyline_test_macros::timed_test;
 use partyline_tests::cluster::TestCluster;
@@ -14,7 +15,7 @@ async fn a_node_at_its_room_limit_makes_the_gateway_answer_503() {
     let c = TestCluster::builder().nodes(1).gateways(1).limits(limits).start().await;
     let _a = c.connect(0, "/parties/faulty/first").await;
     let res = c.http(0, "GET", "/parties/faulty/second", b"").await;
-    assert_eq!((res.status, res.text().as_str()), (503, "Too many rooms, try again later"));
+    assert_eq!((res.status, res.text().as_str()), (503, client_text::TOO_MANY_ROOMS));
     let (_, head) = raw_upgrade(c.gateway(0), "/parties/faulty/second", "").await;
     assert!(head.starts_with("HTTP/1.1 503"), "{head}");
     // The first room goes on.
@@ -36,9 +37,9 @@ async fn a_stuck_room_on_a_node_sheds_load_with_1013_and_503() {
     for i in 0..1200 {
         b.send_text(&i.to_string()).await;
     }
-    assert_eq!(b.expect_close().await, (1013, "Room overloaded, try again later".into()));
+    assert_eq!(b.expect_close().await, (1013, client_text::OVERLOADED.into()));
     let res = within(20, "the request to be refused", c.http(0, "GET", "/parties/faulty/stuck", b"")).await;
-    assert_eq!((res.status, res.text().as_str()), (503, "Room overloaded, try again later"));
+    assert_eq!((res.status, res.text().as_str()), (503, client_text::OVERLOADED));
     assert_eq!(c.http(0, "GET", "/parties/faulty/other", b"").await.status, 200, "other rooms go on");
 }
 

@@ -115,7 +115,7 @@ async fn a_cluster_with_mutual_tls_serves_rooms_and_refuses_callers_without_a_ce
     let anonymous = ClusterTls::from_files(&dir.join("ca.pem"), None, None).unwrap();
     let gw2 = gateway(&redis.url(), "s3cret-s3cret-s3cret", Some(anonymous)).await;
     let res = within(60, "the anonymous gateway's answer", http(gw2.addr, "GET", "/parties/main/tls", &[], b"")).await;
-    assert_eq!((res.status, res.text().as_str()), (503, "Room unavailable, try again later"));
+    assert_eq!((res.status, res.text().as_str()), (503, partyline::client_text::TRY_AGAIN_LATER));
 }
 
 #[timed_test]
@@ -204,7 +204,7 @@ async fn nodes_accept_a_list_of_secrets_for_rotation() {
     // A secret it does not accept gets nowhere, and the client is not told why.
     let wrong = gateway(&redis.url(), "wrong-secret-wrong-secret", None).await;
     let res = http(wrong.addr, "GET", "/parties/main/rotate", &[], b"").await;
-    assert_eq!((res.status, res.text().as_str()), (503, "Room unavailable, try again later"));
+    assert_eq!((res.status, res.text().as_str()), (503, partyline::client_text::TRY_AGAIN_LATER));
 }
 
 /// A `redis-server` serving only TLS (with the test certificate), killed on drop.

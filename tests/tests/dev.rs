@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use partyline::client_text;
 use partyline_server::dev::DevConfig;
 use partyline_test_macros::timed_test;
 use partyline_tests::{http, raw_upgrade, DevServer, Received};
@@ -53,10 +54,10 @@ async fn http_reaches_the_same_room_state() {
 async fn unknown_party_and_fetch_fallback() {
     let s = DevServer::start(ephemeral()).await;
     let res = s.http("GET", "/parties/nope/r", b"").await;
-    assert_eq!((res.status, res.text().as_str()), (404, "Party nope not found"));
+    assert_eq!((res.status, res.text()), (404, client_text::party_not_found("nope")));
     assert_eq!(res.header("content-type"), Some("text/plain;charset=UTF-8"));
     let res = s.http("GET", "/parties/MAIN/r", b"").await;
-    assert_eq!((res.status, res.text().as_str()), (404, "Party MAIN not found"));
+    assert_eq!((res.status, res.text()), (404, client_text::party_not_found("MAIN")));
     let (_, head) = raw_upgrade(s.addr, "/parties/nope/r", "").await;
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
     // Non-party URLs go to main's on_fetch: the chat page, else 404.
@@ -65,7 +66,7 @@ async fn unknown_party_and_fetch_fallback() {
     assert!(res.header("content-type").unwrap_or("").starts_with("text/html"));
     assert!(res.text().contains("<html"), "the page is HTML");
     let res = s.http("GET", "/nothing-here", b"").await;
-    assert_eq!((res.status, res.text().as_str()), (404, "Not found"));
+    assert_eq!((res.status, res.text().as_str()), (404, client_text::NOT_FOUND));
     let res = s.http("GET", "/parties/main", b"").await;
     assert_eq!(res.status, 404);
     let res = s.http("GET", "/parties//r", b"").await;
@@ -94,7 +95,7 @@ async fn handshake_selects_no_subprotocol_and_no_extension() {
         ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
     ];
     let res = http(s.addr, "GET", "/parties/echo/r", &headers, b"").await;
-    assert_eq!(res.status, 400, "{}", res.text());
+    assert_eq!((res.status, res.text().as_str()), (400, client_text::WS_VERSION));
     let res = http(s.addr, "GET", "/parties/echo/r", &headers[..2], b"").await;
     assert_eq!(res.status, 400, "{}", res.text());
 }

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use partyline::client_text;
 use partyline::Limits;
 use partyline_gateway::EdgeLimits;
 use partyline_server::dev::DevConfig;
@@ -43,7 +44,7 @@ async fn oversized_frames_get_1009_and_not_a_reset() {
         a.send_binary(&vec![7u8; size]).await;
         let (code, reason) = a.expect_close().await;
         assert_eq!(code, 1009, "{size} bytes");
-        assert_eq!(reason, format!("Message is too large: {size} > 1048576"));
+        assert_eq!(reason, client_text::MESSAGE_TOO_LARGE);
     }
     let mut a = s.connect("/parties/echo/big").await;
     a.send_text("still serving").await;
@@ -111,6 +112,8 @@ async fn idle_keep_alive_connections_and_stalled_bodies_are_closed() {
     let mut raw = Vec::new();
     within(10, "the 408", tcp.read_to_end(&mut raw)).await.unwrap();
     assert!(String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 408"), "{}", String::from_utf8_lossy(&raw));
+    let res = partyline_tests::parse_response(&raw);
+    assert_eq!(res.text(), client_text::BODY_TIMEOUT);
 }
 
 #[timed_test]
@@ -154,7 +157,7 @@ async fn tcp_connections_past_the_cap_get_503() {
         }
     })
     .await;
-    assert_eq!(refused.text(), "gateway connection limit reached");
+    assert_eq!(refused.text(), client_text::GATEWAY_FULL);
     assert_eq!(refused.header("retry-after"), Some("1"));
     held.pop();
     within(10, "a place to free up", async {
@@ -180,7 +183,7 @@ async fn silent_sockets_are_pinged_then_dropped() {
     assert_eq!(opcode, 0x9, "a ping");
     let (_, opcode, payload) = read_server_frame(&mut raw).await;
     assert_eq!(opcode, 0x8, "then a close frame");
-    assert_eq!(close_payload(&payload), (1001, "no answer to ping".into()));
+    assert_eq!(close_payload(&payload), (1001, client_text::NO_PONG.into()));
     until_closed(&mut raw, 5, "the silent socket to be dropped").await;
     // A client that answers pings (as browsers and partysocket do) stays.
     let mut a = s.connect("/parties/echo/ping").await;
@@ -201,7 +204,7 @@ async fn a_client_over_its_message_rate_is_closed_with_1008() {
     for i in 0..20 {
         a.send_text(&i.to_string()).await;
     }
-    assert_eq!(a.expect_close().await, (1008, "more than 5 messages a second".into()));
+    assert_eq!(a.expect_close().await, (1008, client_text::RATE_LIMITED.into()));
     let mut b = s.connect("/parties/echo/rate").await;
     b.send_text("others go on").await;
     assert_eq!(b.recv_text().await, "others go on");
@@ -305,7 +308,7 @@ async fn the_room_limit_refuses_new_rooms_and_idle_rooms_make_way() {
     let r2 = s.connect("/parties/faulty/r2").await;
     // Both rooms have someone in them: a third room is refused, before any 101.
     let res = s.http("GET", "/parties/faulty/r3", b"").await;
-    assert_eq!((res.status, res.text().as_str()), (503, "Too many rooms, try again later"));
+    assert_eq!((res.status, res.text().as_str()), (503, client_text::TOO_MANY_ROOMS));
     let (_, head) = raw_upgrade(s.addr, "/parties/faulty/r3", "").await;
     assert!(head.starts_with("HTTP/1.1 503"), "{head}");
     // Once nobody is in r2, it leaves for r3 (long before its idle time).
@@ -338,9 +341,9 @@ async fn a_stuck_room_sheds_load_with_1013_and_503() {
     for i in 0..1100 {
         b.send_text(&i.to_string()).await;
     }
-    assert_eq!(b.expect_close().await, (1013, "Room overloaded, try again later".into()));
+    assert_eq!(b.expect_close().await, (1013, client_text::OVERLOADED.into()));
     let res = s.http("GET", "/parties/faulty/stuck", b"").await;
-    assert_eq!((res.status, res.text().as_str()), (503, "Room overloaded, try again later"));
+    assert_eq!((res.status, res.text().as_str()), (503, client_text::OVERLOADED));
     assert_eq!(res.header("retry-after"), Some("1"));
     // Other rooms are not affected.
     assert_eq!(s.http("GET", "/parties/faulty/other", b"").await.status, 200);
@@ -428,7 +431,7 @@ async fn raw_frames_after_a_close_do_not_hang_the_gateway() {
     frame.extend_from_slice(&[1, 2, 3, 4]);
     raw.write_all(&frame).await.unwrap();
     let (_, opcode, payload) = read_server_frame(&mut raw).await;
-    assert_eq!((opcode, close_payload(&payload).0), (0x8, 1009));
+    assert_eq!((opcode, close_payload(&payload)), (0x8, (1009, client_text::MESSAGE_TOO_LARGE.to_string())));
     until_closed(&mut raw, 10, "the lingering socket to close").await;
 }
 

@@ -5,7 +5,8 @@
 //! data, SIGTERM (drain), a node joining — and then checks, per room, against storage read
 //! straight from Redis: every acknowledged write is stored, every broadcast a client saw is
 //! stored, in storage order, once (no phantom from a zombie), counts never go back, lease
-//! epochs never go back (see `partyline_tests::checks`), plus what is specific to the fault.
+//! epochs never go back (see `partyline_tests::checks`), every close reason and error body the
+//! clients received is a documented text (issue 22), plus what is specific to the fault.
 //!
 //! The scenarios live in `partyline_tests::faults` (the chaos runner, `scripts/chaos.sh`,
 //! repeats them at random); each test runs one and judges its outcome.
@@ -111,6 +112,9 @@ async fn a_redis_that_lost_its_data_is_refused_not_served_empty() {
     for (room, (path, got, took)) in run.rooms.clone().iter().zip(got) {
         match got {
             Ok((status, body)) => {
+                if let Err(e) = partyline_tests::client_texts::check_body(status, &body) {
+                    run.problem(format!("GET {path} after Redis lost its data: {e}"));
+                }
                 answers.push(format!("{} {status} {body:?} in {:.2}s", room.label(), took.as_secs_f64()));
                 let empty = match room.kind {
                     Kind::Chat => status == 200 && body == "[]",
@@ -261,6 +265,7 @@ fn the_chaos_runner_runs_rounds_and_sums_them_up() {
         "lost acknowledged writes: 0",
         "phantom writes (seen or stored, never sent or acknowledged): 0",
         "hibernating clients disconnected during drains (and the rebalance back): 0",
+        "undocumented client texts (close reasons and error bodies outside the documented set): 0",
         "problems: none",
     ] {
         assert!(stdout.contains(expected), "{expected:?} not in the output:\n{stdout}");

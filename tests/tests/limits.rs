@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use partyline::client_text::{self, is_server_text};
 use partyline::Limits;
 use partyline_server::dev::DevConfig;
 use partyline_test_macros::timed_test;
@@ -23,7 +24,7 @@ async fn oversized_message_closes_with_1009() {
     a.send_text(&"x".repeat(1025)).await;
     let (code, reason) = a.expect_close().await;
     assert_eq!(code, 1009);
-    assert_eq!(reason, "Message is too large: 1025 > 1024");
+    assert_eq!(reason, client_text::MESSAGE_TOO_LARGE);
 }
 
 #[timed_test]
@@ -35,7 +36,7 @@ async fn an_outbound_frame_over_the_limit_closes_with_1009_or_is_dropped() {
     a.send_text(&"x".repeat(1000)).await;
     assert_eq!(a.recv_text().await.len(), 1000, "a frame at the limit goes out");
     a.send_text(&"x".repeat(1001)).await;
-    assert_eq!(a.expect_close().await, (1009, "outbound message is too large: 1001 > 1000".to_string()));
+    assert_eq!(a.expect_close().await, (1009, client_text::MESSAGE_TOO_LARGE.to_string()));
     // `broadcast`: the frame is dropped, the connection and the room go on.
     let mut b = s.connect("/parties/broadcast/out").await;
     b.send_text(&"y".repeat(1001)).await;
@@ -66,7 +67,7 @@ async fn invalid_utf8_text_closes_with_1007() {
     stream.write_all(&client_frame(0x1, &[0xc3, 0x28])).await.unwrap();
     let (_, opcode, payload) = read_server_frame(&mut stream).await;
     assert_eq!(opcode, 0x8, "a close frame");
-    assert_eq!(close_payload(&payload).0, 1007);
+    assert_eq!(close_payload(&payload), (1007, client_text::INVALID_UTF8.to_string()));
 }
 
 #[timed_test]
@@ -89,12 +90,11 @@ async fn long_room_id_and_large_body_are_refused() {
     let s = DevServer::start(with_limits(Limits { max_request_body_bytes: 100, ..Default::default() })).await;
     let long = "r".repeat(257);
     let res = s.http("GET", &format!("/parties/main/{long}"), b"").await;
-    assert_eq!(res.status, 400);
-    assert!(res.text().contains("257"), "{}", res.text());
+    assert_eq!((res.status, res.text().as_str()), (400, client_text::ROOM_ID_TOO_LONG));
     let res = s.http("GET", &format!("/parties/main/{}", "r".repeat(256)), b"").await;
     assert_eq!(res.status, 200);
     let res = s.http("POST", "/parties/main/body", &[b'x'; 101]).await;
-    assert_eq!(res.status, 413);
+    assert_eq!((res.status, res.text().as_str()), (413, client_text::BODY_TOO_LARGE));
 }
 
 #[timed_test]
@@ -142,13 +142,13 @@ async fn panics_errors_and_hangs_are_contained() {
     a.send_text("panic").await;
     let (code, reason) = a.expect_close().await;
     assert_eq!(code, 1011);
-    assert!(reason.contains("asked to panic"), "{reason}");
+    assert_internal_error(&reason, "asked to panic");
     assert_eq!(bystander.recv_text().await, "closed a", "on_close ran for the closed connection");
     let mut b = s.connect("/parties/faulty/f?_pk=b").await;
     b.send_text("hang").await;
     let (code, reason) = b.expect_close().await;
     assert_eq!(code, 1011);
-    assert!(reason.contains("timed out"), "{reason}");
+    assert_internal_error(&reason, "timed out");
     bystander.send_text("count").await;
     loop {
         match bystander.recv().await {
@@ -163,16 +163,31 @@ async fn panics_errors_and_hangs_are_contained() {
     // HTTP handlers are contained too.
     let res = s.http("GET", "/parties/faulty/f/panic", b"").await;
     assert_eq!(res.status, 500);
+    assert_referenced(&res.text(), client_text::INTERNAL_SERVER_ERROR, "asked to panic");
     let res = s.http("GET", "/parties/faulty/f/hang", b"").await;
     assert_eq!(res.status, 500);
+    assert_referenced(&res.text(), client_text::INTERNAL_SERVER_ERROR, "timed out");
     let res = s.http("GET", "/parties/faulty/f/error", b"").await;
     assert_eq!((res.status, res.text().as_str()), (418, "asked to fail"));
     let res = s.http("GET", "/parties/faulty/f", b"").await;
     assert_eq!(res.status, 200);
 }
 
+/// `text` is `<base> (ref xxxxxxxx)`, a documented server text, and says nothing of `inside`
+/// (the party's error, which goes to the log only).
+fn assert_referenced(text: &str, base: &str, inside: &str) {
+    assert!(is_server_text(text), "{text:?}");
+    assert!(text.starts_with(&format!("{base} (ref ")), "{text:?}");
+    assert!(!text.contains(inside), "the party's error reached the client: {text:?}");
+}
+
+/// A 1011 reason for a failed handler: `internal error (ref xxxxxxxx)`, without the error.
+fn assert_internal_error(reason: &str, inside: &str) {
+    assert_referenced(reason, client_text::INTERNAL_ERROR, inside);
+}
+
 #[timed_test]
-async fn a_failing_on_connect_is_a_101_then_1011_with_the_reason() {
+async fn a_failing_on_connect_is_a_101_then_1011_with_a_reference() {
     let s = DevServer::start(DevConfig::default()).await;
     let (mut stream, head) = raw_upgrade(s.addr, "/parties/faulty/c?fail=1", "").await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
@@ -180,12 +195,13 @@ async fn a_failing_on_connect_is_a_101_then_1011_with_the_reason() {
     assert_eq!(opcode, 0x8);
     let (code, reason) = close_payload(&payload);
     assert_eq!(code, 1011);
-    assert!(reason.contains("on_connect refused"), "{reason}");
+    // The error ("on_connect refused this connection") is logged with the same reference.
+    assert_internal_error(&reason, "on_connect refused");
     let tags = (0..10).map(|i| format!("t{i}")).collect::<Vec<_>>().join(",");
     let mut c = s.connect(&format!("/parties/faulty/c?tags={tags}")).await;
     let (code, reason) = c.expect_close().await;
     assert_eq!(code, 1011);
-    assert!(reason.contains("tags"), "{reason}");
+    assert_internal_error(&reason, "tags");
 }
 
 #[timed_test]
@@ -209,8 +225,7 @@ async fn newest_connection_with_an_id_wins() {
     let mut other = s.connect("/parties/faulty/dup?_pk=other").await;
     let mut new = s.connect("/parties/faulty/dup?_pk=same").await;
     let (code, reason) = old.expect_close().await;
-    assert_eq!(code, 4409);
-    assert!(reason.contains("replaced"), "{reason}");
+    assert_eq!((code, reason.as_str()), (4409, client_text::REPLACED));
     assert_eq!(other.recv_text().await, "closed same", "on_close ran for the replaced socket");
     new.send_text("ids").await;
     assert_eq!(new.recv_text().await, "other,same", "never both");

@@ -167,7 +167,7 @@ async fn js_parties_keep_the_room_guarantees() {
     // connection reaches a fresh instance.
     c.send_text("grow").await;
     let (code, reason) = within(30, "the close", c.expect_close()).await;
-    assert_eq!(code, 1011, "{reason}");
+    assert_eq!((code, reason.as_str()), (1011, partyline::client_text::ROOM_RESTARTED));
     let mut d = s.connect("/parties/main/r?_pk=b").await;
     d.send_text("back").await;
     assert_eq!(d.recv_text().await, "echo back");

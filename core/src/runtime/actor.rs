@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
 use tracing::Instrument;
 
+use crate::client_text;
 use crate::connection::ConnShared;
 use crate::limits::Limits;
 use crate::party::{DynParty, PartyFactory};
@@ -33,7 +34,8 @@ pub fn spawn_room(cfg: RoomConfig) -> (RoomHandle, tokio::task::JoinHandle<RoomE
     let (tx, rx) = mpsc::channel(INBOX);
     let storage = Storage::new(cfg.key.clone(), cfg.store.clone(), cfg.fence.clone(), cfg.limits.clone());
     let gate = Gate::new(storage.progress());
-    tokio::spawn(crate::runtime::gate::pump(gate.clone()));
+    let gate_span = tracing::info_span!(parent: None, "room.gate", room = %cfg.key);
+    tokio::spawn(crate::runtime::gate::pump(gate.clone()).instrument(gate_span));
     let shared = Arc::new(RoomShared {
         key: cfg.key.clone(),
         env: cfg.env,
@@ -206,6 +208,16 @@ impl Actor {
                         self.pending.push_back(cmd);
                         continue;
                     }
+                    // A move while work waits for the gathering to end: the gathering ends now,
+                    // and the held work runs here, in order, before the room moves on (dropped,
+                    // its messages would vanish, its closes never reach on_close, its requests
+                    // fail although they never ran).
+                    if matches!(cmd, RoomCmd::Move { .. }) && !self.pending.is_empty() {
+                        tracing::info!(held = self.pending.len(), "moving while gathering: the held work runs first");
+                        self.gathering = None;
+                        self.pending.push_back(cmd);
+                        continue;
+                    }
                     if let Some(exit) = self.dispatch(cmd).await {
                         break exit;
                     }
@@ -327,7 +339,8 @@ impl Actor {
                 self.links.insert(link);
                 self.shared().emit(Outbound::OpenLink(link, tx));
                 if self.moving.is_some() {
-                    let gone = FromRoom::Gone { code: close_code::SERVICE_RESTART, reason: "room moved".into() };
+                    let gone =
+                        FromRoom::Gone { code: close_code::SERVICE_RESTART, reason: client_text::ROOM_MOVED.into() };
                     self.shared().emit_link(link, gone);
                 }
             }

@@ -10,8 +10,9 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, watch, Notify};
 
+use crate::client_text::{self, ErrorRef};
 use crate::room::{LinkId, Outbound};
-use crate::runtime::link::{close_code, close_reason, FromRoom};
+use crate::runtime::link::{close_code, FromRoom};
 use crate::storage::WriteProgress;
 use crate::sync::Lock;
 
@@ -163,9 +164,17 @@ pub(crate) async fn pump(gate: Arc<Gate>) {
                 continue;
             }
             Step::Failed(links) => {
-                let code = if p.fenced { close_code::SERVICE_RESTART } else { close_code::INTERNAL_ERROR };
-                let reason =
-                    close_reason(&format!("room storage failed: {}", p.failed.as_deref().map_or("", |s| s.as_str())));
+                // Fenced: another node holds the room's lease now, so the room moved. Otherwise
+                // the store failed; either way the details stay in the log.
+                let failed = p.failed.as_deref().map_or("", |s| s.as_str());
+                let (code, reason) = if p.fenced {
+                    tracing::info!(error = failed, "room storage write fenced; its sockets reconnect to the new owner");
+                    (close_code::SERVICE_RESTART, client_text::ROOM_MOVED.to_string())
+                } else {
+                    let r = ErrorRef::new();
+                    tracing::warn!(error_ref = %r, error = failed, "room storage failed; closing the room's sockets");
+                    (close_code::INTERNAL_ERROR, r.tag(client_text::ROOM_UNAVAILABLE))
+                };
                 for tx in links {
                     let _ = tx.send(FromRoom::Gone { code, reason: reason.clone() }).await;
                 }

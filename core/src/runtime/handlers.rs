@@ -1,6 +1,7 @@
 //! The calls into the party: starting it, a connection's arrival, its messages and its close, an
 //! HTTP request, the alarm (with its retries) and background work. Each call runs with the time
-//! limit, and a failure (an error, a panic, the time limit) is what the client or the log sees.
+//! limit. A failure (an error, a panic, the time limit) goes to the log; the client sees a fixed
+//! text with a reference to that log line ([`crate::client_text`]).
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -12,11 +13,12 @@ use futures::FutureExt;
 use http::StatusCode;
 use tokio::time::Instant;
 
+use crate::client_text::{self, ErrorRef};
 use crate::connection::{ConnShared, Connection};
 use crate::party::ConnectionContext;
 use crate::room::LinkId;
 use crate::runtime::actor::Actor;
-use crate::runtime::link::{close_code, close_reason, FromRoom, SocketId};
+use crate::runtime::link::{close_code, FromRoom, SocketId};
 use crate::storage::now_ms;
 use crate::sync::Lock;
 use crate::web::{self, Request, Response};
@@ -24,6 +26,22 @@ use crate::web::{self, Request, Response};
 /// Alarm retries after a failing `on_alarm`, and the first backoff.
 const ALARM_RETRIES: u32 = 6;
 const ALARM_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Closes a socket whose handler failed: 1011 with a fixed text, the failure in the log under
+/// the same reference.
+fn close_failed(conn: &Connection, what: &str, error: &dyn std::fmt::Display) {
+    let r = ErrorRef::new();
+    tracing::warn!(conn = conn.id(), error_ref = %r, error = %error, "{what}");
+    conn.close(close_code::INTERNAL_ERROR, &r.tag(client_text::INTERNAL_ERROR));
+}
+
+/// The 500 for a request whose handler failed: a fixed text, the failure in the log under the
+/// same reference.
+fn failed_response(what: &str, error: &dyn std::fmt::Display) -> Response {
+    let r = ErrorRef::new();
+    tracing::warn!(error_ref = %r, error = %error, "{what}");
+    web::text(StatusCode::INTERNAL_SERVER_ERROR, r.tag(client_text::INTERNAL_SERVER_ERROR))
+}
 
 /// How a guarded handler call went wrong.
 #[derive(Debug, thiserror::Error)]
@@ -112,11 +130,15 @@ impl Actor {
         // A client reconnecting with its id replaces its own slot, so it is not refused.
         let full = self.room.connection_count() >= self.limits.max_connections_per_room;
         let refusal = if full && self.room.get_connection(&id).is_none() {
-            FromRoom::Refused { sid, status: 503, reason: "room is full".into() }
+            FromRoom::Refused { sid, status: 503, reason: client_text::ROOM_FULL.into() }
         } else {
             match self.try_connect(link, sid, id, uri, request).await {
                 Ok(()) => return,
-                Err(e) => FromRoom::Failed { sid, reason: close_reason(&e.to_string()) },
+                Err(e) => {
+                    let r = ErrorRef::new();
+                    tracing::warn!(error_ref = %r, error = %e, "connection failed");
+                    FromRoom::Failed { sid, reason: r.tag(client_text::INTERNAL_ERROR) }
+                }
             }
         };
         self.shared().emit_link(link, refusal);
@@ -135,7 +157,7 @@ impl Actor {
         // so get_connections never yields both.
         let older = self.room.get_connection(&id);
         if let Some(older) = older {
-            older.close(close_code::REPLACED, "replaced by a newer connection with the same id");
+            older.close(close_code::REPLACED, client_text::REPLACED);
             self.after_handler().await;
         }
         let order = {
@@ -190,7 +212,7 @@ impl Actor {
         };
         let conn = self.connection(shared);
         if let Err(e) = self.ensure_started().await {
-            conn.close(close_code::INTERNAL_ERROR, &close_reason(&e.to_string()));
+            close_failed(&conn, "the room could not start", &e);
             return;
         }
         let limit = self.limits.handler_timeout;
@@ -200,14 +222,10 @@ impl Actor {
             Err(Failure::Error(e)) => {
                 let party = self.party.as_mut().expect("started");
                 if let Err(f) = guarded(limit, party.on_error(&conn, &e)).await {
-                    tracing::warn!(conn = conn.id(), error = %f, "onError failed");
-                    conn.close(close_code::INTERNAL_ERROR, &close_reason(&f.to_string()));
+                    close_failed(&conn, "onError failed", &f);
                 }
             }
-            Err(f) => {
-                tracing::warn!(conn = conn.id(), error = %f, "onMessage failed");
-                conn.close(close_code::INTERNAL_ERROR, &close_reason(&f.to_string()));
-            }
+            Err(f) => close_failed(&conn, "onMessage failed", &f),
         }
     }
 
@@ -233,13 +251,16 @@ impl Actor {
 
     pub(super) async fn request(&mut self, req: Request) -> Response {
         if let Err(e) = self.ensure_started().await {
-            return web::text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+            return failed_response("the room could not start", &e);
         }
         let party = self.party.as_mut().expect("started");
         match guarded(self.limits.handler_timeout, party.on_request(req)).await {
             Ok(res) => res,
-            Err(Failure::Error(e)) => web::error_response(&e, StatusCode::INTERNAL_SERVER_ERROR),
-            Err(f) => web::text(StatusCode::INTERNAL_SERVER_ERROR, f.to_string()),
+            // The party's own answer (an HttpError) goes to the client as it is.
+            Err(Failure::Error(e)) if e.downcast_ref::<web::HttpError>().is_some() => {
+                web::error_response(&e, StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            Err(f) => failed_response("onRequest failed", &f),
         }
     }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use crate::client_text;
 use crate::connection::ConnShared;
 use crate::room::LinkId;
 use crate::runtime::actor::{Actor, Gathering, Moving};
@@ -37,7 +38,7 @@ impl Actor {
         if self.moving.is_some() {
             return None;
         }
-        self.pending.clear();
+        // Work held while gathering ran before this (see the actor loop): nothing is dropped.
         self.gathering = None;
         self.moving = Some(Moving { deadline, waiting: HashSet::new(), paused: Vec::new() });
         if self.hibernate && !self.links.is_empty() {
@@ -73,7 +74,7 @@ impl Actor {
             let msg = if moving.paused.contains(link) {
                 FromRoom::Moved { links }
             } else {
-                FromRoom::Gone { code: close_code::SERVICE_RESTART, reason: "room moved".into() }
+                FromRoom::Gone { code: close_code::SERVICE_RESTART, reason: client_text::ROOM_MOVED.into() }
             };
             self.shared().emit_link(*link, msg);
         }

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
+use partyline::client_text;
 use partyline::http::{self, StatusCode};
 use partyline::runtime::actor::spawn_room;
 use partyline::runtime::handle::{RoomConfig, RoomExit, RoomHandle};
@@ -568,6 +569,14 @@ fn assert_close(msg: &FromRoom, sid: SocketId, code: u16) -> String {
         FromRoom::Close { sid: s, code: c, reason } if *s == sid && *c == code => reason.clone(),
         other => panic!("expected Close {{ sid: {sid}, code: {code} }}, got {other:?}"),
     }
+}
+
+/// What a client sees of a failure: `text` with a reference (`text (ref 5f3a91c2)`), and nothing
+/// of what went wrong (`hidden`), which is for the log.
+fn assert_hidden(reason: &str, text: &str, hidden: &str) {
+    assert!(reason.starts_with(&format!("{text} (ref ")), "expected {text:?} with a reference, got {reason:?}");
+    assert!(client_text::is_server_text(reason), "not a client text: {reason:?}");
+    assert!(!reason.contains(hidden), "the reason shows {hidden:?}: {reason:?}");
 }
 
 mod alarms;

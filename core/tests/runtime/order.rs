@@ -215,3 +215,40 @@ async fn a_link_that_does_not_pause_in_time_is_closed_and_the_rest_move() {
     assert!(matches!(g2.next().await, FromRoom::Gone { code: 1012, .. }));
     assert_eq!(exit_within(&mut exit, WAIT).await, RoomExit::Moved);
 }
+
+#[timed_test]
+async fn a_room_moved_again_while_gathering_runs_the_work_it_held_first() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let opts = || Opts { hibernate: true, store: store.clone(), ..Opts::default() };
+    let mut events = Fixture::register("move-twice").events();
+    // The room arrives from a previous owner that had two links: only one adopts in time.
+    let (room, mut exit) = spawn("move-twice", opts());
+    let (mut n1, mut n2) = (Gw::open(&room).await, Gw::open(&room).await);
+    n1.adopt(&[Rec { sid: 1, id: "a".into(), tags: vec!["a".into()], state: None }], 2).await;
+    n1.adopt(&[Rec { sid: 2, id: "b".into(), tags: vec!["b".into()], state: None }], 2).await;
+    // Held while the room gathers: a message, a close and a request.
+    n1.send(1, "put:n:1|send:handled").await;
+    n1.link.send_raw(ToRoom::Closed { sid: 2, error: None }).await;
+    let pending = tokio::spawn({
+        let room = room.clone();
+        async move { room.request(request("/write")).await }
+    });
+    n2.quiet(Duration::from_millis(200)).await;
+    assert!(!pending.is_finished(), "the request waits for the gathering");
+
+    // The room moves on before the second link adopted: the held work runs first, in order.
+    room.move_out(tokio::time::Instant::now() + WAIT).await.unwrap();
+    assert_send(&n1.next().await, 1, "handled");
+    let res = timeout(WAIT, pending).await.expect("the request hung").unwrap().expect("answered, not dropped");
+    assert_eq!((res.status(), body(&res)), (StatusCode::OK, "written"));
+    events.until_eq("close:b:open=false:same=0").await;
+    assert!(matches!(n1.next().await, FromRoom::Pause));
+    assert!(matches!(n2.next().await, FromRoom::Pause));
+    n1.link.send_raw(ToRoom::Paused).await;
+    n2.link.send_raw(ToRoom::Paused).await;
+    assert!(matches!(n1.next().await, FromRoom::Moved { links: 2 }));
+    assert!(matches!(n2.next().await, FromRoom::Moved { links: 2 }));
+    assert_eq!(exit_within(&mut exit, WAIT).await, RoomExit::Moved);
+    let stored = store.get(&key("move-twice"), &["n".to_string(), "http".to_string()]).await.unwrap();
+    assert!(stored.iter().all(Option::is_some), "the held writes are durable before the room let go: {stored:?}");
+}

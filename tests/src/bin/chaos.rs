@@ -37,7 +37,9 @@ against its storage, read straight from Redis:
     taken over before its leases can have expired;
   - a drain closes non-hibernating sockets with 1012, and no hibernating client is
     disconnected by a drain or a rebalance;
-  - every room is writable again within 30 s, and no process crashes.
+  - every room is writable again within 30 s, and no process crashes;
+  - every close reason and HTTP error body a client received is a documented text (a
+    server's fixed text, optionally with a reference, or the party's own; issue 22).
 
 Fault kinds (--kinds):
   sigkill        SIGKILL of the busiest owner, then a restart (same id and port)
@@ -62,7 +64,7 @@ sigterm and join it is the stall: the longest time an affected room went without
 acknowledged write, until it was writable again after the move.
 
 Output: one line per round, then a summary. Exit status: 0 if no round found a problem; 1 if
-one did (the problems are listed, and those rounds' logs kept, with the round's narration in
+one did (an undocumented client text is one) (the problems are listed, and those rounds' logs kept, with the round's narration in
 chaos-round.txt); 130 if interrupted (Ctrl-C or SIGTERM stop the round at once and kill its
 processes); 2 on a usage error.
 
@@ -194,6 +196,9 @@ struct RoundResult {
     hibernating: Option<(usize, usize)>,
     drain_exit: Option<Duration>,
     counts: Counts,
+    /// Close reasons and error bodies clients received that are not documented texts, with how
+    /// many times.
+    texts: Vec<(String, usize)>,
     problems: Vec<String>,
     logs: Option<String>,
 }
@@ -257,6 +262,7 @@ fn judge(mut o: Outcome, keep_logs: bool, transcript: &Transcript) -> RoundResul
         hibernating,
         drain_exit: o.drain_exit,
         counts: o.run.counts(),
+        texts: o.run.undocumented_texts().to_vec(),
         problems,
         logs,
     }
@@ -303,6 +309,9 @@ fn round_line(i: usize, rounds: usize, r: &RoundResult, took: Duration) -> Strin
         let _ = write!(line, " | hibernating disconnects {n}");
     }
     let _ = write!(line, " | {} acked", r.counts.acknowledged);
+    if r.counts.undocumented_texts > 0 {
+        let _ = write!(line, " | {} undocumented client texts", r.counts.undocumented_texts);
+    }
     match r.problems.len() {
         0 => line.push_str(" | ok"),
         n => {
@@ -333,6 +342,7 @@ fn failed_round(kind: FaultKind, why: String, transcript: &Transcript) -> RoundR
         hibernating: None,
         drain_exit: None,
         counts: Counts::default(),
+        texts: Vec::new(),
         problems: vec![why],
         logs,
     }
@@ -387,6 +397,21 @@ fn summary(args: &Args, seed: u64, results: &[RoundResult], started: Instant, in
     let _ =
         writeln!(out, "stale lease epochs (an epoch went back or was reused by another owner): {}", total.stale_epochs);
     let _ = writeln!(out, "frames from fenced owners after their self-fence deadline: {}", total.zombie_frames);
+    let _ = writeln!(
+        out,
+        "undocumented client texts (close reasons and error bodies outside the documented set): {}",
+        total.undocumented_texts
+    );
+    let mut texts: Vec<(&str, usize)> = Vec::new();
+    for (text, n) in results.iter().flat_map(|r| r.texts.iter()) {
+        match texts.iter_mut().find(|(t, _)| t == text) {
+            Some((_, m)) => *m += n,
+            None => texts.push((text, *n)),
+        }
+    }
+    for (text, n) in texts {
+        let _ = writeln!(out, "  {n} x {text}");
+    }
     for kind in [FaultKind::Sigterm, FaultKind::Join] {
         let hib: Vec<(usize, usize)> =
             per_kind.get(&kind).into_iter().flatten().filter_map(|r| r.hibernating).collect();
@@ -588,7 +613,7 @@ async fn chaos(args: Args) -> ExitCode {
     print!("{}", summary(&args, seed, &results, started, interrupted));
     if interrupted {
         ExitCode::from(130)
-    } else if results.iter().any(|r| !r.problems.is_empty()) {
+    } else if results.iter().any(|r| !r.problems.is_empty() || r.counts.undocumented_texts > 0) {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
