@@ -81,6 +81,19 @@ else
   run "install haproxy (apt-get)" apt_install haproxy
 fi
 
+# The partition test (tests/tests/partition.rs) puts nodes in network namespaces (ip, from
+# iproute2) with a REJECT rule between them (iptables); as root only, it skips otherwise.
+if command -v ip >/dev/null 2>&1; then
+  header "ip: present ($(command -v ip))"
+else
+  run "install iproute2 (apt-get)" apt_install iproute2
+fi
+if command -v iptables >/dev/null 2>&1; then
+  header "iptables: present ($(command -v iptables))"
+else
+  run "install iptables (apt-get)" apt_install iptables
+fi
+
 # compose v2, kubectl (kustomize), kubernetes-validate, hadolint, yamllint for deploy/verify.sh
 # and the compose test: pinned, in target/deploy-tools, installed once.
 run "deploy tools (deploy/verify.sh --install-only)" deploy/verify.sh --install-only

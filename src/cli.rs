@@ -200,12 +200,25 @@ struct NodeArgs {
     /// joins then only gets shards that are free).
     #[arg(long, env = "PARTYLINE_REBALANCE_MAX_SHARDS", default_value_t = 32)]
     rebalance_max_shards: usize,
-    /// Take a crashed node's rooms over at once when its gRPC port refuses connections (its
-    /// process is gone), instead of waiting for its leases to expire. A paused or partitioned
-    /// node never refuses, so it is never taken over early. Turn off if the advertised
-    /// addresses go through something that refuses connections for a live node.
+    /// Take a crashed node's rooms over before its leases expire when it is provably gone: a
+    /// new incarnation of it registered (it restarted), or its membership record expired and
+    /// its gRPC port refuses connections. A live node keeps its record, so a paused, partitioned
+    /// or draining one is never taken over early.
     #[arg(long, env = "PARTYLINE_FAST_FAILOVER", default_value_t = true, action = clap::ArgAction::Set)]
     fast_failover: bool,
+    /// Redis replicas that must hold every storage commit and lease grant before it counts
+    /// (`WAIT` after each, on the primary that took it). 0: a write counts once the primary
+    /// has it (with AOF `appendfsync always`, once it is on the primary's disk), and a failover
+    /// to a replica that had not caught up loses it. N: a write counts once N replicas have it
+    /// too, so it survives a failover to any of them; it costs a replica round trip per
+    /// commit, and while fewer than N replicas answer within --redis-replica-timeout every
+    /// write fails: the party gets a storage error and no client is told it was saved.
+    #[arg(long, env = "PARTYLINE_REDIS_MIN_REPLICAS", default_value_t = 0)]
+    redis_min_replicas: u32,
+    /// How long a write waits for --redis-min-replicas replicas before it fails (at most half
+    /// of the 2 s Redis response timeout).
+    #[arg(long, env = "PARTYLINE_REDIS_REPLICA_TIMEOUT", default_value = "500ms", value_parser = parse_duration)]
+    redis_replica_timeout: Duration,
     #[command(flatten)]
     cluster: ClusterArgs,
     #[command(flatten)]
@@ -246,7 +259,11 @@ impl NodeArgs {
             // Both set once the gRPC port is bound (see `NodeProcess`).
             id: String::new(),
             advertise: String::new(),
-            redis: self.cluster.redis(),
+            redis: RedisConfig {
+                min_replicas: self.redis_min_replicas,
+                replica_timeout: self.redis_replica_timeout,
+                ..self.cluster.redis()
+            },
             secret,
             accept_secrets: self.cluster.accept_secrets()?,
             tls: self.cluster.cluster_tls()?,
@@ -666,6 +683,16 @@ mod tests {
         let new = node_config(&[&["node", "--admin-listen", "127.0.0.1:9090"][..], &secret].concat());
         assert_eq!(old, new);
         assert!(new.contains("admin_listen: Some(127.0.0.1:9090)"), "{new}");
+    }
+
+    #[test]
+    fn redis_min_replicas_reaches_the_redis_config() {
+        let secret = ["--cluster-secret", "0123456789abcdef0123"];
+        let default = node_config(&[&["node"][..], &secret].concat());
+        assert!(default.contains("min_replicas: 0, replica_timeout: 500ms"), "{default}");
+        let args = ["node", "--redis-min-replicas", "1", "--redis-replica-timeout", "250ms"];
+        let one = node_config(&[&args[..], &secret].concat());
+        assert!(one.contains("min_replicas: 1, replica_timeout: 250ms"), "{one}");
     }
 
     #[test]

@@ -319,6 +319,7 @@ impl Started {
                 host: node.host.clone(),
                 me: node.me.clone(),
                 leases: self.redis.leases(),
+                membership: node.membership.clone(),
                 fast_failover: node.cfg.fast_failover,
             }),
             tasks.stop_alarms.clone(),
@@ -340,6 +341,7 @@ impl Started {
             leases: self.redis.leases(),
             parties: self.parties.clone(),
             fast_failover: cfg.fast_failover,
+            membership: node.membership.clone(),
             metrics: self.metrics.clone(),
         };
         let server = NodeServer::new(service).max_decoding_message_size(grpc_max).max_encoding_message_size(grpc_max);
@@ -631,7 +633,8 @@ impl Node {
 
     /// Graceful shutdown: announce `draining` (gateways stop placing rooms here), take no new
     /// shards, move every room to its next owner and release every lease, within the drain
-    /// timeout.
+    /// timeout; drop any shard still held; then leave the membership. The gRPC listener stays
+    /// open all along (it closes after this returns).
     async fn drain(&self) {
         let started = Instant::now();
         let deadline = started + self.cfg.drain_timeout;
@@ -652,6 +655,12 @@ impl Node {
                 0
             }
         };
+        // Withdrawing the record and then closing the listener is what lets another node break
+        // a lease at once (`service::take_over_if_gone`): no shard may still be valid here by
+        // then. Normally none is left (each was released or dropped); one the drain timed out
+        // on, or acquired while the drain began, is dropped now: its guard turns invalid and its
+        // rooms stop.
+        self.shards.drop_all("the drain ended with the shard still held");
         let _ = self.membership.leave(&self.me.id).await;
         tracing::info!(node = %self.me.id, rooms = moved, took = ?started.elapsed(), "drained");
     }
@@ -738,6 +747,7 @@ struct ClusterAlarms {
     host: RoomHost,
     me: NodeInfo,
     leases: Leases,
+    membership: Membership,
     fast_failover: bool,
 }
 
@@ -759,8 +769,11 @@ impl AlarmScope for ClusterAlarms {
         let shard = shard_of(room);
         let mut placement = self.shards.acquire(shard).await;
         if let Ok(Placement::Held { owner, .. }) = &placement {
-            // Held by a node that crashed: take it over now rather than after its lease expires.
-            if self.fast_failover && crate::service::take_over_if_gone(&self.leases, &self.me.inc, shard, owner).await {
+            // Held by a node that is provably gone: take it over now rather than after its lease
+            // expires.
+            if self.fast_failover
+                && crate::service::take_over_if_gone(&self.leases, &self.membership, &self.me.inc, shard, owner).await
+            {
                 placement = self.shards.acquire(shard).await;
             }
         }

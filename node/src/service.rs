@@ -22,7 +22,7 @@ use crate::host::{HostError, RoomHost};
 use crate::metrics::NodeMetrics;
 use crate::shards::{Placement, ShardGuard, Shards};
 use partyline_cluster::client::ClusterClient;
-use partyline_cluster::redis::{fence_for, Leases, NodeInfo};
+use partyline_cluster::redis::{fence_for, LeaseInfo, Leases, Membership, NodeInfo};
 use partyline_cluster::wire;
 // What callers hear when a room's queue stays full, when this node hosts as many rooms as it may,
 // and when a room moved: fixed client texts (the details are logged).
@@ -83,26 +83,51 @@ pub struct NodeService {
     pub leases: Leases,
     /// The parties this node runs.
     pub parties: PartyRegistry,
-    /// Take over at once from a lease holder whose process is gone (see [`process_gone`])
+    /// Take over at once from a lease holder that is provably gone (see [`take_over_if_gone`])
     /// instead of waiting for its lease to expire.
     pub fast_failover: bool,
+    /// Membership (whether a lease holder is still a member, and which incarnation).
+    pub membership: Membership,
     /// Counters.
     pub metrics: Arc<NodeMetrics>,
 }
 
-/// Breaks the lease of `shard` if `owner` (not us) holds it and its process is gone (see
-/// [`process_gone`]), by compare-and-delete on its grant, so the shard can be taken now under a
-/// new epoch. True when the lease was broken.
-pub async fn take_over_if_gone(leases: &Leases, my_inc: &str, shard: u16, owner: &str) -> bool {
+/// Breaks the lease of `shard` if `owner` (not us) holds it and that holder is provably gone, by
+/// compare-and-delete on its grant, so the shard can be taken now under a new epoch. True when
+/// the lease was broken.
+///
+/// A refused connection alone proves nothing: a draining node that closed its listener looks
+/// like that, and so does a node behind a REJECT rule that still reaches Redis and the gateways
+/// and serves its rooms. So the holder must also be gone from the membership (see
+/// [`HolderGone`]): its record expired or was withdrawn, or a new incarnation of it registered.
+/// A holder whose record still carries the lease's incarnation is left alone: its lease expires
+/// by itself if it is really gone.
+pub async fn take_over_if_gone(
+    leases: &Leases,
+    membership: &Membership,
+    my_inc: &str,
+    shard: u16,
+    owner: &str,
+) -> bool {
     let Ok(Some(lease)) = leases.owner(shard).await else { return false };
-    if lease.owner != owner || lease.inc == my_inc || !process_gone(&lease.addr).await {
+    if lease.owner != owner || lease.inc == my_inc {
+        return false;
+    }
+    // The membership first: one Redis read, and no probe of a holder that is still a member.
+    // A new incarnation under the holder's id is proof on its own (the node restarted, on the
+    // same address or not); a missing record only with the port refusing too (a node cut from
+    // Redis loses its record but may still serve until its self-fence deadline).
+    let Some(proof) = holder_gone(membership, &lease).await else { return false };
+    if proof == HolderGone::NoRecord && !process_gone(&lease.addr).await {
         return false;
     }
     match leases.break_lease(shard, &lease.inc, lease.epoch).await {
         Ok(true) => {
             tracing::warn!(
-                shard, owner = %lease.owner, addr = %lease.addr, epoch = lease.epoch,
-                "the lease holder's process is gone (connection refused): took its lease over"
+                shard, owner = %lease.owner, inc = %lease.inc, addr = %lease.addr, epoch = lease.epoch,
+                proof = proof.as_str(),
+                "the lease holder is gone ({}): took its lease over",
+                proof.as_str()
             );
             true
         }
@@ -110,11 +135,45 @@ pub async fn take_over_if_gone(leases: &Leases, my_inc: &str, shard: u16, owner:
     }
 }
 
-/// Whether the process that listened at `addr` is gone: its port refuses TCP connections twice
-/// in a row, 50 ms apart. Only an exited process refuses: a paused or overloaded one still has
-/// its listening socket (the kernel completes the handshake for it), and a partitioned one times
-/// out. This is what lets a crashed owner's rooms fail over in well under a second while a
-/// stalled owner is never taken over before its lease expires.
+/// What proves a lease holder gone, besides its port refusing connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HolderGone {
+    /// Its membership record expired (no heartbeat for the member TTL) or was withdrawn (it
+    /// left after its drain).
+    NoRecord,
+    /// A new incarnation of the node registered under its id: the lease's process is not it.
+    Restarted,
+}
+
+impl HolderGone {
+    /// How the log says it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HolderGone::NoRecord => "its membership record expired or was withdrawn, and its port refuses connections",
+            HolderGone::Restarted => "a new incarnation registered under its id",
+        }
+    }
+}
+
+/// Whether the membership proves the incarnation holding `lease` gone; `None` while its record
+/// lives with the lease's incarnation (or cannot be read).
+async fn holder_gone(membership: &Membership, lease: &LeaseInfo) -> Option<HolderGone> {
+    match membership.record(&lease.owner).await {
+        Ok(None) => Some(HolderGone::NoRecord),
+        Ok(Some(record)) if record.inc != lease.inc => Some(HolderGone::Restarted),
+        Ok(Some(_)) => None,
+        Err(e) => {
+            tracing::debug!(owner = %lease.owner, error = %e, "could not read a lease holder's membership record");
+            None
+        }
+    }
+}
+
+/// Whether the process that listened at `addr` looks gone: its port refuses TCP connections
+/// twice in a row, 50 ms apart. A paused or overloaded process still has its listening socket
+/// (the kernel completes the handshake for it), and a silently partitioned one times out; but a
+/// draining node that closed its listener refuses too, and so does a live node behind a REJECT
+/// rule. So this is never proof on its own: [`take_over_if_gone`] also asks the membership.
 pub async fn process_gone(addr: &str) -> bool {
     for attempt in 0..2 {
         match tokio::time::timeout(Duration::from_millis(300), tokio::net::TcpStream::connect(addr)).await {
@@ -177,10 +236,10 @@ impl NodeService {
         }
     }
 
-    /// The caller could not reach `owner`, which holds the shard's lease: if its process is gone,
-    /// take its lease over; see [`take_over_if_gone`].
+    /// The caller could not reach `owner`, which holds the shard's lease: if it is provably
+    /// gone, take its lease over; see [`take_over_if_gone`].
     async fn take_over_from_crashed(&self, shard: u16, owner: &str) -> bool {
-        take_over_if_gone(&self.leases, &self.me.inc, shard, owner).await
+        take_over_if_gone(&self.leases, &self.membership, &self.me.inc, shard, owner).await
     }
 
     /// The answer for a shard that is between owners: retry shortly, at the preferred node
@@ -273,15 +332,21 @@ impl node_server::Node for NodeService {
         let (metrics_in, metrics_out) = (self.metrics.clone(), self.metrics.clone());
 
         // Room -> gateway, encoded as the HTTP/2 stream polls it (no extra task). Nothing leaves
-        // after the shard's self-fence deadline.
+        // after the shard's self-fence deadline, and the link ends as soon as the shard is
+        // dropped, even when the room sends nothing more (one stuck in a handler a handover gave
+        // up on): its gateway then routes new sockets afresh instead of to this link.
         let out = futures::stream::unfold((room_rx, guard, false), |(mut rx, guard, done)| async move {
             if done {
                 return None;
             }
-            let msg = rx.recv().await?;
+            let gone = || FromRoom::Gone { code: close_code::SERVICE_RESTART, reason: ROOM_MOVED.into() };
+            let msg = tokio::select! {
+                biased;
+                msg = rx.recv() => msg?,
+                _ = guard.dropped() => return Some((Ok(wire::link_out(gone())), (rx, guard, true))),
+            };
             if !guard.is_valid() {
-                let gone = FromRoom::Gone { code: close_code::SERVICE_RESTART, reason: ROOM_MOVED.into() };
-                return Some((Ok(wire::link_out(gone)), (rx, guard, true)));
+                return Some((Ok(wire::link_out(gone())), (rx, guard, true)));
             }
             let end = matches!(msg, FromRoom::Gone { .. } | FromRoom::Moved { .. });
             let mut out = wire::link_out(msg);
@@ -408,5 +473,64 @@ mod tests {
         server.resume();
         server.stop();
         assert!(process_gone(&addr).await, "an exited process refuses connections");
+    }
+
+    #[tokio::test]
+    async fn a_lease_is_broken_only_when_its_holder_is_provably_gone() {
+        let server = RedisServer::start();
+        let redis = partyline_cluster::redis::testing::connect(&server.url(), "pl").await;
+        let (leases, members) = (redis.leases(), redis.membership());
+        let ttl = Duration::from_secs(30);
+        // A port that refuses connections: a node that exited, a draining node that closed its
+        // listener, or a live node behind a REJECT rule.
+        let refusing = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        let answering = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let answering_addr = answering.local_addr().unwrap().to_string();
+        let b1 = NodeInfo { id: "b".into(), inc: "b-1".into(), addr: refusing.clone(), ..NodeInfo::default() };
+        let grant = |shard: u16, addr: String| {
+            let leases = leases.clone();
+            async move { leases.acquire(shard, "b", "b-1", &addr, ttl).await.unwrap() }
+        };
+        let held_by = |shard: u16| {
+            let leases = leases.clone();
+            async move { leases.owner(shard).await.unwrap().map(|l| l.inc) }
+        };
+
+        // Refused, but its record still carries the lease's incarnation: a live holder.
+        grant(1, refusing.clone()).await;
+        members.heartbeat(&b1, ttl).await.unwrap();
+        assert!(!take_over_if_gone(&leases, &members, "a-1", 1, "b").await, "a live member is not deposed");
+        assert_eq!(held_by(1).await.as_deref(), Some("b-1"));
+        // Not for another owner than the one named, nor from our own incarnation.
+        assert!(!take_over_if_gone(&leases, &members, "a-1", 1, "c").await);
+        assert!(!take_over_if_gone(&leases, &members, "b-1", 1, "b").await);
+
+        // A new incarnation registered under its id, and the old address refuses.
+        let b2 = NodeInfo { inc: "b-2".into(), ..b1.clone() };
+        members.heartbeat(&b2, ttl).await.unwrap();
+        assert!(take_over_if_gone(&leases, &members, "a-1", 1, "b").await, "a restarted holder's old lease");
+        assert_eq!(held_by(1).await, None);
+
+        // Its record is gone, but its port answers: not gone (a node cut from Redis a while).
+        grant(2, answering_addr.clone()).await;
+        members.leave("b").await.unwrap();
+        assert!(!take_over_if_gone(&leases, &members, "a-1", 2, "b").await, "its port answers");
+        assert_eq!(held_by(2).await.as_deref(), Some("b-1"));
+
+        // Its record is gone and its port refuses: gone.
+        grant(3, refusing).await;
+        assert!(take_over_if_gone(&leases, &members, "a-1", 3, "b").await, "no record and a refused port");
+        assert_eq!(held_by(3).await, None);
+
+        // Restarted on the same address (a pod that came back): its port answers, but the new
+        // incarnation under its id proves the lease's process gone.
+        grant(4, answering_addr.clone()).await;
+        members.heartbeat(&b2, ttl).await.unwrap();
+        assert!(take_over_if_gone(&leases, &members, "a-1", 4, "b").await, "a restart on the same address");
+        assert_eq!(held_by(4).await, None);
+        drop(answering);
     }
 }

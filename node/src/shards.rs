@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use partyline::sync::Lock;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics::NodeMetrics;
 use partyline_cluster::redis::Acquire;
@@ -38,6 +39,7 @@ pub struct ShardGuard {
     pub epoch: u64,
     deadline: Arc<AtomicU64>,
     accepting: Arc<AtomicBool>,
+    dropped: CancellationToken,
     base: Instant,
 }
 
@@ -68,6 +70,13 @@ impl ShardGuard {
     pub fn accepts(&self) -> bool {
         self.accepting.load(Ordering::Acquire) && self.is_valid()
     }
+
+    /// Resolves when the shard is dropped (lost, self-fenced, or given up by a handover whose
+    /// rooms did not stop in time): what relays a room's frames ends then, without waiting for
+    /// the room's next frame, so its gateways route new sockets afresh.
+    pub async fn dropped(&self) {
+        self.dropped.cancelled().await
+    }
 }
 
 /// What placing a shard on this node gave.
@@ -91,6 +100,7 @@ struct Owned {
     epoch: u64,
     deadline: Arc<AtomicU64>,
     accepting: Arc<AtomicBool>,
+    dropped: CancellationToken,
 }
 
 /// The shards this node owns.
@@ -148,6 +158,7 @@ impl Shards {
             epoch: owned.epoch,
             deadline: owned.deadline.clone(),
             accepting: owned.accepting.clone(),
+            dropped: owned.dropped.clone(),
             base: self.base,
         }
     }
@@ -194,6 +205,7 @@ impl Shards {
                     epoch,
                     deadline: Arc::new(AtomicU64::new(deadline)),
                     accepting: Arc::new(AtomicBool::new(true)),
+                    dropped: CancellationToken::new(),
                 };
                 let guard = self.guard(shard, &owned);
                 self.owned.locked().insert(shard, owned);
@@ -261,6 +273,7 @@ impl Shards {
         let removed = self.owned.locked().remove(&shard);
         if let Some(o) = removed {
             o.deadline.store(0, Ordering::Release);
+            o.dropped.cancel();
             tracing::warn!(shard, epoch = o.epoch, why, "shard dropped");
             (self.on_lost)(shard);
         }
@@ -451,10 +464,23 @@ mod tests {
         shards.renew_once().await;
         assert!(!g.is_valid());
         assert_eq!(*lost.locked(), vec![3]);
+        tokio::time::timeout(Duration::from_millis(10), g.dropped()).await.expect("the guard hears the drop");
         // Acquiring again gives a new epoch.
         fake.renew_ok.store(true, Ordering::Relaxed);
         let Placement::Here(g2) = shards.acquire(3).await.unwrap() else { panic!("not granted") };
         assert!(g2.epoch > g.epoch);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_released_shard_is_not_dropped_but_a_dropped_one_is() {
+        let (_fake, shards, _lost) = table();
+        let Placement::Here(a) = shards.acquire(1).await.unwrap() else { panic!("not granted") };
+        let Placement::Here(b) = shards.acquire(2).await.unwrap() else { panic!("not granted") };
+        shards.release(1).await;
+        shards.drop_shard(2, "a test");
+        let released = tokio::time::timeout(Duration::from_millis(10), a.dropped()).await;
+        assert!(released.is_err(), "a released shard's frames in flight are still its own");
+        tokio::time::timeout(Duration::from_millis(10), b.dropped()).await.expect("the dropped guard hears it");
     }
 
     #[tokio::test(start_paused = true)]

@@ -12,6 +12,9 @@
 //! - `putkey <key> <bytes>`: the same under that key;
 //! - `send <bytes>`: sends the sender a frame of that many bytes with `try_send`; replies the
 //!   error text if it was refused;
+//! - `slow <ms> <text>`: a handler still running when its room moves: sleeps ms (or until
+//!   [`wake_slow`] in this process), then sends `<text>` back and puts `slow` = text (the frame
+//!   goes first, so that no write holds it back; a failed write reaches `on_error`);
 //! - anything else is echoed.
 //!
 //! Query parameters at connect: `tags=a,b,c` become tags; `fail=1` makes `on_connect` fail;
@@ -71,6 +74,17 @@ impl Party for YjsAuth {
 
 /// How many times `faulty`'s `/slow-write` request ran in this process.
 pub static SLOW_WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many `slow` handlers started sleeping in this process.
+pub static SLOW_SLEEPERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+static SLOW_WAKE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Ends the sleep of every `slow` handler sleeping in this process now (each then sends its
+/// text and writes): a test picks the moment a moved room's old instance would act.
+pub fn wake_slow() {
+    SLOW_WAKE.notify_waiters();
+}
 
 /// The misbehaving party.
 pub struct Faulty {
@@ -150,6 +164,19 @@ impl Party for Faulty {
                 if let Err(e) = sender.try_send(vec![b'x'; arg.parse().unwrap_or(0)]) {
                     sender.send(e.to_string());
                 }
+            }
+            "slow" => {
+                let (ms, text) = arg.split_once(' ').unwrap_or((arg, ""));
+                // Registered before it is counted, so that a wake after the count reaches it.
+                let woken = SLOW_WAKE.notified();
+                SLOW_SLEEPERS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let sleep = tokio::time::sleep(std::time::Duration::from_millis(ms.parse().unwrap_or(0)));
+                tokio::select! {
+                    _ = woken => {}
+                    _ = sleep => {}
+                }
+                sender.send(text.to_string());
+                self.room.storage().put("slow", &text).await?;
             }
             "close" => sender.close(4000, "bye"),
             _ => sender.send(message),

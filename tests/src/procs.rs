@@ -140,6 +140,8 @@ pub struct Proc {
     role: Role,
     addr: SocketAddr,
     env: Vec<(String, String)>,
+    /// A command the binary runs under (`ip netns exec <ns>`), empty for none.
+    prefix: Vec<String>,
     log: PathBuf,
     child: Option<Child>,
     exit: Option<ExitStatus>,
@@ -149,7 +151,7 @@ pub struct Proc {
 impl Proc {
     fn new(name: String, role: Role, addr: SocketAddr, env: Vec<(String, String)>, dir: &Path) -> Self {
         let log = dir.join(format!("{name}.log"));
-        Proc { name, role, addr, env, log, child: None, exit: None, starts: 0 }
+        Proc { name, role, addr, env, prefix: Vec::new(), log, child: None, exit: None, starts: 0 }
     }
 
     /// Its name: the node id (`node-1`, ...) or `gateway-1`, ...
@@ -194,8 +196,18 @@ impl Proc {
             Role::Node => "node",
             Role::Gateway => "gateway",
         };
-        let _ = writeln!(log, "==== {} start #{}: {} {sub}", self.name, self.starts, bin.display());
-        let mut cmd = Command::new(&bin);
+        let prefix = self.prefix.iter().map(|p| format!("{p} ")).collect::<String>();
+        let _ = writeln!(log, "==== {} start #{}: {prefix}{} {sub}", self.name, self.starts, bin.display());
+        // A prefix that execs its command (`ip netns exec` does) keeps the process id, which
+        // the signals and the readiness check rely on.
+        let mut cmd = match self.prefix.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(&bin);
+                cmd
+            }
+            None => Command::new(&bin),
+        };
         cmd.arg(sub);
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("PARTYLINE_") {
@@ -332,6 +344,20 @@ pub struct ProcClusterBuilder {
     durable_redis: bool,
     worker_threads: usize,
     env: Vec<(String, String)>,
+    netns: Vec<NodeNetns>,
+}
+
+/// A network namespace a node runs in (see [`ProcClusterBuilder::node_netns`]); the caller
+/// creates it and its links.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeNetns {
+    /// The namespace: the node runs under `ip netns exec <name>`.
+    pub name: String,
+    /// The node's address in it: it listens and advertises there (gateways reach it there).
+    pub addr: Ipv4Addr,
+    /// An address of this (the root) namespace that the namespace reaches: the node's Redis
+    /// proxy listens there.
+    pub host: Ipv4Addr,
 }
 
 impl ProcClusterBuilder {
@@ -366,6 +392,13 @@ impl ProcClusterBuilder {
         self
     }
 
+    /// Runs node `i` (counting every node added, also by [`ProcCluster::add_node`]) in
+    /// `netns[i]` instead of on loopback; nodes past the list run on loopback.
+    pub fn node_netns(mut self, netns: Vec<NodeNetns>) -> Self {
+        self.netns = netns;
+        self
+    }
+
     /// Starts Redis, the nodes (each registered in Redis) and the gateways (each answering
     /// `/_partyline/health`).
     pub async fn start(self) -> ProcCluster {
@@ -393,6 +426,7 @@ impl ProcClusterBuilder {
             dir: Some(dir),
             worker_threads: self.worker_threads,
             env: self.env,
+            netns: self.netns,
             keep_logs: None,
         };
         for _ in 0..self.nodes {
@@ -415,13 +449,21 @@ pub struct ProcCluster {
     dir: Option<tempfile::TempDir>,
     worker_threads: usize,
     env: Vec<(String, String)>,
+    netns: Vec<NodeNetns>,
     keep_logs: Option<bool>,
 }
 
 impl ProcCluster {
     /// A builder: 3 nodes, 2 gateways, Redis without persistence, one worker thread each.
     pub fn builder() -> ProcClusterBuilder {
-        ProcClusterBuilder { nodes: 3, gateways: 2, durable_redis: false, worker_threads: 1, env: Vec::new() }
+        ProcClusterBuilder {
+            nodes: 3,
+            gateways: 2,
+            durable_redis: false,
+            worker_threads: 1,
+            env: Vec::new(),
+            netns: Vec::new(),
+        }
     }
 
     fn dir(&self) -> &Path {
@@ -515,17 +557,24 @@ impl ProcCluster {
         env
     }
 
-    /// Starts one more node (id `node-<n>`, its own proxy to Redis) and waits until it is
-    /// registered; returns its index.
+    /// Starts one more node (id `node-<n>`, its own proxy to Redis; in its network namespace
+    /// if [`ProcClusterBuilder::node_netns`] gave one) and waits until it is registered;
+    /// returns its index.
     pub async fn add_node(&mut self) -> usize {
         let i = self.nodes.len();
         let id = format!("node-{}", i + 1);
+        let netns = self.netns.get(i).cloned();
         let redis_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.redis_server().port()));
-        let proxy = TcpProxy::start(redis_addr).await;
+        let proxy = match &netns {
+            Some(ns) => TcpProxy::start_on(ns.host, redis_addr).await,
+            None => TcpProxy::start(redis_addr).await,
+        };
         let mut last = String::new();
-        // The port is free when picked, but another process may take it first: retry.
+        // The port is free when picked, but another process may take it first: retry. (In a
+        // namespace of its own, any port is free.)
         for _ in 0..5 {
-            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+            let ip = netns.as_ref().map_or(Ipv4Addr::LOCALHOST, |ns| ns.addr);
+            let addr = SocketAddr::from((ip, free_port()));
             let mut env = self.base_env();
             env.extend([
                 ("PARTYLINE_REDIS_URL".to_string(), format!("redis://{}", proxy.addr())),
@@ -535,6 +584,9 @@ impl ProcCluster {
                 ("PARTYLINE_LEASE_PROFILE".to_string(), "fast".to_string()),
             ]);
             let mut node = Proc::new(id.clone(), Role::Node, addr, env, self.dir());
+            if let Some(ns) = &netns {
+                node.prefix = ["ip", "netns", "exec", ns.name.as_str()].map(String::from).to_vec();
+            }
             node.spawn();
             match wait_node_ready(&self.redis, &mut node).await {
                 Ok(()) => {

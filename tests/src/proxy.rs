@@ -53,7 +53,13 @@ pub struct TcpProxy {
 impl TcpProxy {
     /// Starts a proxy to `upstream` on a free loopback port, in [`Mode::Pass`].
     pub async fn start(upstream: SocketAddr) -> Self {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.expect("bind the proxy on 127.0.0.1:0");
+        Self::start_on(Ipv4Addr::LOCALHOST, upstream).await
+    }
+
+    /// Like [`TcpProxy::start`], listening on a free port of `ip` instead (an address of this
+    /// machine that a process in another network namespace reaches).
+    pub async fn start_on(ip: Ipv4Addr, upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind((ip, 0)).await.unwrap_or_else(|e| panic!("bind the proxy on {ip}:0: {e}"));
         let addr = listener.local_addr().expect("the proxy's address");
         let (mode, _) = watch::channel(Mode::Pass);
         let counters = Arc::new(Counters::default());

@@ -8,6 +8,10 @@
 //! epochs never go back (see `partyline_tests::checks`), every close reason and error body the
 //! clients received is a documented text (issue 22), plus what is specific to the fault.
 //!
+//! One test runs its nodes and gateways in the test process instead (still over real sockets,
+//! gRPC and Redis): [`a_handler_still_running_when_its_shard_moves_delivers_nothing_after`]
+//! needs the `faulty` test party, which the `partyline` binary does not have.
+//!
 //! The scenarios live in `partyline_tests::faults` (the chaos runner, `scripts/chaos.sh`,
 //! repeats them at random); each test runs one and judges its outcome.
 //!
@@ -318,4 +322,275 @@ async fn an_alarm_fires_after_its_owner_crashed() {
         "the alarm did not fire within {RECOVERY_TIMEOUT:?} of the crash (room now leased to {owner_now:?})"
     );
     assert_ne!(owner_now.as_deref(), Some(owner.as_str()), "another node ran it");
+}
+
+/// The handover deadline of [`a_handler_still_running_when_its_shard_moves_delivers_nothing_after`]'s
+/// nodes (`--drain-timeout`, which bounds rebalance moves too): short, so that the move gives
+/// up on the sleeping room long before its handler ends.
+const MOVE_DEADLINE: Duration = Duration::from_secs(1);
+
+/// Starts node `id` in this process, on the test's Redis: fast leases, the default rebalancing
+/// (every 1 s, to nodes that have been members for 3 s), [`MOVE_DEADLINE`], and a handler time
+/// limit (30 s) far beyond it. Returns once the node is a live member.
+async fn in_process_node(redis_url: &str, id: &str) -> partyline_tests::cluster::Process {
+    use partyline_cluster::redis::{Redis, RedisConfig};
+    use partyline_node::server::{NodeConfig, Rebalance};
+    use partyline_node::shards::LeaseTiming;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a node port");
+    let addr = listener.local_addr().unwrap();
+    let limits = partyline::Limits { handler_timeout: Duration::from_secs(30), ..Default::default() };
+    let cfg = NodeConfig {
+        id: id.to_string(),
+        advertise: addr.to_string(),
+        redis: RedisConfig::new(redis_url),
+        secret: partyline_tests::cluster::SECRET.into(),
+        accept_secrets: Vec::new(),
+        tls: None,
+        leases: LeaseTiming::FAST,
+        heartbeat: Duration::from_millis(500),
+        member_ttl: Duration::from_secs(3),
+        drain_timeout: MOVE_DEADLINE,
+        rebalance: Rebalance::default(),
+        fast_failover: true,
+        limits,
+        env: Default::default(),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let parties = partyline_tests::all_parties();
+    let task = tokio::spawn(partyline_node::server::run(cfg, parties, listener, async {
+        let _ = stopped.await;
+    }));
+    let redis = Redis::connect(RedisConfig::new(redis_url)).await.expect("connect to the test redis");
+    partyline_tests::within(30, "the node to register", async {
+        while !redis.membership().live().await.unwrap_or_default().iter().any(|n| n.id == id) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    partyline_tests::cluster::Process::running(id.to_string(), addr, stop, task)
+}
+
+/// Issue 17, item 2: a room whose handler is still running when its shard is handed over (a
+/// rebalance: a node joins, the owner keeps running) must do nothing more once its shard has
+/// left the node. Unlike the other tests here, the nodes and gateways run in this process
+/// (real sockets, gRPC and Redis): the `faulty` party is not in the `partyline` binary, and the
+/// test wakes its sleeping handler at the moment it chooses ([`partyline_tests::parties::wake_slow`]).
+///
+/// A client (A, through gateway 1) of a `faulty` room on node-1 sends `slow 20000 late`: its
+/// handler sleeps. node-2 joins and node-1 hands it the room's shard with a 1 s deadline the
+/// sleeping room cannot meet. As soon as the lease has left node-1 (released, or left to
+/// expire), the handler wakes up: it sends `late`, then writes `slow`. A second client (B,
+/// through gateway 1 too, which had a link to the old instance: the node ends that link when it
+/// gives the room up, so new sockets are routed afresh) is served by the next owner (`put`,
+/// acknowledged). Asserted:
+/// 1. no client receives anything from the old instance once the shard left node-1, so in
+///    particular nothing after the next owner's first acknowledged write (the old code
+///    released the lease while the room ran, and its frames still flowed on A's link until its
+///    self-fence deadline, 1.9 to 2.4 s later: after another node could own the room; once the
+///    next owner acquires, gateway 1 closes the link by itself, so the released-lease window is
+///    where the old code is caught for certain);
+/// 2. the lease never had two holders: no epoch went back or changed hands without a new
+///    epoch (sampled every 50 ms), node-1 no longer holds it when the next owner serves, and
+///    the old instance's `slow` write is not in storage;
+/// 3. the room is served again within the rebalance delays, the move deadline and the lease TTL
+///    of the join, plus 5 s for a busy machine.
+#[timed_test(flavor = "multi_thread", worker_threads = 2, secs = FAULT_TEST_SECS)]
+async fn a_handler_still_running_when_its_shard_moves_delivers_nothing_after() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use partyline::runtime::placement::{preferred, shard_of};
+    use partyline::Store;
+    use partyline_node::server::Rebalance;
+    use partyline_tests::checks::{check_epochs, LeaseSample};
+    use partyline_tests::cluster::TestCluster;
+    use partyline_tests::parties::{wake_slow, SLOW_SLEEPERS};
+    use partyline_tests::{Client, Received};
+
+    let mut cluster = TestCluster::builder().nodes(0).gateways(0).start().await;
+    let redis_url = cluster.redis.url();
+    cluster.nodes.push(in_process_node(&redis_url, "node-1").await);
+    cluster.add_gateway().await;
+    cluster.add_gateway().await;
+    let redis = cluster.redis().await;
+    let leases = redis.leases();
+
+    // A room whose shard rendezvous hashing gives node-2 once it joins.
+    let room = (0..)
+        .map(|i| RoomKey::new("faulty", format!("moving-{i}")))
+        .find(|k| preferred(shard_of(k), ["node-1", "node-2"]) == Some("node-2"))
+        .expect("some room prefers node-2");
+    let shard = shard_of(&room);
+    let gateways = [cluster.gateway(0), cluster.gateway(1)];
+    let url = |gateway: usize| format!("ws://{}/parties/faulty/{}", gateways[gateway], room.room);
+    let mut a = Client::connect(&url(0)).await.expect("connect the first client");
+    let sleepers = SLOW_SLEEPERS.load(Ordering::SeqCst);
+    a.send_text("slow 20000 late").await;
+    partyline_tests::within(10, "the slow handler to start", async {
+        while SLOW_SLEEPERS.load(Ordering::SeqCst) == sleepers {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let held = leases.owner(shard).await.expect("read the lease").expect("the room's shard is leased");
+    assert_eq!(held.owner, "node-1", "the only node holds the room's shard");
+
+    // Every lease change of the shard, and everything the first client receives.
+    let samples: Arc<Mutex<Vec<LeaseSample>>> = Arc::default();
+    let sampler = {
+        let (leases, samples) = (redis.leases(), samples.clone());
+        tokio::spawn(async move {
+            let mut last = None;
+            loop {
+                if let Ok(Some(info)) = leases.owner(shard).await {
+                    let now = Some((info.owner.clone(), info.epoch));
+                    if now != last {
+                        let at = Instant::now();
+                        samples.lock().unwrap().push(LeaseSample { at, shard, owner: info.owner, epoch: info.epoch });
+                        last = now;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let stop_a = Arc::new(AtomicBool::new(false));
+    let first_client = {
+        let stop = stop_a.clone();
+        tokio::spawn(async move {
+            let mut got: Vec<(Instant, Received)> = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                if let Some(ev) = a.recv_within(Duration::from_millis(100)).await {
+                    let end = matches!(ev, Received::Close(..) | Received::Ended);
+                    got.push((Instant::now(), ev));
+                    if end {
+                        break;
+                    }
+                }
+            }
+            got
+        })
+    };
+
+    let t_join = Instant::now();
+    cluster.nodes.push(in_process_node(&redis_url, "node-2").await);
+    let since = |t: Instant| format!("{:.2}s", t.saturating_duration_since(t_join).as_secs_f64());
+
+    // The shard leaves node-1 (released, or left to expire), and the old instance's handler
+    // wakes up at once.
+    let left = tokio::time::timeout(RECOVERY_TIMEOUT, async {
+        loop {
+            match leases.owner(shard).await {
+                Ok(Some(l)) if l.owner == "node-1" && l.epoch == held.epoch => {}
+                Ok(_) => return Instant::now(),
+                Err(_) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the room's shard did not leave node-1 within {RECOVERY_TIMEOUT:?} of node-2 joining"));
+    wake_slow();
+    println!("node-2 joined; the room's shard left node-1 {} after the join; the old handler woken", since(left));
+
+    // The next owner serves the room: a second client's write is acknowledged.
+    let mut attempts = Vec::new();
+    let served = tokio::time::timeout(RECOVERY_TIMEOUT, async {
+        loop {
+            let at = Instant::now();
+            match Client::connect(&url(0)).await {
+                Ok(mut b) => {
+                    b.send_text("put 8").await;
+                    match b.recv_within(Duration::from_secs(5)).await {
+                        Some(Received::Text(t)) if t == "ok" => return (b, Instant::now()),
+                        other => attempts.push(format!("at {}: put answered {other:?}", since(at))),
+                    }
+                }
+                Err(e) => attempts.push(format!("at {}: {e}", since(at))),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    if !attempts.is_empty() {
+        println!("unsuccessful attempts to be served: {attempts:?}");
+    }
+    let (mut b, acked) = served.unwrap_or_else(|_| {
+        panic!("the room was not served again within {RECOVERY_TIMEOUT:?} of its shard leaving node-1")
+    });
+    let next_owner = leases.owner(shard).await.ok().flatten();
+    println!(
+        "the next owner ({:?}) acknowledged a write {} after the join",
+        next_owner.as_ref().map(|l| (&l.owner, l.epoch)),
+        since(acked)
+    );
+
+    // Anything the old instance still sends arrives within this.
+    let mut second: Vec<(Instant, Received)> = Vec::new();
+    let watch_until = Instant::now() + Duration::from_secs(3);
+    while let Some(wait) = watch_until.checked_duration_since(Instant::now()) {
+        match b.recv_within(wait).await {
+            Some(ev) => second.push((Instant::now(), ev)),
+            None => break,
+        }
+    }
+    stop_a.store(true, Ordering::SeqCst);
+    let first = first_client.await.expect("the first client's reader");
+    sampler.abort();
+    let samples = samples.lock().unwrap().clone();
+
+    let show = |evs: &[(Instant, Received)]| {
+        evs.iter().map(|(at, ev)| format!("{ev:?} at {}", since(*at))).collect::<Vec<_>>().join(", ")
+    };
+    println!("first client (gateway 1, node-1's instance) received: [{}]", show(&first));
+    println!("second client (gateway 1, the next owner) received after its ack: [{}]", show(&second));
+    let changes: Vec<String> =
+        samples.iter().map(|s| format!("{} epoch {} at {}", s.owner, s.epoch, since(s.at))).collect();
+    println!("lease changes of shard {shard}: {changes:?}");
+
+    let mut problems = Vec::new();
+    // 1. Nothing of the old instance reaches a client once its shard left node-1.
+    let data = |ev: &Received| matches!(ev, Received::Text(_) | Received::Binary(_));
+    let late: Vec<String> = first
+        .iter()
+        .filter(|(at, ev)| *at > left && data(ev))
+        .chain(second.iter().filter(|(_, ev)| matches!(ev, Received::Text(t) if t.contains("late"))))
+        .map(|(at, ev)| {
+            let after_ack = if *at > acked { ", after the next owner's first acknowledged write" } else { "" };
+            format!("{ev:?} at {}{after_ack}", since(*at))
+        })
+        .collect();
+    if !late.is_empty() {
+        problems.push(format!(
+            "the moved room's old instance on node-1 still reached clients after its shard left node-1 (at {}; \
+             the next owner acknowledged a write at {}): {late:?}",
+            since(left),
+            since(acked)
+        ));
+    }
+    // 2. One holder at a time, and the old instance's write did not land.
+    problems.extend(check_epochs(&samples));
+    if next_owner.as_ref().is_some_and(|l| l.owner == "node-1" && l.epoch == held.epoch) {
+        problems.push(format!("node-1 still held epoch {} when the next owner served the room", held.epoch));
+    }
+    let stored = redis.store().get(&room, &["slow".to_string()]).await.expect("read the room's storage");
+    if let Some(Some(v)) = stored.first() {
+        problems.push(format!(
+            "the old instance's write reached storage after its shard moved: slow = {}",
+            String::from_utf8_lossy(v)
+        ));
+    }
+    // 3. Served again within the rebalance delays (node-1 sees node-2, waits for it to settle,
+    // and looks on its next tick), the move deadline and the lease TTL.
+    let r = Rebalance::default();
+    let bound = r.settle + r.every * 2 + MOVE_DEADLINE + LEASES.ttl + Duration::from_secs(5);
+    if acked.duration_since(t_join) > bound {
+        problems.push(format!(
+            "the room was served again {} after node-2 joined, later than {:.1}s (rebalance settle + 2 intervals + \
+             move deadline + lease TTL + 5 s)",
+            since(acked),
+            bound.as_secs_f64()
+        ));
+    }
+    assert!(problems.is_empty(), "{} problem(s):\n  - {}", problems.len(), problems.join("\n  - "));
 }

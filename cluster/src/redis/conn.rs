@@ -191,6 +191,116 @@ impl Connection {
     }
 }
 
+/// How many replicas must hold a write before it counts: see [`RedisConfig::min_replicas`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Replicas {
+    /// Replicas that must acknowledge the write (`WAIT`); 0: none asked for, no `WAIT` sent.
+    pub min: u32,
+    /// How long `WAIT` waits for them.
+    pub timeout: Duration,
+}
+
+impl Replicas {
+    /// The settings of `config`: its `replica_timeout`, at most half the response timeout (so
+    /// the `WAIT` answers before the command that carries it times out), at least 1 ms (`WAIT`
+    /// with 0 would wait forever).
+    pub fn of(config: &RedisConfig) -> Self {
+        let timeout = config.replica_timeout.min(config.response_timeout / 2).max(Duration::from_millis(1));
+        Replicas { min: config.min_replicas, timeout }
+    }
+
+    fn wait_cmd(&self) -> Cmd {
+        let ms = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX).max(1);
+        ::redis::cmd("WAIT").arg(self.min).arg(ms).to_owned()
+    }
+}
+
+impl Connection {
+    /// Runs `cmd` (one slot) and, right behind it in one pipeline on the same connection (on a
+    /// cluster: to the node that answers `cmd`), `WAIT min timeout`, which answers how many
+    /// replicas acknowledged every write of that connection up to it. `cmd`'s answer if it
+    /// succeeded and enough replicas hold it; a server error from `cmd` as it came; an error
+    /// when fewer replicas answered (the write may be on the primary, but it is not
+    /// acknowledged).
+    pub async fn run_replicated(&self, cmd: &Cmd, replicas: Replicas) -> ::redis::RedisResult<Value> {
+        if replicas.min == 0 {
+            return self.clone().req_packed_command(cmd).await;
+        }
+        let wait = replicas.wait_cmd();
+        let (value, acked) = match self {
+            Connection::Single(conn) => {
+                let mut pipe = ::redis::pipe();
+                pipe.add_command(cmd.clone()).add_command(wait).ignore_errors();
+                let mut values: Vec<Value> = pipe.query_async(&mut conn.clone()).await?;
+                let acked = values.pop();
+                let value = values.pop().ok_or_else(|| protocol_error("a pipeline answered nothing".into()))?;
+                (value, acked)
+            }
+            Connection::Cluster(router) => router.run_then(cmd, Some(&wait)).await?,
+        };
+        if matches!(value, Value::ServerError(_)) {
+            return Ok(value);
+        }
+        match acked {
+            Some(Value::Int(n)) if n >= i64::from(replicas.min) => Ok(value),
+            Some(Value::Int(n)) => Err(::redis::RedisError::from((
+                ::redis::ErrorKind::Client,
+                "too few replicas",
+                format!(
+                    "the write reached {n} of the {} replicas required (--redis-min-replicas) within {:?}: not acknowledged",
+                    replicas.min, replicas.timeout
+                ),
+            ))),
+            other => Err(protocol_error(format!("WAIT answered {other:?}: the write is not acknowledged"))),
+        }
+    }
+
+    /// This connection, sending `WAIT` behind every script it runs when `replicas.min > 0`
+    /// (see [`Connection::run_replicated`]): pass it to `Script::invoke_async`.
+    pub fn replicated(&self, replicas: Replicas) -> Replicated {
+        Replicated { conn: self.clone(), replicas }
+    }
+}
+
+/// A [`Connection`] that follows every script (`EVALSHA`, `EVAL`) with `WAIT`; other commands
+/// (such as the `SCRIPT LOAD` of a script Redis does not know yet) go as they are. See
+/// [`Connection::replicated`].
+#[derive(Clone)]
+pub struct Replicated {
+    conn: Connection,
+    replicas: Replicas,
+}
+
+fn is_script(cmd: &Cmd) -> bool {
+    match cmd.args_iter().next() {
+        Some(::redis::Arg::Simple(name)) => name.eq_ignore_ascii_case(b"EVALSHA") || name.eq_ignore_ascii_case(b"EVAL"),
+        _ => false,
+    }
+}
+
+impl ConnectionLike for Replicated {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        if is_script(cmd) {
+            Box::pin(async move { self.conn.run_replicated(cmd, self.replicas).await })
+        } else {
+            self.conn.req_packed_command(cmd)
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        self.conn.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.get_db()
+    }
+}
+
 fn protocol_error(msg: String) -> ::redis::RedisError {
     ::redis::RedisError::from((::redis::ErrorKind::UnexpectedReturnType, "unexpected answer", msg))
 }

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use ::redis::{Script, Value};
 
-use super::conn::Connection;
+use super::conn::{Connection, Replicas};
 use super::keys::Keys;
 use super::{Error, Result};
 
@@ -130,6 +130,9 @@ pub struct LeaseInfo {
 #[derive(Clone)]
 pub struct Leases {
     conn: Connection,
+    /// Where grants go (`conn` unless [`Leases::with_replicas`] says otherwise).
+    writes: Connection,
+    replicas: Replicas,
     keys: Keys,
     marker: Option<String>,
 }
@@ -152,7 +155,17 @@ fn parse_epoch(s: &str) -> Result<u64> {
 impl Leases {
     /// Leases over `conn` with the key layout `keys` (usually from [`super::Redis::leases`]).
     pub fn new(conn: Connection, keys: Keys) -> Self {
-        Leases { conn, keys, marker: None }
+        Leases { writes: conn.clone(), conn, keys, marker: None, replicas: Replicas::default() }
+    }
+
+    /// Sends acquisitions over `writes`, each followed by `WAIT` for `replicas` (see
+    /// [`super::RedisConfig::min_replicas`]): an acquisition fewer replicas acknowledged in
+    /// time fails (an error: the lease is not obtained; a grant that landed on the primary
+    /// anyway expires, or is granted again to this incarnation under a new epoch).
+    pub fn with_replicas(mut self, writes: Connection, replicas: Replicas) -> Self {
+        self.writes = writes;
+        self.replicas = replicas;
+        self
     }
 
     /// These leases, granting a shard only while the cluster marker `marker` is in Redis (on a
@@ -176,7 +189,7 @@ impl Leases {
                 script.key(self.keys.cluster()).arg(marker).arg("marker");
             }
         }
-        let reply: Vec<String> = script.invoke_async(&mut self.conn.clone()).await?;
+        let reply: Vec<String> = script.invoke_async(&mut self.writes.replicated(self.replicas)).await?;
         match reply.as_slice() {
             [tag] if tag == "lost" => Err(Error::Lost(shard)),
             [tag, epoch] if tag == "granted" => Ok(Acquire::Granted { epoch: parse_epoch(epoch)? }),

@@ -147,6 +147,18 @@ impl Membership {
         Ok(known == 1)
     }
 
+    /// Node `id`'s record while it lives: `None` once it expired or the node left (its
+    /// incarnation says which process wrote it).
+    pub async fn record(&self, id: &str) -> Result<Option<NodeInfo>> {
+        let raw: Option<Vec<u8>> =
+            ::redis::cmd("GET").arg(self.keys.node(id)).query_async(&mut self.conn.clone()).await?;
+        raw.map(|json| {
+            serde_json::from_slice::<NodeInfo>(&json)
+                .map_err(|e| Error::Protocol(format!("node record {:?}: {e}", String::from_utf8_lossy(&json))))
+        })
+        .transpose()
+    }
+
     /// The live nodes (those whose record has not expired), sorted by id; prunes the others
     /// from the member set.
     pub async fn live(&self) -> Result<Vec<NodeInfo>> {
@@ -301,12 +313,15 @@ mod tests {
         assert!(m.heartbeat(&node("a"), ttl).await.unwrap());
         assert!(!m.heartbeat(&node("a"), ttl).await.unwrap(), "an unchanged heartbeat is not announced");
         assert_eq!(m.live().await.unwrap(), vec![node("a"), node("b")]);
+        assert_eq!(m.record("a").await.unwrap(), Some(node("a")), "one node's live record");
+        assert_eq!(m.record("nobody").await.unwrap(), None);
         let draining = NodeInfo { draining: true, ..node("a") };
         assert!(m.heartbeat(&draining, ttl).await.unwrap(), "a change is announced");
         assert_eq!(m.live().await.unwrap(), vec![draining, node("b")]);
         assert!(m.leave("a").await.unwrap());
         assert!(!m.leave("a").await.unwrap());
         assert_eq!(m.live().await.unwrap(), vec![node("b")]);
+        assert_eq!(m.record("a").await.unwrap(), None, "a node that left has no record");
     }
 
     async fn a_node_without_heartbeats_expires_and_is_pruned(redis: Redis) {

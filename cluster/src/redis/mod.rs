@@ -29,7 +29,7 @@ pub mod testing;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use conn::{Connection, Target};
+pub use conn::{Connection, Replicas, Target};
 pub use keys::Keys;
 pub use lease::{Acquire, LeaseInfo, LeaseTiming, Leases};
 pub use marker::{Claim, Marker, Persistence};
@@ -79,6 +79,18 @@ pub struct RedisConfig {
     /// Bound on each command's answer (default 2 s); a paused or partitioned Redis surfaces as an
     /// error after this long instead of a hang.
     pub response_timeout: Duration,
+    /// Replicas that must hold a write before it counts (default 0). Above 0, every commit
+    /// script and every lease grant is followed by `WAIT min_replicas replica_timeout` in the
+    /// same pipeline, on the same connection (on a Redis Cluster, to the primary that took the
+    /// write); fewer acknowledgements fail the write: the party gets a storage error, its
+    /// output is never released, a lease is not obtained. The write may still be on the
+    /// primary, and a later failover may keep or lose it: it was just never acknowledged.
+    /// These writes then go over a connection of their own, so a `WAIT` that blocks (a replica
+    /// behind) holds up only other writes, not reads, renewals or membership.
+    pub min_replicas: u32,
+    /// How long a write waits for `min_replicas` replicas (default 500 ms; at most half of
+    /// `response_timeout`).
+    pub replica_timeout: Duration,
 }
 
 impl RedisConfig {
@@ -95,6 +107,8 @@ impl Default for RedisConfig {
             prefix: keys::DEFAULT_PREFIX.into(),
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
+            min_replicas: 0,
+            replica_timeout: Duration::from_millis(500),
         }
     }
 }
@@ -104,6 +118,9 @@ impl Default for RedisConfig {
 #[derive(Clone)]
 pub struct Redis {
     conn: Connection,
+    /// Where storage commits and lease grants go: `conn`, or with `min_replicas` a connection
+    /// of their own (a `WAIT` blocks the connection it is sent on).
+    writes: Connection,
     pubsub: conn::PubSubSource,
     keys: Keys,
     config: RedisConfig,
@@ -130,18 +147,20 @@ impl Redis {
             Target::Cluster(_) => Keys::for_cluster(&config.prefix)?,
         };
         let (conn, pubsub) = conn::connect(&target, &config).await?;
-        Ok(Redis { conn, pubsub, keys, config, alarms: Arc::default() })
+        let writes = if config.min_replicas > 0 { conn::connect(&target, &config).await?.0 } else { conn.clone() };
+        Ok(Redis { conn, writes, pubsub, keys, config, alarms: Arc::default() })
     }
 
     /// Room storage over this connection. Stores of one `Redis` share what they know about
     /// the alarm index (see [`alarms`]).
     pub fn store(&self) -> RedisStore {
         RedisStore::new(self.conn.clone(), self.keys.clone(), self.alarms.clone())
+            .with_replicas(self.writes.clone(), Replicas::of(&self.config))
     }
 
     /// Shard leases over this connection.
     pub fn leases(&self) -> Leases {
-        Leases::new(self.conn.clone(), self.keys.clone())
+        Leases::new(self.conn.clone(), self.keys.clone()).with_replicas(self.writes.clone(), Replicas::of(&self.config))
     }
 
     /// The cluster marker over this connection.

@@ -241,10 +241,18 @@ impl Router {
     /// Runs one command where it belongs, following redirections; see the module docs. Server
     /// errors come back as `Ok(Value::ServerError)`, as from any connection.
     pub async fn run(self: &Arc<Self>, cmd: &Cmd) -> RedisResult<Value> {
+        self.run_then(cmd, None).await.map(|(value, _)| value)
+    }
+
+    /// [`Router::run`], with `then` (e.g. a `WAIT`) right behind `cmd` in one pipeline to the
+    /// node that answers `cmd`, so it runs on the same connection just after it: also the
+    /// answer to `then` from that node (`None` without `then`, or for a command sent to every
+    /// primary).
+    pub async fn run_then(self: &Arc<Self>, cmd: &Cmd, then: Option<&Cmd>) -> RedisResult<(Value, Option<Value>)> {
         let slot = match route(cmd) {
             Route::Slot(s) => Some(s),
             Route::Any => None,
-            Route::All => return merge(cmd, self.fanout(cmd).await),
+            Route::All => return merge(cmd, self.fanout(cmd).await).map(|v| (v, None)),
         };
         let deadline = Instant::now() + self.response_timeout;
         let mut ask: Option<Addr> = None;
@@ -280,20 +288,29 @@ impl Router {
                 }
             };
             let sent = async {
-                if asking {
+                if asking || then.is_some() {
                     let mut p = ::redis::pipe();
-                    p.add_command(::redis::cmd("ASKING")).ignore().add_command(cmd.clone()).ignore_errors();
+                    if asking {
+                        p.add_command(::redis::cmd("ASKING")).ignore();
+                    }
+                    p.add_command(cmd.clone());
+                    if let Some(then) = then {
+                        p.add_command(then.clone());
+                    }
+                    p.ignore_errors();
                     let mut values: Vec<Value> = p.query_async(&mut conn).await?;
-                    values.pop().ok_or_else(|| client_error("ASKING pipeline answered nothing"))
+                    let after = if then.is_some() { values.pop() } else { None };
+                    let value = values.pop().ok_or_else(|| client_error("pipeline answered nothing"))?;
+                    Ok((value, after))
                 } else {
-                    conn.req_packed_command(cmd).await
+                    conn.req_packed_command(cmd).await.map(|v| (v, None))
                 }
             };
             let answer = match tokio::time::timeout(left, sent).await {
                 Ok(a) => a,
                 Err(_) => Err(timeout_error(&format!("no answer from {addr}"))),
             };
-            let value = match answer {
+            let (value, after) = match answer {
                 Ok(v) => v,
                 Err(e) => {
                     // It may have run: not sent again. A failover may be under way.
@@ -301,7 +318,7 @@ impl Router {
                     return Err(e);
                 }
             };
-            let Value::ServerError(ref server) = value else { return Ok(value) };
+            let Value::ServerError(ref server) = value else { return Ok((value, after)) };
             let err: RedisError = server.clone().into();
             let again = match err.kind() {
                 ErrorKind::Server(ServerErrorKind::Moved) => {
@@ -329,7 +346,7 @@ impl Router {
             };
             match again {
                 Some(pause) if Instant::now() + pause < deadline => tokio::time::sleep(pause).await,
-                _ => return Ok(value),
+                _ => return Ok((value, after)),
             }
         }
     }

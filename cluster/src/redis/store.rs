@@ -43,7 +43,7 @@ use partyline::runtime::placement::shard_of;
 use partyline::store::{Fence, ListOptions, Quota, RoomKey, Store, StoreError, Usage, WriteOp};
 
 use super::alarms::{self, Hints};
-use super::conn::Connection;
+use super::conn::{Connection, Replicas};
 use super::keys::{self, Keys};
 
 /// The usage of a room (keys, bytes of keys plus values) from its values HASH, `v`: one pass.
@@ -236,6 +236,9 @@ pub fn fence_for(shard: u16, epoch: u64) -> Fence {
 #[derive(Clone)]
 pub struct RedisStore {
     conn: Connection,
+    /// Where commits go (`conn` unless [`RedisStore::with_replicas`] says otherwise).
+    writes: Connection,
+    replicas: Replicas,
     keys: Keys,
     hints: Arc<Hints>,
     quota: Quota,
@@ -251,7 +254,14 @@ impl RedisStore {
     /// A store over `conn` with the key layout `keys`, sharing `hints` about the alarm index
     /// with the other stores of the process (usually from [`super::Redis::store`]).
     pub fn new(conn: Connection, keys: Keys, hints: Arc<Hints>) -> Self {
-        RedisStore { conn, keys, hints, quota: Quota::NONE }
+        RedisStore { writes: conn.clone(), conn, keys, hints, quota: Quota::NONE, replicas: Replicas::default() }
+    }
+
+    /// Sends commits over `writes`, each followed by `WAIT` for `replicas` (see
+    /// [`super::RedisConfig::min_replicas`]): a commit fewer replicas acknowledged in time fails
+    /// with [`StoreError::Backend`].
+    pub fn with_replicas(self, writes: Connection, replicas: Replicas) -> Self {
+        RedisStore { writes, replicas, ..self }
     }
 
     /// Enforces `quota` per room in every commit.
@@ -442,7 +452,7 @@ impl Store for RedisStore {
             .key(self.keys.shard_alarms(shard))
             .key(self.keys.room_usage(shard, room))
             .arg(args)
-            .invoke_async(&mut self.conn.clone())
+            .invoke_async(&mut self.writes.replicated(self.replicas))
             .await;
         let refused = matches!(&result, Err(e) if e.code() == Some("FENCED"));
         if let (false, Some(earliest)) = (refused, ops.iter().filter_map(alarm_time).min()) {
@@ -531,3 +541,6 @@ impl Store for RedisStore {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod replica_tests;

@@ -71,6 +71,8 @@ pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     durable: bool,
+    /// More `redis-server` arguments (`--replicaof` for a replica), kept across restarts.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -87,15 +89,38 @@ impl RedisServer {
         Self::start_with(true)
     }
 
+    /// Starts a replica of `primary` (`--replicaof`, no persistence) on a free port and waits
+    /// until the primary counts it as an online replica.
+    pub fn start_replica_of(primary: &RedisServer) -> Self {
+        let replica =
+            Self::start_extra(false, vec!["--replicaof".into(), "127.0.0.1".into(), primary.port.to_string()]);
+        let deadline = Instant::now() + STARTUP;
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, primary.port));
+        while !info_replication(addr).unwrap_or_default().contains(&format!("port={},state=online", replica.port)) {
+            assert!(
+                Instant::now() < deadline,
+                "the replica on port {} did not come online within {STARTUP:?}\n{}",
+                replica.port,
+                replica.log_tail(15)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        replica
+    }
+
     fn start_with(durable: bool) -> Self {
+        Self::start_extra(durable, Vec::new())
+    }
+
+    fn start_extra(durable: bool, extra: Vec<String>) -> Self {
         let dir = tempfile::Builder::new().prefix("partyline-redis-").tempdir().expect("create a temp dir for redis");
         let mut last_error = String::new();
         // The port is free when we pick it but could be taken before redis binds it: retry.
         for _ in 0..5 {
             let port = free_port();
-            let mut child = spawn(port, dir.path(), durable, &[]);
+            let mut child = spawn(port, dir.path(), durable, &extra);
             match wait_ready(port, &mut child) {
-                Ok(()) => return RedisServer { child: Some(child), port, dir, durable },
+                Ok(()) => return RedisServer { child: Some(child), port, dir, durable, extra },
                 Err(e) => {
                     let _ = child.kill();
                     let _ = child.wait();
@@ -169,7 +194,7 @@ impl RedisServer {
     fn start_again(&mut self) {
         let deadline = Instant::now() + STARTUP;
         loop {
-            let mut child = spawn(self.port, self.dir.path(), self.durable, &[]);
+            let mut child = spawn(self.port, self.dir.path(), self.durable, &self.extra);
             match wait_ready(self.port, &mut child) {
                 Ok(()) => {
                     self.child = Some(child);
@@ -276,6 +301,29 @@ fn wait_ready(port: u16, child: &mut Child) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The text of `INFO replication` of the server at `addr`.
+fn info_replication(addr: SocketAddr) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+    s.set_read_timeout(Some(Duration::from_secs(1)))?;
+    s.write_all(b"INFO replication\r\n")?;
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        reply.extend_from_slice(&buf[..n]);
+        // `$<len>\r\n<text>\r\n`: done once the whole text is in.
+        let text = String::from_utf8_lossy(&reply).into_owned();
+        let Some((header, body)) = text.strip_prefix('$').and_then(|t| t.split_once("\r\n")) else { continue };
+        if header.parse::<usize>().is_ok_and(|len| body.len() >= len) {
+            return Ok(body.to_string());
+        }
+    }
+    Ok(String::from_utf8_lossy(&reply).into_owned())
 }
 
 fn ping(addr: SocketAddr) -> bool {
