@@ -5,15 +5,22 @@
 #   scripts/chaos.sh                       10 rounds, a seed from the clock
 #   scripts/chaos.sh --rounds 50           the issue's run (about 6 min on 2 cores)
 #   scripts/chaos.sh --rounds 8 --seed 42 --kinds sigkill,sigterm --keep-logs
+#   scripts/chaos.sh --rounds 12 --kinds rolling-restart,drain-rebalance,slow-sigterm,partition-reject,moved-twice,replica-failover
+#   scripts/chaos.sh --profile standard    the production lease timing (TTL 10 s) instead of fast (3 s)
 #   scripts/chaos.sh --release ...         build and run release binaries instead
 #   scripts/chaos.sh --help                this text and the runner's options
 #
 # Every argument but --release goes to the runner (partyline-chaos, tests/src/bin/chaos.rs).
-# Each round: a fresh cluster on loopback (durable redis-server, 3 nodes, 2 gateways, fast
-# leases), chat and hibernating counter rooms under load, one fault, recovery, checks (storage,
-# lease epochs, and the close reasons and error bodies clients received: documented texts only,
-# issue 22). One line per round, a summary at the end; exit status 1 if a round found a problem
-# (an undocumented client text is one), 130 if interrupted
+# Each round: a fresh cluster on loopback (durable redis-server, 3 nodes, 2 gateways, the lease
+# profile of --profile, fast by default), chat and hibernating counter rooms under load, one
+# fault, recovery, checks (storage: lost, phantom, stale writes; rooms that ran twice; lease
+# epochs; hibernating clients disconnected by drains or joins; and the close reasons and error
+# bodies clients received: documented texts only, issue 22). Fault kinds: sigkill, sigstop,
+# cut-hold, cut-drop, redis-restart, redis-outage, sigterm, join, rolling-restart,
+# drain-rebalance, slow-sigterm, partition-reject (network namespaces: needs root, ip and
+# iptables; left out, saying why, without them), moved-twice, replica-failover (a Redis Cluster
+# with replicas); --help describes each. One line per round, a summary at the end; exit status 1
+# if a round found a problem (an undocumented client text is one), 130 if interrupted
 # (Ctrl-C stops the current round and kills its processes).
 #
 # Debug build by default: it is the build scripts/test.sh already makes (no second, release,

@@ -25,6 +25,8 @@
 #                                           Redis crash and `down`/`up`; 0: throwaway, in memory
 #   CLUSTER_REDIS_FSYNC=always              AOF fsync policy: always (no acknowledged write is ever
 #                                           lost) or everysec (faster; a crash loses up to ~1 s)
+#   CLUSTER_INIT=0                          1: `partyline init --start-over`: after Redis lost the
+#                                           cluster's data (`up` refuses and says so), start over, empty
 #   CLUSTER_NO_BUILD=0                      1: do not run cargo build
 #   PARTYLINE_BIN=target/release/partyline  the binary
 #   PARTYLINE_CLUSTER_SECRET                default: generated once into $CLUSTER_DIR/secret
@@ -241,6 +243,7 @@ cmd_up() {
   else
     start_redis redis "$REDIS_PORT" "$DIR/redis"
   fi
+  init_cluster
 
   local i
   for i in "${!NODE_PORTS[@]}"; do
@@ -265,6 +268,21 @@ cmd_up() {
   print_where
 }
 
+# Creates the cluster in Redis (`partyline init`; nodes never create one by themselves), or finds
+# it, at every `up`. init records the cluster's id beside Redis's data, so if durable Redis ever
+# comes back without it, init refuses and `up` stops, saying why; CLUSTER_INIT=1 starts the
+# cluster over, empty (`--start-over`). A throwaway Redis is initialized afresh, without a record.
+init_cluster() {
+  local args=(init) said
+  if [ "${CLUSTER_REDIS_PERSIST:-1}" = 1 ]; then
+    args+=(--record "$DIR/$(redis_names | head -n 1)/partyline-init-record")
+  fi
+  [ "${CLUSTER_INIT:-0}" = 1 ] && args+=(--start-over)
+  said="$(PARTYLINE_REDIS_URL="$REDIS_URL" PARTYLINE_REDIS_PREFIX="$PREFIX" "$BIN" "${args[@]}" 2>>"$LOGS/init.log")" ||
+    { tail -n 20 "$LOGS/init.log" >&2; fail_up "partyline init failed (log: $LOGS/init.log); if Redis lost the cluster's data and that is fine, CLUSTER_INIT=1 scripts/cluster.sh up starts it over, empty"; }
+  say "$said"
+}
+
 # start_redis NAME PORT DIR [ARGS...]: one redis-server, durable unless CLUSTER_REDIS_PERSIST=0.
 start_redis() {
   local name="$1" port="$2" dir="$3"; shift 3
@@ -273,7 +291,9 @@ start_redis() {
   if [ "${CLUSTER_REDIS_PERSIST:-1}" = 1 ]; then
     persist=(--save "" --appendonly yes --appendfsync "${CLUSTER_REDIS_FSYNC:-always}")
   else
-    rm -rf "$dir/"*.rdb "$dir/"*.aof "$dir/appendonlydir" "$dir/nodes.conf" 2>/dev/null || true
+    # The init record goes with the data it vouches for.
+    rm -rf "$dir/"*.rdb "$dir/"*.aof "$dir/appendonlydir" "$dir/nodes.conf" "$dir/partyline-init-record" \
+      "$dir/partyline-initialized" 2>/dev/null || true
   fi
   launch "$name" redis-server --bind 127.0.0.1 --port "$port" --dir "$dir" "${persist[@]}" \
     --daemonize no --protected-mode yes --loglevel notice "$@"

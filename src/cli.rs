@@ -53,6 +53,25 @@ enum Command {
     /// Run an owner node of a cluster: hosts rooms, holds shard leases in Redis, serves gRPC to
     /// gateways (only callers with the cluster secret).
     Node(NodeArgs),
+    /// Create a new cluster in Redis: run it once, with the nodes' Redis settings, before or
+    /// while the first nodes start (they wait for it).
+    ///
+    /// Nodes never create a cluster by themselves. A Redis without a cluster and without live
+    /// nodes looks the same whether the cluster is new or Redis lost its data (restarted without
+    /// persistence, or failed over to a replica that missed writes), and serving rooms from it
+    /// would silently start every room over empty. So a node that finds no cluster waits, not
+    /// ready, and starts serving as soon as this command has run (no restart needed); or start
+    /// the very first node with --init-cluster instead.
+    ///
+    /// When the cluster exists it prints "already initialized: cluster <id>" and exits 0, so
+    /// running it again is harmless. But without --record, running it after Redis lost the
+    /// cluster's data starts the cluster over, EMPTY: every room's stored data is gone for good
+    /// (nodes that still run keep refusing until restarted). Deployments that run it at every
+    /// start (compose, a Kubernetes Job) give it --record: once it recorded a cluster, it refuses
+    /// (exit status 1) a Redis that lost that cluster's data instead of starting over. If the
+    /// data matters, restore Redis from its AOF or a backup (docs/operations.md, "Redis lost its
+    /// data"); to start over on purpose, pass --start-over.
+    Init(InitArgs),
     /// Run a stateless gateway of a cluster: serves clients (WebSocket, HTTP), runs the static
     /// hooks, and routes each room to its owner node over gRPC.
     Gateway(GatewayArgs),
@@ -83,9 +102,9 @@ struct StatusArgs {
     cluster: ClusterArgs,
 }
 
-/// What nodes and gateways share: where Redis is and the cluster secret.
+/// Where Redis is (nodes, gateways, `status`, `init`).
 #[derive(Debug, Args)]
-struct ClusterArgs {
+struct RedisArgs {
     /// Redis (membership, leases, room storage, alarms): `redis://[user:password@]host:port[/db]`
     /// for one server, `redis+cluster://[user:password@]host:port[,host:port...]` for a Redis
     /// Cluster (a few seed nodes; the others are discovered); `rediss://` and
@@ -95,6 +114,42 @@ struct ClusterArgs {
     /// Prefix of every Redis key and channel (several clusters can share one Redis).
     #[arg(long, env = "PARTYLINE_REDIS_PREFIX", default_value = "pl")]
     redis_prefix: String,
+}
+
+impl RedisArgs {
+    fn redis(&self) -> RedisConfig {
+        RedisConfig { prefix: self.redis_prefix.clone(), ..RedisConfig::new(self.redis_url.clone()) }
+    }
+}
+
+/// Options of `partyline init`.
+#[derive(Debug, Args)]
+struct InitArgs {
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// How long to keep trying to reach Redis (it may still be starting, e.g. in a compose file
+    /// or a Kubernetes Job started together with it).
+    #[arg(long, env = "PARTYLINE_INIT_WAIT", default_value = "60s", value_parser = parse_duration)]
+    wait: Duration,
+    /// A file keeping the id of the cluster this command created or found (written when
+    /// missing). With it present, a Redis that has no marker of that cluster lost its data: init
+    /// refuses, exit status 1, instead of creating a cluster. Keep it beside the deployment (a
+    /// small volume), apart from Redis's data.
+    #[arg(long, env = "PARTYLINE_INIT_RECORD", value_name = "PATH")]
+    record: Option<std::path::PathBuf>,
+    /// Start over on purpose, EMPTY: create a cluster even though the record names one Redis
+    /// lost (or take the one Redis holds now), and on a Redis Cluster write back the shards'
+    /// marker copies a primary lost (those shards start over empty). A flag only, no variable:
+    /// it must not stay set by accident.
+    #[arg(long)]
+    start_over: bool,
+}
+
+/// What nodes and gateways share: where Redis is and the cluster secret.
+#[derive(Debug, Args)]
+struct ClusterArgs {
+    #[command(flatten)]
+    redis: RedisArgs,
     /// Shared secret gateways present to nodes (gRPC `authorization: Bearer`), at least 16
     /// bytes; required, here or in --cluster-secret-file.
     #[arg(long, env = "PARTYLINE_CLUSTER_SECRET", hide_env_values = true)]
@@ -140,7 +195,7 @@ impl ClusterArgs {
     }
 
     fn redis(&self) -> RedisConfig {
-        RedisConfig { prefix: self.redis_prefix.clone(), ..RedisConfig::new(self.redis_url.clone()) }
+        self.redis.redis()
     }
 
     fn secret(&self) -> anyhow::Result<String> {
@@ -219,6 +274,13 @@ struct NodeArgs {
     /// of the 2 s Redis response timeout).
     #[arg(long, env = "PARTYLINE_REDIS_REPLICA_TIMEOUT", default_value = "500ms", value_parser = parse_duration)]
     redis_replica_timeout: Duration,
+    /// Create the cluster if Redis has none and no node is live: for the very first start of a
+    /// new cluster, as `partyline init` does. Without it a node that finds no cluster in Redis
+    /// creates none (Redis may have lost the cluster's data): it stays not ready, says why, and
+    /// starts serving once `partyline init` ran. Do not leave it on: after Redis lost its data,
+    /// a node started with it starts the cluster over, empty.
+    #[arg(long, env = "PARTYLINE_INIT_CLUSTER")]
+    init_cluster: bool,
     #[command(flatten)]
     cluster: ClusterArgs,
     #[command(flatten)]
@@ -268,8 +330,8 @@ impl NodeArgs {
             accept_secrets: self.cluster.accept_secrets()?,
             tls: self.cluster.cluster_tls()?,
             leases: self.lease_profile.timing(),
-            heartbeat: Duration::from_secs(1),
-            member_ttl: Duration::from_secs(5),
+            heartbeat: partyline_cluster::redis::heartbeat_for(&self.lease_profile.timing()),
+            member_ttl: partyline_cluster::redis::member_ttl_for(&self.lease_profile.timing()),
             drain_timeout: self.drain_timeout,
             fast_failover: self.fast_failover,
             rebalance: Rebalance {
@@ -279,6 +341,7 @@ impl NodeArgs {
             },
             limits: self.limits.limits(),
             env: self.cluster.env(),
+            init_cluster: self.init_cluster,
         };
         Ok(NodeProcess {
             listen,
@@ -308,6 +371,12 @@ struct GatewayArgs {
     project: ProjectArgs,
     #[command(flatten)]
     edge: EdgeArgs,
+    /// Refuse a node whose clock is further off this gateway's than this (its offset plus half
+    /// the round trip that measured it): no rooms are routed to it and its links are closed.
+    /// Default: the margin of the node's lease profile, lease TTL minus self-fence less 100 ms
+    /// (`standard` 1.9s, `fast` 500ms).
+    #[arg(long, env = "PARTYLINE_MAX_CLOCK_OFFSET", value_parser = parse_duration)]
+    max_clock_offset: Option<Duration>,
 }
 
 impl GatewayArgs {
@@ -326,6 +395,7 @@ impl GatewayArgs {
             edge: self.edge.edge(),
             tls: self.edge.tls()?,
             cluster_tls: self.cluster.cluster_tls()?,
+            max_clock_offset: self.max_clock_offset,
         };
         Ok(GatewayProcess { listen, admin_listen: self.admin_listen, project: self.project, config })
     }
@@ -606,6 +676,7 @@ impl Cli {
         match self.command {
             Command::Dev(_) => "dev",
             Command::Node(_) => "node",
+            Command::Init(_) => "init",
             Command::Gateway(_) => "gateway",
             #[cfg(feature = "bench")]
             Command::Bench(_) => "bench",
@@ -636,6 +707,11 @@ impl Cli {
                 let node = args.into_config()?;
                 let parties = rust(&node.project, false);
                 node.run(parties).await
+            }
+            Command::Init(args) => {
+                let options =
+                    crate::init::InitOptions { wait: args.wait, record: args.record, start_over: args.start_over };
+                crate::init::run(args.redis.redis(), options).await
             }
             Command::Gateway(args) => {
                 let gateway = args.into_config()?;
@@ -693,6 +769,51 @@ mod tests {
         let args = ["node", "--redis-min-replicas", "1", "--redis-replica-timeout", "250ms"];
         let one = node_config(&[&args[..], &secret].concat());
         assert!(one.contains("min_replicas: 1, replica_timeout: 250ms"), "{one}");
+    }
+
+    #[test]
+    fn init_cluster_is_off_unless_asked_for() {
+        let secret = ["--cluster-secret", "0123456789abcdef0123"];
+        assert!(node_config(&[&["node"][..], &secret].concat()).contains("init_cluster: false"));
+        let first = node_config(&[&["node", "--init-cluster"][..], &secret].concat());
+        assert!(first.contains("init_cluster: true"), "{first}");
+    }
+
+    #[test]
+    fn init_takes_the_redis_settings_and_explains_itself() {
+        use clap::CommandFactory;
+        let args = ["init", "--redis-url", "rediss://:pw@redis:6380", "--redis-prefix", "x", "--wait", "5s"];
+        match parse(&args).command {
+            Command::Init(init) => {
+                let redis = init.redis.redis();
+                assert_eq!((redis.url.as_str(), redis.prefix.as_str()), ("rediss://:pw@redis:6380", "x"));
+                assert_eq!(init.wait, Duration::from_secs(5));
+                assert_eq!((init.record, init.start_over), (None, false));
+            }
+            _ => unreachable!(),
+        }
+        match parse(&["init", "--record", "/var/lib/x/cluster-id", "--start-over"]).command {
+            Command::Init(init) => {
+                assert_eq!(init.record.as_deref(), Some(std::path::Path::new("/var/lib/x/cluster-id")));
+                assert!(init.start_over);
+            }
+            _ => unreachable!(),
+        }
+        // No cluster secret needed: init only talks to Redis.
+        assert!(Cli::try_parse_from(["partyline", "init"]).is_ok());
+        let mut cli = Cli::command();
+        let help = cli.find_subcommand_mut("init").unwrap().render_long_help().to_string();
+        for words in [
+            "once",
+            "already initialized",
+            "EMPTY",
+            "Redis lost its data",
+            "--init-cluster",
+            "--record",
+            "--start-over",
+        ] {
+            assert!(help.contains(words), "{words:?} is not in the help:\n{help}");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use partyline::{Env, Limits, Parties, PartyRegistry};
-use partyline_cluster::client::{ClientConfig, ClusterClient, ClusterParties};
+use partyline_cluster::client::{ClientConfig, ClusterClient, ClusterParties, Liveness};
 use partyline_cluster::redis::{LeaseTiming, Redis, RedisConfig};
 use partyline_cluster::wire::max_grpc_message_bytes;
 use partyline_gateway::grpc::GrpcRouter;
@@ -82,6 +82,9 @@ pub struct GatewayProcessConfig {
     pub tls: Option<Arc<partyline_gateway::listener::ServerConfig>>,
     /// TLS to nodes (the cluster CA, and this gateway's client certificate).
     pub cluster_tls: Option<partyline_cluster::tls::ClusterTls>,
+    /// The largest clock offset a node may have before this gateway refuses it; `None`: the
+    /// margin of the node's lease profile (lease TTL minus self-fence, less 100 ms).
+    pub max_clock_offset: Option<Duration>,
 }
 
 /// Runs a gateway on `listener` until `shutdown` resolves.
@@ -130,6 +133,12 @@ pub async fn run_gateway_with(
         Arc::new(GrpcRouter { client: client.clone() }),
         lobby,
         cfg.env,
+    );
+    // Stalled nodes, nodes cut from Redis and nodes with a clock too far off are routed around
+    // and their links closed (docs/operations.md, "Failures and what clients see").
+    client.watch_nodes(
+        Liveness { max_clock_offset: cfg.max_clock_offset, ..Liveness::default() },
+        gateway.shared_metrics(),
     );
     crate::health::serve_gateway(gateway, listener, admin, shutdown, redis, client).await
 }

@@ -5,9 +5,9 @@
 //! Modules: [`cli`] (the command line, and each command's settings), the processes it starts
 //! ([`dev`]: gateway and node in one process, embedded store; [`node`]: a cluster's owner node;
 //! [`gateway`]: a cluster's gateway), [`process`] (what every server process shares: listening,
-//! shutdown signals), [`health`] (a gateway's health and metrics endpoints), [`status`],
-//! [`probe`], [`new`] (`partyline new`), [`project`] (PartyKit projects, feature `partykit`),
-//! [`telemetry`] (logs and OTLP traces).
+//! shutdown signals), [`health`] (a gateway's health and metrics endpoints), [`init`] (creating
+//! a cluster in Redis), [`status`], [`probe`], [`new`] (`partyline new`), [`project`] (PartyKit
+//! projects, feature `partykit`), [`telemetry`] (logs and OTLP traces).
 //!
 //! Features (all on by default): `examples` (the example parties and the `partyline` binary),
 //! `bench` (`partyline bench`), `partykit` (PartyKit projects on the JS engine).
@@ -27,6 +27,7 @@ pub mod cli;
 pub mod dev;
 pub mod gateway;
 pub mod health;
+pub mod init;
 pub mod new;
 pub mod node;
 pub mod probe;

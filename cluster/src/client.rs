@@ -2,8 +2,16 @@
 //! refreshed on pub/sub events and every few seconds), one HTTP/2 channel per node, and
 //! routing by rendezvous hashing with "not owner" redirects followed a bounded number of times.
 //! Gateways use it for every room; nodes use it when party code calls another room.
+//!
+//! Gateways also watch each node ([`ClusterClient::watch_nodes`]): a ping every half second on
+//! the node's channel. A node that answers none for its self-fence time (stopped, frozen,
+//! unreachable), that says it is cut from Redis, or whose clock is further off the gateway's
+//! than the deadline stamps tolerate is [`Unusable`]: routed around like a node that refused a
+//! connection, and its links end ([`ClusterClient::node_down`]) so their clients reconnect to
+//! the node that takes its rooms, instead of waiting for HTTP/2 keepalive or its membership
+//! record to run out. It is routed to again as soon as it answers well.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
@@ -19,7 +27,7 @@ use tonic::codegen::InterceptedService;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::redis::{Change, Leases, Membership, NodeInfo};
+use crate::redis::{Change, LeaseTiming, Leases, Membership, NodeInfo};
 use crate::wire;
 
 /// How often the member list is re-read even without events.
@@ -32,8 +40,93 @@ const SUSPECT_FOR: Duration = Duration::from_secs(10);
 /// Waits between attempts while a room is between owners: first and longest.
 const BACKOFF_FIRST: Duration = Duration::from_millis(25);
 const BACKOFF_MAX: Duration = Duration::from_millis(400);
+/// The longest wait between attempts while the room's lease is held by a node found unusable.
+const BACKOFF_HOLDER_UNUSABLE: Duration = Duration::from_millis(100);
 /// How long opening a link may wait for a node's answer.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Clock samples a node is judged on: the one with the shortest round trip counts, so one slow
+/// answer (a busy machine) does not refuse a node whose clock is right.
+const CLOCK_SAMPLES: usize = 4;
+/// What the default clock bound keeps below the margin of the deadline stamps (lease TTL minus
+/// self-fence): the time a frame takes from the node to the gateway.
+pub const CLOCK_SLACK: Duration = Duration::from_millis(100);
+
+/// The largest clock offset between a node and a gateway that the deadline stamps on the
+/// node's frames tolerate with leases of `ttl` and self-fence `fence_after`, less
+/// [`CLOCK_SLACK`]: `standard` 1.9 s, `fast` 0.5 s. A gateway further behind a node would
+/// accept a frame after the node's lease could have expired in Redis.
+pub fn clock_bound_for(ttl: Duration, fence_after: Duration) -> Duration {
+    ttl.saturating_sub(fence_after).saturating_sub(CLOCK_SLACK)
+}
+
+/// Settings of a gateway's watch on its nodes ([`ClusterClient::watch_nodes`]).
+#[derive(Clone, Debug)]
+pub struct Liveness {
+    /// How often each node is pinged.
+    pub every: Duration,
+    /// The largest clock offset (plus half the ping's round trip) a node may have; `None`: the
+    /// margin of the node's own lease profile, [`clock_bound_for`].
+    pub max_clock_offset: Option<Duration>,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Liveness { every: Duration::from_millis(500), max_clock_offset: None }
+    }
+}
+
+/// Why a gateway routes around a node its membership view still lists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unusable {
+    /// It answered no ping for this long, its self-fence time or more: stopped, frozen, or
+    /// unreachable. It has dropped its shards if it still runs.
+    Stalled {
+        /// Since the last ping it answered was sent.
+        silent: Duration,
+    },
+    /// It says its last Redis call that succeeded was sent this long ago, past its self-fence
+    /// time: it has dropped its shards and can take none.
+    CutFromRedis {
+        /// The age it reported.
+        redis_age: Duration,
+    },
+    /// Its clock is further off this gateway's than the deadline stamps on its frames tolerate.
+    Clock {
+        /// Its clock minus this gateway's, in ms (best sample).
+        offset_ms: i64,
+        /// The measuring error: half that sample's round trip, in ms.
+        error_ms: u64,
+        /// The bound, in ms.
+        bound_ms: u64,
+    },
+}
+
+impl std::fmt::Display for Unusable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unusable::Stalled { silent } => write!(f, "answered no ping for {:.1}s", silent.as_secs_f64()),
+            Unusable::CutFromRedis { redis_age } => {
+                write!(f, "cut from Redis (its last Redis call that worked was {:.1}s ago)", redis_age.as_secs_f64())
+            }
+            Unusable::Clock { offset_ms, error_ms, bound_ms } => {
+                write!(
+                    f,
+                    "its clock is {offset_ms} ms off this gateway's (±{error_ms} ms), past the bound of {bound_ms} ms"
+                )
+            }
+        }
+    }
+}
+
+/// What the watch on the nodes reports, for metrics.
+pub trait NodeObserver: Send + Sync + 'static {
+    /// The offset of `node`'s clock from this process's, in ms (node minus this process).
+    fn clock_offset(&self, node: &str, offset_ms: i64);
+    /// `node` became unusable.
+    fn refused(&self, node: &str, why: &Unusable);
+    /// `node` left the membership view: forget what was reported about it.
+    fn forgotten(&self, node: &str);
+}
 
 /// Why a call could not reach its room.
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +234,10 @@ struct Inner {
     leases: Leases,
     /// Lease grants and releases as announced (`u16::MAX`: events may have been missed).
     owner_changes: broadcast::Sender<u16>,
+    /// Nodes the watch found unusable (see [`ClusterClient::watch_nodes`]), by node id.
+    unusable: Mutex<HashMap<String, Unusable>>,
+    /// Node ids whose links must end: found unusable, or gone from the membership.
+    down: broadcast::Sender<String>,
 }
 
 /// A link stream opened to a room's owner.
@@ -173,6 +270,8 @@ impl ClusterClient {
             suspects: Mutex::new(HashMap::new()),
             leases,
             owner_changes: broadcast::channel(1024).0,
+            unusable: Mutex::new(HashMap::new()),
+            down: broadcast::channel(256).0,
         });
         let client = ClusterClient { inner };
         client.refresh().await;
@@ -210,16 +309,110 @@ impl ClusterClient {
         view.iter().find(|n| n.id == id).cloned()
     }
 
-    /// Nodes this process found unreachable lately (left out of routing).
+    /// Nodes this process found unreachable lately, or unusable (left out of routing).
     pub fn suspects(&self) -> Vec<String> {
         let now = Instant::now();
         let mut suspects = self.inner.suspects.locked();
         suspects.retain(|_, (_, until)| *until > now);
-        suspects.keys().cloned().collect()
+        let mut ids: Vec<String> = suspects.keys().cloned().collect();
+        drop(suspects);
+        for id in self.inner.unusable.locked().keys() {
+            if !ids.contains(id) {
+                ids.push(id.clone());
+            }
+        }
+        ids
     }
 
     fn is_suspect(&self, id: &str) -> bool {
         self.inner.suspects.locked().get(id).is_some_and(|(_, until)| *until > Instant::now())
+            || self.inner.unusable.locked().contains_key(id)
+    }
+
+    /// The nodes the watch finds unusable now, and why.
+    pub fn unusable(&self) -> Vec<(String, Unusable)> {
+        let mut all: Vec<(String, Unusable)> =
+            self.inner.unusable.locked().iter().map(|(id, u)| (id.clone(), u.clone())).collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Resolves when node `id` is found unusable (at once if it is now) or leaves the
+    /// membership: a link into one of its rooms must end then, so its clients reconnect to the
+    /// node that takes the room instead of waiting on a node that cannot serve them.
+    pub async fn node_down(&self, id: &str) {
+        let mut down = self.inner.down.subscribe();
+        if self.inner.unusable.locked().contains_key(id) {
+            return;
+        }
+        loop {
+            match down.recv().await {
+                Ok(d) if d == id => return,
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    if self.inner.unusable.locked().contains_key(id) {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return std::future::pending().await,
+            }
+        }
+    }
+
+    /// Starts watching every node in the view (until every clone of this client is dropped):
+    /// see the module docs and [`Unusable`]. Gateways call it once; `observer` hears each
+    /// node's clock offset and every refusal.
+    pub fn watch_nodes(&self, liveness: Liveness, observer: Arc<dyn NodeObserver>) {
+        tokio::spawn(supervise(Arc::downgrade(&self.inner), liveness, observer));
+    }
+
+    /// Records what the watch found about `node` now (`None`: usable); on a change to
+    /// unusable, logs it, tells `observer`, and ends the node's links.
+    fn judge(&self, node: &NodeInfo, now: Option<Unusable>, observer: &dyn NodeObserver) {
+        if now.is_none() {
+            // It answers, reaches Redis and keeps time: whatever made it a suspect (a record
+            // that expired while it was unusable, as in a Redis outage every node lives
+            // through, or a refused connection) is over.
+            let cleared = self.inner.suspects.locked().remove(&node.id).is_some();
+            if cleared {
+                tracing::info!(node = %node.id, addr = %node.addr, "suspected node answers and reaches Redis: routing to it");
+            }
+        }
+        let mut unusable = self.inner.unusable.locked();
+        let before = unusable.get(&node.id).cloned();
+        match (before, now) {
+            (None, None) => {}
+            (Some(before), None) => {
+                unusable.remove(&node.id);
+                drop(unusable);
+                tracing::warn!(node = %node.id, addr = %node.addr, was = %before, "node usable again: routing to it");
+            }
+            (before, Some(now)) => {
+                let fresh = before.as_ref().map(std::mem::discriminant) != Some(std::mem::discriminant(&now));
+                unusable.insert(node.id.clone(), now.clone());
+                drop(unusable);
+                if !fresh {
+                    return;
+                }
+                match &now {
+                    Unusable::Clock { offset_ms, error_ms, bound_ms } => tracing::error!(
+                        node = %node.id, addr = %node.addr, offset_ms, error_ms, bound_ms,
+                        "CLOCK OFFSET: node {}'s clock is {offset_ms} ms off this gateway's (±{error_ms} ms), past the \
+                         bound of {bound_ms} ms: refusing the node (no room is routed to it, its links are closed) \
+                         until its clock is back within the bound. Fix the clocks (NTP) of both hosts \
+                         (docs/operations.md, 'Failures and what clients see')",
+                        node.id
+                    ),
+                    other => tracing::warn!(
+                        node = %node.id, addr = %node.addr, why = %other,
+                        "node unusable ({other}): routing around it and closing its rooms' links"
+                    ),
+                }
+                observer.refused(&node.id, &now);
+                self.inner.owners.locked().retain(|_, n| n.id != node.id);
+                let _ = self.inner.down.send(node.id.clone());
+            }
+        }
     }
 
     /// A node refused a connection: it is dead or restarting. Left out of routing until it
@@ -244,7 +437,8 @@ impl ClusterClient {
     /// Resolves once `shard`'s lease is no longer held under `epoch`: the node a link went to has
     /// lost the room (it stalled past its lease, or was cut from Redis, and another node took
     /// the shard). Watches the lease announcements, so it costs nothing while nothing changes;
-    /// an announcement lost on the way is made up for by the link's HTTP/2 keepalive.
+    /// an announcement lost on the way is made up for by the watch on the nodes
+    /// ([`ClusterClient::node_down`]) and the link's HTTP/2 keepalive.
     pub async fn lost(&self, shard: u16, epoch: u64) {
         let mut changes = self.inner.owner_changes.subscribe();
         loop {
@@ -336,8 +530,14 @@ impl ClusterClient {
                 let first = stream.message().await?;
                 Ok::<_, tonic::Status>((stream, first))
             };
-            match tokio::time::timeout(OPEN_TIMEOUT, attempt).await {
-                Ok(Ok((stream, first))) => match first.and_then(|m| m.kind) {
+            // Given up at once when the watch finds the node unusable meanwhile (sent there
+            // just before it was found stalled): its room is taken elsewhere, try there.
+            let outcome = tokio::select! {
+                opened = tokio::time::timeout(OPEN_TIMEOUT, attempt) => Some(opened),
+                _ = self.node_down(&node.id) => None,
+            };
+            match outcome {
+                Some(Ok(Ok((stream, first)))) => match first.and_then(|m| m.kind) {
                     Some(link_out::Kind::Opened(o)) => {
                         self.remember(shard, Some(NodeInfo { id: o.node_id.clone(), ..node }));
                         return Ok(OpenedLink { tx, rx: stream, node_id: o.node_id, epoch: o.epoch, shard });
@@ -345,16 +545,20 @@ impl ClusterClient {
                     Some(link_out::Kind::NotOwner(n)) => self.redirected(shard, n, &mut route).await,
                     _ => route.failed(format!("node {} closed the link at once", node.id)),
                 },
-                Ok(Err(status)) => {
+                Some(Ok(Err(status))) => {
                     self.failed(shard, &node, &status)?;
                     route.failed(format!("node {} ({}): {}", node.id, node.addr, status.message()));
                 }
-                Err(_) => {
+                Some(Err(_)) => {
                     // Stalled or partitioned: route around it for a while (its lease, if it
                     // holds one, still has to expire before anyone else serves the room).
                     self.remember(shard, None);
                     self.suspect(&node);
                     route.failed(format!("node {} did not answer in time", node.id));
+                }
+                None => {
+                    self.remember(shard, None);
+                    route.failed(format!("node {} is unusable or gone", node.id));
                 }
             }
             route.pause(room).await?;
@@ -435,6 +639,11 @@ impl ClusterClient {
             self.remember(shard, None);
             self.refresh().await;
             route.failed(format!("room between owners (shard {shard})"));
+            if self.inner.unusable.locked().contains_key(&n.node_id) {
+                // Held by a node found stalled or cut from Redis: its lease runs out within its
+                // TTL and no announcement says when, so look often (the room is down meanwhile).
+                route.backoff = route.backoff.min(BACKOFF_HOLDER_UNUSABLE);
+            }
         } else if n.retry {
             // Between owners: try the node it suggests after a short wait.
             let why = format!("room between owners (shard {shard}), next try {}", n.node_id);
@@ -537,6 +746,7 @@ impl Route {
         if self.expired() {
             return Err(ClientError::Unavailable { room: room.clone(), why: self.last.clone() });
         }
+        tracing::debug!(room = %room, hops = self.hops, backoff_ms = self.backoff.as_millis() as u64, why = %self.last, "trying the room's owner again");
         if !self.backoff.is_zero() {
             let wake = (Instant::now() + self.backoff).min(self.deadline);
             tokio::time::sleep_until(wake).await;
@@ -548,6 +758,14 @@ impl Route {
 async fn refresh(inner: &Inner) {
     match inner.membership.live().await {
         Ok(nodes) => {
+            // A node whose record expired or was withdrawn (or that restarted) is gone: links
+            // into its rooms end, so their clients reconnect to whoever takes them.
+            let before = inner.view.read_locked().clone();
+            for old in before.iter() {
+                if !nodes.iter().any(|n| n.id == old.id && n.inc == old.inc) {
+                    let _ = inner.down.send(old.id.clone());
+                }
+            }
             let ids: std::collections::HashSet<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
             inner.owners.locked().retain(|_, n| ids.contains(n.id.as_str()));
             // A suspect that came back as a new incarnation (restarted) is routed to again.
@@ -588,6 +806,130 @@ async fn keep_fresh(inner: Weak<Inner>, mut events: Option<mpsc::Receiver<Change
     }
 }
 
+/// Watches every node in the view (one task each, replaced when the node restarts, stopped
+/// when it leaves the view) until the client is dropped.
+async fn supervise(inner: Weak<Inner>, liveness: Liveness, observer: Arc<dyn NodeObserver>) {
+    let mut watches: HashMap<String, (String, tokio::task::JoinHandle<()>)> = HashMap::new();
+    let mut tick = tokio::time::interval(liveness.every);
+    loop {
+        tick.tick().await;
+        let Some(strong) = inner.upgrade() else { break };
+        let view = strong.view.read_locked().clone();
+        for node in view.iter() {
+            let which = format!("{} {}", node.inc, node.addr);
+            if watches.get(&node.id).is_some_and(|(w, _)| *w == which) {
+                continue;
+            }
+            if let Some((_, task)) = watches.remove(&node.id) {
+                task.abort();
+            }
+            // A new incarnation (or address): what was found about the old one does not hold.
+            strong.unusable.locked().remove(&node.id);
+            let task = tokio::spawn(watch_node(inner.clone(), node.clone(), liveness.clone(), observer.clone()));
+            watches.insert(node.id.clone(), (which, task));
+        }
+        watches.retain(|id, (which, task)| {
+            let keep = view.iter().any(|n| &n.id == id);
+            if !keep {
+                task.abort();
+                // Its record expired, but a stalled node may still hold leases (and other nodes
+                // still name it as their holder): keep routing around it, as around a node that
+                // refused a connection, until it comes back as a new incarnation.
+                if strong.unusable.locked().remove(id).is_some() {
+                    let inc = which.split(' ').next().unwrap_or_default().to_string();
+                    strong.suspects.locked().insert(id.clone(), (inc, Instant::now() + SUSPECT_FOR));
+                }
+                observer.forgotten(id);
+            }
+            keep
+        });
+    }
+    for (_, (_, task)) in watches {
+        task.abort();
+    }
+}
+
+/// This process's wall clock, in ms since the Unix epoch.
+fn unix_ms() -> u64 {
+    u64::try_from(partyline::storage::now_ms()).unwrap_or(0)
+}
+
+/// One clock sample of a node: its offset, and the error (half the round trip), in ms.
+#[derive(Clone, Copy, Debug)]
+struct ClockSample {
+    offset_ms: i64,
+    error_ms: u64,
+}
+
+/// Pings `node` every `liveness.every` and judges it on the answers; see [`Unusable`].
+async fn watch_node(inner: Weak<Inner>, node: NodeInfo, liveness: Liveness, observer: Arc<dyn NodeObserver>) {
+    // Until the node tells its own lease timing, the longer profile's: never a false alarm.
+    let mut stall_after = LeaseTiming::STANDARD.fence_after;
+    let mut bound = liveness
+        .max_clock_offset
+        .unwrap_or_else(|| clock_bound_for(LeaseTiming::STANDARD.ttl, LeaseTiming::STANDARD.fence_after));
+    let mut last_answer = Instant::now();
+    let mut samples: VecDeque<ClockSample> = VecDeque::with_capacity(CLOCK_SAMPLES + 1);
+    loop {
+        let sent = Instant::now();
+        let sent_wall = unix_ms();
+        let Some(client) = inner.upgrade().map(|inner| ClusterClient { inner }) else { return };
+        // Wait for the answer until the node would count as stalled, at least one interval.
+        let wait = (last_answer + stall_after).saturating_duration_since(sent).max(liveness.every);
+        let answer = match client.node(&node.addr) {
+            Ok(mut c) => {
+                let mut req = tonic::Request::new(pb::PingRequest {});
+                req.set_timeout(wait);
+                match tokio::time::timeout(wait, c.ping(req)).await {
+                    Ok(Ok(reply)) => Some(reply.into_inner()),
+                    _ => None,
+                }
+            }
+            Err(_) => None,
+        };
+        let verdict = match answer {
+            Some(reply) => {
+                let recv_wall = unix_ms();
+                let rtt = sent.elapsed();
+                last_answer = sent;
+                let (ttl, fence_after) =
+                    (Duration::from_millis(reply.lease_ttl_ms), Duration::from_millis(reply.fence_after_ms));
+                if !fence_after.is_zero() && fence_after < ttl {
+                    stall_after = fence_after;
+                    if liveness.max_clock_offset.is_none() {
+                        bound = clock_bound_for(ttl, fence_after);
+                    }
+                }
+                let offset_ms = reply.unix_ms as i64 - (sent_wall as i64 + recv_wall as i64) / 2;
+                samples.push_back(ClockSample { offset_ms, error_ms: (rtt / 2).as_millis() as u64 });
+                if samples.len() > CLOCK_SAMPLES {
+                    samples.pop_front();
+                }
+                let best = samples.iter().min_by_key(|s| s.error_ms).copied().expect("a sample");
+                observer.clock_offset(&node.id, best.offset_ms);
+                let bound_ms = bound.as_millis() as u64;
+                let redis_age = Duration::from_millis(reply.redis_age_ms);
+                if samples.len() == CLOCK_SAMPLES && best.offset_ms.unsigned_abs() + best.error_ms > bound_ms {
+                    Some(Some(Unusable::Clock { offset_ms: best.offset_ms, error_ms: best.error_ms, bound_ms }))
+                } else if redis_age > stall_after {
+                    Some(Some(Unusable::CutFromRedis { redis_age }))
+                } else {
+                    Some(None)
+                }
+            }
+            None if last_answer.elapsed() >= stall_after => {
+                Some(Some(Unusable::Stalled { silent: last_answer.elapsed() }))
+            }
+            None => None,
+        };
+        if let Some(now) = verdict {
+            client.judge(&node, now, observer.as_ref());
+        }
+        drop(client);
+        tokio::time::sleep_until(sent + liveness.every).await;
+    }
+}
+
 /// Party code's access to other rooms, through the cluster.
 pub struct ClusterParties {
     /// The client.
@@ -605,5 +947,26 @@ impl PartiesClient for ClusterParties {
 
     fn has_party(&self, party: &str) -> bool {
         self.parties.get(party).is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clock_bound_is_the_stamp_margin_less_the_slack() {
+        let standard = LeaseTiming::STANDARD;
+        let fast = LeaseTiming::FAST;
+        assert_eq!(clock_bound_for(standard.ttl, standard.fence_after), Duration::from_millis(1900));
+        assert_eq!(clock_bound_for(fast.ttl, fast.fence_after), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn why_a_node_is_unusable_reads_well() {
+        let clock = Unusable::Clock { offset_ms: -1200, error_ms: 3, bound_ms: 500 };
+        assert_eq!(clock.to_string(), "its clock is -1200 ms off this gateway's (±3 ms), past the bound of 500 ms");
+        let stalled = Unusable::Stalled { silent: Duration::from_millis(2450) };
+        assert_eq!(stalled.to_string(), "answered no ping for 2.5s");
     }
 }

@@ -12,6 +12,7 @@ use crate::connection::{ConnKey, ConnShared, Connection};
 use crate::limits::Limits;
 use crate::message::Message;
 use crate::runtime::gate::Gate;
+use crate::runtime::handle::Answer;
 use crate::runtime::link::{FromRoom, SocketId};
 use crate::storage::Storage;
 use crate::store::RoomKey;
@@ -106,8 +107,8 @@ impl RoomStub {
 pub(crate) enum Outbound {
     /// A message for one gateway link.
     Link(LinkId, FromRoom),
-    /// A response to an HTTP request.
-    Response(oneshot::Sender<Response>, Box<Response>),
+    /// A response to an HTTP request (or a flush).
+    Response(oneshot::Sender<Answer>, Box<Response>),
     /// A new gateway link: its messages go to this sender.
     OpenLink(LinkId, mpsc::Sender<FromRoom>),
     /// A gateway link closed.

@@ -35,10 +35,16 @@ impl std::fmt::Display for RoomKey {
 
 /// Proof that the writer still owns the room: checked by the store against the current lease in
 /// the same atomic step as the write. `None` where there is only one writer (`dev`).
+///
+/// The whole grant is checked, holder and epoch: epochs only grow while the store keeps its
+/// counter, but a store that fails over to a replica that missed the last grants can hand out
+/// an epoch again, to another holder. Checking the holder too keeps the old holder fenced then.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fence {
     /// The lease the writer holds (a shard lease key in the cluster).
     pub lease: String,
+    /// Who the lease was granted to (a node incarnation in the cluster).
+    pub holder: String,
     /// The epoch of that lease the writer was granted.
     pub epoch: u64,
 }

@@ -8,17 +8,22 @@
 //!
 //! Frames (all JSON text):
 //! - on connect, to the new connection: `{"count": n}`.
-//! - `inc` from a client: increments and stores the counter, then broadcasts `{"count": n}` to
-//!   every connection, the sender included.
+//! - `inc` from a client: increments and stores the counter, then broadcasts `{"count": n,
+//!   "inst": <instance>}` to every connection, the sender included. `inst` names this instance
+//!   of the room (a new one every time it starts, also on waking from hibernation), so that a
+//!   test can tell which instance committed a count (the chaos run's "ran twice" check).
 //! - `alarm <ms>` (ms a non-negative integer): sets the room alarm to now + ms and answers the
 //!   sender `{"alarm_at": <ms since the Unix epoch>}`. When it fires, `on_alarm` increments
 //!   `alarms_fired` and broadcasts `{"alarm": true, "count": n}`.
+//! - `slow <ms>` (ms a non-negative integer, at most 20000): a busy handler: sleeps ms, then
+//!   answers the sender `{"slow": ms, "count": n, "inst": <instance>}` (the chaos run SIGTERMs
+//!   a node while one runs).
 //! - any other text: answers the sender `{"count": n, "mine": <its state's messages>, "id":
 //!   <conn id>, "tags": [...], "started": <on_start runs in this process>}`.
 //! - binary frames: counted in the state, otherwise ignored.
 //!
-//! HTTP: `GET` answers `{"count": n, "alarms_fired": n}`; `POST` increments, broadcasts `{"count": n}` and answers
-//! it; other methods answer 405.
+//! HTTP: `GET` answers `{"count": n, "alarms_fired": n}`; `POST` increments, broadcasts `{"count": n,
+//! "inst": <instance>}` and answers `{"count": n}`; other methods answer 405.
 //!
 //! `started` counts `on_start` runs across all counter rooms of the process ([`starts`]): a
 //! room that hibernated and woke up again ran it once more, while its connections kept their
@@ -47,10 +52,22 @@ pub fn starts() -> u64 {
     STARTS.load(Ordering::Relaxed)
 }
 
+/// The longest `slow` handler, in milliseconds.
+pub const MAX_SLOW_MS: u64 = 20_000;
+
+/// `<pid>-<ms since the Unix epoch when the first room started>` in hex: with the start count,
+/// an instance id unique across the processes of a cluster.
+fn process_tag() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| format!("{:x}-{:x}", std::process::id(), now_ms()))
+}
+
 /// The counter room.
 pub struct Counter {
     room: Room,
     count: i64,
+    /// This instance's id (`<process tag>-<start count>`), set by `on_start`.
+    inst: String,
 }
 
 /// A connection's state.
@@ -62,7 +79,7 @@ struct ConnState {
 
 impl Party for Counter {
     fn new(room: Room) -> Self {
-        Counter { room, count: 0 }
+        Counter { room, count: 0, inst: String::new() }
     }
 
     fn options() -> PartyOptions {
@@ -70,7 +87,8 @@ impl Party for Counter {
     }
 
     async fn on_start(&mut self) -> anyhow::Result<()> {
-        STARTS.fetch_add(1, Ordering::Relaxed);
+        let n = STARTS.fetch_add(1, Ordering::Relaxed) + 1;
+        self.inst = format!("{}-{n}", process_tag());
         self.count = self.room.storage().get(COUNT_KEY).await?.unwrap_or(0);
         Ok(())
     }
@@ -101,6 +119,10 @@ impl Party for Counter {
             let at = now_ms().saturating_add(i64::try_from(ms).unwrap_or(i64::MAX));
             self.room.storage().set_alarm(at).await?;
             sender.send(json!({ "alarm_at": at }).to_string());
+        } else if let Some(ms) = text.strip_prefix("slow ").and_then(|ms| ms.parse::<u64>().ok()) {
+            let ms = ms.min(MAX_SLOW_MS);
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            sender.send(json!({ "slow": ms, "count": self.count, "inst": self.inst }).to_string());
         } else {
             let reply = json!({
                 "count": self.count,
@@ -142,7 +164,7 @@ impl Counter {
         let next = self.count + 1;
         self.room.storage().put(COUNT_KEY, &next).await?;
         self.count = next;
-        self.room.broadcast(json!({ "count": next }).to_string());
+        self.room.broadcast(json!({ "count": next, "inst": self.inst }).to_string());
         Ok(())
     }
 }
@@ -182,8 +204,10 @@ mod tests {
 
         a.send(1, "inc").await;
         assert_eq!(a.state(1).await, serde_json::json!({"messages": 1}));
-        assert_eq!(json(&a.frame(1).await), serde_json::json!({"count": 1}));
-        assert_eq!(json(&b.frame(2).await), serde_json::json!({"count": 1}));
+        let first = json(&a.frame(1).await);
+        assert_eq!(first["count"], 1);
+        let inst = first["inst"].as_str().expect("a broadcast names its instance").to_string();
+        assert_eq!(json(&b.frame(2).await), serde_json::json!({"count": 1, "inst": inst}));
         assert_eq!(stored(&store, "r", COUNT_KEY).await, Some(serde_json::json!(1)));
 
         a.send(1, b"binary counts too".to_vec()).await;
@@ -201,8 +225,8 @@ mod tests {
 
         let res = room.request(request("POST", "/parties/counter/r", Bytes::new())).await.unwrap();
         assert_eq!(json(&Message::from(body_text(&res))), serde_json::json!({"count": 2}));
-        assert_eq!(json(&a.frame(1).await), serde_json::json!({"count": 2}));
-        assert_eq!(json(&b.frame(2).await), serde_json::json!({"count": 2}));
+        assert_eq!(json(&a.frame(1).await), serde_json::json!({"count": 2, "inst": inst}));
+        assert_eq!(json(&b.frame(2).await), serde_json::json!({"count": 2, "inst": inst}));
         let res = room.request(request("GET", "/parties/counter/r", Bytes::new())).await.unwrap();
         assert_eq!(json(&Message::from(body_text(&res))), serde_json::json!({"alarms_fired": 0, "count": 2}));
         let res = room.request(request("DELETE", "/parties/counter/r", Bytes::new())).await.unwrap();
@@ -218,7 +242,8 @@ mod tests {
         let mut a = Gateway::open(&room).await;
         a.connect(1, "a", "/parties/counter/h?_pk=a&role=viewer").await.tags();
         a.send(1, "inc").await;
-        assert_eq!(json(&a.frame(1).await), serde_json::json!({"count": 1}));
+        let first = json(&a.frame(1).await);
+        assert_eq!(first["count"], 1);
         a.send(1, "hello").await;
         let before = json(&a.frame(1).await);
         assert_eq!(before["mine"], 2);
@@ -232,8 +257,28 @@ mod tests {
         assert_eq!(after["mine"], 3, "the state survived");
         assert_eq!(after["id"], "a");
         assert_eq!(after["tags"], serde_json::json!(["a", "role:viewer"]));
+        a.send(1, "inc").await;
+        let woken = json(&a.frame(1).await);
+        assert_eq!(woken["count"], 2);
+        assert_ne!(woken["inst"], first["inst"], "a room that woke up is another instance");
         let res = room.request(request("GET", "/", Bytes::new())).await.unwrap();
-        assert_eq!(json(&Message::from(body_text(&res))), serde_json::json!({"alarms_fired": 0, "count": 1}));
+        assert_eq!(json(&Message::from(body_text(&res))), serde_json::json!({"alarms_fired": 0, "count": 2}));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_answers_after_sleeping() {
+        let _serial = STARTS_LOCK.lock().await;
+        let store = Arc::new(MemoryStore::new());
+        let (room, _task) = testkit::spawn(NAME, "s", &store, Limits::default());
+        let mut a = Gateway::open(&room).await;
+        a.connect(1, "a", "/parties/counter/s?_pk=a").await.tags();
+        let t = tokio::time::Instant::now();
+        a.send(1, "slow 400").await;
+        let reply = json(&a.frame(1).await);
+        assert!(t.elapsed() >= Duration::from_millis(400), "{:?}", t.elapsed());
+        assert_eq!(reply["slow"], 400);
+        assert_eq!(reply["count"], 0);
+        assert!(reply["inst"].is_string(), "{reply}");
     }
 
     #[tokio::test]

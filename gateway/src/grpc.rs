@@ -1,8 +1,10 @@
 //! The gateway's side of gRPC: [`GrpcRouter`] reaches each room on its owner node through the
 //! cluster client (`partyline_cluster::client`), one bidirectional stream per room link, and
 //! turns the node's messages back into the link protocol. A link also ends when the room's node
-//! loses its shard to another node, or when a message from its node arrives after the node's
-//! self-fence deadline, so its sockets are closed and reconnect to the new owner.
+//! loses its shard to another node, when the node is found unusable (stalled, cut from Redis,
+//! its clock too far off: see `partyline_cluster::client::Unusable`) or leaves the membership,
+//! or when a message from its node arrives after the node's self-fence deadline, so its sockets
+//! are closed and reconnect to the new owner.
 
 use std::sync::Mutex;
 
@@ -42,9 +44,17 @@ impl RoomRouter for GrpcRouter {
         // room saying so ends with Gone, so the sockets are closed rather than left waiting; so
         // does a link whose node lost the room's shard to another node (it stalled, or was cut
         // from Redis), unless the room is moving (it said `Pause`: the move ends the link).
+        // The same for a node the gateway's watch finds stalled, cut from Redis or with a clock
+        // too far off, or that left the membership: its clients reconnect (and are routed
+        // around it) within its self-fence time rather than when HTTP/2 keepalive gives up.
         let client = self.client.clone();
-        let (shard, epoch) = (opened.shard, opened.epoch);
-        let lost: BoxFuture<'static, ()> = Box::pin(async move { client.lost(shard, epoch).await });
+        let (shard, epoch, node) = (opened.shard, opened.epoch, opened.node_id.clone());
+        let lost: BoxFuture<'static, &'static str> = Box::pin(async move {
+            tokio::select! {
+                _ = client.lost(shard, epoch) => "the room's node lost its shard; closing its sockets",
+                _ = client.node_down(&node) => "the room's node is unusable or gone; closing its sockets",
+            }
+        });
         let state = LinkEvents { rx: opened.rx, lost, moving: false, done: false };
         let events = futures::stream::unfold(state, move |mut st| {
             let room = room.clone();
@@ -57,8 +67,8 @@ impl RoomRouter for GrpcRouter {
                     let next = tokio::select! {
                         biased;
                         m = st.rx.message() => m,
-                        _ = &mut st.lost, if !st.moving => {
-                            tracing::info!(room = %room, "the room's node lost its shard; closing its sockets");
+                        why = &mut st.lost, if !st.moving => {
+                            tracing::info!(room = %room, "{why}");
                             st.done = true;
                             return Some((gone(client_text::ROOM_MOVED), st));
                         }
@@ -118,7 +128,7 @@ fn past(valid_until_ms: u64) -> bool {
 /// A link's incoming side: the node's stream and a watch on the room's shard lease.
 struct LinkEvents {
     rx: tonic::Streaming<pb::LinkOut>,
-    lost: BoxFuture<'static, ()>,
+    lost: BoxFuture<'static, &'static str>,
     moving: bool,
     done: bool,
 }

@@ -168,6 +168,12 @@ impl Gateway {
         &self.inner.metrics
     }
 
+    /// This gateway's counters, shared: for what reports into them from outside the gateway
+    /// (the cluster client's watch on the nodes, a `NodeObserver`).
+    pub fn shared_metrics(&self) -> Arc<metrics::Metrics> {
+        self.inner.metrics.clone()
+    }
+
     /// Rooms this gateway has a link into.
     pub fn link_count(&self) -> usize {
         self.inner.link_count()

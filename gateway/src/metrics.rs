@@ -4,12 +4,14 @@
 //! (`room_broadcasts`) and fans out to every local socket (`frames_to_clients`,
 //! `broadcast_fanout`). One [`Metrics`] per gateway, so gateways in one process keep their own.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use async_trait::async_trait;
 use partyline::sync::Lock;
 use partyline::{Request, Response, RoomKey};
+use partyline_cluster::client::{NodeObserver, Unusable};
 use prometheus_client::collector::Collector;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -27,6 +29,8 @@ pub const ADMIN_PREFIX: &str = "/_partyline/";
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 type Hooks = Family<[(&'static str, &'static str); 1], Histogram, fn() -> Histogram>;
+type PerNode = Family<[(&'static str, String); 1], Gauge<f64, AtomicU64>>;
+type ByReason = Family<[(&'static str, &'static str); 1], Counter>;
 
 fn duration_histogram() -> Histogram {
     // 100 µs to ~13 s, doubling.
@@ -84,6 +88,11 @@ pub struct Metrics {
     pub link_open_seconds: Histogram,
     /// Round trip of an HTTP request to a room (over gRPC in a cluster).
     pub room_request_seconds: Histogram,
+    /// Each node's clock minus this gateway's, in seconds, as measured by the pings.
+    pub node_clock_offset: PerNode,
+    /// Nodes found unusable (routed around, links closed), by reason: `stalled`,
+    /// `cut_from_redis`, `clock`.
+    pub nodes_refused: ByReason,
     open_sockets: Gauge,
     open_links: Gauge,
 }
@@ -116,6 +125,8 @@ impl Default for Metrics {
             hooks: Family::new_with_constructor(duration_histogram as fn() -> Histogram),
             link_open_seconds: duration_histogram(),
             room_request_seconds: duration_histogram(),
+            node_clock_offset: PerNode::default(),
+            nodes_refused: ByReason::default(),
             open_sockets: Gauge::default(),
             open_links: Gauge::default(),
         };
@@ -172,6 +183,16 @@ impl Default for Metrics {
                 "Round trip of an HTTP request to a room (gRPC in a cluster).",
                 m.room_request_seconds.clone(),
             );
+            r.register(
+                "partyline_gateway_node_clock_offset_seconds",
+                "Each node's wall clock minus this gateway's, measured by pings (best of the last few).",
+                m.node_clock_offset.clone(),
+            );
+            r.register(
+                "partyline_gateway_nodes_refused",
+                "Nodes found unusable and routed around, their links closed, by reason (stalled, cut_from_redis, clock).",
+                m.nodes_refused.clone(),
+            );
         }
         m
     }
@@ -200,6 +221,26 @@ impl Metrics {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry.locked());
         out
+    }
+}
+
+/// The watch on the nodes reports here (`partyline_cluster::client::ClusterClient::watch_nodes`).
+impl NodeObserver for Metrics {
+    fn clock_offset(&self, node: &str, offset_ms: i64) {
+        self.node_clock_offset.get_or_create(&[("node", node.to_string())]).set(offset_ms as f64 / 1000.0);
+    }
+
+    fn refused(&self, _node: &str, why: &Unusable) {
+        let reason = match why {
+            Unusable::Stalled { .. } => "stalled",
+            Unusable::CutFromRedis { .. } => "cut_from_redis",
+            Unusable::Clock { .. } => "clock",
+        };
+        self.nodes_refused.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    fn forgotten(&self, node: &str) {
+        self.node_clock_offset.remove(&[("node", node.to_string())]);
     }
 }
 

@@ -4,7 +4,8 @@
 //!
 //! `/healthz` answers 200 while the process serves at all (liveness). `/readyz` answers 200
 //! only while the node should receive rooms: it holds its membership, Redis answers, it is not
-//! draining, and Redis still has the cluster's data; otherwise 503 with the reasons.
+//! draining, Redis still has the cluster's data, and the cluster exists (`partyline init`);
+//! otherwise 503 with the reasons.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -40,6 +41,9 @@ pub fn reasons(state: &NodeState) -> Vec<&'static str> {
     }
     if state.refusing() {
         why.push("Redis lost the cluster's data; refusing to serve");
+    }
+    if state.uninitialized() {
+        why.push("no cluster in Redis: waiting for `partyline init` (docs/operations.md, 'Redis lost its data')");
     }
     why
 }

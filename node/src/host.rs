@@ -252,8 +252,10 @@ impl RoomHost {
     }
 
     /// Like [`RoomHost::request`]; a room started for it fences its writes with `fence`. The
-    /// request runs at most once: it is sent again only when the room had stopped before it
-    /// took it.
+    /// request runs at most once: it is sent again only when the room had not started it (it
+    /// had stopped, or stopped with the request still queued: shut down, moved). Sent again, it
+    /// starts a fresh instance only if `admit` agrees; else it is [`HostError::NotHere`], and
+    /// the caller sends it to the room's next owner.
     pub async fn request_fenced(
         &self,
         key: &RoomKey,

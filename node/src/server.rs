@@ -72,6 +72,10 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// Party variables.
     pub env: Env,
+    /// Create the cluster (write its marker) when Redis has none and no node is live: the very
+    /// first start of a new cluster (`--init-cluster`). Without it such a node creates nothing:
+    /// it waits, not ready, until `partyline init` creates the cluster (see `claim_marker`).
+    pub init_cluster: bool,
 }
 
 /// How a node hands shards to their preferred owner after membership changes.
@@ -96,6 +100,7 @@ impl Default for Rebalance {
 pub struct NodeState {
     draining: AtomicBool,
     refusing: AtomicBool,
+    uninitialized: AtomicBool,
     registered: AtomicBool,
     redis_ok: AtomicBool,
 }
@@ -111,6 +116,11 @@ impl NodeState {
         self.refusing.load(Ordering::Acquire)
     }
 
+    /// Waiting for a cluster: Redis has no cluster marker and this node may not create one.
+    pub fn uninitialized(&self) -> bool {
+        self.uninitialized.load(Ordering::Acquire)
+    }
+
     /// Registered in the cluster's membership.
     pub fn registered(&self) -> bool {
         self.registered.load(Ordering::Acquire)
@@ -123,7 +133,7 @@ impl NodeState {
 
     /// Ready to take rooms: registered, Redis reachable, not draining, not refusing.
     pub fn ready(&self) -> bool {
-        self.registered() && self.redis_ok() && !self.draining() && !self.refusing()
+        self.registered() && self.redis_ok() && !self.draining() && !self.refusing() && !self.uninitialized()
     }
 }
 
@@ -169,12 +179,21 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
     telemetry: NodeTelemetry,
 ) -> anyhow::Result<()> {
-    let started = Started::start(cfg, parties, telemetry).await?;
+    let mut shutdown = std::pin::pin!(shutdown);
+    // A node can wait in its start for a cluster to exist (see `claim_marker`): a shutdown
+    // meanwhile ends it there.
+    let started = tokio::select! {
+        started = Started::start(cfg, parties, telemetry) => started?,
+        _ = &mut shutdown => {
+            tracing::info!("shut down before the node started");
+            return Ok(());
+        }
+    };
     let tasks = Tasks::new();
     started.spawn_background(&tasks);
     let mut served = started.serve(listener, &tasks)?;
     let failed = tokio::select! {
-        _ = shutdown => None,
+        _ = &mut shutdown => None,
         r = &mut served => Some(r),
     };
     started.stop(failed, served, tasks).await
@@ -236,7 +255,7 @@ impl Started {
         )
         .await?;
         let marker = redis.marker();
-        let cluster_id = claim_marker(&marker, &cluster, &state).await?;
+        let cluster_id = claim_marker(&marker, &cluster, &state, cfg.init_cluster, cfg.heartbeat).await?;
         warn_about_persistence(&marker).await;
 
         let me = NodeInfo {
@@ -405,56 +424,129 @@ impl Started {
     }
 }
 
-/// Reads or writes the cluster marker; see [`partyline_cluster::redis::marker`]. Marks the node refusing
-/// when live members announce a marker Redis no longer has.
-async fn claim_marker(marker: &Marker, cluster: &ClusterClient, state: &NodeState) -> anyhow::Result<String> {
-    let fresh = fresh_value();
-    match marker.get().await.context("could not read the cluster marker")? {
-        Some(v) => {
-            // No node serves: shards whose Redis Cluster primary lost its data start over.
-            if cluster.nodes().is_empty() {
-                let lost = marker.restore_copies(&v).await.context("could not check the cluster marker's copies")?;
-                if lost > 0 {
-                    tracing::warn!(
-                        shards = lost,
-                        "Redis LOST THE DATA of {lost} shards (their copies of the cluster marker were gone) and no node \
-                         was serving: starting those shards over, empty"
+/// Reads the cluster marker; see [`partyline_cluster::redis::marker`]. Marks the node refusing
+/// when live members announce a marker Redis no longer has, or when shards' copies of the
+/// marker are missing on a Redis Cluster ([`refuse_lost_copies`]).
+///
+/// A Redis with no marker and no live members is either a new cluster or one that lost its
+/// data, and the node cannot tell which: creating a cluster is an explicit step, `partyline
+/// init`, or the node's `--init-cluster` on the very first start. Without either the node
+/// says so once, stays not ready (not registered, nothing served) and looks again every
+/// `every`, so that it starts serving as soon as `partyline init` ran, without a restart.
+async fn claim_marker(
+    marker: &Marker,
+    cluster: &ClusterClient,
+    state: &NodeState,
+    init: bool,
+    every: Duration,
+) -> anyhow::Result<String> {
+    let mut waiting_since: Option<Instant> = None;
+    loop {
+        let found = match marker.get().await {
+            Ok(found) => {
+                state.redis_ok.store(true, Ordering::Release);
+                found
+            }
+            // Once waiting, a Redis hiccup is waited out like the missing marker.
+            Err(e) if waiting_since.is_some() => {
+                state.redis_ok.store(false, Ordering::Release);
+                tracing::warn!(error = %e, "could not read the cluster marker");
+                tokio::time::sleep(every).await;
+                continue;
+            }
+            Err(e) => return Err(e).context("could not read the cluster marker"),
+        };
+        match found {
+            Some(v) => {
+                refuse_lost_copies(marker, state).await?;
+                if let Some(since) = waiting_since {
+                    tracing::info!(
+                        cluster = %v,
+                        waited_s = since.elapsed().as_secs(),
+                        "the cluster exists now (`partyline init` ran): starting"
                     );
+                    state.uninitialized.store(false, Ordering::Release);
+                }
+                return Ok(v);
+            }
+            None => {
+                let announced: Vec<String> = cluster
+                    .nodes()
+                    .iter()
+                    .filter(|n| !n.cluster.is_empty())
+                    .map(|n| n.cluster.clone())
+                    .collect::<HashSet<_>>()
+                    .into_iter()
+                    .collect();
+                if let Some(lost) = announced.first() {
+                    tracing::error!(
+                        cluster = %lost,
+                        "Redis LOST THE CLUSTER'S DATA: live nodes serve cluster {lost}, whose marker is gone from \
+                         Redis; this node refuses to serve rooms (see docs/operations.md, 'Redis lost its data')"
+                    );
+                    state.uninitialized.store(false, Ordering::Release);
+                    state.refusing.store(true, Ordering::Release);
+                    return Ok(lost.clone());
                 }
             }
-            return Ok(v);
         }
-        None => {
-            let announced: Vec<String> = cluster
-                .nodes()
-                .iter()
-                .filter(|n| !n.cluster.is_empty())
-                .map(|n| n.cluster.clone())
-                .collect::<HashSet<_>>()
-                .into_iter()
-                .collect();
-            if let Some(lost) = announced.first() {
-                tracing::error!(
-                    cluster = %lost,
-                    "Redis LOST THE CLUSTER'S DATA: live nodes serve cluster {lost}, whose marker is gone from Redis; \
-                     this node refuses to serve rooms (see docs/operations.md, 'Redis lost its data')"
-                );
-                state.refusing.store(true, Ordering::Release);
-                return Ok(lost.clone());
-            }
+        if init {
+            return match marker.claim(&fresh_value()).await.context("could not write the cluster marker")? {
+                Claim::Created(v) => {
+                    tracing::warn!(
+                        cluster = %v,
+                        "no cluster marker in Redis and no live nodes: created cluster {v} (--init-cluster). If \
+                         this cluster had data before, Redis lost it (run Redis with AOF: docs/operations.md)"
+                    );
+                    state.uninitialized.store(false, Ordering::Release);
+                    Ok(v)
+                }
+                Claim::Existing(v) => {
+                    refuse_lost_copies(marker, state).await?;
+                    state.uninitialized.store(false, Ordering::Release);
+                    Ok(v)
+                }
+            };
         }
-    }
-    match marker.claim(&fresh).await.context("could not write the cluster marker")? {
-        Claim::Created(v) => {
-            tracing::warn!(
-                cluster = %v,
-                "no cluster marker in Redis and no live nodes: starting a new cluster. If this cluster \
-                 had data before, Redis lost it (run Redis with AOF: docs/operations.md)"
+        if waiting_since.is_none() {
+            waiting_since = Some(Instant::now());
+            state.uninitialized.store(true, Ordering::Release);
+            tracing::error!(
+                marker = %marker.key(),
+                "NO CLUSTER IN REDIS: Redis has no cluster marker and no node is live, so this is a new \
+                 cluster or Redis lost the cluster's data; this node does not guess which, and serves no \
+                 room until the cluster exists. A new cluster: run `partyline init` once with this node's \
+                 Redis settings (or start the first node with --init-cluster). A cluster that had data: \
+                 restore Redis from its AOF or a backup instead (docs/operations.md, 'Redis lost its data'). \
+                 Checking again every heartbeat"
             );
-            Ok(v)
         }
-        Claim::Existing(v) => Ok(v),
+        tokio::time::sleep(every).await;
     }
+}
+
+/// Redis Cluster: marks the node refusing when shards' copies of the cluster marker are missing
+/// (a primary lost its data), whether other nodes serve or not. Writing them back would start
+/// those shards over, empty: that is the operator's explicit step (`partyline init
+/// --start-over`), never this node's inference. The heartbeat keeps checking the missing copies
+/// ([`Marker::check`]) and the node serves once they are back, restored or written back.
+async fn refuse_lost_copies(marker: &Marker, state: &NodeState) -> anyhow::Result<()> {
+    let lost = marker.lost_copies().await.context("could not check the cluster marker's copies")?;
+    if lost.is_empty() {
+        return Ok(());
+    }
+    let n = lost.len();
+    let some: Vec<String> = lost.iter().take(8).map(u16::to_string).collect();
+    tracing::error!(
+        shards = n,
+        first = %some.join(","),
+        "Redis LOST THE DATA of {n} shards: their copies of the cluster marker are gone (a Redis Cluster \
+         primary lost its data); this node refuses to serve rooms rather than serve those shards empty. \
+         Restore that primary from its AOF or a backup (nodes resume by themselves), or start those {n} \
+         shards over, EMPTY, with `partyline init --start-over` (docs/operations.md, 'Redis lost its data')"
+    );
+    state.refusing.store(true, Ordering::Release);
+    Ok(())
 }
 
 async fn warn_about_persistence(marker: &Marker) {
@@ -558,16 +650,24 @@ impl Node {
                         last_shout = Some(Instant::now());
                         tracing::error!(
                             cluster = %self.me.cluster,
-                            "Redis LOST THE CLUSTER'S DATA (the cluster marker is gone or replaced): this node \
-                             refuses to serve rooms rather than serve them empty. Restore Redis, or restart every \
-                             node to start over (docs/operations.md, 'Redis lost its data')"
+                            lost = marker.lost_shards().len(),
+                            "Redis LOST THE CLUSTER'S DATA (the cluster marker, or some shards' copies of it, are \
+                             gone or replaced): this node refuses to serve rooms rather than serve them empty. \
+                             Restore Redis (the node serves again by itself once the data is back), or start the \
+                             lost data over, empty: `partyline init --start-over`, then restart every node if the \
+                             marker itself was lost (docs/operations.md, 'Redis lost its data')"
                         );
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "could not check the cluster marker"),
             }
+            let sent = tokio::time::Instant::now();
             let announced = self.announce().await;
             self.state.redis_ok.store(announced.is_ok(), Ordering::Release);
+            if announced.is_ok() {
+                // Reported to gateways (ping answers): a node cut from Redis is routed around.
+                self.shards.note_redis_ok(sent);
+            }
             if let Err(e) = announced {
                 tracing::warn!(error = %e, "membership heartbeat failed");
             }
@@ -780,7 +880,7 @@ impl AlarmScope for ClusterAlarms {
         match placement {
             Ok(Placement::Here(g)) => {
                 let admit = || g.accepts();
-                let handle = self.host.room_fenced(room, Some(fence_for(shard, g.epoch)), &admit)?;
+                let handle = self.host.room_fenced(room, Some(fence_for(shard, &self.me.inc, g.epoch)), &admit)?;
                 handle.alarm().await.map_err(|_| HostError::Unavailable(room.clone()))
             }
             // Another node owns it now (or it is between owners): its owner wakes it.

@@ -312,7 +312,7 @@ impl node_server::Node for NodeService {
         // For the forwarder's own answers to work it shed (weak: the stream still ends when the
         // room lets go of the link).
         let shed_tx = room_tx.downgrade();
-        let fence = fence_for(shard, guard.epoch);
+        let fence = fence_for(shard, &self.me.inc, guard.epoch);
         let admit = || guard.accepts();
         let link = match self.host.open_link_fenced(&key, Some(fence), &admit, room_tx).await {
             Ok(link) => link,
@@ -345,12 +345,15 @@ impl node_server::Node for NodeService {
                 msg = rx.recv() => msg?,
                 _ = guard.dropped() => return Some((Ok(wire::link_out(gone())), (rx, guard, true))),
             };
-            if !guard.is_valid() {
+            // The deadline is read and checked in one step: past it on the monotonic or the
+            // wall clock (a process that was stopped, a machine that was suspended), the
+            // message is not relayed at all.
+            let Some(valid_until_ms) = guard.valid_until_unix_ms() else {
                 return Some((Ok(wire::link_out(gone())), (rx, guard, true)));
-            }
+            };
             let end = matches!(msg, FromRoom::Gone { .. } | FromRoom::Moved { .. });
             let mut out = wire::link_out(msg);
-            out.valid_until_ms = guard.valid_until_unix_ms();
+            out.valid_until_ms = valid_until_ms;
             Some((Ok(out), (rx, guard, end)))
         })
         .inspect(move |_| {
@@ -430,7 +433,7 @@ impl node_server::Node for NodeService {
         self.metrics.requests.inc();
         let http = wire::request(req.head, req.body).map_err(bad)?;
         let admit = || guard.accepts();
-        let fence = Some(fence_for(shard, guard.epoch));
+        let fence = Some(fence_for(shard, &self.me.inc, guard.epoch));
         let res = match self.host.request_fenced(&key, fence, &admit, http).await {
             Ok(res) => res,
             Err(e) => match host_status(e) {
@@ -444,6 +447,18 @@ impl node_server::Node for NodeService {
             return Err(Status::aborted("the room's shard moved while the request ran"));
         }
         Ok(Response::new(pb::RoomResponse { kind: Some(room_response::Kind::Response(wire::response(res))) }))
+    }
+
+    async fn ping(&self, _req: Request<pb::PingRequest>) -> Result<Response<pb::PingReply>, Status> {
+        let timing = self.shards.timing();
+        Ok(Response::new(pb::PingReply {
+            node_id: self.me.id.clone(),
+            inc: self.me.inc.clone(),
+            unix_ms: crate::shards::wall_ms(),
+            redis_age_ms: self.shards.redis_age().as_millis() as u64,
+            lease_ttl_ms: timing.ttl.as_millis() as u64,
+            fence_after_ms: timing.fence_after.as_millis() as u64,
+        }))
     }
 
     async fn info(&self, _req: Request<pb::InfoRequest>) -> Result<Response<pb::InfoReply>, Status> {

@@ -2,10 +2,16 @@
 //! and dropped by the node itself (self-fence) before they can expire in Redis. A dropped shard
 //! takes its rooms down with it; Redis refuses any write they still attempt (fencing), and the
 //! node stops relaying their frames at the self-fence deadline.
+//!
+//! The deadline is kept twice, fixed when the renewal that set it was *sent*: on the monotonic
+//! clock (immune to wall-clock steps) and on the wall clock (what gateways compare the stamp on
+//! every frame with). Either one past means past: `CLOCK_MONOTONIC` does not advance while the
+//! machine is suspended, so a process that wakes from a suspend would otherwise believe it
+//! still holds leases that Redis expired meanwhile.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use async_trait::async_trait;
 use partyline::sync::Lock;
@@ -16,6 +22,32 @@ use crate::metrics::NodeMetrics;
 use partyline_cluster::redis::Acquire;
 
 pub use partyline_cluster::redis::LeaseTiming;
+
+/// For tests only: shifts this node's wall clock ([`wall_ms`]) by this many ms (may be
+/// negative), to run a node whose clock is off the gateways'. Read once; never set it in a
+/// deployment.
+pub const TEST_CLOCK_SKEW_ENV: &str = "PARTYLINE_TEST_CLOCK_SKEW_MS";
+
+/// This node's wall clock, in ms since the Unix epoch: what it stamps frames with and tells
+/// gateways in its ping answers. The system clock, shifted by [`TEST_CLOCK_SKEW_ENV`] when a
+/// test set it.
+pub fn wall_ms() -> u64 {
+    static SKEW: OnceLock<i64> = OnceLock::new();
+    let skew = *SKEW.get_or_init(|| {
+        let skew = std::env::var(TEST_CLOCK_SKEW_ENV).ok().and_then(|v| v.trim().parse::<i64>().ok()).unwrap_or(0);
+        if skew != 0 {
+            tracing::warn!(
+                skew_ms = skew,
+                "{TEST_CLOCK_SKEW_ENV} is set: this node's wall clock is shifted (tests only)"
+            );
+        }
+        skew
+    });
+    u64::try_from(partyline::storage::now_ms().saturating_add(skew)).unwrap_or(0)
+}
+
+/// A wall clock in ms since the Unix epoch ([`wall_ms`], or a test's fake).
+pub type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 /// The lease operations a node needs, bound to its identity.
 #[async_trait]
@@ -31,38 +63,48 @@ pub trait LeaseBackend: Send + Sync + 'static {
 }
 
 /// Proof of owning a shard at an epoch, with a deadline that the renewal loop pushes forward.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ShardGuard {
     /// The shard.
     pub shard: u16,
     /// The lease epoch (the fence for writes).
     pub epoch: u64,
     deadline: Arc<AtomicU64>,
+    deadline_wall: Arc<AtomicU64>,
     accepting: Arc<AtomicBool>,
     dropped: CancellationToken,
     base: Instant,
+    wall: WallClock,
+}
+
+impl std::fmt::Debug for ShardGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardGuard")
+            .field("shard", &self.shard)
+            .field("epoch", &self.epoch)
+            .field("deadline_wall", &self.deadline_wall.load(Ordering::Acquire))
+            .finish_non_exhaustive()
+    }
 }
 
 impl ShardGuard {
     /// Whether this node may still act for the shard: relay its rooms' frames and let them
-    /// write (before its self-fence deadline, and not dropped). Stays true while the shard is
-    /// handed over, until its lease is released.
+    /// write (before its self-fence deadline on both the monotonic and the wall clock, and not
+    /// dropped). Stays true while the shard is handed over, until its lease is released.
     pub fn is_valid(&self) -> bool {
         let now = Instant::now().saturating_duration_since(self.base).as_millis() as u64;
-        now < self.deadline.load(Ordering::Acquire)
+        now < self.deadline.load(Ordering::Acquire) && (self.wall)() < self.deadline_wall.load(Ordering::Acquire)
     }
 
-    /// The self-fence deadline as a wall-clock time, in ms since the Unix epoch (0 once the
-    /// shard is dropped): stamped on every message a room sends through a gateway, which drops
-    /// a message that arrives after it (one that sat in the send buffer of a node that froze).
-    pub fn valid_until_unix_ms(&self) -> u64 {
-        let deadline = self.deadline.load(Ordering::Acquire);
-        if deadline == 0 {
-            return 0;
-        }
-        let now = Instant::now().saturating_duration_since(self.base).as_millis() as u64;
-        let wall = u64::try_from(partyline::storage::now_ms()).unwrap_or(0);
-        wall.saturating_add(deadline.saturating_sub(now)).max(1)
+    /// The self-fence deadline as a wall-clock time, in ms since the Unix epoch: stamped on
+    /// every message a room sends through a gateway, which drops a message that arrives after
+    /// it (one that sat in the send buffer of a node that froze). It is the wall-clock time the
+    /// last successful renewal was *sent* plus the self-fence delay, fixed then (not worked out
+    /// now from a remaining monotonic duration, which a suspended machine does not count down).
+    /// `None` once the deadline passed on either clock or the shard was dropped: the caller
+    /// must not relay the message at all.
+    pub fn valid_until_unix_ms(&self) -> Option<u64> {
+        self.is_valid().then(|| self.deadline_wall.load(Ordering::Acquire).max(1))
     }
 
     /// Whether this node may start rooms and open links in the shard: valid, and not being
@@ -99,6 +141,7 @@ pub enum Placement {
 struct Owned {
     epoch: u64,
     deadline: Arc<AtomicU64>,
+    deadline_wall: Arc<AtomicU64>,
     accepting: Arc<AtomicBool>,
     dropped: CancellationToken,
 }
@@ -108,6 +151,10 @@ pub struct Shards {
     backend: Arc<dyn LeaseBackend>,
     timing: LeaseTiming,
     base: Instant,
+    wall: WallClock,
+    /// When the last Redis call that succeeded was sent (ms since `base`): a renewal, or what
+    /// the node reports with [`Shards::note_redis_ok`] (its membership heartbeats).
+    redis_ok_at: AtomicU64,
     owned: Mutex<HashMap<u16, Owned>>,
     /// One acquisition at a time per shard, so two callers never get two epochs.
     acquiring: Mutex<HashMap<u16, Arc<tokio::sync::Mutex<()>>>>,
@@ -120,10 +167,22 @@ pub struct Shards {
 impl Shards {
     /// A table with no shards; `on_lost` is called (synchronously) for every shard dropped.
     pub fn new(backend: Arc<dyn LeaseBackend>, timing: LeaseTiming, on_lost: Box<dyn Fn(u16) + Send + Sync>) -> Self {
+        Self::with_wall_clock(backend, timing, on_lost, Arc::new(wall_ms))
+    }
+
+    /// [`Shards::new`] on the wall clock `wall` (tests: a fake one, to suspend the machine).
+    pub fn with_wall_clock(
+        backend: Arc<dyn LeaseBackend>,
+        timing: LeaseTiming,
+        on_lost: Box<dyn Fn(u16) + Send + Sync>,
+        wall: WallClock,
+    ) -> Self {
         Shards {
             backend,
             timing,
             base: Instant::now(),
+            wall,
+            redis_ok_at: AtomicU64::new(0),
             owned: Mutex::new(HashMap::new()),
             acquiring: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
@@ -148,8 +207,25 @@ impl Shards {
         self.timing
     }
 
+    fn fence_after_ms(&self) -> u64 {
+        self.timing.fence_after.as_millis() as u64
+    }
+
     fn ms(&self, at: Instant) -> u64 {
         at.saturating_duration_since(self.base).as_millis() as u64
+    }
+
+    /// A Redis call sent at `sent` succeeded (the node's membership heartbeat): the node is
+    /// not cut from Redis.
+    pub fn note_redis_ok(&self, sent: Instant) {
+        self.redis_ok_at.fetch_max(self.ms(sent), Ordering::AcqRel);
+    }
+
+    /// How long ago the last Redis call that succeeded was sent (since this table was made,
+    /// if none yet): past the self-fence delay, this node is cut from Redis.
+    pub fn redis_age(&self) -> std::time::Duration {
+        let now = self.ms(Instant::now());
+        std::time::Duration::from_millis(now.saturating_sub(self.redis_ok_at.load(Ordering::Acquire)))
     }
 
     fn guard(&self, shard: u16, owned: &Owned) -> ShardGuard {
@@ -157,9 +233,11 @@ impl Shards {
             shard,
             epoch: owned.epoch,
             deadline: owned.deadline.clone(),
+            deadline_wall: owned.deadline_wall.clone(),
             accepting: owned.accepting.clone(),
             dropped: owned.dropped.clone(),
             base: self.base,
+            wall: self.wall.clone(),
         }
     }
 
@@ -197,13 +275,15 @@ impl Shards {
         if self.closed.load(Ordering::Acquire) {
             return Ok(Placement::Leaving);
         }
-        let sent = Instant::now();
+        let (sent, sent_wall) = (Instant::now(), (self.wall)());
         let placement = match self.backend.acquire(shard).await? {
             Acquire::Granted { epoch } => {
+                self.note_redis_ok(sent);
                 let deadline = self.ms(sent + self.timing.fence_after);
                 let owned = Owned {
                     epoch,
                     deadline: Arc::new(AtomicU64::new(deadline)),
+                    deadline_wall: Arc::new(AtomicU64::new(sent_wall + self.fence_after_ms())),
                     accepting: Arc::new(AtomicBool::new(true)),
                     dropped: CancellationToken::new(),
                 };
@@ -273,6 +353,7 @@ impl Shards {
         let removed = self.owned.locked().remove(&shard);
         if let Some(o) = removed {
             o.deadline.store(0, Ordering::Release);
+            o.deadline_wall.store(0, Ordering::Release);
             o.dropped.cancel();
             tracing::warn!(shard, epoch = o.epoch, why, "shard dropped");
             (self.on_lost)(shard);
@@ -290,19 +371,25 @@ impl Shards {
     /// those still held, drops those lost, then drops any whose deadline passed (no successful
     /// renewal for `fence_after`).
     pub async fn renew_once(&self) {
+        // A shard already past its deadline is not revived by a renewal sent now (a process
+        // that was stopped or suspended past it): its rooms stop first.
+        self.fence_expired();
         let owned = self.owned();
         if !owned.is_empty() {
-            let sent = Instant::now();
+            let (sent, sent_wall) = (Instant::now(), (self.wall)());
             match self.backend.renew_many(&owned).await {
                 Ok(held) => {
                     self.tally(|m| &m.lease_renewals);
+                    self.note_redis_ok(sent);
                     let deadline = self.ms(sent + self.timing.fence_after);
+                    let deadline_wall = sent_wall + self.fence_after_ms();
                     for ((shard, epoch), held) in owned.iter().zip(held) {
                         match held {
                             Some(true) => {
                                 let table = self.owned.locked();
                                 if let Some(o) = table.get(shard).filter(|o| o.epoch == *epoch) {
                                     o.deadline.fetch_max(deadline, Ordering::AcqRel);
+                                    o.deadline_wall.fetch_max(deadline_wall, Ordering::AcqRel);
                                 }
                             }
                             Some(false) => {
@@ -322,13 +409,21 @@ impl Shards {
                 }
             }
         }
-        let now = self.ms(Instant::now());
+        self.fence_expired();
+    }
+
+    /// Drops every shard past its self-fence deadline on either clock (the wall clock also
+    /// counts a machine suspend).
+    fn fence_expired(&self) {
+        let (now, wall) = (self.ms(Instant::now()), (self.wall)());
         let expired: Vec<u16> = self
             .owned
             .lock()
             .unwrap()
             .iter()
-            .filter(|(_, o)| o.deadline.load(Ordering::Acquire) <= now)
+            .filter(|(_, o)| {
+                o.deadline.load(Ordering::Acquire) <= now || o.deadline_wall.load(Ordering::Acquire) <= wall
+            })
             .map(|(s, _)| *s)
             .collect();
         for shard in expired {
@@ -385,7 +480,29 @@ mod tests {
         }
     }
 
+    /// A wall clock that follows tokio's (paused) clock from a fixed start, plus whatever
+    /// `jump` adds: a machine suspend moves the wall clock on while the monotonic clock stays.
+    struct FakeWall {
+        base: Instant,
+        start: u64,
+        jump: AtomicU64,
+    }
+
+    impl FakeWall {
+        fn now(&self) -> u64 {
+            self.start + self.base.elapsed().as_millis() as u64 + self.jump.load(Ordering::Acquire)
+        }
+    }
+
     fn table() -> (Arc<Fake>, Arc<Shards>, Arc<Mutex<Vec<u16>>>) {
+        let (fake, shards, lost, _wall) = table_with_wall();
+        (fake, shards, lost)
+    }
+
+    /// The shards dropped so far, in order.
+    type Lost = Arc<Mutex<Vec<u16>>>;
+
+    fn table_with_wall() -> (Arc<Fake>, Arc<Shards>, Lost, Arc<FakeWall>) {
         let fake = Arc::new(Fake {
             renew_ok: AtomicBool::new(true),
             renew_errors: AtomicBool::new(false),
@@ -394,8 +511,15 @@ mod tests {
         });
         let lost = Arc::new(Mutex::new(Vec::new()));
         let l = lost.clone();
-        let shards = Arc::new(Shards::new(fake.clone(), LeaseTiming::STANDARD, Box::new(move |s| l.locked().push(s))));
-        (fake, shards, lost)
+        let wall = Arc::new(FakeWall { base: Instant::now(), start: 1_800_000_000_000, jump: AtomicU64::new(0) });
+        let w = wall.clone();
+        let shards = Arc::new(Shards::with_wall_clock(
+            fake.clone(),
+            LeaseTiming::STANDARD,
+            Box::new(move |s| l.locked().push(s)),
+            Arc::new(move || w.now()),
+        ));
+        (fake, shards, lost, wall)
     }
 
     #[tokio::test(start_paused = true)]
@@ -424,20 +548,57 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_wall_clock_deadline_follows_the_renewals_and_ends_with_the_shard() {
-        let wall_ms = || u64::try_from(partyline::storage::now_ms()).unwrap();
-        let (fake, shards, _lost) = table();
+        let (fake, shards, _lost, wall) = table_with_wall();
         let Placement::Here(g) = shards.acquire(6).await.unwrap() else { panic!("not granted") };
         // 8 s ahead (the self-fence after the grant), on the wall clock.
-        let ahead = g.valid_until_unix_ms().saturating_sub(wall_ms());
-        assert!((7_900..=8_000).contains(&ahead), "{ahead} ms ahead");
+        let ahead = g.valid_until_unix_ms().unwrap().saturating_sub(wall.now());
+        assert_eq!(ahead, 8_000);
+        // A renewal sent 2 s later moves it to 8 s after that send.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        shards.renew_once().await;
+        assert_eq!(g.valid_until_unix_ms().unwrap().saturating_sub(wall.now()), 8_000);
         fake.renew_errors.store(true, Ordering::Relaxed);
         tokio::time::advance(Duration::from_secs(6)).await;
-        let ahead = g.valid_until_unix_ms().saturating_sub(wall_ms());
-        assert!((1_900..=2_000).contains(&ahead), "6 s without renewals: {ahead} ms ahead");
+        let ahead = g.valid_until_unix_ms().unwrap().saturating_sub(wall.now());
+        assert_eq!(ahead, 2_000, "6 s without renewals");
         tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(g.valid_until_unix_ms(), None, "past the deadline, nothing may be stamped");
         shards.renew_once().await;
         assert!(!g.is_valid());
-        assert_eq!(g.valid_until_unix_ms(), 0, "a dropped shard stamps no deadline");
+        assert_eq!(g.valid_until_unix_ms(), None, "a dropped shard stamps no deadline");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_machine_suspended_past_its_deadline_stamps_nothing_when_it_wakes() {
+        let (_fake, shards, lost, wall) = table_with_wall();
+        let Placement::Here(g) = shards.acquire(8).await.unwrap() else { panic!("not granted") };
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let before = g.valid_until_unix_ms().expect("valid before the suspend");
+        // The machine sleeps 30 s: CLOCK_MONOTONIC (tokio's Instant) does not move, the wall
+        // clock does. The monotonic clock alone would still say 7 s are left.
+        wall.jump.fetch_add(30_000, Ordering::AcqRel);
+        assert!(wall.now() > before, "the wall-clock deadline passed during the suspend");
+        assert!(!g.is_valid(), "the wall clock says the deadline passed");
+        assert_eq!(g.valid_until_unix_ms(), None, "no frame may leave with a deadline it no longer holds");
+        assert!(shards.get(8).is_none(), "nothing new starts in the shard");
+        // The next renewal round (its renewal succeeds, but the shard was past its deadline
+        // before it was sent) drops it rather than reviving it.
+        shards.renew_once().await;
+        assert_eq!(*lost.locked(), vec![8]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_is_fixed_when_the_renewal_is_sent_not_when_it_is_answered() {
+        let (_fake, shards, _lost, wall) = table_with_wall();
+        let sent = wall.now();
+        let Placement::Here(g) = shards.acquire(2).await.unwrap() else { panic!("not granted") };
+        // Stamped later, the deadline stays that of the send: it does not slide with the
+        // stamping time.
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        assert_eq!(g.valid_until_unix_ms(), Some(sent + 8_000));
+        assert!(shards.redis_age() >= Duration::from_millis(1500), "the grant was the last Redis contact");
+        shards.note_redis_ok(Instant::now());
+        assert_eq!(shards.redis_age(), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]

@@ -16,6 +16,23 @@
 //! - `stored` ≥ every count anyone saw (no lost increment), and ≤ the `inc`s sent (no
 //!   phantom increment).
 //!
+//! Per counter room, whether the room **ran twice** (two instances of it at once, which leases
+//! must prevent). A counter broadcast names the instance that committed it (`{"count": n,
+//! "inst": X}`; a new instance every time the room starts, on a node or after hibernating), so
+//! the commits clients saw are (count, instance) pairs, ordered by count (storage order). The
+//! room ran twice if:
+//! - two instances broadcast the same count (both committed it);
+//! - an instance committed a count after another instance's commits began and before its own
+//!   ended: its commits, in count order, are not one run (X: 10, 11, Y: 12, X: 13);
+//! - a client received a frame from instance X carrying count k (a broadcast, or a `slow`
+//!   reply) more than [`RAN_TWICE_SLACK`] after some client received a commit c > k by another
+//!   instance: X acted after a later instance had committed.
+//!
+//! The first two need no clock; the third allows for the load's clients reading their sockets
+//! a little out of order. A chat room's broadcasts are the clients' own texts and name no
+//! instance: two instances of a chat room would show as lost or phantom writes (each stores the
+//! whole history), entries stored twice, or broadcasts out of storage order.
+//!
 //! Per room, of either kind: every close reason and HTTP error body its clients received is a
 //! documented text ([`crate::client_texts`], issue 22): else an **undocumented client text**.
 //!
@@ -31,7 +48,12 @@ use partyline::Store;
 use partyline_cluster::redis::Redis;
 use tokio::task::JoinHandle;
 
-use crate::load::{count_of, Kind, LoadReport, RoomSpec};
+use crate::load::{count_of, inst_of, Kind, LoadReport, RoomSpec};
+
+/// How much later than a later instance's commit a frame of an earlier instance may be received
+/// before it counts as the room running twice (the load's clients read their sockets on a few
+/// threads, so receive times across sockets can be out of order by a scheduling delay).
+pub const RAN_TWICE_SLACK: Duration = Duration::from_millis(250);
 
 /// A room's storage after a run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,6 +117,8 @@ pub enum Category {
     /// A close reason or an HTTP error body a client received that is not a documented text
     /// (a server's fixed text or a party's own; see [`crate::client_texts`]).
     UndocumentedText,
+    /// Two instances of a room acted at once: see the module docs.
+    RanTwice,
 }
 
 /// One thing wrong in a room, found by [`findings`].
@@ -124,6 +148,7 @@ impl Finding {
             | "phantom increment" => Category::Phantom,
             "first frame of a session is not a history" | "frame without a count" => Category::Malformed,
             UNDOCUMENTED_TEXT => Category::UndocumentedText,
+            SAME_COUNT_TWICE | INTERLEAVED | LATE_FRAME => Category::RanTwice,
             _ => Category::StaleOrReordered,
         };
         Finding { room, kind, category, writes: 1, detail }
@@ -138,6 +163,124 @@ impl Finding {
 /// The kind of an [`Category::UndocumentedText`] finding.
 pub const UNDOCUMENTED_TEXT: &str = "undocumented client text";
 
+/// A [`Category::RanTwice`] finding: two instances broadcast the same count.
+pub const SAME_COUNT_TWICE: &str = "ran twice: a count committed by two instances";
+/// A [`Category::RanTwice`] finding: an instance's commits interleave with another's.
+pub const INTERLEAVED: &str = "ran twice: an instance committed after another instance's commits began";
+/// A [`Category::RanTwice`] finding: a frame of an instance after a later commit of another.
+pub const LATE_FRAME: &str = "ran twice: a frame from an instance after another instance's later commit was seen";
+
+/// A counter frame that names the instance that sent it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstFrame {
+    /// When it was received.
+    pub at: Instant,
+    /// By which client.
+    pub client: String,
+    /// The instance.
+    pub inst: String,
+    /// Its count: the commit it broadcasts, or the instance's count when it answered.
+    pub count: i64,
+    /// A broadcast of a commit (else an answer to one client, e.g. to `slow`).
+    pub commit: bool,
+}
+
+/// The frames of counter room `r`'s clients that name an instance (greetings do not).
+pub fn inst_frames(report: &LoadReport, r: usize) -> Vec<InstFrame> {
+    let mut out = Vec::new();
+    for c in report.clients_of(r) {
+        for f in c.sessions.iter().flat_map(|s| s.frames.iter().skip(1)) {
+            if let (Some(count), Some(inst)) = (count_of(&f.text), inst_of(&f.text)) {
+                let commit = !f.text.contains("\"slow\"");
+                out.push(InstFrame { at: f.at, client: c.id.clone(), inst, count, commit });
+            }
+        }
+    }
+    out.sort_by_key(|f| f.at);
+    out
+}
+
+/// Whether counter room `r` ran twice (see the module docs), from its clients' frames and
+/// `extra` frames of the same room received by other clients (e.g. a `slow` reply); one finding
+/// per occurrence.
+pub fn ran_twice(report: &LoadReport, r: usize, extra: &[InstFrame]) -> Vec<Finding> {
+    let mut frames = inst_frames(report, r);
+    frames.extend(extra.iter().cloned());
+    frames.sort_by_key(|f| f.at);
+    let at = |t: Instant| report.secs(t);
+    let mut found = Vec::new();
+    // Commits in count order, one per (count, instance).
+    let mut commits: Vec<(i64, &str)> =
+        frames.iter().filter(|f| f.commit).map(|f| (f.count, f.inst.as_str())).collect();
+    commits.sort();
+    commits.dedup();
+    for pair in commits.windows(2) {
+        if pair[0].0 == pair[1].0 {
+            found.push(Finding::new(
+                r,
+                SAME_COUNT_TWICE,
+                format!("count {} broadcast by {} and by {}", pair[0].0, pair[0].1, pair[1].1),
+            ));
+        }
+    }
+    // Runs of one instance in count order: an instance in two runs interleaved with another.
+    let mut runs: Vec<(&str, i64, i64)> = Vec::new();
+    for &(count, inst) in &commits {
+        match runs.last_mut() {
+            Some((i, _, last)) if *i == inst => *last = count,
+            _ => runs.push((inst, count, count)),
+        }
+    }
+    for (k, &(inst, from, to)) in runs.iter().enumerate() {
+        if let Some(&(_, before_from, before_to)) = runs[..k].iter().rev().find(|(i, _, _)| *i == inst) {
+            let between: Vec<String> = runs[..k]
+                .iter()
+                .skip_while(|(i, f, _)| !(*i == inst && *f == before_from))
+                .skip(1)
+                .map(|(i, f, t)| format!("{i} {f}..{t}"))
+                .collect();
+            found.push(Finding::new(
+                r,
+                INTERLEAVED,
+                format!(
+                    "{inst} committed {before_from}..{before_to}, then {}, then {inst} again {from}..{to}",
+                    between.join(", ")
+                ),
+            ));
+        }
+    }
+    // Frames received after another instance's higher commit was seen (plus slack).
+    let mut seen: Vec<&InstFrame> = Vec::new(); // the commits received so far
+    for f in &frames {
+        let later = seen
+            .iter()
+            .filter(|s| s.inst != f.inst && s.count > f.count && s.at + RAN_TWICE_SLACK < f.at)
+            .min_by_key(|s| s.at);
+        if let Some(s) = later {
+            found.push(Finding::new(
+                r,
+                LATE_FRAME,
+                format!(
+                    "{} got {} (count {}) from {} at {}, after {} had got count {} from {} at {}",
+                    f.client,
+                    if f.commit { "a broadcast" } else { "an answer" },
+                    f.count,
+                    f.inst,
+                    at(f.at),
+                    s.client,
+                    s.count,
+                    s.inst,
+                    at(s.at)
+                ),
+            ));
+        }
+        if f.commit {
+            seen.push(f);
+        }
+    }
+    found
+}
+
 /// Everything the report shows against `storage`, one finding per occurrence (per distinct
 /// text for undocumented client texts); empty when all is well. See the module docs for what
 /// is checked.
@@ -147,7 +290,11 @@ pub fn findings(report: &LoadReport, storage: &[Stored]) -> Vec<Finding> {
     for (r, stored) in storage.iter().enumerate() {
         all.extend(match stored {
             Stored::Chat(history) => check_chat(report, r, history),
-            Stored::Counter(count) => check_counter(report, r, *count),
+            Stored::Counter(count) => {
+                let mut f = check_counter(report, r, *count);
+                f.extend(ran_twice(report, r, &[]));
+                f
+            }
         });
     }
     all.extend(text_findings(report));
@@ -538,6 +685,69 @@ mod tests {
         let problems = check(&r, &[Stored::Counter(0)]).join("\n");
         assert!(problems.contains("undocumented client text x1") && problems.contains("lease 823"), "{problems}");
         assert!(problems.contains("(x2)"), "{problems}");
+    }
+
+    #[test]
+    fn rooms_that_ran_twice_are_found() {
+        let t = Instant::now();
+        let ms = |n: u64| t + Duration::from_millis(n);
+        let b = |count: i64, inst: &str| format!(r#"{{"count":{count},"inst":"{inst}"}}"#);
+        let at = |mut s: Session, times: &[u64]| {
+            for (f, &m) in s.frames.iter_mut().zip(times) {
+                f.at = ms(m);
+            }
+            s
+        };
+        let kinds = |found: &[Finding]| found.iter().map(|f| f.kind).collect::<Vec<_>>();
+        // X commits 1, 2; Y takes over and commits 3, 4: clean.
+        let (x1, x2, y3, y4) = (b(1, "x"), b(2, "x"), b(3, "y"), b(4, "y"));
+        let clean = report(
+            Kind::Counter,
+            vec![
+                (
+                    "a",
+                    vec![
+                        at(session(t, &[r#"{"count":0}"#, &x1, &x2]), &[0, 10, 20]),
+                        at(session(t, &[r#"{"count":2}"#, &y3, &y4]), &[500, 600, 700]),
+                    ],
+                ),
+                ("b", vec![at(session(t, &[r#"{"count":0}"#, &x1, &x2, &y3, &y4]), &[0, 11, 21, 601, 701])]),
+            ],
+        );
+        assert_eq!(ran_twice(&clean, 0, &[]), Vec::<Finding>::new());
+        // X's 2 reaches b a little after a saw Y's 3: within the slack.
+        let close = report(
+            Kind::Counter,
+            vec![
+                ("a", vec![at(session(t, &[r#"{"count":1}"#, &y3]), &[0, 600])]),
+                ("b", vec![at(session(t, &[r#"{"count":1}"#, &x2]), &[0, 700])]),
+            ],
+        );
+        assert_eq!(ran_twice(&close, 0, &[]), Vec::<Finding>::new());
+        // ... and long after it: X acted after Y committed.
+        let late = report(
+            Kind::Counter,
+            vec![
+                ("a", vec![at(session(t, &[r#"{"count":1}"#, &y3]), &[0, 600])]),
+                ("b", vec![at(session(t, &[r#"{"count":1}"#, &x2]), &[0, 1600])]),
+            ],
+        );
+        assert_eq!(kinds(&ran_twice(&late, 0, &[])), [LATE_FRAME]);
+        // An answer (not a commit) from X after Y's commit counts too.
+        let answer = InstFrame { at: ms(2000), client: "slow".into(), inst: "x".into(), count: 2, commit: false };
+        assert_eq!(kinds(&ran_twice(&clean, 0, &[answer])), [LATE_FRAME]);
+        // The same count from two instances, and X committing again after Y.
+        let (y2, x5) = (b(2, "y"), b(5, "x"));
+        let twice = report(
+            Kind::Counter,
+            vec![("a", vec![at(session(t, &[r#"{"count":0}"#, &x1, &x2, &y2, &y3, &x5]), &[0, 10, 20, 21, 30, 31])])],
+        );
+        let found = ran_twice(&twice, 0, &[]);
+        assert!(kinds(&found).contains(&SAME_COUNT_TWICE), "{found:?}");
+        assert!(kinds(&found).contains(&INTERLEAVED), "{found:?}");
+        assert!(found.iter().all(|f| f.category == Category::RanTwice));
+        let problems = check(&twice, &[Stored::Counter(5)]).join("\n");
+        assert!(problems.contains("ran twice"), "{problems}");
     }
 
     #[test]

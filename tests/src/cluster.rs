@@ -118,6 +118,15 @@ pub struct Builder {
     rebalance: Rebalance,
     parties: Option<(PartyRegistry, Env)>,
     redis: RedisKind,
+    replicas: Replicas,
+}
+
+/// What nodes wait for after each commit and lease grant (`--redis-min-replicas`,
+/// `--redis-replica-timeout`).
+#[derive(Clone, Copy, Debug)]
+struct Replicas {
+    min: u32,
+    timeout: Duration,
 }
 
 impl Builder {
@@ -163,6 +172,13 @@ impl Builder {
         self
     }
 
+    /// Nodes count a commit or lease grant only once `min` replicas hold it, waiting up to
+    /// `timeout` (`--redis-min-replicas`, `--redis-replica-timeout`; default 0: no wait).
+    pub fn redis_min_replicas(mut self, min: u32, timeout: Duration) -> Self {
+        self.replicas = Replicas { min, timeout };
+        self
+    }
+
     /// Starts Redis, the nodes (waiting until all are registered), then the gateways.
     pub async fn start(self) -> TestCluster {
         crate::capture_logs();
@@ -179,6 +195,7 @@ impl Builder {
             rebalance: self.rebalance,
             parties,
             env,
+            replicas: self.replicas,
         };
         for _ in 0..self.nodes {
             cluster.add_node().await;
@@ -203,6 +220,7 @@ pub struct TestCluster {
     rebalance: Rebalance,
     parties: PartyRegistry,
     env: Env,
+    replicas: Replicas,
 }
 
 impl TestCluster {
@@ -215,6 +233,7 @@ impl TestCluster {
             rebalance: Rebalance::default(),
             parties: None,
             redis: RedisKind::from_env(),
+            replicas: Replicas { min: 0, timeout: RedisConfig::default().replica_timeout },
         }
     }
 
@@ -244,7 +263,11 @@ impl TestCluster {
         let cfg = NodeConfig {
             id: id.clone(),
             advertise: addr.to_string(),
-            redis: self.redis_config(),
+            redis: RedisConfig {
+                min_replicas: self.replicas.min,
+                replica_timeout: self.replicas.timeout,
+                ..self.redis_config()
+            },
             secret: SECRET.into(),
             accept_secrets: Vec::new(),
             tls: None,
@@ -256,6 +279,9 @@ impl TestCluster {
             fast_failover: true,
             limits: self.limits.clone(),
             env: self.env.clone(),
+            // Every test cluster starts on a Redis of its own: whichever node starts first
+            // creates the cluster (as `--init-cluster` on every node would).
+            init_cluster: true,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(partyline_node::server::run(cfg, self.parties.clone(), listener, async {
@@ -280,6 +306,7 @@ impl TestCluster {
             edge: Default::default(),
             tls: None,
             cluster_tls: None,
+            max_clock_offset: None,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(partyline_server::gateway::run_gateway(cfg, self.parties.clone(), listener, async {
@@ -344,4 +371,49 @@ impl TestCluster {
         let mut c = self.node_client(i, SECRET).await;
         c.info(pb::InfoRequest {}).await.expect("node info").into_inner()
     }
+}
+
+/// The handover deadline of [`slow_move_node`]s (`--drain-timeout`, which bounds rebalance
+/// moves too): short, so that a move gives up on a room whose handler sleeps long before the
+/// handler ends.
+pub const SLOW_MOVE_DEADLINE: Duration = Duration::from_secs(1);
+
+/// Starts node `id` in this process (a test wakes its `slow` handlers when it chooses,
+/// [`crate::parties::wake_slow`]), on the test's Redis: fast leases, the default rebalancing
+/// (every 1 s, to nodes that have been members for 3 s), [`SLOW_MOVE_DEADLINE`], and a handler
+/// time limit (30 s) far beyond it. Returns once the node is a live member.
+pub async fn slow_move_node(redis_url: &str, id: &str) -> Process {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a node port");
+    let addr = listener.local_addr().unwrap();
+    let limits = Limits { handler_timeout: Duration::from_secs(30), ..Default::default() };
+    let cfg = NodeConfig {
+        id: id.to_string(),
+        advertise: addr.to_string(),
+        redis: RedisConfig::new(redis_url),
+        secret: SECRET.into(),
+        accept_secrets: Vec::new(),
+        tls: None,
+        leases: LeaseTiming::FAST,
+        heartbeat: Duration::from_millis(500),
+        member_ttl: Duration::from_secs(3),
+        drain_timeout: SLOW_MOVE_DEADLINE,
+        rebalance: Rebalance::default(),
+        fast_failover: true,
+        limits,
+        env: Default::default(),
+        // A fresh Redis per test: whichever node starts first creates the cluster.
+        init_cluster: true,
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(partyline_node::server::run(cfg, all_parties(), listener, async {
+        let _ = stopped.await;
+    }));
+    let redis = Redis::connect(RedisConfig::new(redis_url)).await.expect("connect to the test redis");
+    within(30, "the node to register", async {
+        while !redis.membership().live().await.unwrap_or_default().iter().any(|n| n.id == id) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    Process::running(id.to_string(), addr, stop, task)
 }

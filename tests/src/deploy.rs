@@ -67,6 +67,17 @@ impl Proc {
         }
     }
 
+    /// Waits (up to `secs`) for a one-shot process to exit, and panics with its log unless it
+    /// exited successfully.
+    pub async fn wait_success(&mut self, secs: u64) {
+        match tokio::time::timeout(Duration::from_secs(secs), self.child.wait()).await {
+            Ok(Ok(status)) if status.success() => {}
+            Ok(Ok(status)) => panic!("{} exited ({status}):\n{}", self.name, self.log_tail()),
+            Ok(Err(e)) => panic!("{}: {e}", self.name),
+            Err(_) => panic!("{} did not finish within {secs}s:\n{}", self.name, self.log_tail()),
+        }
+    }
+
     /// Sends SIGTERM and waits (bounded) for it to exit.
     pub async fn terminate(&mut self) {
         if let Some(pid) = self.child.id() {

@@ -41,8 +41,9 @@ use partyline::RoomKey;
 
 use crate::checks::{self, Category, EpochWatch, LeaseSample};
 use crate::load::{Disconnect, Kind, Load, LoadConfig, LoadReport, RoomSpec};
-use crate::procs::{ProcCluster, ProcClusterBuilder, LEASES};
+use crate::procs::{ProcCluster, ProcClusterBuilder};
 use crate::proxy::Mode;
+use partyline_node::shards::LeaseTiming;
 
 /// A frame the zombie relayed just before its self-fence deadline still has to cross the
 /// gateway: frames received this long after the deadline are not blamed on it.
@@ -54,6 +55,11 @@ pub const RECOVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The issue's failover target with the fast profile: lease TTL + 1.5 s.
 pub const FAILOVER_TARGET: Duration = Duration::from_millis(4500);
+
+/// The issue's failover target with a lease timing: lease TTL + 1.5 s.
+pub fn failover_target(timing: LeaseTiming) -> Duration {
+    timing.ttl + Duration::from_millis(1500)
+}
 
 /// A SIGTERMed node must exit within its drain bound (issue: 10 s by default) plus slack for a
 /// busy machine.
@@ -169,6 +175,10 @@ pub struct Counts {
     /// Close reasons and HTTP error bodies clients received that are not documented texts
     /// (each time one was received).
     pub undocumented_texts: u64,
+    /// Times a room ran twice: a count committed by two instances, an instance committing
+    /// after another's commits began, a frame from an instance after another's later commit
+    /// (see [`crate::checks`]).
+    pub ran_twice: u64,
 }
 
 impl Counts {
@@ -182,6 +192,7 @@ impl Counts {
         self.stale_epochs += other.stale_epochs;
         self.zombie_frames += other.zombie_frames;
         self.undocumented_texts += other.undocumented_texts;
+        self.ran_twice += other.ran_twice;
     }
 }
 
@@ -231,6 +242,11 @@ impl Run {
             texts: Vec::new(),
             transcript,
         }
+    }
+
+    /// The nodes' lease timing.
+    pub fn timing(&self) -> LeaseTiming {
+        self.cluster.lease_timing()
     }
 
     /// The running load.
@@ -380,6 +396,18 @@ impl Run {
         let storage = checks::read_storage(self.cluster.redis(), &report.rooms).await;
         self.say(report.summary());
         self.counts.acknowledged = report.acknowledged() as u64;
+        let mut instances = Vec::new();
+        for r in report.rooms_of(Kind::Counter) {
+            let frames = checks::inst_frames(&report, r);
+            let mut insts: Vec<&str> = frames.iter().filter(|f| f.commit).map(|f| f.inst.as_str()).collect();
+            insts.dedup();
+            insts.sort_unstable();
+            insts.dedup();
+            instances.push(format!("{} {}", report.rooms[r].name, insts.len()));
+        }
+        if !instances.is_empty() {
+            self.say(format!("instances seen committing, per counter room: {}", instances.join(", ")));
+        }
         let findings = checks::findings(&report, &storage);
         self.judge(&report, findings);
         self.leases = self.epochs.take().expect("the lease sampler is running").stop();
@@ -401,6 +429,7 @@ impl Run {
                 Category::StaleOrReordered => &mut self.counts.stale_or_reordered,
                 Category::Malformed => &mut self.counts.malformed,
                 Category::UndocumentedText => &mut self.counts.undocumented_texts,
+                Category::RanTwice => &mut self.counts.ran_twice,
             };
             *n += f.writes;
         }
@@ -523,7 +552,8 @@ impl std::fmt::Display for Timeline {
 /// fault). Records a problem for every shard of `rooms` seen with another owner earlier.
 pub fn no_early_takeover(run: &mut Run, victim: usize, rooms: &[usize], t_fault: Instant) {
     let victim_id = run.cluster.node(victim).name().to_string();
-    let not_before = t_fault + LEASES.ttl - LEASES.renew_every;
+    let leases = run.timing();
+    let not_before = t_fault + leases.ttl - leases.renew_every;
     let shards: Vec<u16> = rooms.iter().map(|&r| shard_of(&run.rooms[r].key())).collect();
     let early: Vec<String> = run
         .leases
@@ -541,7 +571,7 @@ pub fn no_early_takeover(run: &mut Run, victim: usize, rooms: &[usize], t_fault:
     if !early.is_empty() {
         run.problem(format!(
             "the live (paused or cut off) {victim_id} was taken over before its leases could expire ({:.1}s): {early:?}",
-            (LEASES.ttl - LEASES.renew_every).as_secs_f64()
+            (leases.ttl - leases.renew_every).as_secs_f64()
         ));
     }
 }
@@ -641,11 +671,23 @@ pub enum FaultKind {
     Sigterm,
     /// [`join`].
     Join,
+    /// [`rolling_restart`].
+    RollingRestart,
+    /// [`drain_during_rebalance`].
+    DrainRebalance,
+    /// [`slow_sigterm`].
+    SlowSigterm,
+    /// [`partition_reject`].
+    PartitionReject,
+    /// [`moved_twice`].
+    MovedTwice,
+    /// [`replica_failover`].
+    ReplicaFailover,
 }
 
 impl FaultKind {
     /// Every kind.
-    pub const ALL: [FaultKind; 8] = [
+    pub const ALL: [FaultKind; 14] = [
         FaultKind::Sigkill,
         FaultKind::Sigstop,
         FaultKind::CutHold,
@@ -654,6 +696,12 @@ impl FaultKind {
         FaultKind::RedisOutage,
         FaultKind::Sigterm,
         FaultKind::Join,
+        FaultKind::RollingRestart,
+        FaultKind::DrainRebalance,
+        FaultKind::SlowSigterm,
+        FaultKind::PartitionReject,
+        FaultKind::MovedTwice,
+        FaultKind::ReplicaFailover,
     ];
 
     /// Its name (`sigkill`, `cut-hold`, ...).
@@ -667,6 +715,12 @@ impl FaultKind {
             FaultKind::RedisOutage => "redis-outage",
             FaultKind::Sigterm => "sigterm",
             FaultKind::Join => "join",
+            FaultKind::RollingRestart => "rolling-restart",
+            FaultKind::DrainRebalance => "drain-rebalance",
+            FaultKind::SlowSigterm => "slow-sigterm",
+            FaultKind::PartitionReject => "partition-reject",
+            FaultKind::MovedTwice => "moved-twice",
+            FaultKind::ReplicaFailover => "replica-failover",
         }
     }
 
@@ -686,13 +740,25 @@ impl FaultKind {
             FaultKind::RedisOutage => "Redis (AOF) down past the leases, then back",
             FaultKind::Sigterm => "SIGTERM (drain) of the busiest owner, then a restart",
             FaultKind::Join => "a node joins and takes its share of the shards",
+            FaultKind::RollingRestart => "every node in turn: SIGTERM, gone, restarted, serving again",
+            FaultKind::DrainRebalance => "a node restarts, and another is SIGTERMed while shards move back to it",
+            FaultKind::SlowSigterm => "SIGTERM of the owner of a room whose handler is busy for seconds",
+            FaultKind::PartitionReject => "node-to-node TCP rejected (reset) between two live nodes, then healed",
+            FaultKind::MovedTwice => "a node joins and is drained as soon as rooms move to it",
+            FaultKind::ReplicaFailover => "a Redis Cluster primary killed, its replica promoted",
         }
     }
 
     /// What its outcome's times measure.
     pub fn measure(self) -> Measure {
         match self {
-            FaultKind::Sigterm | FaultKind::Join => Measure::Stall,
+            FaultKind::Sigterm
+            | FaultKind::Join
+            | FaultKind::RollingRestart
+            | FaultKind::DrainRebalance
+            | FaultKind::SlowSigterm
+            | FaultKind::PartitionReject
+            | FaultKind::MovedTwice => Measure::Stall,
             _ => Measure::Failover,
         }
     }
@@ -722,11 +788,20 @@ pub struct Outcome {
     pub timeline: Timeline,
     /// Drains and joins: disconnects of hibernating (counter) clients after the fault.
     pub hibernating: Option<Vec<Disconnect>>,
+    /// Drains and joins: the hibernating (counter) rooms whose clients [`Outcome::hibernating`]
+    /// covers.
+    pub hibernating_rooms: Vec<usize>,
     /// Drains: chat sockets the drain closed with another code than 1012 (client and how it
     /// ended).
     pub wrong_closes: Vec<String>,
     /// Drains: from SIGTERM to the node's exit, if it exited by itself.
     pub drain_exit: Option<Duration>,
+    /// Every drain of the scenario: from SIGTERM to the node's exit (those that exited by
+    /// themselves).
+    pub drain_exits: Vec<Duration>,
+    /// Something to drop after the run (its processes killed): e.g. the network namespaces the
+    /// nodes ran in. Fields drop in order: this one last.
+    keep: Option<Box<dyn std::any::Any + Send>>,
 }
 
 impl Outcome {
@@ -750,9 +825,18 @@ impl Outcome {
             times: Vec::new(),
             timeline,
             hibernating: None,
+            hibernating_rooms: Vec::new(),
             wrong_closes: Vec::new(),
             drain_exit: None,
+            drain_exits: Vec::new(),
+            keep: None,
         }
+    }
+
+    /// Keeps `x` until the outcome is dropped, after its run (whose processes are killed then).
+    pub fn keep_until_dropped(mut self, x: impl std::any::Any + Send) -> Self {
+        self.keep = Some(Box::new(x));
+        self
     }
 
     fn victim(mut self, id: String) -> Self {
@@ -794,7 +878,10 @@ pub async fn sigkill(setup: Setup) -> Outcome {
         run.problem(format!("a SIGKILLed process must be gone: {victim_id} still ran 10 s after SIGKILL"));
     }
     run.recover("SIGKILL of the owner", &rooms, t, 1).await;
-    run.say(format!("(the issue's failover target with the fast profile: {:.1}s)", FAILOVER_TARGET.as_secs_f64()));
+    run.say(format!(
+        "(the issue's failover target, lease TTL + 1.5 s: {:.1}s)",
+        failover_target(run.timing()).as_secs_f64()
+    ));
     let owners = run.owners().await;
     let still: Vec<String> = rooms
         .iter()
@@ -835,13 +922,14 @@ pub async fn pause(setup: Setup, pause: Pause) -> Outcome {
     let t_stop = Instant::now();
     run.cluster.node(victim).sigstop();
     // Its last successful renewal was sent before the stop: its self-fence deadline is no later.
-    let deadline = t_stop + LEASES.fence_after;
+    let leases = run.timing();
+    let deadline = t_stop + leases.fence_after;
     match pause {
         Pause::For(p) => tokio::time::sleep(p).await,
         Pause::UntilMoved => {
             run.recover("while the owner is paused", &rooms, t_stop, 1).await;
             // Paused past its lease for certain, even if failover was quicker.
-            let past_lease = t_stop + LEASES.ttl + Duration::from_secs(1);
+            let past_lease = t_stop + leases.ttl + Duration::from_secs(1);
             tokio::time::sleep(past_lease.saturating_duration_since(Instant::now())).await;
         }
     }
@@ -873,9 +961,10 @@ pub async fn cut_from_redis(setup: Setup, mode: Mode) -> Outcome {
     let victim_id = run.cluster.node(victim).name().to_string();
     let t_cut = Instant::now();
     run.cluster.redis_proxy(victim).set_mode(mode);
-    let deadline = t_cut + LEASES.fence_after;
+    let leases = run.timing();
+    let deadline = t_cut + leases.fence_after;
     run.recover(&format!("owner cut from Redis ({mode:?})"), &rooms, t_cut, 1).await;
-    let past_lease = t_cut + LEASES.ttl + Duration::from_secs(1);
+    let past_lease = t_cut + leases.ttl + Duration::from_secs(1);
     tokio::time::sleep(past_lease.saturating_duration_since(Instant::now())).await;
     let t_heal = Instant::now();
     run.cluster.redis_proxy(victim).pass();
@@ -1061,7 +1150,9 @@ pub async fn drain(setup: Setup, restart: bool) -> Outcome {
     outcome.times = times;
     outcome.wrong_closes = wrong_closes;
     outcome.hibernating = Some(hibernating);
+    outcome.hibernating_rooms = counter;
     outcome.drain_exit = drain_exit;
+    outcome.drain_exits = drain_exit.into_iter().collect();
     outcome
 }
 
@@ -1144,5 +1235,561 @@ pub async fn join(setup: Setup) -> Outcome {
     let mut outcome = Outcome::new(run, report, FaultKind::Join, what, expected, t).victim(new_id);
     outcome.times = times;
     outcome.hibernating = Some(hibernating);
+    outcome.hibernating_rooms = counter;
     outcome
+}
+
+/// SIGTERMs node `i` and waits until it is gone: exited (a problem if not successfully, or not
+/// within [`DRAIN_BOUND`]: then it is SIGKILLed) and its membership record removed (said if it
+/// outlives the process by 10 s). Returns the time from SIGTERM to the exit, if it exited by
+/// itself.
+pub async fn drain_until_gone(run: &mut Run, i: usize) -> Option<Duration> {
+    let id = run.cluster.node(i).name().to_string();
+    let t = Instant::now();
+    run.cluster.node(i).sigterm();
+    let exit = match run.cluster.node_mut(i).wait_exit(DRAIN_BOUND).await {
+        Some(status) => {
+            let took = t.elapsed();
+            run.say(format!("drain of {id}: SIGTERM -> exit {:.2}s ({status})", took.as_secs_f64()));
+            if !status.success() {
+                run.problem(format!("the drained {id} exited with {status}"));
+            }
+            Some(took)
+        }
+        None => {
+            run.problem(format!("{id} did not exit within {DRAIN_BOUND:?} of SIGTERM (it was SIGKILLed then)"));
+            run.cluster.node_mut(i).sigkill();
+            run.cluster.node_mut(i).wait_exit(Duration::from_secs(10)).await;
+            None
+        }
+    };
+    let gone_by = Instant::now() + Duration::from_secs(10);
+    loop {
+        if !run.cluster.members().await.iter().any(|m| m.id == id) {
+            run.say(format!("{id} is gone from the membership {:.2}s after SIGTERM", t.elapsed().as_secs_f64()));
+            break;
+        }
+        if Instant::now() >= gone_by {
+            run.say(format!("{id}: its membership record outlived the process by 10 s"));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    exit
+}
+
+/// The load rooms that prefer node `id` among the running nodes.
+fn preferred_rooms(run: &mut Run, id: &str) -> Vec<usize> {
+    let mut ids = Vec::new();
+    for k in 0..run.cluster.nodes().len() {
+        if run.cluster.node_mut(k).is_running() {
+            ids.push(run.cluster.node(k).name().to_string());
+        }
+    }
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    run.all().into_iter().filter(|&r| prefers(&run.rooms[r], &ids, id)).collect()
+}
+
+/// Waits until node `i` owns every load room it is preferred for among the running nodes (it
+/// serves its share again); a problem if not within [`RECOVERY_TIMEOUT`]. Returns those rooms.
+pub async fn wait_share(run: &mut Run, i: usize) -> Vec<usize> {
+    let id = run.cluster.node(i).name().to_string();
+    let expected = preferred_rooms(run, &id);
+    let t = Instant::now();
+    let deadline = t + RECOVERY_TIMEOUT;
+    loop {
+        let owners = run.owners().await;
+        let missing: Vec<usize> =
+            expected.iter().copied().filter(|&r| owners[r].as_deref() != Some(id.as_str())).collect();
+        if missing.is_empty() {
+            run.say(format!(
+                "{id} serves its {} load rooms again {:.2}s later",
+                expected.len(),
+                t.elapsed().as_secs_f64()
+            ));
+            return expected;
+        }
+        if Instant::now() >= deadline {
+            run.problem(format!(
+                "{id} did not take its share back within {RECOVERY_TIMEOUT:?}: not moved: {:?}",
+                run.labels(&missing)
+            ));
+            return expected;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls until `n` of `rooms` (at most all of them) are owned by node `id` (or `timeout`
+/// passes); how many of them it owns then. It polls every 2 ms, so that a fault that follows
+/// hits the rooms just arrived (a new owner still gathering the sockets handed over).
+async fn moved_to(run: &Run, rooms: &[usize], id: &str, n: usize, timeout: Duration) -> usize {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let owners = run.owners().await;
+        let moved = rooms.iter().filter(|&&r| owners[r].as_deref() == Some(id)).count();
+        if moved >= n.min(rooms.len()) || Instant::now() >= deadline {
+            return moved;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// An outcome of a scenario that moves rooms (drains, joins): the times are the affected
+/// rooms' stalls (longest time without an acknowledged write from `t` to `done`); chat sockets
+/// closed with another code than 1012 and hibernating clients disconnected are counted over the
+/// affected rooms from `t` to the end of the run.
+#[allow(clippy::too_many_arguments)]
+fn move_outcome(
+    run: Run,
+    report: LoadReport,
+    kind: FaultKind,
+    what: String,
+    affected: Vec<usize>,
+    t: Instant,
+    done: Instant,
+    exits: Vec<Duration>,
+) -> Outcome {
+    let mut stalls: Vec<Duration> = affected.iter().map(|&r| report.longest_ack_gap(r, t, done)).collect();
+    let times = stalls.iter().map(|&s| Some(s)).collect();
+    stalls.sort();
+    if let (Some(min), Some(max)) = (stalls.first(), stalls.last()) {
+        run.say(format!(
+            "stall (longest time without an acknowledged write): min {:.2}s median {:.2}s max {:.2}s",
+            min.as_secs_f64(),
+            stalls[stalls.len() / 2].as_secs_f64(),
+            max.as_secs_f64()
+        ));
+    }
+    let chat = run.kinds(&affected, Kind::Chat);
+    let counter = run.kinds(&affected, Kind::Counter);
+    let wrong_closes = report
+        .disconnects(&chat, t, report.ended)
+        .into_iter()
+        .filter(|d| d.end.code() != Some(1012))
+        .map(|d| format!("{} {:?}", d.client, d.end))
+        .collect();
+    let hibernating = report.disconnects(&counter, t, report.ended);
+    run.say(format!("hibernating (counter) clients disconnected: {}", hibernating.len()));
+    let mut outcome = Outcome::new(run, report, kind, what, affected, t);
+    outcome.times = times;
+    outcome.wrong_closes = wrong_closes;
+    outcome.hibernating = Some(hibernating);
+    outcome.hibernating_rooms = counter;
+    outcome.drain_exit = exits.iter().max().copied();
+    outcome.drain_exits = exits;
+    outcome
+}
+
+/// A rolling restart under load, as Kubernetes does one: for every node in turn, SIGTERM, wait
+/// until it is gone (exited, its membership record removed), restart it (same id and port),
+/// wait until it serves again (it owns every load room it is preferred for), then the next.
+/// Every room is affected; the times are the stalls over the whole restart.
+pub async fn rolling_restart(setup: Setup) -> Outcome {
+    let mut run = Run::start(setup).await;
+    let all = run.all();
+    let t = Instant::now();
+    let mut exits = Vec::new();
+    for i in 0..run.cluster.nodes().len() {
+        let id = run.cluster.node(i).name().to_string();
+        let t_i = Instant::now();
+        exits.extend(drain_until_gone(&mut run, i).await);
+        run.cluster.restart_node(i).await;
+        run.say(format!("{id} restarted and registered {:.2}s after SIGTERM", t_i.elapsed().as_secs_f64()));
+        wait_share(&mut run, i).await;
+        run.recover(&format!("after {id} was back"), &all, Instant::now(), 3).await;
+    }
+    let done = Instant::now();
+    let took = done.duration_since(t);
+    run.recover("after the rolling restart", &all, done, 10).await;
+    run.expect_all_running("after the rolling restart");
+    let report = run.stop().await;
+    let longest = exits.iter().max().map_or("-".to_string(), |d| format!("{:.2}s", d.as_secs_f64()));
+    let what = format!(
+        "{} nodes restarted in turn in {:.1}s (longest drain {longest})",
+        run.cluster.nodes().len(),
+        took.as_secs_f64()
+    );
+    move_outcome(run, report, FaultKind::RollingRestart, what, all, t, done, exits)
+}
+
+/// A drain during a rebalance: the busiest owner drains and restarts, so shards rebalance back
+/// to it; as soon as the first load room has moved back (the batch is moving), another node is
+/// SIGTERMed: the one that held most of the rooms moving back. Then it restarts too, and both
+/// must serve their share again. Every room is affected; the times are the stalls from the
+/// restart of the first node on.
+pub async fn drain_during_rebalance(setup: Setup) -> Outcome {
+    let mut run = Run::start(setup).await;
+    let all = run.all();
+    let (a, _) = run.busiest_node().await;
+    let a_id = run.cluster.node(a).name().to_string();
+    let mut exits = Vec::new();
+    exits.extend(drain_until_gone(&mut run, a).await);
+    run.recover(&format!("with {a_id} gone"), &all, Instant::now(), 3).await;
+    // The rooms that will move back to it, and who holds them now.
+    let ids: Vec<String> = run.cluster.nodes().iter().map(|n| n.name().to_string()).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let back: Vec<usize> = all.iter().copied().filter(|&r| prefers(&run.rooms[r], &ids, &a_id)).collect();
+    let owners = run.owners().await;
+    let mut holders: BTreeMap<String, usize> = BTreeMap::new();
+    for &r in &back {
+        if let Some(o) = &owners[r] {
+            *holders.entry(o.clone()).or_default() += 1;
+        }
+    }
+    let b = holders
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .and_then(|(id, _)| run.cluster.node_index(id))
+        .unwrap_or((a + 1) % run.cluster.nodes().len());
+    let b_id = run.cluster.node(b).name().to_string();
+    let t = Instant::now();
+    run.cluster.restart_node(a).await;
+    let registered = t.elapsed();
+    let moved = moved_to(&run, &back, &a_id, 1, Duration::from_secs(5)).await;
+    let t_term = Instant::now();
+    run.say(format!(
+        "{a_id} registered {:.2}s after its restart; {moved} of {} rooms moved back to it {:.2}s after; SIGTERM {b_id} (held {} of them)",
+        registered.as_secs_f64(),
+        back.len(),
+        t_term.duration_since(t).as_secs_f64(),
+        holders.get(&b_id).copied().unwrap_or(0)
+    ));
+    exits.extend(drain_until_gone(&mut run, b).await);
+    run.recover(&format!("after {b_id} drained during the rebalance"), &all, Instant::now(), 3).await;
+    wait_share(&mut run, a).await;
+    run.cluster.restart_node(b).await;
+    wait_share(&mut run, b).await;
+    wait_share(&mut run, a).await;
+    let done = Instant::now();
+    run.recover("after both were back", &all, done, 10).await;
+    run.expect_all_running("after the drain during a rebalance");
+    let report = run.stop().await;
+    let what =
+        format!("{a_id} drained and restarted, {b_id} SIGTERMed with {moved} of {} rooms moved back", back.len());
+    move_outcome(run, report, FaultKind::DrainRebalance, what, all, t, done, exits)
+}
+
+/// A room moved twice in quick succession: a fourth node joins, and as soon as the load rooms
+/// it is preferred for have moved to it, it is drained (SIGTERM): they move back. The affected rooms are
+/// those the joining node is preferred for; the times are their stalls from the join to the
+/// end of the drain.
+pub async fn moved_twice(setup: Setup) -> Outcome {
+    let mut run = Run::start(setup).await;
+    let all = run.all();
+    let t = Instant::now();
+    let new = run.cluster.add_node().await;
+    let new_id = run.cluster.node(new).name().to_string();
+    let expected = preferred_rooms(&mut run, &new_id);
+    let moved = moved_to(&run, &expected, &new_id, expected.len(), Duration::from_secs(10)).await;
+    run.say(format!(
+        "{new_id} joined; {moved} of the {} rooms it is preferred for had moved to it {:.2}s after the join; SIGTERM it",
+        expected.len(),
+        t.elapsed().as_secs_f64()
+    ));
+    let exits: Vec<Duration> = drain_until_gone(&mut run, new).await.into_iter().collect();
+    let done = Instant::now();
+    run.recover("after the joining node drained", &all, done, 10).await;
+    run.expect_running("after the join and the drain", Some(new));
+    let report = run.stop().await;
+    let what = format!("{new_id} joined and was drained with {moved} of {} rooms moved to it", expected.len());
+    move_outcome(run, report, FaultKind::MovedTwice, what, expected, t, done, exits)
+}
+
+/// A WebSocket client of one room beside the load, recording the frames it receives.
+struct SideClient {
+    tx: tokio::sync::mpsc::UnboundedSender<String>,
+    task: tokio::task::JoinHandle<Vec<(Instant, String)>>,
+}
+
+impl SideClient {
+    async fn connect(url: String) -> Result<SideClient, String> {
+        let (ws, _) = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(&url))
+            .await
+            .map_err(|_| format!("{url}: not open within 10 s"))?
+            .map_err(|e| format!("{url}: {e}"))?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let task = tokio::spawn(async move {
+            use futures::{SinkExt, StreamExt};
+            use tokio_tungstenite::tungstenite::Message as WsMessage;
+            let mut ws = ws;
+            let mut frames = Vec::new();
+            loop {
+                tokio::select! {
+                    msg = ws.next() => match msg {
+                        Some(Ok(WsMessage::Text(t))) => frames.push((Instant::now(), t.to_string())),
+                        Some(Ok(WsMessage::Close(f))) => {
+                            frames.push((Instant::now(), format!("<closed {:?}>", f.map(|f| (u16::from(f.code), f.reason.to_string())))));
+                            break;
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => { frames.push((Instant::now(), format!("<dropped: {e}>"))); break; }
+                        None => { frames.push((Instant::now(), "<dropped>".into())); break; }
+                    },
+                    out = rx.recv() => match out {
+                        Some(text) => { if ws.send(WsMessage::text(text)).await.is_err() { break; } }
+                        None => { let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await; break; }
+                    },
+                }
+            }
+            frames
+        });
+        Ok(SideClient { tx, task })
+    }
+
+    fn send(&self, text: &str) {
+        let _ = self.tx.send(text.to_string());
+    }
+
+    async fn close(self) -> Vec<(Instant, String)> {
+        drop(self.tx);
+        tokio::time::timeout(Duration::from_secs(5), self.task).await.ok().and_then(Result::ok).unwrap_or_default()
+    }
+}
+
+/// SIGTERM of the owner of a room whose handler is busy: a client beside the load sends `slow
+/// <ms>` (the counter party sleeps that long, then answers it `{"slow", "count", "inst"}`) to a
+/// counter room of the load, and its owner is SIGTERMed while the handler sleeps, with the
+/// room's `inc`s queued behind it. The drain must still end within its bound, the room be
+/// writable again, its hibernating clients stay connected, and the room not run twice: the
+/// answer, if it comes, must not follow a commit of the room's next instance (see
+/// [`checks::ran_twice`]). The affected rooms are the owner's; the times are their stalls.
+pub async fn slow_sigterm(setup: Setup, slow: Duration) -> Outcome {
+    let mut run = Run::start(setup).await;
+    let counters = run.kinds(&run.all(), Kind::Counter);
+    let owners = run.owners().await;
+    // The owner of the first owned counter room is the victim (else the busiest node).
+    let slow_room = counters.iter().copied().find(|&r| owners[r].is_some());
+    let (victim, rooms) = match slow_room.and_then(|r| owners[r].as_deref()).and_then(|o| run.cluster.node_index(o)) {
+        Some(v) => {
+            let id = run.cluster.node(v).name().to_string();
+            let rooms: Vec<usize> =
+                run.all().into_iter().filter(|&r| owners[r].as_deref() == Some(id.as_str())).collect();
+            run.say(format!(
+                "victim: {id} owns {} of {} rooms: {:?}",
+                rooms.len(),
+                run.rooms.len(),
+                run.labels(&rooms)
+            ));
+            (v, rooms)
+        }
+        None => run.busiest_node().await,
+    };
+    let victim_id = run.cluster.node(victim).name().to_string();
+    let mut answer = None;
+    let mut side = None;
+    if let Some(r) = slow_room {
+        let gateway = run.cluster.gateway_addrs()[0];
+        let url = format!("ws://{gateway}/parties/counter/{}?_pk=slow-client", run.rooms[r].name);
+        match SideClient::connect(url).await {
+            Ok(c) => {
+                c.send(&format!("slow {}", slow.as_millis()));
+                side = Some((r, c));
+            }
+            Err(e) => run.problem(format!("the slow client could not connect: {e}")),
+        }
+        // The handler is asleep by then.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    } else {
+        run.say("no counter room in the load: SIGTERM without a busy handler");
+    }
+    let t = Instant::now();
+    let exits: Vec<Duration> = drain_until_gone(&mut run, victim).await.into_iter().collect();
+    run.recover("after the drained node exited", &rooms, Instant::now(), 1).await;
+    run.cluster.restart_node(victim).await;
+    let all = run.all();
+    wait_share(&mut run, victim).await;
+    let done = Instant::now();
+    run.recover("after the drained node restarted", &all, done, 10).await;
+    run.expect_all_running("after the slow drain and the restart");
+    let side_frames = match side {
+        Some((r, c)) => {
+            let frames = c.close().await;
+            Some((r, frames))
+        }
+        None => None,
+    };
+    let report = run.stop().await;
+    if let Some((r, frames)) = side_frames {
+        let extra: Vec<checks::InstFrame> = frames
+            .iter()
+            .filter_map(|(at, text)| {
+                let count = crate::load::count_of(text)?;
+                let inst = crate::load::inst_of(text)?;
+                Some(checks::InstFrame {
+                    at: *at,
+                    client: "slow-client".into(),
+                    inst,
+                    count,
+                    commit: !text.contains("\"slow\""),
+                })
+            })
+            .collect();
+        answer = frames.iter().find(|(_, text)| text.contains("\"slow\"")).map(|(at, text)| (*at, text.clone()));
+        match &answer {
+            Some((at, text)) => run.say(format!(
+                "the slow handler answered {:.2}s after SIGTERM: {text}",
+                at.saturating_duration_since(t).as_secs_f64()
+            )),
+            None => run.say(format!(
+                "the slow handler never answered; the slow client's last frames: {:?}",
+                frames.iter().rev().take(3).map(|(_, t)| t.as_str()).collect::<Vec<_>>()
+            )),
+        }
+        let without: Vec<String> = checks::ran_twice(&report, r, &[]).into_iter().map(|f| f.detail).collect();
+        let new: Vec<checks::Finding> =
+            checks::ran_twice(&report, r, &extra).into_iter().filter(|f| !without.contains(&f.detail)).collect();
+        if !new.is_empty() {
+            run.counts.ran_twice += new.len() as u64;
+            for p in checks::group(&report, new) {
+                run.problem(p);
+            }
+        }
+    }
+    let replied = match &answer {
+        Some((at, _)) => format!("answered {:.1}s after SIGTERM", at.saturating_duration_since(t).as_secs_f64()),
+        None => "never answered".into(),
+    };
+    let what = format!(
+        "SIGTERM {victim_id} with a {:.1}s handler running in {} ({replied}), exit after {}",
+        slow.as_secs_f64(),
+        slow_room.map_or("no room".to_string(), |r| run.rooms[r].label()),
+        exits.first().map_or("-".to_string(), |d| format!("{:.2}s", d.as_secs_f64()))
+    );
+    move_outcome(run, report, FaultKind::SlowSigterm, what, rooms, t, done, exits)
+}
+
+/// A REJECT partition between two live nodes under load: the setup's nodes run in the network
+/// namespaces `net` (see [`crate::netns`]), and every TCP connection between the busiest owner
+/// and another node is refused (reset) for `hold`, while both still reach Redis and the
+/// gateways; then the rules are removed. Both nodes are alive and renew their leases: no lease
+/// of a load room may change hands meanwhile (a refused port is no proof that its node is
+/// gone), and every room must keep taking writes. The affected rooms are the two nodes'; the
+/// times are their stalls from the partition to its end.
+pub async fn partition_reject(setup: Setup, net: &crate::netns::Namespaces, hold: Duration) -> Outcome {
+    let mut run = Run::start(setup).await;
+    let (a, rooms_a) = run.busiest_node().await;
+    let n = run.cluster.nodes().len();
+    let owners = run.owners().await;
+    // The other node: the one owning the most load rooms after `a`.
+    let b = (0..n)
+        .filter(|&k| k != a)
+        .max_by_key(|&k| owners.iter().filter(|o| o.as_deref() == Some(run.cluster.node(k).name())).count())
+        .expect("a second node");
+    let (a_id, b_id) = (run.cluster.node(a).name().to_string(), run.cluster.node(b).name().to_string());
+    let mut affected = rooms_a.clone();
+    affected.extend(run.all().into_iter().filter(|&r| owners[r].as_deref() == Some(b_id.as_str())));
+    affected.sort_unstable();
+    let all = run.all();
+    let before = run.owners().await;
+    let t = Instant::now();
+    if let Err(e) = net.reject_between(a, b) {
+        run.problem(format!("could not set up the partition: {e}"));
+    }
+    match net.probe(a, run.cluster.node(b).addr()) {
+        Err(e) if e.contains("refused") => {}
+        other => run.problem(format!("{a_id}'s connections to {b_id} must be refused: {other:?}")),
+    }
+    run.say(format!("REJECT partition between {a_id} and {b_id} for {:.1}s", hold.as_secs_f64()));
+    // Under load for `hold`: every room keeps taking writes.
+    tokio::time::sleep(hold / 2).await;
+    run.recover("during the partition", &all, Instant::now(), 3).await;
+    let left = (t + hold).saturating_duration_since(Instant::now());
+    tokio::time::sleep(left).await;
+    let during = run.owners().await;
+    let healed = Instant::now();
+    if let Err(e) = net.heal() {
+        run.problem(format!("could not heal the partition: {e}"));
+    }
+    run.say(format!("healed after {:.2}s", healed.duration_since(t).as_secs_f64()));
+    let done = Instant::now();
+    run.recover("after the partition healed", &all, done, 10).await;
+    run.expect_all_running("after the partition");
+    let report = run.stop().await;
+    let moved: Vec<String> = all
+        .iter()
+        .filter(|&&r| before[r] != during[r])
+        .map(|&r| format!("{}: {:?} -> {:?}", run.rooms[r].label(), before[r], during[r]))
+        .collect();
+    let changes: Vec<String> = run
+        .leases
+        .iter()
+        .filter(|s| s.at > t && s.at <= healed)
+        .map(|s| {
+            format!(
+                "shard {} to {} (epoch {}) {:.2}s in",
+                s.shard,
+                s.owner,
+                s.epoch,
+                s.at.duration_since(t).as_secs_f64()
+            )
+        })
+        .collect();
+    if !moved.is_empty() || !changes.is_empty() {
+        run.problem(format!(
+            "leases changed hands during a REJECT partition between live nodes: {moved:?}; lease log: {changes:?}"
+        ));
+    }
+    let what = format!("{a_id} and {b_id} partitioned (REJECT) for {:.1}s", healed.duration_since(t).as_secs_f64());
+    let stalls: Vec<Option<Duration>> = affected.iter().map(|&r| Some(report.longest_ack_gap(r, t, done))).collect();
+    let mut outcome = Outcome::new(run, report, FaultKind::PartitionReject, what, affected, t).victim(a_id);
+    outcome.times = stalls;
+    outcome
+}
+
+/// A Redis Cluster primary killed under load, and a replica promoted: the setup's cluster must
+/// be built with [`ProcClusterBuilder::redis_cluster_with_replicas`] (and its nodes should wait
+/// for a replica on every write, `PARTYLINE_REDIS_MIN_REPLICAS=1`, or a write acknowledged just
+/// before the kill may be lost with the primary; then give each primary two replicas, so that
+/// the promoted one still has a replica to wait for). The primary killed is the one serving the
+/// most load rooms' shards; Redis Cluster promotes a replica once the other primaries time it
+/// out (2 s here). Every room is affected; the times are from the kill to each room's first
+/// acknowledged write made after it.
+pub async fn replica_failover(setup: Setup) -> Outcome {
+    let mut run = Run::start(setup).await;
+    let all = run.all();
+    let shards: Vec<u16> = run.rooms.iter().map(|r| shard_of(&r.key())).collect();
+    let (primary, served, replica) = tokio::task::block_in_place(|| {
+        let c = run.cluster.redis_cluster_mut().expect("replica-failover needs a Redis Cluster");
+        let mut by: BTreeMap<u16, usize> = BTreeMap::new();
+        for s in &shards {
+            *by.entry(c.primary_of(c.slot_of(&format!("pl:{{s{s}}}:lease")))).or_default() += 1;
+        }
+        let (primary, served) = by.into_iter().max_by_key(|(_, n)| *n).expect("a primary");
+        (primary, served, c.replica_of(primary))
+    });
+    run.say(format!(
+        "killing the Redis primary on port {primary} (serves {served} of the load's {} shards; its replica: {replica:?})",
+        shards.len()
+    ));
+    let t = Instant::now();
+    tokio::task::block_in_place(|| run.cluster.redis_cluster_mut().expect("a redis cluster").kill(primary));
+    // A replica takes over once the other primaries time the primary out.
+    let deadline = Instant::now() + RECOVERY_TIMEOUT;
+    let promoted = loop {
+        let primaries = tokio::task::block_in_place(|| run.cluster.redis_cluster_mut().map(|c| c.primaries()));
+        if primaries.is_some_and(|p| p.len() == 3 && !p.contains(&primary)) {
+            break Some(t.elapsed());
+        }
+        if Instant::now() >= deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    match promoted {
+        Some(d) => run.say(format!("the replica was a primary {:.2}s after the kill", d.as_secs_f64())),
+        None => run.problem(format!(
+            "no replica of the killed primary ({replica:?}) was promoted within {RECOVERY_TIMEOUT:?}"
+        )),
+    }
+    run.recover("after the Redis primary was killed", &all, t, 1).await;
+    run.recover("after the failover", &all, Instant::now(), 10).await;
+    run.expect_all_running("after the Redis failover");
+    let report = run.stop().await;
+    let what = format!(
+        "Redis primary :{primary} killed ({served} of {} shards), replica promoted after {}",
+        shards.len(),
+        promoted.map_or("-".to_string(), |d| format!("{:.1}s", d.as_secs_f64()))
+    );
+    Outcome::new(run, report, FaultKind::ReplicaFailover, what, all, t).failover_from(t)
 }

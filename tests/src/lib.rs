@@ -12,6 +12,7 @@
 //! - [`proxy`]: [`proxy::TcpProxy`], a loopback TCP proxy that can drop or hold traffic.
 //! - [`load`]: [`load::Load`], WebSocket clients in many rooms that record everything they see.
 //! - [`checks`]: what a load run must satisfy against storage and lease epochs.
+//! - [`netns`]: network namespaces for process-cluster nodes, to partition them from each other.
 //! - [`faults`]: fault scenarios (SIGKILL, SIGSTOP, a node cut from Redis, Redis restarts,
 //!   drains, joins) on a process cluster under load, returning what was measured; the fault
 //!   tests and the chaos runner (`partyline-chaos`, `scripts/chaos.sh`) use them.
@@ -29,6 +30,7 @@ pub mod cluster;
 pub mod deploy;
 pub mod faults;
 pub mod load;
+pub mod netns;
 pub mod parties;
 pub mod procs;
 pub mod proxy;
@@ -251,6 +253,11 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Client<S> {
     /// Sends a text frame.
     pub async fn send_text(&mut self, text: &str) {
         self.ws.send(WsMessage::text(text)).await.expect("send text");
+    }
+
+    /// Sends a text frame; an error (rather than a panic) once the socket is gone.
+    pub async fn try_send_text(&mut self, text: &str) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+        self.ws.send(WsMessage::text(text)).await
     }
 
     /// Sends a binary frame.

@@ -670,6 +670,12 @@ pub fn count_of(text: &str) -> Option<i64> {
     serde_json::from_str::<serde_json::Value>(text).ok()?.get("count")?.as_i64()
 }
 
+/// The instance that sent a counter frame (`{"count": n, "inst": "<id>"}`: broadcasts of a
+/// commit, and `slow` replies), if it names one (a greeting does not).
+pub fn inst_of(text: &str) -> Option<String> {
+    serde_json::from_str::<serde_json::Value>(text).ok()?.get("inst")?.as_str().map(str::to_string)
+}
+
 /// What a load run recorded; see the module docs.
 #[derive(Clone, Debug)]
 pub struct LoadReport {

@@ -11,13 +11,17 @@
 //! one's stdout and stderr go to `<name>.log` in the cluster's temporary directory; when a test
 //! fails (the cluster is dropped while panicking) the last lines of every log are printed and the
 //! directory is kept (`PARTYLINE_TEST_KEEP_LOGS=1` keeps it after passing tests too).
+//! Before the first node starts, the cluster is created with `partyline init`, as a deployment
+//! does.
 //! `PARTYLINE_TEST_LOG` sets the processes' `RUST_LOG` (default `info`).
 //!
 //! The binary is `$PARTYLINE_BIN`, else `partyline` next to the test executable's `deps/`
 //! directory (the same target directory and profile), else `$CARGO_TARGET_DIR/debug/partyline`
 //! or `<repo>/target/debug/partyline`. `scripts/test.sh` builds it (`cargo build --bin
 //! partyline`) before running the tests; a binary older than the server's sources is refused,
-//! so that an edit to a node is never tested against the binary built before it.
+//! so that an edit to a node is never tested against the binary built before it. A cluster
+//! built with [`ProcClusterBuilder::binary`] runs that binary instead (e.g. `partyline-faulty`,
+//! with the test parties, which cargo builds for the tests of this crate).
 //!
 //! Children stay in the test's process group on purpose: when nextest stops a test that ran out
 //! of time it signals that group, which reaches them too. Dropping the cluster SIGKILLs and reaps
@@ -35,7 +39,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use partyline::runtime::placement::shard_of;
 use partyline::RoomKey;
-use partyline_cluster::redis::testing::RedisServer;
+use partyline_cluster::redis::testing::{RedisCluster, RedisServer};
 use partyline_cluster::redis::{NodeInfo, Redis, RedisConfig};
 use partyline_node::shards::LeaseTiming;
 
@@ -44,8 +48,20 @@ use crate::proxy::TcpProxy;
 /// The cluster secret of process clusters.
 pub const SECRET: &str = "proc-cluster-secret";
 
-/// The lease timing of the nodes (`PARTYLINE_LEASE_PROFILE=fast`).
+/// The lease timing of the nodes by default (`PARTYLINE_LEASE_PROFILE=fast`; see
+/// [`ProcClusterBuilder::lease_timing`]).
 pub const LEASES: LeaseTiming = LeaseTiming::FAST;
+
+/// The `PARTYLINE_LEASE_PROFILE` of a lease timing, if a profile has it.
+pub fn lease_profile(timing: LeaseTiming) -> Option<&'static str> {
+    if timing == LeaseTiming::FAST {
+        Some("fast")
+    } else if timing == LeaseTiming::STANDARD {
+        Some("standard")
+    } else {
+        None
+    }
+}
 
 /// How long a process may take to become ready (generous: a busy 2-core machine).
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -142,6 +158,8 @@ pub struct Proc {
     env: Vec<(String, String)>,
     /// A command the binary runs under (`ip netns exec <ns>`), empty for none.
     prefix: Vec<String>,
+    /// The binary it runs (`None`: [`partyline_bin`]).
+    bin: Option<PathBuf>,
     log: PathBuf,
     child: Option<Child>,
     exit: Option<ExitStatus>,
@@ -151,7 +169,7 @@ pub struct Proc {
 impl Proc {
     fn new(name: String, role: Role, addr: SocketAddr, env: Vec<(String, String)>, dir: &Path) -> Self {
         let log = dir.join(format!("{name}.log"));
-        Proc { name, role, addr, env, prefix: Vec::new(), log, child: None, exit: None, starts: 0 }
+        Proc { name, role, addr, env, prefix: Vec::new(), bin: None, log, child: None, exit: None, starts: 0 }
     }
 
     /// Its name: the node id (`node-1`, ...) or `gateway-1`, ...
@@ -185,7 +203,7 @@ impl Proc {
     }
 
     fn spawn(&mut self) {
-        let bin = partyline_bin();
+        let bin = self.bin.clone().unwrap_or_else(partyline_bin);
         self.starts += 1;
         let mut log = std::fs::OpenOptions::new()
             .create(true)
@@ -345,6 +363,9 @@ pub struct ProcClusterBuilder {
     worker_threads: usize,
     env: Vec<(String, String)>,
     netns: Vec<NodeNetns>,
+    lease_timing: LeaseTiming,
+    bin: Option<PathBuf>,
+    redis_cluster: Option<usize>,
 }
 
 /// A network namespace a node runs in (see [`ProcClusterBuilder::node_netns`]); the caller
@@ -386,6 +407,14 @@ impl ProcClusterBuilder {
         self
     }
 
+    /// Runs every node and gateway (and `partyline init`) from `bin`, a build of the `partyline`
+    /// binary with more parties (e.g. `partyline-faulty`, with the test parties), instead of
+    /// [`partyline_bin`].
+    pub fn binary(mut self, bin: impl Into<PathBuf>) -> Self {
+        self.bin = Some(bin.into());
+        self
+    }
+
     /// One more environment variable for every node and gateway (e.g. a limit).
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.into(), value.into()));
@@ -399,8 +428,26 @@ impl ProcClusterBuilder {
         self
     }
 
-    /// Starts Redis, the nodes (each registered in Redis) and the gateways (each answering
-    /// `/_partyline/health`).
+    /// The nodes' lease timing (default [`LEASES`], the `fast` profile): [`LeaseTiming::FAST`]
+    /// or [`LeaseTiming::STANDARD`], passed as `PARTYLINE_LEASE_PROFILE`.
+    pub fn lease_timing(mut self, timing: LeaseTiming) -> Self {
+        assert!(lease_profile(timing).is_some(), "no lease profile has the timing {timing:?}");
+        self.lease_timing = timing;
+        self
+    }
+
+    /// Redis is a Redis Cluster of 3 primaries with `replicas` replicas each (no persistence),
+    /// reached directly (`redis+cluster://`) by the nodes, the gateways and the test's client,
+    /// instead of one `redis-server` behind a proxy per node: [`ProcCluster::redis_proxy`] and
+    /// the Redis restarts act on a `redis-server` nobody uses then. See
+    /// [`ProcCluster::redis_cluster_mut`].
+    pub fn redis_cluster_with_replicas(mut self, replicas: usize) -> Self {
+        self.redis_cluster = Some(replicas);
+        self
+    }
+
+    /// Starts Redis, runs `partyline init`, then the nodes (each registered in Redis) and the
+    /// gateways (each answering `/_partyline/health`).
     pub async fn start(self) -> ProcCluster {
         let durable = self.durable_redis;
         let redis_server =
@@ -416,7 +463,16 @@ impl ProcClusterBuilder {
             .await
             .expect("start redis-server");
         let dir = tempfile::Builder::new().prefix("partyline-procs-").tempdir().expect("create a log directory");
-        let redis = Redis::connect(RedisConfig::new(redis_server.url())).await.expect("connect to the test redis");
+        let redis_cluster = match self.redis_cluster {
+            Some(replicas) => Some(
+                tokio::task::spawn_blocking(move || RedisCluster::start_with_replicas(3, replicas))
+                    .await
+                    .expect("start a redis cluster"),
+            ),
+            None => None,
+        };
+        let url = redis_cluster.as_ref().map_or_else(|| redis_server.url(), RedisCluster::url);
+        let redis = Redis::connect(RedisConfig::new(url)).await.expect("connect to the test redis");
         let mut cluster = ProcCluster {
             redis_server: Some(redis_server),
             redis,
@@ -427,8 +483,13 @@ impl ProcClusterBuilder {
             worker_threads: self.worker_threads,
             env: self.env,
             netns: self.netns,
+            lease_timing: self.lease_timing,
+            bin: self.bin,
+            redis_cluster,
             keep_logs: None,
         };
+        let said = cluster.init().await;
+        assert!(said.contains("created cluster"), "partyline init said: {said}");
         for _ in 0..self.nodes {
             cluster.add_node().await;
         }
@@ -450,7 +511,11 @@ pub struct ProcCluster {
     worker_threads: usize,
     env: Vec<(String, String)>,
     netns: Vec<NodeNetns>,
+    lease_timing: LeaseTiming,
+    bin: Option<PathBuf>,
     keep_logs: Option<bool>,
+    /// Declared after every process: dropped once they are killed.
+    redis_cluster: Option<RedisCluster>,
 }
 
 impl ProcCluster {
@@ -463,7 +528,21 @@ impl ProcCluster {
             worker_threads: 1,
             env: Vec::new(),
             netns: Vec::new(),
+            lease_timing: LEASES,
+            bin: None,
+            redis_cluster: None,
         }
+    }
+
+    /// The Redis Cluster, if the cluster was built with
+    /// [`ProcClusterBuilder::redis_cluster_with_replicas`] (to kill a primary, fail it over).
+    pub fn redis_cluster_mut(&mut self) -> Option<&mut RedisCluster> {
+        self.redis_cluster.as_mut()
+    }
+
+    /// The nodes' lease timing (see [`ProcClusterBuilder::lease_timing`]).
+    pub fn lease_timing(&self) -> LeaseTiming {
+        self.lease_timing
     }
 
     fn dir(&self) -> &Path {
@@ -487,7 +566,10 @@ impl ProcCluster {
 
     /// The Redis URL (direct, not through a proxy).
     pub fn redis_url(&self) -> String {
-        self.redis_server().url()
+        match &self.redis_cluster {
+            Some(c) => c.url(),
+            None => self.redis_server().url(),
+        }
     }
 
     /// A Redis client for the test itself (direct, not through a proxy; it reconnects by itself
@@ -557,6 +639,25 @@ impl ProcCluster {
         env
     }
 
+    /// Runs `partyline init` against this cluster's Redis (as a deployment does before its
+    /// first nodes) and returns what it printed; panics if it fails.
+    pub async fn init(&self) -> String {
+        let mut cmd = tokio::process::Command::new(self.bin.clone().unwrap_or_else(partyline_bin));
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("PARTYLINE_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.arg("init").env("PARTYLINE_REDIS_URL", self.redis_url()).env("NO_COLOR", "1").stdin(Stdio::null());
+        let out = tokio::time::timeout(READY_TIMEOUT, cmd.output())
+            .await
+            .expect("partyline init did not finish in time")
+            .expect("run partyline init");
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "partyline init failed ({}):\n{said}", out.status);
+        said
+    }
+
     /// Starts one more node (id `node-<n>`, its own proxy to Redis; in its network namespace
     /// if [`ProcClusterBuilder::node_netns`] gave one) and waits until it is registered;
     /// returns its index.
@@ -577,13 +678,17 @@ impl ProcCluster {
             let addr = SocketAddr::from((ip, free_port()));
             let mut env = self.base_env();
             env.extend([
-                ("PARTYLINE_REDIS_URL".to_string(), format!("redis://{}", proxy.addr())),
+                (
+                    "PARTYLINE_REDIS_URL".to_string(),
+                    self.redis_cluster.as_ref().map_or_else(|| format!("redis://{}", proxy.addr()), RedisCluster::url),
+                ),
                 ("PARTYLINE_LISTEN".to_string(), addr.to_string()),
                 ("PARTYLINE_ADVERTISE".to_string(), addr.to_string()),
                 ("PARTYLINE_NODE_ID".to_string(), id.clone()),
-                ("PARTYLINE_LEASE_PROFILE".to_string(), "fast".to_string()),
+                ("PARTYLINE_LEASE_PROFILE".to_string(), lease_profile(self.lease_timing).unwrap_or("fast").to_string()),
             ]);
             let mut node = Proc::new(id.clone(), Role::Node, addr, env, self.dir());
+            node.bin = self.bin.clone();
             if let Some(ns) = &netns {
                 node.prefix = ["ip", "netns", "exec", ns.name.as_str()].map(String::from).to_vec();
             }
@@ -616,6 +721,7 @@ impl ProcCluster {
                 ("PARTYLINE_PORT".to_string(), port.to_string()),
             ]);
             let mut gateway = Proc::new(name.clone(), Role::Gateway, addr, env, self.dir());
+            gateway.bin = self.bin.clone();
             gateway.spawn();
             match wait_gateway_ready(&mut gateway).await {
                 Ok(()) => {

@@ -52,6 +52,8 @@ async fn node(redis_url: &str, secret: &str, accept: &[&str], tls: Option<Cluste
         fast_failover: true,
         limits: Limits::default(),
         env: Default::default(),
+        // A fresh Redis per test: whichever node starts first creates the cluster.
+        init_cluster: true,
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(partyline_node::server::run(cfg, all_parties(), listener, async {
@@ -80,6 +82,7 @@ async fn gateway(redis_url: &str, secret: &str, cluster_tls: Option<ClusterTls>)
         edge: Default::default(),
         tls: None,
         cluster_tls,
+        max_clock_offset: None,
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(partyline_server::gateway::run_gateway(cfg, all_parties(), listener, async {

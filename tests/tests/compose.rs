@@ -2,9 +2,10 @@
 //! healthcheck and dependency order come from `docker compose config` (the real compose v2
 //! binary that deploy/verify.sh installs), and run here as processes on loopback, each service
 //! on its own 127.x.y.z address so every port stays as written in the file. Service host names
-//! become those addresses; nothing else changes. Then the chat works through both gateways and
-//! through the load balancer (HAProxy with deploy/haproxy.cfg), so the compose file cannot drift
-//! from the code.
+//! become those addresses and paths in named volumes a directory of the test; nothing else
+//! changes. Then the chat works through both gateways and through the load balancer (HAProxy
+//! with deploy/haproxy.cfg), so the compose file cannot drift from the code; and the `init`
+//! service, run again as every `up` does, finds the cluster, and refuses once Redis lost it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -117,9 +118,26 @@ fn plan(name: &str, svc: &Value, ips: &BTreeMap<String, String>, data: &std::pat
     let own = &ips[name];
     let image = svc["image"].as_str().unwrap_or_default();
     let command: Vec<String> = strings(&svc["command"]).iter().map(|a| rewrite(a, own, ips)).collect();
+    // A named volume of a service is `data` here: paths into it move along.
+    let volumes: Vec<String> = svc["volumes"]
+        .as_array()
+        .map(|vs| {
+            vs.iter().filter(|v| v["type"] == "volume").filter_map(|v| v["target"].as_str().map(String::from)).collect()
+        })
+        .unwrap_or_default();
+    let in_volume = |value: String| -> String {
+        for target in &volumes {
+            if let Some(rest) = value.strip_prefix(target.as_str()).filter(|r| r.is_empty() || r.starts_with('/')) {
+                return format!("{}{rest}", data.display());
+            }
+        }
+        value
+    };
     let env: Vec<(String, String)> = svc["environment"]
         .as_object()
-        .map(|m| m.iter().map(|(k, v)| (k.clone(), rewrite(v.as_str().unwrap_or_default(), own, ips))).collect())
+        .map(|m| {
+            m.iter().map(|(k, v)| (k.clone(), in_volume(rewrite(v.as_str().unwrap_or_default(), own, ips)))).collect()
+        })
         .unwrap_or_default();
     let test = strings(&svc["healthcheck"]["test"]);
     let depends_on = svc["depends_on"]
@@ -208,7 +226,27 @@ async fn the_compose_cluster_runs_on_loopback_and_chats_through_both_gateways_an
         let drain = partyline_server::values::parse_duration(drain).unwrap();
         assert!(grace > drain, "{name}: stop_grace_period {grace:?} must exceed the drain time {drain:?}");
         assert_eq!(svc["ulimits"]["nofile"]["soft"].as_u64().map(|n| n >= 65536), Some(true), "{name}: nofile");
+        // Nodes never create the cluster themselves: they start once `partyline init` ran.
+        assert_eq!(
+            svc["depends_on"]["init"]["condition"].as_str(),
+            Some("service_completed_successfully"),
+            "{name}: waits for the init service"
+        );
     }
+    assert_eq!(strings(&services["init"]["command"]), ["init"], "the init service runs `partyline init`");
+    // It records the cluster in a named volume of its own, so a later `up` on a Redis that lost
+    // the cluster's data refuses instead of starting over (run below).
+    let record = services["init"]["environment"]["PARTYLINE_INIT_RECORD"].as_str().expect("init keeps a record");
+    let record_volume = services["init"]["volumes"]
+        .as_array()
+        .and_then(|vs| {
+            vs.iter().find(|v| v["type"] == "volume" && record.starts_with(v["target"].as_str().unwrap_or("-")))
+        })
+        .unwrap_or_else(|| panic!("the init record {record} is not in a named volume"));
+    assert_ne!(
+        record_volume["source"], services["redis"]["volumes"][0]["source"],
+        "the record lives apart from Redis's data"
+    );
 
     // One loopback address per service.
     let pid = std::process::id();
@@ -237,8 +275,14 @@ async fn the_compose_cluster_runs_on_loopback_and_chats_through_both_gateways_an
         let plan = plans.remove(i);
         for (dep, condition) in &plan.depends_on {
             let dep_plan = order.iter().find(|p: &&Plan| p.name == *dep).unwrap();
-            if condition == "service_healthy" {
-                within(120, "a dependency to become healthy", healthy(dep_plan, &mut procs)).await;
+            match condition.as_str() {
+                "service_healthy" => {
+                    within(120, "a dependency to become healthy", healthy(dep_plan, &mut procs)).await;
+                }
+                "service_completed_successfully" => {
+                    procs.get_mut(dep).expect("a started dependency").wait_success(60).await;
+                }
+                other => panic!("{}: depends_on condition {other:?} is not run here", plan.name),
             }
         }
         let proc = Proc::spawn(&plan.name, &plan.program, &plan.args, &plan.env, &logs);
@@ -272,6 +316,35 @@ async fn the_compose_cluster_runs_on_loopback_and_chats_through_both_gateways_an
     relayed(&mut three, &mut one, "through the balancer").await;
     let res = http(lb, "GET", "/parties/main/compose", &[], b"").await;
     assert!(res.text().contains("through the balancer"), "{}", res.text());
+
+    // The next `up` runs `init` again: it finds the cluster. After Redis lost its data it
+    // fails (and the nodes, waiting for it, would not start) instead of starting over.
+    let init = order.iter().find(|p| p.name == "init").expect("an init service");
+    let run_init = || async {
+        let out = tokio::process::Command::new(&init.program)
+            .args(&init.args)
+            .env_clear()
+            .envs(init.env.iter().cloned())
+            .output()
+            .await
+            .expect("run the init service");
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    let (ok, again) = run_init().await;
+    assert!(ok && again.contains("already initialized"), "{again}");
+    let flushed = std::process::Command::new(which("redis-cli"))
+        .args(["-h", &ips["redis"], "FLUSHALL"])
+        .output()
+        .expect("redis-cli FLUSHALL");
+    assert!(flushed.status.success());
+    let (ok, refused) = run_init().await;
+    assert!(
+        !ok && refused.contains("LOST the data of cluster"),
+        "init started over after Redis lost its data:\n{refused}"
+    );
 
     // Stop in reverse order, as `docker compose down` does (SIGTERM, then wait).
     for plan in order.iter().rev() {

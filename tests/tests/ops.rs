@@ -1,6 +1,7 @@
 //! Operating a cluster of real `partyline` processes: metrics move with traffic on a gateway
-//! and a node, and one trace covers a request from the gateway through gRPC to the node's room
-//! (exported over OTLP to a receiver in this test, with both protocols).
+//! and a node, one trace covers a request from the gateway through gRPC to the node's room
+//! (exported over OTLP to a receiver in this test, with both protocols), and a node on an empty
+//! Redis waits for `partyline init` instead of creating a cluster by itself.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use partyline_cluster::redis::testing::RedisServer;
+use partyline_cluster::redis::{Redis, RedisConfig};
 use partyline_test_macros::timed_test;
 use partyline_tests::deploy::{free_port, get, partyline_bin, sample, wait_ok, Proc};
 use partyline_tests::{http, within, Client};
@@ -27,8 +29,8 @@ struct Cluster {
     gateway_admin: SocketAddr,
 }
 
-/// Redis, one node (metrics on their own port) and one gateway (admin listener), with `extra`
-/// environment on both.
+/// Redis, one node (metrics on their own port; the first start of a cluster, so with
+/// `--init-cluster`) and one gateway (admin listener), with `extra` environment on both.
 async fn cluster(extra: &[(&str, &str)], node_env: &[(&str, &str)], gateway_env: &[(&str, &str)]) -> Cluster {
     let redis = RedisServer::start();
     let logs = tempfile::tempdir().unwrap();
@@ -54,6 +56,7 @@ async fn cluster(extra: &[(&str, &str)], node_env: &[(&str, &str)], gateway_env:
         "fast",
         "--metrics-listen",
         &format!("127.0.0.1:{node_admin}"),
+        "--init-cluster",
     ]
     .map(String::from)
     .to_vec();
@@ -169,6 +172,291 @@ async fn a_short_or_missing_secret_is_refused_with_a_clear_message() {
     let out = tokio::process::Command::new(partyline_bin()).args(["gateway"]).env_clear().output().await.unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("PARTYLINE_CLUSTER_SECRET_FILE"));
+}
+
+/// `GET path` on `addr` over a new connection, however long the answer takes: (status, body).
+async fn slow_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("send");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.expect("read");
+    let res = partyline_tests::parse_response(&raw);
+    (res.status, res.text())
+}
+
+/// Runs `partyline init` against `redis_url`: whether it succeeded, and what it printed.
+async fn init(redis_url: &str) -> (bool, String) {
+    init_with(redis_url, &[]).await
+}
+
+/// Runs `partyline init` against `redis_url` with more arguments (`--record`, `--start-over`):
+/// whether it succeeded, and what it printed.
+async fn init_with(redis_url: &str, args: &[&str]) -> (bool, String) {
+    let out = tokio::process::Command::new(partyline_bin())
+        .args(["init", "--redis-url", redis_url, "--wait", "10s"])
+        .args(args)
+        .env_clear()
+        .output()
+        .await
+        .expect("run partyline init");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        assert_eq!(out.status.code(), Some(1), "init fails with exit status 1:\n{said}");
+    }
+    (out.status.success(), said)
+}
+
+/// The cluster id in an init's "created cluster <id>" or "already initialized: cluster <id>".
+fn said_cluster(said: &str) -> String {
+    said.lines()
+        .find_map(|l| l.strip_prefix("created cluster ").or_else(|| l.strip_prefix("already initialized: cluster ")))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("partyline init did not name its cluster:\n{said}"))
+        .to_string()
+}
+
+#[timed_test]
+async fn init_with_a_record_refuses_a_redis_that_lost_the_cluster_and_starts_over_only_when_told() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("state/cluster-id");
+    let record_arg = record.to_str().unwrap();
+    let check = Redis::connect(RedisConfig::new(url.clone())).await.unwrap();
+
+    // The first run creates the cluster and records it; later runs find it.
+    let (ok, said) = init_with(&url, &["--record", record_arg]).await;
+    assert!(ok && said.contains("created cluster "), "{said}");
+    let id = said_cluster(&said);
+    assert_eq!(std::fs::read_to_string(&record).unwrap().trim(), id, "the record holds the cluster's id");
+    let (ok, again) = init_with(&url, &["--record", record_arg]).await;
+    assert!(ok && again.contains(&format!("already initialized: cluster {id}")), "{again}");
+
+    // Redis lost its data: with the record, init refuses and creates nothing.
+    let _: () = ::redis::cmd("FLUSHALL").query_async(&mut check.connection()).await.unwrap();
+    let (ok, refused) = init_with(&url, &["--record", record_arg]).await;
+    assert!(!ok, "init started a cluster over on a Redis that lost its data:\n{refused}");
+    for words in [&format!("LOST the data of cluster {id}"), "no cluster marker", "Restore Redis", "--start-over"] {
+        assert!(refused.contains(words), "the refusal does not say {words:?}:\n{refused}");
+    }
+    assert!(refused.contains(&format!("delete {record_arg}")), "{refused}");
+    assert_eq!(check.marker().get().await.unwrap(), None, "a refusing init created a cluster");
+    assert_eq!(std::fs::read_to_string(&record).unwrap().trim(), id, "a refusing init kept the record");
+
+    // Another cluster in Redis than the recorded one is refused too.
+    let _: () =
+        ::redis::cmd("SET").arg("pl:cluster").arg("someone-else").query_async(&mut check.connection()).await.unwrap();
+    let (ok, other) = init_with(&url, &["--record", record_arg]).await;
+    assert!(!ok && other.contains("another cluster, someone-else"), "{other}");
+    let _: () = ::redis::cmd("DEL").arg("pl:cluster").query_async(&mut check.connection()).await.unwrap();
+
+    // Starting over is explicit: --start-over creates a new cluster and records it.
+    let (ok, over) = init_with(&url, &["--record", record_arg, "--start-over"]).await;
+    assert!(ok && over.contains("created cluster ") && over.contains("--start-over"), "{over}");
+    let new_id = said_cluster(&over);
+    assert_ne!(new_id, id);
+    assert_eq!(std::fs::read_to_string(&record).unwrap().trim(), new_id);
+    assert_eq!(check.marker().get().await.unwrap().as_deref(), Some(new_id.as_str()));
+    let (ok, again) = init_with(&url, &["--record", record_arg]).await;
+    assert!(ok && again.contains(&format!("already initialized: cluster {new_id}")), "{again}");
+
+    // So is deleting the record; and the record can come from the environment.
+    let _: () = ::redis::cmd("FLUSHALL").query_async(&mut check.connection()).await.unwrap();
+    std::fs::remove_file(&record).unwrap();
+    let out = tokio::process::Command::new(partyline_bin())
+        .args(["init", "--redis-url", &url])
+        .env_clear()
+        .env("PARTYLINE_INIT_RECORD", &record)
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success() && said.contains("created cluster "), "{said}");
+    assert_eq!(std::fs::read_to_string(&record).unwrap().trim(), said_cluster(&said));
+}
+
+// A Redis Cluster of three primaries and a node taking 4096 shards on it.
+#[timed_test(secs = 100)]
+async fn on_a_redis_cluster_a_primary_that_lost_its_data_is_refused_until_init_starts_its_shards_over() {
+    use partyline_cluster::redis::testing::{self, RedisCluster};
+    let cluster = RedisCluster::start(3);
+    let url = cluster.url();
+    let redis = testing::connect(&url, "pl").await;
+    let (ok, said) = init(&url).await;
+    assert!(ok, "{said}");
+    let id = said_cluster(&said);
+    // A primary other than the marker's own loses its data while no node runs.
+    let marker_primary = cluster.primary_of(cluster.slot_of(&redis.keys().cluster()));
+    let wiped = cluster.primaries().into_iter().find(|p| *p != marker_primary).unwrap();
+    cluster.wipe(wiped);
+
+    // A node that starts now refuses to serve, and says how many shards and the way out.
+    let logs = tempfile::tempdir().unwrap();
+    let (grpc, admin) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
+    let env = vec![
+        ("PARTYLINE_REDIS_URL".to_string(), url.clone()),
+        ("PARTYLINE_CLUSTER_SECRET".to_string(), SECRET.to_string()),
+        ("PARTYLINE_WORKER_THREADS".to_string(), "2".to_string()),
+    ];
+    let args: Vec<String> = [
+        "node",
+        "--listen",
+        &format!("127.0.0.1:{grpc}"),
+        "--id",
+        "cluster-node",
+        "--lease-profile",
+        "fast",
+        "--admin-listen",
+        &format!("127.0.0.1:{admin}"),
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut node = Proc::spawn("node", &partyline_bin(), &args, &env, logs.path());
+    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    wait_ok(admin, "/healthz", 60, &mut [&mut node]).await;
+    let log = logs.path().join("node.log");
+    let said = within(30, "the node to refuse the lost shards", async {
+        loop {
+            let ready = get(admin, "/readyz").await;
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if ready.status == 503 && text.contains("Redis LOST THE DATA of") {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(said.contains("partyline init --start-over") && said.contains("Restore that primary"), "{said}");
+    let copy = |s: u16| redis.keys().shard_marker(s);
+    let lost: Vec<u16> = (0..partyline::runtime::placement::SHARDS)
+        .filter(|s| cluster.primary_of(cluster.slot_of(&copy(*s))) == wiped)
+        .collect();
+    assert!(said.contains(&format!("of {} shards", lost.len())), "the log names how many shards:\n{said}");
+    let exists: i64 = ::redis::cmd("EXISTS").arg(copy(lost[0])).query_async(&mut redis.connection()).await.unwrap();
+    assert_eq!(exists, 0, "the node wrote a lost copy back by itself");
+
+    // init reports the lost shards and does not restore them by itself...
+    let (ok, refused) = init(&url).await;
+    assert!(!ok, "{refused}");
+    let words = format!("LOST THE DATA of {} of cluster {id}'s", lost.len());
+    assert!(refused.contains(&words) && refused.contains("--start-over"), "{refused}");
+    assert_eq!(get(admin, "/readyz").await.status, 503);
+    // ...only with --start-over, saying those shards start over empty; the node then serves.
+    let (ok, over) = init_with(&url, &["--start-over"]).await;
+    assert!(ok && over.contains(&format!("{} of cluster {id}'s", lost.len())) && over.contains("EMPTY"), "{over}");
+    wait_ok(admin, "/readyz", 30, &mut [&mut node]).await;
+    let (ok, again) = init(&url).await;
+    assert!(ok && again.contains(&format!("already initialized: cluster {id}")), "{again}");
+    node.terminate().await;
+}
+
+#[timed_test(secs = 100)]
+async fn a_node_on_an_empty_redis_waits_for_partyline_init_then_serves_without_a_restart() {
+    let redis = RedisServer::start();
+    let logs = tempfile::tempdir().unwrap();
+    let bin = partyline_bin();
+    let (grpc, node_admin, client, gateway_admin) =
+        (free_port("127.0.0.1"), free_port("127.0.0.1"), free_port("127.0.0.1"), free_port("127.0.0.1"));
+    let env = vec![
+        ("PARTYLINE_REDIS_URL".to_string(), redis.url()),
+        ("PARTYLINE_CLUSTER_SECRET".to_string(), SECRET.to_string()),
+        ("PARTYLINE_WORKER_THREADS".to_string(), "2".to_string()),
+    ];
+    // No --init-cluster: this node may not create the cluster.
+    let node_args: Vec<String> = [
+        "node",
+        "--listen",
+        &format!("127.0.0.1:{grpc}"),
+        "--id",
+        "waiting-node",
+        "--lease-profile",
+        "fast",
+        "--admin-listen",
+        &format!("127.0.0.1:{node_admin}"),
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut node = Proc::spawn("node", &bin, &node_args, &env, logs.path());
+    let gw_args: Vec<String> =
+        ["gateway", "--port", &client.to_string(), "--admin-listen", &format!("127.0.0.1:{gateway_admin}")]
+            .map(String::from)
+            .to_vec();
+    let mut gateway = Proc::spawn("gateway", &bin, &gw_args, &env, logs.path());
+    let node_admin: SocketAddr = format!("127.0.0.1:{node_admin}").parse().unwrap();
+    let gateway_admin: SocketAddr = format!("127.0.0.1:{gateway_admin}").parse().unwrap();
+    let client: SocketAddr = format!("127.0.0.1:{client}").parse().unwrap();
+    wait_ok(node_admin, "/healthz", 60, &mut [&mut node, &mut gateway]).await;
+    wait_ok(gateway_admin, "/healthz", 60, &mut [&mut node, &mut gateway]).await;
+
+    // The node runs, is not ready, and says why: on /readyz and, once, in its log.
+    let log = logs.path().join("node.log");
+    let said = within(30, "the node to say it waits for `partyline init`", async {
+        loop {
+            let ready = get(node_admin, "/readyz").await;
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if ready.status == 503 && ready.text().contains("partyline init") && text.contains("NO CLUSTER IN REDIS") {
+                return ready.text();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    println!("/readyz before init: {said}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    for words in ["partyline init", "--init-cluster", "restore Redis", "Redis lost its data"] {
+        assert!(text.contains(words), "the node's error does not mention {words:?}:\n{text}");
+    }
+    // It created nothing, took no room, and no client gets one.
+    let check = Redis::connect(RedisConfig::new(redis.url())).await.unwrap();
+    assert_eq!(check.marker().get().await.unwrap(), None, "the node created a cluster by itself");
+    assert!(check.membership().live().await.unwrap().is_empty(), "a node without a cluster registered");
+    // The gateway finds no node for the room and gives up after its route timeout (the lease
+    // TTL plus 5 s): longer than `http` waits.
+    let (status, body) = within(40, "the gateway to answer", slow_get(client, "/parties/main/before-init")).await;
+    assert_eq!(status, 503, "a room was served without a cluster: {body}");
+    partyline_tests::client_texts::check_body(status, &body).expect("a documented error body");
+    node.assert_running();
+
+    // `partyline init` creates the cluster (and says so), once.
+    let (ok, said) = init(&redis.url()).await;
+    assert!(ok, "partyline init failed:\n{said}");
+    let id = said
+        .lines()
+        .find_map(|l| l.strip_prefix("created cluster "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("partyline init did not say which cluster it created:\n{said}"))
+        .to_string();
+    let (ok, again) = init(&redis.url()).await;
+    assert!(ok && again.contains(&format!("already initialized: cluster {id}")), "a second init said:\n{again}");
+    assert_eq!(check.marker().get().await.unwrap().as_deref(), Some(id.as_str()));
+
+    // The same node process picks the cluster up and serves.
+    wait_ok(node_admin, "/readyz", 30, &mut [&mut node, &mut gateway]).await;
+    let members = check.membership().live().await.unwrap();
+    assert_eq!(
+        members.iter().map(|m| (m.id.as_str(), m.cluster.as_str())).collect::<Vec<_>>(),
+        [("waiting-node", id.as_str())]
+    );
+    within(30, "the room to be served", async {
+        loop {
+            let res = http(client, "POST", "/parties/main/after-init", &[], br#""hello""#).await;
+            if res.status == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    let res = http(client, "GET", "/parties/main/after-init", &[], b"").await;
+    assert_eq!((res.status, res.text().as_str()), (200, r#"["hello"]"#));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.matches("NO CLUSTER IN REDIS").count(), 1, "the error is logged once:\n{text}");
+    assert!(text.contains("the cluster exists now"), "{text}");
+    node.assert_running();
+    gateway.terminate().await;
+    node.terminate().await;
 }
 
 /// Spans received, by trace id: (service name, span name, span id, parent span id).

@@ -236,11 +236,11 @@ async fn a_reject_partition_between_two_live_nodes_moves_no_lease() {
     let held = leases_of(&redis, &bait_shards).await;
     for bait in &baits {
         let shard = shard_of(&bait.key());
-        let (owner, _, epoch) =
+        let (owner, inc, epoch) =
             held[&shard].clone().unwrap_or_else(|| panic!("{}: its shard is not leased", bait.label()));
         assert_eq!(owner, "node-1", "{}: its shard's holder", bait.label());
         let at = partyline::storage::now_ms() + 1000;
-        let fence = fence_for(shard, epoch);
+        let fence = fence_for(shard, &inc, epoch);
         store.commit(&bait.key(), Some(&fence), &[WriteOp::SetAlarm(at)]).await.expect("set a bait alarm");
     }
 

@@ -1,6 +1,7 @@
 //! A Partyline cluster on a real Redis Cluster (3 primaries): room data spread over the
-//! primaries, a slot migrating while rooms write, a primary failing over to its replica, and a
-//! primary that lost its data. (The whole cluster suite also runs on Redis Cluster with
+//! primaries, a slot migrating while rooms write, a primary failing over to its replica, a
+//! primary that lost its data, and a failover to a replica that lagged behind, with and without
+//! `--redis-min-replicas 1`. (The whole cluster suite also runs on Redis Cluster with
 //! `PARTYLINE_TEST_REDIS=cluster`; scripts/test.sh does that too.)
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,8 +10,9 @@ use std::time::Duration;
 
 use partyline::runtime::placement::shard_of;
 use partyline::RoomKey;
+use partyline_cluster::redis::testing::RedisCluster;
 use partyline_test_macros::timed_test;
-use partyline_tests::cluster::TestCluster;
+use partyline_tests::cluster::{TestCluster, TestRedis};
 use partyline_tests::{run_partysocket_checks, within, Client, Received};
 use serde_json::json;
 
@@ -199,4 +201,193 @@ async fn a_primary_failover_keeps_every_acknowledged_write_and_a_primary_that_lo
     for i in 0..2 {
         assert_eq!(c.node_info(i).await.rooms, 0, "node {i} runs no room");
     }
+}
+
+/// Sends `msg` in a chat room and waits for its echo: the chat party broadcasts a message only
+/// once it is stored, so an echo is the acknowledgement. `Err` says what came instead.
+async fn acknowledged(client: &mut Client, msg: &str) -> Result<(), String> {
+    client.send_text(msg).await;
+    match client.recv_within(Duration::from_secs(10)).await {
+        Some(Received::Text(t)) if t == msg => Ok(()),
+        Some(other) => Err(format!("{other:?}")),
+        None => Err("no answer within 10 s".into()),
+    }
+}
+
+/// The room's chat history as the node on `port` holds it (a replica answers too: `READONLY`).
+fn history_on(cluster: &RedisCluster, port: u16, values_key: &str) -> Vec<String> {
+    let mut c = cluster.conn(port);
+    let _: () = ::redis::cmd("READONLY").query(&mut c).expect("READONLY");
+    let stored: Option<Vec<u8>> = ::redis::cmd("HGET")
+        .arg(values_key)
+        .arg(partyline_examples::chat::HISTORY_KEY)
+        .query(&mut c)
+        .expect("HGET the history");
+    stored.map(|v| serde_json::from_slice(&v).expect("a JSON history")).unwrap_or_default()
+}
+
+/// What [`failover_with_replication_held`] saw.
+struct HeldFailover {
+    /// Acknowledged before replication was held (and on the replica by then).
+    before: Vec<String>,
+    /// Acknowledged while replication was held.
+    held_acked: Vec<String>,
+    /// Sent while replication was held and not acknowledged, with what the client got instead.
+    held_refused: Vec<(String, String)>,
+    /// The room's history in storage once the replica was promoted.
+    after: Vec<String>,
+    /// The cluster, for more checks.
+    cluster: TestCluster,
+    /// The room.
+    room: String,
+    /// The port of the primary that was killed.
+    old_primary: u16,
+}
+
+/// Writes to one chat room through a node whose commits wait for `min_replicas` replicas; holds
+/// replication to the room's replica (SIGSTOP, and the primary drops its link), writes again, then kills the primary and
+/// promotes the replica without letting it catch up (`CLUSTER FAILOVER TAKEOVER`, as an
+/// automatic failover after the primary died does).
+async fn failover_with_replication_held(min_replicas: u32) -> HeldFailover {
+    const HELD_WRITES: usize = 3;
+    let mut c = TestCluster::builder()
+        .nodes(1)
+        .gateways(1)
+        .redis_cluster_with_replicas()
+        .redis_min_replicas(min_replicas, Duration::from_millis(300))
+        .start()
+        .await;
+    let redis = c.redis().await;
+    let room = format!("lagging-{min_replicas}");
+    let key = RoomKey::new("main", room.clone());
+    let values_key = redis.keys().room_values(shard_of(&key), &key);
+    let (primary, replica) = {
+        let cluster = c.redis_cluster();
+        let primary = cluster.primary_of(cluster.slot_of(&values_key));
+        (primary, cluster.replica_of(primary).expect("the primary has a replica"))
+    };
+    let path = format!("/parties/main/{room}?_pk=a");
+    let mut a = c.connect(0, &path).await;
+    assert_eq!(a.recv_text().await, "[]");
+    let mut before = Vec::new();
+    for i in 0..5 {
+        let msg = format!("before-{i}");
+        acknowledged(&mut a, &msg).await.unwrap_or_else(|e| panic!("{msg} was not acknowledged: {e}"));
+        before.push(msg);
+    }
+    // Replication is asynchronous without WAIT: let the replica catch up before holding it.
+    within(20, "the replica to hold the writes made so far", async {
+        while history_on(c.redis_cluster(), replica, &values_key) != before {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+
+    // Hold replication: the replica is frozen and its link dropped by the primary (otherwise
+    // whatever the primary sent into the link's socket buffers would still reach the replica
+    // once it is thawed, even with the primary dead). The primary serves on, replicating nothing.
+    c.redis_cluster().pause(replica);
+    let _: () = ::redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("replica")
+        .query(&mut c.redis_cluster().conn(primary))
+        .expect("CLIENT KILL TYPE replica");
+    let (mut held_acked, mut held_refused) = (Vec::new(), Vec::new());
+    for i in 0..HELD_WRITES {
+        let msg = format!("held-{i}");
+        match acknowledged(&mut a, &msg).await {
+            Ok(()) => held_acked.push(msg),
+            Err(got) => {
+                held_refused.push((msg, got));
+                // The room reset: a new socket gets it back (reads need no replica).
+                a = c.connect(0, &path).await;
+                a.recv_text().await;
+            }
+        }
+    }
+
+    // The primary dies; the replica, thawed, is promoted without catching up.
+    let TestRedis::Cluster(cluster) = &mut c.redis else { unreachable!("a Redis Cluster") };
+    cluster.kill(primary);
+    cluster.resume(replica);
+    tokio::task::block_in_place(|| cluster.takeover(replica));
+    assert_eq!(cluster.primary_of(cluster.slot_of(&values_key)), replica);
+    let after = history_on(cluster, replica, &values_key);
+    drop(a);
+    HeldFailover { before, held_acked, held_refused, after, cluster: c, room, old_primary: primary }
+}
+
+#[timed_test(flavor = "multi_thread", worker_threads = 2, secs = 90)]
+async fn with_one_replica_required_every_acknowledged_write_survives_a_failover_to_a_lagging_replica() {
+    let run = failover_with_replication_held(1).await;
+    println!("acknowledged before the hold: {:?}", run.before);
+    println!("refused while replication was held: {:?}", run.held_refused);
+    println!("after the promotion: {:?}", run.after);
+    // Nothing was acknowledged that the replica did not hold: every write made while
+    // replication was held failed (the room reset, 1011) instead.
+    assert!(run.held_acked.is_empty(), "acknowledged without the replica: {:?}", run.held_acked);
+    assert_eq!(run.held_refused.len(), 3);
+    for (msg, got) in &run.held_refused {
+        assert!(got.starts_with("Close(1011"), "{msg}: {got}");
+    }
+    // Every acknowledged write is on the promoted replica.
+    assert_eq!(run.after, run.before, "acknowledged writes lost in the failover");
+
+    // The new primary has no replica until the old one comes back as its replica: writes wait
+    // for it, then go on, from what was acknowledged.
+    let mut c = run.cluster;
+    let TestRedis::Cluster(cluster) = &mut c.redis else { unreachable!("a Redis Cluster") };
+    tokio::task::block_in_place(|| {
+        cluster.restart(run.old_primary);
+        cluster.wait_healthy()
+    })
+    .expect("the old primary rejoins as a replica");
+    let path = format!("/parties/main/{}?_pk=b", run.room);
+    let greeting = within(30, "the room to take writes again", async {
+        loop {
+            let mut b = c.connect(0, &path).await;
+            let greeting = b.recv_text().await;
+            if acknowledged(&mut b, "after").await.is_ok() {
+                return greeting;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert_eq!(serde_json::from_str::<Vec<String>>(&greeting).unwrap(), run.before);
+}
+
+#[timed_test(flavor = "multi_thread", worker_threads = 2, secs = 90)]
+async fn with_no_replica_required_writes_acknowledged_while_replication_was_held_are_lost_in_a_failover() {
+    let run = failover_with_replication_held(0).await;
+    println!("acknowledged before the hold: {:?}", run.before);
+    println!("acknowledged while replication was held: {:?}", run.held_acked);
+    println!("after the promotion: {:?}", run.after);
+    // Every write was acknowledged, the held ones included...
+    assert!(run.held_refused.is_empty(), "{:?}", run.held_refused);
+    assert_eq!(run.held_acked, ["held-0", "held-1", "held-2"]);
+    // ...and exactly those made while replication was held are gone.
+    assert_eq!(run.after, run.before, "the promoted replica's history");
+
+    // What the cluster does then: the replica's copies of the cluster marker and of the lease
+    // are there, so nothing looks lost; the node serves the room from the promoted replica,
+    // without the held writes.
+    let c = run.cluster;
+    let redis = c.redis().await;
+    let path = format!("/parties/main/{}?_pk=b", run.room);
+    let greeting = within(30, "the room to serve again", async {
+        loop {
+            let mut b = c.connect(0, &path).await;
+            let greeting = b.recv_text().await;
+            if acknowledged(&mut b, "after").await.is_ok() {
+                return greeting;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert_eq!(serde_json::from_str::<Vec<String>>(&greeting).unwrap(), run.before, "served without the held writes");
+    let members = redis.membership().live().await.unwrap();
+    assert!(members.iter().all(|n| !n.refusing), "a node refused: {members:?}");
 }

@@ -3,35 +3,39 @@
 //! Redis that restarts without persistence, or fails over to a replica that missed writes,
 //! comes back without some or all of the cluster's keys. Leases then vanish early (fencing still
 //! holds: a write under a vanished lease is refused) and acknowledged room storage is silently
-//! gone, so rooms would restart empty. To refuse that loudly instead, the first node that starts
-//! on an empty Redis writes `pl:cluster` (a random id, no TTL) and every node announces the id it
-//! serves under in its membership record. Nodes check the marker with every heartbeat and
-//! before every lease acquisition; a node that finds it gone or changed drops its shards and
-//! refuses to serve rooms until it is restarted (or the marker comes back). A node that starts
-//! while live members announce a marker Redis no longer has refuses too: only a Redis with no
-//! marker and no live members is taken as a new cluster.
+//! gone, so rooms would restart empty. To refuse that loudly instead, creating a cluster writes
+//! `pl:cluster` (a random id, no TTL) and every node announces the id it serves under in its
+//! membership record. Nodes check the marker with every heartbeat and before every lease
+//! acquisition; a node that finds it gone or changed drops its shards and refuses to serve rooms
+//! until it is restarted (or the marker comes back). A node that starts while live members
+//! announce a marker Redis no longer has refuses too.
 //!
-//! What this cannot see: a whole cluster restarted together on a Redis that lost everything is
-//! indistinguishable from a new cluster. Durable Redis (AOF) is the protection against that;
+//! Creating the cluster is an explicit step, never inferred from an empty Redis: a Redis with no
+//! marker and no live members looks the same whether the cluster is new or every node restarted
+//! after Redis lost everything. `partyline init` ([`Marker::claim`]) creates it, once; so does a
+//! node started with `--init-cluster`. A node without it that finds no marker waits, serving
+//! nothing, until the marker exists. Durable Redis (AOF) is still what keeps the data;
 //! docs/operations.md says how to run it.
 //!
 //! **Redis Cluster.** The marker key lives on one primary; any other primary can lose its data
 //! alone (restarted without persistence, or failed over to a replica that had not synced). So
 //! on a cluster every shard keeps a copy, `pl:{s<shard>}:cluster`, in its own hash slot, which
-//! moves with the shard's data. The node that creates the cluster writes every copy (`SET NX`)
+//! moves with the shard's data. Whoever creates the cluster writes every copy (`SET NX`)
 //! *before* the marker itself, so once the marker exists a missing copy means lost data:
 //!
 //! - acquiring a shard whose copy is missing fails (checked inside the acquire script, see
 //!   [`super::lease`]); the node notes the shard ([`Marker::note_lost`]);
 //! - [`Marker::check`] (the heartbeat) looks at the noted shards and at a window of 256 other
 //!   shards each time, so it sweeps all 4096 in 16 heartbeats; any missing copy makes it answer
-//!   `false` (the node refuses to serve), until the copies are back.
+//!   `false` (the node refuses to serve), until the copies are back;
+//! - a node that starts reads every copy ([`Marker::lost_copies`]) and, finding some missing,
+//!   refuses to serve from the start, whether other nodes run or not.
 //!
 //! A copy with another value (a cluster started earlier on this Redis, or a node that lost the
-//! race to create the cluster) is not lost data: the acquire script takes it over. A node that
-//! starts while no node serves writes missing copies back ([`Marker::restore_copies`], with a
-//! loud warning): restarting every node starts the lost shards over, as it starts a whole lost
-//! single Redis over.
+//! race to create the cluster) is not lost data: the acquire script takes it over. Writing
+//! missing copies back starts those shards over, empty, so like creating the cluster it is an
+//! explicit step, never inferred from a restart: `partyline init --start-over`
+//! ([`Marker::restore_copies`]). Restarting every node does not do it.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -147,10 +151,23 @@ impl Marker {
         Ok(missing)
     }
 
-    /// Redis Cluster, when no node serves: writes back the shards' marker copies that are
-    /// missing (their primary lost its data while the whole cluster was down), so the cluster
-    /// starts those shards over empty, as a whole-cluster restart does after a single Redis lost
-    /// everything. Returns how many were missing (0 on one Redis server).
+    /// Redis Cluster: the shards whose marker copy is missing (their primary lost its data),
+    /// reading every shard's copy. They are noted lost, so [`Marker::check`] answers `false`
+    /// until they are back. Empty on one Redis server.
+    pub async fn lost_copies(&self) -> Result<Vec<u16>> {
+        if !self.keys.is_cluster() {
+            return Ok(Vec::new());
+        }
+        let all: Vec<u16> = (0..SHARDS).collect();
+        let missing = self.missing_copies(&all).await?;
+        self.lost.locked().0.extend(missing.iter().copied());
+        Ok(missing.into_iter().collect())
+    }
+
+    /// Redis Cluster: writes back the shards' marker copies that are missing (their primary
+    /// lost its data), so those shards start over, EMPTY. Only an operator's explicit
+    /// `partyline init --start-over` calls it: nodes never do (see the module docs). Returns
+    /// how many were missing (0 on one Redis server).
     pub async fn restore_copies(&self, value: &str) -> Result<usize> {
         if !self.keys.is_cluster() {
             return Ok(0);
@@ -177,6 +194,11 @@ impl Marker {
             answer?;
         }
         Ok(())
+    }
+
+    /// The marker's key (`pl:cluster`), for messages.
+    pub fn key(&self) -> String {
+        self.keys.cluster()
     }
 
     /// The marker's value, if Redis has it.
@@ -347,15 +369,30 @@ mod tests {
         let copy: String =
             ::redis::cmd("GET").arg(redis.keys().shard_marker(2)).query_async(&mut redis.connection()).await.unwrap();
         assert_eq!(copy, "one");
-        // The whole cluster restarted after a primary lost its data: the lost copies are written
-        // back (those shards start over), the others are left alone.
+        // The whole cluster restarted after a primary lost its data: a starting node finds every
+        // lost copy at once and nothing writes them back by itself, so the check keeps failing.
         cluster.wipe(wiped);
+        let fresh = testing::connect(&cluster.url(), "pl").await.marker();
+        assert!(fresh.holds("one").await.unwrap());
+        let lost = fresh.lost_copies().await.unwrap();
+        assert!(lost.len() > 1000 && lost.len() < 2000, "{} copies were missing", lost.len());
+        assert!(lost.contains(&lost_shard), "{lost_shard} is not among the lost shards");
+        assert_eq!(fresh.lost_shards(), lost, "the lost shards are noted for the heartbeat");
+        for _ in 0..17 {
+            assert!(!fresh.check("one").await.unwrap(), "a check passed with copies missing");
+        }
+        assert_eq!(fresh.lost_copies().await.unwrap(), lost, "nothing wrote the copies back");
+        // Only the explicit step (`partyline init --start-over`) writes them back: those shards
+        // start over, the others are left alone.
         let restored = marker.restore_copies("one").await.unwrap();
-        assert!(restored > 1000 && restored < 2000, "{restored} copies were missing");
+        assert_eq!(restored, lost.len());
         assert_eq!(marker.restore_copies("one").await.unwrap(), 0);
+        assert!(fresh.lost_copies().await.unwrap().is_empty());
         for _ in 0..17 {
             assert!(marker.check("one").await.unwrap());
+            assert!(fresh.check("one").await.unwrap());
         }
+        assert!(fresh.lost_shards().is_empty());
         // Leases without a marker (tools, tests) do not look at the copies.
         let _: () = ::redis::cmd("DEL")
             .arg(redis.keys().shard_marker(3000))

@@ -62,6 +62,20 @@ static HEARTBEAT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(HEARTBE
 static LIVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(LIVE));
 static LEAVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(LEAVE));
 
+/// How often a node with leases of `lease` writes its membership record: every second, or
+/// four times per lease TTL when that is shorter (`fast`: every 750 ms).
+pub fn heartbeat_for(lease: &super::LeaseTiming) -> Duration {
+    Duration::from_secs(1).min(lease.ttl / 4)
+}
+
+/// How long a node's membership record lives with leases of `lease`: 5 s, but never longer than
+/// the lease TTL (`fast`: 3 s). A node that stalls or is cut from Redis leaves the gateways'
+/// view no later than its leases can expire, so its clients are not sent back to it after
+/// another node could have taken its rooms.
+pub fn member_ttl_for(lease: &super::LeaseTiming) -> Duration {
+    Duration::from_secs(5).min(lease.ttl)
+}
+
 /// What a node announces about itself.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
@@ -357,6 +371,17 @@ mod tests {
         assert_eq!(next_change(&mut rx).await, Change::Owner(42));
         m.leave("n1").await.unwrap();
         assert_eq!(next_change(&mut rx).await, Change::Members("n1".into()));
+    }
+
+    #[test]
+    fn the_member_record_lives_no_longer_than_the_lease() {
+        use crate::redis::LeaseTiming;
+        for lease in [LeaseTiming::STANDARD, LeaseTiming::FAST] {
+            assert!(member_ttl_for(&lease) <= lease.ttl, "{lease:?}");
+            assert!(heartbeat_for(&lease) * 4 <= member_ttl_for(&lease), "{lease:?}: four heartbeats per record TTL");
+        }
+        assert_eq!(member_ttl_for(&LeaseTiming::STANDARD), Duration::from_secs(5));
+        assert_eq!(member_ttl_for(&LeaseTiming::FAST), Duration::from_secs(3));
     }
 
     #[tokio::test]

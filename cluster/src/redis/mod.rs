@@ -33,7 +33,7 @@ pub use conn::{Connection, Replicas, Target};
 pub use keys::Keys;
 pub use lease::{Acquire, LeaseInfo, LeaseTiming, Leases};
 pub use marker::{Claim, Marker, Persistence};
-pub use membership::{Change, Membership, NodeInfo};
+pub use membership::{heartbeat_for, member_ttl_for, Change, Membership, NodeInfo};
 pub use store::{fence_for, RedisStore};
 
 /// Why a Redis operation failed.

@@ -6,9 +6,12 @@
 //! [`super::alarms`]): every key of a commit is in the shard's hash slot, so a commit is one
 //! script on one Redis Cluster primary.
 //!
-//! **Writes.** [`Store::commit`] runs one Lua script: it compares the fence's epoch with the
-//! `epoch` field of the shard's lease hash and, only if they are equal, applies the ops in order.
-//! A missing (expired, released) lease or another epoch answers `FENCED`, which becomes
+//! **Writes.** [`Store::commit`] runs one Lua script: it compares the fence's holder and epoch
+//! with the `inc` and `epoch` fields of the shard's lease hash and, only if both are equal,
+//! applies the ops in order. The holder matters when Redis failed over to a replica that missed
+//! the last grants: the promoted replica can grant an epoch again, to another incarnation, and
+//! the old holder must stay fenced. A missing (expired, released) lease, another holder or
+//! another epoch answers `FENCED`, which becomes
 //! [`StoreError::Fenced`]; nothing is written. With a [`Quota`] ([`RedisStore::with_quota`]) the
 //! same script first works out the room's usage after the ops (from the usage hash, the length of
 //! every value it replaces or deletes, and what it writes) and answers `QUOTA` instead of writing
@@ -16,8 +19,9 @@
 //! as the fence check is. The usage hash is kept exact while a quota is set, deleted by commits
 //! without one, and rebuilt from the room's values (one pass in the script) when missing. A fence must be presented: in the cluster every
 //! write is fenced, so `commit(.., None, ..)` is refused with `StoreError::Backend("unfenced
-//! write")`. The fence is [`fence_for`]`(shard, epoch)`: its `lease` is the room's shard number
-//! in decimal; a fence naming another shard is refused as fenced (it does not cover the room).
+//! write")`. The fence is [`fence_for`]`(shard, inc, epoch)`: its `lease` is the room's shard
+//! number in decimal, its `holder` the incarnation the lease was granted to; a fence naming
+//! another shard is refused as fenced (it does not cover the room).
 //!
 //! **Reads** are plain commands (`HMGET`, `GET`, `ZRANGEBYSCORE`) or, for `list`, one Lua script
 //! that reads the key range and the values together so they are consistent.
@@ -59,13 +63,14 @@ end
 "#;
 
 /// KEYS: lease, room keys ZSET, room values HASH, room alarm, the shard's alarm index, room
-/// usage HASH. ARGV: epoch, alarm member, most keys, most bytes (0: no limit; both 0: no quota),
-/// then the ops: `P key value` | `D key` | `X` | `A time` | `R`.
+/// usage HASH. ARGV: epoch, holder (incarnation), alarm member, most keys, most bytes (0: no
+/// limit; both 0: no quota), then the ops: `P key value` | `D key` | `X` | `A time` | `R`.
 const COMMIT: &str = r#"
-if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then
-  return redis.error_reply('FENCED the lease is not held at this epoch')
+local held = redis.call('HMGET', KEYS[1], 'inc', 'epoch')
+if held[1] ~= ARGV[2] or held[2] ~= ARGV[1] then
+  return redis.error_reply('FENCED the lease is not held by this holder at this epoch')
 end
-local max_keys, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[4])
+local max_keys, max_bytes = tonumber(ARGV[4]), tonumber(ARGV[5])
 local n = #ARGV
 local quota = max_keys > 0 or max_bytes > 0
 local touches = false
@@ -79,7 +84,7 @@ if quota then
   local keys0, bytes0 = keys, bytes
   -- The length of each key's value as the ops leave it (false: absent).
   local now, cleared = {}, false
-  local i = 5
+  local i = 6
   while i <= n do
     local op = ARGV[i]
     if op == 'P' or op == 'D' then
@@ -124,7 +129,7 @@ if quota then
     return redis.error_reply(string.format('QUOTA %d %d', keys, bytes))
   end
 end
-local i = 5
+local i = 6
 while i <= n do
   local op = ARGV[i]
   if op == 'P' then
@@ -143,11 +148,11 @@ while i <= n do
     i = i + 1
   elseif op == 'A' then
     redis.call('SET', KEYS[4], ARGV[i + 1])
-    redis.call('ZADD', KEYS[5], ARGV[i + 1], ARGV[2])
+    redis.call('ZADD', KEYS[5], ARGV[i + 1], ARGV[3])
     i = i + 2
   elseif op == 'R' then
     redis.call('DEL', KEYS[4])
-    redis.call('ZREM', KEYS[5], ARGV[2])
+    redis.call('ZREM', KEYS[5], ARGV[3])
     i = i + 1
   else
     return redis.error_reply('BADOP ' .. tostring(op))
@@ -192,18 +197,19 @@ end
 return {ks, vs}
 "#;
 
-/// The fence check that starts every fenced read: ARGV[1] is the reader's epoch, KEYS[1] its
-/// shard's lease.
+/// The fence check that starts every fenced read: ARGV[1] is the reader's epoch, ARGV[2] its
+/// incarnation, KEYS[1] its shard's lease.
 const READ_FENCE: &str = r#"
-if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then
-  return redis.error_reply('FENCED the lease is not held at this epoch')
+local held = redis.call('HMGET', KEYS[1], 'inc', 'epoch')
+if held[1] ~= ARGV[2] or held[2] ~= ARGV[1] then
+  return redis.error_reply('FENCED the lease is not held by this holder at this epoch')
 end
 "#;
 
-/// KEYS: lease, room values HASH. ARGV: epoch, then the keys. Returns their values.
-const GET_FENCED: &str = "return redis.call('HMGET', KEYS[2], unpack(ARGV, 2))";
+/// KEYS: lease, room values HASH. ARGV: epoch, holder, then the keys. Returns their values.
+const GET_FENCED: &str = "return redis.call('HMGET', KEYS[2], unpack(ARGV, 3))";
 
-/// KEYS: lease, room alarm. ARGV: epoch. Returns the alarm time or nil.
+/// KEYS: lease, room alarm. ARGV: epoch, holder. Returns the alarm time or nil.
 const ALARM_FENCED: &str = "return redis.call('GET', KEYS[2])";
 
 static COMMIT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{SCAN_USAGE}{COMMIT}")));
@@ -211,10 +217,11 @@ static USAGE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{
 static LIST_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(LIST));
 static GET_FENCED_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{READ_FENCE}{GET_FENCED}")));
 static ALARM_FENCED_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{READ_FENCE}{ALARM_FENCED}")));
-/// [`LIST`] behind the fence check, with every key and argument index shifted by one.
+/// [`LIST`] behind the fence check, with every key index shifted by one (the lease comes first)
+/// and every argument index by two (the epoch and the holder come first).
 static LIST_FENCED_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
     let body = LIST.replace("KEYS[2]", "KEYS[3]").replace("KEYS[1]", "KEYS[2]");
-    let body = (1..=4).rev().fold(body, |b, i| b.replace(&format!("ARGV[{i}]"), &format!("ARGV[{}]", i + 1)));
+    let body = (1..=4).rev().fold(body, |b, i| b.replace(&format!("ARGV[{i}]"), &format!("ARGV[{}]", i + 2)));
     Script::new(&format!("{READ_FENCE}{body}"))
 });
 
@@ -227,9 +234,10 @@ fn read_error(e: ::redis::RedisError, fence: &Fence) -> StoreError {
     }
 }
 
-/// The fence of a writer holding shard `shard`'s lease at `epoch`.
-pub fn fence_for(shard: u16, epoch: u64) -> Fence {
-    Fence { lease: shard.to_string(), epoch }
+/// The fence of a writer holding shard `shard`'s lease as incarnation `inc` at `epoch` (the
+/// grant's whole identity, see the module docs).
+pub fn fence_for(shard: u16, inc: &str, epoch: u64) -> Fence {
+    Fence { lease: shard.to_string(), holder: inc.to_string(), epoch }
 }
 
 /// Room storage in Redis; see the module docs. Cheap to clone (shares the connection).
@@ -398,6 +406,7 @@ impl Store for RedisStore {
                 .key(self.keys.room_keys(shard, room))
                 .key(self.keys.room_values(shard, room))
                 .arg(fence.epoch)
+                .arg(&fence.holder)
                 .arg(min)
                 .arg(max)
                 .arg(reverse)
@@ -441,8 +450,14 @@ impl Store for RedisStore {
             .iter()
             .filter_map(|op| if let WriteOp::SetAlarm(t) = op { Some(t.to_string()) } else { None })
             .collect();
-        let mut args: Vec<&[u8]> = Vec::with_capacity(4 + ops.len() * 3);
-        args.extend([epoch.as_bytes(), member.as_bytes(), max_keys.as_bytes(), max_bytes.as_bytes()]);
+        let mut args: Vec<&[u8]> = Vec::with_capacity(5 + ops.len() * 3);
+        args.extend([
+            epoch.as_bytes(),
+            fence.holder.as_bytes(),
+            member.as_bytes(),
+            max_keys.as_bytes(),
+            max_bytes.as_bytes(),
+        ]);
         encode_ops(ops, &mut args, &times);
         let result: ::redis::RedisResult<()> = COMMIT_SCRIPT
             .key(self.keys.lease(shard))
@@ -512,6 +527,7 @@ impl Store for RedisStore {
                 .key(self.keys.lease(shard))
                 .key(self.keys.room_values(shard, room))
                 .arg(fence.epoch)
+                .arg(&fence.holder)
                 .arg(keys)
                 .invoke_async(&mut self.conn.clone())
                 .await
@@ -533,6 +549,7 @@ impl Store for RedisStore {
             .key(self.keys.lease(shard))
             .key(self.keys.room_alarm(shard, room))
             .arg(fence.epoch)
+            .arg(&fence.holder)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(|e| read_error(e, fence))

@@ -19,7 +19,7 @@ use crate::limits::Limits;
 use crate::party::{DynParty, PartyFactory};
 use crate::room::{ConnTable, LinkId, Outbound, Room, RoomShared};
 use crate::runtime::gate::Gate;
-use crate::runtime::handle::{RoomCmd, RoomConfig, RoomExit, RoomHandle};
+use crate::runtime::handle::{Answer, RoomCmd, RoomConfig, RoomExit, RoomHandle, Stop};
 use crate::runtime::link::{close_code, FromRoom, ToRoom};
 use crate::runtime::observe::RoomObserver;
 use crate::storage::{now_ms, Storage, WriteProgress};
@@ -32,6 +32,7 @@ const INBOX: usize = 1024;
 /// Starts a room: its actor and its output pump. Returns the handle and the actor's task.
 pub fn spawn_room(cfg: RoomConfig) -> (RoomHandle, tokio::task::JoinHandle<RoomExit>) {
     let (tx, rx) = mpsc::channel(INBOX);
+    let stop = Arc::new(watch::Sender::new(None));
     let storage = Storage::new(cfg.key.clone(), cfg.store.clone(), cfg.fence.clone(), cfg.limits.clone());
     let gate = Gate::new(storage.progress());
     let gate_span = tracing::info_span!(parent: None, "room.gate", room = %cfg.key);
@@ -47,7 +48,7 @@ pub fn spawn_room(cfg: RoomConfig) -> (RoomHandle, tokio::task::JoinHandle<RoomE
         gate,
     });
     let options = cfg.factory.options();
-    let handle = RoomHandle::new(cfg.key.clone(), tx, options.hibernate, cfg.limits.room_queue_timeout);
+    let handle = RoomHandle::new(cfg.key.clone(), tx, stop.clone(), options.hibernate, cfg.limits.room_queue_timeout);
     let actor = Actor {
         room: Room { shared },
         factory: cfg.factory,
@@ -55,6 +56,8 @@ pub fn spawn_room(cfg: RoomConfig) -> (RoomHandle, tokio::task::JoinHandle<RoomE
         party: None,
         links: HashSet::new(),
         inbox: rx,
+        stop: stop.subscribe(),
+        _stop_tx: stop,
         limits: cfg.limits,
         may_exit: cfg.may_exit,
         progress: storage.progress(),
@@ -85,6 +88,11 @@ pub(super) struct Actor {
     /// Open gateway links and how many of their sockets are connecting or in the room.
     pub(super) links: HashSet<LinkId>,
     inbox: mpsc::Receiver<RoomCmd>,
+    /// Set by [`RoomHandle::shutdown`]: checked before each command, so a shutdown does not
+    /// wait behind the queue.
+    stop: watch::Receiver<Stop>,
+    /// Keeps `stop` open for as long as the room runs (its handles may all be gone).
+    _stop_tx: Arc<watch::Sender<Stop>>,
     pub(super) limits: Arc<Limits>,
     may_exit: Box<dyn Fn() -> bool + Send + Sync>,
     progress: watch::Receiver<WriteProgress>,
@@ -157,7 +165,6 @@ impl Actor {
             RoomCmd::Request { .. } => "request",
             RoomCmd::Alarm { .. } => "alarm",
             RoomCmd::Flush { .. } => "flush",
-            RoomCmd::Shutdown { .. } => "shutdown",
             RoomCmd::Move { .. } => "move",
             RoomCmd::Evict => "evict",
         };
@@ -178,7 +185,14 @@ impl Actor {
         tracing::debug!("room started");
         let mut last_event = Instant::now();
         let mut progress = self.progress.clone();
+        let mut stop = self.stop.clone();
         let exit = loop {
+            // A shutdown takes effect between two commands, ahead of everything queued.
+            let stopping = stop.borrow_and_update().clone();
+            if let Some((code, reason)) = stopping {
+                self.shutdown(code, &reason);
+                break RoomExit::Shutdown;
+            }
             if self.gathering.is_none() {
                 if let Some(cmd) = self.pending.pop_front() {
                     if let Some(exit) = self.dispatch(cmd).await {
@@ -202,6 +216,7 @@ impl Actor {
                     }
                     continue;
                 }
+                _ = stop.changed() => continue,
                 cmd = self.inbox.recv() => {
                     let Some(cmd) = cmd else { break RoomExit::Idle };
                     if self.gathering.is_some() && !cmd.is_handover() {
@@ -252,19 +267,47 @@ impl Actor {
             }
             last_event = Instant::now();
         };
+        self.hand_back().await;
         self.storage().seal();
         self.shared().gate.close();
         tracing::debug!(exit = ?exit, "room stopped");
         exit
     }
 
+    /// The room stops: the work it took and never started is handed back, none of it dropped
+    /// as if it had run. Requests (and flushes) are answered [`Answer::NotRun`], so their
+    /// callers send them to the room's next instance instead of failing them as interrupted.
+    /// Socket events go with their sockets, as in a move: the links were told the room is gone
+    /// (their sockets close, and their clients send again to the next instance) or moved (a
+    /// paused link sent nothing after its pause). No new work can be queued from here on.
+    async fn hand_back(&mut self) {
+        self.inbox.close();
+        let mut left: Vec<RoomCmd> = self.pending.drain(..).collect();
+        // Until `None`: a sender that got its slot before the close still delivers into it.
+        while let Some(cmd) = self.inbox.recv().await {
+            left.push(cmd);
+        }
+        if left.is_empty() {
+            return;
+        }
+        let (mut requests, mut messages, mut closes, mut other) = (0usize, 0usize, 0usize, 0usize);
+        for cmd in left {
+            match cmd {
+                RoomCmd::Request { reply, .. } | RoomCmd::Flush { reply } => {
+                    requests += 1;
+                    let _ = reply.send(Answer::NotRun);
+                }
+                RoomCmd::Link { msg: ToRoom::Message { .. }, .. } => messages += 1,
+                RoomCmd::Link { msg: ToRoom::Closed { .. }, .. } => closes += 1,
+                _ => other += 1,
+            }
+        }
+        tracing::info!(requests, messages, closes, other, "the room stopped with work it never started; handed back");
+    }
+
     /// Handles one command; `Some` when the room must stop.
     async fn dispatch(&mut self, cmd: RoomCmd) -> Option<RoomExit> {
         match cmd {
-            RoomCmd::Shutdown { code, reason } => {
-                self.shutdown(code, &reason);
-                Some(RoomExit::Shutdown)
-            }
             RoomCmd::Move { deadline } => self.begin_move(deadline).await,
             RoomCmd::Flush { reply } => {
                 self.shared().emit(Outbound::Response(reply, Box::new(Response::new(Bytes::new()))));
@@ -381,7 +424,7 @@ impl Actor {
                     self.fire_alarm(as_of).await;
                 }
             }
-            RoomCmd::Shutdown { .. } | RoomCmd::Move { .. } | RoomCmd::Flush { .. } | RoomCmd::Evict => {
+            RoomCmd::Move { .. } | RoomCmd::Flush { .. } | RoomCmd::Evict => {
                 unreachable!("handled by dispatch")
             }
         }

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, watch, Notify};
 
 use crate::client_text::{self, ErrorRef};
 use crate::room::{LinkId, Outbound};
+use crate::runtime::handle::Answer;
 use crate::runtime::link::{close_code, FromRoom};
 use crate::storage::WriteProgress;
 use crate::sync::Lock;
@@ -53,7 +54,7 @@ fn apply(links: &mut HashMap<LinkId, mpsc::Sender<FromRoom>>, item: Outbound) ->
             }
         }
         Outbound::Response(reply, res) => {
-            let _ = reply.send(*res);
+            let _ = reply.send(Answer::Done(*res));
             Ok(())
         }
         Outbound::OpenLink(link, tx) => {

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::limits::Limits;
@@ -60,7 +60,7 @@ pub(super) enum RoomCmd {
     },
     Request {
         req: Request,
-        reply: oneshot::Sender<Response>,
+        reply: oneshot::Sender<Answer>,
         span: Box<tracing::Span>,
     },
     /// `as_of`: the time (ms since the Unix epoch) to check the alarm against; `None`: now.
@@ -69,11 +69,7 @@ pub(super) enum RoomCmd {
     },
     /// Answered, through the output gate, once everything before it was handled.
     Flush {
-        reply: oneshot::Sender<Response>,
-    },
-    Shutdown {
-        code: u16,
-        reason: String,
+        reply: oneshot::Sender<Answer>,
     },
     Move {
         deadline: Instant,
@@ -89,12 +85,25 @@ impl RoomCmd {
             self,
             RoomCmd::OpenLink { .. }
                 | RoomCmd::CloseLink { .. }
-                | RoomCmd::Shutdown { .. }
                 | RoomCmd::Move { .. }
                 | RoomCmd::Link { msg: ToRoom::Adopt { .. } | ToRoom::Adopted { .. }, .. }
         )
     }
 }
+
+/// A room's answer to a request (or a flush).
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// It ran: its response, released by the output gate once its writes are durable.
+    Done(Response),
+    /// The room stopped (shut down, moved, failed) before it started it: it never ran, so it
+    /// may be sent again, to the room's next instance.
+    NotRun,
+}
+
+/// Why a room must stop at once, set by [`RoomHandle::shutdown`]: the close code and reason
+/// of its sockets.
+pub(super) type Stop = Option<(u16, String)>;
 
 /// The room is not running any more; ask the host for a fresh handle and try again.
 #[derive(Debug, thiserror::Error)]
@@ -116,16 +125,17 @@ pub enum SendError {
 /// Why an HTTP request to a room got no response.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
-    /// The room had stopped before it took the request: it did not run, so it may be sent
-    /// again (to a fresh instance).
+    /// The room had stopped before it took the request, or stopped (shut down, moved, failed)
+    /// with the request still queued: it did not run, so it may be sent again (to a fresh
+    /// instance).
     #[error(transparent)]
     NotDelivered(#[from] RoomGone),
     /// The room's queue stayed full for the queue timeout: the request did not run. Answer
     /// 503 rather than wait.
     #[error("room {0} is overloaded")]
     Overloaded(RoomKey),
-    /// The room took the request and stopped before answering (its storage failed, or it was
-    /// shut down): the request may have run, so it must not be sent again.
+    /// The room started the request and stopped before answering (its storage failed): the
+    /// request may have run, so it must not be sent again.
     #[error("room {0} stopped before it answered the request")]
     Interrupted(RoomKey),
 }
@@ -136,6 +146,9 @@ pub enum RequestError {
 pub struct RoomHandle {
     key: RoomKey,
     tx: mpsc::Sender<RoomCmd>,
+    /// Shutdowns go here rather than through the queue: a room told to stop stops after the
+    /// handler it is running, not after everything queued behind it.
+    stop: Arc<watch::Sender<Stop>>,
     next_link: Arc<AtomicU64>,
     hibernate: bool,
     /// How long client work waits for space in the queue before it is refused.
@@ -144,8 +157,14 @@ pub struct RoomHandle {
 
 impl RoomHandle {
     /// The handle on a room task that reads its commands from `tx`'s receiver.
-    pub(super) fn new(key: RoomKey, tx: mpsc::Sender<RoomCmd>, hibernate: bool, queue_wait: Duration) -> Self {
-        RoomHandle { key, tx, next_link: Arc::new(AtomicU64::new(1)), hibernate, queue_wait }
+    pub(super) fn new(
+        key: RoomKey,
+        tx: mpsc::Sender<RoomCmd>,
+        stop: Arc<watch::Sender<Stop>>,
+        hibernate: bool,
+        queue_wait: Duration,
+    ) -> Self {
+        RoomHandle { key, tx, stop, next_link: Arc::new(AtomicU64::new(1)), hibernate, queue_wait }
     }
 
     /// The room's key.
@@ -195,7 +214,11 @@ impl RoomHandle {
             Err(SendError::Gone(gone)) => return Err(gone.into()),
             Err(SendError::Overloaded(key)) => return Err(RequestError::Overloaded(key)),
         }
-        rx.await.map_err(|_| RequestError::Interrupted(self.key.clone()))
+        match rx.await {
+            Ok(Answer::Done(res)) => Ok(res),
+            Ok(Answer::NotRun) => Err(RoomGone(self.key.clone()).into()),
+            Err(_) => Err(RequestError::Interrupted(self.key.clone())),
+        }
     }
 
     /// Tells the room its alarm may be due.
@@ -214,7 +237,11 @@ impl RoomHandle {
     pub async fn flush(&self) -> Result<(), RequestError> {
         let (reply, rx) = oneshot::channel();
         self.send(RoomCmd::Flush { reply }).await?;
-        rx.await.map(drop).map_err(|_| RequestError::Interrupted(self.key.clone()))
+        match rx.await {
+            Ok(Answer::Done(_)) => Ok(()),
+            Ok(Answer::NotRun) => Err(RoomGone(self.key.clone()).into()),
+            Err(_) => Err(RequestError::Interrupted(self.key.clone())),
+        }
     }
 
     /// Asks the room to leave now if nobody is connected and nothing else holds it (the host is
@@ -223,9 +250,24 @@ impl RoomHandle {
         self.tx.try_send(RoomCmd::Evict).is_ok()
     }
 
-    /// Stops the room: every socket is closed with `code` and `reason`.
+    /// Stops the room: every socket is closed with `code` and `reason`. The room stops once
+    /// the handler it is running returns, without starting anything queued behind it (a room
+    /// shut down is stale, or its shard is gone: its queued work must not run there). Queued
+    /// requests are answered [`RequestError::NotDelivered`], so their callers send them to the
+    /// room's next instance; queued socket events go with the sockets, which are closed. The
+    /// first shutdown's code and reason win. Never waits for the queue.
     pub async fn shutdown(&self, code: u16, reason: &str) -> Result<(), RoomGone> {
-        self.send(RoomCmd::Shutdown { code, reason: reason.to_string() }).await
+        if self.tx.is_closed() {
+            return Err(RoomGone(self.key.clone()));
+        }
+        self.stop.send_if_modified(|stop| match stop {
+            Some(_) => false,
+            None => {
+                *stop = Some((code, reason.to_string()));
+                true
+            }
+        });
+        Ok(())
     }
 
     /// Moves the room away from this process: it finishes what it was given, makes its writes

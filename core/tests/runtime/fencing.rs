@@ -9,7 +9,7 @@ async fn a_fenced_write_drops_the_room_with_1012_and_discards_what_followed() {
     fx.stash.store(true, Ordering::SeqCst);
     let mut events = fx.events();
     let store = TestStore::new();
-    let fence = Some(Fence { lease: "shard-7".into(), epoch: 3 });
+    let fence = Some(Fence { lease: "shard-7".into(), holder: "node-a#1".into(), epoch: 3 });
     let (room, mut exit) = spawn(id, Opts { store: store.clone(), fence, ..Opts::default() });
     let mut a = Gw::open(&room).await;
     a.join(1, "a", "").await;

@@ -301,6 +301,11 @@ impl<const H: bool> Party for Scripted<H> {
                 Ok(web::text(StatusCode::OK, "written"))
             }
             "panic" => panic!("request panic: on purpose"),
+            "sleep" => {
+                self.fx.log("request:sleeping".into());
+                tokio::time::sleep(Duration::from_millis(arg.parse()?)).await;
+                Ok(web::text(StatusCode::OK, "slept"))
+            }
             "teapot" => Err(HttpError::new(StatusCode::IM_A_TEAPOT, "short and stout").into()),
             "alarm" => {
                 self.room.storage().set_alarm(now_ms() + arg.parse::<i64>()?).await?;

@@ -114,6 +114,78 @@ async fn a_request_the_room_took_is_interrupted_not_undelivered_when_the_room_fa
     assert!(matches!(res, Err(partyline::runtime::handle::RequestError::NotDelivered(_))), "{res:?}");
 }
 
+/// Issue 17, item 4: a room shut down while a handler runs stops once that handler returns,
+/// without starting what was queued behind it (it is stale, or its shard is gone): the queued
+/// requests never ran, so they are answered `NotDelivered` (their callers send them to the next
+/// instance), not `Interrupted` (which would fail them although they never ran). The old code
+/// queued the shutdown behind them, so they ran on the stopping room; and a request queued
+/// behind the shutdown was answered `Interrupted`.
+#[timed_test]
+async fn requests_queued_behind_a_slow_handler_are_not_delivered_when_the_room_shuts_down() {
+    use partyline::runtime::handle::RequestError;
+
+    let id = "shutdown-queued";
+    let fx = Fixture::register(id);
+    let mut events = fx.events();
+    let store = TestStore::new();
+    let (room, mut exit) = spawn(id, Opts { store: store.clone(), ..Opts::default() });
+    let send = |path: &'static str| {
+        let room = room.clone();
+        tokio::spawn(async move { room.request(request(path)).await })
+    };
+    let running = send("/sleep/1500");
+    events.until_eq("request:sleeping").await;
+    let queued: Vec<_> = (0..3).map(|_| send("/write")).collect();
+    // Queued (an in-process send), well within the handler's sleep.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    room.shutdown(close_code::SERVICE_RESTART, client_text::ROOM_MOVED).await.unwrap();
+    let behind = send("/write");
+
+    let res = timeout(WAIT, running).await.unwrap().unwrap();
+    match res {
+        Ok(res) => assert_eq!(body(&res), "slept", "the running request keeps its result"),
+        Err(e) => assert!(matches!(e, RequestError::Interrupted(_)), "the running request: {e:?}"),
+    }
+    for (i, q) in queued.into_iter().chain([behind]).enumerate() {
+        let res = timeout(WAIT, q).await.unwrap().unwrap();
+        assert!(matches!(res, Err(RequestError::NotDelivered(_))), "queued request {i}: {res:?}");
+    }
+    assert_eq!(exit_within(&mut exit, WAIT).await, RoomExit::Shutdown);
+    assert!(store.value(&key(id), "http").await.is_none(), "a queued request ran on the stopping room");
+}
+
+/// Issue 17, item 4, on a move: what was queued before the move runs here (as begin_move
+/// hands back nothing), and a request queued behind the move never runs here: it is answered
+/// `NotDelivered`, so its caller sends it to the next owner (the old code answered it
+/// `Interrupted`: a failure, although it never ran).
+#[timed_test]
+async fn a_request_queued_behind_a_move_is_not_delivered_and_one_before_it_runs() {
+    use partyline::runtime::handle::RequestError;
+
+    let id = "move-queued";
+    let fx = Fixture::register(id);
+    let mut events = fx.events();
+    let (room, mut exit) = spawn(id, Opts::default());
+    let send = |path: &'static str| {
+        let room = room.clone();
+        tokio::spawn(async move { room.request(request(path)).await })
+    };
+    let running = send("/sleep/1000");
+    events.until_eq("request:sleeping").await;
+    let before = send("/ping");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    room.move_out(tokio::time::Instant::now() + WAIT).await.unwrap();
+    let behind = send("/ping");
+
+    for (what, call) in [("the running request", running), ("the request queued before the move", before)] {
+        let res = timeout(WAIT, call).await.unwrap().unwrap();
+        assert_eq!(res.map(|r| r.status()).map_err(|e| e.to_string()), Ok(StatusCode::OK), "{what}");
+    }
+    let res = timeout(WAIT, behind).await.unwrap().unwrap();
+    assert!(matches!(res, Err(RequestError::NotDelivered(_))), "the request queued behind the move: {res:?}");
+    assert_eq!(exit_within(&mut exit, WAIT).await, RoomExit::Moved);
+}
+
 #[timed_test]
 async fn a_room_that_does_not_hibernate_closes_its_links_on_a_move_once_its_writes_are_durable() {
     let store = TestStore::new();

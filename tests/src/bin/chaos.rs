@@ -8,11 +8,13 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use clap::ValueEnum;
+use partyline_node::shards::LeaseTiming;
 use partyline_tests::faults::{
-    self, multi, Counts, FaultKind, Outcome, Pause, RedisFault, Setup, Transcript, FAILOVER_TARGET,
+    self, failover_target, multi, Counts, FaultKind, Outcome, Pause, RedisFault, Setup, Transcript,
 };
 use partyline_tests::load::{Kind, RoomSpec};
-use partyline_tests::procs::LEASES;
+use partyline_tests::netns::Namespaces;
 use partyline_tests::proxy::Mode;
 
 const ABOUT: &str = "Repeats random faults against a local Partyline cluster under load, and checks what \
@@ -23,8 +25,9 @@ Repeats random faults against a local Partyline cluster under load, and checks w
 saw against what storage holds.
 
 Each round starts a fresh cluster on loopback: a durable redis-server (AOF, appendfsync
-always), 3 nodes and 2 gateways as child processes of the `partyline` binary, with the fast
-lease profile (lease TTL 3 s, renewed every 0.5 s, self-fence 2.4 s after the last renewal).
+always), 3 nodes and 2 gateways as child processes of the `partyline` binary, with the lease
+profile of --profile: fast by default (lease TTL 3 s, renewed every 0.5 s, self-fence 2.4 s
+after the last renewal), or standard (10 s, 2 s, 8 s).
 A load of chat rooms (party `main`) and hibernating counter rooms (party `counter`), 3
 WebSocket clients each, writes all the time; one fault hits the node owning the most load
 rooms (or Redis); the cluster recovers; the load stops; and the round checks each room
@@ -35,6 +38,12 @@ against its storage, read straight from Redis:
   - lease epochs never go back, and no epoch has two owners;
   - a paused or cut-off owner delivers nothing after its self-fence deadline and is not
     taken over before its leases can have expired;
+  - no room ran twice: a counter broadcast names the instance of the room that committed it
+    ({\"count\": n, \"inst\": X}); two instances committing the same count, an instance
+    committing again after another's commits began, or a client receiving a frame from an
+    instance more than 0.25 s after some client received a higher count committed by
+    another instance, is a room that ran twice (chat broadcasts name no instance: a chat
+    room running twice shows as lost, phantom or reordered writes);
   - a drain closes non-hibernating sockets with 1012, and no hibernating client is
     disconnected by a drain or a rebalance;
   - every room is writable again within 30 s, and no process crashes;
@@ -44,14 +53,34 @@ against its storage, read straight from Redis:
 Fault kinds (--kinds):
   sigkill        SIGKILL of the busiest owner, then a restart (same id and port)
   sigstop        SIGSTOP of the busiest owner past its lease (until its rooms moved, or a
-                 random 3.5-5.5 s), then SIGCONT
+                 random lease TTL + 0.5-2.5 s: 3.5-5.5 s with the fast profile), then SIGCONT
   cut-hold       the busiest owner's Redis traffic held (a partition) past its lease,
                  then healed
   cut-drop       the busiest owner's Redis connections reset past its lease, then healed
   redis-restart  Redis killed and restarted at once (its AOF keeps the data)
-  redis-outage   Redis down for a random 3.5-6 s (past every lease), then back
+  redis-outage   Redis down for a random lease TTL + 0.5-3 s (past every lease; 3.5-6 s
+                 with the fast profile), then back
   sigterm        SIGTERM of the busiest owner (a graceful drain), then a restart
   join           a fourth node joins and takes over its share of the shards
+  rolling-restart  every node in turn, as Kubernetes does: SIGTERM, wait until it is gone
+                 (exited, membership record removed), restart (same id and port), wait
+                 until it serves again (owns every load room it is preferred for), next
+  drain-rebalance  the busiest owner drains and restarts, so shards rebalance back to it;
+                 as soon as the first room has moved back, the node that held most of
+                 them is SIGTERMed; then it restarts too
+  slow-sigterm   a counter room's handler is busy for a random 3-6 s (`slow <ms>`, sent
+                 by a client beside the load) when its owner is SIGTERMed; then a restart
+  partition-reject  nodes in network namespaces; node-to-node TCP between the busiest
+                 owner and another node rejected (reset) for the lease TTL + 2-5 s, then
+                 healed: no lease may change hands (both are alive). Needs root, `ip` and
+                 `iptables`; left out, saying why, where namespaces cannot be made
+  moved-twice    a fourth node joins and is SIGTERMed as soon as its rooms have moved to
+                 it: they move twice in quick succession (the load has a chat and a
+                 counter room more, both preferring the fourth node)
+  replica-failover  Redis is a Redis Cluster (3 primaries, two replicas each, every write
+                 waiting for a replica: PARTYLINE_REDIS_MIN_REPLICAS=1) instead of the
+                 durable redis-server; the primary serving most of the load's shards is
+                 killed (SIGKILL) and a replica promoted
 
 The order of the kinds (each kind once per block of rounds, in a shuffled order) and the
 random parameters (pauses, outages, when the fault hits, the rooms' names and so which nodes
@@ -59,9 +88,12 @@ own them) come from --seed. The seed is printed, so a run can be repeated with t
 faults (the processes' timing still varies).
 
 Figures: failover is the time from the fault (redis-outage: from Redis back) to the first
-acknowledged write made after it, per affected room (every room for the Redis faults). For
-sigterm and join it is the stall: the longest time an affected room went without an
-acknowledged write, until it was writable again after the move.
+acknowledged write made after it, per affected room (every room for the Redis faults); the
+issue's target is the lease TTL + 1.5 s of the profile. For sigterm, join, rolling-restart,
+drain-rebalance, slow-sigterm, partition-reject and moved-twice it is the stall: the longest
+time an affected room went without an acknowledged write, until it was writable again after
+the moves. Each round's line and the summary count lost, phantom, stale or reordered writes,
+rooms that ran twice, and hibernating clients disconnected by drains or joins.
 
 Output: one line per round, then a summary. Exit status: 0 if no round found a problem; 1 if
 one did (an undocumented client text is one) (the problems are listed, and those rounds' logs kept, with the round's narration in
@@ -69,13 +101,14 @@ chaos-round.txt); 130 if interrupted (Ctrl-C or SIGTERM stop the round at once a
 processes); 2 on a usage error.
 
 Needs redis-server on PATH, and the `partyline` binary next to this one (scripts/chaos.sh
-builds both) or in $PARTYLINE_BIN. Loopback only.";
+builds both) or in $PARTYLINE_BIN. Loopback only, except partition-reject (network
+namespaces linked by a bridge, 10.213.78.0/29).";
 
 #[derive(Parser, Debug)]
 #[command(name = "partyline-chaos", about = ABOUT, long_about = LONG_ABOUT)]
 struct Args {
     /// Rounds to run; each is a fresh cluster, a load, one fault, recovery and the checks
-    /// (2 to 12 s each on a 2-core machine: 50 rounds took 6 minutes).
+    /// (2 to 16 s each on a 2-core machine: 50 rounds took 6 minutes).
     #[arg(long, default_value_t = 10)]
     rounds: usize,
     /// Seed of the fault order and parameters (default: from the clock). Printed at the start
@@ -83,7 +116,8 @@ struct Args {
     #[arg(long)]
     seed: Option<u64>,
     /// Fault kinds to draw from, comma-separated (default: all): sigkill, sigstop, cut-hold,
-    /// cut-drop, redis-restart, redis-outage, sigterm, join.
+    /// cut-drop, redis-restart, redis-outage, sigterm, join, rolling-restart, drain-rebalance,
+    /// slow-sigterm, partition-reject, moved-twice, replica-failover.
     #[arg(long, value_delimiter = ',', value_parser = parse_kind)]
     kinds: Vec<FaultKind>,
     /// Keep every round's logs and narration (default: only those of rounds that found a
@@ -100,6 +134,34 @@ struct Args {
     /// counted as a problem.
     #[arg(long, default_value_t = 240, value_name = "SECS")]
     round_timeout: u64,
+    /// The nodes' lease profile (PARTYLINE_LEASE_PROFILE): fast (TTL 3 s, renewed every 0.5 s,
+    /// self-fence at 2.4 s) or standard (TTL 10 s, renewed every 2 s, self-fence at 8 s). Pauses
+    /// and outages are drawn past its TTL, and the failover target is its TTL + 1.5 s.
+    #[arg(long, value_enum, default_value_t = Profile::Fast)]
+    profile: Profile,
+}
+
+/// A lease profile of the nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Profile {
+    Fast,
+    Standard,
+}
+
+impl Profile {
+    fn timing(self) -> LeaseTiming {
+        match self {
+            Profile::Fast => LeaseTiming::FAST,
+            Profile::Standard => LeaseTiming::STANDARD,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Profile::Fast => "fast",
+            Profile::Standard => "standard",
+        }
+    }
 }
 
 fn parse_kind(s: &str) -> Result<FaultKind, String> {
@@ -147,13 +209,17 @@ struct Plan {
     pause: Pause,
     /// redis-outage: how long Redis stays down.
     outage: Duration,
+    /// slow-sigterm: how long the handler is busy.
+    slow: Duration,
+    /// partition-reject: how long the partition holds.
+    hold: Duration,
     /// In the rooms' names, so that each round's rooms fall in other shards: the owners, the
     /// busiest node and the rooms a joining node takes vary from round to round.
     tag: u16,
 }
 
 /// The rounds' plans: every kind once per block, blocks shuffled, parameters drawn.
-fn plan(seed: u64, rounds: usize, kinds: &[FaultKind]) -> Vec<Plan> {
+fn plan(seed: u64, rounds: usize, kinds: &[FaultKind], leases: LeaseTiming) -> Vec<Plan> {
     let mut rng = Rng(seed);
     let mut plans = Vec::with_capacity(rounds);
     while plans.len() < rounds {
@@ -167,12 +233,14 @@ fn plan(seed: u64, rounds: usize, kinds: &[FaultKind]) -> Vec<Plan> {
                 Pause::UntilMoved
             } else {
                 Pause::For(
-                    rng.between(LEASES.ttl + Duration::from_millis(500), LEASES.ttl + Duration::from_millis(2500)),
+                    rng.between(leases.ttl + Duration::from_millis(500), leases.ttl + Duration::from_millis(2500)),
                 )
             };
-            let outage = rng.between(LEASES.ttl + Duration::from_millis(500), LEASES.ttl + Duration::from_secs(3));
+            let outage = rng.between(leases.ttl + Duration::from_millis(500), leases.ttl + Duration::from_secs(3));
             let tag = (rng.next_u64() >> 48) as u16;
-            plans.push(Plan { kind, settle, pause, outage, tag });
+            let slow = rng.between(Duration::from_secs(3), Duration::from_secs(6));
+            let hold = rng.between(leases.ttl + Duration::from_secs(2), leases.ttl + Duration::from_secs(5));
+            plans.push(Plan { kind, settle, pause, outage, slow, hold, tag });
         }
     }
     plans.truncate(rounds);
@@ -194,7 +262,7 @@ struct RoundResult {
     /// Drains and joins: hibernating clients disconnected, and hibernating clients of the
     /// rooms concerned.
     hibernating: Option<(usize, usize)>,
-    drain_exit: Option<Duration>,
+    drain_exits: Vec<Duration>,
     counts: Counts,
     /// Close reasons and error bodies clients received that are not documented texts, with how
     /// many times.
@@ -211,9 +279,12 @@ fn load_rooms(tag: u16, (chat, counters): (usize, usize)) -> Vec<RoomSpec> {
         .collect()
 }
 
-async fn run_plan(p: Plan, rooms: (usize, usize), transcript: Transcript) -> Outcome {
-    let setup =
-        Setup::new(multi().durable_redis(true), load_rooms(p.tag, rooms)).settle(p.settle).transcript(transcript);
+/// The prefix and subnet of the network namespaces of partition-reject rounds.
+const NETNS: (&str, u8) = ("plchaos", 78);
+
+async fn run_plan(p: Plan, rooms: (usize, usize), leases: LeaseTiming, transcript: Transcript) -> Outcome {
+    let cluster = multi().durable_redis(true).lease_timing(leases);
+    let setup = Setup::new(cluster, load_rooms(p.tag, rooms)).settle(p.settle).transcript(transcript);
     match p.kind {
         FaultKind::Sigkill => faults::sigkill(setup).await,
         FaultKind::Sigstop => faults::pause(setup, p.pause).await,
@@ -223,6 +294,38 @@ async fn run_plan(p: Plan, rooms: (usize, usize), transcript: Transcript) -> Out
         FaultKind::RedisOutage => faults::redis_restarts(setup, &[RedisFault::Outage(p.outage)]).await,
         FaultKind::Sigterm => faults::drain(setup, true).await,
         FaultKind::Join => faults::join(setup).await,
+        FaultKind::RollingRestart => faults::rolling_restart(setup).await,
+        FaultKind::DrainRebalance => faults::drain_during_rebalance(setup).await,
+        FaultKind::SlowSigterm => faults::slow_sigterm(setup, p.slow).await,
+        FaultKind::MovedTwice => {
+            // Whatever the load's rooms, a chat and a counter room that move to the joining node.
+            let mut setup = setup;
+            for kind in [Kind::Chat, Kind::Counter] {
+                let prefix = format!("twice-{:04x}-{}", p.tag, kind.party());
+                setup.rooms.extend(faults::rooms_for_a_join(kind, &prefix, 1, 0, 4));
+            }
+            faults::moved_twice(setup).await
+        }
+        FaultKind::ReplicaFailover => {
+            // A Redis Cluster (3 primaries, two replicas each: the promoted one keeps one)
+            // instead of one redis-server; every write waits for a replica, as a deployment that
+            // fails over must.
+            let cluster =
+                multi().lease_timing(leases).redis_cluster_with_replicas(2).env("PARTYLINE_REDIS_MIN_REPLICAS", "1");
+            faults::replica_failover(Setup { cluster, ..setup }).await
+        }
+        FaultKind::PartitionReject => {
+            // Checked before the first round (the kind is left out where namespaces cannot be made).
+            let net = tokio::task::spawn_blocking(|| Namespaces::create(NETNS.0, NETNS.1, 3))
+                .await
+                .expect("create the namespaces")
+                .unwrap_or_else(|e| panic!("could not create the network namespaces: {e}"));
+            let nodes = net.nodes.clone();
+            let setup = Setup { cluster: setup.cluster.node_netns(nodes), ..setup };
+            let outcome = faults::partition_reject(setup, &net, p.hold).await;
+            // The namespaces go when the round's cluster has stopped (see `judge`).
+            outcome.keep_until_dropped(net)
+        }
     }
 }
 
@@ -236,14 +339,23 @@ fn judge(mut o: Outcome, keep_logs: bool, transcript: &Transcript) -> RoundResul
     }
     let mut hibernating = None;
     if let Some(h) = &o.hibernating {
-        let rooms: Vec<usize> = match o.kind {
-            FaultKind::Join => o.report.rooms_of(Kind::Counter),
-            _ => o.run.kinds(&o.affected, Kind::Counter),
-        };
+        let rooms = &o.hibernating_rooms;
         let clients = o.report.clients.iter().filter(|c| rooms.contains(&c.room)).count();
         hibernating = Some((h.len(), clients));
         if !h.is_empty() {
-            let shown: Vec<String> = h.iter().take(5).map(|d| format!("{} {:?}", d.client, d.end)).collect();
+            let shown: Vec<String> = h
+                .iter()
+                .take(5)
+                .map(|d| {
+                    let at = d.end.at().saturating_duration_since(o.t_fault).as_secs_f64();
+                    let how = match &d.end {
+                        partyline_tests::load::End::Closed { code, reason, .. } => format!("closed {code} {reason:?}"),
+                        partyline_tests::load::End::Dropped { error, .. } => format!("dropped: {error}"),
+                        partyline_tests::load::End::Stopped { .. } => "stopped".into(),
+                    };
+                    format!("{} of {} {how} {at:.2}s after the fault", d.client, o.report.rooms[d.room].label())
+                })
+                .collect();
             problems.push(format!("{} hibernating clients were disconnected: {}", h.len(), shown.join("; ")));
         }
     }
@@ -260,7 +372,7 @@ fn judge(mut o: Outcome, keep_logs: bool, transcript: &Transcript) -> RoundResul
         codes: o.timeline.codes.clone(),
         failed: o.timeline.failed.clone(),
         hibernating,
-        drain_exit: o.drain_exit,
+        drain_exits: o.drain_exits.clone(),
         counts: o.run.counts(),
         texts: o.run.undocumented_texts().to_vec(),
         problems,
@@ -296,7 +408,7 @@ fn spread(v: &[Duration]) -> String {
 
 fn round_line(i: usize, rounds: usize, r: &RoundResult, took: Duration) -> String {
     let mut line =
-        format!("round {:>w$}/{rounds} {:<13} {}", i + 1, r.kind.name(), r.what, w = rounds.to_string().len());
+        format!("round {:>w$}/{rounds} {:<16} {}", i + 1, r.kind.name(), r.what, w = rounds.to_string().len());
     let _ = write!(line, " | {} rooms, {} {}", r.affected, r.kind.measure().name(), spread(&r.times));
     if r.not_recovered > 0 {
         let _ = write!(line, " ({} not writable again)", r.not_recovered);
@@ -305,10 +417,16 @@ fn round_line(i: usize, rounds: usize, r: &RoundResult, took: Duration) -> Strin
     if !r.failed.is_empty() {
         let _ = write!(line, " | failed connects {}", r.failed.values().sum::<usize>());
     }
-    if let Some((n, _)) = r.hibernating {
-        let _ = write!(line, " | hibernating disconnects {n}");
+    if let Some((n, of)) = r.hibernating {
+        let _ = write!(line, " | hibernating clients disconnected {n} of {of}");
     }
     let _ = write!(line, " | {} acked", r.counts.acknowledged);
+    let c = &r.counts;
+    let _ = write!(
+        line,
+        ", lost {} phantom {} stale {} ran twice {}",
+        c.lost, c.phantom, c.stale_or_reordered, c.ran_twice
+    );
     if r.counts.undocumented_texts > 0 {
         let _ = write!(line, " | {} undocumented client texts", r.counts.undocumented_texts);
     }
@@ -340,7 +458,7 @@ fn failed_round(kind: FaultKind, why: String, transcript: &Transcript) -> RoundR
         codes: BTreeMap::new(),
         failed: BTreeMap::new(),
         hibernating: None,
-        drain_exit: None,
+        drain_exits: Vec::new(),
         counts: Counts::default(),
         texts: Vec::new(),
         problems: vec![why],
@@ -359,24 +477,36 @@ fn panic_message(e: tokio::task::JoinError) -> String {
     }
 }
 
-fn summary(args: &Args, seed: u64, results: &[RoundResult], started: Instant, interrupted: bool) -> String {
+fn summary(
+    args: &Args,
+    seed: u64,
+    results: &[RoundResult],
+    started: Instant,
+    interrupted: bool,
+    skipped: &[String],
+) -> String {
     let mut out = String::new();
     let elapsed = started.elapsed().as_secs();
     let _ = writeln!(out, "\n==== chaos summary");
     let _ = writeln!(
         out,
-        "rounds: {}{} in {}m{:02}s; seed {seed} (repeat: scripts/chaos.sh --rounds {} --seed {seed}{})",
+        "rounds: {}{} in {}m{:02}s; seed {seed}; lease profile {} (repeat: scripts/chaos.sh --rounds {} --seed {seed} --profile {}{})",
         results.len(),
         if interrupted { format!(" of {} (interrupted)", args.rounds) } else { String::new() },
         elapsed / 60,
         elapsed % 60,
+        args.profile.name(),
         args.rounds,
-        if args.kinds.is_empty() {
+        args.profile.name(),
+        if args.kinds.len() == FaultKind::ALL.len() {
             String::new()
         } else {
             format!(" --kinds {}", args.kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(","))
         }
     );
+    for s in skipped {
+        let _ = writeln!(out, "skipped: {s}");
+    }
     let mut total = Counts::default();
     for r in results {
         total.add(&r.counts);
@@ -399,6 +529,11 @@ fn summary(args: &Args, seed: u64, results: &[RoundResult], started: Instant, in
     let _ = writeln!(out, "frames from fenced owners after their self-fence deadline: {}", total.zombie_frames);
     let _ = writeln!(
         out,
+        "ran twice (a count committed by two instances of a room, or an instance acting after another's later commit): {}",
+        total.ran_twice
+    );
+    let _ = writeln!(
+        out,
         "undocumented client texts (close reasons and error bodies outside the documented set): {}",
         total.undocumented_texts
     );
@@ -412,22 +547,33 @@ fn summary(args: &Args, seed: u64, results: &[RoundResult], started: Instant, in
     for (text, n) in texts {
         let _ = writeln!(out, "  {n} x {text}");
     }
-    for kind in [FaultKind::Sigterm, FaultKind::Join] {
-        let hib: Vec<(usize, usize)> =
-            per_kind.get(&kind).into_iter().flatten().filter_map(|r| r.hibernating).collect();
-        if !hib.is_empty() {
-            let during = if kind == FaultKind::Sigterm { "drains (and the rebalance back)" } else { "joins" };
-            let _ = writeln!(
-                out,
-                "hibernating clients disconnected during {during}: {} (of {} hibernating clients in the rooms concerned, over {} round(s))",
-                hib.iter().map(|h| h.0).sum::<usize>(),
-                hib.iter().map(|h| h.1).sum::<usize>(),
-                hib.len()
-            );
-        }
+    let hib: Vec<(usize, usize)> = results.iter().filter_map(|r| r.hibernating).collect();
+    if !hib.is_empty() {
+        let kinds: Vec<String> = per_kind
+            .iter()
+            .filter_map(|(k, rs)| {
+                let h: Vec<(usize, usize)> = rs.iter().filter_map(|r| r.hibernating).collect();
+                (!h.is_empty()).then(|| {
+                    format!(
+                        "{} {} of {}",
+                        k.name(),
+                        h.iter().map(|h| h.0).sum::<usize>(),
+                        h.iter().map(|h| h.1).sum::<usize>()
+                    )
+                })
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "hibernating clients disconnected by drains or joins: {} (of {} hibernating clients in the rooms concerned, over {} round(s): {})",
+            hib.iter().map(|h| h.0).sum::<usize>(),
+            hib.iter().map(|h| h.1).sum::<usize>(),
+            hib.len(),
+            kinds.join(", ")
+        );
     }
     let exits: Vec<Duration> = {
-        let mut v: Vec<Duration> = results.iter().filter_map(|r| r.drain_exit).collect();
+        let mut v: Vec<Duration> = results.iter().flat_map(|r| r.drain_exits.iter().copied()).collect();
         v.sort();
         v
     };
@@ -437,12 +583,13 @@ fn summary(args: &Args, seed: u64, results: &[RoundResult], started: Instant, in
     let _ = writeln!(
         out,
         "\nper kind (failover: fault to the first acknowledged write made after it, per affected room; \
-         stall: longest time without one; the issue's failover target with the fast profile: {}):",
-        secs(FAILOVER_TARGET)
+         stall: longest time without one; the issue's failover target, lease TTL + 1.5 s with the {} profile: {}):",
+        args.profile.name(),
+        secs(failover_target(args.profile.timing()))
     );
     let _ = writeln!(
         out,
-        "  {:<13} {:>6} {:<8} {:>5} {:>7} {:>7} {:>7} {:>7}  disconnects of the affected rooms' clients",
+        "  {:<16} {:>6} {:<8} {:>5} {:>7} {:>7} {:>7} {:>7}  disconnects of the affected rooms' clients",
         "kind", "rounds", "measure", "rooms", "min", "median", "p99", "max"
     );
     for (kind, rs) in &per_kind {
@@ -458,7 +605,7 @@ fn summary(args: &Args, seed: u64, results: &[RoundResult], started: Instant, in
         let cell = |d: Option<Duration>| d.map_or("-".to_string(), secs);
         let _ = writeln!(
             out,
-            "  {:<13} {:>6} {:<8} {:>5} {:>7} {:>7} {:>7} {:>7}  {:?}{}",
+            "  {:<16} {:>6} {:<8} {:>5} {:>7} {:>7} {:>7} {:>7}  {:?}{}",
             kind.name(),
             rs.len(),
             kind.measure().name(),
@@ -484,7 +631,7 @@ fn summary(args: &Args, seed: u64, results: &[RoundResult], started: Instant, in
             let _ = writeln!(out, "\nfailed connection attempts of the affected rooms' clients (reconnecting):");
             any_failed = true;
         }
-        let _ = writeln!(out, "  {:<13} {failed:?}", kind.name());
+        let _ = writeln!(out, "  {:<16} {failed:?}", kind.name());
     }
     let failed: Vec<(usize, &RoundResult)> =
         results.iter().enumerate().filter(|(_, r)| !r.problems.is_empty()).collect();
@@ -537,6 +684,18 @@ fn main() -> ExitCode {
         eprintln!("partyline-chaos: {e}");
         return ExitCode::from(2);
     }
+    // partition-reject needs network namespaces: without them it is left out, saying why.
+    let mut skipped = Vec::new();
+    if args.kinds.contains(&FaultKind::PartitionReject) {
+        if let Err(why) = Namespaces::available() {
+            skipped.push(format!("partition-reject (network namespaces unavailable: {why})"));
+            args.kinds.retain(|k| *k != FaultKind::PartitionReject);
+            if args.kinds.is_empty() {
+                println!("partyline-chaos: skipped: {}; no other kind to run", skipped[0]);
+                return ExitCode::SUCCESS;
+            }
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -544,24 +703,36 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    runtime.block_on(chaos(args))
+    runtime.block_on(chaos(args, skipped))
 }
 
-async fn chaos(args: Args) -> ExitCode {
+async fn chaos(args: Args, skipped: Vec<String>) -> ExitCode {
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64 % 1_000_000_000)
     });
-    let plans = plan(seed, args.rounds, &args.kinds);
+    let leases = args.profile.timing();
+    let plans = plan(seed, args.rounds, &args.kinds, leases);
     let kinds: Vec<&str> = args.kinds.iter().map(|k| k.name()).collect();
     println!(
-        "chaos: {} rounds, seed {seed}, kinds {}; each round: redis (AOF) + 3 nodes + 2 gateways, {} chat + {} counter rooms x 3 clients, fast leases",
+        "chaos: {} rounds, seed {seed}, kinds {}; each round: redis (AOF) + 3 nodes + 2 gateways, {} chat + {} counter rooms x 3 clients; lease profile {} (TTL {}, renewed every {}, self-fence at {}; failover target {})",
         args.rounds,
         kinds.join(","),
         args.chat_rooms,
-        args.counter_rooms
+        args.counter_rooms,
+        args.profile.name(),
+        secs(leases.ttl),
+        secs(leases.renew_every),
+        secs(leases.fence_after),
+        secs(failover_target(leases))
     );
+    if args.kinds.contains(&FaultKind::ReplicaFailover) {
+        println!("  (replica-failover rounds: a Redis Cluster of 3 primaries with 2 replicas each instead of the redis-server)");
+    }
+    for s in &skipped {
+        println!("skipped: {s}");
+    }
     let started = Instant::now();
     let mut results: Vec<RoundResult> = Vec::new();
     let mut interrupted = false;
@@ -575,7 +746,7 @@ async fn chaos(args: Args) -> ExitCode {
     for (i, p) in plans.iter().enumerate() {
         let transcript = Transcript::record();
         let t = Instant::now();
-        let mut round = tokio::spawn(run_plan(*p, (args.chat_rooms, args.counter_rooms), transcript.clone()));
+        let mut round = tokio::spawn(run_plan(*p, (args.chat_rooms, args.counter_rooms), leases, transcript.clone()));
         let limit = Duration::from_secs(args.round_timeout);
         let done = tokio::select! {
             done = tokio::time::timeout(limit, &mut round) => Some(done),
@@ -610,7 +781,7 @@ async fn chaos(args: Args) -> ExitCode {
         println!("{}", round_line(i, args.rounds, &result, t.elapsed()));
         results.push(result);
     }
-    print!("{}", summary(&args, seed, &results, started, interrupted));
+    print!("{}", summary(&args, seed, &results, started, interrupted, &skipped));
     if interrupted {
         ExitCode::from(130)
     } else if results.iter().any(|r| !r.problems.is_empty() || r.counts.undocumented_texts > 0) {
@@ -627,21 +798,21 @@ mod tests {
     #[test]
     fn plans_cover_every_kind_per_block_and_repeat_with_the_seed() {
         let kinds = FaultKind::ALL.to_vec();
-        let a = plan(7, 20, &kinds);
+        let a = plan(7, 20, &kinds, LeaseTiming::FAST);
         assert_eq!(a.len(), 20);
         let first: std::collections::BTreeSet<FaultKind> = a[..kinds.len()].iter().map(|p| p.kind).collect();
         assert_eq!(first.len(), kinds.len(), "each kind once per block");
-        let b = plan(7, 20, &kinds);
+        let b = plan(7, 20, &kinds, LeaseTiming::FAST);
         assert_eq!(a.iter().map(|p| p.kind).collect::<Vec<_>>(), b.iter().map(|p| p.kind).collect::<Vec<_>>());
         assert_eq!(a.iter().map(|p| p.settle).collect::<Vec<_>>(), b.iter().map(|p| p.settle).collect::<Vec<_>>());
         assert_eq!(a.iter().map(|p| p.tag).collect::<Vec<_>>(), b.iter().map(|p| p.tag).collect::<Vec<_>>());
         assert_ne!(a[0].tag, a[1].tag, "each round has its own rooms");
-        let c = plan(8, 20, &kinds);
+        let c = plan(8, 20, &kinds, LeaseTiming::FAST);
         assert_ne!(a.iter().map(|p| p.kind).collect::<Vec<_>>(), c.iter().map(|p| p.kind).collect::<Vec<_>>());
         for p in &a {
-            assert!(p.outage > LEASES.ttl, "an outage outlasts the leases");
+            assert!(p.outage > LeaseTiming::FAST.ttl, "an outage outlasts the leases");
             if let Pause::For(d) = p.pause {
-                assert!(d > LEASES.ttl, "a pause outlasts the lease");
+                assert!(d > LeaseTiming::FAST.ttl, "a pause outlasts the lease");
             }
         }
     }

@@ -61,7 +61,7 @@ async fn with_one_replica_required_a_commit_is_acknowledged_only_once_the_replic
     let (store, leases) = (redis.store(), redis.leases());
     let room = RoomKey::new("main", "replicated");
     let shard = shard_of(&room);
-    let fence = fence_for(shard, grant(&leases, shard).await);
+    let fence = fence_for(shard, "n", grant(&leases, shard).await);
 
     store.commit(&room, Some(&fence), &[put("k", "v1"), put("j", "w")]).await.unwrap();
     // WAIT answered 1: the replica has it the moment the commit returns.
@@ -106,7 +106,7 @@ async fn without_replicas_required_commits_and_grants_do_not_wait_for_them() {
     let shard = shard_of(&room);
     let _paused = Paused::pause(&replica);
     let start = Instant::now();
-    let fence = fence_for(shard, grant(&leases, shard).await);
+    let fence = fence_for(shard, "n", grant(&leases, shard).await);
     store.commit(&room, Some(&fence), &[put("k", "v")]).await.unwrap();
     assert!(start.elapsed() < REPLICA_TIMEOUT, "{:?}", start.elapsed());
     assert_eq!(store.get(&room, &["k".to_string()]).await.unwrap(), vec![Some(Bytes::from("v"))]);
@@ -121,11 +121,11 @@ async fn with_no_replica_at_all_a_required_replica_fails_the_commit_and_fencing_
     let shard = shard_of(&room);
     let err = redis.leases().acquire(shard, "n", "n", "127.0.0.1:1", Duration::from_secs(60)).await.unwrap_err();
     assert!(err.to_string().contains("0 of the 1 replicas"), "{err}");
-    let fence = fence_for(shard, grant(&plain.leases(), shard).await);
+    let fence = fence_for(shard, "n", grant(&plain.leases(), shard).await);
     let err = redis.store().commit(&room, Some(&fence), &[put("k", "v")]).await.unwrap_err();
     assert!(matches!(&err, StoreError::Backend(m) if m.contains("replicas")), "{err:?}");
     // A fenced commit is refused as fenced, whatever WAIT answers.
-    let stale = fence_for(shard, fence.epoch + 1);
+    let stale = fence_for(shard, "n", fence.epoch + 1);
     let err = redis.store().commit(&room, Some(&stale), &[put("k", "v")]).await.unwrap_err();
     assert!(matches!(err, StoreError::Fenced { .. }), "{err:?}");
 }
@@ -141,8 +141,8 @@ async fn on_a_redis_cluster_the_wait_goes_to_the_primary_that_took_the_write() {
     let primary_of = |room: &RoomKey| cluster.primary_of(cluster.slot_of(&store.keys().lease(shard_of(room))));
     let a = RoomKey::new("main", "a");
     let b = (0..).map(|i| RoomKey::new("main", format!("b{i}"))).find(|b| primary_of(b) != primary_of(&a)).unwrap();
-    let fa = fence_for(shard_of(&a), grant(&leases, shard_of(&a)).await);
-    let fb = fence_for(shard_of(&b), grant(&leases, shard_of(&b)).await);
+    let fa = fence_for(shard_of(&a), "n", grant(&leases, shard_of(&a)).await);
+    let fb = fence_for(shard_of(&b), "n", grant(&leases, shard_of(&b)).await);
     store.commit(&a, Some(&fa), &[put("k", "1")]).await.unwrap();
     store.commit(&b, Some(&fb), &[put("k", "1")]).await.unwrap();
 
@@ -178,7 +178,7 @@ async fn commit_latency_with_0_and_1_replicas() {
                 Acquire::Granted { epoch } => epoch,
                 Acquire::Held { epoch, .. } => epoch,
             };
-            fences.push(fence_for(shard, epoch));
+            fences.push(fence_for(shard, "n", epoch));
         }
         let (room, fence) = (&rooms[0], &fences[0]);
         for i in 0..200 {

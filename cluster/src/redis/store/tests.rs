@@ -52,7 +52,7 @@ impl Fenced {
                 e
             }
         };
-        fence_for(shard, epoch)
+        fence_for(shard, "conformance", epoch)
     }
 }
 
@@ -141,24 +141,24 @@ async fn unfenced_and_unleased_writes_are_refused(redis: Redis) {
     assert!(matches!(&err, StoreError::Backend(m) if m == "unfenced write"), "{err:?}");
 
     // No lease at all for the shard.
-    let err = store.commit(&room, Some(&fence_for(shard, 1)), &[put("k", "v")]).await.unwrap_err();
+    let err = store.commit(&room, Some(&fence_for(shard, "n1", 1)), &[put("k", "v")]).await.unwrap_err();
     assert!(matches!(err, StoreError::Fenced { ref lease, epoch: 1 } if *lease == shard.to_string()), "{err:?}");
 
     // A lease of another shard does not cover the room.
     let other = (shard + 1) % partyline::runtime::placement::SHARDS;
     let e = grant(&redis.leases(), other, "n1", Duration::from_secs(30)).await;
-    let err = store.commit(&room, Some(&fence_for(other, e)), &[put("k", "v")]).await.unwrap_err();
+    let err = store.commit(&room, Some(&fence_for(other, "n1", e)), &[put("k", "v")]).await.unwrap_err();
     assert!(matches!(err, StoreError::Fenced { .. }), "{err:?}");
 
     // The right shard, the wrong epoch.
     let e = grant(&redis.leases(), shard, "n1", Duration::from_secs(30)).await;
-    let err = store.commit(&room, Some(&fence_for(shard, e - 1)), &[put("k", "v")]).await.unwrap_err();
+    let err = store.commit(&room, Some(&fence_for(shard, "n1", e - 1)), &[put("k", "v")]).await.unwrap_err();
     assert!(matches!(err, StoreError::Fenced { .. }), "{err:?}");
     assert_eq!(store.get(&room, &strings(&["k"])).await.unwrap(), vec![None]);
     assert_eq!(store.list(&room, &ListOptions::default()).await.unwrap(), vec![]);
 
     // And the right fence works.
-    store.commit(&room, Some(&fence_for(shard, e)), &[put("k", "v"), WriteOp::SetAlarm(7)]).await.unwrap();
+    store.commit(&room, Some(&fence_for(shard, "n1", e)), &[put("k", "v"), WriteOp::SetAlarm(7)]).await.unwrap();
     assert_eq!(store.get(&room, &strings(&["k"])).await.unwrap(), vec![Some(Bytes::from("v"))]);
     assert_eq!(store.get_alarm(&room).await.unwrap(), Some(7));
 }
@@ -169,7 +169,7 @@ async fn a_zombie_is_fenced_after_takeover_and_leaves_data_unchanged(redis: Redi
     let shard = shard_of(&room);
 
     let old = grant(&leases, shard, "node-a#1", Duration::from_millis(300)).await;
-    let old_fence = fence_for(shard, old);
+    let old_fence = fence_for(shard, "node-a#1", old);
     store.commit(&room, Some(&old_fence), &[put("k", "from-a"), WriteOp::SetAlarm(100)]).await.unwrap();
 
     // node-a stalls past its TTL; node-b takes over once Redis has expired the lease.
@@ -184,7 +184,7 @@ async fn a_zombie_is_fenced_after_takeover_and_leaves_data_unchanged(redis: Redi
         }
     };
     assert!(new > old, "epoch {new} not after {old}");
-    store.commit(&room, Some(&fence_for(shard, new)), &[put("k2", "from-b")]).await.unwrap();
+    store.commit(&room, Some(&fence_for(shard, "node-b#1", new)), &[put("k2", "from-b")]).await.unwrap();
 
     // The zombie wakes up and writes with its old fence: refused, nothing changes.
     let zombie_ops = [put("k", "zombie"), WriteOp::Delete("k2".into()), WriteOp::DeleteAll, WriteOp::DeleteAlarm];
@@ -207,7 +207,7 @@ async fn list_bounds_cover_prefixes_and_edges(redis: Redis) {
     let e = grant(&leases, shard, "n", Duration::from_secs(60)).await;
     let ks = ["", "a", "a\u{7f}", "a\u{80}", "aé", "a😀", "a\u{10FFFF}", "b", "\u{10FFFF}"];
     let ops: Vec<_> = ks.iter().map(|k| put(k, k)).collect();
-    store.commit(&room, Some(&fence_for(shard, e)), &ops).await.unwrap();
+    store.commit(&room, Some(&fence_for(shard, "n", e)), &ops).await.unwrap();
     let list = |opts: ListOptions| {
         let store = store.clone();
         let room = room.clone();
@@ -276,7 +276,7 @@ async fn due_alarms_come_from_the_given_shards_reading_only_what_may_be_due(redi
                 e
             }
         };
-        store.commit(&room, Some(&fence_for(shard, e)), &[WriteOp::SetAlarm(i)]).await.unwrap();
+        store.commit(&room, Some(&fence_for(shard, "n", e)), &[WriteOp::SetAlarm(i)]).await.unwrap();
         if shard % 2 == 0 {
             mine.push((room, i));
         }
@@ -307,7 +307,7 @@ async fn due_alarms_come_from_the_given_shards_reading_only_what_may_be_due(redi
     let (shard, _) = quiet[7];
     let room = (0..).map(|i| RoomKey::new("main", format!("q{i}"))).find(|r| shard_of(r) == shard).unwrap();
     let e = grant(&leases, shard, "n", Duration::from_secs(60)).await;
-    store.commit(&room, Some(&fence_for(shard, e)), &[WriteOp::SetAlarm(500)]).await.unwrap();
+    store.commit(&room, Some(&fence_for(shard, "n", e)), &[WriteOp::SetAlarm(500)]).await.unwrap();
     let quiet_now: Vec<(u16, Option<u64>)> =
         quiet.iter().map(|&(s, ep)| if s == shard { (s, Some(e)) } else { (s, ep) }).collect();
     assert_eq!(store.due_alarms_in(1_000, 10, &quiet_now, none).await.unwrap(), vec![(room.clone(), 500)]);
@@ -334,7 +334,7 @@ async fn reads_under_a_fence_that_no_longer_holds_are_refused(redis: &Redis) {
     let room = RoomKey::new("main", "fenced-reads");
     let shard = shard_of(&room);
     let e = grant(&leases, shard, "node-a#1", Duration::from_secs(60)).await;
-    let fence = fence_for(shard, e);
+    let fence = fence_for(shard, "node-a#1", e);
     store.commit(&room, Some(&fence), &[put("k", "v"), WriteOp::SetAlarm(42)]).await.unwrap();
     let keys = strings(&["k", "missing"]);
     assert_eq!(store.get_fenced(&room, Some(&fence), &keys).await.unwrap(), vec![Some(Bytes::from_static(b"v")), None]);
@@ -342,13 +342,60 @@ async fn reads_under_a_fence_that_no_longer_holds_are_refused(redis: &Redis) {
     assert_eq!(listed, vec![("k".to_string(), Bytes::from_static(b"v"))]);
     assert_eq!(store.get_alarm_fenced(&room, Some(&fence)).await.unwrap(), Some(42));
     // A stale epoch reads nothing.
-    let stale = fence_for(shard, e - 1);
+    let stale = fence_for(shard, "node-a#1", e - 1);
     assert!(matches!(store.get_fenced(&room, Some(&stale), &keys).await, Err(StoreError::Fenced { .. })));
     assert!(matches!(
         store.list_fenced(&room, Some(&stale), &ListOptions::default()).await,
         Err(StoreError::Fenced { .. })
     ));
     assert!(matches!(store.get_alarm_fenced(&room, Some(&stale)).await, Err(StoreError::Fenced { .. })));
+}
+
+/// A Redis that failed over to a replica which missed the last grants can grant an epoch again,
+/// to another incarnation (the epoch is floored by Redis's clock, which a promoted replica's
+/// clock may trail). The fence names the holder too, so the old holder stays fenced.
+async fn the_same_epoch_granted_to_another_holder_fences_the_old_one(redis: &Redis) {
+    let (store, leases) = (redis.store(), redis.leases());
+    let room = RoomKey::new("main", "regranted");
+    let shard = shard_of(&room);
+    let e = grant(&leases, shard, "node-a#1", Duration::from_secs(60)).await;
+    let old = fence_for(shard, "node-a#1", e);
+    store.commit(&room, Some(&old), &[put("k", "from-a"), WriteOp::SetAlarm(42)]).await.unwrap();
+
+    // The lease hash as the promoted replica could have it: the same epoch, another holder.
+    let _: () = ::redis::cmd("HSET")
+        .arg(redis.keys().lease(shard))
+        .arg("owner")
+        .arg("node-b")
+        .arg("inc")
+        .arg("node-b#1")
+        .arg("addr")
+        .arg("10.0.0.2:7000")
+        .query_async(&mut redis.connection())
+        .await
+        .unwrap();
+    let err = store.commit(&room, Some(&old), &[put("k", "zombie")]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Fenced { epoch, .. } if epoch == e), "{err:?}");
+    let keys = strings(&["k"]);
+    assert!(matches!(store.get_fenced(&room, Some(&old), &keys).await, Err(StoreError::Fenced { .. })));
+    assert!(matches!(
+        store.list_fenced(&room, Some(&old), &ListOptions::default()).await,
+        Err(StoreError::Fenced { .. })
+    ));
+    assert!(matches!(store.get_alarm_fenced(&room, Some(&old)).await, Err(StoreError::Fenced { .. })));
+
+    // The new holder's fence covers the room; the refused commit changed nothing.
+    let new = fence_for(shard, "node-b#1", e);
+    assert_eq!(store.get_fenced(&room, Some(&new), &keys).await.unwrap(), vec![Some(Bytes::from("from-a"))]);
+    store.commit(&room, Some(&new), &[put("k", "from-b")]).await.unwrap();
+    assert_eq!(store.get(&room, &keys).await.unwrap(), vec![Some(Bytes::from("from-b"))]);
+    assert_eq!(store.get_alarm_fenced(&room, Some(&new)).await.unwrap(), Some(42));
+}
+
+#[tokio::test]
+async fn the_same_epoch_granted_to_another_holder_fences_the_old_one_single() {
+    let (_server, redis) = single().await;
+    the_same_epoch_granted_to_another_holder_fences_the_old_one(&redis).await;
 }
 
 #[tokio::test]
@@ -396,11 +443,11 @@ async fn reads_under_a_fence_that_no_longer_holds_are_refused_single() {
     let store = redis.store();
     let room = RoomKey::new("main", "fenced-reads");
     let shard = shard_of(&room);
-    let e = redis.leases().owner(shard).await.unwrap().expect("the lease is held").epoch;
+    let held = redis.leases().owner(shard).await.unwrap().expect("the lease is held");
     server.restart();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        match store.get_fenced(&room, Some(&fence_for(shard, e)), &strings(&["k"])).await {
+        match store.get_fenced(&room, Some(&fence_for(shard, &held.inc, held.epoch)), &strings(&["k"])).await {
             Err(StoreError::Fenced { .. }) => break,
             Err(e) => assert!(Instant::now() < deadline, "{e}"),
             Ok(v) => panic!("read {v:?} from a Redis that lost the lease"),
@@ -421,6 +468,7 @@ async fn the_store_checks_pass_on_a_redis_cluster() {
         async { list_bounds_cover_prefixes_and_edges(redis("c4").await).await },
         async { reads_under_a_fence_that_no_longer_holds_are_refused(&redis("c6").await).await },
         async { enforces_the_quota_in_the_commit(redis("c7").await).await },
+        async { the_same_epoch_granted_to_another_holder_fences_the_old_one(&redis("c8").await).await },
     );
     // Alone, so the command counts are its own.
     due_alarms_come_from_the_given_shards_reading_only_what_may_be_due(redis("c5").await).await;
@@ -436,7 +484,7 @@ async fn fenced_commits_stay_correct_while_their_slot_migrates() {
     let rooms: Vec<RoomKey> =
         (0..).map(|i| RoomKey::new("main", format!("m{i}"))).filter(|r| shard_of(r) == shard).take(6).collect();
     let epoch = grant(&leases, shard, "n", Duration::from_secs(60)).await;
-    let fence = fence_for(shard, epoch);
+    let fence = fence_for(shard, "n", epoch);
     for room in &rooms {
         store.commit(room, Some(&fence), &[put("seed", "x"), WriteOp::SetAlarm(1)]).await.unwrap();
     }
@@ -483,7 +531,7 @@ async fn fenced_commits_stay_correct_while_their_slot_migrates() {
         assert_eq!(last, vec![Some(Bytes::from((acked - 1).to_string()))]);
     }
     // The fence still holds on the new primary: another epoch is refused.
-    let err = store.commit(&rooms[0], Some(&fence_for(shard, epoch - 1)), &[put("z", "z")]).await.unwrap_err();
+    let err = store.commit(&rooms[0], Some(&fence_for(shard, "n", epoch - 1)), &[put("z", "z")]).await.unwrap_err();
     assert!(matches!(err, StoreError::Fenced { .. }), "{err:?}");
     assert!(cluster.keys_on(from, "pl:*").is_empty(), "nothing of the shard is left behind");
 }
@@ -495,7 +543,7 @@ async fn works_again_after_redis_restarts() {
     let room = RoomKey::new("main", "restart");
     let shard = shard_of(&room);
     let e = grant(&leases, shard, "n", Duration::from_secs(60)).await;
-    store.commit(&room, Some(&fence_for(shard, e)), &[put("k", "v")]).await.unwrap();
+    store.commit(&room, Some(&fence_for(shard, "n", e)), &[put("k", "v")]).await.unwrap();
 
     // The server loses everything (no persistence): the lease is gone, so writes are fenced
     // until the shard is acquired again, and the scripts must be reloaded (NOSCRIPT).
@@ -512,9 +560,9 @@ async fn works_again_after_redis_restarts() {
         }
     };
     assert!(e2 > e, "time-floored epoch {e2} must exceed {e} even though the counter was lost");
-    let err = store.commit(&room, Some(&fence_for(shard, e)), &[put("k", "old")]).await.unwrap_err();
+    let err = store.commit(&room, Some(&fence_for(shard, "n", e)), &[put("k", "old")]).await.unwrap_err();
     assert!(matches!(err, StoreError::Fenced { .. }), "{err:?}");
-    store.commit(&room, Some(&fence_for(shard, e2)), &[put("k", "v2")]).await.unwrap();
+    store.commit(&room, Some(&fence_for(shard, "n", e2)), &[put("k", "v2")]).await.unwrap();
     assert_eq!(store.get(&room, &strings(&["k"])).await.unwrap(), vec![Some(Bytes::from("v2"))]);
     assert_eq!(store.list(&room, &ListOptions::default()).await.unwrap().len(), 1);
 }
@@ -553,7 +601,7 @@ async fn throughput() {
     let room = RoomKey::new("main", "bench");
     let shard = shard_of(&room);
     let e = grant(&leases, shard, "n", Duration::from_secs(600)).await;
-    let fence = fence_for(shard, e);
+    let fence = fence_for(shard, "n", e);
     let n = 5_000;
     let start = Instant::now();
     for i in 0..n {
@@ -615,7 +663,7 @@ async fn many_rooms_single_vs_cluster() {
         for shard in 0..partyline::runtime::placement::SHARDS {
             epochs.insert(shard, grant(&leases, shard, "bench", Duration::from_secs(600)).await);
         }
-        let fences: Vec<Fence> = rooms.iter().map(|r| fence_for(shard_of(r), epochs[&shard_of(r)])).collect();
+        let fences: Vec<Fence> = rooms.iter().map(|r| fence_for(shard_of(r), "bench", epochs[&shard_of(r)])).collect();
         let on_cluster = url.starts_with("redis+cluster");
         if on_cluster {
             cluster.reset_stats();

@@ -404,6 +404,17 @@ impl RedisCluster {
         self.wait_healthy().expect("a healthy cluster after the failover");
     }
 
+    /// Promotes the replica on `replica` to primary without its primary's agreement (`CLUSTER
+    /// FAILOVER TAKEOVER`: no catching up, so whatever it had not received is gone), as an
+    /// automatic failover after the primary died does, and waits until every running node
+    /// agrees and the cluster is ok.
+    pub fn takeover(&self, replica: u16) {
+        run(&mut self.conn(replica), ::redis::cmd("CLUSTER").arg("FAILOVER").arg("TAKEOVER"))
+            .expect("CLUSTER FAILOVER TAKEOVER");
+        self.wait("the replica to take over", || self.primaries().contains(&replica)).expect("takeover");
+        self.wait_healthy().expect("a healthy cluster after the takeover");
+    }
+
     /// The port of a replica of the primary on `primary`.
     pub fn replica_of(&self, primary: u16) -> Option<u16> {
         let id = self.id(primary);
