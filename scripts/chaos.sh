@@ -3,7 +3,7 @@
 # against what storage holds. Builds the `partyline` binary and the runner, then runs it.
 #
 #   scripts/chaos.sh                       10 rounds, a seed from the clock
-#   scripts/chaos.sh --rounds 50           the run (about 6 min on 2 cores)
+#   scripts/chaos.sh --rounds 200          every kind 14 times or so (about 26 min on 2 cores)
 #   scripts/chaos.sh --rounds 8 --seed 42 --kinds sigkill,sigterm --keep-logs
 #   scripts/chaos.sh --rounds 12 --kinds rolling-restart,drain-rebalance,slow-sigterm,partition-reject,moved-twice,replica-failover
 #   scripts/chaos.sh --profile standard    the production lease timing (TTL 10 s) instead of fast (3 s)
