@@ -66,6 +66,10 @@ npm_ci_example() {
   (cd examples/partykit && npm ci --no-audit --no-fund --loglevel=error)
 }
 
+npm_ci_fixtures() {
+  (cd tests/partykit-projects && npm ci --no-audit --no-fund --loglevel=error)
+}
+
 # ---- dependencies (only what is missing)
 
 if command -v redis-server >/dev/null 2>&1; then
@@ -125,6 +129,15 @@ if [ ! -d examples/partykit/node_modules ] ||
   run "npm ci (examples/partykit)" npm_ci_example
 else
   header "examples/partykit/node_modules: up to date"
+fi
+
+# The fixture projects (tests/partykit-projects: pages built by serve.build and checked in
+# Chromium, React, a Yjs editor, wasm from AssemblyScript).
+if [ ! -d tests/partykit-projects/node_modules ] ||
+   [ tests/partykit-projects/package-lock.json -nt tests/partykit-projects/node_modules/.package-lock.json ]; then
+  run "npm ci (tests/partykit-projects)" npm_ci_fixtures
+else
+  header "tests/partykit-projects/node_modules: up to date"
 fi
 
 # ---- checks and tests

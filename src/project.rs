@@ -18,8 +18,10 @@ use crate::dev::{self, DevConfig};
 #[derive(Debug, Args, Clone)]
 pub struct ProjectArgs {
     /// A PartyKit project's partykit.json to serve (`dev` also picks up ./partykit.json). Its
-    /// `main` and `parties` (TypeScript or JavaScript) are served, `vars` reach `room.env`,
-    /// `serve` is answered as static files.
+    /// `main` and `parties` (TypeScript or JavaScript) are bundled and served, `vars` and `.env`
+    /// reach `room.env` and `process.env`, `define` and `build` apply, `serve` is answered as
+    /// static files and `serve.build` (the page's client code) is bundled and served from
+    /// memory.
     #[arg(long = "config", env = "PARTYLINE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Heap limit of each JS room in MiB; a room over it is restarted (its sockets closed with
@@ -33,13 +35,25 @@ pub struct ProjectArgs {
     /// Time limit of one outbound `fetch` from a JS party (e.g. 10s).
     #[arg(long, env = "PARTYLINE_FETCH_TIMEOUT", default_value = "30s", value_parser = crate::values::parse_duration)]
     pub fetch_timeout: Duration,
+    /// PEM files of CA certificates that `https` fetches from JS parties trust besides Mozilla's
+    /// roots (comma-separated; e.g. a private CA or a local development certificate).
+    #[arg(long, env = "PARTYLINE_FETCH_CA", value_delimiter = ',', value_name = "PEM")]
+    pub fetch_ca: Vec<PathBuf>,
 }
 
 impl ProjectArgs {
-    fn settings(&self) -> JsSettings {
+    /// The settings of the JS engine; `dev_host` is `partyline dev`'s address (it becomes
+    /// `PARTYKIT_HOST` and turns on live reload).
+    fn settings(&self, dev_host: Option<String>) -> JsSettings {
         JsSettings {
+            live_reload: dev_host.is_some(),
+            partykit_host: dev_host,
             memory_bytes: self.js_memory_mb << 20,
-            fetch: FetchPolicy { allow: self.fetch_allow.clone(), timeout: self.fetch_timeout },
+            fetch: FetchPolicy {
+                allow: self.fetch_allow.clone(),
+                timeout: self.fetch_timeout,
+                extra_roots: self.fetch_ca.clone(),
+            },
         }
     }
 
@@ -58,7 +72,17 @@ pub async fn load(
     rust: PartyRegistry,
     cli_vars: &BTreeMap<String, String>,
 ) -> anyhow::Result<(Project, PartyRegistry, Env)> {
-    let project = Project::load(file, limits, &args.settings()).await?;
+    load_with(file, &args.settings(None), limits, rust, cli_vars).await
+}
+
+async fn load_with(
+    file: &Path,
+    settings: &JsSettings,
+    limits: &Limits,
+    rust: PartyRegistry,
+    cli_vars: &BTreeMap<String, String>,
+) -> anyhow::Result<(Project, PartyRegistry, Env)> {
+    let project = Project::load(file, limits, settings).await?;
     let registry = project.registry(rust)?;
     let mut vars = project.config.vars.clone();
     vars.extend(cli_vars.clone());
@@ -97,8 +121,10 @@ pub async fn run_dev(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let listener = listener.into_std().context("the listener")?;
-    let (project, registry, env) = load(&file, &args, &cfg.limits, rust.clone(), &cli_vars).await?;
+    let settings = args.settings(Some(listener.local_addr().context("the listener")?.to_string()));
+    let (project, registry, env) = load_with(&file, &settings, &cfg.limits, rust.clone(), &cli_vars).await?;
     print_parties(&registry);
+    print_page(&project);
     let mut current = (project, registry, env);
     let mut shutdown = Box::pin(shutdown);
     loop {
@@ -120,7 +146,7 @@ pub async fn run_dev(
                 _ = changed(files.clone()) => {}
             }
             println!("project changed, reloading {}", file.display());
-            match load(&file, &args, &cfg.limits, rust.clone(), &cli_vars).await {
+            match load_with(&file, &settings, &cfg.limits, rust.clone(), &cli_vars).await {
                 Ok(next) => break next,
                 Err(e) => eprintln!("error: {e:#}\n  (still serving the previous version; fix it and save again)"),
             }
@@ -128,9 +154,22 @@ pub async fn run_dev(
         let _ = stop_tx.send(());
         server.await.context("the dev server")??;
         print_parties(&next.1);
+        print_page(&next.0);
         drop(project);
         current = next;
     }
+}
+
+/// What `serve.build` made, when the project has a page to build.
+fn print_page(project: &Project) {
+    let Some(assets) = &project.config.assets else { return };
+    let built = assets.built();
+    if built.is_empty() {
+        return;
+    }
+    let bytes: usize = built.values().map(|b| b.len()).sum();
+    let names: Vec<&str> = built.keys().map(String::as_str).filter(|n| !n.ends_with(".map")).collect();
+    println!("  page: {} ({} KiB with source maps, served from memory)", names.join(", "), bytes.div_ceil(1024));
 }
 
 fn print_parties(registry: &PartyRegistry) {

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use partyline::room_socket::RoomSocket;
 use partyline::runtime::placement::{preferred, shard_of};
 use partyline::sync::{Lock, ReadWrite};
 use partyline::{PartiesClient, PartyRegistry, Request, Response, RoomKey};
@@ -947,6 +948,11 @@ impl PartiesClient for ClusterParties {
 
     fn has_party(&self, party: &str) -> bool {
         self.parties.get(party).is_some()
+    }
+
+    async fn socket(&self, room: RoomKey, id: String, req: Request) -> anyhow::Result<RoomSocket> {
+        let _ = (id, req);
+        anyhow::bail!("sockets from a room to another (room {room}) are not supported in a cluster yet: use fetch")
     }
 }
 

@@ -9,6 +9,8 @@
 //! - [`party`]: the [`Party`] trait, options, static hooks, and the [`PartyRegistry`].
 //! - [`room`]: [`Room`]: identity, env, broadcast, connections, calls to other rooms.
 //! - [`connection`]: [`Connection`]: id, uri, tags, state, send, close.
+//! - [`room_socket`]: [`room_socket::RoomSocket`]: party code's connection to another room as its
+//!   client.
 //! - [`storage`]: [`Storage`]: Durable Object style key/value storage and one alarm per room.
 //! - [`store`]: the [`Store`] backend trait and [`MemoryStore`].
 //! - [`message`]: [`Message`], text and binary kept apart.
@@ -47,6 +49,7 @@ pub mod limits;
 pub mod message;
 pub mod party;
 pub mod room;
+pub mod room_socket;
 pub mod runtime;
 pub mod storage;
 pub mod store;

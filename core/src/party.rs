@@ -55,6 +55,9 @@ pub struct Wakeup {
     pub notify: Arc<tokio::sync::Notify>,
     /// When the next timer is due, if any.
     pub at: Option<tokio::time::Instant>,
+    /// A handler that went on in the background waits for I/O: the room neither hibernates nor
+    /// unloads while this is set (timers alone do not keep it).
+    pub busy: bool,
 }
 
 /// What `get_connection_tags` and `on_connect` get besides the connection.
@@ -188,7 +191,9 @@ pub trait Party: Send + 'static {
         async { Ok(()) }
     }
 
-    /// An HTTP request to the room (`/parties/:party/:room[/*]`), any method.
+    /// An HTTP request to the room (`/parties/:party/:room[/*]`), any method. A handler that
+    /// must wait for I/O without holding up the room may return [`web::deferred`]'s response and
+    /// answer later.
     fn on_request(&mut self, _req: Request) -> impl Future<Output = anyhow::Result<Response>> + Send {
         async { Ok(web::text(http::StatusCode::INTERNAL_SERVER_ERROR, crate::client_text::NO_ON_REQUEST)) }
     }

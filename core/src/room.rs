@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::connection::{ConnKey, ConnShared, Connection};
 use crate::limits::Limits;
 use crate::message::Message;
+use crate::room_socket::RoomSocket;
 use crate::runtime::gate::Gate;
 use crate::runtime::handle::Answer;
 use crate::runtime::link::{FromRoom, SocketId};
@@ -51,6 +52,13 @@ pub trait PartiesClient: Send + Sync + 'static {
     async fn fetch(&self, room: RoomKey, req: Request) -> anyhow::Result<Response>;
     /// Whether a party of this name exists.
     fn has_party(&self, party: &str) -> bool;
+    /// Connects to the room as client `id`, `req` being the upgrade request (its path appended
+    /// to the room's URL, see [`crate::web::room_request`]). Runtimes whose rooms are not
+    /// reachable this way refuse it.
+    async fn socket(&self, room: RoomKey, id: String, req: Request) -> anyhow::Result<RoomSocket> {
+        let _ = (id, req);
+        anyhow::bail!("connecting to room {room} from a room is not supported here")
+    }
 }
 
 /// Access to other rooms: `room.parties().get("counter", "lobby").fetch(req)`.
@@ -100,6 +108,24 @@ impl RoomStub {
             storage.sync().await?;
         }
         client.fetch(self.key.clone(), req).await
+    }
+
+    /// Connects to the room as client `id` (PartyKit's `stub.socket()`), `req` being the upgrade
+    /// request. From a room, the connection is made once the caller's writes so far are
+    /// durable, and each frame it sends waits for the writes made before it.
+    pub async fn socket(&self, id: &str, req: Request) -> anyhow::Result<RoomSocket> {
+        let client = &self.parties.client;
+        if !client.has_party(&self.key.party) {
+            anyhow::bail!("Party {} not found", self.key.party);
+        }
+        if let Some(storage) = &self.parties.gate {
+            storage.sync().await?;
+        }
+        let mut socket = client.socket(self.key.clone(), id.to_string(), req).await?;
+        if let Some(storage) = &self.parties.gate {
+            socket.sender.gated_by(storage.clone());
+        }
+        Ok(socket)
     }
 }
 

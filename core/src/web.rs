@@ -105,6 +105,35 @@ pub fn error_response(err: &anyhow::Error, default: StatusCode) -> Response {
     }
 }
 
+/// Where the response of a deferred `on_request` goes (see [`deferred`]): the response, or the
+/// handler's error (answered as an error returned by `on_request` is).
+pub type ResponseSender = tokio::sync::oneshot::Sender<anyhow::Result<Response>>;
+
+/// The mark a deferred response carries.
+#[derive(Clone)]
+struct DeferredMark(std::sync::Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<anyhow::Result<Response>>>>>);
+
+/// A response that `on_request` returns before it has its answer, so the room goes on with its
+/// next event (as a Durable Object's input gate lets other events in while a handler awaits
+/// I/O). The answer is sent on the returned sender, later, from whatever event of the room
+/// finishes it; it reaches the caller through the output gate like any response. A sender
+/// dropped without an answer answers 500; an answer that takes longer than the handler time
+/// limit (counted from `on_request`'s return) answers 500 too.
+pub fn deferred() -> (ResponseSender, Response) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let mut res = Response::new(Bytes::new());
+    res.extensions_mut().insert(DeferredMark(std::sync::Arc::new(std::sync::Mutex::new(Some(rx)))));
+    (tx, res)
+}
+
+/// The receiver of a response made by [`deferred`], if `res` is one.
+pub(crate) fn take_deferred(res: &mut Response) -> Option<tokio::sync::oneshot::Receiver<anyhow::Result<Response>>> {
+    use crate::sync::Lock;
+    let mark = res.extensions_mut().remove::<DeferredMark>()?;
+    let rx = mark.0.locked().take();
+    rx
+}
+
 /// Rewrites a request made with a path relative to a room (`/`, `/sub?q=1`) to the room's own
 /// URL, as PartyKit's `stub.fetch(path)` does.
 pub fn room_request(room: &crate::RoomKey, req: Request) -> Request {

@@ -52,9 +52,11 @@ js_names! {
         Complete = "complete",
         /// `timers(ids)`: timers are due.
         Timers = "timers",
-        /// `requireFile(path)`: a CommonJS or JSON module's exports (called from the stub module
-        /// that imports one).
-        RequireFile = "requireFile",
+        /// `rejection(promise, reason, handled)`: a promise was rejected with no handler, or got
+        /// one later (the runtime's rejection tracker).
+        Rejection = "rejection",
+        /// `rejections()`: the texts of the rejections still unhandled, which it forgets.
+        Rejections = "rejections",
     }
 }
 
@@ -154,10 +156,50 @@ js_names! {
         Broadcast = "broadcast",
         /// `partyFetch(party, room, request)`: a request to another room (a host operation).
         PartyFetch = "partyFetch",
-        /// `requireResolve(dir, spec)`.
-        RequireResolve = "requireResolve",
-        /// `commonjs(path)`: a CommonJS or JSON module wrapped as a function.
-        Commonjs = "commonjs",
+        /// `partySocket(party, room, id, request)`: a socket to another room, as client `id`
+        /// (a host operation; its result is the socket's number).
+        PartySocket = "partySocket",
+        /// `socketRecv(socket)`: the socket's next event, `[0, text]`, `[1, ArrayBuffer]` or
+        /// `[2, code, reason]` (the close, the last one), a host operation.
+        SocketRecv = "socketRecv",
+        /// `socketSend(socket, data, binary)`.
+        SocketSend = "socketSend",
+        /// `socketClose(socket, code, reason)`: closes it (if still open) and forgets it.
+        SocketClose = "socketClose",
+        /// `wasmCompile(base64)`: a module id, or a `CompileError` (js/src/wasm.rs).
+        WasmCompile = "wasmCompile",
+        /// `wasmValidate(base64)`: whether the bytes are a valid module.
+        WasmValidate = "wasmValidate",
+        /// `wasmModuleInfo(module)`: `[imports, exports]` with their types.
+        WasmModuleInfo = "wasmModuleInfo",
+        /// `wasmInstantiate(module, imports, io)`: the exports as `[name, id, type]`.
+        WasmInstantiate = "wasmInstantiate",
+        /// `wasmCall(func, args, io)`: the results of a wasm function.
+        WasmCall = "wasmCall",
+        /// `wasmMemoryNew(initial, maximum)`: a memory id.
+        WasmMemoryNew = "wasmMemoryNew",
+        /// `wasmMemoryBuffer(memory)`: an ArrayBuffer with a copy of the memory.
+        WasmMemoryBuffer = "wasmMemoryBuffer",
+        /// `wasmMemoryWrite(memory, base64)`: copies a buffer into the memory.
+        WasmMemoryWrite = "wasmMemoryWrite",
+        /// `wasmMemoryGrow(memory, pages)`: the old size in pages.
+        WasmMemoryGrow = "wasmMemoryGrow",
+        /// `wasmDetach(buffer)`: detaches an ArrayBuffer.
+        WasmDetach = "wasmDetach",
+        /// `wasmGlobal(op, a, b, c)`: `WebAssembly.Global` operations.
+        WasmGlobal = "wasmGlobal",
+        /// `wasmTable(op, a, b, c)`: `WebAssembly.Table` operations.
+        WasmTable = "wasmTable",
+        /// `blockBegin()`: a `blockConcurrencyWhile` starts; its token.
+        BlockBegin = "blockBegin",
+        /// `blockEnd(token)`: it settled.
+        BlockEnd = "blockEnd",
+        /// `cryptoSign(alg, curve, hash, key, public, data)`: a signature (js/src/crypto.rs).
+        CryptoSign = "cryptoSign",
+        /// `cryptoVerify(alg, curve, hash, key, signature, data)`: whether it verifies.
+        CryptoVerify = "cryptoVerify",
+        /// `cryptoKey(op, alg, curve, a, b)`: key generation, checks and DER forms.
+        CryptoKey = "cryptoKey",
     }
 }
 
@@ -237,21 +279,23 @@ mod tests {
         let entry = dir.path().join("party.js");
         std::fs::write(&entry, "export default class Party { static options = { hibernate: true }; }\n")
             .expect("writing the party");
+        let bundle =
+            crate::bundle::server(dir.path(), &entry, &Default::default(), "").await.expect("the party bundles");
+        let modules = Arc::new(Modules::new());
+        let module = modules.add_bundle("main", &bundle).expect("the bundle compiles");
         let factory = crate::party::load_party(
             "main",
-            entry,
-            Arc::new(Modules::new()),
+            module,
+            modules,
             &partyline::Limits::default(),
             &crate::JsSettings::default(),
             None,
+            &serde_json::Map::new(),
         )
         .await
         .expect("the party loads");
         assert!(factory.def.hooks.hibernate);
-        let host = {
-            let engine = factory.def.hook_engine.lock().await;
-            engine.as_ref().expect("the hook engine").host().clone()
-        };
+        let host = factory.def.hook_engine.take().expect("the hook engine").host().clone();
         let rt = Runtime::new().expect("a runtime");
         let ctx = Context::full(&rt).expect("a context");
         ctx.with(|ctx| {

@@ -3,9 +3,12 @@
 //! `fetch`, calls to other rooms) and timers.
 //!
 //! A call is one dispatch into the prelude's handlers; its result is collected once its promise
-//! settled. Host operations run as tokio tasks and report back on a channel; timers are kept
-//! here. Between calls the same work is done by [`Engine::background`], which the room runs as
-//! an event of its own when [`Engine::wakeup`] fires.
+//! settled, or, for a call that may go on in the background (`Engine::call_gated`), once the
+//! handler awaits nothing that closes the room's input gate (storage, `blockConcurrencyWhile`):
+//! its result is then collected later (`Engine::take_finished`). Host operations run as tokio
+//! tasks and report back on a channel; timers are kept here. Between calls the same work is done
+//! by [`Engine::background`], which the room runs as an event of its own when
+//! [`Engine::wakeup`] fires.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,22 +40,40 @@ pub struct EngineLimits {
 pub(crate) struct Host {
     pub(crate) room: Option<Room>,
     pub(crate) parties: Mutex<Parties>,
-    pub(crate) modules: Arc<Modules>,
     pub(crate) conns: Mutex<HashMap<String, Connection>>,
+    /// Sockets this room opened to other rooms (`stub.socket()`).
+    pub(crate) sockets: Mutex<host::Sockets>,
     pub(crate) ops: Mutex<Ops>,
     pub(crate) done: mpsc::UnboundedSender<(u64, OpResult)>,
     pub(crate) notify: Arc<Notify>,
     pub(crate) fetch: Arc<crate::host::FetchPolicy>,
     pub(crate) max_value_bytes: usize,
     pub(crate) label: String,
+    /// Set when a promise was rejected with no handler: the engine asks the prelude which
+    /// rejections stayed unhandled once the microtasks ran, and logs them.
+    pub(crate) rejected: Arc<AtomicBool>,
+
+    /// The end of the current call, in microseconds since [`epoch`] (`u64::MAX` between calls):
+    /// WebAssembly checks it while it runs (js/src/wasm.rs).
+    pub(crate) deadline: Arc<AtomicU64>,
+    /// The runtime's heap limit, also the budget of the room's WebAssembly memories.
+    pub(crate) memory_bytes: usize,
 }
 
 #[derive(Default)]
 pub(crate) struct Ops {
     next: u64,
     pub(crate) in_flight: usize,
+    /// The storage operations among those in flight: while one is, the room's input gate is
+    /// closed (no other event starts), as on a Durable Object.
+    storage: BTreeSet<u64>,
     timers: HashMap<u64, Instant>,
     queue: BTreeSet<(Instant, u64)>,
+    /// The highest timer id set so far (the prelude numbers timers in order).
+    last_timer: u64,
+    /// `blockConcurrencyWhile` calls that have not settled: they close the input gate too.
+    blocks: BTreeSet<u64>,
+    next_block: u64,
 }
 
 impl Host {
@@ -63,11 +84,31 @@ impl Host {
     }
 
     /// Runs `fut` as a host operation: `[true, value]` when it finished at once, else
-    /// `[false, id]` and the result arrives later through `__partyline.complete`.
+    /// `[false, id]` and the result arrives later through `__partyline.complete`. While it is in
+    /// flight, other events of the room may run (see [`Host::storage_op`] for the other kind).
     pub(crate) fn op<'js>(
         self: &Arc<Self>,
         ctx: &Ctx<'js>,
         fut: BoxFuture<'static, OpResult>,
+    ) -> rquickjs::Result<Value<'js>> {
+        self.start_op(ctx, fut, false)
+    }
+
+    /// Like [`Host::op`], for a storage operation: while it is in flight, no other event of the
+    /// room starts (the input gate of a Durable Object).
+    pub(crate) fn storage_op<'js>(
+        self: &Arc<Self>,
+        ctx: &Ctx<'js>,
+        fut: BoxFuture<'static, OpResult>,
+    ) -> rquickjs::Result<Value<'js>> {
+        self.start_op(ctx, fut, true)
+    }
+
+    fn start_op<'js>(
+        self: &Arc<Self>,
+        ctx: &Ctx<'js>,
+        fut: BoxFuture<'static, OpResult>,
+        storage: bool,
     ) -> rquickjs::Result<Value<'js>> {
         let mut fut = fut;
         if let Some(result) = (&mut fut).now_or_never() {
@@ -78,7 +119,11 @@ impl Host {
             let mut ops = self.ops.locked();
             ops.next += 1;
             ops.in_flight += 1;
-            ops.next
+            let id = ops.next;
+            if storage {
+                ops.storage.insert(id);
+            }
+            id
         };
         let done = self.done.clone();
         let notify = self.notify.clone();
@@ -93,6 +138,7 @@ impl Host {
     pub(crate) fn set_timer(&self, id: u64, delay_ms: f64) {
         let at = Instant::now() + Duration::from_micros((delay_ms.max(0.0) * 1000.0) as u64);
         let mut ops = self.ops.locked();
+        ops.last_timer = ops.last_timer.max(id);
         if let Some(old) = ops.timers.insert(id, at) {
             ops.queue.remove(&(old, id));
         }
@@ -104,6 +150,33 @@ impl Host {
         if let Some(at) = ops.timers.remove(&id) {
             ops.queue.remove(&(at, id));
         }
+    }
+
+    /// Starts a `blockConcurrencyWhile`: its token, for [`Host::block_end`].
+    pub(crate) fn block_begin(&self) -> u64 {
+        let mut ops = self.ops.locked();
+        ops.next_block += 1;
+        let token = ops.next_block;
+        ops.blocks.insert(token);
+        token
+    }
+
+    /// A `blockConcurrencyWhile` settled (a token dropped by a time limit is ignored).
+    pub(crate) fn block_end(&self, token: u64) {
+        self.ops.locked().blocks.remove(&token);
+    }
+
+    /// Whether the input gate is closed: a storage operation or a `blockConcurrencyWhile` is
+    /// pending, so no other event may start.
+    fn gated(&self) -> bool {
+        let ops = self.ops.locked();
+        !ops.storage.is_empty() || !ops.blocks.is_empty()
+    }
+
+    /// Whether anything pending can still make progress (a host operation or a timer).
+    fn can_progress(&self) -> bool {
+        let ops = self.ops.locked();
+        ops.in_flight > 0 || !ops.queue.is_empty()
     }
 
     fn next_timer(&self) -> Option<Instant> {
@@ -187,7 +260,8 @@ fn exception_text(value: &Value<'_>) -> String {
             out.push('\n');
             out.push_str(stack.trim_end());
         }
-        return out;
+        // Bundle positions become the project's files and lines.
+        return crate::bundle::map_locations(&out);
     }
     value.as_string().and_then(|s| s.to_string().ok()).unwrap_or_else(|| format!("{value:?}"))
 }
@@ -226,6 +300,15 @@ pub enum CallError {
     /// The party code threw or rejected.
     #[error("{0}")]
     Thrown(String),
+    /// The party code threw an error whose `code` is an HTTP status (PartyKit answers a request
+    /// with it).
+    #[error("{message}")]
+    Status {
+        /// The error's `code`.
+        status: u16,
+        /// The error's message.
+        message: String,
+    },
     /// The call ran past the time limit and was stopped.
     #[error("the handler ran past the time limit of {0:?} and was stopped")]
     Timeout(Duration),
@@ -233,12 +316,30 @@ pub enum CallError {
     #[error("the room ran out of memory (limit {0} bytes); it is restarted")]
     OutOfMemory(usize),
     /// The call's promise can never settle.
-    #[error("the handler awaits a promise that nothing can settle (Partyline runs one handler of a room at a time)")]
+    #[error("the handler awaits a promise that nothing can settle (onStart, getConnectionTags, onConnect and onAlarm run alone, so no other event of the room can settle it)")]
     Stuck,
     /// An engine error.
     #[error("{0}")]
     Engine(String),
 }
+
+/// How a call that may go on in the background came out.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// It settled with this result.
+    Done(serde_json::Value),
+    /// It awaits something other than storage (`fetch`, another room, a timer, an event of the
+    /// room): it goes on in the background, and its result comes from [`Engine::take_finished`]
+    /// under this call id.
+    Pending(u64),
+}
+
+/// A call's result once it settled.
+type Taken = Option<Result<serde_json::Value, CallError>>;
+
+/// A call's result as the prelude's `take` reports it: the value, or the error's message and the
+/// HTTP status in its `code`.
+type RawResult = Result<serde_json::Value, (String, Option<u16>)>;
 
 /// One runtime with its context.
 pub struct Engine {
@@ -251,6 +352,10 @@ pub struct Engine {
     interrupted: Arc<AtomicBool>,
     next_call: u64,
     limits: EngineLimits,
+    /// Calls that went on in the background ([`Outcome::Pending`]), not settled yet.
+    detached: BTreeSet<u64>,
+    /// Calls that went on in the background and settled since [`Engine::take_finished`].
+    finished: Vec<(u64, Result<serde_json::Value, CallError>)>,
     /// The runtime ran out of memory: drop it.
     pub broken: bool,
 }
@@ -289,19 +394,32 @@ impl Engine {
             })));
         }
         rt.set_loader(RoomLoader(setup.modules.clone()), RoomLoader(setup.modules.clone()));
+        let rejected = Arc::new(AtomicBool::new(false));
+        {
+            let rejected = rejected.clone();
+            rt.set_host_promise_rejection_tracker(Some(Box::new(move |ctx, promise, reason, handled| {
+                if !handled {
+                    rejected.store(true, Ordering::Relaxed);
+                }
+                track_rejection(&ctx, promise, reason, handled);
+            })));
+        }
         let ctx = Context::full(&rt).map_err(|e| CallError::Engine(e.to_string()))?;
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let host = Arc::new(Host {
             room: setup.room,
             parties: Mutex::new(setup.parties),
-            modules: setup.modules,
             conns: Mutex::new(HashMap::new()),
+            sockets: Mutex::new(host::Sockets::default()),
             ops: Mutex::new(Ops::default()),
             done: done_tx,
             notify: Arc::new(Notify::new()),
             fetch: setup.fetch,
             max_value_bytes: setup.max_value_bytes,
             label: setup.label,
+            rejected,
+            deadline: deadline.clone(),
+            memory_bytes: setup.limits.memory_bytes,
         });
         let mut engine = Engine {
             ctx,
@@ -312,6 +430,8 @@ impl Engine {
             interrupted,
             next_call: 0,
             limits: setup.limits,
+            detached: BTreeSet::new(),
+            finished: Vec::new(),
             broken: false,
         };
         engine.arm();
@@ -363,19 +483,59 @@ impl Engine {
     /// Calls the prelude's handler of `hook` with `args` and runs the engine until its result is
     /// in; the result is returned as JSON (`null` for none).
     pub(crate) async fn call(&mut self, hook: Hook, args: [Arg; 3]) -> Result<serde_json::Value, CallError> {
+        match self.call_with(hook, args, false).await? {
+            Outcome::Done(v) => Ok(v),
+            Outcome::Pending(_) => Err(CallError::Engine("a call that must settle went on in the background".into())),
+        }
+    }
+
+    /// Calls the prelude's handler of `hook` like [`Engine::call`], but returns as soon as the
+    /// handler only awaits things that do not close the room's input gate (anything but storage
+    /// and `blockConcurrencyWhile`): the handler then goes on in the background, between the
+    /// room's other events, as a Durable Object's handlers interleave at such awaits.
+    pub(crate) async fn call_gated(&mut self, hook: Hook, args: [Arg; 3]) -> Result<Outcome, CallError> {
+        self.call_with(hook, args, true).await
+    }
+
+    async fn call_with(&mut self, hook: Hook, args: [Arg; 3], may_detach: bool) -> Result<Outcome, CallError> {
         self.next_call += 1;
         let id = self.next_call;
+        let timers_before = self.host.ops.locked().last_timer;
         self.arm();
-        let result = self.run(id, hook, args).await;
+        let result = self.run(id, hook, args, may_detach).await;
         self.disarm();
-        if let Err(CallError::Timeout(_)) = &result {
-            // Stop what the timed-out call left scheduled, so it cannot run later.
-            self.host.ops.locked().queue.clear();
+        if let Err(e @ (CallError::Timeout(_) | CallError::Stuck)) = &result {
+            self.stopped(e, Some(timers_before));
+        }
+        if let Ok(Outcome::Pending(id)) = &result {
+            self.detached.insert(*id);
         }
         result
     }
 
-    async fn run(&mut self, id: u64, hook: Hook, args: [Arg; 3]) -> Result<serde_json::Value, CallError> {
+    /// After a call was stopped (time limit) or found stuck: the timers set since it began
+    /// (`timers_after` is the last id before it) are cancelled, so its code cannot run later,
+    /// while the timers the room had before stay; and the input gate opens.
+    fn stopped(&mut self, why: &CallError, timers_after: Option<u64>) {
+        let mut ops = self.host.ops.locked();
+        ops.blocks.clear();
+        let Some(after) = timers_after else { return };
+        let cancelled: Vec<(Instant, u64)> = ops.queue.iter().filter(|(_, id)| *id > after).copied().collect();
+        for (at, id) in &cancelled {
+            ops.queue.remove(&(*at, *id));
+            ops.timers.remove(id);
+        }
+        if !cancelled.is_empty() {
+            tracing::warn!(
+                party = %self.host.label,
+                timers = cancelled.len(),
+                reason = %why,
+                "the timers set by a stopped handler were cancelled"
+            );
+        }
+    }
+
+    async fn run(&mut self, id: u64, hook: Hook, args: [Arg; 3], may_detach: bool) -> Result<Outcome, CallError> {
         let started = self.ctx.with(|ctx| -> Result<(), String> {
             let dispatch = api(&ctx, Api::Dispatch)?;
             let [a, b, c] = args;
@@ -387,31 +547,47 @@ impl Engine {
         if let Err(e) = started {
             return Err(self.classify(e));
         }
+        let mut result = None;
         loop {
-            match self.step(Some(id)) {
-                Err(e) => return Err(e),
-                Ok(Some(result)) => return result,
-                Ok(None) => {}
+            self.jobs()?;
+            if result.is_none() {
+                result = self.take(id)?;
             }
-            let next_timer = self.host.next_timer();
-            if self.host.ops.locked().in_flight == 0 && next_timer.is_none() {
-                return Err(CallError::Stuck);
+            self.collect_detached()?;
+            let gated = self.host.gated();
+            let can_progress = self.host.can_progress();
+            match result {
+                // Settled, and the storage operations it left unawaited are done too (they keep
+                // the input gate closed, and what follows them must see them in order).
+                Some(r) if !gated || !can_progress => return r.map(Outcome::Done),
+                Some(_) => {}
+                None if may_detach && !gated => return Ok(Outcome::Pending(id)),
+                None if !can_progress => return Err(CallError::Stuck),
+                None => {}
             }
-            let remaining = self.deadline_instant();
-            tokio::select! {
-                done = self.done.recv() => {
-                    if let Some((op, result)) = done {
-                        self.deliver(op, result)?;
-                    }
+            self.wait().await?;
+        }
+    }
+
+    /// Waits for the next thing that can move the engine on (a host operation finishing, a
+    /// timer) and delivers it; an error at the time limit.
+    async fn wait(&mut self) -> Result<(), CallError> {
+        let next_timer = self.host.next_timer();
+        let remaining = self.deadline_instant();
+        tokio::select! {
+            done = self.done.recv() => {
+                if let Some((op, result)) = done {
+                    self.deliver(op, result)?;
                 }
-                _ = tokio::time::sleep_until(next_timer.unwrap_or(remaining)), if next_timer.is_some() => {
-                    self.fire_timers()?;
-                }
-                _ = tokio::time::sleep_until(remaining) => {
-                    return Err(CallError::Timeout(self.limits.call_timeout));
-                }
+            }
+            _ = tokio::time::sleep_until(next_timer.unwrap_or(remaining)), if next_timer.is_some() => {
+                self.fire_timers()?;
+            }
+            _ = tokio::time::sleep_until(remaining) => {
+                return Err(CallError::Timeout(self.limits.call_timeout));
             }
         }
+        Ok(())
     }
 
     fn deadline_instant(&self) -> Instant {
@@ -420,12 +596,31 @@ impl Engine {
         Instant::now() + Duration::from_micros(at.saturating_sub(now))
     }
 
-    /// Runs pending microtasks, then looks for the result of call `id`.
-    #[allow(clippy::type_complexity)]
-    fn step(&mut self, id: Option<u64>) -> Result<Option<Result<serde_json::Value, CallError>>, CallError> {
-        let out = self.ctx.with(|ctx| -> Result<Option<Result<serde_json::Value, String>>, String> {
+    /// Runs pending microtasks, then logs the promise rejections nothing handled.
+    fn jobs(&mut self) -> Result<(), CallError> {
+        let out = self.ctx.with(|ctx| -> Result<Vec<String>, String> {
             while ctx.execute_pending_job() {}
-            let Some(id) = id else { return Ok(None) };
+            if !self.host.rejected.swap(false, Ordering::Relaxed) {
+                return Ok(Vec::new());
+            }
+            let report = api(&ctx, Api::Rejections)?;
+            report.call::<_, Vec<String>>(()).map_err(|e| js_error(&ctx, e))
+        });
+        if self.interrupted.load(Ordering::Relaxed) {
+            return Err(CallError::Timeout(self.limits.call_timeout));
+        }
+        for text in out.map_err(|e| self.classify(e))? {
+            // Where the error was made, in the project's own files (the bundle's source map).
+            let text = crate::bundle::map_locations(&text);
+            let at = error_location(&text).unwrap_or("unknown");
+            tracing::warn!(target: "party", party = %self.host.label, at, "unhandled promise rejection: {text}");
+        }
+        Ok(())
+    }
+
+    /// The result of call `id` once it settled.
+    fn take(&mut self, id: u64) -> Result<Taken, CallError> {
+        let out = self.ctx.with(|ctx| -> Result<Option<RawResult>, String> {
             let take = api(&ctx, Api::Take)?;
             let r: Value = take.call((id as f64,)).map_err(|e| js_error(&ctx, e))?;
             let Some(arr) = r.as_array() else { return Ok(None) };
@@ -442,10 +637,15 @@ impl Engine {
             } else {
                 let message: String = arr.get(1).map_err(|e| js_error(&ctx, e))?;
                 let stack: String = arr.get(2).unwrap_or_default();
+                let status: Option<f64> = arr.get(3).unwrap_or_default();
+                let status = status.map(|s| s as u16);
                 if !stack.is_empty() {
-                    tracing::debug!(stack = %stack, "party error stack");
+                    // Where it was thrown, in the project's own files (the bundle's source map).
+                    let stack = crate::bundle::map_locations(&stack);
+                    let at = error_location(&stack).unwrap_or("?");
+                    tracing::warn!(party = %self.host.label, at, stack = %stack, "party code threw: {message}");
                 }
-                Ok(Some(Err(message)))
+                Ok(Some(Err((message, status))))
             }
         });
         if self.interrupted.load(Ordering::Relaxed) {
@@ -455,12 +655,35 @@ impl Engine {
             Err(e) => Err(self.classify(e)),
             Ok(None) => Ok(None),
             Ok(Some(Ok(v))) => Ok(Some(Ok(v))),
-            Ok(Some(Err(e))) => Ok(Some(Err(self.classify(e)))),
+            Ok(Some(Err((message, Some(status))))) => Ok(Some(Err(CallError::Status { status, message }))),
+            Ok(Some(Err((message, None)))) => Ok(Some(Err(self.classify(message)))),
         }
     }
 
+    /// Moves the calls that went on in the background and have settled to `finished`.
+    fn collect_detached(&mut self) -> Result<(), CallError> {
+        let ids: Vec<u64> = self.detached.iter().copied().collect();
+        for id in ids {
+            if let Some(result) = self.take(id)? {
+                self.detached.remove(&id);
+                self.finished.push((id, result));
+            }
+        }
+        Ok(())
+    }
+
+    /// The calls that went on in the background ([`Outcome::Pending`]) and have settled since
+    /// the last time, with their results.
+    pub(crate) fn take_finished(&mut self) -> Vec<(u64, Result<serde_json::Value, CallError>)> {
+        std::mem::take(&mut self.finished)
+    }
+
     fn deliver(&mut self, op: u64, result: OpResult) -> Result<(), CallError> {
-        self.host.ops.locked().in_flight -= 1;
+        {
+            let mut ops = self.host.ops.locked();
+            ops.in_flight -= 1;
+            ops.storage.remove(&op);
+        }
         let out = self.ctx.with(|ctx| -> Result<(), String> {
             let complete = api(&ctx, Api::Complete)?;
             let (ok, value) = match result {
@@ -488,35 +711,78 @@ impl Engine {
     }
 
     /// What the engine waits for between calls: a host operation finishing (the notify) or its
-    /// next timer.
-    pub fn wakeup(&self) -> (Arc<Notify>, Option<Instant>) {
-        (self.host.notify.clone(), self.host.next_timer())
+    /// next timer; and whether a call that went on in the background waits for a host operation
+    /// (the room should stay loaded for it).
+    pub fn wakeup(&self) -> (Arc<Notify>, Option<Instant>, bool) {
+        let busy = !self.detached.is_empty() && self.host.ops.locked().in_flight > 0;
+        (self.host.notify.clone(), self.host.next_timer(), busy)
     }
 
     /// Runs what became ready between calls: finished host operations, due timers, and the
-    /// microtasks they queue.
+    /// microtasks they queue; then, while the input gate is closed (a storage operation or a
+    /// `blockConcurrencyWhile` of that work is pending), whatever it waits for, so no other event
+    /// starts meanwhile.
     pub async fn background(&mut self) -> Result<(), CallError> {
         self.arm();
-        let result = self.background_inner();
+        let result = self.background_inner().await;
         self.disarm();
+        if let Err(e @ (CallError::Timeout(_) | CallError::Stuck)) = &result {
+            self.stopped(e, None);
+        }
         result
     }
 
-    fn background_inner(&mut self) -> Result<(), CallError> {
+    async fn background_inner(&mut self) -> Result<(), CallError> {
         while let Ok((op, result)) = self.done.try_recv() {
             self.deliver(op, result)?;
-            self.step(None)?;
+            self.jobs()?;
         }
         self.fire_timers()?;
-        self.step(None)?;
-        Ok(())
+        loop {
+            self.jobs()?;
+            self.collect_detached()?;
+            if !self.host.gated() {
+                return Ok(());
+            }
+            if !self.host.can_progress() {
+                return Err(CallError::Stuck);
+            }
+            self.wait().await?;
+        }
     }
+}
+
+/// `file:line:column` of the first stack frame in an error's text, if it has one.
+/// The first frame in the party's own code is preferred to frames of the prelude.
+fn error_location(text: &str) -> Option<&str> {
+    let mut frames = text.lines().map(str::trim).filter_map(|line| {
+        let frame = line.strip_prefix("at ")?;
+        let loc = match (frame.rfind('('), frame.ends_with(')')) {
+            (Some(open), true) => &frame[open + 1..frame.len() - 1],
+            _ => frame,
+        };
+        loc.contains(':').then_some(loc)
+    });
+    let first = frames.next()?;
+    if !first.starts_with("partyline:") {
+        return Some(first);
+    }
+    Some(frames.find(|loc| !loc.starts_with("partyline:")).unwrap_or(first))
 }
 
 /// The prelude's entry point `entry` (on `globalThis.__partyline`).
 fn api<'js>(ctx: &Ctx<'js>, entry: Api) -> Result<Function<'js>, String> {
     let api: Object = ctx.globals().get(Global::Api.name()).map_err(|e| js_error(ctx, e))?;
     api.get(entry.name()).map_err(|e| js_error(ctx, e))
+}
+
+/// Tells the prelude a promise was rejected with no handler (`handled` false) or got one later
+/// (`handled` true); the prelude keeps the unhandled ones until the engine asks for them.
+fn track_rejection<'js>(ctx: &Ctx<'js>, promise: Value<'js>, reason: Value<'js>, handled: bool) {
+    let Ok(track) = api(ctx, Api::Rejection) else { return };
+    if track.call::<_, ()>((promise, reason, handled)).is_err() {
+        let _ = ctx.catch();
+    }
 }
 
 /// Imports module `name` and runs the jobs its evaluation queued; the module's namespace.

@@ -2,17 +2,21 @@
 //! broadcast, storage, alarms, other rooms), timers, outbound `fetch`, and the pieces of Web APIs
 //! that are better done in Rust (URL parsing, UTF-8, digests, random bytes).
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::FutureExt;
 use http::{HeaderName, HeaderValue};
+use partyline::room_socket::{SocketEvent, SocketSender};
 use partyline::sync::Lock;
 use partyline::{ListOptions, Message, RoomKey};
 use rquickjs::function::Opt;
 use rquickjs::{Array, ArrayBuffer, Ctx, Function, Object, Value};
 use sha2::Digest;
+use tokio::sync::mpsc;
 
 use crate::bridge::{Global, HostCall};
 use crate::engine::Host;
@@ -20,9 +24,6 @@ use crate::engine::Host;
 /// Tag bytes of stored JS values that are not plain JSON text.
 const TAG_BYTES: u8 = 1;
 const TAG_CLONE: u8 = 2;
-
-/// Largest response body `fetch` reads.
-const MAX_FETCH_BODY: usize = 32 << 20;
 
 /// The result of a host operation, turned into a JS value when it is delivered.
 pub(crate) enum OpResult {
@@ -36,22 +37,31 @@ pub(crate) enum OpResult {
     Unit,
     /// An HTTP response (from `fetch` or another room).
     Response(Box<http::Response<Bytes>>, String),
+    /// A socket to another room opened: its number.
+    Socket(u64),
+    /// The next event of a socket to another room (`None`: it ended without a close).
+    SocketEvent(Option<SocketEvent>),
     /// The operation failed.
     Error(String),
 }
 
-/// Where outbound `fetch` may go, and how long it may take.
+/// Where outbound `fetch` may go, how long it may take, and which TLS roots it trusts.
 #[derive(Clone, Debug)]
 pub struct FetchPolicy {
-    /// Allowed hosts: `*` for any, `example.com`, `*.example.com`, or `host:port`.
+    /// Allowed hosts: `*` for any, `example.com`, `*.example.com`, or `host:port`. Checked on
+    /// every hop of a redirect chain.
     pub allow: Vec<String>,
-    /// Time limit of one fetch (connect to last body byte).
+    /// Time limit of one fetch (connect to last body byte, redirects included).
     pub timeout: Duration,
+    /// PEM files of CA certificates `https` fetches trust besides Mozilla's roots (the
+    /// `webpki-roots` set), e.g. a private CA or a development certificate. Read when the first
+    /// `https` fetch needs them.
+    pub extra_roots: Vec<PathBuf>,
 }
 
 impl Default for FetchPolicy {
     fn default() -> Self {
-        FetchPolicy { allow: vec!["*".into()], timeout: Duration::from_secs(30) }
+        FetchPolicy { allow: vec!["*".into()], timeout: Duration::from_secs(30), extra_roots: Vec::new() }
     }
 }
 
@@ -127,6 +137,7 @@ fn response_value<'js>(ctx: &Ctx<'js>, res: http::Response<Bytes>, url: String) 
         obj.set("body", ArrayBuffer::new(ctx.clone(), body.to_vec())?)?;
     }
     obj.set("url", url)?;
+    obj.set("redirected", parts.extensions.get::<crate::fetch::Redirected>().is_some())?;
     Ok(obj.into_value())
 }
 
@@ -165,9 +176,52 @@ pub(crate) fn op_value<'js>(ctx: &Ctx<'js>, result: OpResult) -> rquickjs::Resul
         OpResult::Alarm(Some(at)) => Value::new_number(ctx.clone(), at as f64),
         OpResult::Alarm(None) | OpResult::Unit => Value::new_null(ctx.clone()),
         OpResult::Response(res, url) => response_value(ctx, *res, url)?,
+        OpResult::Socket(id) => Value::new_number(ctx.clone(), id as f64),
+        OpResult::SocketEvent(event) => socket_event_value(ctx, event)?,
         OpResult::Error(msg) => return Err(throw(ctx, msg)),
     })
 }
+
+/// A socket event as the prelude takes it: `[0, text]`, `[1, ArrayBuffer]` or
+/// `[2, code, reason]`; a socket that ended without a close closed abnormally (1006).
+fn socket_event_value<'js>(ctx: &Ctx<'js>, event: Option<SocketEvent>) -> rquickjs::Result<Value<'js>> {
+    let arr = Array::new(ctx.clone())?;
+    match event {
+        Some(SocketEvent::Message(Message::Text(t))) => {
+            arr.set(0, 0)?;
+            arr.set(1, t.as_str())?;
+        }
+        Some(SocketEvent::Message(Message::Binary(b))) => {
+            arr.set(0, 1)?;
+            arr.set(1, ArrayBuffer::new(ctx.clone(), b.to_vec())?)?;
+        }
+        Some(SocketEvent::Close { code, reason }) => {
+            arr.set(0, 2)?;
+            arr.set(1, code)?;
+            arr.set(2, reason)?;
+        }
+        None => {
+            arr.set(0, 2)?;
+            arr.set(1, ABNORMAL_CLOSURE)?;
+            arr.set(2, "")?;
+        }
+    }
+    Ok(arr.into_value())
+}
+
+/// The close code of a socket that ended without a close frame.
+const ABNORMAL_CLOSURE: u16 = 1006;
+
+/// The sockets a room opened to other rooms, by number: the sending half, and the receiving
+/// half that `socketRecv` operations take turns on.
+#[derive(Default)]
+pub(crate) struct Sockets {
+    next: u64,
+    open: HashMap<u64, (SocketSender, SocketEvents)>,
+}
+
+/// The events of a socket to another room, read by one `socketRecv` at a time.
+type SocketEvents = Arc<tokio::sync::Mutex<mpsc::Receiver<SocketEvent>>>;
 
 /// Builds an HTTP request from the prelude's `requestOut` object.
 fn request_from(obj: &Object<'_>) -> Result<partyline::Request, String> {
@@ -272,61 +326,6 @@ fn set_url_part(href: &str, part: &str, value: &str) -> Option<Vec<String>> {
     Some(url_parts(&u))
 }
 
-/// Sends one request with the policy's allow-list and time limit (plain HTTP only).
-async fn fetch(policy: Arc<FetchPolicy>, req: partyline::Request) -> OpResult {
-    let url = req.uri().to_string();
-    let timeout = policy.timeout;
-    match tokio::time::timeout(timeout, fetch_inner(policy, req)).await {
-        Ok(Ok(res)) => OpResult::Response(Box::new(res), url),
-        Ok(Err(e)) => OpResult::Error(format!("fetch {url} failed: {e}")),
-        Err(_) => OpResult::Error(format!("fetch {url} timed out after {timeout:?}")),
-    }
-}
-
-async fn fetch_inner(policy: Arc<FetchPolicy>, mut req: partyline::Request) -> Result<http::Response<Bytes>, String> {
-    use http_body_util::BodyExt;
-    let uri = req.uri().clone();
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err("https is not supported: this Partyline build has no TLS client (plain http only)".into())
-        }
-        other => return Err(format!("unsupported scheme {other:?}")),
-    }
-    let host = uri.host().ok_or("the URL has no host")?.trim_matches(|c| c == '[' || c == ']').to_string();
-    let port = uri.port_u16().unwrap_or(80);
-    if !policy.allows(&host, port) {
-        return Err(format!("{host}:{port} is not on the fetch allow-list (--fetch-allow)"));
-    }
-    let stream = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| e.to_string())?;
-    let _ = stream.set_nodelay(true);
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    if !req.headers().contains_key(http::header::HOST) {
-        let value = match uri.port_u16() {
-            Some(p) => format!("{host}:{p}"),
-            None => host.clone(),
-        };
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            req.headers_mut().insert(http::header::HOST, v);
-        }
-    }
-    let path = uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
-    *req.uri_mut() = path.parse().map_err(|e: http::uri::InvalidUri| e.to_string())?;
-    let req = req.map(http_body_util::Full::new);
-    let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
-    let (parts, body) = res.into_parts();
-    let body = http_body_util::Limited::new(body, MAX_FETCH_BODY)
-        .collect()
-        .await
-        .map_err(|e| format!("reading the body: {e}"))?
-        .to_bytes();
-    Ok(http::Response::from_parts(parts, body))
-}
-
 /// Installs `globalThis.__partyline_native`.
 pub(crate) fn install<'js>(ctx: &Ctx<'js>, host: Arc<Host>) -> rquickjs::Result<()> {
     let n = Object::new(ctx.clone())?;
@@ -405,12 +404,16 @@ pub(crate) fn install<'js>(ctx: &Ctx<'js>, host: Arc<Host>) -> rquickjs::Result<
     n.set(
         HostCall::Fetch.name(),
         Function::new(ctx.clone(), move |ctx: Ctx<'js>, req: Object<'js>| {
+            let mode = req.get::<_, Option<String>>("redirect")?.unwrap_or_else(|| "follow".into());
+            let mode = crate::fetch::RedirectMode::parse(&mode).map_err(|e| throw(&ctx, e))?;
             let req = request_from(&req).map_err(|e| throw(&ctx, e))?;
-            h.op(&ctx, fetch(h.fetch.clone(), req).boxed())
+            h.op(&ctx, crate::fetch::fetch(h.fetch.clone(), req, mode).boxed())
         })?,
     )?;
+    crate::crypto::install(ctx, &n)?;
+    crate::wasm::install(ctx, &n, &host)?;
     install_room(ctx, &n, &host)?;
-    install_modules(ctx, &n, &host)?;
+    install_block(ctx, &n, &host)?;
     ctx.globals().set(Global::Natives.name(), n)?;
     Ok(())
 }
@@ -421,7 +424,7 @@ fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquic
         HostCall::StorageGet.name(),
         Function::new(ctx.clone(), move |ctx: Ctx<'js>, keys: Vec<String>| {
             let storage = h.room()?.storage().clone();
-            h.op(
+            h.storage_op(
                 &ctx,
                 async move {
                     match storage.get_many(&keys).await {
@@ -487,7 +490,7 @@ fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquic
         HostCall::StorageDelete.name(),
         Function::new(ctx.clone(), move |ctx: Ctx<'js>, keys: Vec<String>| {
             let storage = h.room()?.storage().clone();
-            h.op(
+            h.storage_op(
                 &ctx,
                 async move {
                     match storage.delete_many(&keys).await {
@@ -524,7 +527,7 @@ fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquic
                   limit: Option<f64>| {
                 let storage = h.room()?.storage().clone();
                 let opts = ListOptions { start, start_after, end, prefix, reverse, limit: limit.map(|l| l as usize) };
-                h.op(
+                h.storage_op(
                     &ctx,
                     async move {
                         match storage.list(opts).await {
@@ -542,7 +545,7 @@ fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquic
         HostCall::GetAlarm.name(),
         Function::new(ctx.clone(), move |ctx: Ctx<'js>| {
             let storage = h.room()?.storage().clone();
-            h.op(
+            h.storage_op(
                 &ctx,
                 async move {
                     match storage.get_alarm().await {
@@ -581,7 +584,7 @@ fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquic
         HostCall::StorageSync.name(),
         Function::new(ctx.clone(), move |ctx: Ctx<'js>| {
             let storage = h.room()?.storage().clone();
-            h.op(
+            h.storage_op(
                 &ctx,
                 async move {
                     match storage.sync().await {
@@ -687,6 +690,70 @@ fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquic
             )
         })?,
     )?;
+    install_sockets(ctx, n, host)
+}
+
+/// Sockets to other rooms. Their events reach the prelude as host operations (`socketRecv`, one
+/// at a time), so they run between the room's other events like any completion.
+fn install_sockets<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquickjs::Result<()> {
+    let h = host.clone();
+    n.set(
+        HostCall::PartySocket.name(),
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, party: String, room: String, id: String, req: Object<'js>| {
+            // Static hooks have no events of their own to run the socket's listeners as.
+            h.room()?;
+            let req = request_from(&req).map_err(|e| throw(&ctx, e))?;
+            let stub = h.parties.locked().get(&party, &room);
+            let weak = Arc::downgrade(&h);
+            h.op(
+                &ctx,
+                async move {
+                    let socket = match stub.socket(&id, req).await {
+                        Ok(socket) => socket,
+                        Err(e) => return OpResult::Error(format!("{e:#}")),
+                    };
+                    // The room may have gone meanwhile: the socket is then dropped, closed.
+                    let Some(h) = weak.upgrade() else { return OpResult::Error("the room stopped".into()) };
+                    let mut sockets = h.sockets.locked();
+                    sockets.next += 1;
+                    let n = sockets.next;
+                    let events = Arc::new(tokio::sync::Mutex::new(socket.events));
+                    sockets.open.insert(n, (socket.sender, events));
+                    OpResult::Socket(n)
+                }
+                .boxed(),
+            )
+        })?,
+    )?;
+    let h = host.clone();
+    n.set(
+        HostCall::SocketRecv.name(),
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, socket: f64| {
+            let events = h.sockets.locked().open.get(&(socket as u64)).map(|(_, events)| events.clone());
+            let Some(events) = events else {
+                return Err(throw(&ctx, "this socket is closed"));
+            };
+            h.op(&ctx, async move { OpResult::SocketEvent(events.lock().await.recv().await) }.boxed())
+        })?,
+    )?;
+    let h = host.clone();
+    n.set(
+        HostCall::SocketSend.name(),
+        Function::new(ctx.clone(), move |socket: f64, data: String, binary: bool| {
+            if let Some((sender, _)) = h.sockets.locked().open.get(&(socket as u64)) {
+                sender.send(SocketEvent::Message(message(data, binary)));
+            }
+        })?,
+    )?;
+    let h = host.clone();
+    n.set(
+        HostCall::SocketClose.name(),
+        Function::new(ctx.clone(), move |socket: f64, code: u16, reason: String| {
+            if let Some((sender, _)) = h.sockets.locked().open.remove(&(socket as u64)) {
+                sender.send(SocketEvent::Close { code, reason });
+            }
+        })?,
+    )?;
     Ok(())
 }
 
@@ -698,25 +765,11 @@ fn message(data: String, binary: bool) -> Message {
     }
 }
 
-fn install_modules<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquickjs::Result<()> {
+/// `blockConcurrencyWhile`'s hold on the room's input gate.
+fn install_block<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquickjs::Result<()> {
     let h = host.clone();
-    n.set(
-        HostCall::RequireResolve.name(),
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, dir: String, spec: String| {
-            h.modules.resolve_require(&dir, &spec).map_err(|e| throw(&ctx, e))
-        })?,
-    )?;
+    n.set(HostCall::BlockBegin.name(), Function::new(ctx.clone(), move || h.block_begin() as f64)?)?;
     let h = host.clone();
-    n.set(
-        HostCall::Commonjs.name(),
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, path: String| -> rquickjs::Result<Function<'js>> {
-            let source = h.modules.commonjs(&path).map_err(|e| throw(&ctx, e))?;
-            let mut opts = rquickjs::context::EvalOptions::default();
-            opts.global = true;
-            opts.strict = false;
-            opts.filename = Some(path);
-            ctx.eval_with_options(source, opts)
-        })?,
-    )?;
+    n.set(HostCall::BlockEnd.name(), Function::new(ctx.clone(), move |token: f64| h.block_end(token as u64))?)?;
     Ok(())
 }

@@ -17,17 +17,23 @@
 //! ```
 //!
 //! Modules:
-//! - [`project`]: `partykit.json` and `.env`, and the registry built from them.
+//! - [`project`]: `partykit.json` (JSON with comments), `.env`, `build.command`, and the
+//!   registry built from them.
 //! - [`party`]: [`JsFactory`] (static options, `onBeforeConnect` / `onBeforeRequest` /
 //!   `onFetch`, static assets) and the room type implementing `Party`.
 //! - [`engine`]: one QuickJS runtime and context, and the event loop of a call.
 //! - `host`: the natives under the prelude (storage, connections, fetch, URL, crypto).
+//! - `fetch`: the outbound HTTP(S) client behind `fetch` (rustls, redirects, the allow-list).
+//! - `crypto`: the natives of `crypto.subtle` (HMAC, ECDSA, Ed25519 on `ring`).
+//! - `wasm`: `WebAssembly` (modules, instances, memories, globals, tables) on the `wasmi`
+//!   interpreter, with `prelude/wasm.js`; its docs tell how `memory.buffer` is kept in sync.
 //! - `bridge`: the names Rust and the prelude call each other by, as enums (`Hook`, `HostCall`).
-//! - `prelude/*.js`: the prelude, the Web APIs and PartyKit's API in JavaScript, in four parts
-//!   joined into one module at build time (`web.js`, `fetch.js`, `partykit.js`, `host.js`).
-//! - [`modules`]: resolution (`oxc_resolver`), transpiling and bytecode shared by every room.
-//! - [`transpile`]: TypeScript stripped with `oxc`, JSON modules, CommonJS detection.
-//! - [`statics`]: `serve` (static assets).
+//! - `prelude/*.js`: the prelude, the Web APIs, Node's `process`/`Buffer`/`global` and PartyKit's
+//!   API in JavaScript, in parts joined into one module at build time (`web.js`, `node.js`,
+//!   `fetch.js`, `partykit.js`, `host.js`, `wasm.js`).
+//! - [`modules`]: the prelude and the bundles as bytecode shared by every room.
+//! - [`bundle`]: each party's server code and `serve.build` bundled with rolldown, source maps.
+//! - [`statics`]: `serve` (static assets, the built client files, live reload).
 //!
 //! ## One runtime per room, run on the room's own task
 //!
@@ -35,8 +41,8 @@
 //! interrupt handler (which stops a handler at the time limit) and the garbage collector per
 //! runtime, not per context, so only a runtime per room gives each room its own memory limit, its
 //! own deadline and its own collections; module state (y-partykit keeps its documents in a module
-//! variable) is per room too, as each Durable Object has its own. Modules are transpiled and
-//! compiled to bytecode once per project; a room only loads bytecode.
+//! variable) is per room too, as each Durable Object has its own. Each party is bundled
+//! into one module and compiled to bytecode once per project; a room only loads bytecode.
 //!
 //! `rquickjs` runtimes are not `Send` unless its `parallel` feature puts each runtime behind a
 //! mutex. We use `parallel`: the room actor (a tokio task) owns the party value and calls its
@@ -53,7 +59,18 @@
 //! complete at once into the room's write buffer, and the output gate holds every frame that
 //! follows a write until it is durable, as for Rust parties. Timers and I/O that outlive a
 //! handler run through [`partyline::Party::wakeup`]: the room runs them as an event of their own,
-//! never concurrently with a handler.
+//! never concurrently with a handler. A socket to another room (`stub.socket()`) is read the
+//! same way, one host operation per frame, so its listeners run as the room's events.
+//! `storage.transaction(fn)` keeps its writes in the prelude until `fn` resolves, then puts them
+//! in the write buffer in one step (one commit); it drops them if `fn` throws or rolls back.
+//!
+//! Handlers interleave as on a Durable Object, whose input gate is closed only around storage:
+//! a call of `onMessage`, `onClose`, `onError` or `onRequest` returns to the room once its
+//! handler awaits nothing but non-storage operations (`fetch`, another room, a timer, a promise
+//! another event settles), and the rest of it runs through `Party::wakeup` between the room's
+//! other events; a request answers later ([`partyline::web::deferred`]). So a room called back
+//! by the room it calls answers. A storage operation or a `blockConcurrencyWhile` in flight keeps
+//! the gate closed: the event goes on until they are done. JS still runs one piece at a time.
 //!
 //! ## The Web API layer: written here rather than LLRT's `llrt_modules`
 //!
@@ -68,13 +85,16 @@
 //! `fetch` allow-list and time limit, `console` into `tracing`).
 
 mod bridge;
+pub mod bundle;
+mod crypto;
 pub mod engine;
+mod fetch;
 mod host;
 pub mod modules;
 pub mod party;
 pub mod project;
 pub mod statics;
-pub mod transpile;
+mod wasm;
 
 pub use host::FetchPolicy;
 pub use party::{JsFactory, JsParty, JsSettings};

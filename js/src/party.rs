@@ -2,8 +2,8 @@
 //! static hooks, static assets) and the room instances it creates, which implement [`Party`] by
 //! calling into their own QuickJS engine.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use anyhow::anyhow;
 use async_trait::async_trait;
@@ -11,17 +11,19 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use http::{HeaderName, HeaderValue, StatusCode};
+use partyline::client_text::{self, ErrorRef};
 use partyline::close_code;
 use partyline::party::{DynParty, Wakeup};
+use partyline::sync::Lock;
+use partyline::web::ResponseSender;
 use partyline::{
-    Before, Connection, ConnectionContext, Lobby, Message, Parties, PartiesClient, Party, PartyFactory, PartyOptions,
-    Request, Response, Room, RoomKey,
+    Before, Connection, ConnectionContext, HttpError, Lobby, Message, Parties, PartiesClient, Party, PartyFactory,
+    PartyOptions, Request, Response, Room, RoomKey,
 };
 use serde::Deserialize;
-use tokio::sync::Mutex;
 
 use crate::bridge::Hook;
-use crate::engine::{string_list, Arg, CallError, Engine, EngineLimits, EngineSetup};
+use crate::engine::{string_list, Arg, CallError, Engine, EngineLimits, EngineSetup, Outcome};
 use crate::host::FetchPolicy;
 use crate::modules::Modules;
 use crate::statics::StaticAssets;
@@ -37,9 +39,42 @@ pub(crate) struct PartyDef {
     pub(crate) options: PartyOptions,
     pub(crate) hooks: HookFlags,
     pub(crate) assets: Option<StaticAssets>,
-    /// The engine the static hooks run in (one per party per process; hooks of one party run
-    /// one at a time).
-    pub(crate) hook_engine: Mutex<Option<Engine>>,
+    /// Answer the live reload poll of `serve.build.live` (the main party under `dev`).
+    pub(crate) live_reload: bool,
+    /// partykit.json's `vars` with their JSON types (and `.env`), for `room.env`.
+    pub(crate) typed_vars: serde_json::Map<String, serde_json::Value>,
+    /// The engines the static hooks run in.
+    pub(crate) hook_engine: HookPool,
+}
+
+/// Most idle engines a party keeps for its static hooks.
+const IDLE_HOOK_ENGINES: usize = 4;
+
+/// The engines a party's static hooks run in: a hook call takes an idle one (or makes one when
+/// none is idle) and gives it back after, so hook calls run concurrently, each in an engine of
+/// its own; up to [`IDLE_HOOK_ENGINES`] idle ones are kept.
+pub(crate) struct HookPool {
+    idle: Mutex<Vec<Engine>>,
+}
+
+impl HookPool {
+    /// A pool holding `engine`, if any (the one the party was loaded with).
+    pub(crate) fn new(engine: Option<Engine>) -> Self {
+        HookPool { idle: Mutex::new(engine.into_iter().collect()) }
+    }
+
+    /// An idle engine, if there is one.
+    pub(crate) fn take(&self) -> Option<Engine> {
+        self.idle.locked().pop()
+    }
+
+    /// Gives an engine back after a call: kept unless it is broken or enough are idle.
+    fn give_back(&self, engine: Engine) {
+        let mut idle = self.idle.locked();
+        if !engine.broken && idle.len() < IDLE_HOOK_ENGINES {
+            idle.push(engine);
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize)]
@@ -108,9 +143,20 @@ fn clone_request(req: &Request) -> Request {
     out
 }
 
-fn env_json(env: &partyline::Env) -> serde_json::Value {
+/// `room.env` / `lobby.env`: the process's variables, where a variable is still the project's
+/// own `vars` value it keeps its JSON type (a number stays a number), as on PartyKit.
+fn env_json(env: &partyline::Env, typed: &serde_json::Map<String, serde_json::Value>) -> serde_json::Value {
     serde_json::Value::Object(
-        env.vars().iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect(),
+        env.vars()
+            .iter()
+            .map(|(k, v)| {
+                let value = match typed.get(k) {
+                    Some(t) if t.as_str().map_or_else(|| t.to_string().as_str() == v.as_str(), |s| s == v) => t.clone(),
+                    _ => serde_json::Value::String(v.clone()),
+                };
+                (k.clone(), value)
+            })
+            .collect(),
     )
 }
 
@@ -157,25 +203,50 @@ pub struct JsFactory {
     pub(crate) def: Arc<PartyDef>,
 }
 
+/// A call error as the handler's error: one with an HTTP status (a thrown error's `code`)
+/// becomes an [`HttpError`], answered with that status and the error's message.
+fn call_error(e: CallError) -> anyhow::Error {
+    match e {
+        CallError::Status { status, message } => match StatusCode::from_u16(status) {
+            Ok(status) => anyhow::Error::new(HttpError::new(status, message)),
+            Err(_) => anyhow!(message),
+        },
+        e => anyhow!(e),
+    }
+}
+
 impl JsFactory {
     async fn hook(&self, hook: Hook, args: [Arg; 3], parties: Parties) -> anyhow::Result<serde_json::Value> {
-        let mut guard = self.def.hook_engine.lock().await;
-        if guard.as_ref().is_none_or(|e| e.broken) {
-            *guard = Some(hook_engine(&self.def).await.map_err(|e| anyhow!(e))?.0);
-        }
-        let engine = guard.as_mut().expect("just set");
+        let mut engine = match self.def.hook_engine.take() {
+            Some(engine) => engine,
+            None => hook_engine(&self.def).await.map_err(|e| anyhow!(e))?.0,
+        };
         engine.host().set_parties(parties);
-        engine.call(hook, args).await.map_err(|e| anyhow!(e))
+        let result = engine.call(hook, args).await;
+        self.def.hook_engine.give_back(engine);
+        result.map_err(call_error)
     }
 
-    fn lobby_json(lobby: &Lobby) -> serde_json::Value {
-        serde_json::json!({ "id": lobby.id, "party": lobby.party, "env": env_json(&lobby.env) })
+    /// `404.html` of the static assets, when nothing else answered a request.
+    async fn not_found(&self, head: bool) -> Option<Response> {
+        self.def.assets.as_ref()?.not_found(head).await
+    }
+
+    fn lobby_json(&self, lobby: &Lobby) -> serde_json::Value {
+        serde_json::json!({ "id": lobby.id, "party": lobby.party, "env": env_json(&lobby.env, &self.def.typed_vars) })
     }
 
     /// Runs `onBeforeConnect` or `onBeforeRequest` (`hook`).
     async fn before(self, hook: Hook, req: Request, lobby: Lobby) -> anyhow::Result<Before> {
-        let args = [Arg::Request(Box::new(req)), Arg::Json(Self::lobby_json(&lobby)), Arg::Null];
-        let out = self.hook(hook, args, lobby.parties.clone()).await?;
+        let args = [Arg::Request(Box::new(req)), Arg::Json(self.lobby_json(&lobby)), Arg::Null];
+        let out = match self.hook(hook, args, lobby.parties.clone()).await {
+            Ok(out) => out,
+            // A thrown error with an HTTP status in its `code` answers with it.
+            Err(e) => match e.downcast::<HttpError>() {
+                Ok(e) => return Ok(Before::Respond(partyline::web::text(e.status, e.message))),
+                Err(e) => return Err(e),
+            },
+        };
         #[derive(Deserialize)]
         struct Decision {
             respond: Option<JsHttp>,
@@ -192,7 +263,7 @@ impl JsFactory {
 
 impl PartyFactory for JsFactory {
     fn create(&self, room: Room) -> Box<dyn DynParty> {
-        Box::new(JsParty { room, def: self.def.clone(), engine: None })
+        Box::new(JsParty { room, def: self.def.clone(), engine: None, continued: HashMap::new() })
     }
 
     fn options(&self) -> PartyOptions {
@@ -216,17 +287,21 @@ impl PartyFactory for JsFactory {
     fn on_fetch(&self, req: Request, lobby: Lobby) -> BoxFuture<'static, Option<Response>> {
         let this = self.clone();
         async move {
+            if this.def.live_reload && req.uri().path() == crate::statics::LIVE_PATH {
+                return Some(crate::statics::live_reload(&req).await);
+            }
             if let Some(assets) = &this.def.assets {
                 if let Some(res) = assets.serve(&req).await {
                     return Some(res);
                 }
             }
             if !this.def.hooks.on_fetch {
-                return None;
+                return this.not_found(req.method() == http::Method::HEAD).await;
             }
-            let args = [Arg::Request(Box::new(req)), Arg::Json(Self::lobby_json(&lobby)), Arg::Null];
+            let head = req.method() == http::Method::HEAD;
+            let args = [Arg::Request(Box::new(req)), Arg::Json(this.lobby_json(&lobby)), Arg::Null];
             match this.hook(Hook::Fetch, args, lobby.parties.clone()).await {
-                Ok(serde_json::Value::Null) => None,
+                Ok(serde_json::Value::Null) => this.not_found(head).await,
                 Ok(v) => {
                     match serde_json::from_value::<JsHttp>(v).map_err(anyhow::Error::from).and_then(JsHttp::response) {
                         Ok(res) => Some(res),
@@ -248,6 +323,21 @@ pub struct JsParty {
     room: Room,
     def: Arc<PartyDef>,
     engine: Option<Engine>,
+    /// Handlers that went on in the background ([`Outcome::Pending`]), by call id: what their
+    /// result is for.
+    continued: HashMap<u64, Continued>,
+}
+
+/// What the result of a handler that went on in the background is for.
+enum Continued {
+    /// `onMessage` of this connection: an error goes to `onError`, as the room does.
+    Message(Connection),
+    /// `onError` after a failed `onMessage`: an error closes the connection (1011).
+    Error(Connection),
+    /// A handler whose error is only logged (`onClose`, `onError` of a closed connection).
+    Logged(&'static str),
+    /// `onRequest`: the response goes here.
+    Request(ResponseSender),
 }
 
 impl JsParty {
@@ -265,7 +355,7 @@ impl JsParty {
                 "id": self.room.id(),
                 "party": self.room.name(),
                 "internalID": format!("{}/{}", self.room.name(), self.room.id()),
-                "env": env_json(self.room.env()),
+                "env": env_json(self.room.env(), &self.def.typed_vars),
             });
             engine.call(Hook::Init, [Arg::Json(info), Arg::Null, Arg::Null]).await.map_err(|e| self.failed(e))?;
             engine.call(Hook::Start, [Arg::Null, Arg::Null, Arg::Null]).await.map_err(|e| self.failed(e))?;
@@ -280,17 +370,95 @@ impl JsParty {
         if let CallError::OutOfMemory(_) = e {
             tracing::error!(room = %self.room.key(), error = %e, "room out of memory; restarting it");
             self.engine = None;
+            // Handlers that were going on are gone with the engine (a request waiting for one
+            // is answered 500 when its sender drops).
+            self.continued.clear();
             for conn in self.room.get_connections(None) {
                 conn.close(close_code::INTERNAL_ERROR, partyline::client_text::ROOM_RESTARTED);
             }
         }
-        anyhow!(e)
+        call_error(e)
     }
 
     async fn call(&mut self, hook: Hook, args: [Arg; 3]) -> anyhow::Result<serde_json::Value> {
         let engine = self.engine().await?;
         let result = engine.call(hook, args).await;
-        result.map_err(|e| self.failed(e))
+        let result = result.map_err(|e| self.failed(e));
+        self.settle_continued().await;
+        result
+    }
+
+    /// Calls `hook` and lets it go on in the background when it awaits something other than
+    /// storage ([`Engine::call_gated`]); `then` says what its result is for in that case.
+    /// `None` when it went on in the background.
+    async fn call_gated(
+        &mut self,
+        hook: Hook,
+        args: [Arg; 3],
+        then: impl FnOnce() -> Continued,
+    ) -> anyhow::Result<Option<serde_json::Value>> {
+        let engine = self.engine().await?;
+        let result = match engine.call_gated(hook, args).await {
+            Ok(Outcome::Done(v)) => Ok(Some(v)),
+            Ok(Outcome::Pending(id)) => {
+                self.continued.insert(id, then());
+                Ok(None)
+            }
+            Err(e) => Err(self.failed(e)),
+        };
+        self.settle_continued().await;
+        result
+    }
+
+    /// Handles the results of the handlers that went on in the background and have settled.
+    async fn settle_continued(&mut self) {
+        loop {
+            let Some(engine) = self.engine.as_mut() else { return };
+            let finished = engine.take_finished();
+            if finished.is_empty() {
+                return;
+            }
+            for (id, result) in finished {
+                if let Some(then) = self.continued.remove(&id) {
+                    let result = result.map_err(|e| self.failed(e));
+                    self.settled(then, result).await;
+                }
+            }
+        }
+    }
+
+    /// What the room does with the result of a handler when the handler returns, for one that
+    /// went on in the background.
+    async fn settled(&mut self, then: Continued, result: anyhow::Result<serde_json::Value>) {
+        match (then, result) {
+            (Continued::Request(tx), result) => {
+                let res = result.and_then(|v| serde_json::from_value::<JsHttp>(v)?.response());
+                // The caller may be gone (it timed out): nothing to answer then.
+                let _ = tx.send(res);
+            }
+            (_, Ok(_)) => {}
+            (Continued::Message(conn), Err(e)) => {
+                let args = [Arg::Str(conn.id().into()), Arg::Str(format!("{e:#}")), Arg::Json(conn.is_open().into())];
+                let then = conn.clone();
+                match self.call_error_hook(args, move || Continued::Error(then)).await {
+                    Ok(()) => {}
+                    Err(e) => close_failed(&conn, "onError failed", &e),
+                }
+            }
+            (Continued::Error(conn), Err(e)) => close_failed(&conn, "onError failed", &e),
+            (Continued::Logged(what), Err(e)) => {
+                tracing::warn!(room = %self.room.key(), error = %format!("{e:#}"), "{what} failed");
+            }
+        }
+    }
+
+    /// `onError`, boxed: it runs from [`JsParty::settled`], which it can lead back to.
+    fn call_error_hook(
+        &mut self,
+        args: [Arg; 3],
+        then: impl FnOnce() -> Continued + Send + 'static,
+    ) -> BoxFuture<'_, anyhow::Result<()>> {
+        async move { self.call_gated(Hook::Error, args, then).await.map(|_| ()) }.boxed()
     }
 
     fn remember(&mut self, conn: &Connection) {
@@ -313,9 +481,11 @@ impl Party for JsParty {
             options: PartyOptions::default(),
             hooks: HookFlags::default(),
             assets: None,
-            hook_engine: Mutex::new(None),
+            live_reload: false,
+            typed_vars: serde_json::Map::new(),
+            hook_engine: HookPool::new(None),
         };
-        JsParty { room, def: Arc::new(def), engine: None }
+        JsParty { room, def: Arc::new(def), engine: None, continued: HashMap::new() }
     }
 
     async fn on_start(&mut self) -> anyhow::Result<()> {
@@ -350,13 +520,16 @@ impl Party for JsParty {
     async fn on_message(&mut self, message: Message, sender: &Connection) -> anyhow::Result<()> {
         self.engine().await?;
         self.remember(sender);
-        self.call(Hook::Message, [Arg::Str(sender.id().into()), Arg::Message(message), Arg::Null]).await.map(|_| ())
+        let args = [Arg::Str(sender.id().into()), Arg::Message(message), Arg::Null];
+        let conn = sender.clone();
+        self.call_gated(Hook::Message, args, move || Continued::Message(conn)).await.map(|_| ())
     }
 
     async fn on_close(&mut self, conn: &Connection) -> anyhow::Result<()> {
         self.engine().await?;
         self.remember(conn);
-        let result = self.call(Hook::Close, [Arg::Str(conn.id().into()), Arg::Null, Arg::Null]).await;
+        let args = [Arg::Str(conn.id().into()), Arg::Null, Arg::Null];
+        let result = self.call_gated(Hook::Close, args, || Continued::Logged("onClose")).await;
         if let Some(engine) = &self.engine {
             engine.host().forget(conn.id());
         }
@@ -366,14 +539,31 @@ impl Party for JsParty {
     async fn on_error(&mut self, conn: &Connection, error: &anyhow::Error) -> anyhow::Result<()> {
         self.engine().await?;
         self.remember(conn);
-        self.call(Hook::Error, [Arg::Str(conn.id().into()), Arg::Str(format!("{error:#}")), Arg::Null])
+        let args = [Arg::Str(conn.id().into()), Arg::Str(format!("{error:#}")), Arg::Json(conn.is_open().into())];
+        let then = conn.clone();
+        // Still open: an error of onMessage (a failure closes the connection, as the room does).
+        let open = conn.is_open();
+        self.call_error_hook(args, move || if open { Continued::Error(then) } else { Continued::Logged("onError") })
             .await
-            .map(|_| ())
     }
 
+    /// A request handler that awaits something other than storage answers later
+    /// ([`partyline::web::deferred`]): the room goes on with its other events meanwhile.
     async fn on_request(&mut self, req: Request) -> anyhow::Result<Response> {
-        let out = self.call(Hook::Request, [Arg::Request(Box::new(req)), Arg::Null, Arg::Null]).await?;
-        serde_json::from_value::<JsHttp>(out)?.response()
+        let args = [Arg::Request(Box::new(req)), Arg::Null, Arg::Null];
+        let mut deferred = None;
+        let out = self
+            .call_gated(Hook::Request, args, || {
+                let (tx, res) = partyline::web::deferred();
+                deferred = Some(res);
+                Continued::Request(tx)
+            })
+            .await?;
+        match (out, deferred) {
+            (Some(out), _) => serde_json::from_value::<JsHttp>(out)?.response(),
+            (None, Some(res)) => Ok(res),
+            (None, None) => Err(anyhow!("the request handler went on without a response to give later")),
+        }
     }
 
     async fn on_alarm(&mut self) -> anyhow::Result<()> {
@@ -382,15 +572,25 @@ impl Party for JsParty {
 
     fn wakeup(&self) -> Option<Wakeup> {
         let engine = self.engine.as_ref()?;
-        let (notify, at) = engine.wakeup();
-        Some(Wakeup { notify, at })
+        let (notify, at, busy) = engine.wakeup();
+        Some(Wakeup { notify, at, busy })
     }
 
     async fn on_wakeup(&mut self) -> anyhow::Result<()> {
         let Some(engine) = self.engine.as_mut() else { return Ok(()) };
         let result = engine.background().await;
-        result.map_err(|e| self.failed(e))
+        let result = result.map_err(|e| self.failed(e));
+        self.settle_continued().await;
+        result
     }
+}
+
+/// Closes a connection whose handler failed, as the room does: 1011 with a fixed text, the
+/// failure in the log under the same reference.
+fn close_failed(conn: &Connection, what: &str, error: &anyhow::Error) {
+    let r = ErrorRef::new();
+    tracing::warn!(conn = conn.id(), error_ref = %r, error = %format!("{error:#}"), "{what}");
+    conn.close(close_code::INTERNAL_ERROR, &r.tag(client_text::INTERNAL_ERROR));
 }
 
 /// Settings every JS party of a project shares.
@@ -400,26 +600,31 @@ pub struct JsSettings {
     pub memory_bytes: usize,
     /// Outbound `fetch` policy.
     pub fetch: FetchPolicy,
+    /// `PARTYKIT_HOST` in the bundles (`dev` sets its address); unset, pages use the host
+    /// they were served from (`location.host`) and server code gets `""`.
+    pub partykit_host: Option<String>,
+    /// Put the live reload script of `serve.build.live` into pages, and answer its poll (`dev`).
+    pub live_reload: bool,
 }
 
 impl Default for JsSettings {
     fn default() -> Self {
-        JsSettings { memory_bytes: 128 << 20, fetch: FetchPolicy::default() }
+        JsSettings { memory_bytes: 128 << 20, fetch: FetchPolicy::default(), partykit_host: None, live_reload: false }
     }
 }
 
-/// Builds the factory of the party `name` whose module is `entry`: loads and compiles its
-/// modules and reads its static options and hooks.
+/// Builds the factory of the party `name` whose bundle is module `entry` of `modules`, and
+/// reads its static options and hooks.
 pub(crate) async fn load_party(
     name: &str,
-    entry: PathBuf,
+    entry: String,
     modules: Arc<Modules>,
     limits: &partyline::Limits,
     settings: &JsSettings,
     assets: Option<StaticAssets>,
+    typed_vars: &serde_json::Map<String, serde_json::Value>,
 ) -> anyhow::Result<JsFactory> {
-    let entry = entry.to_string_lossy().into_owned();
-    modules.preload(&entry)?;
+    let live_reload = settings.live_reload && assets.is_some();
     let mut def = PartyDef {
         name: name.to_string(),
         entry,
@@ -430,11 +635,13 @@ pub(crate) async fn load_party(
         options: PartyOptions::default(),
         hooks: HookFlags::default(),
         assets,
-        hook_engine: Mutex::new(None),
+        live_reload,
+        typed_vars: typed_vars.clone(),
+        hook_engine: HookPool::new(None),
     };
     let (engine, flags) = hook_engine(&def).await.map_err(|e| anyhow!("party {name}: {e}"))?;
     def.options = PartyOptions { hibernate: flags.hibernate };
     def.hooks = flags;
-    def.hook_engine = Mutex::new(Some(engine));
+    def.hook_engine = HookPool::new(Some(engine));
     Ok(JsFactory { def: Arc::new(def) })
 }

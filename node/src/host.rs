@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
 use async_trait::async_trait;
+use partyline::room_socket::RoomSocket;
 use partyline::runtime::actor::spawn_room;
 use partyline::runtime::handle::{
     LinkSender, RequestError, RoomConfig, RoomExit, RoomHandle, SendError, WeakRoomHandle,
@@ -379,6 +380,14 @@ impl PartiesClient for HostClient {
     fn has_party(&self, party: &str) -> bool {
         self.0.upgrade().is_some_and(|inner| inner.parties.get(party).is_some())
     }
+
+    async fn socket(&self, room: RoomKey, id: String, req: Request) -> anyhow::Result<RoomSocket> {
+        let inner = self.0.upgrade().ok_or_else(|| anyhow::anyhow!("server is shutting down"))?;
+        let host = RoomHost { inner };
+        let req = partyline::web::room_request(&room, req);
+        let handle = host.room_or_wait(&room, None, &always).await?;
+        RoomSocket::open(&handle, &id, req).await
+    }
 }
 
 /// The alarms of every room of a host (`dev`: one process owns every room).
@@ -395,5 +404,54 @@ impl AlarmScope for HostAlarms {
     async fn wake(&self, room: &RoomKey) -> Result<(), HostError> {
         let handle = self.0.room(room)?;
         handle.alarm().await.map_err(|_| HostError::Unavailable(room.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use partyline::room_socket::SocketEvent;
+    use partyline::{Connection, MemoryStore, Message, Party, Room};
+
+    use super::*;
+
+    /// Echoes frames; closes the connection with 4000 on "bye".
+    struct Echo;
+
+    impl Party for Echo {
+        fn new(_room: Room) -> Self {
+            Echo
+        }
+
+        async fn on_message(&mut self, message: Message, sender: &Connection) -> anyhow::Result<()> {
+            if message == Message::from("bye") {
+                sender.close(4000, "done");
+            } else {
+                sender.send(message);
+            }
+            Ok(())
+        }
+    }
+
+    /// Party code's socket to a room of the same host (`dev`) carries frames both ways and the
+    /// room's close.
+    #[tokio::test]
+    async fn a_socket_reaches_a_room_of_this_host() {
+        let host = RoomHost::new(HostConfig {
+            parties: PartyRegistry::new().with::<Echo>("echo"),
+            store: Arc::new(MemoryStore::new()),
+            limits: Arc::new(Limits::default()),
+            env: Env::default(),
+            parties_client: None,
+            observer: None,
+            on_fenced: None,
+        });
+        let req = http::Request::builder().uri("/?x=1").body(bytes::Bytes::new()).expect("a request");
+        let mut socket = host.client().get("echo", "r").socket("c", req).await.expect("the room takes the socket");
+        socket.sender.send(SocketEvent::Message(Message::from("hi")));
+        assert_eq!(socket.events.recv().await, Some(SocketEvent::Message(Message::from("hi"))));
+        socket.sender.send(SocketEvent::Message(Message::from("bye")));
+        assert_eq!(socket.events.recv().await, Some(SocketEvent::Close { code: 4000, reason: "done".into() }));
+        assert_eq!(socket.events.recv().await, None, "nothing after the close");
+        host.shutdown().await;
     }
 }

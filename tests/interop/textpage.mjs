@@ -10,19 +10,9 @@
 // Prints one PASS/FAIL line per check and `N passed, N failed`; exits 1 if a check failed,
 // 2 on bad usage or when Chromium cannot start.
 
-import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { randomUUID } from "node:crypto";
-
-let WS;
-try {
-  ({ default: WS } = await import("ws"));
-} catch (err) {
-  console.error(`cannot load ws (${err.message}); run \`npm ci\` in tests/interop first`);
-  process.exit(2);
-}
+// Headless Chromium over the DevTools protocol (shared with the fixture projects' page checks).
+import { launch } from "../partykit-projects/lib/browser.mjs";
 
 const HOST = process.argv[2] ?? "";
 const CHROMIUM = process.argv[3] ?? process.env.CHROMIUM ?? "chromium";
@@ -30,119 +20,44 @@ if (!/^[^\s/]+:\d+$/.test(HOST)) {
   console.error("usage: node textpage.mjs <host:port> [path-to-chromium]");
   process.exit(2);
 }
-const WAIT_MS = 15000;
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-// ---------------------------------------------------------------- Chromium and CDP
-
-const profile = mkdtempSync(join(tmpdir(), "partyline-textpage-"));
-const browser = spawn(
-  CHROMIUM,
-  [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    // Both tabs stay foreground-fast: no timer throttling of the tab that is not in front.
-    "--disable-background-timer-throttling",
-    "--disable-renderer-backgrounding",
-    "--disable-backgrounding-occluded-windows",
-    `--user-data-dir=${profile}`,
-    "--remote-debugging-port=0",
-    "about:blank",
-  ],
-  { stdio: ["ignore", "ignore", "pipe"] },
-);
-let exited = false;
-browser.on("exit", () => (exited = true));
-browser.on("error", (err) => {
-  console.error(`cannot start ${CHROMIUM}: ${err.message}`);
+let browser;
+try {
+  browser = await launch(CHROMIUM);
+} catch (err) {
+  console.error(err.message);
   process.exit(2);
-});
+}
 
 function stop(code) {
-  if (!exited) browser.kill("SIGTERM");
-  setTimeout(() => {
-    try {
-      rmSync(profile, { recursive: true, force: true });
-    } catch {}
-    process.exit(code);
-  }, 300);
+  browser.close();
+  setTimeout(() => process.exit(code), 400);
 }
 
-const endpoint = await new Promise((resolve, reject) => {
-  let err = "";
-  const t = setTimeout(() => reject(new Error(`no DevTools endpoint from ${CHROMIUM}: ${err.slice(-500)}`)), WAIT_MS);
-  browser.stderr.on("data", (d) => {
-    err += d;
-    const m = /DevTools listening on (ws:\/\/\S+)/.exec(err);
-    if (m) {
-      clearTimeout(t);
-      resolve(m[1]);
-    }
-  });
-}).catch((e) => {
-  console.error(e.message);
-  stop(2);
-  return null;
-});
-if (!endpoint) await new Promise(() => {});
-
-const cdp = new WS(endpoint, { perMessageDeflate: false });
-await new Promise((res, rej) => {
-  cdp.once("open", res);
-  cdp.once("error", rej);
-});
-let nextId = 1;
-const pending = new Map();
-cdp.on("message", (data) => {
-  const msg = JSON.parse(data.toString());
-  if (msg.id && pending.has(msg.id)) {
-    const { resolve, reject } = pending.get(msg.id);
-    pending.delete(msg.id);
-    if (msg.error) reject(new Error(msg.error.message));
-    else resolve(msg.result);
-  }
-});
-function send(method, params = {}, sessionId) {
-  const id = nextId++;
-  cdp.send(JSON.stringify({ id, method, params, sessionId }));
-  return new Promise((resolve, reject) => pending.set(id, { resolve, reject }));
-}
-
-// A tab on `url`, with helpers to evaluate and type in it.
+// A tab on `url`, with helpers to type in its textarea and read it.
 async function tab(url) {
-  const { targetId } = await send("Target.createTarget", { url });
-  const { sessionId } = await send("Target.attachToTarget", { targetId, flatten: true });
-  const evaluate = async (expression) => {
-    const r = await send("Runtime.evaluate", { expression, returnByValue: true }, sessionId);
-    if (r.exceptionDetails) throw new Error(r.exceptionDetails.text);
-    return r.result.value;
-  };
+  const t = await browser.open(url);
   return {
-    evaluate,
+    evaluate: t.evaluate,
     // Puts the caret at the end of the textarea and types `text` as keyboard input would.
     async type(text) {
-      await evaluate(`(() => { const a = document.getElementById("text"); a.focus();
+      await t.evaluate(`(() => { const a = document.getElementById("text"); a.focus();
         a.setSelectionRange(a.value.length, a.value.length); })()`);
-      await send("Input.insertText", { text }, sessionId);
+      await t.type(text);
     },
-    value: () => evaluate(`document.getElementById("text").value`),
+    value: () => t.evaluate(`document.getElementById("text").value`),
   };
 }
 
 async function waitFor(what, cond) {
-  const deadline = Date.now() + WAIT_MS;
+  const deadline = Date.now() + 15000;
   let last;
   for (;;) {
     // Until the page has loaded, its elements are missing and evaluating throws.
     last = await cond().catch((e) => `error: ${e.message}`);
     if (last === true) return;
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what} (last: ${JSON.stringify(last)})`);
-    await sleep(50);
+    await new Promise((r) => setTimeout(r, 50));
   }
 }
 
@@ -211,5 +126,4 @@ await check("a third tab opened later gets the whole text", async () => {
 
 clearTimeout(watchdog);
 console.log(`${passed} passed, ${failed} failed`);
-cdp.close();
 stop(failed ? 1 : 0);

@@ -32,21 +32,25 @@ async fn run_clients(addr: SocketAddr) {
         dir.join("node_modules/y-partykit").exists(),
         "the example project needs its npm packages: run scripts/test.sh (it runs `npm ci` in examples/partykit)"
     );
+    run_node(&dir, &["test/clients.mjs", &addr.to_string()]).await;
+}
+
+/// Runs `node args...` in `dir` and asserts it printed ` passed, 0 failed` and exited 0.
+async fn run_node(dir: &Path, args: &[&str]) {
     let child = tokio::process::Command::new("node")
-        .arg("test/clients.mjs")
-        .arg(addr.to_string())
-        .current_dir(&dir)
+        .args(args)
+        .current_dir(dir)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("node must be installed");
-    let out = within(120, "the client checks", child.wait_with_output()).await.expect("node ran");
+    let out = within(150, "the node checks", child.wait_with_output()).await.expect("node ran");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     println!("{stdout}");
     eprintln!("{stderr}");
-    assert!(out.status.success(), "client checks failed:\n{stdout}\n{stderr}");
+    assert!(out.status.success(), "node checks failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains(" passed, 0 failed"), "no summary line:\n{stdout}");
 }
 
@@ -186,6 +190,7 @@ async fn dev_reloads_the_project_when_a_file_changes() {
         js_memory_mb: 64,
         fetch_allow: vec!["*".into()],
         fetch_timeout: Duration::from_secs(5),
+        fetch_ca: Vec::new(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(partyline_server::project::run_dev(
@@ -217,4 +222,111 @@ async fn dev_reloads_the_project_when_a_file_changes() {
     .await;
     let _ = stop.send(());
     within(30, "the server to stop", server).await.unwrap().unwrap();
+}
+
+/// The fixture projects (tests/partykit-projects), with their npm packages.
+fn fixtures() -> PathBuf {
+    let dir = repo_root().join("tests/partykit-projects");
+    assert!(
+        dir.join("node_modules/partysocket").exists(),
+        "the fixture projects need their npm packages: run scripts/test.sh (it runs `npm ci` in tests/partykit-projects)"
+    );
+    dir
+}
+
+fn dev_args() -> partyline_server::project::ProjectArgs {
+    partyline_server::project::ProjectArgs {
+        config: None,
+        js_memory_mb: 64,
+        fetch_allow: vec!["*".into()],
+        fetch_timeout: Duration::from_secs(5),
+        fetch_ca: Vec::new(),
+    }
+}
+
+/// `partyline dev` of the project `config` on a free port, as the command runs it (bundles,
+/// `PARTYKIT_HOST`, live reload, reload on change); stops when the sender is dropped or sent.
+async fn dev_project(
+    config: PathBuf,
+) -> (SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(partyline_server::project::run_dev(
+        config,
+        dev_args(),
+        DevConfig::default(),
+        Default::default(),
+        PartyRegistry::new(),
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    within(60, "the project to load", async {
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    (addr, stop, server)
+}
+
+/// Serves fixture `name` with `partyline dev` and runs its check.mjs against it.
+async fn check_fixture(name: &str) {
+    let dir = fixtures().join(name);
+    let (addr, stop, server) = dev_project(dir.join("partykit.json")).await;
+    run_node(&dir, &["check.mjs", &addr.to_string()]).await;
+    let _ = stop.send(());
+    within(30, "the server to stop", server).await.unwrap().unwrap();
+}
+
+#[timed_test]
+async fn a_class_party_with_a_page_built_by_serve_build_works_in_chromium() {
+    check_fixture("class-page").await;
+}
+
+/// The same page through a cluster: gateways build and serve the client bundle (its
+/// `PARTYKIT_HOST` is the host the page came from), rooms run on the nodes.
+#[timed_test]
+async fn a_page_built_by_serve_build_is_served_by_the_gateways_of_a_cluster() {
+    let dir = fixtures().join("class-page");
+    let (parties, env) = load(&dir.join("partykit.json"), &Limits::default()).await;
+    let c = TestCluster::builder().nodes(2).gateways(2).parties(parties, env).start().await;
+    run_node(&dir, &["check.mjs", &c.gateway(1).to_string()]).await;
+}
+
+#[timed_test]
+async fn a_wasm_module_built_by_build_command_runs_in_a_room() {
+    check_fixture("wasm").await;
+}
+
+#[timed_test]
+async fn a_page_with_live_reload_reloads_when_its_client_code_changes() {
+    let client = "document.body.append(\"client v1\");\n";
+    let config =
+        r#"{ "main": "server.ts", "serve": { "path": "public", "build": { "entry": "client.ts", "live": true } } }"#;
+    let page = "<!doctype html><html><body><script type=\"module\" src=\"/dist/client.js\"></script></body></html>\n";
+    let dir = project(&[
+        ("partykit.json", config),
+        ("server.ts", "export default class { onRequest() { return new Response(\"ok\"); } }\n"),
+        ("client.ts", client),
+        ("public/index.html", page),
+    ]);
+    let (addr, stop, server) = dev_project(dir.path().join("partykit.json")).await;
+    let script = fixtures().join("lib/live.mjs");
+    let file = dir.path().join("client.ts");
+    run_node(&fixtures(), &[script.to_str().unwrap(), &addr.to_string(), file.to_str().unwrap()]).await;
+    let _ = stop.send(());
+    within(30, "the server to stop", server).await.unwrap().unwrap();
+}
+
+#[timed_test]
+async fn a_react_client_built_by_serve_build_renders_and_syncs_in_chromium() {
+    check_fixture("react-page").await;
+}
+
+#[timed_test]
+async fn a_yjs_editor_page_on_y_partykit_syncs_between_tabs_in_chromium() {
+    check_fixture("yjs-editor").await;
 }

@@ -207,6 +207,7 @@ impl Actor {
             let idle_at = last_event + self.idle_timeout();
             let phase_at = self.moving.as_ref().map(|m| m.deadline).or(self.gathering.as_ref().map(|g| g.deadline));
             let wakeup = self.party.as_ref().and_then(|p| p.wakeup());
+            let party_busy = wakeup.as_ref().is_some_and(|w| w.busy);
             tokio::select! {
                 biased;
                 changed = progress.changed() => {
@@ -247,7 +248,7 @@ impl Actor {
                 _ = sleep_until(alarm_at.unwrap_or(idle_at)), if alarm_at.is_some() => {
                     self.handle_observed(RoomCmd::Alarm { as_of: None }).await;
                 }
-                _ = sleep_until(idle_at), if !busy => {
+                _ = sleep_until(idle_at), if !busy && !party_busy => {
                     if self.on_idle() {
                         break RoomExit::Idle;
                     }
@@ -416,8 +417,11 @@ impl Actor {
                 ToRoom::Adopted { links } => self.adopted(link, links),
             },
             RoomCmd::Request { req, reply, .. } => {
-                let res = self.request(req).await;
-                self.shared().emit(Outbound::Response(reply, Box::new(res)));
+                let mut res = self.request(req).await;
+                match crate::web::take_deferred(&mut res) {
+                    Some(answer) => self.answer_later(answer, reply),
+                    None => self.shared().emit(Outbound::Response(reply, Box::new(res))),
+                }
             }
             RoomCmd::Alarm { as_of } => {
                 if self.moving.is_none() {

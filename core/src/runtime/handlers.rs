@@ -12,12 +12,14 @@ use std::time::Duration;
 use futures::FutureExt;
 use http::StatusCode;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::client_text::{self, ErrorRef};
 use crate::connection::{ConnShared, Connection};
 use crate::party::ConnectionContext;
-use crate::room::LinkId;
+use crate::room::{LinkId, Outbound};
 use crate::runtime::actor::Actor;
+use crate::runtime::handle::Answer;
 use crate::runtime::link::{close_code, FromRoom, SocketId};
 use crate::storage::now_ms;
 use crate::sync::Lock;
@@ -41,6 +43,15 @@ fn failed_response(what: &str, error: &dyn std::fmt::Display) -> Response {
     let r = ErrorRef::new();
     tracing::warn!(error_ref = %r, error = %error, "{what}");
     web::text(StatusCode::INTERNAL_SERVER_ERROR, r.tag(client_text::INTERNAL_SERVER_ERROR))
+}
+
+/// The answer to an error of `on_request`: the party's own answer (an `HttpError`) goes to the
+/// client as it is, any other error is a 500 with a reference to the log.
+fn request_error(e: anyhow::Error) -> Response {
+    if e.downcast_ref::<web::HttpError>().is_some() {
+        return web::error_response(&e, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    failed_response("onRequest failed", &Failure::Error(e))
 }
 
 /// How a guarded handler call went wrong.
@@ -256,12 +267,31 @@ impl Actor {
         let party = self.party.as_mut().expect("started");
         match guarded(self.limits.handler_timeout, party.on_request(req)).await {
             Ok(res) => res,
-            // The party's own answer (an HttpError) goes to the client as it is.
-            Err(Failure::Error(e)) if e.downcast_ref::<web::HttpError>().is_some() => {
-                web::error_response(&e, StatusCode::INTERNAL_SERVER_ERROR)
-            }
+            Err(Failure::Error(e)) => request_error(e),
             Err(f) => failed_response("onRequest failed", &f),
         }
+    }
+
+    /// Answers a request whose `on_request` deferred its response ([`web::deferred`]): a task
+    /// waits for the answer (within the handler time limit) and sends it through the output
+    /// gate, while the room goes on with its next events.
+    pub(super) fn answer_later(
+        &self,
+        answer: tokio::sync::oneshot::Receiver<anyhow::Result<Response>>,
+        reply: tokio::sync::oneshot::Sender<Answer>,
+    ) {
+        let shared = self.shared().clone();
+        let limit = self.limits.handler_timeout;
+        let task = async move {
+            let res = match tokio::time::timeout(limit, answer).await {
+                Ok(Ok(Ok(res))) => res,
+                Ok(Ok(Err(e))) => request_error(e),
+                Ok(Err(_)) => failed_response("onRequest failed", &"the party dropped the request without an answer"),
+                Err(_) => failed_response("onRequest failed", &Failure::Timeout),
+            };
+            shared.emit(Outbound::Response(reply, Box::new(res)));
+        };
+        tokio::spawn(task.instrument(tracing::Span::current()));
     }
 
     pub(super) async fn fire_alarm(&mut self, as_of: Option<i64>) {

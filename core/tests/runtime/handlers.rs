@@ -117,3 +117,60 @@ async fn a_failed_on_start_fails_the_first_event_and_the_next_event_retries() {
     assert_eq!(call(&room, "/ping").await.status(), StatusCode::OK);
     assert_eq!(fx.count(&fx.starts), 2);
 }
+
+/// A party whose `GET /wait` answers later ([`web::deferred`]), from the `POST /give` that
+/// follows it; `GET /drop` answers later with nothing.
+struct Deferring {
+    waiting: Option<web::ResponseSender>,
+}
+
+impl Party for Deferring {
+    fn new(_room: Room) -> Self {
+        Deferring { waiting: None }
+    }
+
+    async fn on_request(&mut self, req: Request) -> anyhow::Result<Response> {
+        match (req.method().as_str(), req.uri().path().rsplit('/').next().unwrap_or("")) {
+            ("GET", "wait") => {
+                let (tx, res) = web::deferred();
+                self.waiting = Some(tx);
+                Ok(res)
+            }
+            ("GET", "drop") => Ok(web::deferred().1),
+            ("GET", "refuse") => {
+                let (tx, res) = web::deferred();
+                let _ = tx.send(Err(HttpError::new(StatusCode::FORBIDDEN, "not you").into()));
+                Ok(res)
+            }
+            _ => {
+                if let Some(tx) = self.waiting.take() {
+                    let _ = tx.send(Ok(web::text(StatusCode::OK, "released")));
+                }
+                Ok(web::text(StatusCode::OK, "given"))
+            }
+        }
+    }
+}
+
+#[timed_test]
+async fn a_deferred_response_answers_later_while_the_room_goes_on() {
+    use partyline::testing::{body_text, request, TestRoom};
+    let room = TestRoom::new::<Deferring>("main", "deferring");
+    let handle = room.handle().clone();
+    let waiting = tokio::spawn(async move { handle.request(request("GET", "/parties/main/deferring/wait", "")).await });
+    // The room answers the next request while the first one waits (it can only be released by it).
+    loop {
+        let res = room.post("").await;
+        assert_eq!(body_text(&res), "given");
+        if waiting.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let res = waiting.await.expect("the task").expect("an answer");
+    assert_eq!(body_text(&res), "released");
+    let res = room.get(Some("/parties/main/deferring/refuse")).await;
+    assert_eq!((res.status(), body_text(&res)), (StatusCode::FORBIDDEN, "not you"));
+    let res = room.get(Some("/parties/main/deferring/drop")).await;
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR, "a dropped answer is a 500");
+}

@@ -69,16 +69,22 @@ const handlers = {
     try {
       if (party.onClose) await party.onClose(conn);
       if (listenersOf.has(conn)) {
-        conn.dispatchEvent(new CloseEvent("close", { code: 1005, reason: "", wasClean: true }));
+        // The code and reason the party closed it with; else the socket failed (1006) or the
+        // client closed it (the client's code does not reach the room: 1005, "no status").
+        const code = conn._closeCode === undefined ? 1005 : conn._closeCode;
+        const reason = conn._closeReason === undefined ? "" : conn._closeReason;
+        conn.dispatchEvent(new CloseEvent("close", { code, reason, wasClean: code !== 1006 }));
         await Promise.all(conn._lastResults || []);
       }
     } finally {
       conns.delete(id);
     }
   },
-  async error(id, message) {
+  async error(id, message, open) {
     const conn = connFor(id);
     const err = new Error(message);
+    // An error on a connection that is gone: its socket failed.
+    if (open === false && conn._closeCode === undefined) conn._closeCode = 1006;
     if (party.onError) await party.onError(conn, err);
     if (listenersOf.has(conn)) conn.dispatchEvent(new ErrorEvent("error", { error: err, message }));
   },
@@ -93,7 +99,7 @@ const handlers = {
     Party = globalThis.__partyline_module.default;
     delete globalThis.__partyline_module;
     const has = (n) => !!(Party && typeof Party[n] === "function");
-    const opts = Party && (Party.options || (typeof Party === "function" && Party.prototype && Party.prototype.options));
+    const opts = Party && (Party.options || (typeof Party === "function" && Party.prototype && Party.prototype.options) || instanceOptions(Party));
     return { hibernate: !!(opts && opts.hibernate), onBeforeConnect: has("onBeforeConnect"), onBeforeRequest: has("onBeforeRequest"), onFetch: has("onFetch") };
   },
   beforeConnect(req, lobby) { return before(Party.onBeforeConnect, req, lobby); },
@@ -105,6 +111,24 @@ const handlers = {
   },
 };
 
+// The options of a party class that declares them as an instance field
+// (`options = { hibernate: true }`, PartyKit's documented form), read from a throwaway instance
+// made with a room whose APIs are not available here; a constructor that throws (or that uses
+// them) leaves the default options, and the timers it set are cleared.
+function instanceOptions(P) {
+  if (typeof P !== "function") return undefined;
+  const firstTimer = nextTimer;
+  try {
+    const instance = new P(makeRoom({ id: "", party: "", internalID: "", env: {} }));
+    return instance && instance.options;
+  } catch (e) {
+    console.debug("reading the party's options: its constructor threw without a room:", errorText(e));
+    return undefined;
+  } finally {
+    for (let id = firstTimer; id < nextTimer; id++) clearTimer(id);
+  }
+}
+
 // `onBeforeConnect` or `onBeforeRequest` (`fn`): a response to send, or the request to go on with.
 async function before(fn, req, lobby) {
   const input = requestIn(req);
@@ -114,22 +138,16 @@ async function before(fn, req, lobby) {
   return { request: requestOut(input) };
 }
 
-// ---------------------------------------------------------------- CommonJS
-
-const cjsCache = new Map();
-function requireFile(path) {
-  const cached = cjsCache.get(path);
-  if (cached) return cached.exports;
-  const module = { exports: {}, id: path, filename: path, loaded: false };
-  cjsCache.set(path, module);
-  const dir = path.slice(0, path.lastIndexOf("/")) || "/";
-  const fn = N.commonjs(path);
-  const require = (spec) => requireFile(N.requireResolve(dir, String(spec)));
-  require.resolve = (spec) => N.requireResolve(dir, String(spec));
-  fn.call(module.exports, module.exports, require, module, path, dir);
-  module.loaded = true;
-  return module.exports;
+// The status an error answers a request with, as PartyKit does: its `code` when that is an
+// HTTP status; undefined (the hook's usual answer) otherwise.
+function httpStatus(e) {
+  const code = e !== null && typeof e === "object" ? e.code : undefined;
+  return typeof code === "number" && Number.isInteger(code) && code >= 200 && code <= 599 ? code : undefined;
 }
+
+// Promises rejected with no handler yet; the host collects them once the microtasks ran (a
+// handler attached meanwhile takes a promise off).
+const unhandled = new Map();
 
 // Calls from the host: results (or errors) are kept until the host collects them.
 const results = new Map();
@@ -156,11 +174,23 @@ globalThis.__partyline = {
     results.delete(id);
     if (!r[0]) {
       const e = r[1];
-      return [false, errorText(e), e instanceof Error && e.stack ? String(e.stack) : ""];
+      return [false, errorText(e), e instanceof Error && e.stack ? String(e.stack) : "", httpStatus(e)];
     }
     return r;
   },
-  requireFile,
+  rejection(promise, reason, handled) {
+    if (handled) unhandled.delete(promise);
+    else unhandled.set(promise, reason);
+  },
+  rejections() {
+    const out = [];
+    for (const reason of unhandled.values()) {
+      const stack = reason instanceof Error && reason.stack ? "\n" + String(reason.stack).trimEnd() : "";
+      out.push(errorText(reason) + stack);
+    }
+    unhandled.clear();
+    return out;
+  },
   complete: completeOp,
   timers: fireTimers,
 };

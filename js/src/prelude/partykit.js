@@ -103,44 +103,203 @@ function keyOf(k) {
   return k;
 }
 
-class Storage {
+// Storage operations apply in the order they were made, as on Cloudflare, awaited or not. Puts
+// go into the write buffer at once; a delete must first learn whether its keys exist, which can
+// take a read of the store: while one is unfinished, the operations made after it wait for it.
+let storageTail = null;
+function inOrder(fn) {
+  if (storageTail === null) return fn();
+  const p = storageTail.then(fn);
+  holdStorage(p);
+  return p;
+}
+function holdStorage(p) {
+  const tail = p.then(() => {}, () => {});
+  storageTail = tail;
+  tail.then(() => { if (storageTail === tail) storageTail = null; });
+}
+function storageDelete(keys) {
+  const r = N.storageDelete(keys);
+  if (r[0]) return Promise.resolve(r[1]);
+  const p = op(r);
+  // Run in order behind others (`storageTail` set), it is already what they wait for.
+  if (storageTail === null) holdStorage(p);
+  return p;
+}
+
+// Keys compared as the store orders them (by UTF-8 bytes, which is code point order).
+function compareKeys(a, b) {
+  for (let i = 0, j = 0; i < a.length && j < b.length;) {
+    const x = a.codePointAt(i), y = b.codePointAt(j);
+    if (x !== y) return x < y ? -1 : 1;
+    i += x > 0xffff ? 2 : 1;
+    j += y > 0xffff ? 2 : 1;
+  }
+  return a.length === b.length ? 0 : (a.length < b.length ? -1 : 1);
+}
+// Whether `k` is in the range of list() options `o`.
+function inListRange(k, o) {
+  const n = (x) => (x === undefined || x === null ? undefined : String(x));
+  const start = n(o.start), startAfter = n(o.startAfter), end = n(o.end), prefix = n(o.prefix);
+  if (start !== undefined && compareKeys(k, start) < 0) return false;
+  if (startAfter !== undefined && compareKeys(k, startAfter) <= 0) return false;
+  if (end !== undefined && compareKeys(k, end) >= 0) return false;
+  return prefix === undefined || k.startsWith(prefix);
+}
+// Values the host takes in a put ([kind, payload]) decoded back, for reads of a transaction.
+function decodeEncoded(kind, payload) {
+  return kind === 1 ? latin1Bytes(payload) : decodeValue(kind, payload);
+}
+// The most keys one host call takes (Cloudflare's limit, and Partyline's default).
+const MAX_BATCH_KEYS = 128;
+function chunks(list) {
+  const out = [];
+  for (let i = 0; i < list.length; i += MAX_BATCH_KEYS) out.push(list.slice(i, i + MAX_BATCH_KEYS));
+  return out;
+}
+
+// The `txn` of `storage.transaction(fn)`. Its writes are kept here, as the key's encoded value or
+// `null` for a deleted key, and its reads see them over the room's storage. When `fn` resolves
+// they are applied at once, all in the same write buffer (so they are committed together);
+// when it throws, or after `rollback()`, they are dropped.
+class Transaction {
+  constructor(storage) {
+    this._storage = storage;
+    this._writes = new Map();
+    this._rolledBack = false;
+    this._over = false;
+  }
+  _check() {
+    if (this._rolledBack) throw new Error("this transaction was rolled back");
+    if (this._over) throw new Error("this transaction is over: use it only inside its callback");
+  }
   async get(keys) {
-    if (Array.isArray(keys)) return entriesMap(await op(N.storageGet(keys.map(keyOf))));
-    const list = await op(N.storageGet([keyOf(keys)]));
-    return list.length ? decodeValue(list[0][1], list[0][2]) : undefined;
+    this._check();
+    const list = (Array.isArray(keys) ? keys : [keys]).map(keyOf);
+    const found = new Map();
+    const missing = [];
+    for (const k of list) {
+      if (!this._writes.has(k)) missing.push(k);
+      else if (this._writes.get(k) !== null) found.set(k, decodeEncoded(...this._writes.get(k)));
+    }
+    for (const part of chunks(missing)) {
+      const read = await inOrder(async () => op(N.storageGet(part)));
+      // A write of the transaction made while the read was in flight wins over what it saw.
+      for (const [k, kind, payload] of read) if (!this._writes.has(k)) found.set(k, decodeValue(kind, payload));
+    }
+    if (!Array.isArray(keys)) return found.get(list[0]);
+    return new Map([...found].sort((a, b) => compareKeys(a[0], b[0])));
   }
   async put(key, value) {
-    if (typeof key === "object" && key !== null) {
-      const entries = Object.keys(key).map((k) => [k, ...encodeValue(key[k])]);
-      N.storagePut(entries);
-      return;
-    }
-    if (value === undefined) throw new TypeError("put() needs a value (use delete() to remove a key)");
-    N.storagePut([[keyOf(key), ...encodeValue(value)]]);
+    this._check();
+    let entries;
+    if (typeof key === "object" && key !== null) entries = Object.keys(key).map((k) => [k, encodeValue(key[k])]);
+    else if (value === undefined) throw new TypeError("put() needs a value (use delete() to remove a key)");
+    else entries = [[keyOf(key), encodeValue(value)]];
+    for (const [k, v] of entries) this._writes.set(k, v);
   }
   async delete(keys) {
-    if (Array.isArray(keys)) return op(N.storageDelete(keys.map(keyOf)));
-    return (await op(N.storageDelete([keyOf(keys)]))) === 1;
+    this._check();
+    const list = (Array.isArray(keys) ? keys : [keys]).map(keyOf);
+    const existing = await this.get(list);
+    for (const k of list) this._writes.set(k, null);
+    return Array.isArray(keys) ? existing.size : existing.size === 1;
   }
-  async deleteAll() { N.storageDeleteAll(); }
+  async deleteAll() {
+    throw new Error("deleteAll() is not available in a transaction: call it on storage");
+  }
+  async list(options = {}) {
+    this._check();
+    const o = options || {};
+    if (o.limit !== undefined && !(o.limit > 0)) throw new RangeError("list() limit must be positive");
+    const limit = o.limit === undefined ? undefined : Number(o.limit);
+    const mine = [...this._writes].filter(([k]) => inListRange(k, o));
+    // The transaction's deletes may hide entries of the storage: ask for that many more.
+    const hidden = mine.filter(([, v]) => v === null).length;
+    const base = await this._storage.list({ ...o, limit: limit === undefined ? undefined : limit + hidden });
+    const out = [];
+    for (const [k, v] of base) if (!this._writes.has(k)) out.push([k, v]);
+    for (const [k, v] of mine) if (v !== null) out.push([k, decodeEncoded(...v)]);
+    out.sort((a, b) => (o.reverse ? -compareKeys(a[0], b[0]) : compareKeys(a[0], b[0])));
+    return new Map(limit === undefined ? out : out.slice(0, limit));
+  }
+  rollback() {
+    this._check();
+    this._rolledBack = true;
+    this._writes.clear();
+  }
+  async getAlarm(options) { this._check(); return this._storage.getAlarm(options); }
+  async setAlarm(time, options) { this._check(); return this._storage.setAlarm(time, options); }
+  async deleteAlarm(options) { this._check(); return this._storage.deleteAlarm(options); }
+  // Applies the writes in order after the storage operations made before, and before those made
+  // after. The deleted keys are read first, so that the deletes find them cached and land in the
+  // write buffer in the same step as the puts: no commit of the room can come between them.
+  _commit() {
+    const puts = [], dels = [];
+    for (const [k, v] of this._writes) {
+      if (v === null) dels.push(k);
+      else puts.push([k, ...v]);
+    }
+    if (!puts.length && !dels.length) return Promise.resolve();
+    const apply = async () => {
+      for (const part of chunks(dels)) await op(N.storageGet(part));
+      for (const part of chunks(puts)) N.storagePut(part);
+      for (const part of chunks(dels)) await storageDelete(part);
+    };
+    const p = storageTail === null ? apply() : storageTail.then(apply);
+    holdStorage(p);
+    return p;
+  }
+}
+
+class Storage {
+  async get(keys) {
+    return inOrder(async () => {
+      if (Array.isArray(keys)) return entriesMap(await op(N.storageGet(keys.map(keyOf))));
+      const list = await op(N.storageGet([keyOf(keys)]));
+      return list.length ? decodeValue(list[0][1], list[0][2]) : undefined;
+    });
+  }
+  async put(key, value) {
+    let entries;
+    if (typeof key === "object" && key !== null) entries = Object.keys(key).map((k) => [k, ...encodeValue(key[k])]);
+    else if (value === undefined) throw new TypeError("put() needs a value (use delete() to remove a key)");
+    else entries = [[keyOf(key), ...encodeValue(value)]];
+    return inOrder(() => { N.storagePut(entries); });
+  }
+  async delete(keys) {
+    if (Array.isArray(keys)) {
+      const list = keys.map(keyOf);
+      return inOrder(() => storageDelete(list));
+    }
+    const key = keyOf(keys);
+    return (await inOrder(() => storageDelete([key]))) === 1;
+  }
+  async deleteAll() { return inOrder(() => { N.storageDeleteAll(); }); }
   async list(options = {}) {
     const o = options || {};
     const n = (x) => (x === undefined || x === null ? undefined : String(x));
     if (o.limit !== undefined && !(o.limit > 0)) throw new RangeError("list() limit must be positive");
-    return entriesMap(await op(N.storageList(n(o.start), n(o.startAfter), n(o.end), n(o.prefix), !!o.reverse, o.limit === undefined ? undefined : Number(o.limit))));
+    return inOrder(async () => entriesMap(await op(N.storageList(n(o.start), n(o.startAfter), n(o.end), n(o.prefix), !!o.reverse, o.limit === undefined ? undefined : Number(o.limit)))));
   }
-  async getAlarm() { return op(N.getAlarm()); }
+  async getAlarm() { return inOrder(() => op(N.getAlarm())); }
   async setAlarm(time) {
     const ms = time instanceof Date ? time.getTime() : Number(time);
     if (!Number.isFinite(ms)) throw new TypeError("setAlarm() takes a Date or a number of milliseconds");
-    N.setAlarm(Math.floor(ms));
+    return inOrder(() => { N.setAlarm(Math.floor(ms)); });
   }
-  async deleteAlarm() { N.deleteAlarm(); }
-  async sync() { return op(N.storageSync()); }
+  async deleteAlarm() { return inOrder(() => { N.deleteAlarm(); }); }
+  async sync() { return inOrder(() => op(N.storageSync())); }
   async transaction(fn) {
-    const txn = Object.create(this);
-    txn.rollback = () => { throw new Error("transaction rollback is not supported by Partyline"); };
-    return fn(txn);
+    const txn = new Transaction(this);
+    let result;
+    try {
+      result = await fn(txn);
+    } finally {
+      txn._over = true;
+    }
+    if (!txn._rolledBack) await txn._commit();
+    return result;
   }
   transactionSync() { throw new Error("transactionSync() needs the SQLite storage backend, which Partyline does not have"); }
 }
@@ -190,6 +349,8 @@ class Connection extends EventTarget {
   close(code, reason) {
     if (!this._open) return;
     this._open = false;
+    this._closeCode = code === undefined ? 1000 : Number(code);
+    this._closeReason = reason === undefined ? "" : String(reason);
     N.close(this.id, code === undefined ? 1000 : Number(code), reason === undefined ? "" : String(reason));
   }
   accept() {}
@@ -212,6 +373,80 @@ function messageData(data) {
   return typeof data === "string" ? data : data;
 }
 
+// A socket a room opened to another room (`stub.socket()`): a WebSocket as a client sees it.
+// The room's frames and its close arrive one at a time as host operations, so its listeners run
+// between the room's other events.
+class PartySocket extends EventTarget {
+  constructor(n, url) {
+    super();
+    this._n = n;
+    this.url = url;
+    this.readyState = OPEN;
+    this.binaryType = "arraybuffer";
+    this.protocol = "";
+    this.extensions = "";
+    // Listeners added right after `await stub.socket()` still see "open" and every frame.
+    setTimeout(() => {
+      if (this.readyState !== OPEN) return;
+      this._dispatch(new Event("open"));
+      this._receive();
+    }, 0);
+  }
+  async _receive() {
+    for (;;) {
+      let e;
+      try {
+        e = await op(N.socketRecv(this._n));
+      } catch (err) {
+        // Closed by this side meanwhile: its close event comes from close().
+        if (this.readyState !== OPEN) return;
+        this._dispatch(new ErrorEvent("error", { error: err }));
+        return this._closed(1006, "", false);
+      }
+      if (this.readyState !== OPEN) return;
+      if (e[0] === 2) return this._closed(e[1], e[2], e[1] !== 1006);
+      const data = e[0] === 0 ? e[1] : (this.binaryType === "blob" ? new Blob([e[1]]) : e[1]);
+      this._dispatch(new MessageEvent("message", { data }));
+    }
+  }
+  _closed(code, reason, wasClean) {
+    if (this.readyState === CLOSED) return;
+    this.readyState = CLOSED;
+    N.socketClose(this._n, code, reason);
+    this._dispatch(new CloseEvent("close", { code, reason, wasClean }));
+  }
+  // A listener that throws does not stop the socket: its error is reported as unhandled.
+  _dispatch(event) {
+    try {
+      this.dispatchEvent(event);
+    } catch (err) {
+      Promise.reject(err);
+    }
+  }
+  accept() {}
+  send(data) {
+    if (this.readyState !== OPEN) return;
+    if (typeof data === "string") return N.socketSend(this._n, data, false);
+    const u8 = asBytes(data);
+    if (u8) return N.socketSend(this._n, toLatin1(u8), true);
+    N.socketSend(this._n, String(data), false);
+  }
+  close(code, reason) {
+    if (this.readyState !== OPEN) return;
+    const c = code === undefined ? 1000 : Number(code);
+    if (c !== 1000 && !(c >= 3000 && c <= 4999)) throw new DOMException(`close code ${c} is not 1000 or in 3000-4999`, "InvalidAccessError");
+    this.readyState = 2;
+    const r = reason === undefined ? "" : String(reason);
+    N.socketClose(this._n, c, r);
+    // The close event follows, after what this handler does next.
+    setTimeout(() => this._closed(c, r, true), 0);
+  }
+}
+PartySocket.prototype.CONNECTING = 0;
+PartySocket.prototype.OPEN = OPEN;
+PartySocket.prototype.CLOSING = 2;
+PartySocket.prototype.CLOSED = CLOSED;
+
 function partiesFor() {
   return new Proxy({}, {
     get(_, name) {
@@ -224,15 +459,29 @@ function partiesFor() {
             let path = "";
             let init = maybeInit;
             if (typeof pathOrInit === "string") path = pathOrInit;
-            else if (pathOrInit instanceof Request) { path = new URL(pathOrInit.url).pathname; init = pathOrInit; }
+            else if (pathOrInit instanceof Request) { const u = new URL(pathOrInit.url); path = u.pathname + u.search; init = pathOrInit; }
+            else if (pathOrInit instanceof URL) { path = pathOrInit.pathname + pathOrInit.search; }
             else init = pathOrInit;
             if (path && !path.startsWith("/")) throw new Error("the path of a room fetch must start with /");
             const req = new Request(base + path, init || {});
             const out = requestOut(req);
             return responseIn(await op(N.partyFetch(name, String(roomId), out)));
           },
-          socket() { throw new Error("room.parties.<name>.get(id).socket() is not supported by Partyline yet"); },
-          connect() { throw new Error("room.parties.<name>.get(id).connect() is not supported by Partyline yet"); },
+          // A WebSocket to the room, as one of its clients (its id: the path's `_pk`, or new).
+          async socket(pathOrInit, maybeInit) {
+            let path = "";
+            let init = maybeInit;
+            if (typeof pathOrInit === "string") path = pathOrInit;
+            else if (pathOrInit instanceof URL) path = pathOrInit.pathname + pathOrInit.search;
+            else init = pathOrInit;
+            if (path && !path.startsWith("/")) throw new Error("the path of a room socket must start with /");
+            const url = new URL(base + path);
+            const id = url.searchParams.get("_pk") || crypto.randomUUID();
+            const req = new Request(url.href, { headers: (init && init.headers) || {} });
+            const n = await op(N.partySocket(name, String(roomId), id, requestOut(req)));
+            return new PartySocket(n, url.href);
+          },
+          connect(pathOrInit, maybeInit) { return this.socket(pathOrInit, maybeInit); },
         };
       },
       };
@@ -273,7 +522,16 @@ function makeRoom(info) {
       for (const [id, uri] of N.connList(undefined)) m.set(id, connFor(id, uri));
       return m;
     },
-    async blockConcurrencyWhile(fn) { return fn(); },
+    // No other event of the room starts until `fn`'s promise settles (the host holds the
+    // room's input gate while a block is open).
+    async blockConcurrencyWhile(fn) {
+      const token = N.blockBegin();
+      try {
+        return await fn();
+      } finally {
+        N.blockEnd(token);
+      }
+    },
   };
   return room;
 }

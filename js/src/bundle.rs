@@ -1,0 +1,506 @@
+//! Bundling a project with rolldown, as PartyKit bundles it with esbuild: each party's server
+//! code into one ES module for QuickJS, and `serve.build` (the page's client code) into the
+//! files the page loads from `/dist/...`.
+//!
+//! Why rolldown: it is a real bundler (resolution with export conditions, CommonJS interop both
+//! ways, JSON/text/binary loaders, tsconfig `paths`, `define`, aliases, code splitting, source
+//! maps, minification) written in Rust on oxc, which this crate already used to strip
+//! TypeScript; it is pinned to the release built on the same oxc (`=1.2.5`, oxc 0.146), so one
+//! copy of oxc is compiled.
+//!
+//! What the server bundle gets, as PartyKit's build gives it:
+//! - export conditions `partykit`, `workerd`, `worker`, `browser`, `import`/`require`, `module`,
+//!   `default`; the `browser` field of packages;
+//! - `define` from partykit.json, `PARTYKIT_HOST`, and `process.env` filled from `.env` and
+//!   `vars` before any module runs (the `process`, `Buffer` and `global` shims are in the
+//!   prelude, `prelude/node.js`);
+//! - `build.alias`; tsconfig.json (`paths`, `jsx`) found next to the files;
+//! - loaders: `.txt` and `.html` as text, `.bin` as an `ArrayBuffer`, `.wasm` (and
+//!   `.wasm?module`) as a `WebAssembly.Module`, JSON;
+//! - one module (dynamic imports inlined) and its source map, so an error names the TypeScript
+//!   file and line ([`map_locations`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use partyline::sync::Lock;
+use rolldown::plugin::{
+    HookLoadArgs, HookLoadOutput, HookLoadReturn, HookResolveIdArgs, HookResolveIdOutput, HookResolveIdReturn,
+    HookUsage, Plugin, PluginContext, SharedLoadPluginContext,
+};
+use rolldown::CodeSplittingMode;
+use rolldown::{
+    Bundler, BundlerOptions, InputItem, IsExternal, ModuleType, OutputFormat, Platform, RawMinifyOptions,
+    ResolveOptions, SourceMapType,
+};
+use rolldown_common::Output;
+
+/// The export conditions of server code (what PartyKit's build passes to esbuild, plus the
+/// ones a worker runtime answers to).
+const SERVER_CONDITIONS: [&str; 5] = ["partykit", "workerd", "worker", "browser", "module"];
+
+/// Why a bundle could not be built: rolldown's diagnostics (file, line, column, what is wrong).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BundleError(pub String);
+
+/// The options of a bundle that come from partykit.json.
+#[derive(Clone, Debug, Default)]
+pub struct BuildOptions {
+    /// Global names replaced by expressions (values are JavaScript source, as in esbuild's
+    /// `define`).
+    pub define: BTreeMap<String, String>,
+    /// Import specifiers replaced by others (`build.alias`); relative targets are resolved from
+    /// the project root.
+    pub alias: BTreeMap<String, String>,
+    /// Minify the output.
+    pub minify: bool,
+}
+
+/// A party's server code as one ES module.
+pub struct ServerBundle {
+    /// The module's source.
+    pub code: String,
+    /// Where each part of it came from.
+    pub map: Arc<SourceLookup>,
+    /// Every file it was built from.
+    pub files: Vec<PathBuf>,
+}
+
+/// A source map reduced to what error messages need: the original file, line and column of a
+/// generated position.
+#[derive(Debug, Default)]
+pub struct SourceLookup {
+    sources: Vec<String>,
+    /// (generated line, generated column, source index, original line, original column), all
+    /// 0-based, sorted.
+    tokens: Vec<(u32, u32, u32, u32, u32)>,
+}
+
+impl SourceLookup {
+    /// The original `(file, line, column)` (1-based) of a generated 1-based position.
+    pub fn original(&self, line: u32, column: u32) -> Option<(&str, u32, u32)> {
+        let (line, column) = (line.checked_sub(1)?, column.saturating_sub(1));
+        let i = self.tokens.partition_point(|t| (t.0, t.1) <= (line, column));
+        let t = self.tokens.get(i.checked_sub(1)?)?;
+        if t.0 != line {
+            return None;
+        }
+        Some((self.sources.get(t.2 as usize)?.as_str(), t.3 + 1, t.4 + 1))
+    }
+}
+
+/// Source maps of the bundles compiled in this process, by module name.
+fn lookups() -> &'static Mutex<HashMap<String, Arc<SourceLookup>>> {
+    static MAPS: OnceLock<Mutex<HashMap<String, Arc<SourceLookup>>>> = OnceLock::new();
+    MAPS.get_or_init(Default::default)
+}
+
+/// Registers the source map of the bundle loaded as module `name`.
+pub(crate) fn register_map(name: &str, map: Arc<SourceLookup>) {
+    lookups().locked().insert(name.to_string(), map);
+}
+
+/// Rewrites every `name:line:column` of a registered bundle in `text` (an error message or a
+/// stack) to the original file, line and column.
+pub fn map_locations(text: &str) -> String {
+    let maps = lookups().locked();
+    if maps.is_empty() {
+        return text.to_string();
+    }
+    let mut out = text.to_string();
+    for (name, map) in maps.iter() {
+        let pattern = format!("{name}:");
+        let mut result = String::with_capacity(out.len());
+        let mut rest = out.as_str();
+        while let Some(at) = rest.find(&pattern) {
+            result.push_str(&rest[..at]);
+            let after = &rest[at + pattern.len()..];
+            let (line, tail) = split_number(after);
+            let (column, tail2) = match tail.strip_prefix(':') {
+                Some(t) => split_number(t),
+                None => (None, tail),
+            };
+            match line.and_then(|l| map.original(l, column.unwrap_or(1))) {
+                Some((file, l, c)) => {
+                    result.push_str(&format!("{file}:{l}:{c}"));
+                    rest = if column.is_some() { tail2 } else { tail };
+                }
+                None => {
+                    result.push_str(&pattern);
+                    rest = after;
+                }
+            }
+        }
+        result.push_str(rest);
+        out = result;
+    }
+    out
+}
+
+fn split_number(s: &str) -> (Option<u32>, &str) {
+    let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    (s[..end].parse().ok(), &s[end..])
+}
+
+/// The Node.js built-in modules a server bundle may import (`node:buffer`, `node:process`), as
+/// modules over the prelude's globals, as PartyKit's Node compatibility provides them; other
+/// built-ins fail the build with a clear message.
+#[derive(Debug)]
+struct NodeBuiltins;
+
+/// The prefix of the ids of [`NodeBuiltins`]' modules (`\0` keeps other plugins off them).
+const BUILTIN_PREFIX: &str = "\0partyline:";
+
+/// The source of built-in module `name` (without `node:`), if Partyline provides it.
+fn builtin_source(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "buffer" => "export const Buffer = globalThis.Buffer;\nexport default { Buffer };\n",
+        "process" => {
+            "const p = globalThis.process;\nexport default p;\nexport const env = p.env, nextTick = p.nextTick;\n"
+        }
+        _ => return None,
+    })
+}
+
+impl Plugin for NodeBuiltins {
+    fn name(&self) -> std::borrow::Cow<'static, str> {
+        "partyline:node-builtins".into()
+    }
+
+    async fn resolve_id(&self, _ctx: &PluginContext, args: &HookResolveIdArgs<'_>) -> HookResolveIdReturn {
+        let Some(name) = args.specifier.strip_prefix("node:") else { return Ok(None) };
+        if builtin_source(name).is_none() {
+            return Ok(None);
+        }
+        Ok(Some(HookResolveIdOutput::from_id(format!("{BUILTIN_PREFIX}{name}"))))
+    }
+
+    async fn load(&self, _ctx: SharedLoadPluginContext, args: &HookLoadArgs<'_>) -> HookLoadReturn {
+        let Some(source) = args.id.strip_prefix(BUILTIN_PREFIX).and_then(builtin_source) else { return Ok(None) };
+        Ok(Some(HookLoadOutput { code: source.into(), module_type: Some(ModuleType::Js), ..Default::default() }))
+    }
+
+    fn register_hook_usage(&self) -> HookUsage {
+        HookUsage::ResolveId | HookUsage::Load
+    }
+}
+
+/// Loads `.wasm` files as `WebAssembly.Module`s and `.bin` files as `ArrayBuffer`s, as
+/// PartyKit's build (after Cloudflare's module rules) does.
+#[derive(Debug)]
+struct BinaryModules;
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+impl Plugin for BinaryModules {
+    fn name(&self) -> std::borrow::Cow<'static, str> {
+        "partyline:binary-modules".into()
+    }
+
+    async fn load(&self, _ctx: SharedLoadPluginContext, args: &HookLoadArgs<'_>) -> HookLoadReturn {
+        let path = args.id.strip_suffix("?module").unwrap_or(args.id);
+        let wasm = path.ends_with(".wasm");
+        if !wasm && !path.ends_with(".bin") {
+            return Ok(None);
+        }
+        let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+        let data = format!("Uint8Array.from(atob(\"{}\"), (c) => c.charCodeAt(0))", base64(&bytes));
+        let code = if wasm {
+            format!("export default new WebAssembly.Module({data});\n")
+        } else {
+            format!("export default {data}.buffer;\n")
+        };
+        Ok(Some(HookLoadOutput { code: code.into(), module_type: Some(ModuleType::Js), ..Default::default() }))
+    }
+
+    fn register_hook_usage(&self) -> HookUsage {
+        HookUsage::Load
+    }
+}
+
+fn alias_options(root: &Path, alias: &BTreeMap<String, String>) -> Option<Vec<(String, Vec<Option<String>>)>> {
+    if alias.is_empty() {
+        return None;
+    }
+    Some(
+        alias
+            .iter()
+            .map(|(from, to)| {
+                let to = if to.starts_with("./") || to.starts_with("../") {
+                    root.join(to).to_string_lossy().into_owned()
+                } else {
+                    to.clone()
+                };
+                (from.clone(), vec![Some(to)])
+            })
+            .collect(),
+    )
+}
+
+/// Module types by extension: text for `.txt` and `.html`, then `extra`.
+fn module_types(extra: &BTreeMap<String, ModuleType>) -> Vec<(String, ModuleType)> {
+    let mut types: Vec<(String, ModuleType)> = [(".txt", ModuleType::Text), (".html", ModuleType::Text)]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    types.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+    types
+}
+
+/// Rolldown's diagnostics as one message: each with its kind, file, line and column and the
+/// code around it.
+fn render(diagnostics: &[rolldown_error::BuildDiagnostic], root: &Path) -> String {
+    let opts = rolldown_error::DiagnosticOptions { cwd: root.to_path_buf() };
+    let mut out: Vec<String> = Vec::new();
+    for d in diagnostics {
+        let mut text = d.to_diagnostic_with(&opts).convert_to_string(false).trim_end().to_string();
+        if matches!(d.kind(), rolldown_error::EventKind::UnresolvedImport) {
+            text.push_str(if text.contains("\"node:") {
+                "\n  (a Node.js built-in module: parties run on a worker runtime without Node's modules)"
+            } else {
+                "\n  (no such file or package: is it installed? run npm install)"
+            });
+        }
+        out.push(text);
+    }
+    out.join("\n")
+}
+
+async fn run(options: BundlerOptions, server: bool) -> Result<(Vec<Output>, Vec<PathBuf>), BundleError> {
+    let root = options.cwd.clone().unwrap_or_default();
+    let mut plugins: Vec<rolldown::plugin::__inner::SharedPluginable> = vec![Arc::new(BinaryModules)];
+    if server {
+        plugins.push(Arc::new(NodeBuiltins));
+    }
+    let mut bundler = Bundler::with_plugins(options, plugins).map_err(|e| BundleError(render(&e.into_vec(), &root)))?;
+    let result = bundler.generate().await;
+    let files: Vec<PathBuf> = bundler
+        .watch_files()
+        .iter()
+        .map(|f| PathBuf::from(f.as_str()))
+        .filter(|p| p.is_absolute() && !p.components().any(|c| c.as_os_str() == "node_modules"))
+        .collect();
+    let _ = bundler.close().await;
+    match result {
+        Ok(out) => {
+            // An import that resolves to nothing would fail in every room: fail the build.
+            let unresolved: Vec<_> = out
+                .warnings
+                .into_iter()
+                .filter(|w| matches!(w.kind(), rolldown_error::EventKind::UnresolvedImport))
+                .collect();
+            if !unresolved.is_empty() {
+                return Err(BundleError(render(&unresolved, &root)));
+            }
+            Ok((out.assets, files))
+        }
+        Err(e) => Err(BundleError(render(&e.into_vec(), &root))),
+    }
+}
+
+/// Bundles the server code of one party (`entry`) into one ES module. `banner` runs before any
+/// of it (it fills `process.env`).
+pub async fn server(
+    root: &Path,
+    entry: &Path,
+    options: &BuildOptions,
+    banner: &str,
+) -> Result<ServerBundle, BundleError> {
+    let bundler_options = BundlerOptions {
+        input: Some(vec![InputItem { name: Some("party".into()), import: entry.to_string_lossy().into_owned() }]),
+        cwd: Some(root.to_path_buf()),
+        platform: Some(Platform::Browser),
+        format: Some(OutputFormat::Esm),
+        sourcemap: Some(SourceMapType::Hidden),
+        code_splitting: Some(CodeSplittingMode::Bool(false)),
+        define: (!options.define.is_empty()).then(|| options.define.clone().into_iter().collect()),
+        resolve: Some(ResolveOptions {
+            condition_names: Some(SERVER_CONDITIONS.map(String::from).to_vec()),
+            alias: alias_options(root, &options.alias),
+            ..Default::default()
+        }),
+        module_types: Some(module_types(&BTreeMap::new()).into_iter().collect()),
+        minify: Some(if options.minify { RawMinifyOptions::Bool(true) } else { RawMinifyOptions::Bool(false) }),
+        ..Default::default()
+    };
+    let (outputs, files) = run(bundler_options, true).await?;
+    let chunk = outputs
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Chunk(c) if c.is_entry => Some(c),
+            _ => None,
+        })
+        .ok_or_else(|| BundleError(format!("{}: the bundle has no entry chunk", entry.display())))?;
+    let banner_lines = banner.matches('\n').count() as u32;
+    let mut lookup = SourceLookup::default();
+    if let Some(map) = &chunk.map {
+        lookup.sources = map
+            .get_sources()
+            .map(|s| {
+                let p = Path::new(s);
+                let p = if p.is_absolute() { p.to_path_buf() } else { root.join(p) };
+                let p = std::path::absolute(&p).unwrap_or(p);
+                p.strip_prefix(root).map(|r| r.to_string_lossy().into_owned()).unwrap_or_else(|_| s.to_string())
+            })
+            .collect();
+        lookup.tokens = map
+            .get_tokens()
+            .filter_map(|t| {
+                Some((
+                    t.get_dst_line() + banner_lines,
+                    t.get_dst_col(),
+                    t.get_source_id()?,
+                    t.get_src_line(),
+                    t.get_src_col(),
+                ))
+            })
+            .collect();
+        lookup.tokens.sort_unstable();
+    }
+    Ok(ServerBundle { code: format!("{banner}{}", chunk.code), map: Arc::new(lookup), files })
+}
+
+/// The client entry points and options of `serve.build`.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Entry points: (output name, file).
+    pub entries: Vec<(Option<String>, PathBuf)>,
+    /// The output directory (absolute).
+    pub outdir: PathBuf,
+    /// Split shared code into chunks (esbuild's `splitting`; default on).
+    pub splitting: bool,
+    /// `esm` (default), `iife` or `cjs`.
+    pub format: OutputFormat,
+    /// Emit source maps (default on).
+    pub sourcemap: bool,
+    /// Specifiers left to the page.
+    pub external: Vec<String>,
+    /// Loaders by extension (`.woff2` → `file`, ...).
+    pub loaders: BTreeMap<String, ModuleType>,
+    /// `define`, `alias`, `minify`.
+    pub build: BuildOptions,
+    /// Code put before each entry chunk (live reload).
+    pub banner: Option<String>,
+}
+
+/// The output of `serve.build`: files by path relative to the output directory.
+#[derive(Clone, Debug, Default)]
+pub struct ClientBundle {
+    /// File name (relative to the output directory, `/`-separated) to contents.
+    pub files: BTreeMap<String, bytes::Bytes>,
+    /// Every file it was built from.
+    pub inputs: Vec<PathBuf>,
+}
+
+/// An esbuild loader name as a rolldown module type.
+pub fn loader(name: &str) -> Option<ModuleType> {
+    Some(match name {
+        "file" => ModuleType::Asset,
+        "copy" => ModuleType::Copy,
+        "text" => ModuleType::Text,
+        "binary" => ModuleType::Binary,
+        "base64" => ModuleType::Base64,
+        "dataurl" => ModuleType::Dataurl,
+        "json" => ModuleType::Json,
+        "js" => ModuleType::Js,
+        "jsx" => ModuleType::Jsx,
+        "ts" => ModuleType::Ts,
+        "tsx" => ModuleType::Tsx,
+        "css" => ModuleType::Css,
+        "empty" => ModuleType::Empty,
+        _ => return None,
+    })
+}
+
+/// Bundles the client code of `serve.build`.
+pub async fn client(root: &Path, options: &ClientOptions) -> Result<ClientBundle, BundleError> {
+    let bundler_options = BundlerOptions {
+        input: Some(
+            options
+                .entries
+                .iter()
+                .map(|(name, file)| InputItem { name: name.clone(), import: file.to_string_lossy().into_owned() })
+                .collect(),
+        ),
+        cwd: Some(root.to_path_buf()),
+        platform: Some(Platform::Browser),
+        format: Some(options.format),
+        sourcemap: options.sourcemap.then_some(SourceMapType::File),
+        code_splitting: Some(CodeSplittingMode::Bool(options.splitting)),
+        define: (!options.build.define.is_empty()).then(|| options.build.define.clone().into_iter().collect()),
+        external: (!options.external.is_empty()).then(|| IsExternal::from(options.external.clone())),
+        resolve: Some(ResolveOptions { alias: alias_options(root, &options.build.alias), ..Default::default() }),
+        module_types: Some(module_types(&options.loaders).into_iter().collect()),
+        minify: Some(RawMinifyOptions::Bool(options.build.minify)),
+        dir: Some(options.outdir.to_string_lossy().into_owned()),
+        ..Default::default()
+    };
+    let (outputs, inputs) = run(bundler_options, false).await?;
+    let mut files = BTreeMap::new();
+    for output in outputs {
+        match output {
+            Output::Chunk(c) => {
+                let mut code = c.code.clone();
+                if let (true, Some(banner)) = (c.is_entry, &options.banner) {
+                    // On the first line, so the source map stays right for every other line.
+                    code = format!("{banner}{code}");
+                }
+                if let (Some(map), Some(name)) = (&c.map, &c.sourcemap_filename) {
+                    files.insert(name.clone(), bytes::Bytes::from(map.to_json_string()));
+                }
+                files.insert(c.filename.to_string(), bytes::Bytes::from(code));
+            }
+            Output::Asset(a) => {
+                files.insert(a.filename.to_string(), bytes::Bytes::from(a.source.as_bytes().to_vec()));
+            }
+        }
+    }
+    Ok(ClientBundle { files, inputs })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_standard_alphabet() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(&[0, 97, 115, 109]), "AGFzbQ==");
+    }
+
+    #[test]
+    fn locations_are_mapped_back() {
+        let lookup = SourceLookup {
+            sources: vec!["src/server.ts".into()],
+            tokens: vec![(0, 0, 0, 4, 2), (2, 4, 0, 9, 0), (2, 10, 0, 9, 8)],
+        };
+        assert_eq!(lookup.original(3, 12), Some(("src/server.ts", 10, 9)));
+        assert_eq!(lookup.original(3, 5), Some(("src/server.ts", 10, 1)));
+        assert_eq!(lookup.original(2, 1), None);
+        register_map("bundle:test:main", Arc::new(lookup));
+        let text = "Error: boom\n    at onMessage (bundle:test:main:3:12)\n    at other (elsewhere.js:1:1)";
+        assert_eq!(
+            map_locations(text),
+            "Error: boom\n    at onMessage (src/server.ts:10:9)\n    at other (elsewhere.js:1:1)"
+        );
+    }
+}
