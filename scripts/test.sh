@@ -160,7 +160,10 @@ fi
 
 run "deploy files (deploy/verify.sh)" deploy/verify.sh
 
-run "cargo build --bin partyline" cargo build --bin partyline
+# The binaries (the process tests run target/debug/partyline) and every test in one build: with
+# the tests selected, the binaries get the features the tests use (dev-dependencies), so the
+# nextest step below reuses this build instead of compiling the dependency tree a second time.
+run "cargo build --workspace --all-targets" cargo build --workspace --all-targets
 
 NEXTEST_ARGS=(--workspace --no-fail-fast)
 PROFILE_ARGS=()
@@ -172,10 +175,12 @@ NEXTEST_ARGS+=("${PROFILE_ARGS[@]}")
 run "cargo nextest run ${NEXTEST_ARGS[*]}" cargo nextest run "${NEXTEST_ARGS[@]}"
 
 # The cluster suite once more with every test cluster on a 3-primary Redis Cluster (the Redis
-# Cluster specific scenarios already ran above, in tests/tests/redis_cluster.rs).
+# Cluster specific scenarios already ran above, in tests/tests/redis_cluster.rs). Selected with
+# --workspace and a filter rather than -p, so the build above is reused as it is (-p would
+# resolve features for one package and compile much of the tree again).
 run "the cluster suite on Redis Cluster (PARTYLINE_TEST_REDIS=cluster)" \
-  env PARTYLINE_TEST_REDIS=cluster cargo nextest run -p partyline-tests --test cluster --no-fail-fast \
-  "${PROFILE_ARGS[@]}"
+  env PARTYLINE_TEST_REDIS=cluster cargo nextest run --workspace -E 'binary_id(partyline-tests::cluster)' \
+  --no-fail-fast "${PROFILE_ARGS[@]}"
 
 run "cargo test --workspace --doc" cargo test --workspace --doc
 
