@@ -139,6 +139,21 @@ pub fn map_locations(text: &str) -> String {
     out
 }
 
+/// `path` with `.` and `..` resolved lexically (no file system access).
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 fn split_number(s: &str) -> (Option<u32>, &str) {
     let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     (s[..end].parse().ok(), &s[end..])
@@ -329,6 +344,9 @@ pub async fn server(
         format: Some(OutputFormat::Esm),
         sourcemap: Some(SourceMapType::Hidden),
         code_splitting: Some(CodeSplittingMode::Bool(false)),
+        // Nothing is written (the bundle stays in memory); the directory only anchors the
+        // source map's paths.
+        dir: Some(root.to_string_lossy().into_owned()),
         define: (!options.define.is_empty()).then(|| options.define.clone().into_iter().collect()),
         resolve: Some(ResolveOptions {
             condition_names: Some(SERVER_CONDITIONS.map(String::from).to_vec()),
@@ -350,12 +368,11 @@ pub async fn server(
     let banner_lines = banner.matches('\n').count() as u32;
     let mut lookup = SourceLookup::default();
     if let Some(map) = &chunk.map {
+        // Sources are relative to the output directory (the root): name them from the root.
         lookup.sources = map
             .get_sources()
             .map(|s| {
-                let p = Path::new(s);
-                let p = if p.is_absolute() { p.to_path_buf() } else { root.join(p) };
-                let p = std::path::absolute(&p).unwrap_or(p);
+                let p = normalize(&root.join(s));
                 p.strip_prefix(root).map(|r| r.to_string_lossy().into_owned()).unwrap_or_else(|_| s.to_string())
             })
             .collect();
@@ -485,6 +502,31 @@ mod tests {
         assert_eq!(base64(b"fo"), "Zm8=");
         assert_eq!(base64(b"foo"), "Zm9v");
         assert_eq!(base64(&[0, 97, 115, 109]), "AGFzbQ==");
+    }
+
+    #[tokio::test]
+    async fn a_bundle_maps_back_to_the_typescript_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("server.ts"), "import { fail } from \"./lib/fail\";\nexport default class { onRequest(): Response { return fail(1); } }\n").unwrap();
+        std::fs::create_dir_all(src.join("lib")).unwrap();
+        std::fs::write(
+            src.join("lib/fail.ts"),
+            "type N = number;\nexport function fail(n: N): Response {\n  throw new Error(`failed ${n}`);\n}\n",
+        )
+        .unwrap();
+        let bundle = server(dir.path(), &src.join("server.ts"), &BuildOptions::default(), "").await.unwrap();
+        let (line, text) =
+            bundle.code.lines().enumerate().find(|(_, l)| l.contains("throw new Error")).expect("the throw");
+        let column = text.find("throw").unwrap() as u32 + 1;
+        let (file, l, _) = bundle.map.original(line as u32 + 1, column).expect("a mapping");
+        assert_eq!((file, l), ("src/lib/fail.ts", 3));
+    }
+
+    #[test]
+    fn paths_normalize_lexically() {
+        assert_eq!(normalize(Path::new("/p/dist/../src/./a.ts")), PathBuf::from("/p/src/a.ts"));
     }
 
     #[test]
