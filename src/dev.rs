@@ -17,6 +17,7 @@ use partyline::runtime::link::ToRoom;
 use partyline::{Env, Limits, MemoryStore, PartyRegistry, Request, Response, RoomKey, Store};
 use partyline_gateway::{EdgeLimits, Gateway, GatewayConfig, OpenLink, RoomLink, RoomRouter, RouteError, LINK_QUEUE};
 use partyline_node::alarms;
+use partyline_node::crons::{Crons, LocalClaims};
 use partyline_node::host::HostAlarms;
 use partyline_node::store::EmbeddedStore;
 use partyline_node::{HostConfig, HostError, RoomHost};
@@ -135,6 +136,9 @@ pub async fn run(
     });
     let stop_alarms = tokio_util::sync::CancellationToken::new();
     let scheduler = tokio::spawn(alarms::run(Arc::new(HostAlarms(host.clone())), stop_alarms.clone()));
+    // The `main` party's crons; one process, so every firing is claimed here.
+    let crons = Crons::new(&parties, cfg.env.clone(), host.client(), Arc::new(LocalClaims))
+        .map(|crons| tokio::spawn(crons.run(stop_alarms.clone())));
     let request_timeout = limits.handler_timeout + Duration::from_secs(5);
     let router = Arc::new(LocalRouter { host: host.clone(), request_timeout });
     let gateway = Gateway::new(
@@ -147,6 +151,9 @@ pub async fn run(
     let served = gateway.serve(listener, shutdown).await;
     stop_alarms.cancel();
     let _ = scheduler.await;
+    if let Some(crons) = crons {
+        let _ = crons.await;
+    }
     host.shutdown().await;
     drop(host);
     // Rooms finish their last writes and drop their store handles; wait for that (bounded).

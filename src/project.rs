@@ -43,10 +43,11 @@ pub struct ProjectArgs {
 
 impl ProjectArgs {
     /// The settings of the JS engine; `dev_host` is `partyline dev`'s address (it becomes
-    /// `PARTYKIT_HOST` and turns on live reload).
+    /// `PARTYKIT_HOST` and turns on live reload and the dev routes).
     fn settings(&self, dev_host: Option<String>) -> JsSettings {
         JsSettings {
             live_reload: dev_host.is_some(),
+            dev_routes: dev_host.is_some(),
             partykit_host: dev_host,
             memory_bytes: self.js_memory_mb << 20,
             fetch: FetchPolicy {

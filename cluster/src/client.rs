@@ -950,9 +950,11 @@ impl PartiesClient for ClusterParties {
         self.parties.get(party).is_some()
     }
 
+    /// A socket to the room wherever it lives, over a link stream of its own; see
+    /// [`crate::room_socket`] (it does not follow the room when the room moves).
     async fn socket(&self, room: RoomKey, id: String, req: Request) -> anyhow::Result<RoomSocket> {
-        let _ = (id, req);
-        anyhow::bail!("sockets from a room to another (room {room}) are not supported in a cluster yet: use fetch")
+        let req = partyline::web::room_request(&room, req);
+        crate::room_socket::open(&self.client, room, id, req).await
     }
 }
 

@@ -7,6 +7,8 @@
 //! - [`client`]: reaching rooms anywhere in the cluster over gRPC (used by gateways, and by
 //!   nodes for calls between rooms): routing by shard, redirects, retries of what provably did
 //!   not run.
+//! - [`room_socket`]: sockets from party code to rooms anywhere in the cluster (PartyKit's
+//!   `stub.socket()`), over a link stream of their own.
 //! - [`wire`]: conversions between the link protocol and its protobuf form, and the gRPC
 //!   message size.
 //! - [`tls`]: TLS between gateways and nodes (mutual, against a cluster CA).
@@ -15,6 +17,7 @@
 
 pub mod client;
 pub mod redis;
+pub mod room_socket;
 pub mod secret;
 pub mod telemetry;
 pub mod tls;

@@ -45,6 +45,7 @@
 
 pub mod client_text;
 pub mod connection;
+pub mod cron;
 pub mod limits;
 pub mod message;
 pub mod party;
@@ -64,7 +65,10 @@ pub use bytes::Bytes;
 pub use connection::{Connection, StateError, TooLarge};
 pub use limits::Limits;
 pub use message::{Message, Text};
-pub use party::{Before, ConnectionContext, DynParty, Lobby, Party, PartyFactory, PartyOptions, PartyRegistry, Wakeup};
+pub use party::{
+    Before, ConnectionContext, CronEvent, CronSchedule, DynParty, Lobby, Party, PartyFactory, PartyOptions,
+    PartyRegistry, Wakeup,
+};
 pub use room::{Env, Parties, PartiesClient, Room, RoomStub};
 pub use runtime::link::close_code;
 pub use storage::{Storage, StorageError};

@@ -12,6 +12,7 @@ use futures::FutureExt;
 use crate::connection::Connection;
 use crate::message::Message;
 use crate::room::{Env, Parties, Room};
+use crate::room_socket::{RoomSocket, SocketEvent};
 use crate::web::{self, Request, Response};
 
 /// Per-party options.
@@ -59,6 +60,32 @@ pub struct Wakeup {
     /// unloads while this is set (timers alone do not keep it).
     pub busy: bool,
 }
+
+/// A cron schedule of a project (PartyKit's `crons` in partykit.json: a name and a cron
+/// expression, see [`crate::cron`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CronSchedule {
+    /// The schedule's name (the key in `crons`).
+    pub name: String,
+    /// The cron expression, as written.
+    pub definition: String,
+}
+
+/// One firing of a cron schedule, as [`PartyFactory::on_cron`] gets it (PartyKit's `Cron`
+/// controller: `name`, `cron`, `scheduledTime`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CronEvent {
+    /// The schedule's name.
+    pub name: String,
+    /// Its cron expression.
+    pub definition: String,
+    /// When it was due, in milliseconds since the Unix epoch.
+    pub scheduled_ms: i64,
+}
+
+/// What [`PartyFactory::on_socket`] resolves to: the rest of the socket's life, or why the
+/// hook refused it.
+pub type SocketLife = anyhow::Result<BoxFuture<'static, ()>>;
 
 /// What `get_connection_tags` and `on_connect` get besides the connection.
 #[derive(Debug)]
@@ -305,6 +332,32 @@ pub trait PartyFactory: Send + Sync + 'static {
     fn on_before_request(&self, req: Request, lobby: Lobby) -> BoxFuture<'static, anyhow::Result<Before>>;
     /// The `on_fetch` hook.
     fn on_fetch(&self, req: Request, lobby: Lobby) -> BoxFuture<'static, Option<Response>>;
+    /// Whether [`PartyFactory::on_socket`] takes WebSockets to URLs outside any room
+    /// (PartyKit's static `onSocket`; honoured on the `main` party only). When not, such an
+    /// upgrade goes to `on_fetch` like any request.
+    fn handles_sockets(&self) -> bool {
+        false
+    }
+    /// A WebSocket to a URL outside any room (PartyKit's static `onSocket`): `socket` is the
+    /// client's socket as the hook holds it (its events are the client's frames, then its
+    /// close; what it sends goes to the client once the upgrade completes). Resolves when the
+    /// hook returned: `Ok(life)`, and the upgrade completes while `life` runs the socket's
+    /// listeners to its end; or the hook's error, answered with 500 instead of the upgrade.
+    fn on_socket(&self, req: Request, lobby: Lobby, socket: RoomSocket) -> BoxFuture<'static, SocketLife> {
+        let _ = (req, lobby);
+        socket.sender.send(SocketEvent::Close { code: crate::close_code::POLICY, reason: String::new() });
+        futures::future::ready(Err(anyhow::anyhow!("this party does not take sockets outside its rooms"))).boxed()
+    }
+    /// The project's cron schedules (partykit.json's `crons`; the `main` party's only). Each
+    /// fires [`PartyFactory::on_cron`] once per due time in the whole cluster.
+    fn crons(&self) -> Vec<CronSchedule> {
+        Vec::new()
+    }
+    /// A cron schedule is due (PartyKit's static `onCron`), `lobby` without a room id.
+    fn on_cron(&self, cron: CronEvent, lobby: Lobby) -> BoxFuture<'static, anyhow::Result<()>> {
+        let _ = (cron, lobby);
+        futures::future::ready(Ok(())).boxed()
+    }
 }
 
 struct Factory<P>(PhantomData<fn() -> P>);

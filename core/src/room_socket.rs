@@ -9,8 +9,8 @@ use crate::runtime::link::{close_code, FromRoom, SocketId, ToRoom};
 use crate::storage::Storage;
 use crate::web::Request;
 
-/// The one socket of the link a [`RoomSocket`] opens.
-const SID: SocketId = 1;
+/// The one socket of the link a [`RoomSocket`] opens (in this process or over the cluster).
+pub const SID: SocketId = 1;
 
 /// How many events from the room wait for the socket's reader before the room's frames wait.
 const EVENTS: usize = 1024;
@@ -122,14 +122,10 @@ impl RoomSocket {
                             let _ = link.send(ToRoom::Closed { sid: SID, error: None }).await;
                             break;
                         };
-                        if let Some((storage, seq)) = gate {
-                            let mut progress = storage.progress();
-                            let durable = progress.wait_for(|p| p.acked >= seq || p.failed.is_some()).await;
-                            if !durable.is_ok_and(|p| p.failed.is_none()) {
-                                // The writes before it were refused: the frame must not leave.
-                                let _ = link.send(ToRoom::Closed { sid: SID, error: None }).await;
-                                break;
-                            }
+                        if !passes_gate(gate).await {
+                            // The writes before it were refused: the frame must not leave.
+                            let _ = link.send(ToRoom::Closed { sid: SID, error: None }).await;
+                            break;
                         }
                         match e {
                             SocketEvent::Message(msg) => {
@@ -151,8 +147,48 @@ impl RoomSocket {
     }
 }
 
-/// What a message of the room's link means for the socket, if anything.
-fn event_of(msg: FromRoom) -> Option<SocketEvent> {
+/// Waits until the writes a frame follows are durable: `false` when they were refused.
+async fn passes_gate(gate: Option<(Storage, u64)>) -> bool {
+    let Some((storage, seq)) = gate else { return true };
+    let mut progress = storage.progress();
+    let durable = progress.wait_for(|p| p.acked >= seq || p.failed.is_some()).await;
+    durable.is_ok_and(|p| p.failed.is_none())
+}
+
+/// The other end of a [`RoomSocket`] made by [`RoomSocket::pair`]: whoever carries the socket
+/// (a gateway's WebSocket to a client, a link to a room in another process) reads what the
+/// socket's user sends here and hands it the events of the far side.
+pub struct SocketPeer {
+    /// Events for the socket's user: frames, then a close.
+    pub events: mpsc::Sender<SocketEvent>,
+    sent: mpsc::UnboundedReceiver<(Option<(Storage, u64)>, SocketEvent)>,
+}
+
+impl SocketPeer {
+    /// The next frame or close the socket's user sent, once the writes it follows are durable;
+    /// `None` when the user dropped the socket. A frame whose writes were refused ends the
+    /// socket: it reads as a close with 1011.
+    pub async fn recv(&mut self) -> Option<SocketEvent> {
+        let (gate, event) = self.sent.recv().await?;
+        if passes_gate(gate).await {
+            Some(event)
+        } else {
+            Some(SocketEvent::Close { code: close_code::INTERNAL_ERROR, reason: String::new() })
+        }
+    }
+}
+
+impl RoomSocket {
+    /// A socket and its far end, connected to nothing yet: the far end carries it.
+    pub fn pair() -> (RoomSocket, SocketPeer) {
+        let (events_tx, events) = mpsc::channel(EVENTS);
+        let (tx, sent) = mpsc::unbounded_channel();
+        (RoomSocket { sender: SocketSender { tx, gate: None }, events }, SocketPeer { events: events_tx, sent })
+    }
+}
+
+/// What a message of the room's link means for the socket [`SID`], if anything.
+pub fn event_of(msg: FromRoom) -> Option<SocketEvent> {
     match msg {
         FromRoom::Send { sid: SID, msg } => Some(SocketEvent::Message(msg)),
         FromRoom::Broadcast { msg, except } if !except.contains(&SID) => Some(SocketEvent::Message(msg)),

@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
 
-use crate::clients::{self, TooMany};
+use crate::clients::{self, ClientSlot, TooMany};
 use crate::links::Admission;
 use crate::listener::Peer;
 use crate::metrics::{Metrics, ADMIN_PREFIX};
@@ -34,13 +34,13 @@ use crate::Inner;
 /// (on_start plus tags plus on_connect may each use it).
 const ADMISSION_SLACK: Duration = Duration::from_secs(5);
 
-type AxumResponse = axum::response::Response;
+pub(crate) type AxumResponse = axum::response::Response;
 
-fn respond(res: Response) -> AxumResponse {
+pub(crate) fn respond(res: Response) -> AxumResponse {
     res.map(Body::from)
 }
 
-fn text(status: StatusCode, body: impl Into<String>) -> AxumResponse {
+pub(crate) fn text(status: StatusCode, body: impl Into<String>) -> AxumResponse {
     respond(web::text(status, body))
 }
 
@@ -82,7 +82,14 @@ async fn route_request(gw: Arc<Inner>, mut req: http::Request<Body>) -> AxumResp
             }
         }
         Target::MissingParty => text(StatusCode::BAD_REQUEST, client_text::NO_PARTY),
-        Target::Fetch => fetch(gw, req).await,
+        Target::Fetch => {
+            // A WebSocket outside any room: the main party's on_socket, when it takes them.
+            let main = gw.parties.get("main").filter(|main| main.handles_sockets()).cloned();
+            match main {
+                Some(main) if is_upgrade(&req) => crate::fetch_socket::upgrade(gw, main, req, client).await,
+                _ => fetch(gw, req).await,
+            }
+        }
     }
 }
 
@@ -94,13 +101,13 @@ fn is_upgrade(req: &http::Request<Body>) -> bool {
 }
 
 /// The absolute URL of a request, as PartyKit hands it to parties (`connection.uri`).
-fn absolute_uri(parts: &http::request::Parts) -> http::Uri {
+pub(crate) fn absolute_uri(parts: &http::request::Parts) -> http::Uri {
     let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
     let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     format!("http://{host}{pq}").parse().unwrap_or_else(|_| parts.uri.clone())
 }
 
-fn lobby(gw: &Inner, party: &str, room: Option<&str>) -> Lobby {
+pub(crate) fn lobby(gw: &Inner, party: &str, room: Option<&str>) -> Lobby {
     Lobby {
         id: room.map(str::to_string),
         party: party.to_string(),
@@ -242,33 +249,16 @@ async fn upgrade(
     client: Option<std::net::IpAddr>,
 ) -> AxumResponse {
     let (mut parts, _body) = req.into_parts();
-    let version_ok = parts.headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
-    if !version_ok {
-        return text(StatusCode::BAD_REQUEST, client_text::WS_VERSION);
-    }
-    let Some(ws_key) = parts.headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
-        return text(StatusCode::BAD_REQUEST, client_text::WS_KEY);
-    };
-    let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
-        return text(StatusCode::BAD_REQUEST, client_text::NOT_UPGRADABLE);
+    let (ws_key, on_upgrade) = match handshake(&mut parts) {
+        Ok(h) => h,
+        Err(res) => return *res,
     };
     if let Err(why) = connection_id(&parts.uri, gw.limits.max_connection_id_bytes) {
         return text(StatusCode::BAD_REQUEST, why);
     }
-    // Per client address: open sockets and connects per second (429 past either).
-    let slot = match client.map(|ip| gw.clients.admit(ip)) {
-        None => None,
-        Some(Ok(slot)) => Some(slot),
-        Some(Err(too_many)) => {
-            Metrics::inc(&gw.metrics.clients_refused);
-            let why = match too_many {
-                TooMany::Open(_) => client_text::TOO_MANY_CONNECTIONS,
-                TooMany::Rate => client_text::TOO_MANY_CONNECTS,
-            };
-            let mut res = text(StatusCode::TOO_MANY_REQUESTS, why);
-            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return res;
-        }
+    let slot = match admit(&gw, client) {
+        Ok(slot) => slot,
+        Err(res) => return *res,
     };
     parts.uri = absolute_uri(&parts);
     let req = Request::from_parts(parts, Bytes::new());
@@ -338,6 +328,48 @@ async fn upgrade(
         .instrument(span),
     );
     Metrics::inc(&gw.metrics.connections_accepted);
+    switching_protocols(&ws_key)
+}
+
+/// Checks a WebSocket upgrade request: its key and the upgrade to complete, or the 400 answer.
+pub(crate) fn handshake(
+    parts: &mut http::request::Parts,
+) -> Result<(HeaderValue, hyper::upgrade::OnUpgrade), Box<AxumResponse>> {
+    let refuse = |why: &str| Err(Box::new(text(StatusCode::BAD_REQUEST, why)));
+    let version_ok = parts.headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
+    if !version_ok {
+        return refuse(client_text::WS_VERSION);
+    }
+    let Some(ws_key) = parts.headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return refuse(client_text::WS_KEY);
+    };
+    let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+        return refuse(client_text::NOT_UPGRADABLE);
+    };
+    Ok((ws_key, on_upgrade))
+}
+
+/// Per client address: open sockets and connects per second (429 past either). The slot is
+/// given back when dropped.
+pub(crate) fn admit(gw: &Inner, client: Option<std::net::IpAddr>) -> Result<Option<ClientSlot>, Box<AxumResponse>> {
+    match client.map(|ip| gw.clients.admit(ip)) {
+        None => Ok(None),
+        Some(Ok(slot)) => Ok(Some(slot)),
+        Some(Err(too_many)) => {
+            Metrics::inc(&gw.metrics.clients_refused);
+            let why = match too_many {
+                TooMany::Open(_) => client_text::TOO_MANY_CONNECTIONS,
+                TooMany::Rate => client_text::TOO_MANY_CONNECTS,
+            };
+            let mut res = text(StatusCode::TOO_MANY_REQUESTS, why);
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            Err(Box::new(res))
+        }
+    }
+}
+
+/// The 101 that completes a WebSocket upgrade with key `ws_key`.
+pub(crate) fn switching_protocols(ws_key: &HeaderValue) -> AxumResponse {
     let mut res = http::Response::new(Body::empty());
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = res.headers_mut();

@@ -15,6 +15,7 @@
 //! - `send_queue`: one client's bounded send queue, and what happens to a client that does not
 //!   read.
 //! - `edge`: the HTTP handler (upgrades, hooks, requests, `on_fetch`).
+//! - `fetch_socket`: WebSockets outside any room, handled by `on_socket`.
 //! - [`listener`]: the accept loop (TCP cap, header, body and idle timeouts, TLS).
 //! - [`limits`]: the edge's own limits ([`EdgeLimits`]).
 //! - [`clients`]: client addresses (trusted proxies, forwarded headers) and per-address limits.
@@ -25,6 +26,7 @@
 pub mod admin;
 pub mod clients;
 mod edge;
+mod fetch_socket;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod grpc;

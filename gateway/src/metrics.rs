@@ -170,7 +170,7 @@ impl Default for Metrics {
             );
             r.register(
                 "partyline_gateway_hook_duration_seconds",
-                "Time of the static hooks (on_before_connect, on_before_request, on_fetch), by hook.",
+                "Time of the static hooks (on_before_connect, on_before_request, on_fetch, on_socket), by hook.",
                 m.hooks.clone(),
             );
             r.register(

@@ -89,6 +89,10 @@ js_names! {
         BeforeRequest = "beforeRequest",
         /// The static `onFetch`.
         Fetch = "fetch",
+        /// The static `onSocket`.
+        Socket = "socket",
+        /// The static `onCron`.
+        Cron = "cron",
     }
 }
 
@@ -289,8 +293,7 @@ mod tests {
             modules,
             &partyline::Limits::default(),
             &crate::JsSettings::default(),
-            None,
-            &serde_json::Map::new(),
+            Default::default(),
         )
         .await
         .expect("the party loads");

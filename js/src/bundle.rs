@@ -36,6 +36,8 @@ use rolldown::{
 };
 use rolldown_common::Output;
 
+use crate::cache::{BuildCache, Lookup, Reader, Writer};
+
 /// The export conditions of server code (what PartyKit's build passes to esbuild, plus the
 /// ones a worker runtime answers to).
 const SERVER_CONDITIONS: [&str; 5] = ["partykit", "workerd", "worker", "browser", "module"];
@@ -203,9 +205,12 @@ impl Plugin for NodeBuiltins {
 }
 
 /// Loads `.wasm` files as `WebAssembly.Module`s and `.bin` files as `ArrayBuffer`s, as
-/// PartyKit's build (after Cloudflare's module rules) does.
-#[derive(Debug)]
-struct BinaryModules;
+/// PartyKit's build (after Cloudflare's module rules) does. It notes the files it read (rolldown
+/// lists only those it read itself), for the build cache.
+#[derive(Debug, Default)]
+struct BinaryModules {
+    read: Mutex<Vec<PathBuf>>,
+}
 
 fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -234,6 +239,7 @@ impl Plugin for BinaryModules {
         if !wasm && !path.ends_with(".bin") {
             return Ok(None);
         }
+        self.read.locked().push(PathBuf::from(path));
         let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
         let data = format!("Uint8Array.from(atob(\"{}\"), (c) => c.charCodeAt(0))", base64(&bytes));
         let code = if wasm {
@@ -297,20 +303,28 @@ fn render(diagnostics: &[rolldown_error::BuildDiagnostic], root: &Path) -> Strin
     out.join("\n")
 }
 
+/// The files of `read` worth watching for changes: the project's own (not `node_modules`).
+fn watchable(read: &[PathBuf]) -> Vec<PathBuf> {
+    read.iter()
+        .filter(|p| p.is_absolute() && !p.components().any(|c| c.as_os_str() == "node_modules"))
+        .cloned()
+        .collect()
+}
+
+/// Runs rolldown: the outputs, and every file it read (`node_modules` too).
 async fn run(options: BundlerOptions, server: bool) -> Result<(Vec<Output>, Vec<PathBuf>), BundleError> {
     let root = options.cwd.clone().unwrap_or_default();
-    let mut plugins: Vec<rolldown::plugin::__inner::SharedPluginable> = vec![Arc::new(BinaryModules)];
+    let binary = Arc::new(BinaryModules::default());
+    let mut plugins: Vec<rolldown::plugin::__inner::SharedPluginable> = vec![binary.clone()];
     if server {
         plugins.push(Arc::new(NodeBuiltins));
     }
     let mut bundler = Bundler::with_plugins(options, plugins).map_err(|e| BundleError(render(&e.into_vec(), &root)))?;
     let result = bundler.generate().await;
-    let files: Vec<PathBuf> = bundler
-        .watch_files()
-        .iter()
-        .map(|f| PathBuf::from(f.as_str()))
-        .filter(|p| p.is_absolute() && !p.components().any(|c| c.as_os_str() == "node_modules"))
-        .collect();
+    let mut files: Vec<PathBuf> = bundler.watch_files().iter().map(|f| PathBuf::from(f.as_str())).collect();
+    files.extend(binary.read.locked().iter().cloned());
+    files.sort();
+    files.dedup();
     let _ = bundler.close().await;
     match result {
         Ok(out) => {
@@ -337,6 +351,102 @@ pub async fn server(
     options: &BuildOptions,
     banner: &str,
 ) -> Result<ServerBundle, BundleError> {
+    server_cached(None, root, entry, options, banner).await
+}
+
+/// [`server`], through the build cache: a bundle none of whose inputs changed since it was
+/// stored is read back instead of built (the banner is not part of the entry: it is put before
+/// the code afterwards, so `.env` and `vars` do not invalidate it).
+pub async fn server_cached(
+    cache: Option<&BuildCache>,
+    root: &Path,
+    entry: &Path,
+    options: &BuildOptions,
+    banner: &str,
+) -> Result<ServerBundle, BundleError> {
+    let started = std::time::Instant::now();
+    let mut key = Writer::default();
+    key.path(root);
+    key.path(entry);
+    key.str(&format!("{options:?} {SERVER_CONDITIONS:?}"));
+    let mut lookup = Lookup::Missing;
+    if let Some(cache) = cache {
+        let (l, payload) = cache.load("server", &key.0);
+        lookup = l;
+        if let Some(raw) = payload.as_deref().and_then(RawServer::decode) {
+            tracing::debug!(entry = %entry.display(), ms = started.elapsed().as_millis() as u64, "server bundle from the build cache");
+            return Ok(raw.with_banner(banner));
+        }
+    }
+    let (raw, read) = build_server(root, entry, options).await?;
+    if let Some(cache) = cache {
+        cache.store("server", &key.0, &read, &raw.encode());
+    }
+    tracing::debug!(entry = %entry.display(), ms = started.elapsed().as_millis() as u64, cache = ?lookup, "server bundle built");
+    Ok(raw.with_banner(banner))
+}
+
+/// A server bundle before its banner: what the build cache keeps.
+struct RawServer {
+    code: String,
+    sources: Vec<String>,
+    /// As [`SourceLookup::tokens`], for the code without the banner.
+    tokens: Vec<(u32, u32, u32, u32, u32)>,
+    files: Vec<PathBuf>,
+}
+
+impl RawServer {
+    fn with_banner(self, banner: &str) -> ServerBundle {
+        let banner_lines = banner.matches('\n').count() as u32;
+        let mut tokens = self.tokens;
+        for t in &mut tokens {
+            t.0 += banner_lines;
+        }
+        ServerBundle {
+            code: format!("{banner}{}", self.code),
+            map: Arc::new(SourceLookup { sources: self.sources, tokens }),
+            files: self.files,
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.str(&self.code);
+        w.u32(self.sources.len() as u32);
+        for s in &self.sources {
+            w.str(s);
+        }
+        w.u32(self.tokens.len() as u32);
+        for t in &self.tokens {
+            for v in [t.0, t.1, t.2, t.3, t.4] {
+                w.u32(v);
+            }
+        }
+        w.u32(self.files.len() as u32);
+        for f in &self.files {
+            w.path(f);
+        }
+        w.0
+    }
+
+    fn decode(data: &[u8]) -> Option<RawServer> {
+        let mut r = Reader(data);
+        let code = r.str()?.to_string();
+        let sources = (0..r.u32()?).map(|_| r.str().map(String::from)).collect::<Option<Vec<_>>>()?;
+        let tokens = (0..r.u32()?)
+            .map(|_| Some((r.u32()?, r.u32()?, r.u32()?, r.u32()?, r.u32()?)))
+            .collect::<Option<Vec<_>>>()?;
+        let files = (0..r.u32()?).map(|_| r.path()).collect::<Option<Vec<_>>>()?;
+        r.done().then_some(RawServer { code, sources, tokens, files })
+    }
+}
+
+/// Runs rolldown on a party's server code: the bundle without banner, and every file read.
+async fn build_server(
+    root: &Path,
+    entry: &Path,
+    options: &BuildOptions,
+) -> Result<(RawServer, Vec<PathBuf>), BundleError> {
     let bundler_options = BundlerOptions {
         input: Some(vec![InputItem { name: Some("party".into()), import: entry.to_string_lossy().into_owned() }]),
         cwd: Some(root.to_path_buf()),
@@ -357,7 +467,7 @@ pub async fn server(
         minify: Some(if options.minify { RawMinifyOptions::Bool(true) } else { RawMinifyOptions::Bool(false) }),
         ..Default::default()
     };
-    let (outputs, files) = run(bundler_options, true).await?;
+    let (outputs, read) = run(bundler_options, true).await?;
     let chunk = outputs
         .into_iter()
         .find_map(|o| match o {
@@ -365,7 +475,6 @@ pub async fn server(
             _ => None,
         })
         .ok_or_else(|| BundleError(format!("{}: the bundle has no entry chunk", entry.display())))?;
-    let banner_lines = banner.matches('\n').count() as u32;
     let mut lookup = SourceLookup::default();
     if let Some(map) = &chunk.map {
         // Sources are relative to the output directory (the root): name them from the root.
@@ -379,18 +488,14 @@ pub async fn server(
         lookup.tokens = map
             .get_tokens()
             .filter_map(|t| {
-                Some((
-                    t.get_dst_line() + banner_lines,
-                    t.get_dst_col(),
-                    t.get_source_id()?,
-                    t.get_src_line(),
-                    t.get_src_col(),
-                ))
+                Some((t.get_dst_line(), t.get_dst_col(), t.get_source_id()?, t.get_src_line(), t.get_src_col()))
             })
             .collect();
         lookup.tokens.sort_unstable();
     }
-    Ok(ServerBundle { code: format!("{banner}{}", chunk.code), map: Arc::new(lookup), files })
+    let raw =
+        RawServer { code: chunk.code.clone(), sources: lookup.sources, tokens: lookup.tokens, files: watchable(&read) };
+    Ok((raw, read))
 }
 
 /// The client entry points and options of `serve.build`.
@@ -447,6 +552,85 @@ pub fn loader(name: &str) -> Option<ModuleType> {
 
 /// Bundles the client code of `serve.build`.
 pub async fn client(root: &Path, options: &ClientOptions) -> Result<ClientBundle, BundleError> {
+    client_cached(None, root, options).await
+}
+
+/// [`client`], through the build cache (see [`server_cached`]; the banner is put before the
+/// entry chunks afterwards).
+pub async fn client_cached(
+    cache: Option<&BuildCache>,
+    root: &Path,
+    options: &ClientOptions,
+) -> Result<ClientBundle, BundleError> {
+    let started = std::time::Instant::now();
+    let mut key = Writer::default();
+    key.path(root);
+    key.str(&format!("{:?}", ClientOptions { banner: None, ..options.clone() }));
+    let mut lookup = Lookup::Missing;
+    if let Some(cache) = cache {
+        let (l, payload) = cache.load("client", &key.0);
+        lookup = l;
+        if let Some(raw) = payload.as_deref().and_then(RawClient::decode) {
+            tracing::debug!(ms = started.elapsed().as_millis() as u64, "client bundle from the build cache");
+            return Ok(raw.with_banner(options.banner.as_deref()));
+        }
+    }
+    let (raw, read) = build_client(root, options).await?;
+    if let Some(cache) = cache {
+        cache.store("client", &key.0, &read, &raw.encode());
+    }
+    tracing::debug!(ms = started.elapsed().as_millis() as u64, cache = ?lookup, "client bundle built");
+    Ok(raw.with_banner(options.banner.as_deref()))
+}
+
+/// A client bundle before its banner: (file name, contents, whether an entry chunk) and the
+/// files worth watching.
+struct RawClient {
+    files: Vec<(String, Vec<u8>, bool)>,
+    inputs: Vec<PathBuf>,
+}
+
+impl RawClient {
+    fn with_banner(self, banner: Option<&str>) -> ClientBundle {
+        let mut files = BTreeMap::new();
+        for (name, contents, entry) in self.files {
+            let contents = match (entry, banner) {
+                // On the first line, so the source map stays right for every other line.
+                (true, Some(banner)) => [banner.as_bytes(), &contents].concat(),
+                _ => contents,
+            };
+            files.insert(name, bytes::Bytes::from(contents));
+        }
+        ClientBundle { files, inputs: self.inputs }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.u32(self.files.len() as u32);
+        for (name, contents, entry) in &self.files {
+            w.str(name);
+            w.bytes(contents);
+            w.u8(u8::from(*entry));
+        }
+        w.u32(self.inputs.len() as u32);
+        for f in &self.inputs {
+            w.path(f);
+        }
+        w.0
+    }
+
+    fn decode(data: &[u8]) -> Option<RawClient> {
+        let mut r = Reader(data);
+        let files = (0..r.u32()?)
+            .map(|_| Some((r.str()?.to_string(), r.bytes()?.to_vec(), r.u8()? == 1)))
+            .collect::<Option<Vec<_>>>()?;
+        let inputs = (0..r.u32()?).map(|_| r.path()).collect::<Option<Vec<_>>>()?;
+        r.done().then_some(RawClient { files, inputs })
+    }
+}
+
+/// Runs rolldown on `serve.build`: the files without banner, and every file read.
+async fn build_client(root: &Path, options: &ClientOptions) -> Result<(RawClient, Vec<PathBuf>), BundleError> {
     let bundler_options = BundlerOptions {
         input: Some(
             options
@@ -468,27 +652,22 @@ pub async fn client(root: &Path, options: &ClientOptions) -> Result<ClientBundle
         dir: Some(options.outdir.to_string_lossy().into_owned()),
         ..Default::default()
     };
-    let (outputs, inputs) = run(bundler_options, false).await?;
-    let mut files = BTreeMap::new();
+    let (outputs, read) = run(bundler_options, false).await?;
+    let mut files = Vec::new();
     for output in outputs {
         match output {
             Output::Chunk(c) => {
-                let mut code = c.code.clone();
-                if let (true, Some(banner)) = (c.is_entry, &options.banner) {
-                    // On the first line, so the source map stays right for every other line.
-                    code = format!("{banner}{code}");
-                }
                 if let (Some(map), Some(name)) = (&c.map, &c.sourcemap_filename) {
-                    files.insert(name.clone(), bytes::Bytes::from(map.to_json_string()));
+                    files.push((name.clone(), map.to_json_string().into_bytes(), false));
                 }
-                files.insert(c.filename.to_string(), bytes::Bytes::from(code));
+                files.push((c.filename.to_string(), c.code.clone().into_bytes(), c.is_entry));
             }
             Output::Asset(a) => {
-                files.insert(a.filename.to_string(), bytes::Bytes::from(a.source.as_bytes().to_vec()));
+                files.push((a.filename.to_string(), a.source.as_bytes().to_vec(), false));
             }
         }
     }
-    Ok(ClientBundle { files, inputs })
+    Ok((RawClient { files, inputs: watchable(&read) }, read))
 }
 
 #[cfg(test)]
@@ -522,6 +701,35 @@ mod tests {
         let column = text.find("throw").unwrap() as u32 + 1;
         let (file, l, _) = bundle.map.original(line as u32 + 1, column).expect("a mapping");
         assert_eq!((file, l), ("src/lib/fail.ts", 3));
+    }
+
+    #[tokio::test]
+    async fn a_cached_bundle_is_the_built_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("server.ts"), "import { n } from \"./n\";\nexport default class { onRequest(): Response { throw new Error(`n ${n}`); } }\n").unwrap();
+        std::fs::write(src.join("n.ts"), "export const n: number = 1;\n").unwrap();
+        let cache = BuildCache::new(dir.path(), b"{}");
+        let entry = src.join("server.ts");
+        let options = BuildOptions::default();
+        let built = server_cached(Some(&cache), dir.path(), &entry, &options, "").await.unwrap();
+        // Read back with another banner: the same code after it, the map shifted by its lines.
+        let cached = server_cached(Some(&cache), dir.path(), &entry, &options, "let a;\nlet b;\n").await.unwrap();
+        assert_eq!(cached.code, format!("let a;\nlet b;\n{}", built.code));
+        assert_eq!(cached.files, built.files);
+        let (line, text) = built.code.lines().enumerate().find(|(_, l)| l.contains("throw new Error")).unwrap();
+        let column = text.find("throw").unwrap() as u32 + 1;
+        assert_eq!(cached.map.original(line as u32 + 3, column), built.map.original(line as u32 + 1, column));
+        assert_eq!(
+            built.map.original(line as u32 + 1, column).map(|(f, l, _)| (f.to_string(), l)),
+            Some(("src/server.ts".to_string(), 2))
+        );
+        // A changed import is rebuilt, not read back.
+        std::fs::write(src.join("n.ts"), "export const n: number = 2;\n").unwrap();
+        assert_eq!(cache.load("server", b"not the key").0, Lookup::Missing);
+        let rebuilt = server_cached(Some(&cache), dir.path(), &entry, &options, "").await.unwrap();
+        assert!(rebuilt.code.contains('2') && rebuilt.code != built.code, "{}", rebuilt.code);
     }
 
     #[test]

@@ -439,6 +439,7 @@ impl Engine {
         let host = engine.host.clone();
         let result = engine.ctx.with(|ctx| -> Result<(), String> {
             host::install(&ctx, host).map_err(|e| js_error(&ctx, e))?;
+            install_part_loader(&ctx).map_err(|e| js_error(&ctx, e))?;
             import(&ctx, PRELUDE)?;
             let ns = import(&ctx, &entry)?;
             ctx.globals().set(Global::Module.name(), ns).map_err(|e| js_error(&ctx, e))?;
@@ -785,6 +786,31 @@ fn track_rejection<'js>(ctx: &Ctx<'js>, promise: Value<'js>, reason: Value<'js>,
     }
 }
 
+/// The global the prelude takes its lazy parts' loader from (and deletes).
+const PART_LOADER: &str = "__partyline_part";
+
+/// Installs `globalThis.__partyline_part(name)`: loads and evaluates the lazy part `name` of the
+/// prelude (see `LAZY_PARTS` in js/src/modules.rs) and returns its default export. It runs inside
+/// a JS call (a getter of the global the part makes), so it cannot run the job queue: a part is
+/// a module without imports or top-level `await`, whose evaluation finishes synchronously.
+fn install_part_loader<'js>(ctx: &Ctx<'js>) -> rquickjs::Result<()> {
+    let load = Function::new(ctx.clone(), |ctx: Ctx<'js>, name: String| -> rquickjs::Result<Value<'js>> {
+        let code = crate::modules::lazy_part(&name)
+            .ok_or_else(|| rquickjs::Error::new_loading(&name))?
+            .map_err(|e| rquickjs::Error::new_loading_message(&name, e.to_string()))?;
+        use rquickjs::loader::Loader as _;
+        let module = rquickjs::loader::Bundle { 0: code }.load(&ctx, &name, None)?;
+        let (module, promise) = module.eval()?;
+        match promise.result::<Value>() {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e),
+            None => return Err(rquickjs::Error::new_loading_message(&name, "its evaluation did not finish")),
+        }
+        module.namespace()?.get("default")
+    })?;
+    ctx.globals().set(PART_LOADER, load)
+}
+
 /// Imports module `name` and runs the jobs its evaluation queued; the module's namespace.
 fn import<'js>(ctx: &Ctx<'js>, name: &str) -> Result<Object<'js>, String> {
     let promise = Module::import(ctx, name).map_err(|e| js_error(ctx, e))?;
@@ -800,4 +826,99 @@ fn import<'js>(ctx: &Ctx<'js>, name: &str) -> Result<Object<'js>, String> {
 /// Text of a call result that should be a string list.
 pub(crate) fn string_list(v: &serde_json::Value) -> Vec<String> {
     v.as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod memory_tests {
+    use super::*;
+
+    /// QuickJS's accounting of a runtime, in the units `JS_DumpMemoryUsage` prints.
+    fn breakdown(rt: &Runtime) -> String {
+        let u = rt.memory_usage();
+        format!(
+            "used {} B ({} allocations); atoms {} / {} B; strings {} / {} B; objects {} / {} B; \
+             properties {} / {} B; shapes {} / {} B; functions {} / {} B, bytecode {} B, pc2line {} B; \
+             C functions {}; arrays {} (fast {}, {} elements); binary objects {} / {} B",
+            u.memory_used_size,
+            u.memory_used_count,
+            u.atom_count,
+            u.atom_size,
+            u.str_count,
+            u.str_size,
+            u.obj_count,
+            u.obj_size,
+            u.prop_count,
+            u.prop_size,
+            u.shape_count,
+            u.shape_size,
+            u.js_func_count,
+            u.js_func_size,
+            u.js_func_code_size,
+            u.js_func_pc2line_size,
+            u.c_func_count,
+            u.array_count,
+            u.fast_array_count,
+            u.fast_array_elements,
+            u.binary_object_count,
+            u.binary_object_size,
+        )
+    }
+
+    fn relay() -> (Arc<Modules>, String) {
+        let modules = Arc::new(Modules::new());
+        let bundle = crate::bundle::ServerBundle {
+            code: "export default class Relay { constructor(room) { this.room = room; } \
+                   onMessage(m, sender) { this.room.broadcast(m, [sender.id]); } }\n"
+                .into(),
+            map: Default::default(),
+            files: Vec::new(),
+        };
+        let entry = modules.add_bundle("relay", &bundle).expect("compiles");
+        (modules, entry)
+    }
+
+    fn setup(modules: &Arc<Modules>, entry: &str) -> EngineSetup {
+        EngineSetup {
+            room: None,
+            parties: partyline::testing::no_parties(),
+            modules: modules.clone(),
+            entry: entry.to_string(),
+            limits: EngineLimits { memory_bytes: 64 << 20, call_timeout: Duration::from_secs(10) },
+            fetch: Arc::new(crate::host::FetchPolicy::default()),
+            max_value_bytes: 128 << 10,
+            label: "relay".into(),
+        }
+    }
+
+    /// The heap of a loaded room with a small party: what goal (c) of the benchmarks (at most
+    /// 150 KiB of server memory per idle loaded JS room) leaves to QuickJS. Prints where the
+    /// bytes go (`cargo nextest run -p partyline-js idle_engine --no-capture`).
+    #[tokio::test]
+    async fn idle_engine_heap_stays_small() {
+        let (modules, entry) = relay();
+        let bare = Runtime::new().unwrap();
+        let _ctx = Context::full(&bare).unwrap();
+        println!("bare runtime + full context: {}", breakdown(&bare));
+        let engine = Engine::new(setup(&modules, &entry)).expect("an engine");
+        println!("engine with the prelude and a relay party: {}", breakdown(&engine.rt));
+        engine.rt.run_gc();
+        println!("after a collection: {}", breakdown(&engine.rt));
+        // About 340 KB (QuickJS's own count, 2026-12; a bare runtime and context is 96 KB of it);
+        // the bound catches a prelude that grew or lost its stripping or lazy parts.
+        let used = engine.memory_used();
+        assert!(used < 400_000, "an idle engine uses {used} bytes");
+        // The lazy parts load on first use, into plain globals.
+        let loaded: bool = engine
+            .ctx
+            .with(|ctx| {
+                ctx.eval(
+                    "typeof WebAssembly.Module === 'function' && typeof crypto.subtle.digest === 'function' \
+                     && CryptoKey.name === 'CryptoKey' && crypto.subtle === crypto.subtle \
+                     && Object.getOwnPropertyDescriptor(globalThis, 'WebAssembly').writable === true",
+                )
+            })
+            .expect("the lazy parts load");
+        assert!(loaded);
+        println!("with WebAssembly and crypto.subtle loaded: {}", breakdown(&engine.rt));
+    }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::FutureExt;
 use http::{HeaderName, HeaderValue};
-use partyline::room_socket::{SocketEvent, SocketSender};
+use partyline::room_socket::{RoomSocket, SocketEvent, SocketSender};
 use partyline::sync::Lock;
 use partyline::{ListOptions, Message, RoomKey};
 use rquickjs::function::Opt;
@@ -218,6 +218,21 @@ const ABNORMAL_CLOSURE: u16 = 1006;
 pub(crate) struct Sockets {
     next: u64,
     open: HashMap<u64, (SocketSender, SocketEvents)>,
+}
+
+impl Sockets {
+    /// Adds a socket (to another room, or the client socket of `onSocket`): its number.
+    pub(crate) fn add(&mut self, socket: RoomSocket) -> u64 {
+        self.next += 1;
+        let events = Arc::new(tokio::sync::Mutex::new(socket.events));
+        self.open.insert(self.next, (socket.sender, events));
+        self.next
+    }
+
+    /// How many are open.
+    pub(crate) fn count(&self) -> usize {
+        self.open.len()
+    }
 }
 
 /// The events of a socket to another room, read by one `socketRecv` at a time.
@@ -714,11 +729,7 @@ fn install_sockets<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rq
                     };
                     // The room may have gone meanwhile: the socket is then dropped, closed.
                     let Some(h) = weak.upgrade() else { return OpResult::Error("the room stopped".into()) };
-                    let mut sockets = h.sockets.locked();
-                    sockets.next += 1;
-                    let n = sockets.next;
-                    let events = Arc::new(tokio::sync::Mutex::new(socket.events));
-                    sockets.open.insert(n, (socket.sender, events));
+                    let n = h.sockets.locked().add(socket);
                     OpResult::Socket(n)
                 }
                 .boxed(),

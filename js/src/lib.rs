@@ -29,8 +29,10 @@
 //!   interpreter, with `prelude/wasm.js`; its docs tell how `memory.buffer` is kept in sync.
 //! - `bridge`: the names Rust and the prelude call each other by, as enums (`Hook`, `HostCall`).
 //! - `prelude/*.js`: the prelude, the Web APIs, Node's `process`/`Buffer`/`global` and PartyKit's
-//!   API in JavaScript, in parts joined into one module at build time (`web.js`, `node.js`,
-//!   `fetch.js`, `partykit.js`, `host.js`, `wasm.js`).
+//!   API in JavaScript: `web.js`, `node.js`, `fetch.js`, `partykit.js` and `host.js` joined into
+//!   one module at build time; `wasm.js` (`WebAssembly`) and `crypto.js` (`crypto.subtle`)
+//!   loaded the first time a room touches them. All of it is compiled without source text.
+//! - [`cache`]: the bundles kept on disk (`.partyline/cache/`), checked against every input.
 //! - [`modules`]: the prelude and the bundles as bytecode shared by every room.
 //! - [`bundle`]: each party's server code and `serve.build` bundled with rolldown, source maps.
 //! - [`statics`]: `serve` (static assets, the built client files, live reload).
@@ -75,7 +77,7 @@
 //! ## The Web API layer: written here rather than LLRT's `llrt_modules`
 //!
 //! AWS LLRT's `llrt_modules` implements many Web and Node APIs for rquickjs. We weighed it and
-//! wrote the surface ourselves (a JS prelude of about a thousand lines over a few Rust natives),
+//! wrote the surface ourselves (a JS prelude of about 2,500 lines over a few Rust natives),
 //! because: it brings its own event loop and async runtime integration, which would fight the
 //! room's (timers and I/O must run as room events, under the output gate and the handler time
 //! limit); it pins rquickjs versions and features of its own and pulls in a large dependency tree
@@ -86,6 +88,7 @@
 
 mod bridge;
 pub mod bundle;
+pub mod cache;
 mod crypto;
 pub mod engine;
 mod fetch;

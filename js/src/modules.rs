@@ -15,7 +15,42 @@ use crate::bundle::ServerBundle;
 pub const PRELUDE: &str = "partyline:prelude";
 
 /// The prelude's source: its parts (`prelude/*.js`) joined into one module, so they share one
-/// scope; their top-level code runs in this order.
+/// scope; their top-level code runs in this order. The parts of [`LAZY_PARTS`] are modules of
+/// their own, loaded in a room when first used.
+const EAGER_SOURCE: &str = concat!(
+    include_str!("prelude/web.js"),
+    include_str!("prelude/node.js"),
+    include_str!("prelude/fetch.js"),
+    include_str!("prelude/partykit.js"),
+    include_str!("prelude/host.js"),
+);
+
+/// Parts of the prelude most rooms never use, each a module whose default export builds it
+/// (`globalThis.__partyline_part(name)` returns it; the prelude defines the globals they make
+/// as accessors that load them). What they cost a room (their bytecode read, their classes and
+/// functions created) is paid on first use only.
+const LAZY_PARTS: [(&str, &str); 2] = [
+    (
+        "partyline:prelude/wasm",
+        concat!(
+            "export default function wasmPart(N, asBytes) {\n",
+            include_str!("prelude/wasm.js"),
+            "\nreturn globalThis.WebAssembly;\n}\n"
+        ),
+    ),
+    (
+        "partyline:prelude/crypto",
+        concat!(
+            "export default function cryptoPart(N, asBytes, toLatin1) {\n",
+            include_str!("prelude/crypto.js"),
+            "\nreturn { CryptoKey, subtle };\n}\n"
+        ),
+    ),
+];
+
+/// The whole prelude's text, eager and lazy parts (what the checks of the names the prelude
+/// and the host call each other by read).
+#[cfg(test)]
 pub(crate) const PRELUDE_SOURCE: &str = concat!(
     include_str!("prelude/web.js"),
     include_str!("prelude/node.js"),
@@ -23,10 +58,16 @@ pub(crate) const PRELUDE_SOURCE: &str = concat!(
     include_str!("prelude/partykit.js"),
     include_str!("prelude/host.js"),
     include_str!("prelude/wasm.js"),
+    include_str!("prelude/crypto.js"),
 );
 
+/// Bytecode of the lazy part `name` of the prelude.
+pub(crate) fn lazy_part(name: &str) -> Option<Result<Code, LoadError>> {
+    LAZY_PARTS.iter().find(|(n, _)| *n == name).map(|(n, source)| compile(n, source))
+}
+
 /// Bytecode of one module, in the shape rquickjs' bundle loader takes.
-type Code = &'static [(&'static str, &'static [u8])];
+pub(crate) type Code = &'static [(&'static str, &'static [u8])];
 
 /// Why a module could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -107,7 +148,12 @@ fn compile(name: &str, code: &str) -> Result<Code, LoadError> {
         let c = compiler().locked();
         c.ctx.with(|ctx| {
             let module = Module::declare(ctx.clone(), name, code).map_err(|e| crate::engine::js_error(&ctx, e))?;
-            module.write(WriteOptions::default()).map_err(|e| crate::engine::js_error(&ctx, e))
+            // The prelude's functions keep no source text and no line tables (every room would
+            // hold a copy of them, for `Function.prototype.toString` and the line numbers of the
+            // prelude's own stack frames only); a party's keep theirs, as on PartyKit.
+            let prelude = name == PRELUDE || LAZY_PARTS.iter().any(|(n, _)| *n == name);
+            let options = WriteOptions { strip_source: prelude, strip_debug: prelude, ..WriteOptions::default() };
+            module.write(options).map_err(|e| crate::engine::js_error(&ctx, e))
         })
     }
     .map_err(|message| LoadError::Compile { path: name.to_string(), message })?;
@@ -145,7 +191,7 @@ impl Modules {
     /// Bytecode of module `name`.
     fn code(&self, name: &str) -> Result<Code, LoadError> {
         if name == PRELUDE {
-            return compile(name, PRELUDE_SOURCE);
+            return compile(name, EAGER_SOURCE);
         }
         self.bundles.locked().get(name).copied().ok_or_else(|| LoadError::Unknown(name.to_string()))
     }

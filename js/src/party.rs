@@ -13,12 +13,14 @@ use futures::FutureExt;
 use http::{HeaderName, HeaderValue, StatusCode};
 use partyline::client_text::{self, ErrorRef};
 use partyline::close_code;
+use partyline::party::SocketLife;
 use partyline::party::{DynParty, Wakeup};
+use partyline::room_socket::RoomSocket;
 use partyline::sync::Lock;
 use partyline::web::ResponseSender;
 use partyline::{
-    Before, Connection, ConnectionContext, HttpError, Lobby, Message, Parties, PartiesClient, Party, PartyFactory,
-    PartyOptions, Request, Response, Room, RoomKey,
+    Before, Connection, ConnectionContext, CronEvent, CronSchedule, HttpError, Lobby, Message, Parties, PartiesClient,
+    Party, PartyFactory, PartyOptions, Request, Response, Room, RoomKey,
 };
 use serde::Deserialize;
 
@@ -45,6 +47,10 @@ pub(crate) struct PartyDef {
     pub(crate) typed_vars: serde_json::Map<String, serde_json::Value>,
     /// The engines the static hooks run in.
     pub(crate) hook_engine: HookPool,
+    /// partykit.json's `crons` (the `main` party's).
+    pub(crate) crons: Vec<CronSchedule>,
+    /// Answer `dev`'s own routes (`/__scheduled__?cron=NAME` runs `onCron`).
+    pub(crate) dev_routes: bool,
 }
 
 /// Most idle engines a party keeps for its static hooks.
@@ -84,6 +90,8 @@ pub(crate) struct HookFlags {
     pub(crate) on_before_connect: bool,
     pub(crate) on_before_request: bool,
     pub(crate) on_fetch: bool,
+    pub(crate) on_socket: bool,
+    pub(crate) on_cron: bool,
 }
 
 /// A request or response as the prelude hands it over.
@@ -217,14 +225,59 @@ fn call_error(e: CallError) -> anyhow::Error {
 
 impl JsFactory {
     async fn hook(&self, hook: Hook, args: [Arg; 3], parties: Parties) -> anyhow::Result<serde_json::Value> {
-        let mut engine = match self.def.hook_engine.take() {
-            Some(engine) => engine,
-            None => hook_engine(&self.def).await.map_err(|e| anyhow!(e))?.0,
-        };
+        let mut engine = self.take_engine().await?;
         engine.host().set_parties(parties);
         let result = engine.call(hook, args).await;
         self.def.hook_engine.give_back(engine);
         result.map_err(call_error)
+    }
+
+    /// Takes an engine for a static hook: an idle one, or a new one.
+    async fn take_engine(&self) -> anyhow::Result<Engine> {
+        match self.def.hook_engine.take() {
+            Some(engine) => Ok(engine),
+            None => Ok(hook_engine(&self.def).await.map_err(|e| anyhow!(e))?.0),
+        }
+    }
+
+    /// Runs `onSocket` for `socket` in an engine of its own, kept for the socket's life (its
+    /// listeners hold the socket's state): the rest of the life once the hook returned.
+    async fn socket(self, req: Request, lobby: Lobby, socket: RoomSocket) -> SocketLife {
+        let mut engine = self.take_engine().await?;
+        engine.host().set_parties(lobby.parties.clone());
+        let n = engine.host().sockets.locked().add(socket);
+        let args = [Arg::Json(n.into()), Arg::Request(Box::new(req)), Arg::Json(self.lobby_json(&lobby))];
+        engine.call(Hook::Socket, args).await.map_err(call_error)?;
+        let limit = self.def.limits.call_timeout;
+        let label = self.def.name.clone();
+        Ok(async move { socket_life(engine, limit, &label).await }.boxed())
+    }
+
+    /// Runs `onCron` for one firing of a schedule.
+    async fn cron(self, cron: CronEvent, lobby: Lobby) -> anyhow::Result<()> {
+        let event =
+            serde_json::json!({ "name": cron.name, "cron": cron.definition, "scheduledTime": cron.scheduled_ms });
+        let args = [Arg::Json(event), Arg::Json(self.lobby_json(&lobby)), Arg::Null];
+        self.hook(Hook::Cron, args, lobby.parties.clone()).await.map(drop)
+    }
+
+    /// `dev`'s `/__scheduled__?cron=NAME`, as PartyKit's dev server answers it: runs `onCron` now
+    /// for that schedule (an unknown name runs as `* * * * *`).
+    async fn scheduled(&self, req: &Request, lobby: Lobby) -> Response {
+        let name = partyline::web::query_param(req.uri(), "cron").unwrap_or_else(|| "unknown".into());
+        let definition = self
+            .def
+            .crons
+            .iter()
+            .find(|c| c.name == name)
+            .map_or_else(|| "* * * * *".to_string(), |c| c.definition.clone());
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let cron = CronEvent { name: name.clone(), definition: definition.clone(), scheduled_ms: now };
+        match self.clone().cron(cron, lobby).await {
+            Ok(()) => partyline::web::text(StatusCode::OK, format!("ran cron {name}: {definition}")),
+            Err(e) => partyline::web::error_response(&e, StatusCode::INTERNAL_SERVER_ERROR),
+        }
     }
 
     /// `404.html` of the static assets, when nothing else answered a request.
@@ -290,6 +343,9 @@ impl PartyFactory for JsFactory {
             if this.def.live_reload && req.uri().path() == crate::statics::LIVE_PATH {
                 return Some(crate::statics::live_reload(&req).await);
             }
+            if this.def.dev_routes && this.def.hooks.on_cron && req.uri().path() == "/__scheduled__" {
+                return Some(this.scheduled(&req, lobby).await);
+            }
             if let Some(assets) = &this.def.assets {
                 if let Some(res) = assets.serve(&req).await {
                     return Some(res);
@@ -315,6 +371,58 @@ impl PartyFactory for JsFactory {
             }
         }
         .boxed()
+    }
+
+    fn handles_sockets(&self) -> bool {
+        self.def.hooks.on_socket
+    }
+
+    fn on_socket(&self, req: Request, lobby: Lobby, socket: RoomSocket) -> BoxFuture<'static, SocketLife> {
+        self.clone().socket(req, lobby, socket).boxed()
+    }
+
+    fn crons(&self) -> Vec<CronSchedule> {
+        if self.def.hooks.on_cron {
+            self.def.crons.clone()
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn on_cron(&self, cron: CronEvent, lobby: Lobby) -> BoxFuture<'static, anyhow::Result<()>> {
+        if !self.def.hooks.on_cron {
+            return futures::future::ready(Ok(())).boxed();
+        }
+        self.clone().cron(cron, lobby).boxed()
+    }
+}
+
+/// The life of an `onSocket` socket after the hook returned: its engine runs what becomes ready
+/// (the client's frames reach the listeners as host operations, timers fire) until the socket is
+/// closed and nothing is in flight; timers still pending then get at most the handler time limit
+/// before the engine is dropped.
+async fn socket_life(mut engine: Engine, limit: std::time::Duration, label: &str) {
+    let mut closed_at: Option<tokio::time::Instant> = None;
+    loop {
+        let (notify, at, _) = engine.wakeup();
+        let open = engine.host().sockets.locked().count() > 0;
+        let in_flight = engine.host().ops.locked().in_flight > 0;
+        if !open && !in_flight {
+            let since = *closed_at.get_or_insert_with(tokio::time::Instant::now);
+            if at.is_none_or(|at| at > since + limit) {
+                return;
+            }
+        }
+        let give_up = closed_at.map(|since| since + limit);
+        tokio::select! {
+            _ = notify.notified() => {}
+            _ = tokio::time::sleep_until(at.unwrap_or_else(tokio::time::Instant::now)), if at.is_some() => {}
+            _ = tokio::time::sleep_until(give_up.unwrap_or_else(tokio::time::Instant::now)), if give_up.is_some() => return,
+        }
+        if let Err(e) = engine.background().await {
+            tracing::warn!(party = %label, error = %e, "an onSocket socket's code failed; the socket is closed");
+            return;
+        }
     }
 }
 
@@ -484,6 +592,8 @@ impl Party for JsParty {
             live_reload: false,
             typed_vars: serde_json::Map::new(),
             hook_engine: HookPool::new(None),
+            crons: Vec::new(),
+            dev_routes: false,
         };
         JsParty { room, def: Arc::new(def), engine: None, continued: HashMap::new() }
     }
@@ -605,12 +715,32 @@ pub struct JsSettings {
     pub partykit_host: Option<String>,
     /// Put the live reload script of `serve.build.live` into pages, and answer its poll (`dev`).
     pub live_reload: bool,
+    /// Answer the dev server's own routes, as PartyKit's does: `/__scheduled__?cron=NAME` runs
+    /// `onCron` at once (`dev`; never on a cluster, where anyone could trigger it).
+    pub dev_routes: bool,
 }
 
 impl Default for JsSettings {
     fn default() -> Self {
-        JsSettings { memory_bytes: 128 << 20, fetch: FetchPolicy::default(), partykit_host: None, live_reload: false }
+        JsSettings {
+            memory_bytes: 128 << 20,
+            fetch: FetchPolicy::default(),
+            partykit_host: None,
+            live_reload: false,
+            dev_routes: false,
+        }
     }
+}
+
+/// What a party takes from its project besides its code.
+#[derive(Default)]
+pub(crate) struct FromProject {
+    /// Static assets (the `main` party's).
+    pub(crate) assets: Option<StaticAssets>,
+    /// `vars` with their JSON types.
+    pub(crate) typed_vars: serde_json::Map<String, serde_json::Value>,
+    /// `crons` (the `main` party's).
+    pub(crate) crons: Vec<CronSchedule>,
 }
 
 /// Builds the factory of the party `name` whose bundle is module `entry` of `modules`, and
@@ -621,9 +751,9 @@ pub(crate) async fn load_party(
     modules: Arc<Modules>,
     limits: &partyline::Limits,
     settings: &JsSettings,
-    assets: Option<StaticAssets>,
-    typed_vars: &serde_json::Map<String, serde_json::Value>,
+    project: FromProject,
 ) -> anyhow::Result<JsFactory> {
+    let FromProject { assets, typed_vars, crons } = project;
     let live_reload = settings.live_reload && assets.is_some();
     let mut def = PartyDef {
         name: name.to_string(),
@@ -636,8 +766,10 @@ pub(crate) async fn load_party(
         hooks: HookFlags::default(),
         assets,
         live_reload,
-        typed_vars: typed_vars.clone(),
+        typed_vars,
         hook_engine: HookPool::new(None),
+        crons,
+        dev_routes: settings.dev_routes,
     };
     let (engine, flags) = hook_engine(&def).await.map_err(|e| anyhow!("party {name}: {e}"))?;
     def.options = PartyOptions { hibernate: flags.hibernate };

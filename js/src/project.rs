@@ -13,8 +13,9 @@ use partyline::{Limits, PartyRegistry};
 use serde::Deserialize;
 
 use crate::bundle::{self, BuildOptions, ClientOptions};
+use crate::cache::BuildCache;
 use crate::modules::Modules;
-use crate::party::{load_party, JsSettings};
+use crate::party::{load_party, FromProject, JsSettings};
 use crate::statics::StaticAssets;
 
 /// The file `partyline dev` looks for in the working directory.
@@ -106,6 +107,8 @@ struct RawConfig {
     minify: bool,
     build: Option<RawBuild>,
     serve: Option<Serve>,
+    #[serde(default)]
+    crons: BTreeMap<String, String>,
 }
 
 /// `build` of partykit.json, resolved.
@@ -144,6 +147,8 @@ pub struct ProjectConfig {
     pub client: Option<ClientOptions>,
     /// `serve.build.live`.
     pub live: bool,
+    /// `crons`: schedules of the `main` party's static `onCron`, by name.
+    pub crons: Vec<partyline::CronSchedule>,
 }
 
 /// Reads `KEY=VALUE` lines (comments, blank lines, `export ` and quotes allowed).
@@ -333,6 +338,13 @@ impl ProjectConfig {
             }
             assets = Some(StaticAssets::new(serve_root, single_page_app));
         }
+        let mut crons = Vec::new();
+        for (name, definition) in raw.crons {
+            if let Err(e) = partyline::cron::Schedule::parse(&definition) {
+                bail!("{}: crons.{name}: {e}", file.display());
+            }
+            crons.push(partyline::CronSchedule { name, definition });
+        }
         Ok(ProjectConfig {
             file,
             root,
@@ -345,6 +357,7 @@ impl ProjectConfig {
             assets,
             client,
             live,
+            crons,
         })
     }
 
@@ -441,8 +454,11 @@ impl Project {
     /// type error, or a missing module, fails here with the file and line. `limits` are the
     /// ones rooms will run with.
     pub async fn load(config_file: &Path, limits: &Limits, settings: &JsSettings) -> anyhow::Result<Project> {
+        let started = std::time::Instant::now();
         let mut config = ProjectConfig::read(config_file)?;
         run_build_command(&config.root, &config.command).await?;
+        // Bundles are kept in the project's .partyline/cache between runs (see crate::cache).
+        let cache = std::fs::read(&config.file).ok().map(|text| BuildCache::new(&config.root, &text));
         let modules = Arc::new(Modules::new());
         let mut files = vec![config.file.clone(), config.root.join(".env")];
         for w in &config.command.watch {
@@ -458,7 +474,9 @@ impl Project {
             if config.live && settings.live_reload {
                 options.banner = Some(crate::statics::live_reload_script());
             }
-            let built = bundle::client(&config.root, &options).await.map_err(|e| anyhow!("serve.build: {e}"))?;
+            let built = bundle::client_cached(cache.as_ref(), &config.root, &options)
+                .await
+                .map_err(|e| anyhow!("serve.build: {e}"))?;
             files.extend(built.inputs.iter().cloned());
             assets.set_built(&options.outdir, built.files);
         }
@@ -466,18 +484,25 @@ impl Project {
         let banner = config.env_banner();
         let mut registry = PartyRegistry::new();
         for (name, entry) in &config.parties {
-            let bundle =
-                bundle::server(&config.root, entry, &build, &banner).await.map_err(|e| anyhow!("party {name}: {e}"))?;
+            let bundle = bundle::server_cached(cache.as_ref(), &config.root, entry, &build, &banner)
+                .await
+                .map_err(|e| anyhow!("party {name}: {e}"))?;
             files.extend(bundle.files.iter().cloned());
             let module = modules.add_bundle(name, &bundle)?;
-            let assets = if name == "main" { config.assets.clone() } else { None };
-            let factory = load_party(name, module, modules.clone(), limits, settings, assets, &config.typed_vars)
+            let main = name == "main";
+            let project = FromProject {
+                assets: if main { config.assets.clone() } else { None },
+                typed_vars: config.typed_vars.clone(),
+                crons: if main { config.crons.clone() } else { Vec::new() },
+            };
+            let factory = load_party(name, module, modules.clone(), limits, settings, project)
                 .await
                 .map_err(|e| anyhow!("{e:#}"))?;
             registry = registry.with_factory(name, Arc::new(factory));
         }
         files.sort();
         files.dedup();
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, "project loaded");
         crate::statics::bump_build();
         Ok(Project { config, registry, modules, files })
     }

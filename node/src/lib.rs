@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod alarms;
+pub mod crons;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod host;

@@ -71,6 +71,9 @@ pub struct NodeMetrics {
     pub events: Histograms,
     /// Time of one storage commit (one Redis round trip per batch).
     pub commit_seconds: Histogram,
+    /// Cron firings this node handled, by outcome (`ran`, `failed`, `skipped_late`,
+    /// `claimed_elsewhere`, `claim_failed`; see [`crate::crons::Outcome`]).
+    pub cron_runs: Family<EventLabel, Counter>,
 }
 
 impl Default for NodeMetrics {
@@ -93,6 +96,7 @@ impl Default for NodeMetrics {
             commit_failures: Counter::default(),
             events: Family::new_with_constructor(duration_histogram as fn() -> Histogram),
             commit_seconds: duration_histogram(),
+            cron_runs: Family::default(),
         };
         {
             let mut r = m.registry.locked();
@@ -128,6 +132,12 @@ impl Default for NodeMetrics {
                 "partyline_node_commit_duration_seconds",
                 "Time of one room storage commit (one Redis round trip per batch).",
                 m.commit_seconds.clone(),
+            );
+            r.register(
+                "partyline_node_cron_runs",
+                "Cron firings handled by this node, by outcome (ran, failed, skipped_late, claimed_elsewhere, \
+                 claim_failed).",
+                m.cron_runs.clone(),
             );
         }
         m

@@ -343,6 +343,14 @@ impl Started {
             }),
             tasks.stop_alarms.clone(),
         ));
+        // The `main` party's crons: every node tries each firing, the one whose claim in Redis
+        // wins runs it. Like alarms they stop when a drain begins (the other nodes run them).
+        let claims = partyline_cluster::redis::crons::CronClaims::of(&self.redis, node.me.id.clone());
+        if let Some(crons) =
+            crate::crons::Crons::new(&self.parties, node.cfg.env.clone(), node.host.client(), Arc::new(claims))
+        {
+            tasks.tracker.spawn(crons.with_metrics(self.metrics.clone()).run(tasks.stop_alarms.clone()));
+        }
         tasks.tracker.spawn(node.clone().rebalance(tasks.stop.clone()));
     }
 

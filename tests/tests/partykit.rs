@@ -330,3 +330,24 @@ async fn a_react_client_built_by_serve_build_renders_and_syncs_in_chromium() {
 async fn a_yjs_editor_page_on_y_partykit_syncs_between_tabs_in_chromium() {
     check_fixture("yjs-editor").await;
 }
+
+/// Static hooks outside any room: `onSocket` (frames and close codes both ways, rooms reached
+/// from its listeners), `onCron` through dev's `/__scheduled__` and by its schedule.
+#[timed_test]
+async fn on_socket_and_on_cron_run_outside_any_room() {
+    let dir = fixtures().join("edge-hooks");
+    let (addr, stop, server) = dev_project(dir.join("partykit.json")).await;
+    run_node(&dir, &["check.mjs", &addr.to_string(), "--scheduled"]).await;
+    let _ = stop.send(());
+    within(30, "the server to stop", server).await.unwrap().unwrap();
+}
+
+/// The same through a cluster: `onSocket` on the gateways, each cron firing run by exactly one
+/// of the nodes (the check finds every due time once), and no `/__scheduled__` route.
+#[timed_test]
+async fn on_socket_and_on_cron_run_through_a_cluster_once_per_due_time() {
+    let dir = fixtures().join("edge-hooks");
+    let (parties, env) = load(&dir.join("partykit.json"), &Limits::default()).await;
+    let c = TestCluster::builder().nodes(2).gateways(2).parties(parties, env).start().await;
+    run_node(&dir, &["check.mjs", &c.gateway(0).to_string(), "--cluster"]).await;
+}

@@ -19,6 +19,7 @@
 //! | `pl:cluster` | STRING | the cluster marker: written once when the first node starts on an empty Redis; a Redis without it has lost the cluster's data (see [`super::marker`]) |
 //! | `pl:node:<id>` | STRING | JSON [`NodeInfo`](super::NodeInfo) of a live node, `PX` = membership TTL |
 //! | `pl:members` | SET | ids of nodes that have heartbeated (pruned when their node key has expired) |
+//! | `pl:cron:<scheduled ms>:<name>` | STRING | a cron firing's claim: the id of the node that runs it, `PX` = [`super::crons::CLAIM_TTL`] (see [`super::crons`]) |
 //! | `pl:alarms` | ZSET | obsolete: the single alarm index of earlier versions; its entries are moved to the shards' indexes (see [`super::alarms`]) |
 //!
 //! On a Redis Cluster the two membership keys carry the hash tag `{m}` (`pl:{m}:node:<id>`,
@@ -134,6 +135,13 @@ impl Keys {
         format!("{}:alarms", self.prefix)
     }
 
+    /// The claim of one firing of the cron schedule `name` due at `scheduled_ms`:
+    /// `pl:cron:<scheduled ms>:<name>` (the time first, so any name is unambiguous). A single key
+    /// in any slot: its commands touch it alone.
+    pub fn cron(&self, name: &str, scheduled_ms: i64) -> String {
+        format!("{}:cron:{scheduled_ms}:{name}", self.prefix)
+    }
+
     /// The start of the membership keys: `pl:` or, on a cluster, `pl:{m}:`.
     fn membership(&self) -> String {
         if self.cluster {
@@ -228,6 +236,7 @@ mod tests {
         assert_eq!(k.members_channel(), "pl:members");
         assert_eq!(k.owners_channel(), "pl:owners");
         assert_eq!(alarm_member(12, &room), "12:4:main/a:b/c");
+        assert_eq!(k.cron("daily", 1_700_000_000_000), "pl:cron:1700000000000:daily");
         // On a Redis Cluster: the same shard keys, membership under one hash tag.
         let c = Keys::for_cluster("pl").unwrap();
         assert_eq!(c.room_values(12, &room), k.room_values(12, &room));

@@ -18,6 +18,7 @@
 
 pub mod alarms;
 pub mod conn;
+pub mod crons;
 pub mod keys;
 pub mod lease;
 pub mod marker;

@@ -100,7 +100,14 @@ const handlers = {
     delete globalThis.__partyline_module;
     const has = (n) => !!(Party && typeof Party[n] === "function");
     const opts = Party && (Party.options || (typeof Party === "function" && Party.prototype && Party.prototype.options) || instanceOptions(Party));
-    return { hibernate: !!(opts && opts.hibernate), onBeforeConnect: has("onBeforeConnect"), onBeforeRequest: has("onBeforeRequest"), onFetch: has("onFetch") };
+    return {
+      hibernate: !!(opts && opts.hibernate),
+      onBeforeConnect: has("onBeforeConnect"),
+      onBeforeRequest: has("onBeforeRequest"),
+      onFetch: has("onFetch"),
+      onSocket: has("onSocket"),
+      onCron: has("onCron"),
+    };
   },
   beforeConnect(req, lobby) { return before(Party.onBeforeConnect, req, lobby); },
   beforeRequest(req, lobby) { return before(Party.onBeforeRequest, req, lobby); },
@@ -108,6 +115,21 @@ const handlers = {
     const result = await Party.onFetch.call(Party, requestIn(req), lobbyFor(lobby), executionContext());
     if (result === null || result === undefined) return null;
     return responseOut(result);
+  },
+  // A WebSocket to a URL outside any room (the static `onSocket`): socket `n` is the client's,
+  // accepted, with the upgrade request as `socket.request`. Its listeners run after the hook
+  // returns, as the client's frames arrive.
+  socket(n, req, lobby) {
+    const request = requestIn(req);
+    const socket = new PartySocket(n, request.url, true);
+    socket.request = request;
+    return Party.onSocket.call(Party, socket, lobbyFor(lobby), executionContext());
+  },
+  // A cron schedule is due (the static `onCron`): the controller as a Workers scheduled event
+  // has it (`cron`, `scheduledTime`, `noRetry`) with PartyKit's `name`.
+  cron(c, lobby) {
+    const controller = { name: c.name, cron: c.cron, scheduledTime: c.scheduledTime, noRetry() {} };
+    return Party.onCron.call(Party, controller, lobbyFor(lobby), executionContext());
   },
 };
 

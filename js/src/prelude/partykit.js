@@ -375,9 +375,10 @@ function messageData(data) {
 
 // A socket a room opened to another room (`stub.socket()`): a WebSocket as a client sees it.
 // The room's frames and its close arrive one at a time as host operations, so its listeners run
-// between the room's other events.
+// between the room's other events. The same class is the server side of an `onSocket` socket
+// (`accepted`: already open, no "open" event, as a Workers socket after `accept()`).
 class PartySocket extends EventTarget {
-  constructor(n, url) {
+  constructor(n, url, accepted) {
     super();
     this._n = n;
     this.url = url;
@@ -388,7 +389,7 @@ class PartySocket extends EventTarget {
     // Listeners added right after `await stub.socket()` still see "open" and every frame.
     setTimeout(() => {
       if (this.readyState !== OPEN) return;
-      this._dispatch(new Event("open"));
+      if (!accepted) this._dispatch(new Event("open"));
       this._receive();
     }, 0);
   }

@@ -1,7 +1,9 @@
-// partyline:prelude, last part (wasm.js): `WebAssembly` on the wasmi interpreter, over the natives
-// of js/src/wasm.rs (whose module docs tell the design: one store per room, time and memory
-// bounds, JS imports as resumable calls, and `memory.buffer` as a copy synchronized at every
-// crossing between JS and wasm).
+// partyline:prelude/wasm, a part of the prelude loaded on first use of `globalThis.WebAssembly`
+// (wasm.js): `WebAssembly` on the wasmi interpreter, over the natives of js/src/wasm.rs (whose
+// module docs tell the design: one store per room, time and memory bounds, JS imports as
+// resumable calls, and `memory.buffer` as a copy synchronized at every crossing between JS and
+// wasm). js/src/modules.rs wraps it in `export default function (N, asBytes) { ... }`: it sees
+// the natives and the bytes helper of the prelude, and assigns `globalThis.WebAssembly`.
 
 class CompileError extends Error {
   constructor(message) { super(message); this.name = "CompileError"; }

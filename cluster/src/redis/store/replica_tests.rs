@@ -135,7 +135,11 @@ async fn with_no_replica_at_all_a_required_replica_fails_the_commit_and_fencing_
 #[tokio::test]
 async fn on_a_redis_cluster_the_wait_goes_to_the_primary_that_took_the_write() {
     let cluster = RedisCluster::start_with_replicas(2, 1);
-    let redis = connect(&cluster.url(), 1).await;
+    // A generous wait: the healthy primary's replica must ack in time on a busy machine (the
+    // paused one never does, whatever the wait).
+    let config =
+        RedisConfig { min_replicas: 1, replica_timeout: Duration::from_secs(3), ..RedisConfig::new(cluster.url()) };
+    let redis = Redis::connect(config).await.unwrap();
     let (store, leases) = (redis.store(), redis.leases());
     // Two rooms whose shards live on different primaries.
     let primary_of = |room: &RoomKey| cluster.primary_of(cluster.slot_of(&store.keys().lease(shard_of(room))));

@@ -38,7 +38,7 @@ export default class Chat implements Party.Server {
       words: words.trim().split(" "),
       data,
       buffer: Buffer.from("partyline").toString("base64"),
-      global: typeof global === "object" && global === globalThis,
+      global: typeof global === "object" && global !== null,
     });
   }
 
