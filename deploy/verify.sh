@@ -5,7 +5,11 @@
 #   - `kubectl kustomize` of each overlay passes `kubernetes-validate --strict`;
 #   - the Dockerfile passes hadolint; every YAML file passes yamllint;
 #   - haproxy.cfg passes `haproxy -c` (when haproxy is installed; scripts/test.sh installs it);
-#   - deploy/docker-deps.sh (the Dockerfile's dependency layer) yields a valid cargo workspace.
+#   - deploy/docker-deps.sh (the Dockerfile's dependency layer) yields a valid cargo workspace;
+#   - the cluster files `partyline new` writes (Dockerfile, deploy/docker-compose.yml over this
+#     deploy/docker-compose.yml, a Kustomize overlay of deploy/k8s/base) pass the same checks, on
+#     a crate made by the binary built from this checkout (target/debug/partyline, else
+#     target/release/partyline: build it first, `cargo build --bin partyline`).
 #
 #   deploy/verify.sh                 install missing tools, then check
 #   deploy/verify.sh --install-only  install missing tools and print where they are
@@ -29,7 +33,7 @@ INSTALL_ONLY=0
 case "${1:-}" in
   --install-only) INSTALL_ONLY=1 ;;
   "") ;;
-  -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) echo "verify.sh: unknown argument: $1 (try --help)" >&2; exit 2 ;;
 esac
 
@@ -134,6 +138,48 @@ if command -v haproxy >/dev/null 2>&1; then
   check "haproxy -c deploy/haproxy.cfg" haproxy_check
 else
   say "skip haproxy -c deploy/haproxy.cfg (haproxy is not installed)"
+fi
+
+# `partyline new` writes a Dockerfile and deploy files on top of these: the same checks, on a
+# crate the freshly built binary makes (path mode: its bases are this checkout's deploy/).
+PARTYLINE_BIN=""
+for candidate in target/debug/partyline target/release/partyline; do
+  if [ -x "$candidate" ]; then PARTYLINE_BIN="$ROOT/$candidate"; break; fi
+done
+NEW="$WORK/my-party"
+if [ -z "$PARTYLINE_BIN" ]; then
+  say "FAIL partyline new: neither target/debug/partyline nor target/release/partyline exists:" \
+    "build it first (cargo build --bin partyline)"
+  FAILED=1
+else
+  if [ -n "$(find src/new.rs src/new -newer "$PARTYLINE_BIN" 2>/dev/null | head -n 1)" ]; then
+    say "note $PARTYLINE_BIN is older than src/new*: these checks see the templates it was built with"
+  fi
+  new_crate() { "$PARTYLINE_BIN" new "$NEW" >/dev/null; }
+  check "partyline new (${PARTYLINE_BIN#"$ROOT"/}) writes a crate" new_crate
+fi
+if [ -d "$NEW/deploy" ]; then
+  check "hadolint: the Dockerfile of partyline new" "$BIN/hadolint" "$NEW/Dockerfile"
+  check "yamllint: deploy/ of partyline new" "$BIN/yamllint" --strict -c deploy/.yamllint "$NEW/deploy/"
+  new_compose_config() {
+    # Its example env file stands in for its deploy/partyline.env, and the base is this
+    # checkout's (the default: PARTYLINE_DEPLOY unset). No service may keep the stock image.
+    local images
+    (cd "$NEW/deploy" && env -u PARTYLINE_DEPLOY PARTYLINE_ENV_FILE=partyline.env.example \
+      "$BIN/docker-compose" -f docker-compose.yml config -q) &&
+      images="$(cd "$NEW/deploy" && env -u PARTYLINE_DEPLOY PARTYLINE_ENV_FILE=partyline.env.example \
+        "$BIN/docker-compose" -f docker-compose.yml config --images)" &&
+      if grep -Fxq partyline:local <<<"$images"; then
+        say "a service of the new crate's compose file still runs partyline:local"
+        return 1
+      fi
+  }
+  check "docker compose config: deploy/docker-compose.yml of partyline new" new_compose_config
+  new_kustomize_validate() {
+    "$BIN/kubectl" kustomize "$NEW/deploy/k8s" >"$WORK/new.yaml" &&
+      "$BIN/kubernetes-validate" --strict --quiet "$WORK/new.yaml"
+  }
+  check "kubectl kustomize deploy/k8s of partyline new | kubernetes-validate --strict" new_kustomize_validate
 fi
 
 [ "$FAILED" -eq 0 ] || die "some checks failed"

@@ -158,12 +158,13 @@ else
   header "--quick: skipping cargo fmt, cargo clippy and cargo deny"
 fi
 
-run "deploy files (deploy/verify.sh)" deploy/verify.sh
-
 # The binaries (the process tests run target/debug/partyline) and every test in one build: with
 # the tests selected, the binaries get the features the tests use (dev-dependencies), so the
 # nextest step below reuses this build instead of compiling the dependency tree a second time.
 run "cargo build --workspace --all-targets" cargo build --workspace --all-targets
+
+# After the build: it also checks the files `partyline new` writes, with the binary just built.
+run "deploy files (deploy/verify.sh)" deploy/verify.sh
 
 NEXTEST_ARGS=(--workspace --no-fail-fast)
 PROFILE_ARGS=()

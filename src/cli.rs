@@ -90,6 +90,28 @@ enum Command {
     /// tests on the SDK's test kit, and a README: `partyline new my-party && cd my-party &&
     /// cargo test && cargo run -- dev`.
     New(crate::new::NewArgs),
+    /// Bundle a PartyKit project (partykit.json) into one artifact for `partyline deploy`: every
+    /// party's server code, the built page, the static files, and a manifest.
+    #[cfg(feature = "partykit")]
+    Build(crate::deploy::BuildArgs),
+    /// Deploy a PartyKit project to a running cluster, without restarting or rebuilding
+    /// anything: the artifact (built here when given a project) is checked, signed with the
+    /// cluster secret, stored in Redis as a new version, and every node and gateway serves it
+    /// within about a second. New rooms start on it; running rooms move to it when they next
+    /// start. --list shows the versions and what each process serves; --rollback serves an
+    /// earlier one again.
+    #[cfg(feature = "partykit")]
+    Deploy(DeployArgs),
+}
+
+/// Options of `partyline deploy`.
+#[cfg(feature = "partykit")]
+#[derive(Debug, Args)]
+struct DeployArgs {
+    #[command(flatten)]
+    deploy: crate::deploy::DeployOptions,
+    #[command(flatten)]
+    cluster: ClusterArgs,
 }
 
 /// Options of `partyline status`.
@@ -683,6 +705,10 @@ impl Cli {
             Command::Status(_) => "status",
             Command::Probe(_) => "probe",
             Command::New(_) => "new",
+            #[cfg(feature = "partykit")]
+            Command::Build(_) => "build",
+            #[cfg(feature = "partykit")]
+            Command::Deploy(_) => "deploy",
         }
     }
 
@@ -691,7 +717,7 @@ impl Cli {
     /// when `examples` is set (the stock binary's example parties).
     pub async fn run(self, parties: PartyRegistry, examples: bool) -> anyhow::Result<()> {
         let rust = |p: &ProjectArgs, look_in_cwd: bool| {
-            if examples && p.config_file(look_in_cwd).is_some() {
+            if examples && p.has_project(look_in_cwd) {
                 PartyRegistry::new()
             } else {
                 parties.clone()
@@ -704,8 +730,13 @@ impl Cli {
                 dev.run(parties).await
             }
             Command::Node(args) => {
-                let node = args.into_config()?;
+                #[allow(unused_mut)]
+                let mut node = args.into_config()?;
                 let parties = rust(&node.project, false);
+                #[cfg(feature = "partykit")]
+                {
+                    node.project.deploy_replaces_parties = examples && !node.project.has_project(false);
+                }
                 node.run(parties).await
             }
             Command::Init(args) => {
@@ -714,8 +745,13 @@ impl Cli {
                 crate::init::run(args.redis.redis(), options).await
             }
             Command::Gateway(args) => {
-                let gateway = args.into_config()?;
+                #[allow(unused_mut)]
+                let mut gateway = args.into_config()?;
                 let parties = rust(&gateway.project, false);
+                #[cfg(feature = "partykit")]
+                {
+                    gateway.project.deploy_replaces_parties = examples && !gateway.project.has_project(false);
+                }
                 gateway.run(parties).await
             }
             #[cfg(feature = "bench")]
@@ -726,6 +762,12 @@ impl Cli {
             }
             Command::Probe(args) => crate::probe::run(args).await,
             Command::New(args) => crate::new::run(args),
+            #[cfg(feature = "partykit")]
+            Command::Build(args) => crate::deploy::build(args).await,
+            #[cfg(feature = "partykit")]
+            Command::Deploy(args) => {
+                crate::deploy::deploy(args.deploy, args.cluster.redis(), args.cluster.secret()?).await
+            }
         }
     }
 }

@@ -46,6 +46,13 @@ impl DevProcess {
     /// SIGTERM.
     pub async fn run(self, parties: PartyRegistry) -> anyhow::Result<()> {
         let DevProcess { listen, project, vars, config } = self;
+        #[cfg(feature = "partykit")]
+        if let Some(file) = &project.artifact {
+            anyhow::bail!(
+                "--artifact {} is for nodes and gateways; `partyline dev` serves a project from its partykit.json (--config)",
+                file.display()
+            );
+        }
         let listener = bind(listen).await?;
         let local = listener.local_addr()?;
         let scheme = scheme(config.tls.is_some());
@@ -54,7 +61,7 @@ impl DevProcess {
             println!("  project: {} (reloads when its files change)", file.display());
             return crate::project::run_dev(file, project, config, vars, parties, listener, shutdown_signal()).await;
         }
-        let names: Vec<&str> = parties.names().collect();
+        let names = parties.names();
         println!("Partyline dev server listening on {scheme}://{local}");
         println!("  parties: {}", names.join(", "));
         match &config.data_dir {

@@ -44,6 +44,15 @@ impl GatewayProcess {
         let listener = bind(listen).await?;
         let local = listener.local_addr()?;
         config.name = format!("gateway {local}");
+        let parties = crate::process::serve_deploys(
+            &project,
+            parties,
+            &config.limits,
+            config.redis.clone(),
+            vec![config.secret.clone()],
+            config.name.clone(),
+            false,
+        );
         let admin = match admin_listen {
             Some(addr) => Some(bind(addr).await?),
             None => None,

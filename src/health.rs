@@ -39,6 +39,10 @@ pub async fn serve_gateway(
         FnKind::Gauge,
         move || nodes.nodes().len() as i64,
     )));
+    #[cfg(feature = "partykit")]
+    for (name, help, kind, f) in crate::deploy::metrics("gateway") {
+        gateway.metrics().register_collector(Box::new(FnMetric::new(&name, help, kind, f)));
+    }
     gateway.set_ready_check(Arc::new(move || {
         let (redis, client) = (redis.clone(), client.clone());
         Box::pin(async move {

@@ -24,6 +24,8 @@
 //! ```
 
 pub mod cli;
+#[cfg(feature = "partykit")]
+pub mod deploy;
 pub mod dev;
 pub mod gateway;
 pub mod health;

@@ -50,6 +50,17 @@ impl NodeProcess {
             None => local.to_string(),
         };
         config.id = id.unwrap_or_else(|| config.advertise.clone());
+        let mut secrets = vec![config.secret.clone()];
+        secrets.extend(config.accept_secrets.iter().cloned());
+        let parties = crate::process::serve_deploys(
+            &project,
+            parties,
+            &config.limits,
+            config.redis.clone(),
+            secrets,
+            format!("node {}", config.id),
+            true,
+        );
         let admin = match admin_listen {
             Some(addr) => Some(bind(addr).await?),
             None => None,
@@ -57,6 +68,10 @@ impl NodeProcess {
         println!("Partyline node {} serving gRPC on {local} (advertised as {})", config.id, config.advertise);
         println!("  redis: {} (prefix {})", partyline_cluster::redis::redact(&config.redis.url), config.redis.prefix);
         let telemetry = NodeTelemetry::default();
+        #[cfg(feature = "partykit")]
+        for (name, help, kind, f) in crate::deploy::metrics("node") {
+            telemetry.metrics.register_fn(&name, help, kind, f);
+        }
         let stop_admin = CancellationToken::new();
         let admin_task = match admin {
             Some(listener) => {

@@ -33,6 +33,10 @@ pub(crate) async fn cluster_parties(
     parties: PartyRegistry,
     env: Env,
 ) -> anyhow::Result<(PartyRegistry, Env)> {
+    #[cfg(feature = "partykit")]
+    if let Some(file) = &project.artifact {
+        return Ok((project.load_artifact(file, limits, parties).await?, env));
+    }
     match project.config_file(false) {
         Some(file) => {
             let (_project, parties, env) = crate::project::load(&file, project, limits, parties, env.vars()).await?;
@@ -40,6 +44,56 @@ pub(crate) async fn cluster_parties(
         }
         None => Ok((parties, env)),
     }
+}
+
+/// Serves the cluster's deployed versions (`partyline deploy`) beside `parties`, reporting as
+/// `name`; `node`: publish the secret check too. The parties to serve.
+#[cfg(feature = "partykit")]
+pub(crate) fn serve_deploys(
+    project: &ProjectArgs,
+    parties: PartyRegistry,
+    limits: &Limits,
+    redis: partyline_cluster::redis::RedisConfig,
+    secrets: Vec<String>,
+    name: String,
+    node: bool,
+) -> PartyRegistry {
+    let (parties, fixed, live) = if project.deploy_replaces_parties {
+        // The live part starts with them and a deployed version takes their place.
+        let live = partyline::LiveParties::new();
+        live.replace(&parties);
+        (PartyRegistry::new().with_live(live.clone()), Vec::new(), live)
+    } else {
+        let fixed = parties.names();
+        let (parties, live) = crate::deploy::live(parties);
+        (parties, fixed, live)
+    };
+    tokio::spawn(crate::deploy::serve_deploys(crate::deploy::DeployServer {
+        redis,
+        secrets,
+        name,
+        live,
+        fixed,
+        limits: limits.clone(),
+        js: project.settings(None),
+        settings: crate::deploy::DeploySettings { poll: project.deploy_poll, max_bytes: project.deploy_max_bytes },
+        publish_check: node,
+    }));
+    parties
+}
+
+/// Without the JS engine there is nothing to deploy.
+#[cfg(not(feature = "partykit"))]
+pub(crate) fn serve_deploys(
+    _project: &ProjectArgs,
+    parties: PartyRegistry,
+    _limits: &Limits,
+    _redis: partyline_cluster::redis::RedisConfig,
+    _secrets: Vec<String>,
+    _name: String,
+    _node: bool,
+) -> PartyRegistry {
+    parties
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -24,6 +24,10 @@ pub struct ProjectArgs {
     /// memory.
     #[arg(long = "config", env = "PARTYLINE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// A project built by `partyline build` to serve (nodes and gateways; an image with the
+    /// artifact baked in): loaded at start, nothing is bundled. Not with --config.
+    #[arg(long, env = "PARTYLINE_ARTIFACT", value_name = "FILE", conflicts_with = "config")]
+    pub artifact: Option<PathBuf>,
     /// Heap limit of each JS room in MiB; a room over it is restarted (its sockets closed with
     /// 1011) and the error logged.
     #[arg(long, env = "PARTYLINE_JS_MEMORY_MB", default_value_t = 128)]
@@ -39,12 +43,40 @@ pub struct ProjectArgs {
     /// roots (comma-separated; e.g. a private CA or a local development certificate).
     #[arg(long, env = "PARTYLINE_FETCH_CA", value_delimiter = ',', value_name = "PEM")]
     pub fetch_ca: Vec<PathBuf>,
+    /// How often a node or gateway checks Redis for a newly deployed version
+    /// (`partyline deploy`).
+    #[arg(long, env = "PARTYLINE_DEPLOY_POLL", default_value = "1s", value_parser = crate::values::parse_duration)]
+    pub deploy_poll: Duration,
+    /// Largest deployed artifact a node or gateway loads.
+    #[arg(long, env = "PARTYLINE_DEPLOY_MAX_BYTES", default_value_t = crate::deploy::DEFAULT_MAX_BYTES)]
+    pub deploy_max_bytes: u64,
+    /// The parties registered in Rust are only a default (the stock binary's examples): a
+    /// deployed project replaces them instead of being refused where names clash.
+    #[arg(skip)]
+    pub deploy_replaces_parties: bool,
+}
+
+impl Default for ProjectArgs {
+    /// The defaults of the command line.
+    fn default() -> Self {
+        ProjectArgs {
+            config: None,
+            artifact: None,
+            js_memory_mb: 128,
+            fetch_allow: vec!["*".into()],
+            fetch_timeout: Duration::from_secs(30),
+            fetch_ca: Vec::new(),
+            deploy_poll: Duration::from_secs(1),
+            deploy_max_bytes: crate::deploy::DEFAULT_MAX_BYTES,
+            deploy_replaces_parties: false,
+        }
+    }
 }
 
 impl ProjectArgs {
     /// The settings of the JS engine; `dev_host` is `partyline dev`'s address (it becomes
     /// `PARTYKIT_HOST` and turns on live reload and the dev routes).
-    fn settings(&self, dev_host: Option<String>) -> JsSettings {
+    pub(crate) fn settings(&self, dev_host: Option<String>) -> JsSettings {
         JsSettings {
             live_reload: dev_host.is_some(),
             dev_routes: dev_host.is_some(),
@@ -56,6 +88,34 @@ impl ProjectArgs {
                 extra_roots: self.fetch_ca.clone(),
             },
         }
+    }
+
+    /// Whether a project is to be served (`--config` or `--artifact`; for `dev`, also
+    /// ./partykit.json).
+    pub fn has_project(&self, look_in_cwd: bool) -> bool {
+        self.artifact.is_some() || self.config_file(look_in_cwd).is_some()
+    }
+
+    /// Loads `--artifact`: its parties beside `rust`.
+    pub async fn load_artifact(
+        &self,
+        file: &Path,
+        limits: &Limits,
+        rust: PartyRegistry,
+    ) -> anyhow::Result<PartyRegistry> {
+        let bytes = std::fs::read(file).with_context(|| format!("cannot read --artifact {}", file.display()))?;
+        let artifact =
+            partyline_js::artifact::Artifact::open(&bytes).with_context(|| format!("--artifact {}", file.display()))?;
+        let project = artifact.load(limits, &self.settings(None)).await?;
+        let mut out = rust;
+        for name in project.names() {
+            if out.get(&name).is_some() {
+                anyhow::bail!("party {name:?} is in the artifact and registered in Rust");
+            }
+            out = out.with_factory(&name, project.get(&name).expect("listed"));
+        }
+        println!("  project: {} (artifact {})", artifact.manifest.name.as_deref().unwrap_or("unnamed"), file.display());
+        Ok(out)
     }
 
     /// The config file to serve: `--config`, else (for `dev`) ./partykit.json when present.
@@ -174,6 +234,6 @@ fn print_page(project: &Project) {
 }
 
 fn print_parties(registry: &PartyRegistry) {
-    let names: Vec<&str> = registry.names().collect();
+    let names = registry.names();
     println!("  parties: {}", names.join(", "));
 }

@@ -20,6 +20,11 @@ pub struct ProjectArgs {
 }
 
 impl ProjectArgs {
+    /// Whether a project is asked for (`--config`).
+    pub fn has_project(&self, _look_in_cwd: bool) -> bool {
+        self.config.is_some()
+    }
+
     /// `--config` when given (this build never looks for ./partykit.json).
     pub fn config_file(&self, _look_in_cwd: bool) -> Option<PathBuf> {
         self.config.clone()

@@ -46,6 +46,12 @@ pub async fn run(
     if !orphans.is_empty() {
         println!("leases still held by nodes that are not live (they expire on their own): {orphans:?}");
     }
+    let deploys = partyline_cluster::redis::deploys::Deploys::of(&redis);
+    if let Some(v) = deploys.current().await.context("reading the deployed version")? {
+        println!("deployed version: {v} (partyline deploy --list shows them all)");
+        #[cfg(feature = "partykit")]
+        crate::deploy::print_served(&deploys).await?;
+    }
     if let Some(spec) = room {
         let (party, id) = spec.split_once('/').context("--room must look like party/room")?;
         let key = RoomKey::new(party, id);

@@ -24,6 +24,9 @@ pub const ROOM_UNAVAILABLE: &str = "room unavailable";
 pub const INTERNAL_ERROR: &str = "internal error";
 /// 1011: a JS room ran out of memory and starts afresh; reconnect.
 pub const ROOM_RESTARTED: &str = "room restarted";
+/// 1012: the room's party has a new deployed version (`partyline deploy --restart-rooms`);
+/// reconnect.
+pub const ROOM_RESTARTED_FOR_DEPLOY: &str = "room restarted for a new version";
 /// 1001: the gateway or node is shutting down.
 pub const SHUTTING_DOWN: &str = "server shutting down";
 /// 1001: the client did not answer the server's pings.
@@ -90,6 +93,7 @@ pub const ALL: &[&str] = &[
     ROOM_UNAVAILABLE,
     INTERNAL_ERROR,
     ROOM_RESTARTED,
+    ROOM_RESTARTED_FOR_DEPLOY,
     SHUTTING_DOWN,
     NO_PONG,
     REPLACED,

@@ -66,8 +66,8 @@ pub use connection::{Connection, StateError, TooLarge};
 pub use limits::Limits;
 pub use message::{Message, Text};
 pub use party::{
-    Before, ConnectionContext, CronEvent, CronSchedule, DynParty, Lobby, Party, PartyFactory, PartyOptions,
-    PartyRegistry, Wakeup,
+    Before, ConnectionContext, CronEvent, CronSchedule, DynParty, LiveChange, LiveParties, Lobby, Party, PartyFactory,
+    PartyOptions, PartyRegistry, Wakeup,
 };
 pub use room::{Env, Parties, PartiesClient, Room, RoomStub};
 pub use runtime::link::close_code;

@@ -381,9 +381,85 @@ impl<P: Party> PartyFactory for Factory<P> {
 }
 
 /// The parties a server hosts, by name. Names follow PartyKit's rule: `[a-z0-9_-]+`.
+///
+/// Besides the parties registered when the server starts, a registry may have a live part
+/// ([`LiveParties`], [`PartyRegistry::with_live`]) whose parties are replaced while the server
+/// runs (a deployed project's new version): a lookup sees the current ones, so rooms started
+/// after a replacement run the new code while running rooms keep the instance they have.
 #[derive(Clone, Default)]
 pub struct PartyRegistry {
     parties: BTreeMap<String, Arc<dyn PartyFactory>>,
+    live: Option<LiveParties>,
+}
+
+/// The replaceable part of a [`PartyRegistry`]; clones share it.
+#[derive(Clone)]
+pub struct LiveParties(Arc<LiveInner>);
+
+struct LiveInner {
+    parties: std::sync::RwLock<BTreeMap<String, Arc<dyn PartyFactory>>>,
+    changes: tokio::sync::watch::Sender<LiveChange>,
+}
+
+/// A replacement of the live parties, as [`LiveParties::changes`] tells it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LiveChange {
+    /// Counts replacements (0: none yet).
+    pub generation: u64,
+    /// Running rooms of the replaced parties should move to the new ones now, this many per
+    /// second on each node ([`crate::runtime::handle::RoomHandle::upgrade`]); `None`: they move when
+    /// they next start.
+    pub restart_per_second: Option<u32>,
+}
+
+impl Default for LiveParties {
+    fn default() -> Self {
+        LiveParties(Arc::new(LiveInner {
+            parties: Default::default(),
+            changes: tokio::sync::watch::channel(LiveChange::default()).0,
+        }))
+    }
+}
+
+impl LiveParties {
+    /// An empty live part.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Replaces every live party with those of `parties` (its live part is ignored).
+    pub fn replace(&self, parties: &PartyRegistry) {
+        self.replace_with(parties, None);
+    }
+
+    /// [`LiveParties::replace`], asking running rooms to move to the new parties now
+    /// (`restart_per_second`, see [`LiveChange`]).
+    pub fn replace_with(&self, parties: &PartyRegistry, restart_per_second: Option<u32>) {
+        let next = parties.parties.clone();
+        *self.0.parties.write().unwrap_or_else(|e| e.into_inner()) = next;
+        self.0.changes.send_modify(|c| {
+            c.generation += 1;
+            c.restart_per_second = restart_per_second;
+        });
+    }
+
+    /// Replacements as they happen.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<LiveChange> {
+        self.0.changes.subscribe()
+    }
+
+    /// Whether `name` is one of the live parties now.
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.parties.read().unwrap_or_else(|e| e.into_inner()).contains_key(name)
+    }
+
+    fn get(&self, name: &str) -> Option<Arc<dyn PartyFactory>> {
+        self.0.parties.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.0.parties.read().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
+    }
 }
 
 impl PartyRegistry {
@@ -415,14 +491,34 @@ impl PartyRegistry {
         self
     }
 
-    /// The party called `name`.
-    pub fn get(&self, name: &str) -> Option<&Arc<dyn PartyFactory>> {
-        self.parties.get(name)
+    /// Adds a live part: its parties are looked up after the registered ones (a registered
+    /// party's name always means the registered party).
+    pub fn with_live(mut self, live: LiveParties) -> Self {
+        self.live = Some(live);
+        self
     }
 
-    /// Party names, sorted.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.parties.keys().map(String::as_str)
+    /// The live part, if it has one.
+    pub fn live(&self) -> Option<&LiveParties> {
+        self.live.as_ref()
+    }
+
+    /// The party called `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<dyn PartyFactory>> {
+        match self.parties.get(name) {
+            Some(f) => Some(f.clone()),
+            None => self.live.as_ref()?.get(name),
+        }
+    }
+
+    /// Party names, sorted (the live part's included, as they are now).
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.parties.keys().cloned().collect();
+        if let Some(live) = &self.live {
+            names.extend(live.names().into_iter().filter(|n| !self.parties.contains_key(n)));
+            names.sort();
+        }
+        names
     }
 }
 

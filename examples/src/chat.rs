@@ -373,7 +373,7 @@ mod tests {
     #[tokio::test]
     async fn on_fetch_serves_the_page_at_root_only() {
         let reg = crate::registry();
-        let factory: &Arc<dyn PartyFactory> = reg.get(NAME).unwrap();
+        let factory: Arc<dyn PartyFactory> = reg.get(NAME).unwrap();
         let res = factory.on_fetch(request("GET", "/", Bytes::new()), testkit::lobby(NAME, None)).await.unwrap();
         assert_eq!(res.status(), StatusCode::OK);
         assert_eq!(content_type(&res), "text/html; charset=utf-8");

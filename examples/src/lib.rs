@@ -44,7 +44,7 @@ mod tests {
     #[test]
     fn registry_has_every_party() {
         let reg = super::registry();
-        assert_eq!(reg.names().collect::<Vec<_>>(), ["broadcast", "counter", "echo", "main", "private", "yjs"]);
+        assert_eq!(reg.names(), ["broadcast", "counter", "echo", "main", "private", "yjs"]);
         assert!(reg.get("counter").unwrap().options().hibernate);
         for name in ["main", "echo", "private", "broadcast", "yjs"] {
             assert!(!reg.get(name).unwrap().options().hibernate, "{name} must not hibernate");

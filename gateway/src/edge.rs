@@ -68,7 +68,7 @@ async fn route_request(gw: Arc<Inner>, mut req: http::Request<Body>) -> AxumResp
     }
     match paths::parse(&path) {
         Target::Room { party, room } => {
-            let Some(factory) = gw.parties.get(party).cloned() else {
+            let Some(factory) = gw.parties.get(party) else {
                 return text(StatusCode::NOT_FOUND, client_text::party_not_found(party));
             };
             if room.len() > gw.limits.max_room_id_bytes {
@@ -84,7 +84,7 @@ async fn route_request(gw: Arc<Inner>, mut req: http::Request<Body>) -> AxumResp
         Target::MissingParty => text(StatusCode::BAD_REQUEST, client_text::NO_PARTY),
         Target::Fetch => {
             // A WebSocket outside any room: the main party's on_socket, when it takes them.
-            let main = gw.parties.get("main").filter(|main| main.handles_sockets()).cloned();
+            let main = gw.parties.get("main").filter(|main| main.handles_sockets());
             match main {
                 Some(main) if is_upgrade(&req) => crate::fetch_socket::upgrade(gw, main, req, client).await,
                 _ => fetch(gw, req).await,
@@ -213,7 +213,7 @@ async fn request(
 }
 
 async fn fetch(gw: Arc<Inner>, req: http::Request<Body>) -> AxumResponse {
-    let Some(main) = gw.parties.get("main").cloned() else {
+    let Some(main) = gw.parties.get("main") else {
         return text(StatusCode::NOT_FOUND, client_text::NOT_FOUND);
     };
     let req = match read_request(&gw, req).await {

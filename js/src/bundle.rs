@@ -61,6 +61,7 @@ pub struct BuildOptions {
 }
 
 /// A party's server code as one ES module.
+#[derive(Clone)]
 pub struct ServerBundle {
     /// The module's source.
     pub code: String,
@@ -90,6 +91,34 @@ impl SourceLookup {
             return None;
         }
         Some((self.sources.get(t.2 as usize)?.as_str(), t.3 + 1, t.4 + 1))
+    }
+}
+
+impl ServerBundle {
+    /// Writes the code and its source map (not the list of input files: they mean nothing
+    /// elsewhere), as an artifact keeps them.
+    pub(crate) fn encode_into(&self, w: &mut Writer) {
+        w.str(&self.code);
+        w.u32(self.map.sources.len() as u32);
+        for s in &self.map.sources {
+            w.str(s);
+        }
+        w.u32(self.map.tokens.len() as u32);
+        for t in &self.map.tokens {
+            for v in [t.0, t.1, t.2, t.3, t.4] {
+                w.u32(v);
+            }
+        }
+    }
+
+    /// Reads what [`ServerBundle::encode_into`] wrote.
+    pub(crate) fn decode_from(r: &mut Reader<'_>) -> Option<ServerBundle> {
+        let code = r.str()?.to_string();
+        let sources = (0..r.u32()?).map(|_| r.str().map(String::from)).collect::<Option<Vec<_>>>()?;
+        let tokens = (0..r.u32()?)
+            .map(|_| Some((r.u32()?, r.u32()?, r.u32()?, r.u32()?, r.u32()?)))
+            .collect::<Option<Vec<_>>>()?;
+        Some(ServerBundle { code, map: Arc::new(SourceLookup { sources, tokens }), files: Vec::new() })
     }
 }
 

@@ -86,6 +86,7 @@
 //! URL, TextEncoder, crypto, timers, fetch) whose exact behaviour we want to control (outbound
 //! `fetch` allow-list and time limit, `console` into `tracing`).
 
+pub mod artifact;
 mod bridge;
 pub mod bundle;
 pub mod cache;

@@ -151,21 +151,19 @@ fn clone_request(req: &Request) -> Request {
     out
 }
 
-/// `room.env` / `lobby.env`: the process's variables, where a variable is still the project's
-/// own `vars` value it keeps its JSON type (a number stays a number), as on PartyKit.
+/// `room.env` / `lobby.env`: the project's `vars` with their JSON types, then the process's
+/// variables over them (a process variable that still equals the project's value keeps the
+/// JSON type: a number stays a number), as on PartyKit.
 fn env_json(env: &partyline::Env, typed: &serde_json::Map<String, serde_json::Value>) -> serde_json::Value {
-    serde_json::Value::Object(
-        env.vars()
-            .iter()
-            .map(|(k, v)| {
-                let value = match typed.get(k) {
-                    Some(t) if t.as_str().map_or_else(|| t.to_string().as_str() == v.as_str(), |s| s == v) => t.clone(),
-                    _ => serde_json::Value::String(v.clone()),
-                };
-                (k.clone(), value)
-            })
-            .collect(),
-    )
+    let mut out = typed.clone();
+    for (k, v) in env.vars() {
+        let value = match typed.get(k) {
+            Some(t) if t.as_str().map_or_else(|| t.to_string().as_str() == v.as_str(), |s| s == v) => t.clone(),
+            _ => serde_json::Value::String(v.clone()),
+        };
+        out.insert(k.clone(), value);
+    }
+    serde_json::Value::Object(out)
 }
 
 /// Calls to other rooms are not available where no runtime provides them (loading a party to

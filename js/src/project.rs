@@ -12,7 +12,7 @@ use partyline::sync::Lock;
 use partyline::{Limits, PartyRegistry};
 use serde::Deserialize;
 
-use crate::bundle::{self, BuildOptions, ClientOptions};
+use crate::bundle::{self, BuildOptions, ClientOptions, ServerBundle};
 use crate::cache::BuildCache;
 use crate::modules::Modules;
 use crate::party::{load_party, FromProject, JsSettings};
@@ -446,6 +446,8 @@ pub struct Project {
     registry: PartyRegistry,
     modules: Arc<Modules>,
     files: Vec<PathBuf>,
+    /// Each party's bundle, for [`Project::artifact`].
+    bundles: Vec<(String, ServerBundle)>,
 }
 
 impl Project {
@@ -483,6 +485,7 @@ impl Project {
         let build = config.defines(host, false);
         let banner = config.env_banner();
         let mut registry = PartyRegistry::new();
+        let mut bundles = Vec::new();
         for (name, entry) in &config.parties {
             let bundle = bundle::server_cached(cache.as_ref(), &config.root, entry, &build, &banner)
                 .await
@@ -499,12 +502,13 @@ impl Project {
                 .await
                 .map_err(|e| anyhow!("{e:#}"))?;
             registry = registry.with_factory(name, Arc::new(factory));
+            bundles.push((name.clone(), bundle));
         }
         files.sort();
         files.dedup();
         tracing::debug!(ms = started.elapsed().as_millis() as u64, "project loaded");
         crate::statics::bump_build();
-        Ok(Project { config, registry, modules, files })
+        Ok(Project { config, registry, modules, files, bundles })
     }
 
     /// The project's parties, added to `rust` (parties written in Rust served beside them); a
@@ -512,13 +516,19 @@ impl Project {
     pub fn registry(&self, rust: PartyRegistry) -> anyhow::Result<PartyRegistry> {
         let mut out = rust;
         for name in self.registry.names() {
-            if out.get(name).is_some() {
+            if out.get(&name).is_some() {
                 bail!("party {name:?} is defined by the project and registered in Rust");
             }
-            let factory = self.registry.get(name).expect("listed").clone();
-            out = out.with_factory(name, factory);
+            let factory = self.registry.get(&name).expect("listed");
+            out = out.with_factory(&name, factory);
         }
         Ok(out)
+    }
+
+    /// The project as one file to deploy ([`crate::artifact`]): load it with
+    /// [`JsSettings::default`] (no dev server) for that.
+    pub fn artifact(&self) -> anyhow::Result<Vec<u8>> {
+        crate::artifact::build(self, &self.bundles)
     }
 
     /// Every file the project was built from (config, `.env`, modules, client code,

@@ -25,6 +25,9 @@ pub struct StaticAssets {
     pub single_page_app: bool,
     /// Built files by path relative to `root` (`dist/client.js`).
     built: Arc<BTreeMap<String, Bytes>>,
+    /// Whether files not in `built` are read from `root` (not for a deployed artifact, which
+    /// holds every file).
+    disk: bool,
 }
 
 fn content_type(path: &Path) -> Option<&'static str> {
@@ -62,7 +65,13 @@ fn is_room_path(path: &str) -> bool {
 impl StaticAssets {
     /// The files under `root`.
     pub fn new(root: PathBuf, single_page_app: bool) -> Self {
-        StaticAssets { root, single_page_app, built: Arc::default() }
+        StaticAssets { root, single_page_app, built: Arc::default(), disk: true }
+    }
+
+    /// Every file from memory, by path (`index.html`, `dist/client.js`): a deployed
+    /// artifact's.
+    pub fn in_memory(files: BTreeMap<String, Bytes>, single_page_app: bool) -> Self {
+        StaticAssets { root: PathBuf::new(), single_page_app, built: Arc::new(files), disk: false }
     }
 
     /// Serves `files` (by path relative to `outdir`) from memory; files outside `root` cannot be
@@ -101,6 +110,9 @@ impl StaticAssets {
         let ty = content_type(Path::new(rel)).unwrap_or("application/octet-stream");
         if let Some(bytes) = self.built.get(rel) {
             return Some((bytes.clone(), ty));
+        }
+        if !self.disk {
+            return None;
         }
         let path = self.root.join(rel);
         if !tokio::fs::metadata(&path).await.ok()?.is_file() {

@@ -111,7 +111,11 @@ impl Crons {
     /// whose expression does not parse is logged and left out. `None` when there is no `main`
     /// party or it has no (valid) schedule: nothing to run.
     pub fn new(registry: &PartyRegistry, env: Env, parties: Parties, claims: Arc<dyn CronClaims>) -> Option<Crons> {
-        let factory = registry.get("main")?.clone();
+        Self::of(registry.get("main")?, env, parties, claims)
+    }
+
+    /// The scheduler of the crons of `factory` (the `main` party).
+    fn of(factory: Arc<dyn PartyFactory>, env: Env, parties: Parties, claims: Arc<dyn CronClaims>) -> Option<Crons> {
         let mut schedules = Vec::new();
         for cron in factory.crons() {
             match Schedule::parse(&cron.definition) {
@@ -130,6 +134,54 @@ impl Crons {
     pub fn with_metrics(mut self, metrics: Arc<NodeMetrics>) -> Self {
         self.metrics = Some(metrics);
         self
+    }
+
+    /// Runs the crons of whatever `main` party `registry` has, until `stop` is cancelled: when
+    /// the party changes (a deployed version replaced it, [`partyline::LiveParties`]) the
+    /// scheduler starts over with the new one's schedules.
+    pub async fn supervise(
+        registry: PartyRegistry,
+        env: Env,
+        parties: Parties,
+        claims: Arc<dyn CronClaims>,
+        metrics: Arc<NodeMetrics>,
+        stop: CancellationToken,
+    ) {
+        fn same(a: &Arc<dyn PartyFactory>, b: &Arc<dyn PartyFactory>) -> bool {
+            std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
+        }
+        /// The `main` party the scheduler runs for, its stop, and the scheduler (when it has crons).
+        type Running = (Arc<dyn PartyFactory>, CancellationToken, Option<tokio::task::JoinHandle<()>>);
+        let mut running: Option<Running> = None;
+        loop {
+            let main = registry.get("main");
+            let changed = match (&main, &running) {
+                (Some(m), Some((r, _, _))) => !same(m, r),
+                (None, None) => false,
+                _ => true,
+            };
+            if changed {
+                if let Some((_, token, task)) = running.take() {
+                    token.cancel();
+                    if let Some(task) = task {
+                        let _ = task.await;
+                    }
+                }
+                if let Some(main) = main {
+                    let token = stop.child_token();
+                    let task = Self::of(main.clone(), env.clone(), parties.clone(), claims.clone())
+                        .map(|c| tokio::spawn(c.with_metrics(metrics.clone()).run(token.clone())));
+                    running = Some((main, token, task));
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        if let Some((_, _, Some(task))) = running {
+            let _ = task.await;
+        }
     }
 
     /// The names of the schedules it runs.
@@ -348,6 +400,36 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}: {:?}", fired.locked());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// A deployed version's `main` replaces the one the scheduler ran: its crons run from then
+    /// on, the old party's no more.
+    #[tokio::test]
+    async fn a_deployed_main_party_brings_its_crons() {
+        let fired = Fired::default();
+        let live = partyline::LiveParties::new();
+        let registry = PartyRegistry::new().with_live(live.clone());
+        let stop = CancellationToken::new();
+        let metrics = Arc::new(NodeMetrics::default());
+        let env = Env::new(BTreeMap::new());
+        let task = tokio::spawn(Crons::supervise(
+            registry.clone(),
+            env,
+            parties(&registry),
+            Arc::new(LocalClaims),
+            metrics,
+            stop.clone(),
+        ));
+        live.replace(&self::registry("v1", &[("first", "* * * * * *")], &fired));
+        wait_for(&fired, "a firing of v1", |f| f.iter().any(|(n, _)| *n == "v1")).await;
+        live.replace(&self::registry("v2", &[("second", "* * * * * *")], &fired));
+        wait_for(&fired, "a firing of v2", |f| f.iter().any(|(n, _)| *n == "v2")).await;
+        let switched = fired.locked().len();
+        wait_for(&fired, "two more firings", |f| f.len() >= switched + 2).await;
+        let after: Vec<(&str, String)> = fired.locked()[switched..].iter().map(|(n, e)| (*n, e.name.clone())).collect();
+        assert!(after.iter().all(|(n, name)| *n == "v2" && name == "second"), "{after:?}");
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(30), task).await.expect("the supervisor stops").unwrap();
     }
 
     #[tokio::test]

@@ -136,6 +136,36 @@ impl RoomHost {
         }
     }
 
+    /// Moves the running rooms of the registry's live parties (a deployed project) to the
+    /// parties' current version, `per_second` rooms a second ([`RoomHandle::upgrade`]: rooms
+    /// that hibernate keep their sockets, others close them with 1012), until done or `stop`.
+    /// How many rooms were asked.
+    pub async fn upgrade_rooms(&self, per_second: u32, stop: &tokio_util::sync::CancellationToken) -> usize {
+        let Some(live) = self.inner.parties.live() else { return 0 };
+        let handles: Vec<RoomHandle> = self
+            .inner
+            .rooms
+            .locked()
+            .iter()
+            .filter(|(key, e)| live.contains(&key.party) && !e.handle.is_closed())
+            .map(|(_, e)| e.handle.clone())
+            .collect();
+        let pause = std::time::Duration::from_secs(1) / per_second.max(1);
+        let mut asked = 0;
+        for handle in handles {
+            let Some(factory) = self.inner.parties.get(&handle.key().party) else { continue };
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                upgraded = handle.upgrade(factory) => asked += usize::from(upgraded),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+        asked
+    }
+
     /// How many rooms are running.
     pub fn room_count(&self) -> usize {
         self.inner.rooms.locked().len()

@@ -346,12 +346,41 @@ impl Started {
         // The `main` party's crons: every node tries each firing, the one whose claim in Redis
         // wins runs it. Like alarms they stop when a drain begins (the other nodes run them).
         let claims = partyline_cluster::redis::crons::CronClaims::of(&self.redis, node.me.id.clone());
-        if let Some(crons) =
-            crate::crons::Crons::new(&self.parties, node.cfg.env.clone(), node.host.client(), Arc::new(claims))
-        {
-            tasks.tracker.spawn(crons.with_metrics(self.metrics.clone()).run(tasks.stop_alarms.clone()));
-        }
+        tasks.tracker.spawn(crate::crons::Crons::supervise(
+            self.parties.clone(),
+            node.cfg.env.clone(),
+            node.host.client(),
+            Arc::new(claims),
+            self.metrics.clone(),
+            tasks.stop_alarms.clone(),
+        ));
         tasks.tracker.spawn(node.clone().rebalance(tasks.stop.clone()));
+        // A deployed version that asks for it (`partyline deploy --restart-rooms`): the running
+        // rooms of its parties move to it now, a bounded number a second.
+        if let Some(live) = self.parties.live() {
+            let mut changes = live.changes();
+            let host = node.host.clone();
+            let stop = tasks.stop.clone();
+            tasks.tracker.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        changed = changes.changed() => if changed.is_err() { return },
+                    }
+                    let change = *changes.borrow_and_update();
+                    if let Some(per_second) = change.restart_per_second {
+                        let started = std::time::Instant::now();
+                        let asked = host.upgrade_rooms(per_second, &stop).await;
+                        tracing::info!(
+                            generation = change.generation,
+                            rooms = asked,
+                            ms = started.elapsed().as_millis() as u64,
+                            "running rooms moved to the new version of their party"
+                        );
+                    }
+                }
+            });
+        }
     }
 
     /// Starts the gRPC server on `listener` (the node service behind the secret check, and the

@@ -185,13 +185,7 @@ async fn dev_reloads_the_project_when_a_file_changes() {
     let dir = project(&[("partykit.json", CONFIG), ("server.ts", v1)]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let args = partyline_server::project::ProjectArgs {
-        config: None,
-        js_memory_mb: 64,
-        fetch_allow: vec!["*".into()],
-        fetch_timeout: Duration::from_secs(5),
-        fetch_ca: Vec::new(),
-    };
+    let args = dev_args();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(partyline_server::project::run_dev(
         dir.path().join("partykit.json"),
@@ -240,7 +234,7 @@ fn dev_args() -> partyline_server::project::ProjectArgs {
         js_memory_mb: 64,
         fetch_allow: vec!["*".into()],
         fetch_timeout: Duration::from_secs(5),
-        fetch_ca: Vec::new(),
+        ..Default::default()
     }
 }
 

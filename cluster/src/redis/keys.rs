@@ -20,6 +20,13 @@
 //! | `pl:node:<id>` | STRING | JSON [`NodeInfo`](super::NodeInfo) of a live node, `PX` = membership TTL |
 //! | `pl:members` | SET | ids of nodes that have heartbeated (pruned when their node key has expired) |
 //! | `pl:cron:<scheduled ms>:<name>` | STRING | a cron firing's claim: the id of the node that runs it, `PX` = [`super::crons::CLAIM_TTL`] (see [`super::crons`]) |
+//! | `pl:deploy:seq` | STRING | the last version number handed out by `partyline deploy` (see [`super::deploys`]) |
+//! | `pl:deploy:versions` | HASH | version number → JSON [`VersionRecord`](super::deploys::VersionRecord) |
+//! | `pl:deploy:artifact:<version>:<chunk>` | STRING | the artifact of a version, in chunks of [`super::deploys::CHUNK_BYTES`] |
+//! | `pl:deploy:current` | STRING | the version the cluster serves |
+//! | `pl:deploy:restart` | STRING | `<version> <rooms per second>`: processes loading that version move running rooms to it now |
+//! | `pl:deploy:served` | HASH | process name → JSON [`Served`](super::deploys::Served): the version it serves |
+//! | `pl:deploy:check` | STRING | a value derived from the cluster secret, published by nodes so `partyline deploy` can tell a wrong secret |
 //! | `pl:alarms` | ZSET | obsolete: the single alarm index of earlier versions; its entries are moved to the shards' indexes (see [`super::alarms`]) |
 //!
 //! On a Redis Cluster the two membership keys carry the hash tag `{m}` (`pl:{m}:node:<id>`,
@@ -140,6 +147,16 @@ impl Keys {
     /// in any slot: its commands touch it alone.
     pub fn cron(&self, name: &str, scheduled_ms: i64) -> String {
         format!("{}:cron:{scheduled_ms}:{name}", self.prefix)
+    }
+
+    /// A key of deployed versions: `pl:deploy:<part>` (see [`super::deploys`]).
+    pub fn deploy(&self, part: &str) -> String {
+        format!("{}:deploy:{part}", self.prefix)
+    }
+
+    /// One chunk of a deployed artifact: `pl:deploy:artifact:<version>:<chunk>`.
+    pub fn deploy_chunk(&self, version: u64, chunk: u32) -> String {
+        format!("{}:deploy:artifact:{version}:{chunk}", self.prefix)
     }
 
     /// The start of the membership keys: `pl:` or, on a cluster, `pl:{m}:`.

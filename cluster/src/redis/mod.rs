@@ -19,6 +19,7 @@
 pub mod alarms;
 pub mod conn;
 pub mod crons;
+pub mod deploys;
 pub mod keys;
 pub mod lease;
 pub mod marker;

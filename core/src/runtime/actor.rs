@@ -167,6 +167,7 @@ impl Actor {
             RoomCmd::Flush { .. } => "flush",
             RoomCmd::Move { .. } => "move",
             RoomCmd::Evict => "evict",
+            RoomCmd::Upgrade { .. } => "upgrade",
         };
         let span = match &cmd {
             RoomCmd::Request { span: parent, .. } if parent.id().is_some() => {
@@ -314,6 +315,7 @@ impl Actor {
                 self.shared().emit(Outbound::Response(reply, Box::new(Response::new(Bytes::new()))));
                 None
             }
+            RoomCmd::Upgrade { factory } => self.upgrade(factory),
             RoomCmd::Evict => {
                 let attached = self.room.connection_count() > 0 || !self.links.is_empty();
                 let busy = self.moving.is_some() || self.gathering.is_some();
@@ -333,6 +335,30 @@ impl Actor {
         } else {
             self.limits.room_idle
         }
+    }
+
+    /// See [`RoomHandle::upgrade`]; `Some` when the room must stop.
+    fn upgrade(&mut self, factory: Arc<dyn PartyFactory>) -> Option<RoomExit> {
+        if std::ptr::addr_eq(Arc::as_ptr(&factory), Arc::as_ptr(&self.factory)) {
+            return None;
+        }
+        let has_conns = self.room.connection_count() > 0 || !self.links.is_empty();
+        let busy = self.party.as_ref().and_then(|p| p.wakeup()).is_some_and(|w| w.busy)
+            || self.moving.is_some()
+            || self.gathering.is_some();
+        let hibernates = factory.options().hibernate;
+        if has_conns && !(self.hibernate && hibernates && !busy) {
+            tracing::info!("room restarting for a new version of its party");
+            self.shutdown(close_code::SERVICE_RESTART, client_text::ROOM_RESTARTED_FOR_DEPLOY);
+            return Some(RoomExit::Shutdown);
+        }
+        tracing::debug!(connected = has_conns, "room moves to a new version of its party");
+        self.factory = factory;
+        self.hibernate = hibernates;
+        if self.party.take().is_some() {
+            self.storage().clear_cache();
+        }
+        None
     }
 
     /// The room has been idle: hibernate, or stop when nothing is attached. True to stop.
@@ -428,7 +454,7 @@ impl Actor {
                     self.fire_alarm(as_of).await;
                 }
             }
-            RoomCmd::Move { .. } | RoomCmd::Flush { .. } | RoomCmd::Evict => {
+            RoomCmd::Move { .. } | RoomCmd::Flush { .. } | RoomCmd::Evict | RoomCmd::Upgrade { .. } => {
                 unreachable!("handled by dispatch")
             }
         }

@@ -76,6 +76,10 @@ pub(super) enum RoomCmd {
     },
     /// The host needs room for another room: leave now if nobody is connected.
     Evict,
+    /// Run on `factory` from now on (a deployed version replaced the party).
+    Upgrade {
+        factory: Arc<dyn crate::party::PartyFactory>,
+    },
 }
 
 impl RoomCmd {
@@ -242,6 +246,17 @@ impl RoomHandle {
             Ok(Answer::NotRun) => Err(RoomGone(self.key.clone()).into()),
             Err(_) => Err(RequestError::Interrupted(self.key.clone())),
         }
+    }
+
+    /// Asks the room to run on `factory` (the party's new version) from now on, after what is
+    /// queued before. A room whose old and new party both hibernate and that is not busy drops
+    /// its instance, as when it hibernates: its sockets stay, and the next event starts the new
+    /// code (constructor and `onStart`). Any other room with sockets stops with 1012
+    /// ([`client_text::ROOM_RESTARTED_FOR_DEPLOY`](crate::client_text::ROOM_RESTARTED_FOR_DEPLOY)):
+    /// clients reconnect to a new instance. Waits until the room has its command queued; false
+    /// when the room is gone.
+    pub async fn upgrade(&self, factory: Arc<dyn crate::party::PartyFactory>) -> bool {
+        self.tx.send(RoomCmd::Upgrade { factory }).await.is_ok()
     }
 
     /// Asks the room to leave now if nobody is connected and nothing else holds it (the host is
