@@ -434,6 +434,8 @@ pub async fn serve_deploys(server: DeployServer) {
                     }
                 }
             }
+            // Back on the version it serves (a rollback after a refused one): nothing failed.
+            Ok(Some(v)) if Some(v) == served.version => served.failed = None,
             Ok(_) => {}
             Err(e) => tracing::debug!(error = %e, "deploys: reading the current version failed"),
         }

@@ -367,6 +367,20 @@ async fn a_project_is_deployed_replaced_and_rolled_back_under_load() {
     assert!(metrics.contains("partyline_gateway_deploy_load_failures_total 1\n"), "{metrics}");
     let (ok, status) = partyline(&c, &["status"], SECRET).await;
     assert!(ok && status.contains("version 99 failed to load"), "{status}");
+
+    // Pointing the cluster back at version 1 clears the refusal everywhere.
+    let (ok, text) = partyline(&c, &["deploy", "--rollback", "1"], SECRET).await;
+    assert!(ok && text.contains("Serving version 1 again (was 99)"), "{text}");
+    within(60, "every process to report version 1 and no refusal", async {
+        loop {
+            let served = deploys.served(now_ms(), 60_000).await.unwrap();
+            if served.len() == 4 && served.values().all(|s| s.version == Some(1) && s.failed.is_none()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
 }
 
 /// An image with the artifact baked in: nodes and gateways given `PARTYLINE_ARTIFACT` serve it
