@@ -133,7 +133,7 @@ pub struct DeployOptions {
 }
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    partyline::storage::now_ms().max(0) as u64
 }
 
 fn who() -> String {

@@ -196,10 +196,7 @@ pub(crate) fn build(project: &crate::Project, bundles: &[(String, ServerBundle)]
         name: config.name.clone(),
         version: package_version(&config.root),
         hash: content_hash(&bytes),
-        built_at_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0),
+        built_at_ms: partyline::storage::now_ms().max(0) as u64,
         built_by: env!("CARGO_PKG_VERSION").to_string(),
         parties: payload.parties.iter().map(|(n, _)| n.clone()).collect(),
         vars: payload.typed_vars.keys().cloned().collect(),

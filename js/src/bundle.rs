@@ -98,28 +98,41 @@ impl ServerBundle {
     /// Writes the code and its source map (not the list of input files: they mean nothing
     /// elsewhere), as an artifact keeps them.
     pub(crate) fn encode_into(&self, w: &mut Writer) {
-        w.str(&self.code);
-        w.u32(self.map.sources.len() as u32);
-        for s in &self.map.sources {
-            w.str(s);
-        }
-        w.u32(self.map.tokens.len() as u32);
-        for t in &self.map.tokens {
-            for v in [t.0, t.1, t.2, t.3, t.4] {
-                w.u32(v);
-            }
-        }
+        write_code(w, &self.code, &self.map.sources, &self.map.tokens);
     }
 
     /// Reads what [`ServerBundle::encode_into`] wrote.
     pub(crate) fn decode_from(r: &mut Reader<'_>) -> Option<ServerBundle> {
-        let code = r.str()?.to_string();
-        let sources = (0..r.u32()?).map(|_| r.str().map(String::from)).collect::<Option<Vec<_>>>()?;
-        let tokens = (0..r.u32()?)
-            .map(|_| Some((r.u32()?, r.u32()?, r.u32()?, r.u32()?, r.u32()?)))
-            .collect::<Option<Vec<_>>>()?;
+        let (code, sources, tokens) = read_code(r)?;
         Some(ServerBundle { code, map: Arc::new(SourceLookup { sources, tokens }), files: Vec::new() })
     }
+}
+
+/// A source map's tokens (see [`SourceLookup`]).
+type Tokens = Vec<(u32, u32, u32, u32, u32)>;
+
+/// Writes a bundle's code and source map: the part the build cache and artifacts share.
+fn write_code(w: &mut Writer, code: &str, sources: &[String], tokens: &[(u32, u32, u32, u32, u32)]) {
+    w.str(code);
+    w.u32(sources.len() as u32);
+    for s in sources {
+        w.str(s);
+    }
+    w.u32(tokens.len() as u32);
+    for t in tokens {
+        for v in [t.0, t.1, t.2, t.3, t.4] {
+            w.u32(v);
+        }
+    }
+}
+
+/// Reads what [`write_code`] wrote.
+fn read_code(r: &mut Reader<'_>) -> Option<(String, Vec<String>, Tokens)> {
+    let code = r.str()?.to_string();
+    let sources = (0..r.u32()?).map(|_| r.str().map(String::from)).collect::<Option<Vec<_>>>()?;
+    let tokens =
+        (0..r.u32()?).map(|_| Some((r.u32()?, r.u32()?, r.u32()?, r.u32()?, r.u32()?))).collect::<Option<_>>()?;
+    Some((code, sources, tokens))
 }
 
 /// Source maps of the bundles compiled in this process, by module name.
@@ -440,17 +453,7 @@ impl RawServer {
 
     fn encode(&self) -> Vec<u8> {
         let mut w = Writer::default();
-        w.str(&self.code);
-        w.u32(self.sources.len() as u32);
-        for s in &self.sources {
-            w.str(s);
-        }
-        w.u32(self.tokens.len() as u32);
-        for t in &self.tokens {
-            for v in [t.0, t.1, t.2, t.3, t.4] {
-                w.u32(v);
-            }
-        }
+        write_code(&mut w, &self.code, &self.sources, &self.tokens);
         w.u32(self.files.len() as u32);
         for f in &self.files {
             w.path(f);
@@ -460,11 +463,7 @@ impl RawServer {
 
     fn decode(data: &[u8]) -> Option<RawServer> {
         let mut r = Reader(data);
-        let code = r.str()?.to_string();
-        let sources = (0..r.u32()?).map(|_| r.str().map(String::from)).collect::<Option<Vec<_>>>()?;
-        let tokens = (0..r.u32()?)
-            .map(|_| Some((r.u32()?, r.u32()?, r.u32()?, r.u32()?, r.u32()?)))
-            .collect::<Option<Vec<_>>>()?;
+        let (code, sources, tokens) = read_code(&mut r)?;
         let files = (0..r.u32()?).map(|_| r.path()).collect::<Option<Vec<_>>>()?;
         r.done().then_some(RawServer { code, sources, tokens, files })
     }
