@@ -9,8 +9,22 @@
 #   scripts/bench.sh                 the full run (~12 min on 2 cores): 3 runs of each scenario,
 #                                    one 19,000-connection idle run per server with a 60 s hold
 #   scripts/bench.sh --quick         a ~2 min sanity run: 1 run, short durations, 2,000 idle
+#   scripts/bench.sh --echo          only the echo comparison below (~4 min, plus one build of
+#                                    the previous release the first time)
 #   options: --runs N  --idle-runs N  --only "dev cluster-1gw"  --out DIR  --no-build
 #            --summarize DIR   only rebuild DIR/results.{md,json} from the runs already in DIR
+#            --no-echo         skip the echo comparison
+#            --previous REF    the previous release to compare with: a git ref (built once into
+#                              target/bench/previous/<commit>) or a partyline binary [default:
+#                              the newest v* tag below HEAD, else the commit in scripts/bench-previous]
+#
+# The echo comparison (issue 19): the echo party, 50 clients, one message in flight each, the
+# server processes pinned to core 0 and the load tester to core 1, against
+#   partykit          the real PartyKit dev server (npm partykit, bench/partykit) serving the same
+#                     echo party in TypeScript (bench/partykit/echo)
+#   dev, cluster      this checkout: partyline dev; Redis + one node + one gateway
+#   previous-dev, previous-cluster   the same with the previous release's binary
+# with the goals: dev >= 3x partykit, cluster >= 2x partykit, and each against the previous release.
 #
 # Everything runs on 127.0.0.1, on ports this script picks (21000-31999), and is stopped when
 # it ends (also on Ctrl-C). Results: DIR/results.json, DIR/results.md, one JSON per tester run
@@ -27,6 +41,9 @@ ONLY="baseline dev cluster-1gw cluster-2gw"
 OUT=""
 BUILD=1
 SUMMARIZE=0
+ECHO=1
+ECHO_ONLY=0
+PREVIOUS="${PARTYLINE_BENCH_PREVIOUS:-}"
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
@@ -36,7 +53,10 @@ while [ $# -gt 0 ]; do
     --out) OUT="$2"; shift ;;
     --no-build) BUILD=0 ;;
     --summarize) SUMMARIZE=1; OUT="$2"; BUILD=0; shift ;;
-    -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --echo) ECHO_ONLY=1 ;;
+    --no-echo) ECHO=0 ;;
+    --previous) PREVIOUS="$2"; shift ;;
+    -h | --help) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench.sh: unknown argument: $1 (try --help)" >&2; exit 2 ;;
   esac
   shift
@@ -194,14 +214,16 @@ scrape() { # scrape FILE: every gateway's broadcast counters
   done
 }
 
-# tester NAME SCENARIO RUN [ARGS...]: one run of the load tester, its JSON in runs/.
+# tester NAME SCENARIO RUN [ARGS...]: one run of the load tester, its JSON in runs/ (pinned to
+# a core when TESTER_PIN holds a taskset command).
 FAILED=0
+TESTER_PIN=()
 tester() {
   local target="$1" scen="$2" run="$3"; shift 3
   local json="$OUT/runs/$target.$scen.$run.json" u urlargs=() pidargs=() p
   for u in "${URLS[@]}"; do urlargs+=(--url "$u"); done
   for p in "${PIDS[@]}"; do pidargs+=(--server-pid "$p"); done
-  if ! "$TESTER" "$@" "${urlargs[@]}" "${pidargs[@]}" --quiet --label "$target" --json "$json" \
+  if ! "${TESTER_PIN[@]}" "$TESTER" "$@" "${urlargs[@]}" "${pidargs[@]}" --quiet --label "$target" --json "$json" \
     >"$OUT/runs/$target.$scen.$run.txt" 2>&1; then
     FAILED=$((FAILED + 1))
     log "  $scen run $run FAILED: $(tail -n 1 "$OUT/runs/$target.$scen.$run.txt")"
@@ -212,7 +234,7 @@ import json, sys
 r = json.load(open(sys.argv[1])); s = sys.argv[2]; edge = r["servers"][:int(sys.argv[3])]
 m, h, c, i = r.get("messages") or {}, r.get("http") or {}, r.get("churn") or {}, r.get("idle") or {}
 err = sum(r["errors"].values())
-if s.startswith("fanout") or s == "echo":
+if s.startswith("fanout") or s.startswith("echo"):
     print(f"{m['sent_per_s']:.0f} msg/s, {m['delivered_per_s']:.0f} deliveries/s, p99 {m['latency_ms']['p99']:.2f} ms, lost {m['lost']}, errors {err}")
 elif s == "http":
     print(f"{h['per_s']:.0f} responses/s, p99 {h['latency_ms']['p99']:.2f} ms, errors {err}")
@@ -232,7 +254,7 @@ RATE10=""
 
 # Runs are interleaved (run 1 of every server, then run 2, ...) so that a passing disturbance
 # (another process on the machine) spreads over the servers instead of hitting one of them.
-[ "$SUMMARIZE" = 1 ] && RUNS_TO_DO=0 || RUNS_TO_DO="$RUNS"
+[ "$SUMMARIZE" = 1 ] || [ "$ECHO_ONLY" = 1 ] && RUNS_TO_DO=0 || RUNS_TO_DO="$RUNS"
 for run in $(seq 1 "$RUNS_TO_DO"); do
   for target in $ONLY; do
     log "== $target, run $run of $RUNS (load average: $(cut -d' ' -f1-3 /proc/loadavg))"
@@ -268,8 +290,8 @@ EOF2
   done
 done
 
-log "summary"
-python3 - "$OUT" "$ONLY" "$QUICK" "$RUNS" "$IDLE_CLIENTS" "$IDLE_HOLD" <<'EOF'
+[ "$ECHO_ONLY" = 1 ] || log "summary"
+[ "$ECHO_ONLY" = 1 ] || python3 - "$OUT" "$ONLY" "$QUICK" "$RUNS" "$IDLE_CLIENTS" "$IDLE_HOLD" <<'EOF'
 import glob, json, os, statistics, sys
 
 out, only, quick, runs, idle_clients, idle_hold = sys.argv[1], sys.argv[2].split(), sys.argv[3] == "1", sys.argv[4], sys.argv[5], sys.argv[6]
@@ -471,5 +493,158 @@ md = "\n".join(lines) + "\n"
 open(f"{out}/results.md", "w").write(md)
 print(md)
 EOF
-log "results: $OUT/results.md and $OUT/results.json (per-run JSON in $OUT/runs/)"
+# ---- the echo comparison: PartyKit, this checkout and the previous release, pinned
+
+SERVER_CORE="${SERVER_CORE:-0}"
+TESTER_CORE="${TESTER_CORE:-1}"
+PARTYKIT="$ROOT/bench/partykit/node_modules/.bin/partykit"
+
+# The previous release: a binary, or a git ref built once into target/bench/previous/<commit>
+# (from `git archive`, with its own scripts/cluster.sh, since its flags may differ).
+PREV_BIN=""; PREV_CLUSTER=""
+previous_ref() {
+  [ -n "$PREVIOUS" ] && { printf '%s\n' "$PREVIOUS"; return; }
+  local tag
+  tag="$(git tag -l 'v*' --sort=-v:refname --merged HEAD 2>/dev/null | while read -r t; do
+    [ "$(git rev-parse "$t^{commit}")" != "$(git rev-parse HEAD)" ] && { echo "$t"; break; }
+  done)"
+  [ -n "$tag" ] && { printf '%s\n' "$tag"; return; }
+  sed -n 's/^\([0-9a-f]\{7,40\}\).*/\1/p' "$ROOT/scripts/bench-previous" | head -n 1
+}
+build_previous() {
+  local ref sha dir
+  ref="$(previous_ref)"
+  [ -n "$ref" ] || { log "no previous release named (--previous, a v* tag or scripts/bench-previous)"; return 1; }
+  if [ -f "$ref" ] && [ -x "$ref" ]; then
+    PREV_BIN="$(cd "$(dirname "$ref")" && pwd)/$(basename "$ref")"; PREV_CLUSTER="$ROOT/scripts/cluster.sh"
+    log "previous release: the binary $PREV_BIN"
+    return 0
+  fi
+  sha="$(git rev-parse --verify --quiet "$ref^{commit}")" || { log "previous release: $ref is not a commit here"; return 1; }
+  dir="$ROOT/target/bench/previous/$sha"
+  if [ ! -x "$dir/target/release/partyline" ]; then
+    log "building the previous release ($ref, ${sha:0:10}) into $dir: once, several minutes"
+    rm -rf "$dir/src"; mkdir -p "$dir/src"
+    git archive "$sha" | tar -x -C "$dir/src"
+    if ! (cd "$dir/src" && cargo build --release --bin partyline --target-dir "$dir/target") \
+      >"$OUT/logs/previous-build.log" 2>&1; then
+      tail -n 20 "$OUT/logs/previous-build.log" >&2
+      log "previous release: the build failed (log: $OUT/logs/previous-build.log)"
+      return 1
+    fi
+  fi
+  PREV_BIN="$dir/target/release/partyline"; PREV_CLUSTER="$dir/src/scripts/cluster.sh"
+  log "previous release: $ref (${sha:0:10})"
+}
+
+# start_echo_target NAME: like start_target, every server process pinned to $SERVER_CORE.
+start_echo_target() {
+  local name="$1" p np rp gp bin cluster_sh
+  URLS=(); PIDS=(); GATEWAY_PORTS=()
+  case "$name" in
+    partykit)
+      p="$(pick_port)"
+      (cd "$ROOT/bench/partykit/echo" && exec taskset -c "$SERVER_CORE" "$PARTYKIT" dev --port "$p") \
+        >"$OUT/logs/partykit.log" 2>&1 &
+      CHILD_PIDS+=($!)
+      local i
+      for i in $(seq 1 300); do
+        [ "$(curl -s -o /dev/null -m 1 -w '%{http_code}' "http://127.0.0.1:$p/parties/echo/up")" != 000 ] && break
+        sleep 0.1
+      done
+      # workerd does the work; node and esbuild only watch files. Count every process of the tree.
+      PIDS=($(pgrep -f "workerd" | head -n 1) $!)
+      URLS=("ws://127.0.0.1:$p")
+      ;;
+    dev | previous-dev)
+      bin="$BIN"; [ "$name" = previous-dev ] && bin="$PREV_BIN"
+      p="$(pick_port)"
+      taskset -c "$SERVER_CORE" "$bin" dev --ephemeral --host 127.0.0.1 --port "$p" >"$OUT/logs/$name.log" 2>&1 &
+      CHILD_PIDS+=($!); PIDS=($!)
+      wait_http "$p" $! "$name"
+      URLS=("ws://127.0.0.1:$p")
+      ;;
+    cluster | previous-cluster)
+      bin="$BIN"; cluster_sh="$ROOT/scripts/cluster.sh"
+      [ "$name" = previous-cluster ] && { bin="$PREV_BIN"; cluster_sh="$PREV_CLUSTER"; }
+      np="$(pick_port)"; rp="$(pick_port)"; gp="$(pick_port)"
+      CLUSTER_DIRS+=("$OUT/$name")
+      CLUSTER_DIR="$OUT/$name" CLUSTER_REDIS_PORT="$rp" CLUSTER_NODE_PORTS="$np" CLUSTER_GATEWAY_PORTS="$gp" \
+        PARTYLINE_BIN="$bin" PARTYLINE_LEASE_PROFILE=standard CLUSTER_NO_BUILD=1 \
+        taskset -c "$SERVER_CORE" "$cluster_sh" up >"$OUT/logs/$name-up.log" 2>&1 || {
+        cat "$OUT/logs/$name-up.log" >&2
+        log "could not start $name"
+        return 1
+      }
+      URLS=("ws://127.0.0.1:$gp")
+      PIDS=("$(cut -d' ' -f1 "$OUT/$name/pids/gateway-1.pid")" "$(cut -d' ' -f1 "$OUT/$name/pids/node-1.pid")"
+        "$(cut -d' ' -f1 "$OUT/$name/pids/redis.pid")")
+      ;;
+  esac
+  printf '%s\n' "${#URLS[@]}" >"$OUT/edge.$name"
+}
+
+if [ "$ECHO" = 1 ] && [ "$SUMMARIZE" = 0 ]; then
+  ECHO_TARGETS="partykit dev cluster previous-dev previous-cluster"
+  if [ ! -x "$PARTYKIT" ]; then
+    (cd "$ROOT/bench/partykit" && npm ci --no-audit --no-fund --loglevel=error) >"$OUT/logs/partykit-install.log" 2>&1 || true
+  fi
+  [ -x "$PARTYKIT" ] || { log "npm partykit is not installed (bench/partykit): no PartyKit column"; ECHO_TARGETS="${ECHO_TARGETS/partykit /}"; }
+  build_previous || ECHO_TARGETS="$(echo "$ECHO_TARGETS" | sed 's/previous-[a-z]*//g')"
+  [ "$(nproc)" -ge 2 ] || log "one core: the servers and the load tester share it (figures not comparable)"
+  ECHO_ARGS=(--clients 50 --rooms 1 --size "$SIZE" --window 1 --warmup "$WARMUP" --duration "$DURATION" --drain 5s)
+  for run in $(seq 1 "$RUNS"); do
+    for target in $ECHO_TARGETS; do
+      log "== echo comparison: $target, run $run of $RUNS (load average: $(cut -d' ' -f1-3 /proc/loadavg))"
+      if start_echo_target "$target"; then
+        sleep 1
+        TESTER_PIN=(taskset -c "$TESTER_CORE")
+        tester "$target" echo50 "$run" echo "${ECHO_ARGS[@]}"
+        TESTER_PIN=()
+      fi
+      stop_target
+    done
+  done
+  python3 - "$OUT" "$RUNS" <<'PY'
+import glob, json, os, statistics, sys
+out, runs = sys.argv[1], sys.argv[2]
+rows = {}
+for t in ["partykit", "dev", "cluster", "previous-dev", "previous-cluster"]:
+    rs = []
+    for f in sorted(glob.glob(f"{out}/runs/{t}.echo50.*.json")):
+        try:
+            rs.append(json.load(open(f)))
+        except Exception:
+            pass
+    if rs:
+        rt = [r["messages"]["delivered_per_s"] for r in rs]
+        p99 = [r["messages"]["latency_ms"]["p99"] for r in rs]
+        rows[t] = {"rt": rt, "median": statistics.median(rt), "p99": statistics.median(p99)}
+lines = [f"Echo comparison: the echo party, 50 clients, one message in flight each, servers on one core, "
+         f"the load tester on another; median of {runs} run(s).", "",
+         "| server | round trips/s (each run) | median | p99 (median) |", "|---|---|---|---|"]
+for t, r in rows.items():
+    lines.append(f"| {t} | {', '.join(f'{v:,.0f}' for v in r['rt'])} | **{r['median']:,.0f}** | {r['p99']:.2f} ms |")
+goals = []
+def goal(name, a, b, need):
+    if a in rows and b in rows and rows[b]["median"]:
+        v = rows[a]["median"] / rows[b]["median"]
+        goals.append({"goal": name, "ratio": v, "need": need, "met": None if need is None else v >= need})
+goal("dev / partykit", "dev", "partykit", 3.0)
+goal("cluster / partykit", "cluster", "partykit", 2.0)
+goal("dev / previous release", "dev", "previous-dev", 1.0)
+goal("cluster / previous release", "cluster", "previous-cluster", 1.0)
+lines += ["", "| ratio | measured | goal |", "|---|---|---|"]
+for g in goals:
+    verdict = "" if g["met"] is None else (" (met)" if g["met"] else " (**NOT met**)")
+    lines.append(f"| {g['goal']} | {g['ratio']:.2f}x | >= {g['need']:.1f}x{verdict} |")
+md = "\n".join(lines) + "\n"
+open(f"{out}/echo.md", "w").write(md)
+json.dump({"rows": rows, "goals": goals}, open(f"{out}/echo.json", "w"), indent=2)
+print(md)
+PY
+fi
+
+[ "$ECHO_ONLY" = 1 ] || log "results: $OUT/results.md and $OUT/results.json (per-run JSON in $OUT/runs/)"
+[ "$ECHO" = 0 ] || [ "$SUMMARIZE" = 1 ] || log "echo comparison: $OUT/echo.md and $OUT/echo.json"
 [ "$FAILED" = 0 ] || log "$FAILED tester run(s) failed: see $OUT/runs/*.txt"

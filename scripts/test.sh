@@ -98,6 +98,23 @@ else
   run "install iptables (apt-get)" apt_install iptables
 fi
 
+# deploy/verify.sh checks deploy/prometheus (the alert rules, their unit tests, the scrape
+# config) with promtool, which Debian ships in its prometheus package. The package's Prometheus
+# server is not wanted: where the install started it as a service, stop and disable it.
+install_promtool() {
+  apt_install prometheus || return
+  if [ -d /run/systemd/system ]; then
+    as_root systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  elif command -v service >/dev/null 2>&1 && service prometheus status >/dev/null 2>&1; then
+    as_root service prometheus stop >/dev/null 2>&1 || true
+  fi
+}
+if command -v promtool >/dev/null 2>&1; then
+  header "promtool: present ($(command -v promtool))"
+else
+  run "install promtool (apt-get prometheus)" install_promtool
+fi
+
 # compose v2, kubectl (kustomize), kubernetes-validate, hadolint, yamllint for deploy/verify.sh
 # and the compose test: pinned, in target/deploy-tools, installed once.
 run "deploy tools (deploy/verify.sh --install-only)" deploy/verify.sh --install-only

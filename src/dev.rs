@@ -208,13 +208,21 @@ impl RoomRouter for LocalRouter {
 
 struct LocalLink(LinkSender);
 
+fn route_send_error(e: SendError) -> RouteError {
+    match e {
+        SendError::Overloaded(_) => RouteError::Busy(OVERLOADED.into()),
+        e @ SendError::Gone(_) => RouteError::Unavailable(e.to_string()),
+    }
+}
+
 #[async_trait]
 impl RoomLink for LocalLink {
     async fn send(&self, msg: ToRoom) -> Result<(), RouteError> {
-        self.0.send(msg).await.map_err(|e| match e {
-            SendError::Overloaded(_) => RouteError::Busy(OVERLOADED.into()),
-            e @ SendError::Gone(_) => RouteError::Unavailable(e.to_string()),
-        })
+        self.0.send(msg).await.map_err(route_send_error)
+    }
+
+    fn try_send(&self, msg: ToRoom) -> Result<Result<(), RouteError>, ToRoom> {
+        self.0.try_send(msg).map(|sent| sent.map_err(route_send_error))
     }
 
     async fn close(&self) {

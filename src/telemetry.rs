@@ -7,7 +7,10 @@
 //! `grpc`; `OTEL_SERVICE_NAME` names the process (default `partyline-<subcommand>`);
 //! `OTEL_SDK_DISABLED=true` turns it off again. Spans cover each HTTP request and WebSocket at
 //! the gateway, each gRPC call at the node (a child of the gateway's span: the trace context
-//! travels in the call's metadata), each room and each event a room handles.
+//! travels in the call's metadata), each room and each event a room handles. Head sampling
+//! follows `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` (default: every trace); the spans
+//! on the per-frame paths (a socket, a room and its events, a gateway's link) are made only for
+//! sampled traces, and not at all when nothing is exported, so a frame pays nothing for tracing.
 
 use anyhow::Context;
 use opentelemetry::trace::TracerProvider as _;
@@ -77,6 +80,13 @@ pub fn init(format: LogFormat, default_service: &str) -> anyhow::Result<Telemetr
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("partyline")).with_filter(log_filter()));
     tracing_subscriber::registry().with(logs).with(traces).try_init().context("could not set up logging")?;
     if provider.is_some() {
+        // The per-frame paths (rooms, sockets, links) make their spans only for sampled traces;
+        // head sampling follows OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (the SDK reads them).
+        partyline::runtime::observe::set_sampling(|span| {
+            use opentelemetry::trace::TraceContextExt as _;
+            use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+            span.context().span().span_context().is_sampled()
+        });
         tracing::info!(
             endpoint = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT")),
             protocol = env("OTEL_EXPORTER_OTLP_PROTOCOL").unwrap_or_else(|| "http/protobuf".into()),

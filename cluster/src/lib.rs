@@ -14,8 +14,10 @@
 //! - [`tls`]: TLS between gateways and nodes (mutual, against a cluster CA).
 //! - [`secret`]: the cluster secret (from a file, length checked).
 //! - [`telemetry`]: trace context carried in gRPC metadata.
+//! - [`metrics`]: a histogram of plain atomics for the per-frame paths.
 
 pub mod client;
+pub mod metrics;
 pub mod redis;
 pub mod room_socket;
 pub mod secret;

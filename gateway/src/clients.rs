@@ -157,9 +157,13 @@ impl Bucket {
         Bucket { tokens: f64::from(burst), at: Instant::now() }
     }
 
-    /// Takes one token if there is one.
+    /// Takes one token if there is one. The refill is computed only when the bucket runs dry,
+    /// so a socket within its rate reads no clock per message; the bound is the same (at most
+    /// `burst + rate * t` tokens over any time `t`), since a refill is capped at the burst.
     pub fn take(&mut self, rate: u32, burst: u32) -> bool {
-        self.refill(rate, burst);
+        if self.tokens < 1.0 {
+            self.refill(rate, burst);
+        }
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
@@ -342,6 +346,23 @@ mod tests {
         set_client_headers(&mut h, ip("127.0.0.1"), ip("1.2.3.4"), &trusted);
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 127.0.0.1");
         assert_eq!(h["cf-connecting-ip"], "1.2.3.4");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bucket_allows_its_burst_then_its_rate() {
+        let (rate, burst) = (10, 5);
+        let mut b = Bucket::full(burst);
+        for _ in 0..burst {
+            assert!(b.take(rate, burst));
+        }
+        assert!(!b.take(rate, burst), "the burst is spent");
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(b.take(rate, burst), "one token after 1/rate s");
+        assert!(!b.take(rate, burst));
+        // A long pause refills to the burst, no more.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let taken = (0..100).take_while(|_| b.take(rate, burst)).count();
+        assert_eq!(taken, burst as usize);
     }
 
     #[tokio::test(start_paused = true)]

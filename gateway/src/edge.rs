@@ -310,14 +310,22 @@ async fn upgrade(
     let task = SocketTask { sid, link: attached.link.clone(), queue: attached.queue.clone(), client: slot };
     let config = socket::ws_config(gw.limits.max_message_bytes);
     let gw2 = gw.clone();
-    let span = tracing::info_span!(parent: None, "socket", room = %key, sid);
-    span.follows_from(tracing::Span::current());
+    // Only for a sampled trace: the socket's task runs for every frame it reads.
+    let span = partyline::runtime::observe::frame_span(|| {
+        let span = tracing::info_span!(parent: None, "socket", room = %key, sid);
+        span.follows_from(tracing::Span::current());
+        span
+    });
+    // The socket runs in a task of its own, spawned once the upgrade completed: the task that
+    // waits for the upgrade ends then, so what a socket holds for its whole life is only the
+    // socket task's state.
+    let upgrade_span = span.clone();
     tokio::spawn(
         async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
                     let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-                    socket::run(gw2, ws, task).await;
+                    tokio::spawn(socket::run(gw2, ws, task).instrument(span));
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "upgrade failed");
@@ -325,7 +333,7 @@ async fn upgrade(
                 }
             }
         }
-        .instrument(span),
+        .instrument(upgrade_span),
     );
     Metrics::inc(&gw.metrics.connections_accepted);
     switching_protocols(&ws_key)

@@ -66,8 +66,11 @@ pub(crate) async fn upgrade(
         }
     };
     let config = crate::socket::ws_config(gw.limits.max_message_bytes);
-    let span = tracing::info_span!(parent: None, "on_socket");
-    span.follows_from(tracing::Span::current());
+    let span = partyline::runtime::observe::frame_span(|| {
+        let span = tracing::info_span!(parent: None, "on_socket");
+        span.follows_from(tracing::Span::current());
+        span
+    });
     tokio::spawn(life.instrument(span.clone()));
     Metrics::inc(&gw.metrics.connections_accepted);
     tokio::spawn(

@@ -146,6 +146,22 @@ impl RoomLink for RemoteLink {
         tx.send(wire::link_in(msg)).await.map_err(|_| RouteError::Unavailable("the link to the node broke".into()))
     }
 
+    fn try_send(&self, msg: ToRoom) -> Result<Result<(), RouteError>, ToRoom> {
+        let guard = self.tx.locked();
+        let Some(tx) = guard.as_ref() else { return Ok(Err(RouteError::Unavailable("the link is closed".into()))) };
+        let sent = match tx.try_reserve() {
+            Ok(permit) => {
+                permit.send(wire::link_in(msg));
+                Ok(Ok(()))
+            }
+            Err(mpsc::error::TrySendError::Closed(())) => {
+                Ok(Err(RouteError::Unavailable("the link to the node broke".into())))
+            }
+            Err(mpsc::error::TrySendError::Full(())) => Err(msg),
+        };
+        sent
+    }
+
     async fn close(&self) {
         // Ending the request stream closes the link at the node.
         self.tx.locked().take();

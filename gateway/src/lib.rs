@@ -16,6 +16,7 @@
 //!   read.
 //! - `edge`: the HTTP handler (upgrades, hooks, requests, `on_fetch`).
 //! - `fetch_socket`: WebSockets outside any room, handled by `on_socket`.
+//! - `liveness`: pings and pong timeouts for every client WebSocket, from one sweep per gateway.
 //! - [`listener`]: the accept loop (TCP cap, header, body and idle timeouts, TLS).
 //! - [`limits`]: the edge's own limits ([`EdgeLimits`]).
 //! - [`clients`]: client addresses (trusted proxies, forwarded headers) and per-address limits.
@@ -33,6 +34,7 @@ pub mod grpc;
 pub mod limits;
 mod links;
 pub mod listener;
+mod liveness;
 pub mod metrics;
 pub mod paths;
 pub mod router;
@@ -109,7 +111,7 @@ impl Gateway {
     ) -> Self {
         let metrics: Arc<metrics::Metrics> = Arc::default();
         let router = Arc::new(metrics::TimedRouter { inner: router, metrics: metrics.clone() });
-        Gateway {
+        let gw = Gateway {
             inner: Arc::new(Inner {
                 parties,
                 router,
@@ -130,7 +132,12 @@ impl Gateway {
                 metrics,
                 health: admin::Health::default(),
             }),
+        };
+        // Pings and pong timeouts for every socket, while the gateway exists.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(liveness::sweep(Arc::downgrade(&gw.inner)));
         }
+        gw
     }
 
     /// The axum router serving every path.

@@ -22,6 +22,7 @@ use partyline::sync::Lock;
 use partyline::RoomKey;
 use tokio::sync::{oneshot, RwLock};
 
+use crate::liveness::Liveness;
 use crate::metrics::Metrics;
 use crate::router::{RoomLink, RouteError};
 use crate::send_queue::SendQueue;
@@ -46,6 +47,8 @@ pub(crate) struct SocketEntry {
     pub(crate) uri: String,
     pub(crate) tags: Vec<String>,
     pub(crate) state: Option<Bytes>,
+    /// What the liveness sweep knows of the client (see `liveness`).
+    pub(crate) live: Liveness,
 }
 
 /// A socket registered with its room's link, before its upgrade completes.
@@ -76,6 +79,7 @@ impl Inner {
                 uri,
                 tags: Vec::new(),
                 state: None,
+                live: Liveness::new(),
             },
         );
         Some(Attached { link, queue, admission: adm_rx })
@@ -107,6 +111,17 @@ impl Inner {
     pub(crate) fn send_close(&self, link: &LinkState, sid: SocketId, code: u16, reason: String) {
         if let Some(s) = link.sockets.locked().get(&sid) {
             s.queue.close(code, reason);
+        }
+    }
+
+    /// Calls `f` on every socket of every link (for the liveness sweep): the links' table is
+    /// held only to list the links, then each link's sockets one link at a time.
+    pub(crate) fn each_socket(&self, mut f: impl FnMut(&mut SocketEntry)) {
+        let links: Vec<Arc<LinkState>> = self.links.locked().values().cloned().collect();
+        for link in links {
+            for s in link.sockets.locked().values_mut() {
+                f(s);
+            }
         }
     }
 
@@ -174,6 +189,17 @@ impl LinkState {
         sender.as_ref().expect("opened").send(msg).await
     }
 
+    /// Passes one socket event to the room if that needs no waiting: the link is open, not
+    /// being opened or moved, and its queue has space. Gives the event back otherwise, for
+    /// [`send`](Self::send).
+    pub(crate) fn try_send(&self, msg: ToRoom) -> Result<Result<(), RouteError>, ToRoom> {
+        let Ok(sender) = self.sender.try_read() else { return Err(msg) };
+        match sender.as_ref() {
+            Some(sender) => sender.try_send(msg),
+            None => Err(msg),
+        }
+    }
+
     /// Passes one socket event to the room if the link was ever opened.
     async fn send_if_open(&self, msg: ToRoom) {
         if let Some(sender) = self.sender.read().await.as_ref() {
@@ -186,7 +212,8 @@ impl LinkState {
         let gw = self.gw.upgrade().ok_or_else(|| RouteError::Unavailable("the gateway is shutting down".into()))?;
         let opened = gw.router.open_link(&self.key).await?;
         Metrics::inc(&gw.metrics.links_opened);
-        let span = tracing::info_span!("link", room = %self.key);
+        // Only for a sampled trace: the link's reader runs for every frame the room sends.
+        let span = partyline::runtime::observe::frame_span(|| tracing::info_span!("link", room = %self.key));
         tokio::spawn(tracing::Instrument::instrument(
             read_link(Arc::downgrade(self), opened.events, gw.metrics.clone()),
             span,
@@ -336,7 +363,7 @@ async fn read_link(link: Weak<LinkState>, mut events: BoxStream<'static, FromRoo
                         fanout += 1;
                     }
                 }
-                metrics.broadcast_fanout.observe(fanout as f64);
+                metrics.broadcast_fanout.observe(fanout as u64);
             }
             FromRoom::Close { sid, code, reason } => {
                 if let Some(s) = sockets.get_mut(&sid) {

@@ -12,11 +12,11 @@ use async_trait::async_trait;
 use partyline::sync::Lock;
 use partyline::{Request, Response, RoomKey};
 use partyline_cluster::client::{NodeObserver, Unusable};
+use partyline_cluster::metrics::AtomicHistogram;
 use prometheus_client::collector::Collector;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::router::{OpenLink, RoomRouter, RouteError};
@@ -28,13 +28,13 @@ pub const ADMIN_PREFIX: &str = "/_partyline/";
 /// The content type of [`Metrics::render`].
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-type Hooks = Family<[(&'static str, &'static str); 1], Histogram, fn() -> Histogram>;
+type Hooks = Family<[(&'static str, &'static str); 1], AtomicHistogram, fn() -> AtomicHistogram>;
 type PerNode = Family<[(&'static str, String); 1], Gauge<f64, AtomicU64>>;
 type ByReason = Family<[(&'static str, &'static str); 1], Counter>;
 
-fn duration_histogram() -> Histogram {
+fn duration_histogram() -> AtomicHistogram {
     // 100 µs to ~13 s, doubling.
-    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+    AtomicHistogram::seconds(18)
 }
 
 /// Counters, gauges and histograms of one gateway.
@@ -81,13 +81,13 @@ pub struct Metrics {
     /// WebSockets dropped for not answering pings.
     pub ping_timeouts: Counter,
     /// Local sockets one room broadcast was queued for.
-    pub broadcast_fanout: Histogram,
+    pub broadcast_fanout: AtomicHistogram,
     /// Time of the static hooks, by hook.
     pub hooks: Hooks,
     /// Time to open a link into a room (over gRPC in a cluster, redirects included).
-    pub link_open_seconds: Histogram,
+    pub link_open_seconds: AtomicHistogram,
     /// Round trip of an HTTP request to a room (over gRPC in a cluster).
-    pub room_request_seconds: Histogram,
+    pub room_request_seconds: AtomicHistogram,
     /// Each node's clock minus this gateway's, in seconds, as measured by the pings.
     pub node_clock_offset: PerNode,
     /// Nodes found unusable (routed around, links closed), by reason: `stalled`,
@@ -121,8 +121,8 @@ impl Default for Metrics {
             rate_limited: Counter::default(),
             overloaded: Counter::default(),
             ping_timeouts: Counter::default(),
-            broadcast_fanout: Histogram::new(exponential_buckets(1.0, 2.0, 17)),
-            hooks: Family::new_with_constructor(duration_histogram as fn() -> Histogram),
+            broadcast_fanout: AtomicHistogram::counts(17),
+            hooks: Family::new_with_constructor(duration_histogram as fn() -> AtomicHistogram),
             link_open_seconds: duration_histogram(),
             room_request_seconds: duration_histogram(),
             node_clock_offset: PerNode::default(),
@@ -130,6 +130,10 @@ impl Default for Metrics {
             open_sockets: Gauge::default(),
             open_links: Gauge::default(),
         };
+        // Every reason exported from the start (at 0), so a rule's increase() sees the first one.
+        for reason in ["stalled", "cut_from_redis", "clock"] {
+            drop(m.nodes_refused.get_or_create(&[("reason", reason)]));
+        }
         {
             let mut r = m.registry.locked();
             let counters: [(&str, &str, &Counter); 20] = [
@@ -206,7 +210,7 @@ impl Metrics {
 
     /// Records how long a static hook took.
     pub fn hook(&self, hook: &'static str, started: Instant) {
-        self.hooks.get_or_create(&[("hook", hook)]).observe(started.elapsed().as_secs_f64());
+        self.hooks.get_or_create(&[("hook", hook)]).observe_duration(started.elapsed());
     }
 
     /// Adds a metric collected at every scrape (such as a counter kept by the router).
@@ -255,7 +259,7 @@ impl RoomRouter for TimedRouter {
     async fn open_link(&self, key: &RoomKey) -> Result<OpenLink, RouteError> {
         let started = Instant::now();
         let opened = self.inner.open_link(key).await;
-        self.metrics.link_open_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics.link_open_seconds.observe_duration(started.elapsed());
         if opened.is_err() {
             self.metrics.link_failures.inc();
         }
@@ -265,7 +269,7 @@ impl RoomRouter for TimedRouter {
     async fn request(&self, key: &RoomKey, req: Request) -> Result<Response, RouteError> {
         let started = Instant::now();
         let res = self.inner.request(key, req).await;
-        self.metrics.room_request_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics.room_request_seconds.observe_duration(started.elapsed());
         res
     }
 }

@@ -52,6 +52,12 @@ pub struct OpenLink {
 pub trait RoomLink: Send + Sync + 'static {
     /// Passes one socket event to the room.
     async fn send(&self, msg: ToRoom) -> Result<(), RouteError>;
+    /// Passes one socket event to the room if that needs no waiting (the link's queue has
+    /// space), else gives it back for [`send`](Self::send). The gateway tries this first for
+    /// every frame: it allocates nothing and arms no timer. By default it always gives back.
+    fn try_send(&self, msg: ToRoom) -> Result<Result<(), RouteError>, ToRoom> {
+        Err(msg)
+    }
     /// Closes the link: the room runs `on_close` for this gateway's sockets still in it.
     async fn close(&self);
 }

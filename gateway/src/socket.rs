@@ -1,51 +1,68 @@
-//! One client WebSocket after the upgrade: a reader that passes frames to the room in order,
-//! and a writer that drains the client's send queue, coalescing whatever is queued into one
-//! socket write. The reader also keeps the socket honest: it pings a socket that went silent
-//! and drops one that stops answering, holds each socket to its message rate, and after
+//! One client WebSocket after the upgrade, driven by one task: it passes the client's frames to
+//! the room in order and writes the client's send queue, coalescing whatever is queued into one
+//! socket write. It also keeps the socket honest: it holds each socket to its message rate,
+//! marks that it heard from the client (the gateway's liveness sweep pings a socket that went
+//! silent and drops one that stops answering; a socket keeps no timer of its own), and after
 //! closing a socket for the client's fault keeps reading (and discarding) for a moment, so the
 //! client gets the close frame rather than a reset.
+//!
+//! One task per socket, polled by hand ([`Socket::poll`]) rather than a reader and a writer
+//! task: an idle socket then costs one small task (its state is the [`Socket`] value, with no
+//! per-await futures inside) and no timer, which is most of what the gateway holds per client.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::stream::{SplitSink, SplitStream};
-use futures::{SinkExt, StreamExt};
+use futures::{Sink, Stream};
 use hyper_util::rt::TokioIo;
 use partyline::client_text;
 use partyline::runtime::link::{close_code, close_reason, SocketId, ToRoom};
 use partyline::{Message, Text};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
-use tokio_util::sync::CancellationToken;
 
 use crate::clients::{Bucket, ClientSlot};
 use crate::limits::EdgeLimits;
 use crate::links::LinkState;
 use crate::metrics::Metrics;
 use crate::router::RouteError;
-use crate::send_queue::{Queued, SendQueue};
+use crate::send_queue::{CutOff, Queued, SendQueue};
 use crate::Inner;
 
 /// How long a closing socket waits for the client's close frame before dropping the TCP
 /// connection.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// How long a socket closed for the client's fault waits for its close frame to be written
+/// before it starts lingering anyway.
+const REFUSE_WAIT: Duration = Duration::from_secs(1);
 /// Bytes gathered from the queue into one write before flushing.
 const COALESCE_BYTES: usize = 64 << 10;
+/// The read buffer of each client socket (see [`ws_config`]).
+const READ_BUFFER: usize = 512;
+/// Frames read in one poll before the task yields to others.
+const READS_PER_POLL: usize = 32;
 
 pub(crate) type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
-/// The tungstenite settings for client sockets: small read buffers (an idle socket costs a few
-/// KiB instead of ~135 KB with the 128 KiB default) and the inbound message limit. Writes are not
-/// capped here: any frame up to the rooms' outbound limit (16 MiB by default) goes out whole, and
-/// the send queue bounds what waits.
+/// The tungstenite settings for client sockets: a small read buffer and the inbound message
+/// limit. The read buffer is allocated for every socket and kept while it is idle, so it is a
+/// good part of what an idle socket costs: 512 bytes holds several typical frames per read, and
+/// a larger frame grows it to the frame's size (tungstenite reserves a frame's whole length
+/// once its header is read). With the 128 KiB default an idle socket would cost ~135 KB. Writes
+/// are not capped here: any frame up to the rooms' outbound limit (16 MiB by default) goes out
+/// whole, and the send queue bounds what waits.
 pub(crate) fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4 << 10)
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(COALESCE_BYTES)
         .max_write_buffer_size(usize::MAX)
         .max_message_size(Some(max_message_bytes))
@@ -55,13 +72,13 @@ pub(crate) fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
 /// Everything a socket task needs.
 pub(crate) struct SocketTask {
     pub(crate) sid: SocketId,
-    pub(crate) link: std::sync::Arc<LinkState>,
+    pub(crate) link: Arc<LinkState>,
     pub(crate) queue: SendQueue,
     /// The client address's count of open sockets, given back when the socket ends.
     pub(crate) client: Option<ClientSlot>,
 }
 
-/// How the reader loop ended.
+/// How a socket ended.
 enum End {
     /// The client closed, or the socket failed: nothing more to do.
     Done,
@@ -70,136 +87,274 @@ enum End {
     Linger,
 }
 
+/// How a socket ended, and the error the room hears (if any).
+type Ending = (End, Option<String>);
+
 /// Runs a socket until it closes, then takes it out of its room.
-pub(crate) async fn run(gw: std::sync::Arc<Inner>, ws: Ws, task: SocketTask) {
-    let (sink, stream) = ws.split();
-    let closing = CancellationToken::new();
-    let kill = task.queue.kill().clone();
-    let metrics = gw.metrics.clone();
-    let writer = tokio::spawn(write_loop(metrics.clone(), sink, task.queue.clone(), kill.clone(), closing.clone()));
-    let (end, error, stream) = read_loop(&gw, &task, stream, &closing, &kill).await;
-    kill.cancel();
-    let sink = writer.await.ok();
-    if let (End::Linger, Some(sink)) = (end, sink) {
-        if let Ok(ws) = stream.reunite(sink) {
-            linger(ws, &gw.edge).await;
-        }
+pub(crate) async fn run(gw: Arc<Inner>, ws: Ws, task: SocketTask) {
+    let mut socket = Socket::new(&gw, &task, ws);
+    let (end, error) = std::future::poll_fn(|cx| socket.poll(cx)).await;
+    // The ends are boxed: this task lives as long as the socket, and its size is that of its
+    // largest state, which should be the running socket's.
+    if let End::Linger = end {
+        Box::pin(linger(socket.ws, &gw.edge)).await;
+    } else {
+        drop(socket);
     }
     task.queue.shut();
-    gw.detach(&task.link, task.sid, error).await;
+    Box::pin(gw.detach(&task.link, task.sid, error)).await;
     drop(task.client);
 }
 
-/// Reads the client's frames until the socket closes; returns how it ended, the error the room
-/// hears (if any), and the stream (for lingering).
-async fn read_loop(
-    gw: &Inner,
-    task: &SocketTask,
-    mut stream: SplitStream<Ws>,
-    closing: &CancellationToken,
-    kill: &CancellationToken,
-) -> (End, Option<String>, SplitStream<Ws>) {
-    let edge: &EdgeLimits = &gw.edge;
-    let metrics = &gw.metrics;
-    let rate = edge.max_messages_per_second;
-    let mut bucket = Bucket::full(edge.message_burst);
-    let grace = async {
-        closing.cancelled().await;
-        tokio::time::sleep(CLOSE_GRACE).await;
-    };
-    tokio::pin!(grace);
-    // Made once, not per frame: a fresh cancellation future per loop turn costs a waiter
-    // registration every time.
-    let killed = kill.cancelled();
-    tokio::pin!(killed);
-    // Liveness: a socket silent for the ping interval is pinged; one silent for the pong
-    // timeout after that is gone.
-    let mut heard = Instant::now();
-    let mut pinged: Option<Instant> = None;
-    let ping_every = edge.ping_interval.unwrap_or(Duration::MAX);
-    let far = Instant::now() + Duration::from_secs(86_400 * 365);
-    // Closes the socket for the client's fault: the close frame, then lingering.
-    let refuse = |code: u16, reason: String| {
-        gw.send_close(&task.link, task.sid, code, reason.clone());
-        (End::Linger, Some(reason))
-    };
-    let (end, error) = loop {
-        let check = match pinged {
-            Some(at) => at + edge.pong_timeout,
-            None => heard.checked_add(ping_every).unwrap_or(far),
-        };
-        // Biased, frames first: the other branches are only polled when no frame is ready.
-        tokio::select! {
-            biased;
-            frame = stream.next() => {
-                heard = Instant::now();
-                pinged = None;
-                let msg = match frame {
-                    None => break (End::Done, None),
-                    Some(Ok(tungstenite::Message::Text(t))) => Message::Text(text(t)),
-                    Some(Ok(tungstenite::Message::Binary(b))) => Message::Binary(b),
-                    Some(Ok(_)) => continue, // ping/pong are answered by tungstenite; close is replied to on the next read
-                    Some(Err(e)) => {
-                        let (code, reason) = match &e {
-                            tungstenite::Error::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
-                                {
-                                tracing::debug!(size, max_size, "message over the limit");
-                                (close_code::TOO_BIG, client_text::MESSAGE_TOO_LARGE.into())
-                            }
-                            }
-                            tungstenite::Error::Utf8(_) => (close_code::INVALID_PAYLOAD, client_text::INVALID_UTF8.into()),
-                            tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => break (End::Done, None),
-                            tungstenite::Error::Protocol(p) if *p != ProtocolError::ResetWithoutClosingHandshake => {
-                                {
-                                tracing::debug!(error = %p, "protocol error");
-                                (close_code::PROTOCOL_ERROR, client_text::PROTOCOL_ERROR.into())
-                            }
-                            }
-                            other => break (End::Done, Some(other.to_string())),
-                        };
-                        break refuse(code, reason);
-                    }
-                };
-                if rate > 0 && !bucket.take(rate, edge.message_burst) {
-                    Metrics::inc(&metrics.rate_limited);
-                    break refuse(close_code::POLICY, client_text::RATE_LIMITED.into());
+/// A running socket: the WebSocket and what its reading and writing halves are doing.
+struct Socket<'a> {
+    gw: &'a Inner,
+    task: &'a SocketTask,
+    ws: Ws,
+    bucket: Bucket,
+    /// A frame for the room waiting for space in the link (the queue was full, or the link is
+    /// being opened or moved): reading stops until it is taken.
+    sending: Option<futures::future::BoxFuture<'static, Result<(), RouteError>>>,
+    /// Messages given to tungstenite since the last flush, and their bytes (for the metrics).
+    batch_frames: u64,
+    batch_bytes: usize,
+    /// Anything (a message, a ping, a close) given to tungstenite since the last flush.
+    unflushed: bool,
+    /// Flushing the batch (set when the queue ran empty or the batch is large).
+    flushing: bool,
+    /// Our close frame is in the batch being flushed.
+    close_sent: bool,
+    /// Our close frame went out: the client has this long to answer it.
+    closing: Option<Pin<Box<Sleep>>>,
+    /// Closed for the client's fault: the reason, and how long the close frame may take to go
+    /// out before lingering starts.
+    refused: Option<(String, Pin<Box<Sleep>>)>,
+}
+
+impl<'a> Socket<'a> {
+    fn new(gw: &'a Inner, task: &'a SocketTask, ws: Ws) -> Self {
+        Socket {
+            gw,
+            task,
+            ws,
+            bucket: Bucket::full(gw.edge.message_burst),
+            sending: None,
+            batch_frames: 0,
+            batch_bytes: 0,
+            unflushed: false,
+            flushing: false,
+            close_sent: false,
+            closing: None,
+            refused: None,
+        }
+    }
+
+    /// Drives the socket: a cut-off first, then writing (so the queue drains even while the
+    /// room is slow to take frames), then reading. Ready when the socket is over.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Ending> {
+        // Registered before looking at the queue: a frame queued after this wakes the task.
+        self.task.queue.register(cx);
+        if let Some(cut) = self.task.queue.cut() {
+            return Poll::Ready(match cut {
+                CutOff::Slow => {
+                    Metrics::inc(&self.gw.metrics.slow_clients_closed);
+                    (End::Done, Some("client did not read its messages; send queue full".into()))
                 }
-                Metrics::inc(&metrics.frames_from_clients);
-                metrics.bytes_from_clients.inc_by(msg.len() as u64);
-                match task.link.send(ToRoom::Message { sid: task.sid, msg }).await {
-                    Ok(()) => {}
-                    Err(RouteError::Busy(_)) => {
-                        Metrics::inc(&metrics.overloaded);
-                        break refuse(close_code::TRY_AGAIN_LATER, client_text::OVERLOADED.into());
+                CutOff::Silent => (End::Done, Some("the client stopped answering pings".into())),
+            });
+        }
+        if let Poll::Ready(end) = self.poll_write(cx) {
+            return Poll::Ready(end);
+        }
+        self.poll_read(cx)
+    }
+
+    /// Writes what is queued: frames fed to tungstenite until the queue is empty or the batch
+    /// is large, then one flush. Pending while there is nothing to write or the socket is not
+    /// writable; ready only when the socket is over.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Ending> {
+        loop {
+            if self.flushing {
+                match Pin::new(&mut self.ws).poll_flush(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => return Poll::Ready((End::Done, write_error(e))),
+                    Poll::Ready(Ok(())) => {}
+                }
+                self.flushing = false;
+                self.unflushed = false;
+                // Counted per batch, not per frame: the counters are shared by every socket.
+                let metrics = &self.gw.metrics;
+                metrics.frames_to_clients.inc_by(std::mem::take(&mut self.batch_frames));
+                metrics.bytes_to_clients.inc_by(std::mem::take(&mut self.batch_bytes) as u64);
+                if std::mem::take(&mut self.close_sent) {
+                    if let Some((reason, _)) = self.refused.take() {
+                        return Poll::Ready((End::Linger, Some(reason)));
                     }
-                    Err(_) => {
-                        gw.send_close(&task.link, task.sid, close_code::INTERNAL_ERROR, client_text::ROOM_UNAVAILABLE.into());
-                        break (End::Done, Some("room unavailable".into()));
-                    }
+                    self.closing = Some(Box::pin(tokio::time::sleep(CLOSE_GRACE)));
                 }
             }
-            _ = &mut killed => {
-                Metrics::inc(&metrics.slow_clients_closed);
-                break (End::Done, Some("client did not read its messages; send queue full".into()));
+            if self.closing.is_some() {
+                return Poll::Pending; // nothing goes out after our close frame
             }
-            _ = &mut grace => break (End::Done, None),
-            _ = tokio::time::sleep_until(check), if edge.ping_interval.is_some() => {
-                if pinged.is_some() {
-                    Metrics::inc(&metrics.ping_timeouts);
-                    gw.send_close(&task.link, task.sid, close_code::GOING_AWAY, client_text::NO_PONG.into());
-                    let _ = tokio::time::timeout(Duration::from_secs(1), closing.cancelled()).await;
-                    break (End::Done, Some("the client stopped answering pings".into()));
+            match Pin::new(&mut self.ws).poll_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready((End::Done, write_error(e))),
+                Poll::Ready(Ok(())) => {}
+            }
+            let Some(out) = self.task.queue.pop() else {
+                if self.unflushed {
+                    self.flushing = true;
+                    continue;
                 }
-                task.queue.ping();
-                pinged = Some(Instant::now());
+                return Poll::Pending;
+            };
+            let frame = match out {
+                Queued::Msg(msg) => {
+                    self.batch_frames += 1;
+                    self.batch_bytes += msg.len();
+                    match msg {
+                        Message::Text(t) => {
+                            tungstenite::Message::Text(Utf8Bytes::try_from(t.into_bytes()).unwrap_or_default())
+                        }
+                        Message::Binary(b) => tungstenite::Message::Binary(b),
+                    }
+                }
+                Queued::Ping => tungstenite::Message::Ping(Bytes::new()),
+                Queued::Close(code, reason) => {
+                    self.close_sent = true;
+                    self.flushing = true;
+                    let frame =
+                        CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from(close_reason(&reason)) };
+                    tungstenite::Message::Close(Some(frame))
+                }
+            };
+            if let Err(e) = Pin::new(&mut self.ws).start_send(frame) {
+                return Poll::Ready((End::Done, write_error(e)));
+            }
+            self.unflushed = true;
+            if self.batch_bytes >= COALESCE_BYTES {
+                self.flushing = true;
             }
         }
-    };
-    if matches!(end, End::Linger) {
-        // Give the writer a moment to put the close frame on the wire.
-        let _ = tokio::time::timeout(Duration::from_secs(1), closing.cancelled()).await;
     }
-    (end, error, stream)
+
+    /// Reads the client's frames and passes them to the room, in order. Pending while there is
+    /// nothing to read or a frame waits for the room; ready when the socket is over.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Ending> {
+        if let Some((reason, wait)) = &mut self.refused {
+            // Closed for the client's fault: the close frame goes out (poll_write), or the wait
+            // ends, then lingering.
+            return match wait.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready((End::Linger, Some(std::mem::take(reason)))),
+                Poll::Pending => Poll::Pending,
+            };
+        }
+        if let Some(grace) = &mut self.closing {
+            if grace.as_mut().poll(cx).is_ready() {
+                return Poll::Ready((End::Done, None));
+            }
+        }
+        for _ in 0..READS_PER_POLL {
+            if let Some(sending) = &mut self.sending {
+                let sent = match sending.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(sent) => sent,
+                };
+                self.sending = None;
+                if let Some(end) = self.sent(cx, sent) {
+                    return end;
+                }
+            }
+            let frame = match Pin::new(&mut self.ws).poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(frame) => frame,
+            };
+            self.task.queue.heard();
+            let msg = match frame {
+                None => return Poll::Ready((End::Done, None)),
+                Some(Ok(tungstenite::Message::Text(t))) => Message::Text(text(t)),
+                Some(Ok(tungstenite::Message::Binary(b))) => Message::Binary(b),
+                // Pings are answered by tungstenite; a close is replied to on the next read.
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => {
+                    let (code, reason) = match &e {
+                        tungstenite::Error::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
+                            tracing::debug!(size, max_size, "message over the limit");
+                            (close_code::TOO_BIG, client_text::MESSAGE_TOO_LARGE)
+                        }
+                        tungstenite::Error::Utf8(_) => (close_code::INVALID_PAYLOAD, client_text::INVALID_UTF8),
+                        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
+                            return Poll::Ready((End::Done, None));
+                        }
+                        tungstenite::Error::Protocol(p) if *p != ProtocolError::ResetWithoutClosingHandshake => {
+                            tracing::debug!(error = %p, "protocol error");
+                            (close_code::PROTOCOL_ERROR, client_text::PROTOCOL_ERROR)
+                        }
+                        other => return Poll::Ready((End::Done, Some(other.to_string()))),
+                    };
+                    return self.refuse(cx, code, reason);
+                }
+            };
+            let edge = &self.gw.edge;
+            let rate = edge.max_messages_per_second;
+            let metrics = &self.gw.metrics;
+            if rate > 0 && !self.bucket.take(rate, edge.message_burst) {
+                Metrics::inc(&metrics.rate_limited);
+                return self.refuse(cx, close_code::POLICY, client_text::RATE_LIMITED);
+            }
+            Metrics::inc(&metrics.frames_from_clients);
+            metrics.bytes_from_clients.inc_by(msg.len() as u64);
+            // Almost always taken at once; waiting (a full queue, a link being opened or moved)
+            // is boxed, so the socket's own state stays small.
+            match self.task.link.try_send(ToRoom::Message { sid: self.task.sid, msg }) {
+                Ok(sent) => {
+                    if let Some(end) = self.sent(cx, sent) {
+                        return end;
+                    }
+                }
+                Err(msg) => {
+                    let link = self.task.link.clone();
+                    self.sending = Some(Box::pin(async move { link.send(msg).await }));
+                }
+            }
+        }
+        // A fast client: let the other tasks run, then go on.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// What a frame handed to the room means for the socket: `None` to go on.
+    fn sent(&mut self, cx: &mut Context<'_>, sent: Result<(), RouteError>) -> Option<Poll<Ending>> {
+        match sent {
+            Ok(()) => None,
+            Err(RouteError::Busy(_)) => {
+                Metrics::inc(&self.gw.metrics.overloaded);
+                Some(self.refuse(cx, close_code::TRY_AGAIN_LATER, client_text::OVERLOADED))
+            }
+            Err(_) => {
+                let reason = client_text::ROOM_UNAVAILABLE.into();
+                self.gw.send_close(&self.task.link, self.task.sid, close_code::INTERNAL_ERROR, reason);
+                Some(Poll::Ready((End::Done, Some("room unavailable".into()))))
+            }
+        }
+    }
+
+    /// Closes the socket for the client's fault: the close frame, then lingering. Reading stops.
+    fn refuse(&mut self, cx: &mut Context<'_>, code: u16, reason: &str) -> Poll<Ending> {
+        self.gw.send_close(&self.task.link, self.task.sid, code, reason.to_string());
+        self.refused = Some((reason.to_string(), Box::pin(tokio::time::sleep(REFUSE_WAIT))));
+        // The close frame was queued (which wakes the task): write it on the next poll.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// The error the room hears for a failed write (none for a connection that simply closed).
+fn write_error(e: tungstenite::Error) -> Option<String> {
+    match e {
+        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => None,
+        other => Some(other.to_string()),
+    }
 }
 
 /// After a close frame sent for the client's fault (it may still be sending a large message):
@@ -223,79 +378,4 @@ async fn linger(mut ws: Ws, edge: &EdgeLimits) {
 fn text(t: Utf8Bytes) -> Text {
     // tungstenite validated the UTF-8 already; this re-check is cheap and keeps Text's guarantee local.
     Text::from_utf8(Bytes::from(t)).unwrap_or_default()
-}
-
-type Sink = SplitSink<Ws, tungstenite::Message>;
-
-/// Writes the client's queue until the socket closes; hands the sink back (for lingering).
-async fn write_loop(
-    metrics: std::sync::Arc<Metrics>,
-    mut sink: Sink,
-    queue: SendQueue,
-    kill: CancellationToken,
-    closing: CancellationToken,
-) -> Sink {
-    let killed = kill.cancelled();
-    tokio::pin!(killed);
-    loop {
-        let first = match queue.pop() {
-            Some(out) => out,
-            None => {
-                tokio::select! {
-                    biased;
-                    _ = queue.ready() => continue,
-                    _ = &mut killed => return sink,
-                }
-            }
-        };
-        let write = async {
-            let mut next = Some(first);
-            let mut batch_bytes = 0;
-            let mut close = None;
-            while let Some(out) = next.take() {
-                match out {
-                    Queued::Msg(msg) => {
-                        batch_bytes += msg.len();
-                        metrics.bytes_to_clients.inc_by(msg.len() as u64);
-                        let frame = match msg {
-                            Message::Text(t) => {
-                                tungstenite::Message::Text(Utf8Bytes::try_from(t.into_bytes()).unwrap_or_default())
-                            }
-                            Message::Binary(b) => tungstenite::Message::Binary(b),
-                        };
-                        sink.feed(frame).await?;
-                        Metrics::inc(&metrics.frames_to_clients);
-                    }
-                    Queued::Ping => sink.feed(tungstenite::Message::Ping(Bytes::new())).await?,
-                    Queued::Close(code, reason) => {
-                        close = Some((code, reason));
-                        break;
-                    }
-                }
-                if batch_bytes < COALESCE_BYTES {
-                    next = queue.pop();
-                }
-            }
-            sink.flush().await?;
-            if let Some((code, reason)) = close {
-                let frame = CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from(close_reason(&reason)) };
-                sink.send(tungstenite::Message::Close(Some(frame))).await?;
-                return Ok::<bool, tungstenite::Error>(true);
-            }
-            Ok(false)
-        };
-        let done = tokio::select! {
-            biased;
-            r = write => Some(r),
-            _ = &mut killed => None,
-        };
-        match done {
-            None => return sink,
-            Some(Ok(false)) => {}
-            Some(Ok(true) | Err(_)) => {
-                closing.cancel();
-                return sink;
-            }
-        }
-    }
 }

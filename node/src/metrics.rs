@@ -15,26 +15,39 @@ use partyline::runtime::observe::RoomObserver;
 use partyline::store::{Fence, Quota, StoreError, Usage, WriteOp};
 use partyline::sync::Lock;
 use partyline::{ListOptions, RoomKey, Store};
+use partyline_cluster::metrics::AtomicHistogram;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 /// Label set of the per-event histogram.
 pub type EventLabel = [(&'static str, &'static str); 1];
-type Histograms = Family<EventLabel, Histogram, fn() -> Histogram>;
+type Histograms = Family<EventLabel, AtomicHistogram, fn() -> AtomicHistogram>;
 
-/// Buckets for durations: 100 µs to ~13 s, doubling.
-pub fn duration_buckets() -> impl Iterator<Item = f64> {
-    exponential_buckets(0.0001, 2.0, 18)
+/// Durations: 100 µs to ~13 s, doubling.
+fn duration_histogram() -> AtomicHistogram {
+    AtomicHistogram::seconds(18)
 }
 
-fn duration_histogram() -> Histogram {
-    Histogram::new(duration_buckets())
-}
+/// The events a room reports (`RoomObserver::event_handled`); each has its histogram made up
+/// front, so recording one is a lookup in this list and two atomic adds.
+const EVENTS: [&str; 12] = [
+    "message",
+    "connect",
+    "close",
+    "request",
+    "alarm",
+    "flush",
+    "open_link",
+    "close_link",
+    "handover",
+    "move",
+    "evict",
+    "upgrade",
+];
 
 /// A node's counters and histograms.
 pub struct NodeMetrics {
@@ -69,8 +82,10 @@ pub struct NodeMetrics {
     pub commit_failures: Counter,
     /// Time to handle one room event, by event.
     pub events: Histograms,
+    /// The histograms of [`EVENTS`], in that order.
+    event_histograms: Vec<AtomicHistogram>,
     /// Time of one storage commit (one Redis round trip per batch).
-    pub commit_seconds: Histogram,
+    pub commit_seconds: AtomicHistogram,
     /// Cron firings this node handled, by outcome (`ran`, `failed`, `skipped_late`,
     /// `claimed_elsewhere`, `claim_failed`; see [`crate::crons::Outcome`]).
     pub cron_runs: Family<EventLabel, Counter>,
@@ -94,10 +109,17 @@ impl Default for NodeMetrics {
             drains: Counter::default(),
             alarms_fired: Counter::default(),
             commit_failures: Counter::default(),
-            events: Family::new_with_constructor(duration_histogram as fn() -> Histogram),
+            events: Family::new_with_constructor(duration_histogram as fn() -> AtomicHistogram),
+            event_histograms: Vec::new(),
             commit_seconds: duration_histogram(),
             cron_runs: Family::default(),
         };
+        let mut m = m;
+        m.event_histograms = EVENTS.iter().map(|e| m.events.get_or_create(&[("event", *e)]).clone()).collect();
+        // Every outcome exported from the start (at 0), so a rule's increase() sees the first one.
+        for outcome in ["ran", "failed", "skipped_late", "claimed_elsewhere", "claim_failed"] {
+            drop(m.cron_runs.get_or_create(&[("outcome", outcome)]));
+        }
         {
             let mut r = m.registry.locked();
             let counters: [(&str, &str, &Counter); 14] = [
@@ -161,7 +183,10 @@ impl NodeMetrics {
 
 impl RoomObserver for NodeMetrics {
     fn event_handled(&self, event: &'static str, elapsed: Duration) {
-        self.events.get_or_create(&[("event", event)]).observe(elapsed.as_secs_f64());
+        match EVENTS.iter().position(|e| *e == event) {
+            Some(i) => self.event_histograms[i].observe_duration(elapsed),
+            None => self.events.get_or_create(&[("event", event)]).observe_duration(elapsed),
+        }
     }
 
     fn alarm_fired(&self) {
@@ -238,7 +263,7 @@ impl Store for MeteredStore {
     async fn commit(&self, room: &RoomKey, fence: Option<&Fence>, ops: &[WriteOp]) -> Result<(), StoreError> {
         let started = Instant::now();
         let result = self.inner.commit(room, fence, ops).await;
-        self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics.commit_seconds.observe_duration(started.elapsed());
         if result.is_err() {
             self.metrics.commit_failures.inc();
         }

@@ -587,6 +587,51 @@ async fn one_trace_covers_gateway_and_node(protocol: &str) {
     c.node.terminate().await;
 }
 
+/// A WebSocket's frames through a gateway and a node exporting traces with the sampler `sampler`;
+/// returns the names of the spans each process exported within a few seconds.
+async fn frame_spans_with_sampler(sampler: &str) -> (HashSet<String>, HashSet<String>) {
+    let spans: Spans = Arc::default();
+    let endpoint = format!("http://{}", http_receiver(spans.clone()).await);
+    let otel = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_TRACES_SAMPLER", sampler),
+    ];
+    let mut c = within(
+        90,
+        "the cluster to start",
+        cluster(&otel, &[("OTEL_SERVICE_NAME", "ops-node")], &[("OTEL_SERVICE_NAME", "ops-gateway")]),
+    )
+    .await;
+    let url = format!("ws://{}/parties/echo/sampled-room", c.client_addr);
+    let mut a = Client::connect(&url).await.expect("connect");
+    for i in 0..5 {
+        a.send_text(&format!("frame {i}")).await;
+        assert_eq!(a.recv_text().await, format!("frame {i}"), "frames flow whatever the sampler");
+    }
+    drop(a);
+    // Spans are exported every 100 ms and at shutdown.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.gateway.terminate().await;
+    c.node.terminate().await;
+    let all = spans.lock().unwrap();
+    let names = |service: &str| -> HashSet<String> {
+        all.values().flatten().filter(|s| s.0.contains(service)).map(|s| s.1.clone()).collect()
+    };
+    (names("ops-gateway"), names("ops-node"))
+}
+
+#[timed_test]
+async fn frame_spans_exist_only_for_sampled_traces() {
+    // Sampled (every trace): the socket at the gateway, the room and its events at the node.
+    let (gateway, node) = frame_spans_with_sampler("always_on").await;
+    assert!(gateway.contains("socket"), "the gateway's spans: {gateway:?}");
+    assert!(node.contains("room") && node.contains("room.event"), "the node's spans: {node:?}");
+    // Not sampled: the same traffic exports nothing, from either process.
+    let (gateway, node) = frame_spans_with_sampler("always_off").await;
+    assert!(gateway.is_empty() && node.is_empty(), "nothing is sampled: {gateway:?} {node:?}");
+}
+
 #[timed_test]
 async fn one_trace_covers_gateway_and_node_over_otlp_http() {
     one_trace_covers_gateway_and_node("http/protobuf").await;

@@ -21,7 +21,7 @@ use crate::room::{ConnTable, LinkId, Outbound, Room, RoomShared};
 use crate::runtime::gate::Gate;
 use crate::runtime::handle::{Answer, RoomCmd, RoomConfig, RoomExit, RoomHandle, Stop};
 use crate::runtime::link::{close_code, FromRoom, ToRoom};
-use crate::runtime::observe::RoomObserver;
+use crate::runtime::observe::{self, RoomObserver};
 use crate::storage::{now_ms, Storage, WriteProgress};
 use crate::sync::Lock;
 use crate::web::Response;
@@ -35,7 +35,7 @@ pub fn spawn_room(cfg: RoomConfig) -> (RoomHandle, tokio::task::JoinHandle<RoomE
     let stop = Arc::new(watch::Sender::new(None));
     let storage = Storage::new(cfg.key.clone(), cfg.store.clone(), cfg.fence.clone(), cfg.limits.clone());
     let gate = Gate::new(storage.progress());
-    let gate_span = tracing::info_span!(parent: None, "room.gate", room = %cfg.key);
+    let gate_span = observe::frame_span(|| tracing::info_span!(parent: None, "room.gate", room = %cfg.key));
     tokio::spawn(crate::runtime::gate::pump(gate.clone()).instrument(gate_span));
     let shared = Arc::new(RoomShared {
         key: cfg.key.clone(),
@@ -67,6 +67,7 @@ pub fn spawn_room(cfg: RoomConfig) -> (RoomHandle, tokio::task::JoinHandle<RoomE
         gathering: None,
         pending: VecDeque::new(),
         observer: cfg.observer,
+        trace_events: false,
     };
     let on_exit = cfg.on_exit;
     let task = tokio::spawn(async move {
@@ -106,6 +107,8 @@ pub(super) struct Actor {
     /// Commands held while gathering, handled before the inbox once it is over.
     pub(super) pending: VecDeque<RoomCmd>,
     pub(super) observer: Option<Arc<dyn RoomObserver>>,
+    /// The room's trace is sampled: each event gets a span (see [`observe::frame_span`]).
+    trace_events: bool,
 }
 
 /// A room moving away.
@@ -147,13 +150,14 @@ impl Actor {
         &self.room.shared.storage
     }
 
-    async fn run(self) -> RoomExit {
-        let span = tracing::info_span!("room", room = %self.room.key());
+    async fn run(mut self) -> RoomExit {
+        let span = observe::frame_span(|| tracing::info_span!("room", room = %self.room.key()));
+        self.trace_events = !span.is_none();
         self.serve().instrument(span).await
     }
 
-    /// Runs `handle` for one command inside an event span (a child of the caller's span for
-    /// requests, else of the room's), and reports its duration.
+    /// Runs `handle` for one command, inside an event span when its trace is sampled (a child
+    /// of the caller's span for requests, else of the room's), and reports its duration.
     async fn handle_observed(&mut self, cmd: RoomCmd) {
         let event = match &cmd {
             RoomCmd::OpenLink { .. } => "open_link",
@@ -170,10 +174,11 @@ impl Actor {
             RoomCmd::Upgrade { .. } => "upgrade",
         };
         let span = match &cmd {
-            RoomCmd::Request { span: parent, .. } if parent.id().is_some() => {
+            RoomCmd::Request { span: parent, .. } if observe::sampled(parent) => {
                 tracing::info_span!(parent: parent.as_ref(), "room.event", room = %self.room.key(), event)
             }
-            _ => tracing::info_span!("room.event", room = %self.room.key(), event),
+            _ if self.trace_events => tracing::info_span!("room.event", room = %self.room.key(), event),
+            _ => tracing::Span::none(),
         };
         let started = Instant::now();
         self.handle(cmd).instrument(span).await;

@@ -334,12 +334,28 @@ impl LinkSender {
     /// waits for space in the room's queue at most the queue timeout ([`SendError::Overloaded`]:
     /// close 1013 or answer 503); the other events always get through.
     pub async fn send(&self, msg: ToRoom) -> Result<(), SendError> {
+        let msg = match self.try_send(msg) {
+            Ok(sent) => return sent,
+            Err(msg) => msg,
+        };
         let client_work = matches!(msg, ToRoom::Message { .. } | ToRoom::Connect { .. });
         let cmd = RoomCmd::Link { link: self.link, msg };
         if client_work {
             self.room.send_bounded(cmd).await
         } else {
             Ok(self.room.send(cmd).await?)
+        }
+    }
+
+    /// Passes one socket event to the room if its queue has space now (no waiting, no timer):
+    /// the path of almost every frame. Gives the event back when the queue is full; then
+    /// [`send`](Self::send) waits for space as it says.
+    pub fn try_send(&self, msg: ToRoom) -> Result<Result<(), SendError>, ToRoom> {
+        match self.room.tx.try_send(RoomCmd::Link { link: self.link, msg }) {
+            Ok(()) => Ok(Ok(())),
+            Err(mpsc::error::TrySendError::Closed(_)) => Ok(Err(RoomGone(self.room.key.clone()).into())),
+            Err(mpsc::error::TrySendError::Full(RoomCmd::Link { msg, .. })) => Err(msg),
+            Err(mpsc::error::TrySendError::Full(_)) => unreachable!("the command sent was a link message"),
         }
     }
 
