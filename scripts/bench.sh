@@ -11,9 +11,11 @@
 #   scripts/bench.sh --quick         a ~2 min sanity run: 1 run, short durations, 2,000 idle
 #   scripts/bench.sh --echo          only the echo comparison below (~4 min, plus one build of
 #                                    the previous release the first time)
+#   scripts/bench.sh --fanout        only the fan-out saturation sweep below (~6 min)
 #   options: --runs N  --idle-runs N  --only "dev cluster-1gw"  --out DIR  --no-build
 #            --summarize DIR   only rebuild DIR/results.{md,json} from the runs already in DIR
 #            --no-echo         skip the echo comparison
+#            --no-fanout       skip the fan-out saturation sweep
 #            --previous REF    the previous release to compare with: a git ref (built once into
 #                              target/bench/previous/<commit>) or a partyline binary [default:
 #                              the newest v* tag below HEAD, else the commit in scripts/bench-previous]
@@ -25,6 +27,11 @@
 #   dev, cluster      this checkout: partyline dev; Redis + one node + one gateway
 #   previous-dev, previous-cluster   the same with the previous release's binary
 # with the goals: dev >= 3x partykit, cluster >= 2x partykit, and each against the previous release.
+#
+# The fan-out saturation sweep (issue 19): one room, 100 clients, 10 senders at fixed rates, the
+# offered deliveries per second rising (SWEEP_OFFERED, default 2 M to 6 M), against the baseline,
+# dev and cluster-1gw; the goal: at the baseline's saturation point (its most deliveries/s), the
+# cluster delivers >= 90 % of the baseline with p99 <= 2x the baseline's.
 #
 # Everything runs on 127.0.0.1, on ports this script picks (21000-31999), and is stopped when
 # it ends (also on Ctrl-C). Results: DIR/results.json, DIR/results.md, one JSON per tester run
@@ -42,6 +49,7 @@ OUT=""
 BUILD=1
 SUMMARIZE=0
 ECHO=1
+FANOUT=1
 ECHO_ONLY=0
 PREVIOUS="${PARTYLINE_BENCH_PREVIOUS:-}"
 while [ $# -gt 0 ]; do
@@ -53,10 +61,12 @@ while [ $# -gt 0 ]; do
     --out) OUT="$2"; shift ;;
     --no-build) BUILD=0 ;;
     --summarize) SUMMARIZE=1; OUT="$2"; BUILD=0; shift ;;
-    --echo) ECHO_ONLY=1 ;;
+    --echo) ECHO_ONLY=1; FANOUT=0 ;;
+    --fanout) ECHO_ONLY=1; ECHO=0 ;;
+    --no-fanout) FANOUT=0 ;;
     --no-echo) ECHO=0 ;;
     --previous) PREVIOUS="$2"; shift ;;
-    -h | --help) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench.sh: unknown argument: $1 (try --help)" >&2; exit 2 ;;
   esac
   shift
@@ -234,7 +244,7 @@ import json, sys
 r = json.load(open(sys.argv[1])); s = sys.argv[2]; edge = r["servers"][:int(sys.argv[3])]
 m, h, c, i = r.get("messages") or {}, r.get("http") or {}, r.get("churn") or {}, r.get("idle") or {}
 err = sum(r["errors"].values())
-if s.startswith("fanout") or s.startswith("echo"):
+if s.startswith(("fanout", "echo", "sweep")):
     print(f"{m['sent_per_s']:.0f} msg/s, {m['delivered_per_s']:.0f} deliveries/s, p99 {m['latency_ms']['p99']:.2f} ms, lost {m['lost']}, errors {err}")
 elif s == "http":
     print(f"{h['per_s']:.0f} responses/s, p99 {h['latency_ms']['p99']:.2f} ms, errors {err}")
@@ -645,6 +655,76 @@ print(md)
 PY
 fi
 
+# ---- the fan-out saturation sweep: one room, 100 clients, 10 senders, offered rates rising
+
+if [ "$FANOUT" = 1 ] && [ "$SUMMARIZE" = 0 ]; then
+  SWEEP_TARGETS="baseline dev cluster-1gw"
+  # Offered deliveries per second (senders x rate x 100 recipients).
+  SWEEP_OFFERED="${SWEEP_OFFERED:-2000000 3000000 4000000 5000000 6000000}"
+  for run in $(seq 1 "$RUNS"); do
+    for target in $SWEEP_TARGETS; do
+      log "== fan-out sweep: $target, run $run of $RUNS (load average: $(cut -d' ' -f1-3 /proc/loadavg))"
+      start_target "$target"
+      sleep 1
+      for offered in $SWEEP_OFFERED; do
+        rate="$(python3 -c "print($offered / (10 * $CLIENTS))")"
+        tester "$target" "sweep$offered" "$run" fanout --clients "$CLIENTS" --rooms 1 --senders 10 --size "$SIZE" \
+          --rate "$rate" --warmup "$WARMUP" --duration "$DURATION" --drain 10s
+      done
+      stop_target
+    done
+  done
+  python3 - "$OUT" "$RUNS" "$SWEEP_OFFERED" <<'PY'
+import glob, json, statistics, sys
+out, runs, offered = sys.argv[1], sys.argv[2], [int(x) for x in sys.argv[3].split()]
+def fig(t, o):
+    rs = []
+    for f in sorted(glob.glob(f"{out}/runs/{t}.sweep{o}.*.json")):
+        try:
+            rs.append(json.load(open(f)))
+        except Exception:
+            pass
+    if not rs:
+        return None
+    m = [r["messages"] for r in rs]
+    return {"delivered": statistics.median(x["delivered_per_s"] for x in m),
+            "p99": statistics.median(x["latency_ms"]["p99"] for x in m),
+            "lost": sum(x["lost"] for x in m)}
+targets = ["baseline", "dev", "cluster-1gw"]
+rows = {t: {o: fig(t, o) for o in offered} for t in targets}
+lines = [f"Fan-out sweep: one room, 100 clients, 10 senders at a fixed rate, 64-byte messages; median of {runs} run(s).", "",
+         "| offered deliveries/s | " + " | ".join(f"{t}: delivered/s, p99" for t in targets) + " |",
+         "|---|" + "---|" * len(targets)]
+for o in offered:
+    cells = []
+    for t in targets:
+        f = rows[t][o]
+        cells.append("-" if not f else f"{f['delivered']:,.0f}, {f['p99']:.1f} ms" + (f" (lost {f['lost']})" if f["lost"] else ""))
+    lines.append(f"| {o:,} | " + " | ".join(cells) + " |")
+base = {o: f for o, f in rows["baseline"].items() if f}
+goals = []
+if base:
+    sat = max(base, key=lambda o: base[o]["delivered"])
+    b = base[sat]
+    lines += ["", f"Baseline saturation: {b['delivered']:,.0f} deliveries/s at {sat:,} offered (p99 {b['p99']:.1f} ms).", "",
+              "| target at the baseline's saturation point | delivered / baseline | p99 / baseline | goal |", "|---|---|---|---|"]
+    for t in ("cluster-1gw", "dev"):
+        f = rows[t].get(sat)
+        if not f:
+            continue
+        d, p = f["delivered"] / b["delivered"], f["p99"] / b["p99"] if b["p99"] else float("inf")
+        met = d >= 0.9 and p <= 2.0
+        goals.append({"target": t, "offered": sat, "delivered_ratio": d, "p99_ratio": p, "met": met})
+        lines.append(f"| {t} | {d:.0%} | {p:.2f}x | >= 90 %, p99 <= 2x: {'met' if met else '**NOT met**'} |")
+md = "\n".join(lines) + "\n"
+open(f"{out}/fanout-sweep.md", "w").write(md)
+json.dump({"rows": {t: {str(o): f for o, f in r.items()} for t, r in rows.items()}, "goals": goals},
+          open(f"{out}/fanout-sweep.json", "w"), indent=2)
+print(md)
+PY
+fi
+
 [ "$ECHO_ONLY" = 1 ] || log "results: $OUT/results.md and $OUT/results.json (per-run JSON in $OUT/runs/)"
+[ "$FANOUT" = 0 ] || [ "$SUMMARIZE" = 1 ] || log "fan-out sweep: $OUT/fanout-sweep.md and $OUT/fanout-sweep.json"
 [ "$ECHO" = 0 ] || [ "$SUMMARIZE" = 1 ] || log "echo comparison: $OUT/echo.md and $OUT/echo.json"
 [ "$FAILED" = 0 ] || log "$FAILED tester run(s) failed: see $OUT/runs/*.txt"
