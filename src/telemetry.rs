@@ -75,10 +75,16 @@ pub fn init(format: LogFormat, default_service: &str) -> anyhow::Result<Telemetr
     let logs = logs.with_filter(log_filter()).with_filter(only_events);
 
     let provider = if otlp_enabled() { Some(tracer_provider(default_service)?) } else { None };
-    let traces = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("partyline")).with_filter(log_filter()));
-    tracing_subscriber::registry().with(logs).with(traces).try_init().context("could not set up logging")?;
+    match &provider {
+        Some(p) => {
+            let traces = tracing_opentelemetry::layer().with_tracer(p.tracer("partyline")).with_filter(log_filter());
+            tracing_subscriber::registry().with(logs).with(traces).try_init()
+        }
+        // No trace layer at all (not an absent `Option` one, which still lets every span of
+        // every crate be built: h2's per-frame trace spans were a tenth of a node's CPU).
+        None => tracing_subscriber::registry().with(logs).try_init(),
+    }
+    .context("could not set up logging")?;
     if provider.is_some() {
         // The per-frame paths (rooms, sockets, links) make their spans only for sampled traces;
         // head sampling follows OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (the SDK reads them).
