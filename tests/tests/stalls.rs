@@ -255,5 +255,9 @@ async fn a_node_whose_clock_is_past_the_margin_is_refused_and_one_within_it_serv
         "refused within the bound:\n{}",
         near.gateway(0).log_tail(40)
     );
-    assert_eq!(metric(gw, "partyline_gateway_nodes_refused_total").await, None, "no refusal counted");
+    // Every reason is exported from the start, at 0.
+    for reason in ["clock", "stalled", "cut_from_redis"] {
+        let series = format!("partyline_gateway_nodes_refused_total{{reason=\"{reason}\"}}");
+        assert_eq!(metric(gw, &series).await, Some(0.0), "no refusal counted ({reason})");
+    }
 }
