@@ -19,6 +19,9 @@
 #                                           bus uses port + 10000)
 #   CLUSTER_NODE_PORTS="7001 7002 7003"     one node per port (gRPC), ids node-1, node-2, ...
 #   CLUSTER_GATEWAY_PORTS="1999 2999"       one gateway per port (HTTP/WebSocket)
+#   CLUSTER_CONSOLE_PORT=                   e.g. 9100: gateway-1 serves its metrics, health and the
+#                                           operator console on 127.0.0.1:<port> (token in
+#                                           <dir>/console-token; any user name); empty: off
 #   CLUSTER_DIR=.partyline/cluster          state: pid files, logs, Redis data, the secret
 #   CLUSTER_WAIT=60                         seconds `up` waits for readiness
 #   CLUSTER_REDIS_PERSIST=1                 Redis is durable (AOF): acknowledged writes survive a
@@ -184,10 +187,24 @@ node_registered() { # node_registered ID
   redis_cli SISMEMBER "$MEMBERS_KEY" "$1" | grep -qx 1 && [ "$(redis_cli EXISTS "$NODE_KEY$1")" = 1 ]
 }
 
-gateway_answers() { # gateway_answers PORT: any HTTP answer on the health endpoint
-  local code
-  code="$(curl -s -o /dev/null -m 2 -w '%{http_code}' "http://127.0.0.1:$1/_partyline/health")" || return 1
+gateway_answers() { # gateway_answers PORT [ADMIN_PORT]: any HTTP answer on the health endpoint
+  local code url="http://127.0.0.1:$1/_partyline/health"
+  [ -n "${2:-}" ] && url="http://127.0.0.1:$2/healthz"
+  code="$(curl -s -o /dev/null -m 2 -w '%{http_code}' "$url")" || return 1
   [ "$code" != 000 ]
+}
+
+# console_env I: the environment that turns the console on for gateway I (gateway-1 only).
+console_env() {
+  [ "$1" = 0 ] && [ -n "${CLUSTER_CONSOLE_PORT:-}" ] || return 0
+  [ -s "$DIR/console-token" ] || (umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$DIR/console-token")
+  printf '%s\n' "PARTYLINE_ADMIN_LISTEN=127.0.0.1:$CLUSTER_CONSOLE_PORT" "PARTYLINE_CONSOLE_TOKEN_FILE=$DIR/console-token"
+}
+
+# console_port I: the admin port of gateway I, if it has one.
+console_port() {
+  [ "$1" = 0 ] && [ -n "${CLUSTER_CONSOLE_PORT:-}" ] && printf '%s' "$CLUSTER_CONSOLE_PORT"
+  return 0
 }
 
 # ---- up
@@ -253,15 +270,17 @@ cmd_up() {
       PARTYLINE_LEASE_PROFILE="$LEASE_PROFILE" "$BIN" node
   done
   for i in "${!GATEWAY_PORTS[@]}"; do
+    local console=()
+    mapfile -t console < <(console_env "$i")
     launch "gateway-$((i + 1))" env \
       PARTYLINE_REDIS_URL="$REDIS_URL" PARTYLINE_REDIS_PREFIX="$PREFIX" PARTYLINE_CLUSTER_SECRET="$sec" \
-      PARTYLINE_HOST=127.0.0.1 PARTYLINE_PORT="${GATEWAY_PORTS[$i]}" "$BIN" gateway
+      PARTYLINE_HOST=127.0.0.1 PARTYLINE_PORT="${GATEWAY_PORTS[$i]}" "${console[@]}" "$BIN" gateway
   done
   for i in "${!NODE_PORTS[@]}"; do
     wait_for "node-$((i + 1))" "registered in Redis" node_registered "node-$((i + 1))"
   done
   for i in "${!GATEWAY_PORTS[@]}"; do
-    wait_for "gateway-$((i + 1))" "answering HTTP on :${GATEWAY_PORTS[$i]}" gateway_answers "${GATEWAY_PORTS[$i]}"
+    wait_for "gateway-$((i + 1))" "answering HTTP on :${GATEWAY_PORTS[$i]}" gateway_answers "${GATEWAY_PORTS[$i]}" "$(console_port "$i")"
   done
   trap - INT TERM
   say "the cluster is up"
@@ -343,6 +362,9 @@ print_where() {
   for i in "${!GATEWAY_PORTS[@]}"; do
     say "  gateway-$((i + 1)) http://127.0.0.1:${GATEWAY_PORTS[$i]}/   (ws://127.0.0.1:${GATEWAY_PORTS[$i]}/parties/<party>/<room>)"
   done
+  if [ -n "${CLUSTER_CONSOLE_PORT:-}" ]; then
+    say "  console   http://127.0.0.1:$CLUSTER_CONSOLE_PORT/console/   (any user name; password: cat $DIR/console-token)"
+  fi
   say "  logs      $LOGS/<name>.log   (scripts/cluster.sh logs)"
   say "  secret    ${PARTYLINE_CLUSTER_SECRET:+from PARTYLINE_CLUSTER_SECRET}${PARTYLINE_CLUSTER_SECRET:-$DIR/secret}"
   say "  stop      scripts/cluster.sh down"

@@ -80,9 +80,18 @@ enum Command {
     /// duplicates and reordering. Loopback targets only unless --allow-remote.
     #[cfg(feature = "bench")]
     Bench(partyline_bench::BenchArgs),
-    /// Show a cluster: live nodes, the shards each owns, the rooms each runs; with --room, which
-    /// node owns that room.
+    /// Show a cluster at a glance: Redis, the lease profile, every node (state, shards, rooms,
+    /// connections, CPU, memory), every gateway, and the rates of connects, messages, commits
+    /// and errors (measured over one second, or between refreshes with --watch). --json prints
+    /// the same as the console's overview.
     Status(StatusArgs),
+    /// Look up a room by name (`party/room`): its shard, owner node and epoch, whether it runs,
+    /// its connections (ids, tags, gateway), its storage against the quota, its next alarm.
+    Room(RoomArgs),
+    /// Drain a node: it takes no new rooms, hands every room (with its sockets) to the next
+    /// owner and releases its leases, then stays up, drained, until it is stopped. Waits until
+    /// the drain is done unless --no-wait.
+    Drain(DrainArgs),
     /// Exit 0 when an HTTP URL answers 2xx within the timeout, else 1: a health check for
     /// images without curl (`partyline probe http://127.0.0.1:9090/readyz`).
     Probe(crate::probe::ProbeArgs),
@@ -117,9 +126,49 @@ struct DeployArgs {
 /// Options of `partyline status`.
 #[derive(Debug, Args)]
 struct StatusArgs {
-    /// Also show the shard and owner of this room, as `party/room`.
+    /// Also look up this room, as `party/room` (as `partyline room` does).
     #[arg(long)]
     room: Option<String>,
+    /// Refresh every this many seconds until interrupted (rates between refreshes).
+    #[arg(long, num_args = 0..=1, default_missing_value = "2", value_name = "SECONDS")]
+    watch: Option<f64>,
+    /// Print JSON (the console's overview, with rates per second) instead of tables; one line
+    /// per refresh with --watch.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+/// Options of `partyline room`.
+#[derive(Debug, Args)]
+struct RoomArgs {
+    /// The room, as `party/room`.
+    room: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+/// Options of `partyline drain`.
+#[derive(Debug, Args)]
+struct DrainArgs {
+    /// The node's id (as `partyline status` lists it).
+    node: String,
+    /// Who asks, recorded in the node's log and the cluster's events (default: $USER).
+    #[arg(long)]
+    who: Option<String>,
+    /// Return once the drain started instead of waiting until it is done.
+    #[arg(long)]
+    no_wait: bool,
+    /// Give up waiting after this long.
+    #[arg(long, value_parser = parse_duration, default_value = "2m")]
+    timeout: Duration,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     cluster: ClusterArgs,
 }
@@ -239,6 +288,12 @@ impl ClusterArgs {
 
     fn env(&self) -> Env {
         Env::new(self.vars.map())
+    }
+
+    /// What operators see and do, over this cluster's Redis and nodes.
+    async fn ops(&self) -> anyhow::Result<crate::ops::Ops> {
+        let redis = partyline_cluster::redis::Redis::connect(self.redis()).await?;
+        crate::ops::Ops::new(redis, self.secret()?, self.cluster_tls()?)
     }
 }
 
@@ -393,6 +448,16 @@ struct GatewayArgs {
     project: ProjectArgs,
     #[command(flatten)]
     edge: EdgeArgs,
+    /// Serve the operator console at http://<admin address>/console/ behind this token (at least
+    /// 16 bytes; needs --admin-listen). Browsers ask for it with a login box: any user name (it is
+    /// recorded with every action taken), the token as password; scripts send
+    /// `Authorization: Bearer <token>`. Off when not given.
+    #[arg(long, env = "PARTYLINE_CONSOLE_TOKEN", hide_env_values = true, requires = "admin_listen")]
+    console_token: Option<String>,
+    /// File holding the console token (surrounding whitespace ignored), so it is not visible in
+    /// the environment or `ps`.
+    #[arg(long, env = "PARTYLINE_CONSOLE_TOKEN_FILE", conflicts_with = "console_token", requires = "admin_listen")]
+    console_token_file: Option<PathBuf>,
     /// Refuse a node whose clock is further off this gateway's than this (its offset plus half
     /// the round trip that measured it): no rooms are routed to it and its links are closed.
     /// Default: the margin of the node's lease profile, lease TTL minus self-fence less 100 ms
@@ -418,8 +483,21 @@ impl GatewayArgs {
             tls: self.edge.tls()?,
             cluster_tls: self.cluster.cluster_tls()?,
             max_clock_offset: self.max_clock_offset,
+            console: self.console()?,
         };
         Ok(GatewayProcess { listen, admin_listen: self.admin_listen, project: self.project, config })
+    }
+
+    fn console(&self) -> anyhow::Result<Option<crate::console::ConsoleConfig>> {
+        let token = match (&self.console_token, &self.console_token_file) {
+            (Some(token), _) => token.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading the console token from {}", path.display()))?
+                .trim()
+                .to_string(),
+            (None, None) => return Ok(None),
+        };
+        Ok(Some(crate::console::ConsoleConfig::new(token).context("in --console-token")?))
     }
 }
 
@@ -703,6 +781,8 @@ impl Cli {
             #[cfg(feature = "bench")]
             Command::Bench(_) => "bench",
             Command::Status(_) => "status",
+            Command::Room(_) => "room",
+            Command::Drain(_) => "drain",
             Command::Probe(_) => "probe",
             Command::New(_) => "new",
             #[cfg(feature = "partykit")]
@@ -757,8 +837,19 @@ impl Cli {
             #[cfg(feature = "bench")]
             Command::Bench(args) => partyline_bench::run(args).await,
             Command::Status(args) => {
-                let tls = args.cluster.cluster_tls()?;
-                crate::status::run(args.cluster.redis(), args.cluster.secret()?, tls, args.room).await
+                let ops = args.cluster.ops().await?;
+                let watch = args.watch.map(Duration::from_secs_f64);
+                crate::status::status(&ops, watch, args.json, args.room.as_deref()).await
+            }
+            Command::Room(args) => {
+                let ops = args.cluster.ops().await?;
+                crate::status::room(&ops, &args.room, args.json).await
+            }
+            Command::Drain(args) => {
+                let ops = args.cluster.ops().await?;
+                let who = args.who.unwrap_or_else(crate::status::default_who);
+                let wait = (!args.no_wait).then_some(args.timeout);
+                crate::status::drain(&ops, &args.node, &who, wait, args.json).await
             }
             Command::Probe(args) => crate::probe::run(args).await,
             Command::New(args) => crate::new::run(args),

@@ -61,7 +61,13 @@ impl GatewayProcess {
         println!("Partyline gateway listening on {scheme}://{local}");
         println!("  redis: {} (prefix {})", partyline_cluster::redis::redact(&config.redis.url), config.redis.prefix);
         match &admin {
-            Some(a) => println!("  metrics and health: http://{}/metrics, /healthz, /readyz", a.local_addr()?),
+            Some(a) => {
+                let a = a.local_addr()?;
+                println!("  metrics and health: http://{a}/metrics, /healthz, /readyz");
+                if config.console.is_some() {
+                    println!("  operator console: http://{a}/console/ (any user name, the console token as password)");
+                }
+            }
             None => println!(
                 "  metrics and health: {scheme}://{local}/_partyline/metrics, /_partyline/healthz, /_partyline/readyz"
             ),
@@ -94,6 +100,8 @@ pub struct GatewayProcessConfig {
     /// The largest clock offset a node may have before this gateway refuses it; `None`: the
     /// margin of the node's lease profile (lease TTL minus self-fence, less 100 ms).
     pub max_clock_offset: Option<Duration>,
+    /// Serve the operator console on the admin listener, behind this token.
+    pub console: Option<crate::console::ConsoleConfig>,
 }
 
 /// Runs a gateway on `listener` until `shutdown` resolves.
@@ -149,5 +157,23 @@ pub async fn run_gateway_with(
         Liveness { max_clock_offset: cfg.max_clock_offset, ..Liveness::default() },
         gateway.shared_metrics(),
     );
-    crate::health::serve_gateway(gateway, listener, admin, shutdown, redis, client).await
+    client.record_events(redis.events(), cfg.name.clone());
+    let console = match cfg.console {
+        Some(console) => {
+            anyhow::ensure!(
+                admin.is_some(),
+                "the operator console is served on the admin listener: give --admin-listen"
+            );
+            let ops = crate::ops::Ops::new(redis.clone(), cfg.secret.clone(), cfg.cluster_tls.clone())?
+                .with_view(client.clone());
+            Some(crate::console::router(console, ops, gateway.clone(), cfg.name.clone()))
+        }
+        None => None,
+    };
+    let record = crate::health::Record {
+        name: cfg.name.clone(),
+        addr: listener.local_addr()?.to_string(),
+        admin: admin.as_ref().and_then(|a| a.local_addr().ok()).map(|a| a.to_string()),
+    };
+    crate::health::serve_gateway(gateway, listener, admin, console, record, shutdown, redis, client).await
 }

@@ -6,8 +6,11 @@
 //! ([`dev`]: gateway and node in one process, embedded store; [`node`]: a cluster's owner node;
 //! [`gateway`]: a cluster's gateway), [`process`] (what every server process shares: listening,
 //! shutdown signals), [`health`] (a gateway's health and metrics endpoints), [`init`] (creating
-//! a cluster in Redis), [`status`], [`probe`], [`new`] (`partyline new`), [`project`] (PartyKit
-//! projects, feature `partykit`), [`telemetry`] (logs and OTLP traces).
+//! a cluster in Redis), [`ops`] (what operators see and do: the cluster's overview, a room's
+//! lookup, drains and moves), [`console`] (the operator console a gateway serves on its admin
+//! listener), [`status`] (`partyline status`, `room`, `drain`), [`probe`], [`new`]
+//! (`partyline new`), [`project`] (PartyKit projects, feature `partykit`), [`telemetry`] (logs
+//! and OTLP traces).
 //!
 //! Features (all on by default): `examples` (the example parties and the `partyline` binary),
 //! `bench` (`partyline bench`), `partykit` (PartyKit projects on the JS engine).
@@ -24,6 +27,7 @@
 //! ```
 
 pub mod cli;
+pub mod console;
 #[cfg(feature = "partykit")]
 pub mod deploy;
 pub mod dev;
@@ -32,6 +36,7 @@ pub mod health;
 pub mod init;
 pub mod new;
 pub mod node;
+pub mod ops;
 pub mod probe;
 pub mod process;
 #[cfg(feature = "partykit")]

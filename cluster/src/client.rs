@@ -239,6 +239,9 @@ struct Inner {
     unusable: Mutex<HashMap<String, Unusable>>,
     /// Node ids whose links must end: found unusable, or gone from the membership.
     down: broadcast::Sender<String>,
+    /// Where the watch on the nodes records a `node_refused` event, and as whom (see
+    /// [`ClusterClient::record_events`]).
+    events: std::sync::OnceLock<(crate::redis::events::Events, String)>,
 }
 
 /// A link stream opened to a room's owner.
@@ -273,6 +276,7 @@ impl ClusterClient {
             owner_changes: broadcast::channel(1024).0,
             unusable: Mutex::new(HashMap::new()),
             down: broadcast::channel(256).0,
+            events: std::sync::OnceLock::new(),
         });
         let client = ClusterClient { inner };
         client.refresh().await;
@@ -360,6 +364,15 @@ impl ClusterClient {
         }
     }
 
+    /// From now on, every node the watch on the nodes ([`ClusterClient::watch_nodes`]) routes
+    /// around is recorded in the cluster's events (a [`Kind::NodeRefused`] event from `source`,
+    /// this process's name), once per refusal, in the background. The first call wins.
+    ///
+    /// [`Kind::NodeRefused`]: crate::redis::events::Kind::NodeRefused
+    pub fn record_events(&self, events: crate::redis::events::Events, source: String) {
+        let _ = self.inner.events.set((events, source));
+    }
+
     /// Starts watching every node in the view (until every clone of this client is dropped):
     /// see the module docs and [`Unusable`]. Gateways call it once; `observer` hears each
     /// node's clock offset and every refusal.
@@ -410,6 +423,14 @@ impl ClusterClient {
                     ),
                 }
                 observer.refused(&node.id, &now);
+                if let Some((events, source)) = self.inner.events.get() {
+                    let text = format!("routed around node {} ({now}); its links closed", node.id);
+                    events.spawn_record(crate::redis::events::Event::new(
+                        crate::redis::events::Kind::NodeRefused,
+                        source.clone(),
+                        text,
+                    ));
+                }
                 self.inner.owners.locked().retain(|_, n| n.id != node.id);
                 let _ = self.inner.down.send(node.id.clone());
             }

@@ -18,6 +18,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// 1012: the room moved to another node (a drain, a rebalance, a failover); reconnect.
 pub const ROOM_MOVED: &str = "room moved";
+/// 1012: an operator closed the room (`partyline room close`, the console); reconnect to a
+/// fresh instance.
+pub const CLOSED_BY_OPERATOR: &str = "closed by an operator";
 /// 1011 or 1012: the room cannot go on here (its storage failed); reconnect. With a reference.
 pub const ROOM_UNAVAILABLE: &str = "room unavailable";
 /// 1011: the party failed (an error, a panic, a time-out, a tag it may not set). With a reference.
@@ -90,6 +93,7 @@ pub const CONNECT_TIMEOUT: &str = "the room did not answer the connection in tim
 /// Every fixed text above.
 pub const ALL: &[&str] = &[
     ROOM_MOVED,
+    CLOSED_BY_OPERATOR,
     ROOM_UNAVAILABLE,
     INTERNAL_ERROR,
     ROOM_RESTARTED,

@@ -77,14 +77,25 @@ impl Gateway {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        self.serve_admin_with(listener, axum::Router::new(), shutdown).await
+    }
+
+    /// Like [`Gateway::serve_admin`], also serving `extra`'s routes (the operator console);
+    /// what they do not match is answered as above.
+    pub async fn serve_admin_with(
+        &self,
+        listener: TcpListener,
+        extra: axum::Router,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         self.inner.health.on_client_port.store(false, Ordering::Release);
-        let router = axum::Router::new()
+        let base = axum::Router::new()
             .fallback(|State(gw): State<Arc<Inner>>, req: http::Request<Body>| async move {
                 let path = req.uri().path().trim_start_matches('/').to_string();
                 respond(&gw, &path).await
             })
             .with_state(self.inner.clone());
-        axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+        axum::serve(listener, extra.merge(base)).with_graceful_shutdown(shutdown).await
     }
 }
 

@@ -4,6 +4,7 @@
 //! (`room_broadcasts`) and fans out to every local socket (`frames_to_clients`,
 //! `broadcast_fanout`). One [`Metrics`] per gateway, so gateways in one process keep their own.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -14,9 +15,12 @@ use partyline::{Request, Response, RoomKey};
 use partyline_cluster::client::{NodeObserver, Unusable};
 use partyline_cluster::metrics::AtomicHistogram;
 use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::router::{OpenLink, RoomRouter, RouteError};
@@ -93,6 +97,8 @@ pub struct Metrics {
     /// Nodes found unusable (routed around, links closed), by reason: `stalled`,
     /// `cut_from_redis`, `clock`.
     pub nodes_refused: ByReason,
+    /// Client WebSockets closed, by close code.
+    pub client_closes: Arc<CloseCodes>,
     open_sockets: Gauge,
     open_links: Gauge,
 }
@@ -127,6 +133,7 @@ impl Default for Metrics {
             room_request_seconds: duration_histogram(),
             node_clock_offset: PerNode::default(),
             nodes_refused: ByReason::default(),
+            client_closes: Arc::default(),
             open_sockets: Gauge::default(),
             open_links: Gauge::default(),
         };
@@ -197,6 +204,7 @@ impl Default for Metrics {
                 "Nodes found unusable and routed around, their links closed, by reason (stalled, cut_from_redis, clock).",
                 m.nodes_refused.clone(),
             );
+            r.register_collector(Box::new(CloseCodesCollector(m.client_closes.clone())));
         }
         m
     }
@@ -225,6 +233,45 @@ impl Metrics {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry.locked());
         out
+    }
+}
+
+/// Client sockets closed, by close code: the first close frame sent or received, 1005 for a
+/// close frame without a code, 1006 for a connection that ended without one. Counted once per
+/// socket, when it ends, so a mutex is cheap enough; exported as
+/// `partyline_gateway_client_closes_total{code}`.
+#[derive(Debug, Default)]
+pub struct CloseCodes(Mutex<BTreeMap<u16, u64>>);
+
+impl CloseCodes {
+    /// Counts one socket closed with `code`.
+    pub fn inc(&self, code: u16) {
+        *self.0.locked().entry(code).or_default() += 1;
+    }
+
+    /// The counts so far, by code.
+    pub fn snapshot(&self) -> BTreeMap<u16, u64> {
+        self.0.locked().clone()
+    }
+}
+
+/// Exports [`CloseCodes`] at every scrape.
+#[derive(Debug)]
+struct CloseCodesCollector(Arc<CloseCodes>);
+
+impl Collector for CloseCodesCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let mut family = encoder.encode_descriptor(
+            "partyline_gateway_client_closes",
+            "Client WebSockets closed, by close code (1006: ended without a close frame).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (code, n) in self.0.snapshot() {
+            let labels = [("code", code.to_string())];
+            ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
     }
 }
 

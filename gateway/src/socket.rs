@@ -94,6 +94,8 @@ type Ending = (End, Option<String>);
 pub(crate) async fn run(gw: Arc<Inner>, ws: Ws, task: SocketTask) {
     let mut socket = Socket::new(&gw, &task, ws);
     let (end, error) = std::future::poll_fn(|cx| socket.poll(cx)).await;
+    // 1006: the connection ended without a close frame either way.
+    gw.metrics.client_closes.inc(socket.close_code.unwrap_or(close_code::ABNORMAL));
     // The ends are boxed: this task lives as long as the socket, and its size is that of its
     // largest state, which should be the running socket's.
     if let End::Linger = end {
@@ -124,6 +126,8 @@ struct Socket<'a> {
     flushing: bool,
     /// Our close frame is in the batch being flushed.
     close_sent: bool,
+    /// The code of the first close frame sent or received (the metrics count it).
+    close_code: Option<u16>,
     /// Our close frame went out: the client has this long to answer it.
     closing: Option<Pin<Box<Sleep>>>,
     /// Closed for the client's fault: the reason, and how long the close frame may take to go
@@ -144,6 +148,7 @@ impl<'a> Socket<'a> {
             unflushed: false,
             flushing: false,
             close_sent: false,
+            close_code: None,
             closing: None,
             refused: None,
         }
@@ -222,6 +227,7 @@ impl<'a> Socket<'a> {
                 Queued::Ping => tungstenite::Message::Ping(Bytes::new()),
                 Queued::Close(code, reason) => {
                     self.close_sent = true;
+                    self.close_code.get_or_insert(code);
                     self.flushing = true;
                     let frame =
                         CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from(close_reason(&reason)) };
@@ -274,7 +280,13 @@ impl<'a> Socket<'a> {
                 None => return Poll::Ready((End::Done, None)),
                 Some(Ok(tungstenite::Message::Text(t))) => Message::Text(text(t)),
                 Some(Ok(tungstenite::Message::Binary(b))) => Message::Binary(b),
-                // Pings are answered by tungstenite; a close is replied to on the next read.
+                // A close is replied to on the next read.
+                Some(Ok(tungstenite::Message::Close(frame))) => {
+                    // 1005: a close frame without a code.
+                    self.close_code.get_or_insert(frame.map_or(close_code::NO_STATUS, |f| u16::from(f.code)));
+                    continue;
+                }
+                // Pings are answered by tungstenite.
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => {
                     let (code, reason) = match &e {

@@ -36,7 +36,9 @@ pub fn reasons(state: &NodeState) -> Vec<&'static str> {
     if !state.redis_ok() {
         why.push("Redis is unreachable");
     }
-    if state.draining() {
+    if state.draining() && state.drained() {
+        why.push("drained by an operator: it takes no rooms until it is stopped");
+    } else if state.draining() {
         why.push("draining");
     }
     if state.refusing() {

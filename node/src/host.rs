@@ -67,6 +67,15 @@ struct Entry {
     fence: Option<Fence>,
 }
 
+/// A room running here ([`RoomHost::running`]).
+#[derive(Clone)]
+pub struct Running {
+    /// Its handle.
+    pub handle: RoomHandle,
+    /// The lease epoch its writes are fenced by (`None` in `dev`).
+    pub epoch: Option<u64>,
+}
+
 /// Told that a room's storage refused its fence (the shard's lease is not ours any more).
 pub type OnFenced = Arc<dyn Fn(&RoomKey, &Fence) + Send + Sync>;
 
@@ -169,6 +178,20 @@ impl RoomHost {
     /// How many rooms are running.
     pub fn room_count(&self) -> usize {
         self.inner.rooms.locked().len()
+    }
+
+    /// Client connections in the rooms running here, through every link
+    /// ([`RoomHandle::connection_count`] of each: one lock per room, none on the frame paths).
+    pub fn connection_count(&self) -> usize {
+        let handles: Vec<RoomHandle> = self.inner.rooms.locked().values().map(|e| e.handle.clone()).collect();
+        handles.iter().filter(|h| !h.is_closed()).map(RoomHandle::connection_count).sum()
+    }
+
+    /// The room if it runs here now, without starting it.
+    pub fn running(&self, key: &RoomKey) -> Option<Running> {
+        let rooms = self.inner.rooms.locked();
+        let e = rooms.get(key).filter(|e| !e.handle.is_closed())?;
+        Some(Running { handle: e.handle.clone(), epoch: e.fence.as_ref().map(|f| f.epoch) })
     }
 
     /// The handle of a room, starting it when it is not running.
@@ -310,20 +333,26 @@ impl RoomHost {
 
     /// Opens a gateway link into a room, starting it if needed.
     pub async fn open_link(&self, key: &RoomKey, tx: mpsc::Sender<FromRoom>) -> Result<LinkSender, HostError> {
-        self.open_link_fenced(key, None, &always, tx).await
+        self.open_link_fenced(key, None, &always, tx, None).await
     }
 
     /// Like [`RoomHost::open_link`]; a room started for it fences its writes with `fence`.
+    /// `gateway` names the gateway the link comes from, for [`RoomHandle::inspect`].
     pub async fn open_link_fenced(
         &self,
         key: &RoomKey,
         fence: Option<Fence>,
         admit: Admit<'_>,
         tx: mpsc::Sender<FromRoom>,
+        gateway: Option<&str>,
     ) -> Result<LinkSender, HostError> {
         for _ in 0..ATTEMPTS {
             let room = self.room_or_wait(key, fence.clone(), admit).await?;
-            match room.open_link(tx.clone()).await {
+            let opened = match gateway {
+                Some(name) => room.open_link_as(tx.clone(), name).await,
+                None => room.open_link(tx.clone()).await,
+            };
+            match opened {
                 Ok(link) => return Ok(link),
                 Err(SendError::Gone(_)) => tokio::task::yield_now().await,
                 Err(SendError::Overloaded(key)) => return Err(HostError::Overloaded(key)),

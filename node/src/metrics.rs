@@ -74,12 +74,16 @@ pub struct NodeMetrics {
     pub lease_losses: Counter,
     /// Shards dropped by the self-fence: no successful renewal in time.
     pub self_fences: Counter,
-    /// Drains started (graceful shutdowns).
+    /// Drains started (graceful shutdowns, and operators' drains of a node that stays up).
     pub drains: Counter,
     /// `on_alarm` runs.
     pub alarms_fired: Counter,
     /// Room storage commits that failed or were refused by the fence.
     pub commit_failures: Counter,
+    /// Room starts this node refused: the room's shard is closed here (the node drains, or
+    /// refuses to serve) or being handed over, or the node hosts as many rooms as it may. A
+    /// "not owner" redirect is not a refusal.
+    pub rooms_refused: Counter,
     /// Time to handle one room event, by event.
     pub events: Histograms,
     /// The histograms of [`EVENTS`], in that order.
@@ -109,6 +113,7 @@ impl Default for NodeMetrics {
             drains: Counter::default(),
             alarms_fired: Counter::default(),
             commit_failures: Counter::default(),
+            rooms_refused: Counter::default(),
             events: Family::new_with_constructor(duration_histogram as fn() -> AtomicHistogram),
             event_histograms: Vec::new(),
             commit_seconds: duration_histogram(),
@@ -122,7 +127,7 @@ impl Default for NodeMetrics {
         }
         {
             let mut r = m.registry.locked();
-            let counters: [(&str, &str, &Counter); 14] = [
+            let counters: [(&str, &str, &Counter); 15] = [
                 ("links_opened", "Link streams opened into rooms on this node.", &m.links_opened),
                 ("link_messages_in", "Messages from gateways to rooms over links.", &m.link_messages_in),
                 ("link_messages_out", "Messages from rooms to gateways over links.", &m.link_messages_out),
@@ -138,9 +143,14 @@ impl Default for NodeMetrics {
                 ("lease_renewal_failures", "Failed lease renewal rounds.", &m.lease_renewal_failures),
                 ("lease_losses", "Leases found lost at renewal (shard dropped).", &m.lease_losses),
                 ("self_fences", "Shards dropped by the self-fence (no renewal in time).", &m.self_fences),
-                ("drains", "Drains started (graceful shutdowns).", &m.drains),
+                ("drains", "Drains started (graceful shutdowns and operators' drains).", &m.drains),
                 ("alarms_fired", "on_alarm runs.", &m.alarms_fired),
                 ("commit_failures", "Storage commits that failed or were refused by the fence.", &m.commit_failures),
+                (
+                    "rooms_refused",
+                    "Room starts refused (shard closed or handed over here, or the node at its room limit).",
+                    &m.rooms_refused,
+                ),
             ];
             for (name, help, c) in counters {
                 r.register(format!("partyline_node_{name}"), help, c.clone());

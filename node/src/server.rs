@@ -4,7 +4,12 @@
 //! owner when nodes join (rebalance), refuses to serve from a Redis that lost the cluster's data,
 //! and on shutdown drains: it announces `draining`, moves every room to its next owner (a
 //! hibernating party's sockets are handed over without a disconnect), releases its leases, and
-//! exits within the drain timeout.
+//! exits within the drain timeout. An operator may also drain it without stopping it (the
+//! `Drain` call, [`NodeControl`]): the same moves, after which the node stays up and a member,
+//! announced as draining, its state `drained`, until it is stopped.
+//!
+//! What happens to its shards (failovers, lost leases, drains, rebalances, fenced writes,
+//! refused rooms, operators' actions) goes to the cluster's events ([`crate::events`]).
 //!
 //! Every background task is owned by the process (one [`TaskTracker`] and one tree of
 //! [`CancellationToken`]s): when [`run`] returns, nothing it started is left running.
@@ -31,13 +36,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::alarms::{self, AlarmScope, Parked};
+use crate::events::NodeEvents;
 use crate::host::{HostConfig, HostError, RoomHost};
 use crate::metrics::{FnKind, MeteredStore, NodeMetrics};
-use crate::service::{CheckSecret, NodeService};
+use crate::service::{CheckSecret, NodeControl, NodeService};
 use crate::shards::{LeaseBackend, LeaseTiming, Placement, Shards};
 use partyline_cluster::client::{ClientConfig, ClusterClient, ClusterParties};
+use partyline_cluster::redis::events::Kind;
 use partyline_cluster::redis::marker::{fresh_value, Claim, Marker, Persistence};
 use partyline_cluster::redis::{fence_for, Acquire, Leases, Membership, NodeInfo, Redis, RedisConfig, RedisStore};
+use partyline_proto::pb;
 
 /// Settings of a node.
 #[derive(Clone, Debug)]
@@ -103,12 +111,41 @@ pub struct NodeState {
     uninitialized: AtomicBool,
     registered: AtomicBool,
     redis_ok: AtomicBool,
+    drained: AtomicBool,
 }
 
 impl NodeState {
-    /// Shutting down: moving its rooms away.
+    /// Draining: moving its rooms away (shutting down, or an operator's drain), or drained and
+    /// still up; announced as draining either way, so no room is placed here.
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+
+    /// The drain finished: no shard and no room left here (set once, never cleared).
+    pub fn drained(&self) -> bool {
+        self.drained.load(Ordering::Acquire)
+    }
+
+    /// What the node is doing, in a word (`Info.state`, the console): `uninitialized` (no
+    /// cluster in Redis yet), `starting` (not registered yet), `refusing` (Redis lost the
+    /// cluster's data), `cut_from_redis` (its last heartbeat failed), `drained` (drained and
+    /// still up), `draining`, else `ready`. The first that applies.
+    pub fn name(&self) -> &'static str {
+        if self.uninitialized() {
+            "uninitialized"
+        } else if !self.registered() {
+            "starting"
+        } else if self.refusing() {
+            "refusing"
+        } else if !self.redis_ok() {
+            "cut_from_redis"
+        } else if self.draining() && self.drained() {
+            "drained"
+        } else if self.draining() {
+            "draining"
+        } else {
+            "ready"
+        }
     }
 
     /// Refusing to serve: Redis lost the cluster's data.
@@ -229,6 +266,8 @@ struct Started {
     store: Arc<RedisStore>,
     metrics: Arc<NodeMetrics>,
     parties: PartyRegistry,
+    /// When the node started, in ms since the Unix epoch.
+    started_unix_ms: u64,
 }
 
 impl Started {
@@ -236,9 +275,13 @@ impl Started {
     /// shard table, and announces the node, so that gateways route here once it serves.
     async fn start(cfg: NodeConfig, parties: PartyRegistry, telemetry: NodeTelemetry) -> anyhow::Result<Started> {
         let NodeTelemetry { metrics, state } = telemetry;
+        let started_unix_ms = crate::shards::wall_ms();
+        // Readiness is exported from the start: a node that waits for its cluster is not ready.
+        register_state_gauges(&metrics, &state);
         cfg.leases.validate().map_err(|e| anyhow::anyhow!("lease timing: {e}"))?;
         partyline_cluster::secret::validate(&cfg.secret)?;
         let redis = Redis::connect(cfg.redis.clone()).await.context("the node needs Redis")?;
+        let events = NodeEvents::new(redis.events(), cfg.id.clone());
         let limits = Arc::new(cfg.limits.clone());
         let membership = redis.membership();
         let cluster = ClusterClient::start(
@@ -272,9 +315,11 @@ impl Started {
         let fenced_shards: Arc<std::sync::OnceLock<std::sync::Weak<Shards>>> = Arc::default();
         let on_fenced = {
             let fenced_shards = fenced_shards.clone();
+            let events = events.clone();
             Arc::new(move |room: &RoomKey, fence: &partyline::store::Fence| {
-                let Some(shards) = fenced_shards.get().and_then(std::sync::Weak::upgrade) else { return };
                 let shard = shard_of(room);
+                events.fenced(room, shard, fence.epoch);
+                let Some(shards) = fenced_shards.get().and_then(std::sync::Weak::upgrade) else { return };
                 if shards.owned().contains(&(shard, fence.epoch)) {
                     shards.drop_shard(shard, "a room's storage refused its fence");
                 }
@@ -310,18 +355,30 @@ impl Started {
             }),
         ));
         shards.set_metrics(metrics.clone());
+        shards.set_events(events.clone());
         let _ = fenced_shards.set(Arc::downgrade(&shards));
-        register_gauges(&metrics, &host, &shards, &state);
+        register_gauges(&metrics, &host, &shards);
         if state.refusing() {
             shards.close();
         }
 
-        let node = Node { cfg, me, state, shards, host, cluster, membership, handovers: Arc::default() };
+        let node = Node {
+            cfg,
+            me,
+            state,
+            shards,
+            host,
+            cluster,
+            membership,
+            handovers: Arc::default(),
+            events,
+            metrics: metrics.clone(),
+        };
         // Announce ourselves before serving, so gateways route here.
         node.announce().await.context("could not register in Redis")?;
         node.state.registered.store(true, Ordering::Release);
         node.state.redis_ok.store(true, Ordering::Release);
-        Ok(Started { node, redis, marker, store, metrics, parties })
+        Ok(Started { node, redis, marker, store, metrics, parties, started_unix_ms })
     }
 
     /// Spawns the node's background tasks: lease renewals, membership heartbeats (checking the
@@ -340,6 +397,7 @@ impl Started {
                 leases: self.redis.leases(),
                 membership: node.membership.clone(),
                 fast_failover: node.cfg.fast_failover,
+                events: node.events.clone(),
             }),
             tasks.stop_alarms.clone(),
         ));
@@ -399,6 +457,17 @@ impl Started {
             fast_failover: cfg.fast_failover,
             membership: node.membership.clone(),
             metrics: self.metrics.clone(),
+            store: self.store.clone(),
+            limits: Arc::new(cfg.limits.clone()),
+            state: node.state.clone(),
+            events: node.events.clone(),
+            control: Arc::new(Control {
+                node: node.clone(),
+                tracker: tasks.tracker.clone(),
+                stop: tasks.stop.clone(),
+                stop_alarms: tasks.stop_alarms.clone(),
+            }),
+            started_unix_ms: self.started_unix_ms,
         };
         let server = NodeServer::new(service).max_decoding_message_size(grpc_max).max_encoding_message_size(grpc_max);
         let secrets = std::iter::once(&cfg.secret).chain(&cfg.accept_secrets);
@@ -647,6 +716,10 @@ struct Node {
     /// Handovers under way, by shard: a drain that meets a shard a rebalance is already moving
     /// joins that handover instead of starting a second one.
     handovers: Arc<Mutex<HashMap<u16, Shared<BoxFuture<'static, usize>>>>>,
+    /// The cluster's events, as this node writes them.
+    events: Arc<NodeEvents>,
+    /// Counters.
+    metrics: Arc<NodeMetrics>,
 }
 
 impl Node {
@@ -771,7 +844,8 @@ impl Node {
     /// Graceful shutdown: announce `draining` (gateways stop placing rooms here), take no new
     /// shards, move every room to its next owner and release every lease, within the drain
     /// timeout; drop any shard still held; then leave the membership. The gRPC listener stays
-    /// open all along (it closes after this returns).
+    /// open all along (it closes after this returns). After an operator's drain there is
+    /// nothing left to move: it only leaves the membership.
     async fn drain(&self) {
         let started = Instant::now();
         let deadline = started + self.cfg.drain_timeout;
@@ -781,25 +855,70 @@ impl Node {
             tracing::warn!(error = %e, "could not announce draining");
         }
         let owned = self.shards.owned();
-        tracing::info!(node = %self.me.id, shards = owned.len(), rooms = self.host.room_count(), "draining");
-        // A margin before the deadline for the releases themselves.
-        let move_by = deadline - (self.cfg.drain_timeout / 10).min(Duration::from_secs(1));
-        let moves = owned.iter().map(|(shard, _)| self.hand_over(*shard, move_by));
-        let moved: usize = match tokio::time::timeout_at(deadline, futures::future::join_all(moves)).await {
-            Ok(n) => n.into_iter().sum(),
-            Err(_) => {
-                tracing::warn!("drain timed out; the remaining leases expire by themselves");
-                0
-            }
-        };
+        let rooms = self.host.room_count();
+        tracing::info!(node = %self.me.id, shards = owned.len(), rooms, "draining");
+        let text = format!("draining to shut down: {} shards, {rooms} rooms", owned.len());
+        self.events.record(self.events.event(Kind::Drain, text));
+        let moved = self.move_away(&owned, deadline).await;
         // Withdrawing the record and then closing the listener is what lets another node break
         // a lease at once (`service::take_over_if_gone`): no shard may still be valid here by
         // then. Normally none is left (each was released or dropped); one the drain timed out
         // on, or acquired while the drain began, is dropped now: its guard turns invalid and its
         // rooms stop.
         self.shards.drop_all("the drain ended with the shard still held");
+        // Not `drained`: that is a node an operator drained that stays up. A node that hangs
+        // after its shutdown drain stays `draining` (and its alert fires).
         let _ = self.membership.leave(&self.me.id).await;
-        tracing::info!(node = %self.me.id, rooms = moved, took = ?started.elapsed(), "drained");
+        let took = started.elapsed();
+        tracing::info!(node = %self.me.id, rooms = moved, took = ?took, "drained");
+        let text = format!("drained to shut down: {moved} rooms moved in {:.1} s", took.as_secs_f64());
+        self.events.record(self.events.event(Kind::Drained, text));
+    }
+
+    /// An operator's drain, once [`Control::drain`] has marked the node draining and closed its
+    /// shard table: the shutdown drain's moves, within the drain timeout, after which the node
+    /// stays up and a member, announced as draining, and its state is `drained`.
+    async fn operator_drain(&self, who: String, owned: Vec<(u16, u64)>) {
+        let started = Instant::now();
+        if let Err(e) = self.announce().await {
+            tracing::warn!(error = %e, "could not announce draining");
+        }
+        let mut moved = self.move_away(&owned, started + self.cfg.drain_timeout).await;
+        // A shard granted while the drain began (its acquisition was under way when the table
+        // closed) moves too.
+        let late: Vec<(u16, u64)> =
+            self.shards.owned().into_iter().filter(|(s, _)| !owned.iter().any(|(o, _)| o == s)).collect();
+        if !late.is_empty() {
+            moved += self.move_away(&late, Instant::now() + self.cfg.drain_timeout).await;
+        }
+        // What the drain timed out on: dropped, its lease left to expire (as a shutdown does).
+        self.shards.drop_all("the drain ended with the shard still held");
+        self.state.drained.store(true, Ordering::Release);
+        let took = started.elapsed();
+        tracing::info!(
+            node = %self.me.id, who = %who, rooms = moved, took = ?took,
+            "drained; the node stays up, announced as draining, until it is stopped"
+        );
+        let text = format!(
+            "drained: {moved} rooms moved in {:.1} s; the node stays up, announced as draining, until it is stopped",
+            took.as_secs_f64()
+        );
+        self.events.record(self.events.event(Kind::Drained, text).by(who));
+    }
+
+    /// Hands every shard of `owned` over, all at once, by `deadline` (the releases themselves
+    /// get a margin before it); how many rooms moved.
+    async fn move_away(&self, owned: &[(u16, u64)], deadline: Instant) -> usize {
+        let margin = (self.cfg.drain_timeout / 10).min(Duration::from_secs(1));
+        let move_by = deadline.checked_sub(margin).unwrap_or(deadline);
+        let moves = owned.iter().map(|(shard, _)| self.hand_over(*shard, move_by));
+        match tokio::time::timeout_at(deadline, futures::future::join_all(moves)).await {
+            Ok(n) => n.into_iter().sum(),
+            Err(_) => {
+                tracing::warn!("drain timed out; the remaining leases expire by themselves");
+                0
+            }
+        }
     }
 
     /// Hands shards to the node rendezvous hashing prefers for them once it has been a member
@@ -844,12 +963,101 @@ impl Node {
             let moved: usize =
                 futures::future::join_all(give.iter().map(|s| self.hand_over(*s, deadline))).await.into_iter().sum();
             tracing::info!(shards = give.len(), rooms = moved, "rebalanced shards to their preferred owners");
+            let text = format!("handed {} shards ({moved} rooms) to their preferred owners", give.len());
+            let event = self.events.event(Kind::Rebalance, text);
+            self.events.record(if let [one] = give[..] { event.shard(one) } else { event });
         }
     }
 }
 
-/// Gauges read at every scrape: rooms live, shards owned, draining.
-fn register_gauges(metrics: &NodeMetrics, host: &RoomHost, shards: &Arc<Shards>, state: &Arc<NodeState>) {
+/// What operators ask of the running node ([`NodeControl`], behind the gRPC service): its
+/// drain, run as one of the node's tasks, and shard handovers.
+struct Control {
+    node: Node,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+    stop_alarms: CancellationToken,
+}
+
+#[tonic::async_trait]
+impl NodeControl for Control {
+    /// Marks the node draining and closes its shard table now (the answer's figures are those
+    /// it held then), stops its alarms and crons (the other nodes run them), then moves its
+    /// rooms in the background ([`Node::operator_drain`]). A node already draining (an
+    /// operator's drain under way or done, or its shutdown) starts nothing: `already`.
+    fn drain(&self, who: &str) -> pb::DrainReply {
+        let node = &self.node;
+        let (shards, rooms) = (node.shards.count() as u32, node.host.room_count() as u32);
+        if node.state.draining.swap(true, Ordering::AcqRel) {
+            tracing::info!(
+                node = %node.me.id, who = %who, drained = node.state.drained(),
+                "an operator asked for a drain; already draining"
+            );
+            return pb::DrainReply { shards, rooms, already: true };
+        }
+        node.shards.close();
+        self.stop_alarms.cancel();
+        node.metrics.drains.inc();
+        let owned = node.shards.owned();
+        tracing::info!(
+            node = %node.me.id, who = %who, shards, rooms,
+            "an operator asked for a drain: draining (the node stays up until it is stopped)"
+        );
+        let text = format!("draining, asked by an operator: {shards} shards, {rooms} rooms");
+        node.events.record(node.events.event(Kind::Drain, text).by(who));
+        let (node, stop, who) = (node.clone(), self.stop.clone(), who.to_string());
+        self.tracker.spawn(async move {
+            tokio::select! {
+                _ = node.operator_drain(who, owned) => {}
+                _ = stop.cancelled() => {}
+            }
+        });
+        pb::DrainReply { shards, rooms, already: false }
+    }
+
+    async fn move_shard(&self, shard: u16, who: &str) -> Option<usize> {
+        let node = &self.node;
+        if !node.shards.owned().iter().any(|(s, _)| *s == shard) {
+            tracing::info!(node = %node.me.id, who = %who, shard, "an operator asked to move a shard not held here");
+            return None;
+        }
+        tracing::info!(node = %node.me.id, who = %who, shard, "an operator asked to move a shard: handing it over");
+        let moved = node.hand_over(shard, Instant::now() + node.cfg.drain_timeout).await;
+        tracing::info!(node = %node.me.id, who = %who, shard, rooms = moved, "shard handed over");
+        let text = format!("moved shard {shard} ({moved} rooms) to its next owner");
+        node.events.record(node.events.event(Kind::Action, text).by(who).shard(shard));
+        Some(moved)
+    }
+}
+
+/// The gauges of the node's state, read at every scrape: ready, draining, drained.
+fn register_state_gauges(metrics: &NodeMetrics, state: &Arc<NodeState>) {
+    let s = state.clone();
+    metrics.register_fn(
+        "partyline_node_ready",
+        "1 while the node takes rooms (as /readyz): registered, Redis reachable, not draining, not refusing, \
+         the cluster exists.",
+        FnKind::Gauge,
+        move || s.ready() as i64,
+    );
+    let s = state.clone();
+    metrics.register_fn(
+        "partyline_node_draining",
+        "1 while the node drains, or is drained and still up (announced as draining).",
+        FnKind::Gauge,
+        move || s.draining() as i64,
+    );
+    let s = state.clone();
+    metrics.register_fn(
+        "partyline_node_drained",
+        "1 once the node's drain finished and it is still up (an operator's drain), until it stops.",
+        FnKind::Gauge,
+        move || (s.draining() && s.drained()) as i64,
+    );
+}
+
+/// Gauges read at every scrape: rooms live, shards owned.
+fn register_gauges(metrics: &NodeMetrics, host: &RoomHost, shards: &Arc<Shards>) {
     let host = host.clone();
     metrics.register_fn("partyline_node_rooms", "Rooms live on this node.", FnKind::Gauge, move || {
         host.room_count() as i64
@@ -857,10 +1065,6 @@ fn register_gauges(metrics: &NodeMetrics, host: &RoomHost, shards: &Arc<Shards>,
     let shards = Arc::downgrade(shards);
     metrics.register_fn("partyline_node_shards_owned", "Shard leases this node holds.", FnKind::Gauge, move || {
         shards.upgrade().map_or(0, |s| s.count() as i64)
-    });
-    let state = state.clone();
-    metrics.register_fn("partyline_node_draining", "1 while the node drains.", FnKind::Gauge, move || {
-        state.draining() as i64
     });
 }
 
@@ -886,6 +1090,7 @@ struct ClusterAlarms {
     leases: Leases,
     membership: Membership,
     fast_failover: bool,
+    events: Arc<NodeEvents>,
 }
 
 #[async_trait]
@@ -909,7 +1114,15 @@ impl AlarmScope for ClusterAlarms {
             // Held by a node that is provably gone: take it over now rather than after its lease
             // expires.
             if self.fast_failover
-                && crate::service::take_over_if_gone(&self.leases, &self.membership, &self.me.inc, shard, owner).await
+                && crate::service::take_over_if_gone(
+                    &self.leases,
+                    &self.membership,
+                    &self.me.inc,
+                    shard,
+                    owner,
+                    Some(&self.events),
+                )
+                .await
             {
                 placement = self.shards.acquire(shard).await;
             }
@@ -927,5 +1140,33 @@ impl AlarmScope for ClusterAlarms {
                 Err(HostError::Unavailable(room.clone()))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_says_the_first_thing_that_applies() {
+        let state = NodeState::default();
+        let set = |flag: &AtomicBool, on: bool| flag.store(on, Ordering::Release);
+        assert_eq!(state.name(), "starting");
+        set(&state.uninitialized, true);
+        assert_eq!(state.name(), "uninitialized");
+        set(&state.uninitialized, false);
+        set(&state.registered, true);
+        set(&state.redis_ok, true);
+        assert_eq!(state.name(), "ready");
+        assert!(state.ready());
+        set(&state.draining, true);
+        assert_eq!(state.name(), "draining");
+        set(&state.drained, true);
+        assert_eq!(state.name(), "drained");
+        assert!(!state.ready());
+        set(&state.redis_ok, false);
+        assert_eq!(state.name(), "cut_from_redis");
+        set(&state.refusing, true);
+        assert_eq!(state.name(), "refusing");
     }
 }

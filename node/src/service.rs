@@ -1,6 +1,7 @@
 //! The node's gRPC service: link streams and HTTP requests for the rooms of the shards it owns
 //! (acquiring a shard's lease on first use when it should own it), "not owner" answers for the
-//! rest, and the cluster-secret check on every call.
+//! rest, what operators see and do (`Info`, `Inspect`, `Drain`, `MoveShard`, `CloseRoom`), and
+//! the cluster-secret check on every call.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,9 +9,9 @@ use std::time::Duration;
 use std::collections::HashSet;
 
 use partyline::runtime::handle::SendError;
-use partyline::runtime::link::{close_code, FromRoom, SocketId, ToRoom};
-use partyline::runtime::placement::shard_of;
-use partyline::{PartyRegistry, RoomKey};
+use partyline::runtime::link::{close_code, close_reason, FromRoom, SocketId, ToRoom};
+use partyline::runtime::placement::{shard_of, SHARDS};
+use partyline::{Limits, PartyRegistry, RoomKey};
 use partyline_proto::pb::{self, link_in, link_out, node_server, room_response};
 use std::pin::Pin;
 use tokio::sync::mpsc;
@@ -18,18 +19,28 @@ use tokio::sync::mpsc;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::events::NodeEvents;
 use crate::host::{HostError, RoomHost};
 use crate::metrics::NodeMetrics;
+use crate::server::NodeState;
 use crate::shards::{Placement, ShardGuard, Shards};
 use partyline_cluster::client::ClusterClient;
-use partyline_cluster::redis::{fence_for, LeaseInfo, Leases, Membership, NodeInfo};
+use partyline_cluster::redis::events::Kind;
+use partyline_cluster::redis::{fence_for, LeaseInfo, Leases, Membership, NodeInfo, RedisStore};
 use partyline_cluster::wire;
 // What callers hear when a room's queue stays full, when this node hosts as many rooms as it may,
-// and when a room moved: fixed client texts (the details are logged).
-use partyline::client_text::{OVERLOADED, ROOM_MOVED, TOO_MANY_ROOMS};
+// when a room moved, and when an operator closed it: fixed client texts (the details are logged).
+use partyline::client_text::{CLOSED_BY_OPERATOR, OVERLOADED, ROOM_MOVED, TOO_MANY_ROOMS};
 
 /// Depth of a link's outbound queue.
 const OUT_QUEUE: usize = 1024;
+
+/// How long `Inspect` waits for a running room to answer (it answers when it takes the question
+/// from its queue: after the handler it runs and the commands queued before).
+pub const INSPECT_WAIT: Duration = Duration::from_secs(5);
+
+/// The most storage key names one `Inspect` lists.
+pub const MAX_INSPECT_KEYS: usize = 10_000;
 
 /// Checks the cluster secret on every call (constant-time comparison).
 #[derive(Clone)]
@@ -69,6 +80,18 @@ impl tonic::service::Interceptor for CheckSecret {
     }
 }
 
+/// What operators ask of the running node itself (implemented by the node process,
+/// [`crate::server`]): its drain and its shard handovers.
+#[tonic::async_trait]
+pub trait NodeControl: Send + Sync + 'static {
+    /// Starts an operator drain in the background (see `Drain` in proto/partyline.proto): the
+    /// shards and rooms held as it began, and whether a drain was already under way or done.
+    fn drain(&self, who: &str) -> pb::DrainReply;
+    /// Hands `shard` to its next owner now, as a rebalance does; how many rooms moved, or
+    /// `None` when this node does not hold the shard.
+    async fn move_shard(&self, shard: u16, who: &str) -> Option<usize>;
+}
+
 /// The node's service.
 pub struct NodeService {
     /// This node.
@@ -90,6 +113,18 @@ pub struct NodeService {
     pub membership: Membership,
     /// Counters.
     pub metrics: Arc<NodeMetrics>,
+    /// Room storage, read by `Inspect` (rooms write through the host's store).
+    pub store: Arc<RedisStore>,
+    /// Limits in force (the storage quota `Inspect` reports).
+    pub limits: Arc<Limits>,
+    /// What the node is doing (`Info.state`).
+    pub state: Arc<NodeState>,
+    /// The cluster's events, as this node writes them.
+    pub events: Arc<NodeEvents>,
+    /// Drains and shard handovers operators ask for.
+    pub control: Arc<dyn NodeControl>,
+    /// When the node started, in ms since the Unix epoch.
+    pub started_unix_ms: u64,
 }
 
 /// Breaks the lease of `shard` if `owner` (not us) holds it and that holder is provably gone, by
@@ -102,12 +137,15 @@ pub struct NodeService {
 /// [`HolderGone`]): its record expired or was withdrawn, or a new incarnation of it registered.
 /// A holder whose record still carries the lease's incarnation is left alone: its lease expires
 /// by itself if it is really gone.
+///
+/// A lease broken is recorded as a [`Kind::Failover`] event in `events`.
 pub async fn take_over_if_gone(
     leases: &Leases,
     membership: &Membership,
     my_inc: &str,
     shard: u16,
     owner: &str,
+    events: Option<&NodeEvents>,
 ) -> bool {
     let Ok(Some(lease)) = leases.owner(shard).await else { return false };
     if lease.owner != owner || lease.inc == my_inc {
@@ -129,6 +167,14 @@ pub async fn take_over_if_gone(
                 "the lease holder is gone ({}): took its lease over",
                 proof.as_str()
             );
+            if let Some(events) = events {
+                let text = format!(
+                    "took shard {shard} over from node {} before its lease ran out ({})",
+                    lease.owner,
+                    proof.as_str()
+                );
+                events.record(events.event(Kind::Failover, text).shard(shard));
+            }
             true
         }
         _ => false,
@@ -227,7 +273,10 @@ impl NodeService {
                 }
                 Ok(Decision::Elsewhere(not_owner(shard, owner, addr, retry)))
             }
-            Ok(Placement::Leaving) => Ok(Decision::Elsewhere(self.between_owners(shard, avoid))),
+            Ok(Placement::Leaving) => {
+                self.refused("its shard is closed here (the node drains or refuses, or hands it over)");
+                Ok(Decision::Elsewhere(self.between_owners(shard, avoid)))
+            }
             Err(e) => {
                 // Redis unreachable (or refusing): another node may do better.
                 tracing::warn!(shard, error = %e, "could not acquire a shard");
@@ -239,7 +288,23 @@ impl NodeService {
     /// The caller could not reach `owner`, which holds the shard's lease: if it is provably
     /// gone, take its lease over; see [`take_over_if_gone`].
     async fn take_over_from_crashed(&self, shard: u16, owner: &str) -> bool {
-        take_over_if_gone(&self.leases, &self.membership, &self.me.inc, shard, owner).await
+        take_over_if_gone(&self.leases, &self.membership, &self.me.inc, shard, owner, Some(&self.events)).await
+    }
+
+    /// Counts a room start this node refused, and reports it (rate-limited) in the events.
+    fn refused(&self, why: &'static str) {
+        self.metrics.rooms_refused.inc();
+        self.events.room_refused(why);
+    }
+
+    /// [`host_status`], counting the host's refusals (see [`NodeService::refused`]).
+    fn host_status(&self, e: HostError) -> Option<Status> {
+        match &e {
+            HostError::NotHere(_) => self.refused("its shard is being handed over"),
+            HostError::Full(_) => self.refused("the node hosts as many rooms as it may"),
+            _ => {}
+        }
+        host_status(e)
     }
 
     /// The answer for a shard that is between owners: retry shortly, at the preferred node
@@ -314,9 +379,10 @@ impl node_server::Node for NodeService {
         let shed_tx = room_tx.downgrade();
         let fence = fence_for(shard, &self.me.inc, guard.epoch);
         let admit = || guard.accepts();
-        let link = match self.host.open_link_fenced(&key, Some(fence), &admit, room_tx).await {
+        let gateway = Some(open.gateway.as_str()).filter(|g| !g.is_empty());
+        let link = match self.host.open_link_fenced(&key, Some(fence), &admit, room_tx, gateway).await {
             Ok(link) => link,
-            Err(e) => match host_status(e) {
+            Err(e) => match self.host_status(e) {
                 Some(status) => return Err(status),
                 None => {
                     self.metrics.redirects.inc();
@@ -436,7 +502,7 @@ impl node_server::Node for NodeService {
         let fence = Some(fence_for(shard, &self.me.inc, guard.epoch));
         let res = match self.host.request_fenced(&key, fence, &admit, http).await {
             Ok(res) => res,
-            Err(e) => match host_status(e) {
+            Err(e) => match self.host_status(e) {
                 Some(status) => return Err(status),
                 None => return not_owner(self.between_owners(shard, &req.avoid)),
             },
@@ -462,13 +528,144 @@ impl node_server::Node for NodeService {
     }
 
     async fn info(&self, _req: Request<pb::InfoRequest>) -> Result<Response<pb::InfoReply>, Status> {
+        let m = &self.metrics;
+        let timing = self.shards.timing();
         Ok(Response::new(pb::InfoReply {
             node_id: self.me.id.clone(),
             addr: self.me.addr.clone(),
             rooms: self.host.room_count() as u32,
             shards_owned: self.shards.count() as u32,
+            inc: self.me.inc.clone(),
+            state: self.state.name().to_string(),
+            connections: self.host.connection_count() as u64,
+            cpu_seconds: crate::process::cpu_seconds(),
+            rss_bytes: crate::process::rss_bytes(),
+            started_unix_ms: self.started_unix_ms,
+            lease_ttl_ms: timing.ttl.as_millis() as u64,
+            fence_after_ms: timing.fence_after.as_millis() as u64,
+            counters: Some(pb::NodeCounters {
+                messages_in: m.link_messages_in.get(),
+                messages_out: m.link_messages_out.get(),
+                commits: m.commit_seconds.count(),
+                commit_failures: m.commit_failures.get(),
+                leases_lost: m.lease_losses.get() + m.self_fences.get(),
+                rooms_refused: m.rooms_refused.get(),
+                requests: m.requests.get(),
+                alarms: m.alarms_fired.get(),
+            }),
         }))
     }
+
+    async fn inspect(&self, req: Request<pb::InspectRequest>) -> Result<Response<pb::RoomView>, Status> {
+        let req = req.into_inner();
+        let key = wire::room_key(req.room).map_err(bad)?;
+        let shard = shard_of(&key);
+        let max_keys = (req.max_keys as usize).min(MAX_INSPECT_KEYS);
+        let running = self.host.running(&key);
+        let snapshot = async {
+            match &running {
+                Some(r) => Some(tokio::time::timeout(INSPECT_WAIT, r.handle.inspect()).await),
+                None => None,
+            }
+        };
+        let (storage, snapshot) = tokio::join!(self.store.inspect(&key, max_keys), snapshot);
+        let storage =
+            storage.map_err(|e| Status::unavailable(format!("could not read the storage of room {key}: {e}")))?;
+        let mut view = pb::RoomView {
+            node_id: self.me.id.clone(),
+            running: false,
+            shard: shard as u32,
+            epoch: 0,
+            hibernates: self.parties.get(&key.party).is_some_and(|f| f.options().hibernate),
+            connections: Vec::new(),
+            storage_keys: storage.keys,
+            storage_bytes: storage.bytes,
+            quota_bytes: self.limits.max_room_bytes,
+            next_alarm_ms: storage.next_alarm_ms.unwrap_or(0),
+            keys: storage.first_keys,
+        };
+        match (running, snapshot) {
+            (Some(r), Some(Ok(Ok(snap)))) => {
+                view.running = true;
+                view.epoch = r.epoch.unwrap_or(0);
+                view.hibernates = snap.hibernates;
+                view.connections = snap
+                    .connections
+                    .into_iter()
+                    .map(|c| pb::ConnView { id: c.id, tags: c.tags, gateway: c.gateway })
+                    .collect();
+            }
+            // It stopped meanwhile: not running here.
+            (_, Some(Ok(Err(_)))) | (None, _) => {}
+            (_, Some(Err(_))) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "room {key} runs here but did not answer within {} s (a long handler, or a full queue)",
+                    INSPECT_WAIT.as_secs()
+                )));
+            }
+            (Some(_), None) => unreachable!("a running room is asked"),
+        }
+        Ok(Response::new(view))
+    }
+
+    async fn drain(&self, req: Request<pb::DrainRequest>) -> Result<Response<pb::DrainReply>, Status> {
+        let who = who(&req.into_inner().who);
+        Ok(Response::new(self.control.drain(&who)))
+    }
+
+    async fn move_shard(&self, req: Request<pb::MoveShardRequest>) -> Result<Response<pb::MoveShardReply>, Status> {
+        let req = req.into_inner();
+        let who = who(&req.who);
+        let shard = u16::try_from(req.shard)
+            .ok()
+            .filter(|s| *s < SHARDS)
+            .ok_or_else(|| Status::invalid_argument(format!("shard {} is not in 0..{SHARDS}", req.shard)))?;
+        let reply = match self.control.move_shard(shard, &who).await {
+            Some(rooms) => pb::MoveShardReply { held: true, rooms: rooms as u32 },
+            None => pb::MoveShardReply { held: false, rooms: 0 },
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn close_room(&self, req: Request<pb::CloseRoomRequest>) -> Result<Response<pb::CloseRoomReply>, Status> {
+        let req = req.into_inner();
+        let who = who(&req.who);
+        let key = wire::room_key(req.room).map_err(bad)?;
+        let (code, reason) = match req.code {
+            0 => (close_code::SERVICE_RESTART, CLOSED_BY_OPERATOR.to_string()),
+            c => match u16::try_from(c).ok().filter(|c| sendable_close_code(*c)) {
+                Some(c) => (c, close_reason(&req.reason)),
+                None => {
+                    return Err(Status::invalid_argument(format!(
+                        "close code {c} cannot be sent (use 1000-1003, 1007-1014 or 3000-4999)"
+                    )))
+                }
+            },
+        };
+        let connections = self.host.running(&key).map_or(0, |r| r.handle.connection_count());
+        let stopped = self.host.shutdown_rooms(|k| k == &key, code, &reason) > 0;
+        tracing::info!(room = %key, who = %who, running = stopped, connections, code, "an operator closed a room");
+        if stopped {
+            let text = format!("closed room {key} ({connections} connections closed with {code})");
+            let event = self.events.event(Kind::Action, text).by(who).shard(shard_of(&key));
+            self.events.record(event.room(key.to_string()));
+        }
+        Ok(Response::new(pb::CloseRoomReply { running: stopped, connections: connections as u32 }))
+    }
+}
+
+/// Who asked for an operator's action, as the request names them.
+fn who(asked: &str) -> String {
+    match asked.trim() {
+        "" => "unknown".to_string(),
+        w => w.chars().take(200).collect(),
+    }
+}
+
+/// Whether a server may send `code` in a close frame (RFC 6455 section 7.4; 1004-1006 and 1015
+/// are reserved, 1015 never sent; 2000-2999 for extensions).
+fn sendable_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 #[cfg(test)]
@@ -517,34 +714,34 @@ mod tests {
         // Refused, but its record still carries the lease's incarnation: a live holder.
         grant(1, refusing.clone()).await;
         members.heartbeat(&b1, ttl).await.unwrap();
-        assert!(!take_over_if_gone(&leases, &members, "a-1", 1, "b").await, "a live member is not deposed");
+        assert!(!take_over_if_gone(&leases, &members, "a-1", 1, "b", None).await, "a live member is not deposed");
         assert_eq!(held_by(1).await.as_deref(), Some("b-1"));
         // Not for another owner than the one named, nor from our own incarnation.
-        assert!(!take_over_if_gone(&leases, &members, "a-1", 1, "c").await);
-        assert!(!take_over_if_gone(&leases, &members, "b-1", 1, "b").await);
+        assert!(!take_over_if_gone(&leases, &members, "a-1", 1, "c", None).await);
+        assert!(!take_over_if_gone(&leases, &members, "b-1", 1, "b", None).await);
 
         // A new incarnation registered under its id, and the old address refuses.
         let b2 = NodeInfo { inc: "b-2".into(), ..b1.clone() };
         members.heartbeat(&b2, ttl).await.unwrap();
-        assert!(take_over_if_gone(&leases, &members, "a-1", 1, "b").await, "a restarted holder's old lease");
+        assert!(take_over_if_gone(&leases, &members, "a-1", 1, "b", None).await, "a restarted holder's old lease");
         assert_eq!(held_by(1).await, None);
 
         // Its record is gone, but its port answers: not gone (a node cut from Redis a while).
         grant(2, answering_addr.clone()).await;
         members.leave("b").await.unwrap();
-        assert!(!take_over_if_gone(&leases, &members, "a-1", 2, "b").await, "its port answers");
+        assert!(!take_over_if_gone(&leases, &members, "a-1", 2, "b", None).await, "its port answers");
         assert_eq!(held_by(2).await.as_deref(), Some("b-1"));
 
         // Its record is gone and its port refuses: gone.
         grant(3, refusing).await;
-        assert!(take_over_if_gone(&leases, &members, "a-1", 3, "b").await, "no record and a refused port");
+        assert!(take_over_if_gone(&leases, &members, "a-1", 3, "b", None).await, "no record and a refused port");
         assert_eq!(held_by(3).await, None);
 
         // Restarted on the same address (a pod that came back): its port answers, but the new
         // incarnation under its id proves the lease's process gone.
         grant(4, answering_addr.clone()).await;
         members.heartbeat(&b2, ttl).await.unwrap();
-        assert!(take_over_if_gone(&leases, &members, "a-1", 4, "b").await, "a restart on the same address");
+        assert!(take_over_if_gone(&leases, &members, "a-1", 4, "b", None).await, "a restart on the same address");
         assert_eq!(held_by(4).await, None);
         drop(answering);
     }

@@ -18,6 +18,7 @@ use partyline::sync::Lock;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::events::NodeEvents;
 use crate::metrics::NodeMetrics;
 use partyline_cluster::redis::Acquire;
 
@@ -162,6 +163,7 @@ pub struct Shards {
     closed: AtomicBool,
     on_lost: Box<dyn Fn(u16) + Send + Sync>,
     metrics: std::sync::OnceLock<Arc<NodeMetrics>>,
+    events: std::sync::OnceLock<Arc<NodeEvents>>,
 }
 
 impl Shards {
@@ -188,12 +190,25 @@ impl Shards {
             closed: AtomicBool::new(false),
             on_lost,
             metrics: Default::default(),
+            events: Default::default(),
         }
     }
 
     /// Counts lease events into `metrics` from now on (once).
     pub fn set_metrics(&self, metrics: Arc<NodeMetrics>) {
         let _ = self.metrics.set(metrics);
+    }
+
+    /// Records lost leases in the cluster's events from now on (once): one event per renewal
+    /// round that lost some, and per self-fence.
+    pub fn set_events(&self, events: Arc<NodeEvents>) {
+        let _ = self.events.set(events);
+    }
+
+    fn lost_event(&self, shards: &[u16], why: &str) {
+        if let Some(e) = self.events.get() {
+            e.leases_lost(shards, why);
+        }
     }
 
     fn tally(&self, which: impl FnOnce(&NodeMetrics) -> &prometheus_client::metrics::counter::Counter) {
@@ -271,6 +286,7 @@ impl Shards {
             // shard is taken again (under a new epoch, which fences anything they still write).
             self.tally(|m| &m.self_fences);
             self.drop_shard(shard, "self-fence: no successful renewal in time");
+            self.lost_event(&[shard], "self-fence: no successful renewal in time");
         }
         if self.closed.load(Ordering::Acquire) {
             return Ok(Placement::Leaving);
@@ -383,6 +399,7 @@ impl Shards {
                     self.note_redis_ok(sent);
                     let deadline = self.ms(sent + self.timing.fence_after);
                     let deadline_wall = sent_wall + self.fence_after_ms();
+                    let mut lost = Vec::new();
                     for ((shard, epoch), held) in owned.iter().zip(held) {
                         match held {
                             Some(true) => {
@@ -397,11 +414,13 @@ impl Shards {
                                 if ours {
                                     self.tally(|m| &m.lease_losses);
                                     self.drop_shard(*shard, "lease lost");
+                                    lost.push(*shard);
                                 }
                             }
                             None => {}
                         }
                     }
+                    self.lost_event(&lost, "taken over, or expired, at renewal");
                 }
                 Err(e) => {
                     self.tally(|m| &m.lease_renewal_failures);
@@ -426,10 +445,11 @@ impl Shards {
             })
             .map(|(s, _)| *s)
             .collect();
-        for shard in expired {
+        for shard in &expired {
             self.tally(|m| &m.self_fences);
-            self.drop_shard(shard, "self-fence: no successful renewal in time");
+            self.drop_shard(*shard, "self-fence: no successful renewal in time");
         }
+        self.lost_event(&expired, "self-fence: no successful renewal in time");
     }
 
     /// Renews every `renew_every` until `stop` is cancelled; run it as a task.

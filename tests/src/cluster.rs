@@ -307,6 +307,7 @@ impl TestCluster {
             tls: None,
             cluster_tls: None,
             max_clock_offset: None,
+            console: None,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(partyline_server::gateway::run_gateway(cfg, self.parties.clone(), listener, async {

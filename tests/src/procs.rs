@@ -708,6 +708,12 @@ impl ProcCluster {
 
     /// Starts one more gateway and waits until it answers; returns its index.
     pub async fn add_gateway(&mut self) -> usize {
+        self.add_gateway_with(&[]).await
+    }
+
+    /// Like [`ProcCluster::add_gateway`], with more environment for this gateway alone (e.g.
+    /// `PARTYLINE_ADMIN_LISTEN` and a console token).
+    pub async fn add_gateway_with(&mut self, extra: &[(&str, &str)]) -> usize {
         let i = self.gateways.len();
         let name = format!("gateway-{}", i + 1);
         let mut last = String::new();
@@ -720,6 +726,7 @@ impl ProcCluster {
                 ("PARTYLINE_HOST".to_string(), "127.0.0.1".to_string()),
                 ("PARTYLINE_PORT".to_string(), port.to_string()),
             ]);
+            env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
             let mut gateway = Proc::new(name.clone(), Role::Gateway, addr, env, self.dir());
             gateway.bin = self.bin.clone();
             gateway.spawn();
@@ -879,13 +886,18 @@ async fn wait_gateway_ready(gateway: &mut Proc) -> Result<(), String> {
                 gateway.log_tail(FAILURE_LOG_LINES)
             ));
         }
-        let addr = gateway.addr;
-        if tokio::task::spawn_blocking(move || health(addr)).await.unwrap_or(false) {
+        // With an admin listener, health is served there (`/healthz`), not on the client port.
+        let admin = gateway.env.iter().find(|(k, _)| k == "PARTYLINE_ADMIN_LISTEN").and_then(|(_, v)| v.parse().ok());
+        let (addr, path) = match admin {
+            Some(admin) => (admin, "/healthz"),
+            None => (gateway.addr, "/_partyline/health"),
+        };
+        if tokio::task::spawn_blocking(move || health_at(addr, path)).await.unwrap_or(false) {
             return Ok(());
         }
         if Instant::now() >= deadline {
             return Err(format!(
-                "{} did not answer /_partyline/health within {READY_TIMEOUT:?}; its log:\n{}",
+                "{} did not answer {path} within {READY_TIMEOUT:?}; its log:\n{}",
                 gateway.name,
                 gateway.log_tail(FAILURE_LOG_LINES)
             ));
@@ -900,10 +912,15 @@ fn port_open(addr: SocketAddr) -> bool {
 
 /// Whether `GET /_partyline/health` answers 200.
 pub fn health(addr: SocketAddr) -> bool {
+    health_at(addr, "/_partyline/health")
+}
+
+/// Whether `GET <path>` at `addr` answers 200.
+fn health_at(addr: SocketAddr, path: &str) -> bool {
     let attempt = || -> std::io::Result<bool> {
         let mut s = StdStream::connect_timeout(&addr, Duration::from_millis(500))?;
         s.set_read_timeout(Some(Duration::from_secs(2)))?;
-        write!(s, "GET /_partyline/health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
         let mut head = [0u8; 12];
         s.read_exact(&mut head)?;
         Ok(head.starts_with(b"HTTP/1.1 200"))

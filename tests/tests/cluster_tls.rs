@@ -83,6 +83,7 @@ async fn gateway(redis_url: &str, secret: &str, cluster_tls: Option<ClusterTls>)
         tls: None,
         cluster_tls,
         max_clock_offset: None,
+        console: None,
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(partyline_server::gateway::run_gateway(cfg, all_parties(), listener, async {

@@ -178,6 +178,16 @@ impl Keys {
         self.membership() + "members"
     }
 
+    /// The cluster's recent events (a list of JSON, newest first; see [`super::events`]).
+    pub fn events(&self) -> String {
+        format!("{}:events", self.prefix)
+    }
+
+    /// The gateways' records (a hash of JSON by gateway id; see [`super::gateways`]).
+    pub fn gateways(&self) -> String {
+        format!("{}:gateways", self.prefix)
+    }
+
     /// Channel announcing membership changes (message: node id).
     pub fn members_channel(&self) -> String {
         format!("{}:members", self.prefix)

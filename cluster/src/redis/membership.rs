@@ -304,14 +304,14 @@ mod tests {
 
     /// The next change other than `Resync`, within a generous bound.
     async fn next_change(rx: &mut mpsc::Receiver<Change>) -> Change {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, rx.recv()).await {
                 Ok(Some(Change::Resync)) => continue,
                 Ok(Some(change)) => return change,
                 Ok(None) => panic!("subscription ended"),
-                Err(_) => panic!("no change within 10 s"),
+                Err(_) => panic!("no change within 20 s"),
             }
         }
     }

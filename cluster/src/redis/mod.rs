@@ -20,6 +20,8 @@ pub mod alarms;
 pub mod conn;
 pub mod crons;
 pub mod deploys;
+pub mod events;
+pub mod gateways;
 pub mod keys;
 pub mod lease;
 pub mod marker;
@@ -173,6 +175,16 @@ impl Redis {
     /// Membership over this connection (its subscriptions open their own pub/sub connections).
     pub fn membership(&self) -> Membership {
         Membership::new(self.pubsub.clone(), self.conn.clone(), self.keys.clone())
+    }
+
+    /// The cluster's recent events over this connection.
+    pub fn events(&self) -> events::Events {
+        events::Events::new(self.conn.clone(), self.keys.clone())
+    }
+
+    /// The gateways' records over this connection.
+    pub fn gateways(&self) -> gateways::Gateways {
+        gateways::Gateways::new(self.conn.clone(), self.keys.clone())
     }
 
     /// The key layout in use.

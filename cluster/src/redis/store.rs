@@ -556,6 +556,9 @@ impl Store for RedisStore {
     }
 }
 
+mod inspect;
+pub use inspect::RoomStorage;
+
 #[cfg(test)]
 mod tests;
 

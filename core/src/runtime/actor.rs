@@ -4,7 +4,7 @@
 //! alarm; the party calls are in the private `handlers`, moves between nodes in the private
 //! `handover`, and what callers hold in [`super::handle`].
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use crate::limits::Limits;
 use crate::party::{DynParty, PartyFactory};
 use crate::room::{ConnTable, LinkId, Outbound, Room, RoomShared};
 use crate::runtime::gate::Gate;
-use crate::runtime::handle::{Answer, RoomCmd, RoomConfig, RoomExit, RoomHandle, Stop};
+use crate::runtime::handle::{Answer, ConnSnapshot, RoomCmd, RoomConfig, RoomExit, RoomHandle, RoomSnapshot, Stop};
 use crate::runtime::link::{close_code, FromRoom, ToRoom};
 use crate::runtime::observe::{self, RoomObserver};
 use crate::storage::{now_ms, Storage, WriteProgress};
@@ -48,13 +48,21 @@ pub fn spawn_room(cfg: RoomConfig) -> (RoomHandle, tokio::task::JoinHandle<RoomE
         gate,
     });
     let options = cfg.factory.options();
-    let handle = RoomHandle::new(cfg.key.clone(), tx, stop.clone(), options.hibernate, cfg.limits.room_queue_timeout);
+    let handle = RoomHandle::new(
+        cfg.key.clone(),
+        tx,
+        stop.clone(),
+        options.hibernate,
+        cfg.limits.room_queue_timeout,
+        Arc::downgrade(&shared),
+    );
     let actor = Actor {
         room: Room { shared },
         factory: cfg.factory,
         hibernate: options.hibernate,
         party: None,
         links: HashSet::new(),
+        link_names: HashMap::new(),
         inbox: rx,
         stop: stop.subscribe(),
         _stop_tx: stop,
@@ -88,6 +96,8 @@ pub(super) struct Actor {
     pub(super) party: Option<Box<dyn DynParty>>,
     /// Open gateway links and how many of their sockets are connecting or in the room.
     pub(super) links: HashSet<LinkId>,
+    /// The gateway each named link comes from ([`RoomHandle::open_link_as`]), for inspection.
+    link_names: HashMap<LinkId, Arc<str>>,
     inbox: mpsc::Receiver<RoomCmd>,
     /// Set by [`RoomHandle::shutdown`]: checked before each command, so a shutdown does not
     /// wait behind the queue.
@@ -172,6 +182,7 @@ impl Actor {
             RoomCmd::Move { .. } => "move",
             RoomCmd::Evict => "evict",
             RoomCmd::Upgrade { .. } => "upgrade",
+            RoomCmd::Inspect { .. } => "inspect",
         };
         let span = match &cmd {
             RoomCmd::Request { span: parent, .. } if observe::sampled(parent) => {
@@ -226,6 +237,15 @@ impl Actor {
                 _ = stop.changed() => continue,
                 cmd = self.inbox.recv() => {
                     let Some(cmd) = cmd else { break RoomExit::Idle };
+                    // Read-only, and not activity: answered now, without the after-handler
+                    // steps and without moving the idle clock.
+                    let cmd = match cmd {
+                        RoomCmd::Inspect { reply } => {
+                            let _ = reply.send(self.snapshot());
+                            continue;
+                        }
+                        cmd => cmd,
+                    };
                     if self.gathering.is_some() && !cmd.is_handover() {
                         self.pending.push_back(cmd);
                         continue;
@@ -321,6 +341,10 @@ impl Actor {
                 None
             }
             RoomCmd::Upgrade { factory } => self.upgrade(factory),
+            RoomCmd::Inspect { reply } => {
+                let _ = reply.send(self.snapshot());
+                None
+            }
             RoomCmd::Evict => {
                 let attached = self.room.connection_count() > 0 || !self.links.is_empty();
                 let busy = self.moving.is_some() || self.gathering.is_some();
@@ -402,6 +426,24 @@ impl Actor {
         self.storage().seal();
     }
 
+    /// The room as an operator sees it ([`RoomHandle::inspect`]).
+    fn snapshot(&self) -> RoomSnapshot {
+        let mut conns: Vec<Arc<ConnShared>> = self.shared().conns.locked().by_key.values().cloned().collect();
+        conns.sort_by_key(|c| c.order);
+        let connections = conns
+            .iter()
+            .map(|c| ConnSnapshot {
+                id: c.id.clone(),
+                tags: c.tags.locked().clone(),
+                gateway: match self.link_names.get(&c.key.0) {
+                    Some(name) => name.to_string(),
+                    None => c.key.0.to_string(),
+                },
+            })
+            .collect();
+        RoomSnapshot { connections, hibernates: self.hibernate }
+    }
+
     fn shutdown(&mut self, code: u16, reason: &str) {
         for link in &self.links {
             self.shared().emit_link(*link, FromRoom::Gone { code, reason: reason.to_string() });
@@ -410,8 +452,11 @@ impl Actor {
 
     async fn handle(&mut self, cmd: RoomCmd) {
         match cmd {
-            RoomCmd::OpenLink { link, tx } => {
+            RoomCmd::OpenLink { link, tx, gateway } => {
                 self.links.insert(link);
+                if let Some(name) = gateway {
+                    self.link_names.insert(link, name);
+                }
                 self.shared().emit(Outbound::OpenLink(link, tx));
                 if self.moving.is_some() {
                     let gone =
@@ -429,6 +474,7 @@ impl Actor {
                     self.run_on_close(conn, None).await;
                 }
                 self.links.remove(&link);
+                self.link_names.remove(&link);
                 if let Some(m) = self.moving.as_mut() {
                     m.waiting.remove(&link);
                 }
@@ -459,9 +505,130 @@ impl Actor {
                     self.fire_alarm(as_of).await;
                 }
             }
-            RoomCmd::Move { .. } | RoomCmd::Flush { .. } | RoomCmd::Evict | RoomCmd::Upgrade { .. } => {
+            RoomCmd::Move { .. }
+            | RoomCmd::Flush { .. }
+            | RoomCmd::Evict
+            | RoomCmd::Upgrade { .. }
+            | RoomCmd::Inspect { .. } => {
                 unreachable!("handled by dispatch")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::room::{Parties, PartiesClient};
+    use crate::store::{MemoryStore, RoomKey};
+    use crate::web::Request;
+    use crate::{Connection, ConnectionContext, Env, Party, PartyOptions, PartyRegistry};
+
+    /// Tags every connection with `t-<id>`.
+    struct Tagged;
+
+    impl Party for Tagged {
+        fn new(_room: Room) -> Self {
+            Tagged
+        }
+
+        fn options() -> PartyOptions {
+            PartyOptions { hibernate: true }
+        }
+
+        async fn get_connection_tags(
+            &mut self,
+            conn: &Connection,
+            _ctx: &ConnectionContext,
+        ) -> anyhow::Result<Vec<String>> {
+            Ok(vec![format!("t-{}", conn.id())])
+        }
+    }
+
+    struct NoParties;
+
+    #[async_trait::async_trait]
+    impl PartiesClient for NoParties {
+        async fn fetch(&self, _room: RoomKey, _req: Request) -> anyhow::Result<crate::web::Response> {
+            anyhow::bail!("no other rooms here")
+        }
+
+        fn has_party(&self, _party: &str) -> bool {
+            false
+        }
+    }
+
+    async fn accepted(rx: &mut mpsc::Receiver<FromRoom>, sid: u64) {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+                Ok(Some(FromRoom::Accepted { sid: s, .. })) if s == sid => return,
+                Ok(Some(FromRoom::Failed { reason, .. } | FromRoom::Refused { reason, .. })) => panic!("{reason}"),
+                Ok(Some(_)) => continue,
+                other => panic!("no verdict for socket {sid}: {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn inspect_lists_connections_with_their_tags_and_gateway() {
+        let factory = PartyRegistry::new().with::<Tagged>("tagged").get("tagged").expect("registered").clone();
+        let (room, _task) = spawn_room(RoomConfig {
+            key: RoomKey::new("tagged", "r"),
+            factory,
+            store: Arc::new(MemoryStore::new()),
+            fence: None,
+            limits: Arc::new(Limits::default()),
+            env: Env::default(),
+            parties: Parties::new(Arc::new(NoParties)),
+            may_exit: Box::new(|| false),
+            observer: None,
+            on_exit: None,
+        });
+        let empty = room.inspect().await.expect("running");
+        assert_eq!(empty, RoomSnapshot { connections: Vec::new(), hibernates: true });
+
+        let connect = |sid: u64, id: &str| ToRoom::Connect {
+            sid,
+            id: id.to_string(),
+            uri: format!("http://localhost/parties/tagged/r?_pk={id}"),
+            request: Box::new(http::Request::builder().uri("/parties/tagged/r").body(Bytes::new()).expect("request")),
+        };
+        let (tx_a, mut rx_a) = mpsc::channel(64);
+        let named = room.open_link_as(tx_a, "gateway-a").await.expect("link");
+        let (tx_b, mut rx_b) = mpsc::channel(64);
+        let unnamed = room.open_link(tx_b).await.expect("link");
+        named.send(connect(1, "alice")).await.expect("sent");
+        accepted(&mut rx_a, 1).await;
+        unnamed.send(connect(7, "bob")).await.expect("sent");
+        accepted(&mut rx_b, 7).await;
+        assert_eq!(room.connection_count(), 2);
+
+        let seen = room.inspect().await.expect("running");
+        assert!(seen.hibernates);
+        let conns: Vec<(&str, &[String], &str)> =
+            seen.connections.iter().map(|c| (c.id.as_str(), c.tags.as_slice(), c.gateway.as_str())).collect();
+        let unnamed_link = seen.connections[1].gateway.clone();
+        assert!(unnamed_link.parse::<u64>().is_ok(), "an unnamed link is reported by number: {unnamed_link}");
+        assert_eq!(
+            conns,
+            [
+                ("alice", &["alice".to_string(), "t-alice".to_string()][..], "gateway-a"),
+                ("bob", &["bob".to_string(), "t-bob".to_string()][..], unnamed_link.as_str()),
+            ],
+            "in join order"
+        );
+
+        // A socket that leaves, and a link that closes, leave the table.
+        named.send(ToRoom::Closed { sid: 1, error: None }).await.expect("sent");
+        unnamed.close().await;
+        let left = room.inspect().await.expect("running");
+        assert!(left.connections.is_empty(), "{left:?}");
+        assert_eq!(room.connection_count(), 0);
+
+        // A stopped room answers nothing.
+        room.shutdown(close_code::GOING_AWAY, "bye").await.expect("running");
+        room.stopped().await;
+        assert!(room.inspect().await.is_err());
+        assert_eq!(room.connection_count(), 0);
     }
 }

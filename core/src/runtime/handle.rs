@@ -3,7 +3,7 @@
 //! callers see, and how the task ended ([`RoomExit`]). The task itself is in [`super::actor`].
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -11,10 +11,11 @@ use tokio::time::Instant;
 
 use crate::limits::Limits;
 use crate::party::PartyFactory;
-use crate::room::{Env, LinkId, Parties};
+use crate::room::{Env, LinkId, Parties, RoomShared};
 use crate::runtime::link::{FromRoom, ToRoom};
 use crate::runtime::observe::RoomObserver;
 use crate::store::{Fence, RoomKey, Store};
+use crate::sync::Lock;
 use crate::web::{Request, Response};
 /// Called once with how a room task ended; see [`RoomConfig::on_exit`].
 pub type OnExit = Box<dyn FnOnce(&RoomExit) + Send>;
@@ -50,6 +51,8 @@ pub(super) enum RoomCmd {
     OpenLink {
         link: LinkId,
         tx: mpsc::Sender<FromRoom>,
+        /// The gateway the link comes from, when the caller knows it (for [`RoomSnapshot`]).
+        gateway: Option<Arc<str>>,
     },
     Link {
         link: LinkId,
@@ -80,6 +83,11 @@ pub(super) enum RoomCmd {
     Upgrade {
         factory: Arc<dyn crate::party::PartyFactory>,
     },
+    /// Answer what the room looks like now (an operator's view); read-only, answered as soon
+    /// as the room takes it from its queue, even while it gathers its sockets after a move.
+    Inspect {
+        reply: oneshot::Sender<RoomSnapshot>,
+    },
 }
 
 impl RoomCmd {
@@ -90,9 +98,31 @@ impl RoomCmd {
             RoomCmd::OpenLink { .. }
                 | RoomCmd::CloseLink { .. }
                 | RoomCmd::Move { .. }
+                | RoomCmd::Inspect { .. }
                 | RoomCmd::Link { msg: ToRoom::Adopt { .. } | ToRoom::Adopted { .. }, .. }
         )
     }
+}
+
+/// A running room as an operator sees it ([`RoomHandle::inspect`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoomSnapshot {
+    /// The connections in the room, in the order they joined.
+    pub connections: Vec<ConnSnapshot>,
+    /// Its party hibernates (the room's sockets stay while its party value is dropped).
+    pub hibernates: bool,
+}
+
+/// One connection of a [`RoomSnapshot`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConnSnapshot {
+    /// The connection id (`?_pk=`, or generated).
+    pub id: String,
+    /// Its tags, the id first.
+    pub tags: Vec<String>,
+    /// The gateway its link comes from ([`RoomHandle::open_link_as`]), or the link's number
+    /// in the room when the link was opened without a name.
+    pub gateway: String,
 }
 
 /// A room's answer to a request (or a flush).
@@ -157,6 +187,8 @@ pub struct RoomHandle {
     hibernate: bool,
     /// How long client work waits for space in the queue before it is refused.
     queue_wait: Duration,
+    /// The room's shared state, read (never kept alive) for [`RoomHandle::connection_count`].
+    shared: Weak<RoomShared>,
 }
 
 impl RoomHandle {
@@ -167,8 +199,9 @@ impl RoomHandle {
         stop: Arc<watch::Sender<Stop>>,
         hibernate: bool,
         queue_wait: Duration,
+        shared: Weak<RoomShared>,
     ) -> Self {
-        RoomHandle { key, tx, stop, next_link: Arc::new(AtomicU64::new(1)), hibernate, queue_wait }
+        RoomHandle { key, tx, stop, next_link: Arc::new(AtomicU64::new(1)), hibernate, queue_wait, shared }
     }
 
     /// The room's key.
@@ -179,6 +212,23 @@ impl RoomHandle {
     /// Whether the party hibernates.
     pub fn hibernates(&self) -> bool {
         self.hibernate
+    }
+
+    /// How many client connections are in the room now (every link's): read from the room's
+    /// connection table under its lock, without going through its queue; 0 once it stopped.
+    pub fn connection_count(&self) -> usize {
+        self.shared.upgrade().map_or(0, |s| s.conns.locked().by_key.len())
+    }
+
+    /// What the room looks like now: its connections (id, tags, the gateway each came
+    /// through) and whether it hibernates. Answered by the room task when it takes the command
+    /// from its queue, so it waits behind the commands queued before it (and the handler
+    /// running): bound the wait with a timeout. Runs no party code, and does not count as
+    /// activity (it keeps no room from hibernating or stopping).
+    pub async fn inspect(&self) -> Result<RoomSnapshot, RoomGone> {
+        let (reply, rx) = oneshot::channel();
+        self.send(RoomCmd::Inspect { reply }).await?;
+        rx.await.map_err(|_| RoomGone(self.key.clone()))
     }
 
     /// True when no handle but this one exists and the room has no queued work: the host may
@@ -204,8 +254,22 @@ impl RoomHandle {
 
     /// Opens a gateway link: the room's messages for that gateway's sockets go to `tx`.
     pub async fn open_link(&self, tx: mpsc::Sender<FromRoom>) -> Result<LinkSender, SendError> {
+        self.open_link_from(tx, None).await
+    }
+
+    /// Like [`RoomHandle::open_link`], for the link of the gateway named `gateway` (what
+    /// [`RoomHandle::inspect`] reports for its connections).
+    pub async fn open_link_as(&self, tx: mpsc::Sender<FromRoom>, gateway: &str) -> Result<LinkSender, SendError> {
+        self.open_link_from(tx, Some(Arc::from(gateway))).await
+    }
+
+    async fn open_link_from(
+        &self,
+        tx: mpsc::Sender<FromRoom>,
+        gateway: Option<Arc<str>>,
+    ) -> Result<LinkSender, SendError> {
         let link = self.next_link.fetch_add(1, Ordering::Relaxed);
-        self.send_bounded(RoomCmd::OpenLink { link, tx }).await?;
+        self.send_bounded(RoomCmd::OpenLink { link, tx, gateway }).await?;
         Ok(LinkSender { room: self.clone(), link, closed: AtomicBool::new(false) })
     }
 

@@ -156,6 +156,10 @@ pub mod close_code {
     pub const GOING_AWAY: u16 = 1001;
     /// The client broke the WebSocket protocol.
     pub const PROTOCOL_ERROR: u16 = 1002;
+    /// Never sent: a close frame that carried no code (as the receiver reports it).
+    pub const NO_STATUS: u16 = 1005;
+    /// Never sent: the connection ended without a close frame (as the receiver reports it).
+    pub const ABNORMAL: u16 = 1006;
     /// Text frame that is not UTF-8.
     pub const INVALID_PAYLOAD: u16 = 1007;
     /// Policy violation: the client sent messages faster than its rate limit.

@@ -5,6 +5,12 @@
 //   const tab = await browser.open(url);
 //   await tab.waitFor("the list", "document.querySelectorAll('li').length === 2");
 //   browser.close();
+//
+// `open(url, options)` also takes, before the page loads: `headers` (sent with every request of
+// the tab, e.g. Basic auth), `viewport` ({width, height, mobile}), and `dialogs: "accept"`
+// (alert/confirm/prompt answered OK, recorded in `tab.dialogs`). A tab also has `send` (a raw
+// DevTools command in its session), `on` (its events), `click` (a real mouse click on a
+// selector), `setViewport`/`clearViewport`, `navigate` and `close`.
 
 import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -60,6 +66,7 @@ export async function launch(chromium = process.env.CHROMIUM || "chromium") {
   let nextId = 1;
   const pending = new Map();
   const listeners = new Map(); // sessionId -> fn(method, params)
+  const handlers = new Map(); // sessionId -> [fn(method, params)] added by tab.on
   cdp.on("message", (data) => {
     const msg = JSON.parse(data.toString());
     if (msg.id && pending.has(msg.id)) {
@@ -69,6 +76,7 @@ export async function launch(chromium = process.env.CHROMIUM || "chromium") {
       else resolve(msg.result);
     } else if (msg.method && msg.sessionId && listeners.has(msg.sessionId)) {
       listeners.get(msg.sessionId)(msg.method, msg.params);
+      for (const fn of handlers.get(msg.sessionId) ?? []) fn(msg.method, msg.params);
     }
   });
   const send = (method, params = {}, sessionId) => {
@@ -80,9 +88,18 @@ export async function launch(chromium = process.env.CHROMIUM || "chromium") {
   return {
     /** A tab on `url`: evaluate, type, wait, and the page's errors (uncaught exceptions and
      * console.error lines). */
-    async open(url) {
+    async open(url, options = {}) {
       const { targetId } = await send("Target.createTarget", { url: "about:blank" });
       const { sessionId } = await send("Target.attachToTarget", { targetId, flatten: true });
+      const dialogs = [];
+      handlers.set(sessionId, []);
+      if (options.dialogs === "accept") {
+        handlers.get(sessionId).push((method, params) => {
+          if (method !== "Page.javascriptDialogOpening") return;
+          dialogs.push({ type: params.type, message: params.message });
+          send("Page.handleJavaScriptDialog", { accept: true, promptText: params.defaultPrompt ?? "" }, sessionId).catch(() => {});
+        });
+      }
       const errors = [];
       const logs = [];
       listeners.set(sessionId, (method, params) => {
@@ -97,6 +114,13 @@ export async function launch(chromium = process.env.CHROMIUM || "chromium") {
       });
       await send("Runtime.enable", {}, sessionId);
       await send("Page.enable", {}, sessionId);
+      if (options.headers) {
+        await send("Network.enable", {}, sessionId);
+        await send("Network.setExtraHTTPHeaders", { headers: options.headers }, sessionId);
+      }
+      const setViewport = ({ width, height = 900, mobile = false, deviceScaleFactor = 1 }) =>
+        send("Emulation.setDeviceMetricsOverride", { width, height, mobile, deviceScaleFactor }, sessionId);
+      if (options.viewport) await setViewport(options.viewport);
       await send("Page.navigate", { url }, sessionId);
       const evaluate = async (expression) => {
         const r = await send("Runtime.evaluate", { expression, returnByValue: true, awaitPromise: true }, sessionId);
@@ -107,6 +131,35 @@ export async function launch(chromium = process.env.CHROMIUM || "chromium") {
         errors,
         logs,
         evaluate,
+        /** The dialogs answered (with `dialogs: "accept"`): [{type, message}]. */
+        dialogs,
+        /** A raw DevTools command in this tab's session. */
+        send: (method, params = {}) => send(method, params, sessionId),
+        /** Calls `fn(method, params)` with every event of this tab. */
+        on: (fn) => handlers.get(sessionId).push(fn),
+        /** Emulates a viewport ({width, height, mobile}); clearViewport ends it. */
+        setViewport,
+        clearViewport: () => send("Emulation.clearDeviceMetricsOverride", {}, sessionId),
+        /** Navigates the tab to `to`. */
+        navigate: (to) => send("Page.navigate", { url: to }, sessionId),
+        /** A real mouse click in the middle of the first element matching `selector` (scrolled
+         * into view first); resolves to its {x, y}, or throws when there is none. */
+        async click(selector) {
+          const at = await evaluate(`(() => {
+            const e = document.querySelector(${JSON.stringify(selector)});
+            if (!e) return null;
+            e.scrollIntoView({ block: "center", inline: "center" });
+            const r = e.getBoundingClientRect();
+            return { x: r.left + r.width / 2, y: r.top + r.height / 2 };
+          })()`);
+          if (!at) throw new Error(`nothing to click: no ${selector}`);
+          await send("Input.dispatchMouseEvent", { type: "mouseMoved", x: at.x, y: at.y }, sessionId);
+          await send("Input.dispatchMouseEvent", { type: "mousePressed", x: at.x, y: at.y, button: "left", clickCount: 1 }, sessionId);
+          await send("Input.dispatchMouseEvent", { type: "mouseReleased", x: at.x, y: at.y, button: "left", clickCount: 1 }, sessionId);
+          return at;
+        },
+        /** Closes the tab. */
+        close: () => send("Target.closeTarget", { targetId }).catch(() => {}),
         /** Types `text` into the focused element, as keyboard input would. */
         type: (text) => send("Input.insertText", { text }, sessionId),
         /** Reloads the page. */

@@ -200,10 +200,10 @@ impl RedisCluster {
         for n in &self.nodes[1..] {
             run(&mut first, ::redis::cmd("CLUSTER").arg("MEET").arg("127.0.0.1").arg(n.port).arg(n.bus))?;
         }
-        self.wait("every node to know every other", || {
-            self.nodes
-                .iter()
-                .all(|n| self.listing(n.port).map(|l| l.lines().count() == self.nodes.len()).unwrap_or(false))
+        // Known is not enough: a PUBLISH crosses only bus links that are up, so a subscriber on
+        // one node misses what is published on another until every link is connected.
+        self.wait("every node to be linked to every other", || {
+            self.nodes.iter().all(|n| self.listing(n.port).is_ok_and(|l| fully_linked(&l, self.nodes.len())))
         })?;
         for r in 0..replicas {
             for p in 0..self.primaries {
@@ -481,6 +481,18 @@ impl Drop for RedisCluster {
 
 fn run(c: &mut Connection, cmd: &::redis::Cmd) -> Result<(), String> {
     c.req_command(cmd).map(|_| ()).map_err(|e| format!("{:?}: {e}", cmd.args_iter().next()))
+}
+
+/// Whether a `CLUSTER NODES` listing shows `nodes` nodes, each with its bus link connected and
+/// past the handshake.
+fn fully_linked(listing: &str, nodes: usize) -> bool {
+    let lines: Vec<&str> = listing.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines.len() == nodes
+        && lines.iter().all(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            let flags = fields.get(2).copied().unwrap_or("");
+            fields.get(7) == Some(&"connected") && !flags.contains("handshake") && !flags.contains("noaddr")
+        })
 }
 
 #[cfg(test)]
