@@ -62,6 +62,8 @@ struct Shared {
 #[derive(Default)]
 struct Frames {
     items: VecDeque<Queued>,
+    /// The messages among `items` (pings and close frames are not counted), and their bytes.
+    msgs: usize,
     bytes: usize,
     closed: bool,
 }
@@ -127,11 +129,12 @@ impl SendQueue {
             }
             // A lone frame larger than the byte bound (up to the outbound message limit) still
             // goes into an empty queue.
-            if q.items.len() >= self.shared.max_msgs || (q.bytes > 0 && q.bytes + len > self.shared.max_bytes) {
+            if q.msgs >= self.shared.max_msgs || (q.bytes > 0 && q.bytes + len > self.shared.max_bytes) {
                 drop(q);
                 self.cut_off(CUT_SLOW);
                 return false;
             }
+            q.msgs += 1;
             q.bytes += len;
             q.items.push_back(Queued::Msg(msg));
         }
@@ -165,6 +168,7 @@ impl SendQueue {
         let mut q = self.shared.frames.locked();
         let out = q.items.pop_front()?;
         if let Queued::Msg(m) = &out {
+            q.msgs -= 1;
             q.bytes -= m.len();
         }
         if q.items.is_empty() && q.items.capacity() > 64 {
@@ -179,6 +183,7 @@ impl SendQueue {
         let mut q = self.shared.frames.locked();
         q.closed = true;
         q.items = VecDeque::new();
+        q.msgs = 0;
         q.bytes = 0;
     }
 }
@@ -214,6 +219,20 @@ mod tests {
         assert_eq!(count.0.load(Ordering::SeqCst), 3, "woken for each push and for the cut-off");
         // The first reason stays.
         q.cut_off_silent();
+        assert_eq!(q.cut(), Some(CutOff::Slow));
+    }
+
+    #[test]
+    fn pings_and_closes_do_not_count_against_the_message_bound() {
+        let q = SendQueue::new(2, 1 << 20);
+        q.ping();
+        q.close(1000, "bye".into());
+        assert!(q.push(Message::Text("a".into())));
+        assert!(q.push(Message::Text("b".into())));
+        assert_eq!(q.cut(), None);
+        assert!(matches!(q.pop(), Some(Queued::Ping)));
+        assert!(matches!(q.pop(), Some(Queued::Close(1000, _))));
+        assert!(!q.push(Message::Text("c".into())), "two messages are still queued");
         assert_eq!(q.cut(), Some(CutOff::Slow));
     }
 

@@ -84,6 +84,10 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome (the metric exports each from the start).
+    pub const ALL: [Outcome; 5] =
+        [Outcome::Ran, Outcome::Failed, Outcome::SkippedLate, Outcome::ClaimedElsewhere, Outcome::ClaimFailed];
+
     /// The metric label.
     pub fn label(self) -> &'static str {
         match self {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use partyline::runtime::observe::RoomObserver;
+use partyline::runtime::observe::{RoomObserver, EVENTS};
 use partyline::store::{Fence, Quota, StoreError, Usage, WriteOp};
 use partyline::sync::Lock;
 use partyline::{ListOptions, RoomKey, Store};
@@ -31,23 +31,6 @@ type Histograms = Family<EventLabel, AtomicHistogram, fn() -> AtomicHistogram>;
 fn duration_histogram() -> AtomicHistogram {
     AtomicHistogram::seconds(18)
 }
-
-/// The events a room reports (`RoomObserver::event_handled`); each has its histogram made up
-/// front, so recording one is a lookup in this list and two atomic adds.
-const EVENTS: [&str; 12] = [
-    "message",
-    "connect",
-    "close",
-    "request",
-    "alarm",
-    "flush",
-    "open_link",
-    "close_link",
-    "handover",
-    "move",
-    "evict",
-    "upgrade",
-];
 
 /// A node's counters and histograms.
 pub struct NodeMetrics {
@@ -122,8 +105,8 @@ impl Default for NodeMetrics {
         let mut m = m;
         m.event_histograms = EVENTS.iter().map(|e| m.events.get_or_create(&[("event", *e)]).clone()).collect();
         // Every outcome exported from the start (at 0), so a rule's increase() sees the first one.
-        for outcome in ["ran", "failed", "skipped_late", "claimed_elsewhere", "claim_failed"] {
-            drop(m.cron_runs.get_or_create(&[("outcome", outcome)]));
+        for outcome in crate::crons::Outcome::ALL {
+            drop(m.cron_runs.get_or_create(&[("outcome", outcome.label())]));
         }
         {
             let mut r = m.registry.locked();

@@ -371,10 +371,19 @@ async fn with_no_replica_required_writes_acknowledged_while_replication_was_held
     assert_eq!(run.after, run.before, "the promoted replica's history");
 
     // What the cluster does then: the replica's copies of the cluster marker and of the lease
-    // are there, so nothing looks lost; the node serves the room from the promoted replica,
-    // without the held writes.
+    // are there, so nothing looks lost, and the room serves and takes writes again. From which
+    // history depends on a race the test does not control: the room instance that acknowledged
+    // the held writes has them in memory, and it is reset when its next write is the first
+    // command to meet the dead primary's connection (then the fresh instance serves the
+    // promoted replica's history, without them); when another command (a gateway's record, a
+    // heartbeat) met it first and the connection moved to the promoted replica, the instance
+    // lives on and its next write stores its whole history again, the held writes included.
+    // Either way the room serves exactly what storage then holds.
     let c = run.cluster;
     let redis = c.redis().await;
+    let key = RoomKey::new("main", run.room.clone());
+    let values_key = redis.keys().room_values(shard_of(&key), &key);
+    let with_held: Vec<String> = run.before.iter().chain(&run.held_acked).cloned().collect();
     let path = format!("/parties/main/{}?_pk=b", run.room);
     let greeting = within(30, "the room to serve again", async {
         loop {
@@ -387,7 +396,15 @@ async fn with_no_replica_required_writes_acknowledged_while_replication_was_held
         }
     })
     .await;
-    assert_eq!(serde_json::from_str::<Vec<String>>(&greeting).unwrap(), run.before, "served without the held writes");
+    let served: Vec<String> = serde_json::from_str(&greeting).unwrap();
+    assert!(served == run.before || served == with_held, "served {served:?}");
+    println!("served after the promotion: {served:?}");
+    let stored = {
+        let cluster = c.redis_cluster();
+        history_on(cluster, cluster.primary_of(cluster.slot_of(&values_key)), &values_key)
+    };
+    let expected: Vec<String> = served.iter().cloned().chain(["after".to_string()]).collect();
+    assert_eq!(stored, expected, "what the room served, and the write after it, is what storage holds");
     let members = redis.membership().live().await.unwrap();
     assert!(members.iter().all(|n| !n.refusing), "a node refused: {members:?}");
 }

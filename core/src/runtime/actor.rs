@@ -184,6 +184,7 @@ impl Actor {
             RoomCmd::Upgrade { .. } => "upgrade",
             RoomCmd::Inspect { .. } => "inspect",
         };
+        debug_assert!(observe::EVENTS.contains(&event), "{event} is missing from observe::EVENTS");
         let span = match &cmd {
             RoomCmd::Request { span: parent, .. } if observe::sampled(parent) => {
                 tracing::info_span!(parent: parent.as_ref(), "room.event", room = %self.room.key(), event)

@@ -16,12 +16,29 @@ use tracing::Span;
 /// add, a histogram observation).
 pub trait RoomObserver: Send + Sync + 'static {
     /// One event handled, and the time it took, party handlers and storage reads included.
-    /// `event` is one of `connect`, `message`, `close`, `request`, `alarm`, `open_link`,
-    /// `close_link`.
+    /// `event` is one of [`EVENTS`].
     fn event_handled(&self, event: &'static str, elapsed: Duration);
     /// A room's `on_alarm` ran (whatever its outcome).
     fn alarm_fired(&self);
 }
+
+/// Every event a room reports to [`RoomObserver::event_handled`]: an observer can make what it
+/// keeps per event (a histogram) up front, from this list.
+pub const EVENTS: [&str; 13] = [
+    "message",
+    "connect",
+    "close",
+    "request",
+    "alarm",
+    "flush",
+    "open_link",
+    "close_link",
+    "handover",
+    "move",
+    "evict",
+    "upgrade",
+    "inspect",
+];
 
 static SAMPLED: OnceLock<fn(&Span) -> bool> = OnceLock::new();
 
