@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
+use partyline::storage::unix_ms;
 use partyline::{Limits, LiveParties, PartyRegistry};
 use partyline_cluster::redis::deploys::{Deploys, Served, VersionRecord, CHUNK_BYTES};
 use partyline_cluster::redis::{Redis, RedisConfig};
@@ -132,10 +133,6 @@ pub struct DeployOptions {
     pub wait_timeout: Duration,
 }
 
-fn now_ms() -> u64 {
-    partyline::storage::now_ms().max(0) as u64
-}
-
 fn who() -> String {
     let user = std::env::var("USER").or_else(|_| std::env::var("USERNAME")).unwrap_or_else(|_| "?".into());
     let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "?".into());
@@ -187,7 +184,7 @@ pub async fn deploy(opts: DeployOptions, redis: RedisConfig, secret: String) -> 
         chunks: bytes.len().div_ceil(CHUNK_BYTES).max(1) as u32,
         signature: artifact::sign(&secret, version, &hash),
         manifest: serde_json::to_value(&opened.manifest).expect("a manifest serializes"),
-        deployed_at_ms: now_ms(),
+        deployed_at_ms: unix_ms(),
         by: who(),
     };
     deploys.put(&record, &bytes).await?;
@@ -244,7 +241,7 @@ async fn rollback(deploys: &Deploys, secret: &str, which: &str, opts: &DeployOpt
 async fn wait_for(deploys: &Deploys, version: u64, timeout: Duration) -> anyhow::Result<()> {
     let started = Instant::now();
     loop {
-        let served = deploys.served(now_ms(), REPORT_MAX_AGE.as_millis() as u64).await?;
+        let served = deploys.served(unix_ms(), REPORT_MAX_AGE.as_millis() as u64).await?;
         let failed: Vec<String> = served
             .iter()
             .filter_map(|(n, s)| s.failed.as_ref().filter(|(v, _)| *v == version).map(|(_, e)| format!("{n}: {e}")))
@@ -296,7 +293,7 @@ async fn list(deploys: &Deploys) -> anyhow::Result<()> {
 
 /// What each process serves (for `deploy --list` and `status`).
 pub async fn print_served(deploys: &Deploys) -> anyhow::Result<()> {
-    let served = deploys.served(now_ms(), REPORT_MAX_AGE.as_millis() as u64).await?;
+    let served = deploys.served(unix_ms(), REPORT_MAX_AGE.as_millis() as u64).await?;
     if served.is_empty() {
         return Ok(());
     }
@@ -442,7 +439,7 @@ pub async fn serve_deploys(server: DeployServer) {
         let state = (served.version, served.failed.as_ref().map(|f| f.0));
         let due = reported.is_none_or(|(at, v, f)| (v, f) != state || at.elapsed() >= REPORT_EVERY);
         if due {
-            served.at_ms = now_ms();
+            served.at_ms = unix_ms();
             if deploys.report(&server.name, &served).await.is_ok() {
                 reported = Some((Instant::now(), state.0, state.1));
             }

@@ -108,8 +108,7 @@ async fn publish_records(
     me: Record,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let started =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let started = partyline::storage::unix_ms();
     let mut tick = tokio::time::interval(RECORD_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

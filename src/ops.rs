@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use partyline::runtime::placement::{shard_of, SHARDS};
+use partyline::storage::unix_ms;
 use partyline::sync::Lock;
 use partyline::RoomKey;
 use partyline_cluster::client::{Auth, Client, ClusterClient};
@@ -190,10 +191,6 @@ pub struct ActionReply {
 
 /// The storage keys a room lookup lists.
 const LOOKUP_KEYS: u32 = 50;
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
 
 /// The name of a lease profile.
 fn profile_name(ttl_ms: u64, fence_after_ms: u64) -> &'static str {

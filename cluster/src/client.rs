@@ -18,6 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use partyline::room_socket::RoomSocket;
 use partyline::runtime::placement::{preferred, shard_of};
+use partyline::storage::unix_ms;
 use partyline::sync::{Lock, ReadWrite};
 use partyline::{PartiesClient, PartyRegistry, Request, Response, RoomKey};
 use partyline_proto::pb::{self, link_in, link_out, node_client::NodeClient, room_response};
@@ -869,11 +870,6 @@ async fn supervise(inner: Weak<Inner>, liveness: Liveness, observer: Arc<dyn Nod
     for (_, (_, task)) in watches {
         task.abort();
     }
-}
-
-/// This process's wall clock, in ms since the Unix epoch.
-fn unix_ms() -> u64 {
-    u64::try_from(partyline::storage::now_ms()).unwrap_or(0)
 }
 
 /// One clock sample of a node: its offset, and the error (half the round trip), in ms.

@@ -707,6 +707,11 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
+/// [`now_ms`] unsigned: what records and events are stamped with (0 before the epoch).
+pub fn unix_ms() -> u64 {
+    u64::try_from(now_ms()).unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

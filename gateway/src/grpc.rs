@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 use partyline::client_text;
 use partyline::runtime::link::{close_code, FromRoom, ToRoom};
+use partyline::storage::unix_ms;
 use partyline::sync::Lock;
 use partyline::{Request, Response, RoomKey};
 use partyline_cluster::client::{ClientError, ClusterClient};
@@ -110,11 +111,6 @@ impl RoomRouter for GrpcRouter {
     fn moved(&self, key: &RoomKey) {
         self.client.forget(partyline::runtime::placement::shard_of(key));
     }
-}
-
-/// Now, in ms since the Unix epoch.
-fn unix_ms() -> u64 {
-    u64::try_from(partyline::storage::now_ms()).unwrap_or(0)
 }
 
 /// Whether a node message stamped `valid_until_ms` arrived after its node's self-fence deadline

@@ -105,14 +105,7 @@ async fn info_reports_state_connections_and_counters() {
     );
     let moved = stranger.move_shard(pb::MoveShardRequest { shard: 1, who: "mallory".into() }).await;
     assert_eq!(moved.unwrap_err().code(), Code::Unauthenticated);
-    let closed = stranger
-        .close_room(pb::CloseRoomRequest {
-            room: room("main", "info-room"),
-            who: "mallory".into(),
-            code: 0,
-            reason: "".into(),
-        })
-        .await;
+    let closed = stranger.close_room(close_request("main", "info-room", "mallory", 0)).await;
     assert_eq!(closed.unwrap_err().code(), Code::Unauthenticated);
     assert_eq!(c.node_info(0).await.state, "ready", "nothing a stranger asked happened");
 }
@@ -162,11 +155,7 @@ async fn inspect_of_a_stopped_room_still_shows_its_storage() {
     let res = c.http(0, "POST", "/parties/main/kept", br#""remember me""#).await;
     assert_eq!((res.status, res.text().as_str()), (200, "OK"));
     let mut node = c.node_client(0, SECRET).await;
-    let closed = node
-        .close_room(pb::CloseRoomRequest { room: room("main", "kept"), who: "erin".into(), code: 0, reason: "".into() })
-        .await
-        .expect("close")
-        .into_inner();
+    let closed = node.close_room(close_request("main", "kept", "erin", 0)).await.expect("close").into_inner();
     assert_eq!((closed.running, closed.connections), (true, 0));
     info_until(&c, 0, "the room to stop", |i| i.rooms == 0).await;
 
@@ -319,16 +308,7 @@ async fn close_room_closes_its_clients_with_1012_and_they_come_back_to_its_stora
     assert_eq!(ws.recv_text().await, "before");
 
     let mut node = c.node_client(0, SECRET).await;
-    let reply = node
-        .close_room(pb::CloseRoomRequest {
-            room: room("main", "closing"),
-            who: "dave".into(),
-            code: 0,
-            reason: "".into(),
-        })
-        .await
-        .expect("close")
-        .into_inner();
+    let reply = node.close_room(close_request("main", "closing", "dave", 0)).await.expect("close").into_inner();
     assert_eq!((reply.running, reply.connections), (true, 1));
     assert_eq!(ws.expect_close().await, (1012, partyline::client_text::CLOSED_BY_OPERATOR.to_string()));
     // A client that reconnects gets a fresh instance that reloaded the storage.
@@ -336,26 +316,10 @@ async fn close_room_closes_its_clients_with_1012_and_they_come_back_to_its_stora
     assert_eq!(back.recv_json().await, json!(["before"]));
 
     // A room that does not run here: nothing to close.
-    let idle = node
-        .close_room(pb::CloseRoomRequest {
-            room: room("main", "not-running"),
-            who: "dave".into(),
-            code: 0,
-            reason: "".into(),
-        })
-        .await
-        .expect("close")
-        .into_inner();
+    let idle = node.close_room(close_request("main", "not-running", "dave", 0)).await.expect("close").into_inner();
     assert_eq!((idle.running, idle.connections), (false, 0));
     // A code no server may send.
-    let bad = node
-        .close_room(pb::CloseRoomRequest {
-            room: room("main", "closing"),
-            who: "dave".into(),
-            code: 1006,
-            reason: "".into(),
-        })
-        .await;
+    let bad = node.close_room(close_request("main", "closing", "dave", 1006)).await;
     assert_eq!(bad.unwrap_err().code(), Code::InvalidArgument);
 
     let closed =
@@ -363,4 +327,9 @@ async fn close_room_closes_its_clients_with_1012_and_they_come_back_to_its_stora
             .await;
     assert_eq!((closed.who.as_deref(), closed.source.as_str()), (Some("dave"), "node-1"));
     drop(back);
+}
+
+/// An operator's request to close `party/name`'s connections with `code` (0: the default).
+fn close_request(party: &str, name: &str, who: &str, code: u32) -> pb::CloseRoomRequest {
+    pb::CloseRoomRequest { room: room(party, name), who: who.into(), code, reason: String::new() }
 }

@@ -189,6 +189,19 @@ impl OpenRoom {
     async fn sleep(mut self, run: &mut Run) -> SlowRoom {
         let late = format!("late-{}", self.key.room);
         self.a.send_text(&format!("slow {SLOW_MS} {late}")).await;
+        self.asleep(run, late)
+    }
+
+    /// `via` (another client of the room) sends `slow`, so that what it sends next is queued
+    /// behind the sleeping handler: frames of one socket reach the room in order, frames of two
+    /// sockets do not.
+    async fn sleep_via(self, run: &mut Run, via: &mut Client) -> SlowRoom {
+        let late = format!("late-{}", self.key.room);
+        via.send_text(&format!("slow {SLOW_MS} {late}")).await;
+        self.asleep(run, late)
+    }
+
+    fn asleep(self, run: &mut Run, late: String) -> SlowRoom {
         let slow_sent = Instant::now();
         run.say(format!("{} on {}: its handler sleeps {SLOW_MS} ms", self.key, self.owner));
         SlowRoom {
@@ -442,7 +455,11 @@ async fn a_room_with_a_full_inbox_at_a_drain() {
     // would be echoed if it ran). It joins first: a connection too waits behind the handler.
     let mut flooder = Client::connect(&url(gateways[0], &key)).await.expect("connect the flooder");
     ask_ok(&mut flooder, "putkey flooder 4").await.expect("the flooder is served");
-    let slow = SlowRoom::start(&mut run, key.clone(), &victim_id).await;
+    // The flooder itself puts the handler to sleep: its flood then cannot overtake the `slow`
+    // frame (sent by another client, the first flood frames could reach the room before it, run
+    // and be echoed).
+    let open = OpenRoom::open(&mut run, key.clone(), &victim_id).await;
+    let slow = open.sleep_via(&mut run, &mut flooder).await;
     let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let flooding = tokio::spawn({
         let sent = sent.clone();

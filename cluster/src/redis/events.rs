@@ -7,7 +7,7 @@
 //! logged and dropped (events are for people; nothing depends on them). On a Redis Cluster the
 //! list is one key in one slot, which is fine for a few events per second at most.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use partyline::storage::unix_ms;
 
 use serde::{Deserialize, Serialize};
 
@@ -82,7 +82,7 @@ pub struct Event {
 impl Event {
     /// An event of `kind` from `source`, stamped now.
     pub fn new(kind: Kind, source: impl Into<String>, text: impl Into<String>) -> Self {
-        let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let unix_ms = unix_ms();
         Event { unix_ms, kind, source: source.into(), who: None, text: text.into(), shard: None, room: None }
     }
 

@@ -6,7 +6,9 @@
 //! the age its reader allows is not listed, and is removed by [`Gateways::live`].
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use partyline::storage::unix_ms;
 
 use serde::{Deserialize, Serialize};
 
@@ -60,10 +62,6 @@ pub struct Gateways {
     keys: Keys,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 impl Gateways {
     pub(super) fn new(conn: Connection, keys: Keys) -> Self {
         Gateways { conn, keys }
@@ -71,7 +69,7 @@ impl Gateways {
 
     /// Writes `record` (stamped now) under its id.
     pub async fn publish(&self, record: &GatewayRecord) -> Result<()> {
-        let record = GatewayRecord { unix_ms: now_ms(), ..record.clone() };
+        let record = GatewayRecord { unix_ms: unix_ms(), ..record.clone() };
         let json = serde_json::to_vec(&record).expect("a record serializes");
         let _: () = ::redis::cmd("HSET")
             .arg(self.keys.gateways())
@@ -92,7 +90,7 @@ impl Gateways {
     pub async fn live(&self, max_age: Duration) -> Result<Vec<GatewayRecord>> {
         let raw: Vec<(String, Vec<u8>)> =
             ::redis::cmd("HGETALL").arg(self.keys.gateways()).query_async(&mut self.conn.clone()).await?;
-        let oldest = now_ms().saturating_sub(max_age.as_millis() as u64);
+        let oldest = unix_ms().saturating_sub(max_age.as_millis() as u64);
         let mut live = Vec::new();
         let mut stale = Vec::new();
         for (id, json) in raw {
