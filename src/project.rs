@@ -28,8 +28,9 @@ pub struct ProjectArgs {
     /// artifact baked in): loaded at start, nothing is bundled. Not with --config.
     #[arg(long, env = "PARTYLINE_ARTIFACT", value_name = "FILE", conflicts_with = "config")]
     pub artifact: Option<PathBuf>,
-    /// Heap limit of each JS room in MiB; a room over it is restarted (its sockets closed with
-    /// 1011) and the error logged.
+    /// Heap limit in MiB of each JS party's realm in this process, which its rooms here share
+    /// (as the Durable Objects of a Workers isolate, 128 MiB there too); over it, the party's
+    /// rooms in this process are restarted (their sockets closed with 1011) and the error logged.
     #[arg(long, env = "PARTYLINE_JS_MEMORY_MB", default_value_t = 128)]
     pub js_memory_mb: usize,
     /// Hosts JS parties may `fetch` (comma-separated: `*` for any, `example.com`,

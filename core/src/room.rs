@@ -187,6 +187,8 @@ pub(crate) struct RoomShared {
     /// Connections the party closed; the runtime runs `on_close` for them after the handler.
     pub(crate) closed_by_party: Mutex<Vec<Arc<ConnShared>>>,
     pub(crate) gate: Arc<Gate>,
+    /// See [`Room::instance`].
+    pub(crate) instance: u64,
 }
 
 impl RoomShared {
@@ -242,6 +244,13 @@ impl Room {
     /// The room id: the URL path segment after the party name, not percent-decoded.
     pub fn id(&self) -> &str {
         &self.shared.key.room
+    }
+
+    /// A number telling this run of the room apart from its other runs in this process: a room
+    /// that stopped and started again (idle, moved away and back, restarted) gets a new one; a
+    /// room that hibernates keeps it. Unique in the process.
+    pub fn instance(&self) -> u64 {
+        self.shared.instance
     }
 
     /// The party name (`main` for `/party/:room`).

@@ -1,6 +1,7 @@
 //! The names Rust and the JS prelude (`js/src/prelude/`) meet by, each written once here: the
 //! globals they share ([`Global`]), the prelude's entry points the host calls ([`Api`]), the
-//! handlers a call dispatches to ([`Hook`]) and the natives the prelude calls ([`HostCall`]).
+//! handlers a call dispatches to ([`Hook`]) and the natives the prelude calls: the realm's
+//! ([`HostCall`]) and a room's ([`RoomCall`]).
 //! Rust code uses the enums, so a misspelt name does not compile; the tests here check that the
 //! prelude uses exactly the same names.
 
@@ -35,8 +36,7 @@ js_names! {
         Api = "__partyline",
         /// The natives ([`HostCall`]), set by the host and taken off by the prelude.
         Natives = "__partyline_native",
-        /// The party module's namespace, set by the host and taken off by the `init` or
-        /// `hooksInit` handler.
+        /// The party module's namespace, set by the host and taken off by `load`.
         Module = "__partyline_module",
     }
 }
@@ -44,9 +44,13 @@ js_names! {
 js_names! {
     /// The prelude's entry points, on `globalThis.__partyline`.
     Api {
-        /// `dispatch(id, hook, a, b, c)`: starts call `id` of a [`Hook`].
+        /// `load()`: the party module loaded (its namespace is [`Global::Module`]).
+        Load = "load",
+        /// `newScope(R)`: a room's scope, with its natives ([`RoomCall`]).
+        NewScope = "newScope",
+        /// `dispatch(scope, id, hook, a, b, c)`: starts call `id` of a [`Hook`] in a scope.
         Dispatch = "dispatch",
-        /// `take(id)`: the result of call `id`, once it settled.
+        /// `take(scope, id)`: the result of call `id` of the scope, once it settled.
         Take = "take",
         /// `complete(op, ok, value)`: a host operation finished.
         Complete = "complete",
@@ -57,6 +61,8 @@ js_names! {
         Rejection = "rejection",
         /// `rejections()`: the texts of the rejections still unhandled, which it forgets.
         Rejections = "rejections",
+        /// `forget(timers, ops)`: a scope was dropped; its timers and host operations go.
+        Forget = "forget",
     }
 }
 
@@ -97,8 +103,9 @@ js_names! {
 }
 
 js_names! {
-    /// Calls from the prelude into the host: the natives on `globalThis.__partyline_native`
-    /// (installed by `host::install`), which the prelude calls as `N.<name>`.
+    /// Calls from the prelude into the host: the realm's natives on
+    /// `globalThis.__partyline_native` (installed by `host::install`), which the prelude calls
+    /// as `N.<name>`.
     HostCall {
         /// `log(level, text)`: `console` into `tracing`.
         Log = "log",
@@ -124,6 +131,43 @@ js_names! {
         SetUrl = "setUrl",
         /// `fetch(request)`: an outbound HTTP request (a host operation).
         Fetch = "fetch",
+        /// `wasmCompile(base64)`: a module id, or a `CompileError` (js/src/wasm.rs).
+        WasmCompile = "wasmCompile",
+        /// `wasmValidate(base64)`: whether the bytes are a valid module.
+        WasmValidate = "wasmValidate",
+        /// `wasmModuleInfo(module)`: `[imports, exports]` with their types.
+        WasmModuleInfo = "wasmModuleInfo",
+        /// `wasmInstantiate(module, imports, io)`: the exports as `[name, id, type]`.
+        WasmInstantiate = "wasmInstantiate",
+        /// `wasmCall(func, args, io)`: the results of a wasm function.
+        WasmCall = "wasmCall",
+        /// `wasmMemoryNew(initial, maximum)`: a memory id.
+        WasmMemoryNew = "wasmMemoryNew",
+        /// `wasmMemoryBuffer(memory)`: an ArrayBuffer with a copy of the memory.
+        WasmMemoryBuffer = "wasmMemoryBuffer",
+        /// `wasmMemoryWrite(memory, base64)`: copies a buffer into the memory.
+        WasmMemoryWrite = "wasmMemoryWrite",
+        /// `wasmMemoryGrow(memory, pages)`: the old size in pages.
+        WasmMemoryGrow = "wasmMemoryGrow",
+        /// `wasmDetach(buffer)`: detaches an ArrayBuffer.
+        WasmDetach = "wasmDetach",
+        /// `wasmGlobal(op, a, b, c)`: `WebAssembly.Global` operations.
+        WasmGlobal = "wasmGlobal",
+        /// `wasmTable(op, a, b, c)`: `WebAssembly.Table` operations.
+        WasmTable = "wasmTable",
+        /// `cryptoSign(alg, curve, hash, key, public, data)`: a signature (js/src/crypto.rs).
+        CryptoSign = "cryptoSign",
+        /// `cryptoVerify(alg, curve, hash, key, signature, data)`: whether it verifies.
+        CryptoVerify = "cryptoVerify",
+        /// `cryptoKey(op, alg, curve, a, b)`: key generation, checks and DER forms.
+        CryptoKey = "cryptoKey",
+    }
+}
+
+js_names! {
+    /// A room's natives (installed by `host::room_natives` for each scope), which the prelude
+    /// calls as `s.R.<name>` (or `this._s.R.<name>`).
+    RoomCall {
         /// `storageGet(keys)`.
         StorageGet = "storageGet",
         /// `storagePut(entries)`.
@@ -170,40 +214,12 @@ js_names! {
         SocketSend = "socketSend",
         /// `socketClose(socket, code, reason)`: closes it (if still open) and forgets it.
         SocketClose = "socketClose",
-        /// `wasmCompile(base64)`: a module id, or a `CompileError` (js/src/wasm.rs).
-        WasmCompile = "wasmCompile",
-        /// `wasmValidate(base64)`: whether the bytes are a valid module.
-        WasmValidate = "wasmValidate",
-        /// `wasmModuleInfo(module)`: `[imports, exports]` with their types.
-        WasmModuleInfo = "wasmModuleInfo",
-        /// `wasmInstantiate(module, imports, io)`: the exports as `[name, id, type]`.
-        WasmInstantiate = "wasmInstantiate",
-        /// `wasmCall(func, args, io)`: the results of a wasm function.
-        WasmCall = "wasmCall",
-        /// `wasmMemoryNew(initial, maximum)`: a memory id.
-        WasmMemoryNew = "wasmMemoryNew",
-        /// `wasmMemoryBuffer(memory)`: an ArrayBuffer with a copy of the memory.
-        WasmMemoryBuffer = "wasmMemoryBuffer",
-        /// `wasmMemoryWrite(memory, base64)`: copies a buffer into the memory.
-        WasmMemoryWrite = "wasmMemoryWrite",
-        /// `wasmMemoryGrow(memory, pages)`: the old size in pages.
-        WasmMemoryGrow = "wasmMemoryGrow",
-        /// `wasmDetach(buffer)`: detaches an ArrayBuffer.
-        WasmDetach = "wasmDetach",
-        /// `wasmGlobal(op, a, b, c)`: `WebAssembly.Global` operations.
-        WasmGlobal = "wasmGlobal",
-        /// `wasmTable(op, a, b, c)`: `WebAssembly.Table` operations.
-        WasmTable = "wasmTable",
         /// `blockBegin()`: a `blockConcurrencyWhile` starts; its token.
         BlockBegin = "blockBegin",
         /// `blockEnd(token)`: it settled.
         BlockEnd = "blockEnd",
-        /// `cryptoSign(alg, curve, hash, key, public, data)`: a signature (js/src/crypto.rs).
-        CryptoSign = "cryptoSign",
-        /// `cryptoVerify(alg, curve, hash, key, signature, data)`: whether it verifies.
-        CryptoVerify = "cryptoVerify",
-        /// `cryptoKey(op, alg, curve, a, b)`: key generation, checks and DER forms.
-        CryptoKey = "cryptoKey",
+        /// `settled()`: a result of the scope's calls settled.
+        Settled = "settled",
     }
 }
 
@@ -242,19 +258,25 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn the_prelude_calls_the_natives_by_their_names() {
+    /// The names called on `object` (`N` or `R`) in the prelude.
+    fn called_on(object: char) -> BTreeSet<String> {
         let mut used = BTreeSet::new();
         let mut prev = ' ';
         for (i, c) in PRELUDE_SOURCE.char_indices() {
-            if c == 'N' && !is_ident(prev) && PRELUDE_SOURCE[i + 1..].starts_with('.') {
+            if c == object && !is_ident(prev) && PRELUDE_SOURCE[i + 1..].starts_with('.') {
                 let rest = &PRELUDE_SOURCE[i + 2..];
                 let end = rest.find(|c: char| !is_ident(c)).unwrap_or(rest.len());
                 used.insert(rest[..end].to_string());
             }
             prev = c;
         }
-        assert_eq!(used, names(HostCall::ALL, HostCall::name));
+        used
+    }
+
+    #[test]
+    fn the_prelude_calls_the_natives_by_their_names() {
+        assert_eq!(called_on('N'), names(HostCall::ALL, HostCall::name));
+        assert_eq!(called_on('R'), names(RoomCall::ALL, RoomCall::name));
     }
 
     #[test]
@@ -302,9 +324,13 @@ mod tests {
         let rt = Runtime::new().expect("a runtime");
         let ctx = Context::full(&rt).expect("a context");
         ctx.with(|ctx| {
-            crate::host::install(&ctx, host).expect("the natives install");
+            crate::host::install(&ctx, host.shared.clone()).expect("the natives install");
             let natives: Object = ctx.globals().get(Global::Natives.name()).expect("the natives");
             for call in HostCall::ALL {
+                assert!(natives.get::<_, Function>(call.name()).is_ok(), "{call:?} is not installed");
+            }
+            let natives = crate::host::room_natives(&ctx, &host).expect("a room's natives install");
+            for call in RoomCall::ALL {
                 assert!(natives.get::<_, Function>(call.name()).is_ok(), "{call:?} is not installed");
             }
         });

@@ -1,6 +1,13 @@
-//! One QuickJS runtime and context (a room's, or a party's static hooks'), its natives, and the
-//! event loop that runs a call to completion: microtasks, host operations (storage reads,
-//! `fetch`, calls to other rooms) and timers.
+//! A party's realm (one QuickJS runtime and context per party and process, which every room of
+//! the party shares, as a Workers isolate holds many Durable Objects: the prelude and the party's
+//! module are evaluated once), and an engine per room (or per static hook call): the room's scope
+//! in the realm, its natives, and the event loop that runs a call to completion: microtasks,
+//! host operations (storage reads, `fetch`, calls to other rooms) and timers.
+//!
+//! The realm runs one piece of JS at a time (QuickJS's runtime lock); rooms interleave at awaits.
+//! What a room starts while its code runs (host operations, timers) is the room's: its engine
+//! delivers and fires them. A room's results are kept on its scope; one that settles while
+//! another room's code runs (a promise shared through module state) wakes the room.
 //!
 //! A call is one dispatch into the prelude's handlers; its result is collected once its promise
 //! settled, or, for a call that may go on in the background (`Engine::call_gated`), once the
@@ -30,15 +37,53 @@ use crate::modules::{Modules, RoomLoader, PRELUDE};
 /// Settings of an engine.
 #[derive(Clone, Debug)]
 pub struct EngineLimits {
-    /// Heap limit of the runtime; a room over it is restarted.
+    /// Heap limit of the realm (all the party's rooms in this process); over it, the realm is
+    /// dropped and its rooms restarted.
     pub memory_bytes: usize,
     /// Time one call may run (the room's handler limit).
     pub call_timeout: Duration,
 }
 
-/// The part of an engine its natives share.
+/// What a realm's natives share: the state of the realm, and which room's code runs.
+pub(crate) struct Shared {
+    /// The end of the running call, in microseconds since [`epoch`] (`u64::MAX` when none):
+    /// the interrupt handler and WebAssembly check it (js/src/wasm.rs).
+    pub(crate) deadline: AtomicU64,
+    /// Set by the interrupt handler when it stopped the running code.
+    interrupted: AtomicBool,
+    /// Set when a promise was rejected with no handler: the engine asks the prelude which
+    /// rejections stayed unhandled once the microtasks ran, and logs them.
+    rejected: AtomicBool,
+    /// The realm ran out of memory: every engine on it must be dropped.
+    broken: AtomicBool,
+    /// The host of the room whose code runs now (set by [`Engine::with`] while it holds the
+    /// realm): what timers and `fetch` started by that code belong to.
+    current: Mutex<Option<Arc<Host>>>,
+    /// The realm's own host, current while the realm loads (the module's top-level timers).
+    own: OnceLock<Arc<Host>>,
+    /// Host operation ids, unique in the realm (the prelude keeps one table of them).
+    next_op: AtomicU64,
+    /// Scope numbers.
+    next_scope: AtomicU64,
+    pub(crate) fetch: Arc<crate::host::FetchPolicy>,
+    /// The realm's heap limit, also the budget of its WebAssembly memories.
+    pub(crate) memory_bytes: usize,
+    pub(crate) label: String,
+}
+
+impl Shared {
+    /// The host of the code that runs now.
+    pub(crate) fn current(&self) -> Option<Arc<Host>> {
+        self.current.locked().clone().or_else(|| self.own.get().cloned())
+    }
+}
+
+/// The part of an engine its natives share: a room's (or a static hook call's) own state.
 pub(crate) struct Host {
-    pub(crate) room: Option<Room>,
+    /// The room (none for the static hooks, and once the engine is dropped: the natives of a
+    /// dropped scope may outlive it in the realm until its garbage is collected, and must not
+    /// keep the room, its store and its connections).
+    room: Mutex<Option<Room>>,
     pub(crate) parties: Mutex<Parties>,
     pub(crate) conns: Mutex<HashMap<String, Connection>>,
     /// Sockets this room opened to other rooms (`stub.socket()`).
@@ -46,24 +91,15 @@ pub(crate) struct Host {
     pub(crate) ops: Mutex<Ops>,
     pub(crate) done: mpsc::UnboundedSender<(u64, OpResult)>,
     pub(crate) notify: Arc<Notify>,
-    pub(crate) fetch: Arc<crate::host::FetchPolicy>,
     pub(crate) max_value_bytes: usize,
-    pub(crate) label: String,
-    /// Set when a promise was rejected with no handler: the engine asks the prelude which
-    /// rejections stayed unhandled once the microtasks ran, and logs them.
-    pub(crate) rejected: Arc<AtomicBool>,
-
-    /// The end of the current call, in microseconds since [`epoch`] (`u64::MAX` between calls):
-    /// WebAssembly checks it while it runs (js/src/wasm.rs).
-    pub(crate) deadline: Arc<AtomicU64>,
-    /// The runtime's heap limit, also the budget of the room's WebAssembly memories.
-    pub(crate) memory_bytes: usize,
+    pub(crate) shared: Arc<Shared>,
 }
 
 #[derive(Default)]
 pub(crate) struct Ops {
-    next: u64,
     pub(crate) in_flight: usize,
+    /// The host operations in flight (what the prelude forgets when the engine is dropped).
+    pending: BTreeSet<u64>,
     /// The storage operations among those in flight: while one is, the room's input gate is
     /// closed (no other event starts), as on a Durable Object.
     storage: BTreeSet<u64>,
@@ -77,8 +113,8 @@ pub(crate) struct Ops {
 }
 
 impl Host {
-    pub(crate) fn room(&self) -> rquickjs::Result<&Room> {
-        self.room.as_ref().ok_or_else(|| {
+    pub(crate) fn room(&self) -> rquickjs::Result<Room> {
+        self.room.locked().clone().ok_or_else(|| {
             rquickjs::Error::new_from_js_message("hook", "room", "room APIs are not available in static hooks")
         })
     }
@@ -116,10 +152,10 @@ impl Host {
             return pair(ctx, Value::new_bool(ctx.clone(), true), value);
         }
         let id = {
+            let id = self.shared.next_op.fetch_add(1, Ordering::Relaxed) + 1;
             let mut ops = self.ops.locked();
-            ops.next += 1;
             ops.in_flight += 1;
-            let id = ops.next;
+            ops.pending.insert(id);
             if storage {
                 ops.storage.insert(id);
             }
@@ -203,7 +239,7 @@ impl Host {
         if let Some(c) = self.conns.locked().get(id) {
             return Some(c.clone());
         }
-        let c = self.room.as_ref()?.get_connection(id)?;
+        let c = self.room.locked().as_ref()?.get_connection(id)?;
         self.conns.locked().insert(id.to_string(), c.clone());
         Some(c)
     }
@@ -220,6 +256,29 @@ impl Host {
     /// Sets how other rooms are reached (the static hooks get it with each call).
     pub(crate) fn set_parties(&self, parties: Parties) {
         *self.parties.locked() = parties;
+    }
+
+    /// A result of this host's calls settled: wakes its engine when another room's code runs
+    /// (its own engine collects it anyway after running its code).
+    pub(crate) fn settled(self: &Arc<Self>) {
+        let current = self.shared.current.locked().clone();
+        if !current.is_some_and(|c| Arc::ptr_eq(&c, self)) {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Lets go of the room, its connections, sockets and timers: the engine is dropped.
+    fn retire(&self) {
+        self.room.locked().take();
+        *self.parties.locked() = Parties::new(Arc::new(crate::party::NoParties));
+        self.conns.locked().clear();
+        *self.sockets.locked() = host::Sockets::default();
+        *self.ops.locked() = Ops::default();
+    }
+
+    /// The realm's label (the party's name), for logs.
+    pub(crate) fn label(&self) -> &str {
+        &self.shared.label
     }
 }
 
@@ -341,29 +400,23 @@ type Taken = Option<Result<serde_json::Value, CallError>>;
 /// HTTP status in its `code`.
 type RawResult = Result<serde_json::Value, (String, Option<u16>)>;
 
-/// One runtime with its context.
-pub struct Engine {
+/// A party's realm: one runtime and context with the prelude and the party's module loaded,
+/// shared by the party's engines in this process.
+pub(crate) struct Realm {
     // Dropped first: the context before its runtime.
     ctx: Context,
     rt: Runtime,
-    host: Arc<Host>,
-    done: mpsc::UnboundedReceiver<(u64, OpResult)>,
-    deadline: Arc<AtomicU64>,
-    interrupted: Arc<AtomicBool>,
-    next_call: u64,
+    shared: Arc<Shared>,
     limits: EngineLimits,
-    /// Calls that went on in the background ([`Outcome::Pending`]), not settled yet.
-    detached: BTreeSet<u64>,
-    /// Calls that went on in the background and settled since [`Engine::take_finished`].
-    finished: Vec<(u64, Result<serde_json::Value, CallError>)>,
-    /// The runtime ran out of memory: drop it.
-    pub broken: bool,
+    /// Taken (asynchronously) before the runtime's own lock, so that an engine waiting for the
+    /// realm while another room's code runs yields its thread instead of blocking it.
+    gate: Arc<tokio::sync::Mutex<()>>,
+    /// The rooms that ran in the realm, by id, with their run ([`Room::instance`]).
+    rooms: Mutex<HashMap<String, u64>>,
 }
 
-/// Where an engine runs and what it can reach.
-pub(crate) struct EngineSetup {
-    pub(crate) room: Option<Room>,
-    pub(crate) parties: Parties,
+/// What a realm is made of.
+pub(crate) struct RealmSetup {
     pub(crate) modules: Arc<Modules>,
     pub(crate) entry: String,
     pub(crate) limits: EngineLimits,
@@ -372,82 +425,213 @@ pub(crate) struct EngineSetup {
     pub(crate) label: String,
 }
 
-impl Engine {
-    /// A runtime with the prelude and the party module `entry` loaded (not yet instantiated).
-    pub(crate) fn new(setup: EngineSetup) -> Result<Self, CallError> {
+impl Realm {
+    /// A runtime with the prelude and the party module `entry` loaded.
+    pub(crate) fn new(setup: RealmSetup) -> Result<Arc<Self>, CallError> {
         let rt = Runtime::new().map_err(|e| CallError::Engine(e.to_string()))?;
         rt.set_memory_limit(setup.limits.memory_bytes);
         rt.set_max_stack_size(1 << 20);
         rt.set_gc_threshold(4 << 20);
-        let deadline = Arc::new(AtomicU64::new(u64::MAX));
-        let interrupted = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(Shared {
+            deadline: AtomicU64::new(u64::MAX),
+            interrupted: AtomicBool::new(false),
+            rejected: AtomicBool::new(false),
+            broken: AtomicBool::new(false),
+            current: Mutex::new(None),
+            own: OnceLock::new(),
+            next_op: AtomicU64::new(0),
+            next_scope: AtomicU64::new(0),
+            fetch: setup.fetch,
+            memory_bytes: setup.limits.memory_bytes,
+            label: setup.label,
+        });
         {
-            let deadline = deadline.clone();
-            let interrupted = interrupted.clone();
+            let shared = shared.clone();
             rt.set_interrupt_handler(Some(Box::new(move || {
                 let now = epoch().elapsed().as_micros() as u64;
-                let stop = now > deadline.load(Ordering::Relaxed);
+                let stop = now > shared.deadline.load(Ordering::Relaxed);
                 if stop {
-                    interrupted.store(true, Ordering::Relaxed);
+                    shared.interrupted.store(true, Ordering::Relaxed);
                 }
                 stop
             })));
         }
         rt.set_loader(RoomLoader(setup.modules.clone()), RoomLoader(setup.modules.clone()));
-        let rejected = Arc::new(AtomicBool::new(false));
         {
-            let rejected = rejected.clone();
+            let shared = shared.clone();
             rt.set_host_promise_rejection_tracker(Some(Box::new(move |ctx, promise, reason, handled| {
                 if !handled {
-                    rejected.store(true, Ordering::Relaxed);
+                    shared.rejected.store(true, Ordering::Relaxed);
                 }
                 track_rejection(&ctx, promise, reason, handled);
             })));
         }
         let ctx = Context::full(&rt).map_err(|e| CallError::Engine(e.to_string()))?;
+        let realm = Arc::new(Realm {
+            ctx,
+            rt,
+            shared,
+            limits: setup.limits,
+            gate: Arc::default(),
+            rooms: Mutex::new(HashMap::new()),
+        });
+        // The realm's own host: what the module's top-level code starts belongs to it.
+        let (own, _done) =
+            Host::new(None, Parties::new(Arc::new(crate::party::NoParties)), setup.max_value_bytes, &realm.shared);
+        let _ = realm.shared.own.set(own);
+        let limit = epoch().elapsed() + realm.limits.call_timeout;
+        realm.shared.deadline.store(limit.as_micros() as u64, Ordering::Relaxed);
+        let entry = setup.entry;
+        let shared = realm.shared.clone();
+        let result = realm.ctx.with(|ctx| -> Result<(), String> {
+            host::install(&ctx, shared).map_err(|e| js_error(&ctx, e))?;
+            install_part_loader(&ctx).map_err(|e| js_error(&ctx, e))?;
+            import(&ctx, PRELUDE)?;
+            let ns = import(&ctx, &entry)?;
+            ctx.globals().set(Global::Module.name(), ns).map_err(|e| js_error(&ctx, e))?;
+            api(&ctx, Api::Load)?.call::<_, ()>(()).map_err(|e| js_error(&ctx, e))
+        });
+        realm.shared.deadline.store(u64::MAX, Ordering::Relaxed);
+        if let Err(message) = result {
+            return Err(if realm.shared.interrupted.load(Ordering::Relaxed) {
+                CallError::Timeout(realm.limits.call_timeout)
+            } else if message.contains("out of memory") {
+                CallError::OutOfMemory(realm.limits.memory_bytes)
+            } else {
+                CallError::Thrown(message)
+            });
+        }
+        Ok(realm)
+    }
+
+    /// Takes `room` in: false when another run of the same room ran in this realm before (it
+    /// stopped, and may have run on another node since), whose module state may be stale.
+    pub(crate) fn admit(&self, room: &Room) -> bool {
+        let mut rooms = self.rooms.locked();
+        *rooms.entry(room.id().to_string()).or_insert(room.instance()) == room.instance()
+    }
+
+    /// Whether the realm ran out of memory (its engines must be dropped, a new realm made).
+    pub(crate) fn is_broken(&self) -> bool {
+        self.shared.broken.load(Ordering::Relaxed)
+    }
+
+    /// Heap bytes in use by the realm.
+    pub(crate) fn memory_used(&self) -> i64 {
+        self.rt.memory_usage().memory_used_size
+    }
+}
+
+impl Host {
+    /// A host, and the receiving end of its host operations' results.
+    fn new(
+        room: Option<Room>,
+        parties: Parties,
+        max_value_bytes: usize,
+        shared: &Arc<Shared>,
+    ) -> (Arc<Host>, mpsc::UnboundedReceiver<(u64, OpResult)>) {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let host = Arc::new(Host {
-            room: setup.room,
-            parties: Mutex::new(setup.parties),
+            room: Mutex::new(room),
+            parties: Mutex::new(parties),
             conns: Mutex::new(HashMap::new()),
             sockets: Mutex::new(host::Sockets::default()),
             ops: Mutex::new(Ops::default()),
             done: done_tx,
             notify: Arc::new(Notify::new()),
-            fetch: setup.fetch,
-            max_value_bytes: setup.max_value_bytes,
-            label: setup.label,
-            rejected,
-            deadline: deadline.clone(),
-            memory_bytes: setup.limits.memory_bytes,
+            max_value_bytes,
+            shared: shared.clone(),
         });
+        (host, done_rx)
+    }
+}
+
+/// A room's (or a static hook call's) engine: its scope in the party's realm.
+pub struct Engine {
+    /// The number of the room's scope in the realm (`newScope` of the prelude).
+    scope: u64,
+    realm: Arc<Realm>,
+    host: Arc<Host>,
+    done: mpsc::UnboundedReceiver<(u64, OpResult)>,
+    /// The end of this engine's running call (µs since [`epoch`]; `u64::MAX` between calls).
+    deadline: AtomicU64,
+    /// The realm's interrupt handler stopped this engine's code.
+    interrupted: AtomicBool,
+    next_call: u64,
+    limits: EngineLimits,
+    /// Calls that went on in the background ([`Outcome::Pending`]), not settled yet.
+    detached: BTreeSet<u64>,
+    /// Calls that went on in the background and settled since [`Engine::take_finished`].
+    finished: Vec<(u64, Result<serde_json::Value, CallError>)>,
+    /// The realm ran out of memory: drop the engine.
+    pub broken: bool,
+}
+
+/// Where an engine runs and what it can reach.
+pub(crate) struct EngineSetup {
+    pub(crate) realm: Arc<Realm>,
+    pub(crate) room: Option<Room>,
+    pub(crate) parties: Parties,
+    pub(crate) max_value_bytes: usize,
+}
+
+impl Engine {
+    /// A scope for a room (or the static hooks) in `setup.realm`.
+    pub(crate) async fn new(setup: EngineSetup) -> Result<Self, CallError> {
+        let realm = setup.realm;
+        if realm.is_broken() {
+            return Err(CallError::OutOfMemory(realm.limits.memory_bytes));
+        }
+        let (host, done) = Host::new(setup.room, setup.parties, setup.max_value_bytes, &realm.shared);
+        let limits = realm.limits.clone();
+        let scope = realm.shared.next_scope.fetch_add(1, Ordering::Relaxed) + 1;
         let mut engine = Engine {
-            ctx,
-            rt,
+            scope,
+            realm,
             host,
-            done: done_rx,
-            deadline,
-            interrupted,
+            done,
+            deadline: AtomicU64::new(u64::MAX),
+            interrupted: AtomicBool::new(false),
             next_call: 0,
-            limits: setup.limits,
+            limits,
             detached: BTreeSet::new(),
             finished: Vec::new(),
             broken: false,
         };
         engine.arm();
-        let entry = setup.entry;
         let host = engine.host.clone();
-        let result = engine.ctx.with(|ctx| -> Result<(), String> {
-            host::install(&ctx, host).map_err(|e| js_error(&ctx, e))?;
-            install_part_loader(&ctx).map_err(|e| js_error(&ctx, e))?;
-            import(&ctx, PRELUDE)?;
-            let ns = import(&ctx, &entry)?;
-            ctx.globals().set(Global::Module.name(), ns).map_err(|e| js_error(&ctx, e))?;
-            Ok(())
+        let _gate = engine.gate().await;
+        let made = engine.with(|ctx, scope| {
+            let natives = host::room_natives(ctx, &host).map_err(|e| js_error(ctx, e))?;
+            api(ctx, Api::NewScope)?.call::<_, ()>((scope as f64, natives)).map_err(|e| js_error(ctx, e))
         });
         engine.disarm();
-        result.map_err(|e| engine.classify(e))?;
+        made.map_err(|e| engine.classify(e))?;
         Ok(engine)
+    }
+
+    /// Runs `f` with the realm held for this engine: its code is what runs (timers and host
+    /// operations it starts are this engine's) under its deadline; `f` gets the number of the
+    /// room's scope.
+    fn with<R>(&self, f: impl for<'js> FnOnce(&Ctx<'js>, u64) -> Result<R, String>) -> Result<R, String> {
+        let shared = &self.realm.shared;
+        self.realm.ctx.with(|ctx| {
+            *shared.current.locked() = Some(self.host.clone());
+            shared.deadline.store(self.deadline.load(Ordering::Relaxed), Ordering::Relaxed);
+            shared.interrupted.store(false, Ordering::Relaxed);
+            let out = f(&ctx, self.scope);
+            if shared.interrupted.swap(false, Ordering::Relaxed) {
+                self.interrupted.store(true, Ordering::Relaxed);
+            }
+            shared.deadline.store(u64::MAX, Ordering::Relaxed);
+            *shared.current.locked() = None;
+            out
+        })
+    }
+
+    /// The realm's gate, for a step that runs JS.
+    async fn gate(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.realm.gate.clone().lock_owned().await
     }
 
     fn arm(&self) {
@@ -464,7 +648,8 @@ impl Engine {
         if self.interrupted.load(Ordering::Relaxed) {
             return CallError::Timeout(self.limits.call_timeout);
         }
-        if message.contains("out of memory") {
+        if message.contains("out of memory") || self.realm.is_broken() {
+            self.realm.shared.broken.store(true, Ordering::Relaxed);
             self.broken = true;
             return CallError::OutOfMemory(self.limits.memory_bytes);
         }
@@ -476,9 +661,10 @@ impl Engine {
         &self.host
     }
 
-    /// Heap bytes in use by this runtime.
+    /// Heap bytes in use by the realm this engine runs in (shared with the party's other
+    /// engines).
     pub fn memory_used(&self) -> i64 {
-        self.rt.memory_usage().memory_used_size
+        self.realm.memory_used()
     }
 
     /// Calls the prelude's handler of `hook` with `args` and runs the engine until its result is
@@ -499,6 +685,10 @@ impl Engine {
     }
 
     async fn call_with(&mut self, hook: Hook, args: [Arg; 3], may_detach: bool) -> Result<Outcome, CallError> {
+        if self.realm.is_broken() {
+            self.broken = true;
+            return Err(CallError::OutOfMemory(self.limits.memory_bytes));
+        }
         self.next_call += 1;
         let id = self.next_call;
         let timers_before = self.host.ops.locked().last_timer;
@@ -528,7 +718,7 @@ impl Engine {
         }
         if !cancelled.is_empty() {
             tracing::warn!(
-                party = %self.host.label,
+                party = %self.host.label(),
                 timers = cancelled.len(),
                 reason = %why,
                 "the timers set by a stopped handler were cancelled"
@@ -537,24 +727,31 @@ impl Engine {
     }
 
     async fn run(&mut self, id: u64, hook: Hook, args: [Arg; 3], may_detach: bool) -> Result<Outcome, CallError> {
-        let started = self.ctx.with(|ctx| -> Result<(), String> {
-            let dispatch = api(&ctx, Api::Dispatch)?;
+        let gate = self.gate().await;
+        let started = self.with(|ctx, scope| {
+            let dispatch = api(ctx, Api::Dispatch)?;
             let [a, b, c] = args;
-            let a = arg_value(&ctx, a).map_err(|e| js_error(&ctx, e))?;
-            let b = arg_value(&ctx, b).map_err(|e| js_error(&ctx, e))?;
-            let c = arg_value(&ctx, c).map_err(|e| js_error(&ctx, e))?;
-            dispatch.call::<_, ()>((id as f64, hook.name(), a, b, c)).map_err(|e| js_error(&ctx, e))
+            let a = arg_value(ctx, a).map_err(|e| js_error(ctx, e))?;
+            let b = arg_value(ctx, b).map_err(|e| js_error(ctx, e))?;
+            let c = arg_value(ctx, c).map_err(|e| js_error(ctx, e))?;
+            dispatch.call::<_, ()>((scope as f64, id as f64, hook.name(), a, b, c)).map_err(|e| js_error(ctx, e))
         });
         if let Err(e) = started {
             return Err(self.classify(e));
         }
         let mut result = None;
+        let mut held = Some(gate);
         loop {
+            let gate = match held.take() {
+                Some(gate) => gate,
+                None => self.gate().await,
+            };
             self.jobs()?;
             if result.is_none() {
                 result = self.take(id)?;
             }
             self.collect_detached()?;
+            drop(gate);
             let gated = self.host.gated();
             let can_progress = self.host.can_progress();
             match result {
@@ -571,19 +768,24 @@ impl Engine {
     }
 
     /// Waits for the next thing that can move the engine on (a host operation finishing, a
-    /// timer) and delivers it; an error at the time limit.
+    /// timer, a result settled by another room's code) and delivers it; an error at the time
+    /// limit.
     async fn wait(&mut self) -> Result<(), CallError> {
         let next_timer = self.host.next_timer();
         let remaining = self.deadline_instant();
+        let notify = self.host.notify.clone();
         tokio::select! {
             done = self.done.recv() => {
                 if let Some((op, result)) = done {
+                    let _gate = self.gate().await;
                     self.deliver(op, result)?;
                 }
             }
             _ = tokio::time::sleep_until(next_timer.unwrap_or(remaining)), if next_timer.is_some() => {
+                let _gate = self.gate().await;
                 self.fire_timers()?;
             }
+            _ = notify.notified() => {}
             _ = tokio::time::sleep_until(remaining) => {
                 return Err(CallError::Timeout(self.limits.call_timeout));
             }
@@ -599,13 +801,14 @@ impl Engine {
 
     /// Runs pending microtasks, then logs the promise rejections nothing handled.
     fn jobs(&mut self) -> Result<(), CallError> {
-        let out = self.ctx.with(|ctx| -> Result<Vec<String>, String> {
+        let rejected = &self.realm.shared.rejected;
+        let out = self.with(|ctx, _| {
             while ctx.execute_pending_job() {}
-            if !self.host.rejected.swap(false, Ordering::Relaxed) {
+            if !rejected.swap(false, Ordering::Relaxed) {
                 return Ok(Vec::new());
             }
-            let report = api(&ctx, Api::Rejections)?;
-            report.call::<_, Vec<String>>(()).map_err(|e| js_error(&ctx, e))
+            let report = api(ctx, Api::Rejections)?;
+            report.call::<_, Vec<String>>(()).map_err(|e| js_error(ctx, e))
         });
         if self.interrupted.load(Ordering::Relaxed) {
             return Err(CallError::Timeout(self.limits.call_timeout));
@@ -614,16 +817,18 @@ impl Engine {
             // Where the error was made, in the project's own files (the bundle's source map).
             let text = crate::bundle::map_locations(&text);
             let at = error_location(&text).unwrap_or("unknown");
-            tracing::warn!(target: "party", party = %self.host.label, at, "unhandled promise rejection: {text}");
+            tracing::warn!(target: "party", party = %self.host.label(), at, "unhandled promise rejection: {text}");
         }
         Ok(())
     }
 
     /// The result of call `id` once it settled.
     fn take(&mut self, id: u64) -> Result<Taken, CallError> {
-        let out = self.ctx.with(|ctx| -> Result<Option<RawResult>, String> {
+        let label = self.host.label();
+        let out = self.with(|ctx, scope| -> Result<Option<RawResult>, String> {
+            let ctx = ctx.clone();
             let take = api(&ctx, Api::Take)?;
-            let r: Value = take.call((id as f64,)).map_err(|e| js_error(&ctx, e))?;
+            let r: Value = take.call((scope as f64, id as f64)).map_err(|e| js_error(&ctx, e))?;
             let Some(arr) = r.as_array() else { return Ok(None) };
             let ok: bool = arr.get(0).map_err(|e| js_error(&ctx, e))?;
             if ok {
@@ -644,7 +849,7 @@ impl Engine {
                     // Where it was thrown, in the project's own files (the bundle's source map).
                     let stack = crate::bundle::map_locations(&stack);
                     let at = error_location(&stack).unwrap_or("?");
-                    tracing::warn!(party = %self.host.label, at, stack = %stack, "party code threw: {message}");
+                    tracing::warn!(party = %label, at, stack = %stack, "party code threw: {message}");
                 }
                 Ok(Some(Err((message, status))))
             }
@@ -683,9 +888,11 @@ impl Engine {
         {
             let mut ops = self.host.ops.locked();
             ops.in_flight -= 1;
+            ops.pending.remove(&op);
             ops.storage.remove(&op);
         }
-        let out = self.ctx.with(|ctx| -> Result<(), String> {
+        let out = self.with(|ctx, _| {
+            let ctx = ctx.clone();
             let complete = api(&ctx, Api::Complete)?;
             let (ok, value) = match result {
                 OpResult::Error(msg) => {
@@ -698,15 +905,20 @@ impl Engine {
         out.map_err(|e| self.classify(e))
     }
 
+    /// Fires this engine's due timers, and those the party's module set as it loaded (they
+    /// belong to no room: whichever engine of the realm runs next fires them).
     fn fire_timers(&mut self) -> Result<(), CallError> {
-        let due = self.host.due_timers();
+        let mut due = self.host.due_timers();
+        if let Some(own) = self.realm.shared.own.get() {
+            due.extend(own.due_timers());
+        }
         if due.is_empty() {
             return Ok(());
         }
-        let out = self.ctx.with(|ctx| -> Result<(), String> {
-            let timers = api(&ctx, Api::Timers)?;
-            let ids = arg_value(&ctx, Arg::Ids(due)).map_err(|e| js_error(&ctx, e))?;
-            timers.call::<_, ()>((ids,)).map_err(|e| js_error(&ctx, e))
+        let out = self.with(|ctx, _| {
+            let timers = api(ctx, Api::Timers)?;
+            let ids = arg_value(ctx, Arg::Ids(due)).map_err(|e| js_error(ctx, e))?;
+            timers.call::<_, ()>((ids,)).map_err(|e| js_error(ctx, e))
         });
         out.map_err(|e| self.classify(e))
     }
@@ -734,14 +946,20 @@ impl Engine {
     }
 
     async fn background_inner(&mut self) -> Result<(), CallError> {
-        while let Ok((op, result)) = self.done.try_recv() {
-            self.deliver(op, result)?;
-            self.jobs()?;
+        {
+            let _gate = self.gate().await;
+            while let Ok((op, result)) = self.done.try_recv() {
+                self.deliver(op, result)?;
+                self.jobs()?;
+            }
+            self.fire_timers()?;
         }
-        self.fire_timers()?;
         loop {
-            self.jobs()?;
-            self.collect_detached()?;
+            {
+                let _gate = self.gate().await;
+                self.jobs()?;
+                self.collect_detached()?;
+            }
             if !self.host.gated() {
                 return Ok(());
             }
@@ -749,6 +967,41 @@ impl Engine {
                 return Err(CallError::Stuck);
             }
             self.wait().await?;
+        }
+    }
+}
+
+impl Drop for Engine {
+    /// Drops the room's scope in the realm (under its lock), and has the prelude forget the
+    /// timers and host operations of the room that will never come.
+    fn drop(&mut self) {
+        let (timers, ops): (Vec<u64>, Vec<u64>) = {
+            let ops = self.host.ops.locked();
+            (ops.timers.keys().copied().collect(), ops.pending.iter().copied().collect())
+        };
+        self.host.retire();
+        let scope = self.scope as f64;
+        let realm = self.realm.clone();
+        let forget = move || {
+            realm.ctx.with(|ctx| {
+                let forgot = api(&ctx, Api::Forget)
+                    .and_then(|f| f.call::<_, ()>((scope, timers, ops)).map_err(|e| js_error(&ctx, e)));
+                if let Err(e) = forgot {
+                    tracing::debug!(party = %realm.shared.label, error = %e, "forgetting a dropped engine's scope");
+                }
+            });
+        };
+        // Without waiting for another room's code to finish: later, when the realm is busy.
+        match (self.realm.gate.clone().try_lock_owned(), tokio::runtime::Handle::try_current()) {
+            (Ok(_gate), _) => forget(),
+            (Err(_), Ok(rt)) => {
+                let gate = self.realm.gate.clone();
+                rt.spawn(async move {
+                    let _gate = gate.lock_owned().await;
+                    forget();
+                });
+            }
+            (Err(_), Err(_)) => forget(),
         }
     }
 }
@@ -877,38 +1130,65 @@ mod memory_tests {
         (modules, entry)
     }
 
-    fn setup(modules: &Arc<Modules>, entry: &str) -> EngineSetup {
-        EngineSetup {
-            room: None,
-            parties: partyline::testing::no_parties(),
+    fn realm(modules: &Arc<Modules>, entry: &str) -> Arc<Realm> {
+        Realm::new(RealmSetup {
             modules: modules.clone(),
             entry: entry.to_string(),
             limits: EngineLimits { memory_bytes: 64 << 20, call_timeout: Duration::from_secs(10) },
             fetch: Arc::new(crate::host::FetchPolicy::default()),
             max_value_bytes: 128 << 10,
             label: "relay".into(),
-        }
+        })
+        .expect("a realm")
     }
 
-    /// The heap of a loaded room with a small party: what goal (c) of the benchmarks (at most
-    /// 150 KiB of server memory per idle loaded JS room) leaves to QuickJS. Prints where the
-    /// bytes go (`cargo nextest run -p partyline-js idle_engine --no-capture`).
+    async fn engine(realm: &Arc<Realm>) -> Engine {
+        Engine::new(EngineSetup {
+            realm: realm.clone(),
+            room: None,
+            parties: partyline::testing::no_parties(),
+            max_value_bytes: 128 << 10,
+        })
+        .await
+        .expect("an engine")
+    }
+
+    /// The heap of a party's realm, and what each room's scope adds to it: what goal (c) of the
+    /// benchmarks (at most 150 KiB of server memory per idle loaded JS room) leaves to QuickJS.
+    /// Prints where the bytes go (`cargo nextest run -p partyline-js idle_engine --no-capture`).
     #[tokio::test]
     async fn idle_engine_heap_stays_small() {
         let (modules, entry) = relay();
         let bare = Runtime::new().unwrap();
         let _ctx = Context::full(&bare).unwrap();
         println!("bare runtime + full context: {}", breakdown(&bare));
-        let engine = Engine::new(setup(&modules, &entry)).expect("an engine");
-        println!("engine with the prelude and a relay party: {}", breakdown(&engine.rt));
-        engine.rt.run_gc();
-        println!("after a collection: {}", breakdown(&engine.rt));
-        // About 340 KB (QuickJS's own count, 2026-12; a bare runtime and context is 96 KB of it);
-        // the bound catches a prelude that grew or lost its stripping or lazy parts.
-        let used = engine.memory_used();
-        assert!(used < 400_000, "an idle engine uses {used} bytes");
+        let realm = realm(&modules, &entry);
+        println!("realm with the prelude and a relay party: {}", breakdown(&realm.rt));
+        realm.rt.run_gc();
+        let before = realm.memory_used();
+        // Rooms: a scope each, with the party instance made (`init`).
+        let mut engines = Vec::new();
+        for i in 0..100 {
+            let mut e = engine(&realm).await;
+            let info = serde_json::json!({ "id": format!("r{i}"), "party": "relay", "internalID": "x", "env": {} });
+            e.call(Hook::Init, [Arg::Json(info), Arg::Null, Arg::Null]).await.expect("init");
+            engines.push(e);
+        }
+        realm.rt.run_gc();
+        println!("with 100 rooms: {}", breakdown(&realm.rt));
+        let per_room = (realm.memory_used() - before) / 100;
+        println!("heap per room: {per_room} B");
+        // About 340 KB for the realm (QuickJS's own count, 2026-12; a bare runtime and context is
+        // 96 KB of it); the bounds catch a prelude that grew or lost its stripping or lazy parts,
+        // and a room that costs more than its scope and instance.
+        assert!(before < 400_000, "an idle realm uses {before} bytes");
+        assert!(per_room < 16_000, "a room's scope uses {per_room} bytes");
+        drop(engines);
+        realm.rt.run_gc();
+        let after = realm.memory_used();
+        assert!(after < before + 16_000, "dropped rooms leave their scopes behind: {before} -> {after} bytes");
         // The lazy parts load on first use, into plain globals.
-        let loaded: bool = engine
+        let loaded: bool = realm
             .ctx
             .with(|ctx| {
                 ctx.eval(
@@ -919,6 +1199,6 @@ mod memory_tests {
             })
             .expect("the lazy parts load");
         assert!(loaded);
-        println!("with WebAssembly and crypto.subtle loaded: {}", breakdown(&engine.rt));
+        println!("with WebAssembly and crypto.subtle loaded: {}", breakdown(&realm.rt));
     }
 }

@@ -18,8 +18,8 @@ use rquickjs::{Array, ArrayBuffer, Ctx, Function, Object, Value};
 use sha2::Digest;
 use tokio::sync::mpsc;
 
-use crate::bridge::{Global, HostCall};
-use crate::engine::Host;
+use crate::bridge::{Global, HostCall, RoomCall};
+use crate::engine::{Host, Shared};
 
 /// Tag bytes of stored JS values that are not plain JSON text.
 const TAG_BYTES: u8 = 1;
@@ -341,10 +341,11 @@ fn set_url_part(href: &str, part: &str, value: &str) -> Option<Vec<String>> {
     Some(url_parts(&u))
 }
 
-/// Installs `globalThis.__partyline_native`.
-pub(crate) fn install<'js>(ctx: &Ctx<'js>, host: Arc<Host>) -> rquickjs::Result<()> {
+/// Installs `globalThis.__partyline_native`: the realm's natives ([`HostCall`]). Timers and
+/// `fetch` belong to the room whose code calls them ([`Shared::current`]).
+pub(crate) fn install<'js>(ctx: &Ctx<'js>, shared: Arc<Shared>) -> rquickjs::Result<()> {
     let n = Object::new(ctx.clone())?;
-    let label = host.label.clone();
+    let label = shared.label.clone();
     n.set(
         HostCall::Log.name(),
         Function::new(ctx.clone(), move |level: i32, msg: String| match level {
@@ -359,10 +360,25 @@ pub(crate) fn install<'js>(ctx: &Ctx<'js>, host: Arc<Host>) -> rquickjs::Result<
         HostCall::Now.name(),
         Function::new(ctx.clone(), || crate::engine::epoch().elapsed().as_secs_f64() * 1000.0)?,
     )?;
-    let h = host.clone();
-    n.set(HostCall::SetTimer.name(), Function::new(ctx.clone(), move |id: f64, ms: f64| h.set_timer(id as u64, ms))?)?;
-    let h = host.clone();
-    n.set(HostCall::ClearTimer.name(), Function::new(ctx.clone(), move |id: f64| h.clear_timer(id as u64))?)?;
+    let sh = shared.clone();
+    n.set(
+        HostCall::SetTimer.name(),
+        Function::new(ctx.clone(), move |id: f64, ms: f64| {
+            if let Some(h) = sh.current() {
+                h.set_timer(id as u64, ms);
+            }
+        })?,
+    )?;
+    // A timer is cleared wherever it was set: any room's code may clear one it can see.
+    let sh = shared.clone();
+    n.set(
+        HostCall::ClearTimer.name(),
+        Function::new(ctx.clone(), move |id: f64| {
+            if let Some(h) = sh.current() {
+                h.clear_timer(id as u64);
+            }
+        })?,
+    )?;
     n.set(
         HostCall::Utf8Encode.name(),
         Function::new(ctx.clone(), |ctx: Ctx<'js>, s: String| ArrayBuffer::new(ctx, s.into_bytes()))?,
@@ -415,28 +431,37 @@ pub(crate) fn install<'js>(ctx: &Ctx<'js>, host: Arc<Host>) -> rquickjs::Result<
         HostCall::SetUrl.name(),
         Function::new(ctx.clone(), |href: String, part: String, value: String| set_url_part(&href, &part, &value))?,
     )?;
-    let h = host.clone();
+    let sh = shared.clone();
     n.set(
         HostCall::Fetch.name(),
         Function::new(ctx.clone(), move |ctx: Ctx<'js>, req: Object<'js>| {
             let mode = req.get::<_, Option<String>>("redirect")?.unwrap_or_else(|| "follow".into());
             let mode = crate::fetch::RedirectMode::parse(&mode).map_err(|e| throw(&ctx, e))?;
             let req = request_from(&req).map_err(|e| throw(&ctx, e))?;
-            h.op(&ctx, crate::fetch::fetch(h.fetch.clone(), req, mode).boxed())
+            let h = sh.current().ok_or_else(|| throw(&ctx, "fetch() outside of any room's code"))?;
+            h.op(&ctx, crate::fetch::fetch(sh.fetch.clone(), req, mode).boxed())
         })?,
     )?;
     crate::crypto::install(ctx, &n)?;
-    crate::wasm::install(ctx, &n, &host)?;
-    install_room(ctx, &n, &host)?;
-    install_block(ctx, &n, &host)?;
+    crate::wasm::install(ctx, &n, &shared)?;
     ctx.globals().set(Global::Natives.name(), n)?;
     Ok(())
+}
+
+/// The natives of one room (or static hook call) on its scope, `s.R` ([`RoomCall`]).
+pub(crate) fn room_natives<'js>(ctx: &Ctx<'js>, host: &Arc<Host>) -> rquickjs::Result<Object<'js>> {
+    let n = Object::new(ctx.clone())?;
+    install_room(ctx, &n, host)?;
+    install_block(ctx, &n, host)?;
+    let h = host.clone();
+    n.set(RoomCall::Settled.name(), Function::new(ctx.clone(), move || h.settled())?)?;
+    Ok(n)
 }
 
 fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquickjs::Result<()> {
     let h = host.clone();
     n.set(
-        HostCall::StorageGet.name(),
+        RoomCall::StorageGet.name(),
         Function::new(ctx.clone(), move |ctx: Ctx<'js>, keys: Vec<String>| {
             let storage = h.room()?.storage().clone();
             h.storage_op(
@@ -453,7 +478,7 @@ fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquic
     )?;
     let h = host.clone();
     n.set(
-        HostCall::StoragePut.name(),
+        RoomCall::StoragePut.name(),
         Function::new(ctx.clone(), move |ctx: Ctx<'js>, entries: Vec<Array<'js>>| {
             let storage = h.room()?.storage().clone();
             let mut batch = Vec::with_capacity(entries.len());
@@ -502,7 +527,7 @@ fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquic
     )?;
     let h = host.clone();
     n.set(
-        HostCall::StorageDelete.name(),
+        RoomCall::StorageDelete.name(),
         Function::new(ctx.clone(), move |ctx: Ctx<'js>, keys: Vec<String>| {
             let storage = h.room()?.storage().clone();
             h.storage_op(
@@ -519,7 +544,7 @@ fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquic
     )?;
     let h = host.clone();
     n.set(
-        HostCall::StorageDeleteAll.name(),
+        RoomCall::StorageDeleteAll.name(),
         Function::new(ctx.clone(), move |ctx: Ctx<'js>| {
             let storage = h.room()?.storage().clone();
             match storage.delete_all().now_or_never() {
@@ -530,7 +555,7 @@ fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquic
     )?;
     let h = host.clone();
     n.set(
-        HostCall::StorageList.name(),
+        RoomCall::StorageList.name(),
         Function::new(
             ctx.clone(),
             move |ctx: Ctx<'js>,
@@ -557,7 +582,7 @@ fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquic
     )?;
     let h = host.clone();
     n.set(
-        HostCall::GetAlarm.name(),
+        RoomCall::GetAlarm.name(),
         Function::new(ctx.clone(), move |ctx: Ctx<'js>| {
             let storage = h.room()?.storage().clone();
             h.storage_op(
@@ -574,7 +599,7 @@ fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquic
     )?;
     let h = host.clone();
     n.set(
-        HostCall::SetAlarm.name(),
+        RoomCall::SetAlarm.name(),
         Function::new(ctx.clone(), move |ctx: Ctx<'js>, at: f64| {
             let storage = h.room()?.storage().clone();
             match storage.set_alarm(at as i64).now_or_never() {
@@ -585,7 +610,7 @@ fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquic
     )?;
     let h = host.clone();
     n.set(
-        HostCall::DeleteAlarm.name(),
+        RoomCall::DeleteAlarm.name(),
         Function::new(ctx.clone(), move |ctx: Ctx<'js>| {
             let storage = h.room()?.storage().clone();
             match storage.delete_alarm().now_or_never() {
@@ -596,7 +621,7 @@ fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquic
     )?;
     let h = host.clone();
     n.set(
-        HostCall::StorageSync.name(),
+        RoomCall::StorageSync.name(),
         Function::new(ctx.clone(), move |ctx: Ctx<'js>| {
             let storage = h.room()?.storage().clone();
             h.storage_op(
@@ -613,21 +638,21 @@ fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquic
     )?;
     let h = host.clone();
     n.set(
-        HostCall::ConnUri.name(),
+        RoomCall::ConnUri.name(),
         Function::new(ctx.clone(), move |id: String| h.conn(&id).map(|c| c.uri().to_string()))?,
     )?;
     let h = host.clone();
-    n.set(HostCall::ConnTags.name(), Function::new(ctx.clone(), move |id: String| h.conn(&id).map(|c| c.tags()))?)?;
+    n.set(RoomCall::ConnTags.name(), Function::new(ctx.clone(), move |id: String| h.conn(&id).map(|c| c.tags()))?)?;
     let h = host.clone();
     n.set(
-        HostCall::ConnState.name(),
+        RoomCall::ConnState.name(),
         Function::new(ctx.clone(), move |id: String| {
             h.conn(&id).and_then(|c| c.state_bytes()).map(|b| String::from_utf8_lossy(&b).into_owned())
         })?,
     )?;
     let h = host.clone();
     n.set(
-        HostCall::SetConnState.name(),
+        RoomCall::SetConnState.name(),
         Function::new(ctx.clone(), move |ctx: Ctx<'js>, id: String, json: Option<String>| {
             let Some(conn) = h.conn(&id) else { return Ok(()) };
             match json {
@@ -644,7 +669,7 @@ fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquic
     )?;
     let h = host.clone();
     n.set(
-        HostCall::ConnList.name(),
+        RoomCall::ConnList.name(),
         Function::new(ctx.clone(), move |tag: Opt<Option<String>>| -> rquickjs::Result<Vec<Vec<String>>> {
             let room = h.room()?;
             let conns = room.get_connections(tag.0.flatten().as_deref());
@@ -659,7 +684,7 @@ fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquic
     )?;
     let h = host.clone();
     n.set(
-        HostCall::Send.name(),
+        RoomCall::Send.name(),
         Function::new(ctx.clone(), move |id: String, data: String, binary: bool| {
             if let Some(conn) = h.conn(&id) {
                 conn.send(message(data, binary));
@@ -668,7 +693,7 @@ fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquic
     )?;
     let h = host.clone();
     n.set(
-        HostCall::Close.name(),
+        RoomCall::Close.name(),
         Function::new(ctx.clone(), move |id: String, code: f64, reason: String| {
             if let Some(conn) = h.conn(&id) {
                 conn.close(code as u16, &partyline::runtime::link::close_reason(&reason));
@@ -677,7 +702,7 @@ fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquic
     )?;
     let h = host.clone();
     n.set(
-        HostCall::Broadcast.name(),
+        RoomCall::Broadcast.name(),
         Function::new(ctx.clone(), move |data: String, binary: bool, without: Opt<Option<Vec<String>>>| {
             let room = h.room()?;
             let without = without.0.flatten().unwrap_or_default();
@@ -688,7 +713,7 @@ fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquic
     )?;
     let h = host.clone();
     n.set(
-        HostCall::PartyFetch.name(),
+        RoomCall::PartyFetch.name(),
         Function::new(ctx.clone(), move |ctx: Ctx<'js>, party: String, room: String, req: Object<'js>| {
             let req = request_from(&req).map_err(|e| throw(&ctx, e))?;
             let stub = h.parties.locked().get(&party, &room);
@@ -713,7 +738,7 @@ fn install_room<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquic
 fn install_sockets<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquickjs::Result<()> {
     let h = host.clone();
     n.set(
-        HostCall::PartySocket.name(),
+        RoomCall::PartySocket.name(),
         Function::new(ctx.clone(), move |ctx: Ctx<'js>, party: String, room: String, id: String, req: Object<'js>| {
             // Static hooks have no events of their own to run the socket's listeners as.
             h.room()?;
@@ -738,7 +763,7 @@ fn install_sockets<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rq
     )?;
     let h = host.clone();
     n.set(
-        HostCall::SocketRecv.name(),
+        RoomCall::SocketRecv.name(),
         Function::new(ctx.clone(), move |ctx: Ctx<'js>, socket: f64| {
             let events = h.sockets.locked().open.get(&(socket as u64)).map(|(_, events)| events.clone());
             let Some(events) = events else {
@@ -749,7 +774,7 @@ fn install_sockets<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rq
     )?;
     let h = host.clone();
     n.set(
-        HostCall::SocketSend.name(),
+        RoomCall::SocketSend.name(),
         Function::new(ctx.clone(), move |socket: f64, data: String, binary: bool| {
             if let Some((sender, _)) = h.sockets.locked().open.get(&(socket as u64)) {
                 sender.send(SocketEvent::Message(message(data, binary)));
@@ -758,7 +783,7 @@ fn install_sockets<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rq
     )?;
     let h = host.clone();
     n.set(
-        HostCall::SocketClose.name(),
+        RoomCall::SocketClose.name(),
         Function::new(ctx.clone(), move |socket: f64, code: u16, reason: String| {
             if let Some((sender, _)) = h.sockets.locked().open.remove(&(socket as u64)) {
                 sender.send(SocketEvent::Close { code, reason });
@@ -779,8 +804,8 @@ fn message(data: String, binary: bool) -> Message {
 /// `blockConcurrencyWhile`'s hold on the room's input gate.
 fn install_block<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquickjs::Result<()> {
     let h = host.clone();
-    n.set(HostCall::BlockBegin.name(), Function::new(ctx.clone(), move || h.block_begin() as f64)?)?;
+    n.set(RoomCall::BlockBegin.name(), Function::new(ctx.clone(), move || h.block_begin() as f64)?)?;
     let h = host.clone();
-    n.set(HostCall::BlockEnd.name(), Function::new(ctx.clone(), move |token: f64| h.block_end(token as u64))?)?;
+    n.set(RoomCall::BlockEnd.name(), Function::new(ctx.clone(), move |token: f64| h.block_end(token as u64))?)?;
     Ok(())
 }

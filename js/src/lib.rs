@@ -21,13 +21,15 @@
 //!   registry built from them.
 //! - [`party`]: [`JsFactory`] (static options, `onBeforeConnect` / `onBeforeRequest` /
 //!   `onFetch`, static assets) and the room type implementing `Party`.
-//! - [`engine`]: one QuickJS runtime and context, and the event loop of a call.
+//! - [`engine`]: a party's realm (one QuickJS runtime and context), a room's scope in it, and the
+//!   event loop of a call.
 //! - `host`: the natives under the prelude (storage, connections, fetch, URL, crypto).
 //! - `fetch`: the outbound HTTP(S) client behind `fetch` (rustls, redirects, the allow-list).
 //! - `crypto`: the natives of `crypto.subtle` (HMAC, ECDSA, Ed25519 on `ring`).
 //! - `wasm`: `WebAssembly` (modules, instances, memories, globals, tables) on the `wasmi`
 //!   interpreter, with `prelude/wasm.js`; its docs tell how `memory.buffer` is kept in sync.
-//! - `bridge`: the names Rust and the prelude call each other by, as enums (`Hook`, `HostCall`).
+//! - `bridge`: the names Rust and the prelude call each other by, as enums (`Hook`, `HostCall`,
+//!   `RoomCall`).
 //! - `prelude/*.js`: the prelude, the Web APIs, Node's `process`/`Buffer`/`global` and PartyKit's
 //!   API in JavaScript: `web.js`, `node.js`, `fetch.js`, `partykit.js` and `host.js` joined into
 //!   one module at build time; `wasm.js` (`WebAssembly`) and `crypto.js` (`crypto.subtle`)
@@ -37,24 +39,36 @@
 //! - [`bundle`]: each party's server code and `serve.build` bundled with rolldown, source maps.
 //! - [`statics`]: `serve` (static assets, the built client files, live reload).
 //!
-//! ## One runtime per room, run on the room's own task
+//! ## One realm per party, run on the rooms' own tasks
 //!
-//! Every room gets its own QuickJS runtime and context. QuickJS sets the memory limit, the
-//! interrupt handler (which stops a handler at the time limit) and the garbage collector per
-//! runtime, not per context, so only a runtime per room gives each room its own memory limit, its
-//! own deadline and its own collections; module state (y-partykit keeps its documents in a module
-//! variable) is per room too, as each Durable Object has its own. Each party is bundled
-//! into one module and compiled to bytecode once per project; a room only loads bytecode.
+//! The rooms of a party share one QuickJS runtime and context per process (a realm), as the
+//! Durable Objects of a Workers isolate share it: the prelude and the party's bundle are
+//! evaluated once, module variables are the realm's (y-partykit keeps its documents in a module
+//! `Map` keyed by room id, as on Cloudflare), and each room is an instance of the party's class
+//! with its own scope in the prelude (its natives, connections, results, storage order). A room
+//! costs its scope and instance, a few KB of heap, where a runtime of its own cost 340 KB: the
+//! atoms, shapes, intrinsics, prelude and bundle that a realm holds once (QuickJS bytecode
+//! belongs to a context, so sharing bytecode means sharing the context). What sharing gives up:
+//! QuickJS sets the memory limit and the garbage collector per runtime, so the heap limit is the
+//! realm's (a party over it in a process has its rooms there restarted), and module state lives
+//! as long as the realm. A room that stops and runs again in the same process (idle, or moved
+//! away and back, its state possibly changed elsewhere meanwhile) could find what its earlier
+//! run left in module variables: such a room, and the rooms started after it, get a new realm
+//! ([`partyline::Room::instance`] tells runs apart; hibernation keeps the run), and the old
+//! realm goes once its rooms stop.
 //!
 //! `rquickjs` runtimes are not `Send` unless its `parallel` feature puts each runtime behind a
-//! mutex. We use `parallel`: the room actor (a tokio task) owns the party value and calls its
-//! async methods, which run the JS on that same task, no thread hop. The mutex is uncontended
-//! (only the room's task touches its runtime), so it costs an atomic operation per entry. The
-//! alternative, a dedicated thread per runtime (or a pool) fed by channels, would add two thread
-//! hand-offs to every message, multiply threads on a two-core box, and still need the host
-//! operations (storage, other rooms) to run on tokio. Running JS on a tokio worker blocks that
-//! worker while JS runs, exactly as CPU-heavy Rust party code does; the interrupt handler bounds
-//! it by the handler time limit.
+//! mutex. We use `parallel`: each room actor (a tokio task) owns its party value and calls its
+//! async methods, which run the JS on that same task, no thread hop. A realm runs one piece of
+//! JS at a time; a room's engine takes the realm's async gate before the runtime's mutex, so a
+//! room waiting for another room's code yields its thread instead of blocking it, and rooms
+//! interleave at awaits. The interrupt handler checks the deadline of the room whose code runs
+//! (the handler time limit); timers and host operations started by a room's code are that
+//! room's. The alternative, a dedicated thread per runtime (or a pool) fed by channels, would
+//! add two thread hand-offs to every message, multiply threads on a two-core box, and still need
+//! the host operations (storage, other rooms) to run on tokio. Running JS on a tokio worker
+//! blocks that worker while JS runs, exactly as CPU-heavy Rust party code does; the interrupt
+//! handler bounds it by the handler time limit.
 //!
 //! Host operations a handler awaits (storage reads that miss the cache, `fetch`, calls to other
 //! rooms) run as tokio tasks and report back over a channel; writes (`put`, `delete`, alarms)

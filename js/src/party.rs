@@ -1,6 +1,6 @@
 //! JS parties as Partyline parties: [`JsFactory`] (a [`PartyFactory`]: static options, the
 //! static hooks, static assets) and the room instances it creates, which implement [`Party`] by
-//! calling into their own QuickJS engine.
+//! calling into their engine: their scope in the party's QuickJS realm.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,7 +25,7 @@ use partyline::{
 use serde::Deserialize;
 
 use crate::bridge::Hook;
-use crate::engine::{string_list, Arg, CallError, Engine, EngineLimits, EngineSetup, Outcome};
+use crate::engine::{string_list, Arg, CallError, Engine, EngineLimits, EngineSetup, Outcome, Realm, RealmSetup};
 use crate::host::FetchPolicy;
 use crate::modules::Modules;
 use crate::statics::StaticAssets;
@@ -47,6 +47,9 @@ pub(crate) struct PartyDef {
     pub(crate) typed_vars: serde_json::Map<String, serde_json::Value>,
     /// The engines the static hooks run in.
     pub(crate) hook_engine: HookPool,
+    /// The realm the party's engines run in (made on first use, and again after one ran out of
+    /// memory).
+    pub(crate) realm: Mutex<Option<Arc<Realm>>>,
     /// partykit.json's `crons` (the `main` party's).
     pub(crate) crons: Vec<CronSchedule>,
     /// Answer `dev`'s own routes (`/__scheduled__?cron=NAME` runs `onCron`).
@@ -168,7 +171,7 @@ fn env_json(env: &partyline::Env, typed: &serde_json::Map<String, serde_json::Va
 
 /// Calls to other rooms are not available where no runtime provides them (loading a party to
 /// read its static options).
-struct NoParties;
+pub(crate) struct NoParties;
 
 #[async_trait]
 impl PartiesClient for NoParties {
@@ -181,23 +184,59 @@ impl PartiesClient for NoParties {
 }
 
 impl PartyDef {
-    fn setup(&self, room: Option<Room>, parties: Parties) -> EngineSetup {
-        EngineSetup {
-            room,
-            parties,
+    /// The party's realm: the one its engines share, or a new one (the first, or after the last
+    /// ran out of memory).
+    fn realm(&self) -> Result<Arc<Realm>, CallError> {
+        let mut realm = self.realm.locked();
+        if let Some(r) = realm.as_ref().filter(|r| !r.is_broken()) {
+            return Ok(r.clone());
+        }
+        let made = Realm::new(RealmSetup {
             modules: self.modules.clone(),
             entry: self.entry.clone(),
             limits: self.limits.clone(),
             fetch: self.fetch.clone(),
             max_value_bytes: self.max_value_bytes,
             label: self.name.clone(),
+        })?;
+        *realm = Some(made.clone());
+        Ok(made)
+    }
+
+    /// The realm for a run of `room`: the party's, unless an earlier run of the same room ran in
+    /// it. Module state is the realm's, and a room that stopped may have run on another node
+    /// since (a move, a failover): what its earlier run left in module variables (y-partykit's
+    /// documents, say) may be stale. That room, and the rooms started after it, get a new realm;
+    /// the old one goes once its rooms stop. A hibernating room keeps its run and its realm.
+    fn realm_for(&self, room: &Room) -> Result<Arc<Realm>, CallError> {
+        let realm = self.realm()?;
+        if realm.admit(room) {
+            return Ok(realm);
         }
+        tracing::debug!(room = %room.key(), "a room ran in this realm before: a new realm for it and the rooms after it");
+        {
+            let mut cached = self.realm.locked();
+            if cached.as_ref().is_some_and(|r| Arc::ptr_eq(r, &realm)) {
+                *cached = None;
+            }
+        }
+        let realm = self.realm()?;
+        realm.admit(room);
+        Ok(realm)
+    }
+
+    fn setup(&self, room: Option<Room>, parties: Parties) -> Result<EngineSetup, CallError> {
+        let realm = match &room {
+            Some(room) => self.realm_for(room)?,
+            None => self.realm()?,
+        };
+        Ok(EngineSetup { realm, room, parties, max_value_bytes: self.max_value_bytes })
     }
 }
 
-/// Loads a party's module in a hook engine and reads its static options and hooks.
+/// Makes an engine for the party's static hooks and reads its static options and hooks.
 pub(crate) async fn hook_engine(def: &PartyDef) -> Result<(Engine, HookFlags), CallError> {
-    let mut engine = Engine::new(def.setup(None, Parties::new(Arc::new(NoParties))))?;
+    let mut engine = Engine::new(def.setup(None, Parties::new(Arc::new(NoParties)))?).await?;
     let flags = engine.call(Hook::HooksInit, [Arg::Null, Arg::Null, Arg::Null]).await?;
     let flags: HookFlags = serde_json::from_value(flags).map_err(|e| CallError::Engine(e.to_string()))?;
     Ok((engine, flags))
@@ -455,8 +494,9 @@ impl JsParty {
             // Storage puts from JS finish at once (they are buffered): with a quota, the room's
             // usage must be known before they come.
             self.room.storage().prepare_quota().await?;
-            let mut engine = Engine::new(self.def.setup(Some(self.room.clone()), self.room.parties().clone()))
-                .map_err(|e| anyhow!("loading the party failed: {e}"))?;
+            let failed = |e| anyhow!("loading the party failed: {e}");
+            let setup = self.def.setup(Some(self.room.clone()), self.room.parties().clone()).map_err(failed)?;
+            let mut engine = Engine::new(setup).await.map_err(failed)?;
             let info = serde_json::json!({
                 "id": self.room.id(),
                 "party": self.room.name(),
@@ -590,6 +630,7 @@ impl Party for JsParty {
             live_reload: false,
             typed_vars: serde_json::Map::new(),
             hook_engine: HookPool::new(None),
+            realm: Mutex::new(None),
             crons: Vec::new(),
             dev_routes: false,
         };
@@ -704,7 +745,7 @@ fn close_failed(conn: &Connection, what: &str, error: &anyhow::Error) {
 /// Settings every JS party of a project shares.
 #[derive(Clone, Debug)]
 pub struct JsSettings {
-    /// Heap limit of each room's runtime (bytes).
+    /// Heap limit of each party's realm in a process, shared by its rooms there (bytes).
     pub memory_bytes: usize,
     /// Outbound `fetch` policy.
     pub fetch: FetchPolicy,
@@ -766,6 +807,7 @@ pub(crate) async fn load_party(
         live_reload,
         typed_vars,
         hook_engine: HookPool::new(None),
+        realm: Mutex::new(None),
         crons,
         dev_routes: settings.dev_routes,
     };

@@ -23,11 +23,12 @@
 //! (a parser, a codec, a hash, AssemblyScript or Rust compiled to wasm), where an interpreter is
 //! fast enough: wasmi it is.
 //!
-//! ## One store per room, modules compiled once per process
+//! ## One store per realm, modules compiled once per process
 //!
-//! Every engine (a room's, or a party's static hooks') gets its own `wasmi::Store`, created on
-//! first use, holding every instance, memory, global and table the room made (they live as long
-//! as the room's engine: wasmi frees nothing of a store before the store). JS refers to them by
+//! Every realm (the rooms of a party in this process, and its static hooks) gets its own
+//! `wasmi::Store`, created on first use, holding every instance, memory, global and table its
+//! rooms made (a module instantiated at the top level of the party's module is shared, as on
+//! Workers; they live as long as the realm: wasmi frees nothing of a store before the store). JS refers to them by
 //! index ("extern ids"); the prelude keeps those indexes behind a private symbol. One
 //! `wasmi::Engine` serves the process, and modules are cached by the SHA-256 of their bytes, so
 //! every room of a party compiles its `.wasm` once (function bodies are translated lazily, on
@@ -37,7 +38,7 @@
 //!
 //! ## Bounds: memory and time
 //!
-//! The linear memories of a room's store share a budget equal to the room's JS heap limit
+//! The linear memories of a realm's store share a budget equal to the realm's JS heap limit
 //! ([`Budget`], counted apart from the heap, and never given back: wasmi frees no memory before
 //! its store): a `memory.grow` past it returns -1 in wasm (a `RangeError` from
 //! `Memory.prototype.grow` in JS), and a memory or module whose initial size does not fit fails.
@@ -104,7 +105,7 @@ use wasmi::{
 use wasmi_core::LimiterError;
 
 use crate::bridge::HostCall;
-use crate::engine::{epoch, Host};
+use crate::engine::epoch;
 
 /// Fuel of one slice: between two looks at the handler deadline. wasmi spends about one unit per
 /// instruction, so a slice is a few milliseconds.
@@ -113,7 +114,7 @@ const FUEL_SLICE: u64 = 1 << 20;
 /// Fuel of a module's `start` function (run at instantiation, which cannot be resumed).
 const START_FUEL: u64 = 1 << 30;
 
-/// Most instances, memories and tables one room's store may hold.
+/// Most instances, memories and tables one realm's store may hold.
 const MAX_ENTITIES: usize = 10_000;
 
 /// Most elements of one table.
@@ -152,7 +153,7 @@ fn compile(bytes: &[u8]) -> Result<Module, String> {
     Ok(cache.locked().entry(key).or_insert(module).clone())
 }
 
-/// The resource limiter of a room's store: its memories share the room's budget; tables and
+/// The resource limiter of a realm's store: its memories share the realm's budget; tables and
 /// entities are capped in number.
 struct Budget {
     /// Bytes the memories may hold together.
@@ -269,24 +270,24 @@ impl Wasm {
     }
 }
 
-/// What the natives of one engine share.
+/// What the WebAssembly natives of a realm share.
 struct Shared {
-    host: Arc<Host>,
+    realm: Arc<crate::engine::Shared>,
     /// Created on first use.
     wasm: Mutex<Option<Wasm>>,
 }
 
 impl Shared {
-    /// Runs `f` on the room's store (never while JS runs: `f` gets no `Ctx`).
+    /// Runs `f` on the realm's store (never while JS runs: `f` gets no `Ctx`).
     fn with<R>(&self, f: impl FnOnce(&mut Wasm) -> R) -> R {
         let mut wasm = self.wasm.locked();
-        f(wasm.get_or_insert_with(|| Wasm::new(self.host.memory_bytes)))
+        f(wasm.get_or_insert_with(|| Wasm::new(self.realm.memory_bytes)))
     }
 
     /// Whether the current call ran past the handler deadline.
     fn past_deadline(&self) -> bool {
         let now = epoch().elapsed().as_micros() as u64;
-        now > self.host.deadline.load(std::sync::atomic::Ordering::Relaxed)
+        now > self.realm.deadline.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -655,8 +656,12 @@ fn pages(ctx: &Ctx<'_>, n: f64) -> rquickjs::Result<u32> {
 }
 
 /// Installs the WebAssembly natives on `n` (the natives object of `host::install`).
-pub(crate) fn install<'js>(ctx: &Ctx<'js>, n: &Object<'js>, host: &Arc<Host>) -> rquickjs::Result<()> {
-    let shared = Arc::new(Shared { host: host.clone(), wasm: Mutex::new(None) });
+pub(crate) fn install<'js>(
+    ctx: &Ctx<'js>,
+    n: &Object<'js>,
+    realm: &Arc<crate::engine::Shared>,
+) -> rquickjs::Result<()> {
+    let shared = Arc::new(Shared { realm: realm.clone(), wasm: Mutex::new(None) });
     n.set(
         HostCall::WasmCompile.name(),
         Function::new(ctx.clone(), {

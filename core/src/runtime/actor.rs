@@ -46,6 +46,10 @@ pub fn spawn_room(cfg: RoomConfig) -> (RoomHandle, tokio::task::JoinHandle<RoomE
         conns: Mutex::new(ConnTable::default()),
         closed_by_party: Mutex::new(Vec::new()),
         gate,
+        instance: {
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        },
     });
     let options = cfg.factory.options();
     let handle = RoomHandle::new(

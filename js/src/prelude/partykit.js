@@ -4,6 +4,14 @@
 
 // ---------------------------------------------------------------- storage
 
+// Rooms of a party share this realm (one QuickJS context per party and process, as a Workers
+// isolate holds many Durable Objects): what is a room's own is kept on its scope (`s`, made by
+// `newScope` in host.js), which the room's objects hold as a hidden `_s`: its natives (`s.R`),
+// connections, results, and the tail of its storage operations.
+function setHidden(obj, key, value) {
+  Object.defineProperty(obj, key, { value, writable: true, configurable: true });
+}
+
 // Values are kept as JSON when they are plain JSON data (readable by Rust parties too), bytes as
 // tagged raw bytes, anything else structured-clonable as tagged JSON.
 const TAG = "\u0000t";
@@ -106,24 +114,23 @@ function keyOf(k) {
 // Storage operations apply in the order they were made, as on Cloudflare, awaited or not. Puts
 // go into the write buffer at once; a delete must first learn whether its keys exist, which can
 // take a read of the store: while one is unfinished, the operations made after it wait for it.
-let storageTail = null;
-function inOrder(fn) {
-  if (storageTail === null) return fn();
-  const p = storageTail.then(fn);
-  holdStorage(p);
+function inOrder(s, fn) {
+  if (s.storageTail === null) return fn();
+  const p = s.storageTail.then(fn);
+  holdStorage(s, p);
   return p;
 }
-function holdStorage(p) {
+function holdStorage(s, p) {
   const tail = p.then(() => {}, () => {});
-  storageTail = tail;
-  tail.then(() => { if (storageTail === tail) storageTail = null; });
+  s.storageTail = tail;
+  tail.then(() => { if (s.storageTail === tail) s.storageTail = null; });
 }
-function storageDelete(keys) {
-  const r = N.storageDelete(keys);
+function storageDelete(s, keys) {
+  const r = s.R.storageDelete(keys);
   if (r[0]) return Promise.resolve(r[1]);
   const p = op(r);
-  // Run in order behind others (`storageTail` set), it is already what they wait for.
-  if (storageTail === null) holdStorage(p);
+  // Run in order behind others (`s.storageTail` set), it is already what they wait for.
+  if (s.storageTail === null) holdStorage(s, p);
   return p;
 }
 
@@ -165,6 +172,7 @@ function chunks(list) {
 class Transaction {
   constructor(storage) {
     this._storage = storage;
+    setHidden(this, "_s", storage._s);
     this._writes = new Map();
     this._rolledBack = false;
     this._over = false;
@@ -183,7 +191,7 @@ class Transaction {
       else if (this._writes.get(k) !== null) found.set(k, decodeEncoded(...this._writes.get(k)));
     }
     for (const part of chunks(missing)) {
-      const read = await inOrder(async () => op(N.storageGet(part)));
+      const read = await inOrder(this._s, async () => op(this._s.R.storageGet(part)));
       // A write of the transaction made while the read was in flight wins over what it saw.
       for (const [k, kind, payload] of read) if (!this._writes.has(k)) found.set(k, decodeValue(kind, payload));
     }
@@ -242,21 +250,22 @@ class Transaction {
     }
     if (!puts.length && !dels.length) return Promise.resolve();
     const apply = async () => {
-      for (const part of chunks(dels)) await op(N.storageGet(part));
-      for (const part of chunks(puts)) N.storagePut(part);
-      for (const part of chunks(dels)) await storageDelete(part);
+      for (const part of chunks(dels)) await op(this._s.R.storageGet(part));
+      for (const part of chunks(puts)) this._s.R.storagePut(part);
+      for (const part of chunks(dels)) await storageDelete(this._s, part);
     };
-    const p = storageTail === null ? apply() : storageTail.then(apply);
-    holdStorage(p);
+    const p = this._s.storageTail === null ? apply() : this._s.storageTail.then(apply);
+    holdStorage(this._s, p);
     return p;
   }
 }
 
 class Storage {
+  constructor(s) { setHidden(this, "_s", s); }
   async get(keys) {
-    return inOrder(async () => {
-      if (Array.isArray(keys)) return entriesMap(await op(N.storageGet(keys.map(keyOf))));
-      const list = await op(N.storageGet([keyOf(keys)]));
+    return inOrder(this._s, async () => {
+      if (Array.isArray(keys)) return entriesMap(await op(this._s.R.storageGet(keys.map(keyOf))));
+      const list = await op(this._s.R.storageGet([keyOf(keys)]));
       return list.length ? decodeValue(list[0][1], list[0][2]) : undefined;
     });
   }
@@ -265,31 +274,31 @@ class Storage {
     if (typeof key === "object" && key !== null) entries = Object.keys(key).map((k) => [k, ...encodeValue(key[k])]);
     else if (value === undefined) throw new TypeError("put() needs a value (use delete() to remove a key)");
     else entries = [[keyOf(key), ...encodeValue(value)]];
-    return inOrder(() => { N.storagePut(entries); });
+    return inOrder(this._s, () => { this._s.R.storagePut(entries); });
   }
   async delete(keys) {
     if (Array.isArray(keys)) {
       const list = keys.map(keyOf);
-      return inOrder(() => storageDelete(list));
+      return inOrder(this._s, () => storageDelete(this._s, list));
     }
     const key = keyOf(keys);
-    return (await inOrder(() => storageDelete([key]))) === 1;
+    return (await inOrder(this._s, () => storageDelete(this._s, [key]))) === 1;
   }
-  async deleteAll() { return inOrder(() => { N.storageDeleteAll(); }); }
+  async deleteAll() { return inOrder(this._s, () => { this._s.R.storageDeleteAll(); }); }
   async list(options = {}) {
     const o = options || {};
     const n = (x) => (x === undefined || x === null ? undefined : String(x));
     if (o.limit !== undefined && !(o.limit > 0)) throw new RangeError("list() limit must be positive");
-    return inOrder(async () => entriesMap(await op(N.storageList(n(o.start), n(o.startAfter), n(o.end), n(o.prefix), !!o.reverse, o.limit === undefined ? undefined : Number(o.limit)))));
+    return inOrder(this._s, async () => entriesMap(await op(this._s.R.storageList(n(o.start), n(o.startAfter), n(o.end), n(o.prefix), !!o.reverse, o.limit === undefined ? undefined : Number(o.limit)))));
   }
-  async getAlarm() { return inOrder(() => op(N.getAlarm())); }
+  async getAlarm() { return inOrder(this._s, () => op(this._s.R.getAlarm())); }
   async setAlarm(time) {
     const ms = time instanceof Date ? time.getTime() : Number(time);
     if (!Number.isFinite(ms)) throw new TypeError("setAlarm() takes a Date or a number of milliseconds");
-    return inOrder(() => { N.setAlarm(Math.floor(ms)); });
+    return inOrder(this._s, () => { this._s.R.setAlarm(Math.floor(ms)); });
   }
-  async deleteAlarm() { return inOrder(() => { N.deleteAlarm(); }); }
-  async sync() { return inOrder(() => op(N.storageSync())); }
+  async deleteAlarm() { return inOrder(this._s, () => { this._s.R.deleteAlarm(); }); }
+  async sync() { return inOrder(this._s, () => op(this._s.R.storageSync())); }
   async transaction(fn) {
     const txn = new Transaction(this);
     let result;
@@ -307,10 +316,10 @@ class Storage {
 // ---------------------------------------------------------------- connections and rooms
 
 const OPEN = 1, CLOSED = 3;
-const conns = new Map();
 class Connection extends EventTarget {
-  constructor(id, uri) {
+  constructor(s, id, uri) {
     super();
+    setHidden(this, "_s", s);
     this.id = id;
     this.uri = uri;
     this._open = true;
@@ -321,10 +330,10 @@ class Connection extends EventTarget {
   get readyState() { return this._open ? OPEN : CLOSED; }
   get socket() { return this; }
   get url() { return this.uri; }
-  get tags() { return N.connTags(this.id) || [this.id]; }
+  get tags() { return this._s.R.connTags(this.id) || [this.id]; }
   get state() {
     if (!this._stateLoaded) {
-      const json = N.connState(this.id);
+      const json = this._s.R.connState(this.id);
       this._state = json === null || json === undefined ? null : JSON.parse(json);
       this._stateLoaded = true;
     }
@@ -332,7 +341,7 @@ class Connection extends EventTarget {
   }
   setState(next) {
     const value = typeof next === "function" ? next(this.state) : next;
-    N.setConnState(this.id, value === null || value === undefined ? null : JSON.stringify(value));
+    this._s.R.setConnState(this.id, value === null || value === undefined ? null : JSON.stringify(value));
     this._state = value === undefined ? null : value;
     this._stateLoaded = true;
     return this._state;
@@ -341,17 +350,17 @@ class Connection extends EventTarget {
   deserializeAttachment() { return this.state; }
   send(data) {
     if (!this._open) return;
-    if (typeof data === "string") return N.send(this.id, data, false);
+    if (typeof data === "string") return this._s.R.send(this.id, data, false);
     const u8 = asBytes(data);
-    if (u8) return N.send(this.id, toLatin1(u8), true);
-    N.send(this.id, String(data), false);
+    if (u8) return this._s.R.send(this.id, toLatin1(u8), true);
+    this._s.R.send(this.id, String(data), false);
   }
   close(code, reason) {
     if (!this._open) return;
     this._open = false;
     this._closeCode = code === undefined ? 1000 : Number(code);
     this._closeReason = reason === undefined ? "" : String(reason);
-    N.close(this.id, code === undefined ? 1000 : Number(code), reason === undefined ? "" : String(reason));
+    this._s.R.close(this.id, code === undefined ? 1000 : Number(code), reason === undefined ? "" : String(reason));
   }
   accept() {}
 }
@@ -360,11 +369,11 @@ Connection.prototype.OPEN = OPEN;
 Connection.prototype.CLOSING = 2;
 Connection.prototype.CLOSED = CLOSED;
 
-function connFor(id, uri) {
-  let c = conns.get(id);
+function connFor(s, id, uri) {
+  let c = s.conns.get(id);
   if (!c) {
-    c = new Connection(id, uri === undefined ? N.connUri(id) : uri);
-    conns.set(id, c);
+    c = new Connection(s, id, uri === undefined ? s.R.connUri(id) : uri);
+    s.conns.set(id, c);
   }
   return c;
 }
@@ -378,8 +387,9 @@ function messageData(data) {
 // between the room's other events. The same class is the server side of an `onSocket` socket
 // (`accepted`: already open, no "open" event, as a Workers socket after `accept()`).
 class PartySocket extends EventTarget {
-  constructor(n, url, accepted) {
+  constructor(s, n, url, accepted) {
     super();
+    setHidden(this, "_s", s);
     this._n = n;
     this.url = url;
     this.readyState = OPEN;
@@ -397,7 +407,7 @@ class PartySocket extends EventTarget {
     for (;;) {
       let e;
       try {
-        e = await op(N.socketRecv(this._n));
+        e = await op(this._s.R.socketRecv(this._n));
       } catch (err) {
         // Closed by this side meanwhile: its close event comes from close().
         if (this.readyState !== OPEN) return;
@@ -413,7 +423,7 @@ class PartySocket extends EventTarget {
   _closed(code, reason, wasClean) {
     if (this.readyState === CLOSED) return;
     this.readyState = CLOSED;
-    N.socketClose(this._n, code, reason);
+    this._s.R.socketClose(this._n, code, reason);
     this._dispatch(new CloseEvent("close", { code, reason, wasClean }));
   }
   // A listener that throws does not stop the socket: its error is reported as unhandled.
@@ -427,10 +437,10 @@ class PartySocket extends EventTarget {
   accept() {}
   send(data) {
     if (this.readyState !== OPEN) return;
-    if (typeof data === "string") return N.socketSend(this._n, data, false);
+    if (typeof data === "string") return this._s.R.socketSend(this._n, data, false);
     const u8 = asBytes(data);
-    if (u8) return N.socketSend(this._n, toLatin1(u8), true);
-    N.socketSend(this._n, String(data), false);
+    if (u8) return this._s.R.socketSend(this._n, toLatin1(u8), true);
+    this._s.R.socketSend(this._n, String(data), false);
   }
   close(code, reason) {
     if (this.readyState !== OPEN) return;
@@ -438,7 +448,7 @@ class PartySocket extends EventTarget {
     if (c !== 1000 && !(c >= 3000 && c <= 4999)) throw new DOMException(`close code ${c} is not 1000 or in 3000-4999`, "InvalidAccessError");
     this.readyState = 2;
     const r = reason === undefined ? "" : String(reason);
-    N.socketClose(this._n, c, r);
+    this._s.R.socketClose(this._n, c, r);
     // The close event follows, after what this handler does next.
     setTimeout(() => this._closed(c, r, true), 0);
   }
@@ -448,7 +458,7 @@ PartySocket.prototype.OPEN = OPEN;
 PartySocket.prototype.CLOSING = 2;
 PartySocket.prototype.CLOSED = CLOSED;
 
-function partiesFor() {
+function partiesFor(s) {
   return new Proxy({}, {
     get(_, name) {
       if (typeof name !== "string") return undefined;
@@ -466,7 +476,7 @@ function partiesFor() {
             if (path && !path.startsWith("/")) throw new Error("the path of a room fetch must start with /");
             const req = new Request(base + path, init || {});
             const out = requestOut(req);
-            return responseIn(await op(N.partyFetch(name, String(roomId), out)));
+            return responseIn(await op(s.R.partyFetch(name, String(roomId), out)));
           },
           // A WebSocket to the room, as one of its clients (its id: the path's `_pk`, or new).
           async socket(pathOrInit, maybeInit) {
@@ -479,8 +489,8 @@ function partiesFor() {
             const url = new URL(base + path);
             const id = url.searchParams.get("_pk") || crypto.randomUUID();
             const req = new Request(url.href, { headers: (init && init.headers) || {} });
-            const n = await op(N.partySocket(name, String(roomId), id, requestOut(req)));
-            return new PartySocket(n, url.href);
+            const n = await op(s.R.partySocket(name, String(roomId), id, requestOut(req)));
+            return new PartySocket(s, n, url.href);
           },
           connect(pathOrInit, maybeInit) { return this.socket(pathOrInit, maybeInit); },
         };
@@ -490,9 +500,9 @@ function partiesFor() {
   });
 }
 
-function makeRoom(info) {
-  const storage = new Storage();
-  const parties = partiesFor();
+function makeRoom(s, info) {
+  const storage = new Storage(s);
+  const parties = partiesFor(s);
   const room = {
     id: info.id,
     internalID: info.internalID,
@@ -504,33 +514,33 @@ function makeRoom(info) {
     analytics: { writeDataPoint() {} },
     broadcast(msg, without) {
       const ex = Array.isArray(without) ? without.map(String) : undefined;
-      if (typeof msg === "string") return N.broadcast(msg, false, ex);
+      if (typeof msg === "string") return s.R.broadcast(msg, false, ex);
       const u8 = asBytes(msg);
-      if (u8) return N.broadcast(toLatin1(u8), true, ex);
-      N.broadcast(String(msg), false, ex);
+      if (u8) return s.R.broadcast(toLatin1(u8), true, ex);
+      s.R.broadcast(String(msg), false, ex);
     },
     getConnection(id) {
-      const c = conns.get(id);
+      const c = s.conns.get(id);
       if (c) return c;
-      const uri = N.connUri(String(id));
-      return uri === null || uri === undefined ? undefined : connFor(String(id), uri);
+      const uri = s.R.connUri(String(id));
+      return uri === null || uri === undefined ? undefined : connFor(s, String(id), uri);
     },
     *getConnections(tag) {
-      for (const [id, uri] of N.connList(tag === undefined ? undefined : String(tag))) yield connFor(id, uri);
+      for (const [id, uri] of s.R.connList(tag === undefined ? undefined : String(tag))) yield connFor(s, id, uri);
     },
     get connections() {
       const m = new Map();
-      for (const [id, uri] of N.connList(undefined)) m.set(id, connFor(id, uri));
+      for (const [id, uri] of s.R.connList(undefined)) m.set(id, connFor(s, id, uri));
       return m;
     },
     // No other event of the room starts until `fn`'s promise settles (the host holds the
     // room's input gate while a block is open).
     async blockConcurrencyWhile(fn) {
-      const token = N.blockBegin();
+      const token = s.R.blockBegin();
       try {
         return await fn();
       } finally {
-        N.blockEnd(token);
+        s.R.blockEnd(token);
       }
     },
   };
@@ -539,8 +549,8 @@ function makeRoom(info) {
 
 // ---------------------------------------------------------------- lobby and the legacy API
 
-function lobbyFor(info) {
-  const parties = partiesFor();
+function lobbyFor(s, info) {
+  const parties = partiesFor(s);
   return { id: info.id, env: info.env, parties, ai: {}, vectorize: {}, analytics: { writeDataPoint() {} }, bindings: { r2: {}, kv: {} }, assets: { fetch: () => { throw new Error("lobby.assets is not supported by Partyline"); } } };
 }
 function executionContext() {
