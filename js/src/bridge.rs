@@ -61,8 +61,10 @@ js_names! {
         Rejection = "rejection",
         /// `rejections()`: the texts of the rejections still unhandled, which it forgets.
         Rejections = "rejections",
-        /// `forget(timers, ops)`: a scope was dropped; its timers and host operations go.
+        /// `forget(scope, timers, ops)`: a scope was dropped; its timers and host operations go.
         Forget = "forget",
+        /// `cancel(timers)`: timers cancelled by the host (those a stopped call set) go.
+        Cancel = "cancel",
     }
 }
 

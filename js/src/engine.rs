@@ -261,8 +261,8 @@ impl Host {
     /// A result of this host's calls settled: wakes its engine when another room's code runs
     /// (its own engine collects it anyway after running its code).
     pub(crate) fn settled(self: &Arc<Self>) {
-        let current = self.shared.current.locked().clone();
-        if !current.is_some_and(|c| Arc::ptr_eq(&c, self)) {
+        let running = self.shared.current.locked().as_ref().is_some_and(|c| Arc::ptr_eq(c, self));
+        if !running {
             self.notify.notify_one();
         }
     }
@@ -287,6 +287,18 @@ fn pair<'js>(ctx: &Ctx<'js>, a: Value<'js>, b: Value<'js>) -> rquickjs::Result<V
     arr.set(0, a)?;
     arr.set(1, b)?;
     Ok(arr.into_value())
+}
+
+/// What stopped JS code that failed with `message`: the time limit (the interrupt handler
+/// stopped it), the memory limit (QuickJS says so, or the realm was already over it), or a throw.
+fn stop_reason(interrupted: bool, out_of_memory: bool, message: String, limits: &EngineLimits) -> CallError {
+    if interrupted {
+        CallError::Timeout(limits.call_timeout)
+    } else if out_of_memory || message.contains("out of memory") {
+        CallError::OutOfMemory(limits.memory_bytes)
+    } else {
+        CallError::Thrown(message)
+    }
 }
 
 /// A time origin for `performance.now()` and deadlines.
@@ -415,6 +427,11 @@ pub(crate) struct Realm {
     rooms: Mutex<HashMap<String, u64>>,
 }
 
+/// The most rooms a realm takes in ([`Realm::admit`]). It remembers the run of every room it
+/// served, to tell a room that comes back; past this many, new rooms get a new realm (the old one
+/// goes once its rooms stop), so a realm that serves ever-new rooms does not keep every id.
+const MAX_ROOMS_PER_REALM: usize = 1 << 16;
+
 /// What a realm is made of.
 pub(crate) struct RealmSetup {
     pub(crate) modules: Arc<Modules>,
@@ -493,22 +510,28 @@ impl Realm {
         });
         realm.shared.deadline.store(u64::MAX, Ordering::Relaxed);
         if let Err(message) = result {
-            return Err(if realm.shared.interrupted.load(Ordering::Relaxed) {
-                CallError::Timeout(realm.limits.call_timeout)
-            } else if message.contains("out of memory") {
-                CallError::OutOfMemory(realm.limits.memory_bytes)
-            } else {
-                CallError::Thrown(message)
-            });
+            return Err(stop_reason(realm.shared.interrupted.load(Ordering::Relaxed), false, message, &realm.limits));
         }
         Ok(realm)
     }
 
     /// Takes `room` in: false when another run of the same room ran in this realm before (it
-    /// stopped, and may have run on another node since), whose module state may be stale.
+    /// stopped, and may have run on another node since), whose module state may be stale; and
+    /// false for a room new to a realm that has seen [`MAX_ROOMS_PER_REALM`] rooms.
     pub(crate) fn admit(&self, room: &Room) -> bool {
+        self.admit_run(room.id(), room.instance())
+    }
+
+    fn admit_run(&self, room: &str, run: u64) -> bool {
         let mut rooms = self.rooms.locked();
-        *rooms.entry(room.id().to_string()).or_insert(room.instance()) == room.instance()
+        match rooms.get(room) {
+            Some(seen) => *seen == run,
+            None if rooms.len() >= MAX_ROOMS_PER_REALM => false,
+            None => {
+                rooms.insert(room.to_string(), run);
+                true
+            }
+        }
     }
 
     /// Whether the realm ran out of memory (its engines must be dropped, a new realm made).
@@ -644,16 +667,14 @@ impl Engine {
         self.deadline.store(u64::MAX, Ordering::Relaxed);
     }
 
+    /// What stopped this engine's code; out of memory breaks the realm.
     fn classify(&mut self, message: String) -> CallError {
-        if self.interrupted.load(Ordering::Relaxed) {
-            return CallError::Timeout(self.limits.call_timeout);
-        }
-        if message.contains("out of memory") || self.realm.is_broken() {
+        let why = stop_reason(self.interrupted.load(Ordering::Relaxed), self.realm.is_broken(), message, &self.limits);
+        if matches!(why, CallError::OutOfMemory(_)) {
             self.realm.shared.broken.store(true, Ordering::Relaxed);
             self.broken = true;
-            return CallError::OutOfMemory(self.limits.memory_bytes);
         }
-        CallError::Thrown(message)
+        why
     }
 
     /// The host shared with the natives.
@@ -696,7 +717,8 @@ impl Engine {
         let result = self.run(id, hook, args, may_detach).await;
         self.disarm();
         if let Err(e @ (CallError::Timeout(_) | CallError::Stuck)) = &result {
-            self.stopped(e, Some(timers_before));
+            let cancelled = self.stopped(e, Some(timers_before));
+            self.cancel(cancelled).await;
         }
         if let Ok(Outcome::Pending(id)) = &result {
             self.detached.insert(*id);
@@ -706,11 +728,12 @@ impl Engine {
 
     /// After a call was stopped (time limit) or found stuck: the timers set since it began
     /// (`timers_after` is the last id before it) are cancelled, so its code cannot run later,
-    /// while the timers the room had before stay; and the input gate opens.
-    fn stopped(&mut self, why: &CallError, timers_after: Option<u64>) {
+    /// while the timers the room had before stay; and the input gate opens. Returns the ids of
+    /// the cancelled timers, for [`Engine::cancel`].
+    fn stopped(&mut self, why: &CallError, timers_after: Option<u64>) -> Vec<u64> {
         let mut ops = self.host.ops.locked();
         ops.blocks.clear();
-        let Some(after) = timers_after else { return };
+        let Some(after) = timers_after else { return Vec::new() };
         let cancelled: Vec<(Instant, u64)> = ops.queue.iter().filter(|(_, id)| *id > after).copied().collect();
         for (at, id) in &cancelled {
             ops.queue.remove(&(*at, *id));
@@ -723,6 +746,23 @@ impl Engine {
                 reason = %why,
                 "the timers set by a stopped handler were cancelled"
             );
+        }
+        cancelled.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// Has the prelude drop the callbacks of timers the host cancelled: the realm outlives the
+    /// room's calls, and a callback keeps alive whatever it closes over.
+    async fn cancel(&mut self, timers: Vec<u64>) {
+        if timers.is_empty() {
+            return;
+        }
+        let _gate = self.gate().await;
+        let out = self.with(|ctx, _| {
+            let ids = arg_value(ctx, Arg::Ids(timers)).map_err(|e| js_error(ctx, e))?;
+            api(ctx, Api::Cancel)?.call::<_, ()>((ids,)).map_err(|e| js_error(ctx, e))
+        });
+        if let Err(e) = out {
+            tracing::debug!(party = %self.host.label(), error = %e, "dropping cancelled timers");
         }
     }
 
@@ -940,7 +980,8 @@ impl Engine {
         let result = self.background_inner().await;
         self.disarm();
         if let Err(e @ (CallError::Timeout(_) | CallError::Stuck)) = &result {
-            self.stopped(e, None);
+            let cancelled = self.stopped(e, None);
+            debug_assert!(cancelled.is_empty());
         }
         result
     }
@@ -1151,6 +1192,21 @@ mod memory_tests {
         })
         .await
         .expect("an engine")
+    }
+
+    /// A realm takes in each room once per run, and at most [`MAX_ROOMS_PER_REALM`] rooms.
+    #[test]
+    fn a_realm_takes_in_a_bounded_number_of_rooms() {
+        let (modules, entry) = relay();
+        let realm = realm(&modules, &entry);
+        assert!(realm.admit_run("a", 1));
+        assert!(realm.admit_run("a", 1), "the same run again (an engine after hibernation)");
+        assert!(!realm.admit_run("a", 2), "another run of a room that ran here");
+        for i in 1..MAX_ROOMS_PER_REALM {
+            assert!(realm.admit_run(&format!("r{i}"), 1));
+        }
+        assert!(!realm.admit_run("one too many", 1));
+        assert!(realm.admit_run("r1", 1), "the rooms it has keep it");
     }
 
     /// The heap of a party's realm, and what each room's scope adds to it: what goal (c) of the

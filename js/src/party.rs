@@ -204,16 +204,20 @@ impl PartyDef {
     }
 
     /// The realm for a run of `room`: the party's, unless an earlier run of the same room ran in
-    /// it. Module state is the realm's, and a room that stopped may have run on another node
-    /// since (a move, a failover): what its earlier run left in module variables (y-partykit's
-    /// documents, say) may be stale. That room, and the rooms started after it, get a new realm;
-    /// the old one goes once its rooms stop. A hibernating room keeps its run and its realm.
+    /// it (or it took in as many rooms as a realm does). Module state is the realm's, and a room
+    /// that stopped may have run on another node since (a move, a failover): what its earlier run
+    /// left in module variables (y-partykit's documents, say) may be stale. That room, and the
+    /// rooms started after it, get a new realm; the old one goes once its rooms stop. A
+    /// hibernating room keeps its run and its realm.
     fn realm_for(&self, room: &Room) -> Result<Arc<Realm>, CallError> {
         let realm = self.realm()?;
         if realm.admit(room) {
             return Ok(realm);
         }
-        tracing::debug!(room = %room.key(), "a room ran in this realm before: a new realm for it and the rooms after it");
+        tracing::debug!(
+            room = %room.key(),
+            "a room ran in this realm before, or the realm is full: a new realm for it and the rooms after it"
+        );
         {
             let mut cached = self.realm.locked();
             if cached.as_ref().is_some_and(|r| Arc::ptr_eq(r, &realm)) {

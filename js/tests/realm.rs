@@ -126,3 +126,36 @@ export default class Remembers {
     assert_eq!(get(&a).await, "0 before", "the run after the restart sees module state of the earlier run");
     assert_eq!(get(&b).await, "1 before", "a room that kept running keeps its module state");
 }
+
+/// A handler stopped at the time limit leaves nothing behind in the realm, which outlives it: the
+/// timers it set are cancelled and their callbacks dropped with what they hold. Each stopped
+/// handler here holds 8 MB in a timer; if those stayed, the fourth would take the 32 MiB realm
+/// over its limit and restart the room (its module state, the count, would start again).
+#[tokio::test]
+async fn a_stopped_handler_leaves_no_timers_in_the_realm() {
+    let server = r#"
+let spins = 0;
+export default class Spinner {
+  onRequest(req) {
+    if (req.url.endsWith("?spin")) {
+      spins++;
+      const held = new Float64Array(1 << 20);
+      setTimeout(() => held.length, 60000);
+      for (;;) {}
+    }
+    return new Response(`spins ${spins}`);
+  }
+}
+"#;
+    let dir = project(server);
+    let limits = Limits { handler_timeout: Duration::from_millis(200), ..Limits::default() };
+    let settings = JsSettings { memory_bytes: 32 << 20, ..JsSettings::default() };
+    let registry = load(&dir, &limits, &settings).await;
+    let room = room(&registry, "a", &limits);
+    let path = format!("/parties/main/{}?spin", room.key().room);
+    for _ in 0..6 {
+        let res = room.request(request("GET", &path, Bytes::new())).await;
+        assert!(res.status().is_server_error(), "a spinning handler answers {}", res.status());
+    }
+    assert_eq!(get(&room).await, "spins 6");
+}

@@ -241,4 +241,9 @@ globalThis.__partyline = {
     for (const id of timerIds) timers.delete(id);
     for (const id of opIds) ops.delete(id);
   },
+  // The host cancelled these timers (a call stopped at its time limit set them): their callbacks
+  // go, and what they hold with them.
+  cancel(timerIds) {
+    for (const id of timerIds) timers.delete(id);
+  },
 };
