@@ -15,7 +15,9 @@ use partyline::runtime::handle::LinkSender;
 use partyline::runtime::handle::SendError;
 use partyline::runtime::link::ToRoom;
 use partyline::{Env, Limits, MemoryStore, PartyRegistry, Request, Response, RoomKey, Store};
-use partyline_gateway::{EdgeLimits, Gateway, GatewayConfig, OpenLink, RoomLink, RoomRouter, RouteError, LINK_QUEUE};
+use partyline_gateway::{
+    channel_events, EdgeLimits, Gateway, GatewayConfig, OpenLink, RoomLink, RoomRouter, RouteError, LINK_QUEUE,
+};
 use partyline_node::alarms;
 use partyline_node::crons::{Crons, LocalClaims};
 use partyline_node::host::HostAlarms;
@@ -23,7 +25,6 @@ use partyline_node::store::EmbeddedStore;
 use partyline_node::{HostConfig, HostError, RoomHost};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 use crate::process::{bind, scheme, shutdown_signal};
 use crate::project::ProjectArgs;
@@ -193,7 +194,7 @@ impl RoomRouter for LocalRouter {
     async fn open_link(&self, key: &RoomKey) -> Result<OpenLink, RouteError> {
         let (tx, rx) = mpsc::channel(LINK_QUEUE);
         let link = self.host.open_link(key, tx).await.map_err(route_error)?;
-        Ok(OpenLink { sender: Box::new(LocalLink(link)), events: Box::pin(ReceiverStream::new(rx)) })
+        Ok(OpenLink { sender: Box::new(LocalLink(link)), events: channel_events(rx) })
     }
 
     async fn request(&self, key: &RoomKey, req: Request) -> Result<Response, RouteError> {

@@ -51,7 +51,7 @@ use tokio::net::TcpListener;
 
 pub use limits::EdgeLimits;
 pub use listener::tls_config;
-pub use router::{OpenLink, RoomLink, RoomRouter, RouteError, LINK_QUEUE};
+pub use router::{channel_events, OpenLink, RoomLink, RoomRouter, RouteError, LINK_QUEUE};
 
 use links::LinkState;
 

@@ -3,10 +3,14 @@
 //! [`OpenLink`]) and forwards HTTP requests, and the [`RouteError`] it fails with. The cluster's
 //! router is [`GrpcRouter`](crate::grpc::GrpcRouter); `partyline dev` routes in-process.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use partyline::runtime::link::{FromRoom, ToRoom};
 use partyline::{Request, Response, RoomKey};
+use tokio::sync::mpsc;
 
 /// Depth of a link's queue of room messages, for routers that deliver through a channel.
 pub const LINK_QUEUE: usize = 1024;
@@ -45,6 +49,24 @@ pub struct OpenLink {
     pub sender: Box<dyn RoomLink>,
     /// The room's messages for this gateway's sockets.
     pub events: BoxStream<'static, FromRoom>,
+}
+
+/// A room's messages arriving on a channel, as [`OpenLink::events`]: a link within the process,
+/// as `partyline dev` opens them. Made here so that receiving, which runs for every message the
+/// room sends, is compiled with the gateway's per-frame code (a stream made where it is boxed is
+/// compiled there, and the command-line crate is built for compile time, not speed).
+pub fn channel_events(rx: mpsc::Receiver<FromRoom>) -> BoxStream<'static, FromRoom> {
+    Box::pin(ChannelEvents(rx))
+}
+
+struct ChannelEvents(mpsc::Receiver<FromRoom>);
+
+impl futures::Stream for ChannelEvents {
+    type Item = FromRoom;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<FromRoom>> {
+        self.0.poll_recv(cx)
+    }
 }
 
 /// The sending half of a link.
