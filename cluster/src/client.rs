@@ -31,6 +31,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::redis::{Change, LeaseTiming, Leases, Membership, NodeInfo};
 use crate::wire;
+use futures::future::BoxFuture;
 
 /// How often the member list is re-read even without events.
 const VIEW_REFRESH: Duration = Duration::from_secs(2);
@@ -262,7 +263,16 @@ pub struct OpenedLink {
 impl ClusterClient {
     /// Reads the members once and keeps the view fresh in the background (until every clone is
     /// dropped).
-    pub async fn start(cfg: ClientConfig, membership: Membership, leases: Leases) -> anyhow::Result<Self> {
+    #[inline(never)]
+    pub fn start(
+        cfg: ClientConfig,
+        membership: Membership,
+        leases: Leases,
+    ) -> BoxFuture<'static, anyhow::Result<Self>> {
+        Box::pin(Self::start_unboxed(cfg, membership, leases))
+    }
+
+    async fn start_unboxed(cfg: ClientConfig, membership: Membership, leases: Leases) -> anyhow::Result<Self> {
         let auth = Auth::new(&cfg.secret)?;
         let inner = Arc::new(Inner {
             cfg,
@@ -297,7 +307,12 @@ impl ClusterClient {
     }
 
     /// Re-reads the member list now.
-    pub async fn refresh(&self) {
+    #[inline(never)]
+    pub fn refresh(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.refresh_unboxed())
+    }
+
+    async fn refresh_unboxed(&self) {
         refresh(&self.inner).await;
     }
 

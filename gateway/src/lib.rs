@@ -46,6 +46,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use futures::future::BoxFuture;
 use partyline::{Env, Limits, Parties, PartyRegistry, RoomKey};
 use tokio::net::TcpListener;
 
@@ -147,11 +148,26 @@ impl Gateway {
 
     /// Serves clients on `listener` until `shutdown` resolves, then closes every socket with
     /// 1001 (going away).
-    pub async fn serve(
+    pub fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
+    ) -> BoxFuture<'static, std::io::Result<()>> {
+        self.serve_boxed(listener, Box::pin(shutdown))
+    }
+
+    /// The gateway's serving as one boxed future, made here: an `async fn`'s body is compiled
+    /// again in every crate that awaits it, and this one holds every socket's frame path.
+    #[inline(never)]
+    fn serve_boxed(
+        self,
+        listener: TcpListener,
+        shutdown: BoxFuture<'static, ()>,
+    ) -> BoxFuture<'static, std::io::Result<()>> {
+        Box::pin(self.serve_unboxed(listener, shutdown))
+    }
+
+    async fn serve_unboxed(self, listener: TcpListener, shutdown: BoxFuture<'static, ()>) -> std::io::Result<()> {
         let gw = self.clone();
         let serve = listener::Serve {
             router: self.router(),

@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use partyline::{CronSchedule, Limits, PartyRegistry};
 use serde::{Deserialize, Serialize};
 
@@ -263,7 +264,17 @@ impl Artifact {
 
     /// Compiles every party and reads its static options, as [`crate::Project::load`] does
     /// for a project on disk: the parties to serve, ready to be added to a registry.
-    pub async fn load(&self, limits: &Limits, settings: &JsSettings) -> anyhow::Result<PartyRegistry> {
+    /// Boxed, like [`crate::Project::load`].
+    #[inline(never)]
+    pub fn load<'a>(
+        &'a self,
+        limits: &'a Limits,
+        settings: &'a JsSettings,
+    ) -> BoxFuture<'a, anyhow::Result<PartyRegistry>> {
+        Box::pin(self.load_unboxed(limits, settings))
+    }
+
+    async fn load_unboxed(&self, limits: &Limits, settings: &JsSettings) -> anyhow::Result<PartyRegistry> {
         let modules = Arc::new(Modules::new());
         let mut registry = PartyRegistry::new();
         for (name, bundle) in &self.payload.parties {

@@ -102,8 +102,6 @@
 
 pub mod artifact;
 mod bridge;
-pub mod bundle;
-pub mod cache;
 mod crypto;
 pub mod engine;
 mod fetch;
@@ -116,4 +114,6 @@ mod wasm;
 
 pub use host::FetchPolicy;
 pub use party::{JsFactory, JsParty, JsSettings};
+/// Bundling, and the build cache: the `partyline-bundle` crate.
+pub use partyline_bundle::{self as bundle, cache};
 pub use project::{Project, ProjectConfig, CONFIG_FILE};

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use anyhow::{anyhow, bail, Context};
+use futures::future::BoxFuture;
 use partyline::sync::Lock;
 use partyline::{Limits, PartyRegistry};
 use serde::Deserialize;
@@ -235,9 +236,9 @@ fn client_options(
         }
     }
     let format = match raw.format.as_deref() {
-        None | Some("esm") => rolldown::OutputFormat::Esm,
-        Some("iife") => rolldown::OutputFormat::Iife,
-        Some("cjs") => rolldown::OutputFormat::Cjs,
+        None | Some("esm") => bundle::OutputFormat::Esm,
+        Some("iife") => bundle::OutputFormat::Iife,
+        Some("cjs") => bundle::OutputFormat::Cjs,
         Some(other) => bail!("serve.build.format: {other:?} is not one of esm, iife, cjs"),
     };
     let mut loaders = BTreeMap::new();
@@ -255,7 +256,7 @@ fn client_options(
         entries,
         outdir,
         // esbuild splits only ES modules.
-        splitting: raw.splitting.unwrap_or(true) && matches!(format, rolldown::OutputFormat::Esm),
+        splitting: raw.splitting.unwrap_or(true) && matches!(format, bundle::OutputFormat::Esm),
         format,
         sourcemap: raw.sourcemap.unwrap_or(true),
         external: raw.external,
@@ -455,7 +456,19 @@ impl Project {
     /// compiled, `serve.build` is bundled, and each party's static options are read. A syntax or
     /// type error, or a missing module, fails here with the file and line. `limits` are the
     /// ones rooms will run with.
-    pub async fn load(config_file: &Path, limits: &Limits, settings: &JsSettings) -> anyhow::Result<Project> {
+    ///
+    /// Boxed so the bundler is compiled in this crate only, not again in every crate that
+    /// awaits a load (an `async fn`'s body is compiled where it is awaited).
+    #[inline(never)]
+    pub fn load<'a>(
+        config_file: &'a Path,
+        limits: &'a Limits,
+        settings: &'a JsSettings,
+    ) -> BoxFuture<'a, anyhow::Result<Project>> {
+        Box::pin(Self::load_unboxed(config_file, limits, settings))
+    }
+
+    async fn load_unboxed(config_file: &Path, limits: &Limits, settings: &JsSettings) -> anyhow::Result<Project> {
         let started = std::time::Instant::now();
         let mut config = ProjectConfig::read(config_file)?;
         run_build_command(&config.root, &config.command).await?;

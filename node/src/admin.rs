@@ -14,6 +14,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
+use futures::future::BoxFuture;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
@@ -79,13 +80,24 @@ async fn ready(State(s): State<AdminState>) -> impl IntoResponse {
 }
 
 /// Serves the admin routes on `listener` until `shutdown` resolves.
-pub async fn serve(
+pub fn serve(
     listener: TcpListener,
     metrics: Arc<NodeMetrics>,
     state: Arc<NodeState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(metrics, state)).with_graceful_shutdown(shutdown).await
+) -> BoxFuture<'static, std::io::Result<()>> {
+    serve_boxed(listener, metrics, state, Box::pin(shutdown))
+}
+
+/// Boxed here, so axum's server is compiled in this crate (see `server::run_with`).
+#[inline(never)]
+fn serve_boxed(
+    listener: TcpListener,
+    metrics: Arc<NodeMetrics>,
+    state: Arc<NodeState>,
+    shutdown: BoxFuture<'static, ()>,
+) -> BoxFuture<'static, std::io::Result<()>> {
+    Box::pin(async move { axum::serve(listener, router(metrics, state)).with_graceful_shutdown(shutdown).await })
 }
 
 /// The gRPC health service (`grpc.health.v1.Health`) and the loop that keeps it in line with

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::host::HostError;
+use futures::future::BoxFuture;
 
 /// How often the scheduler looks for due alarms.
 pub const ALARM_POLL: Duration = Duration::from_millis(250);
@@ -103,7 +104,12 @@ impl Parked {
 }
 
 /// Polls `scope` for due alarms and wakes their rooms until `stop` is cancelled.
-pub async fn run(scope: Arc<dyn AlarmScope>, stop: CancellationToken) {
+#[inline(never)]
+pub fn run(scope: Arc<dyn AlarmScope>, stop: CancellationToken) -> BoxFuture<'static, ()> {
+    Box::pin(run_unboxed(scope, stop))
+}
+
+async fn run_unboxed(scope: Arc<dyn AlarmScope>, stop: CancellationToken) {
     let parked = Arc::new(Parked::default());
     let slots = Arc::new(Semaphore::new(CONCURRENT));
     let mut tick = tokio::time::interval(ALARM_POLL);

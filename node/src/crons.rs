@@ -195,7 +195,12 @@ impl Crons {
 
     /// Runs the schedules until `stop` is cancelled; then waits a little for hooks under way
     /// and abandons the rest.
-    pub async fn run(self, stop: CancellationToken) {
+    #[inline(never)]
+    pub fn run(self, stop: CancellationToken) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(self.run_unboxed(stop))
+    }
+
+    async fn run_unboxed(self, stop: CancellationToken) {
         let shared =
             Arc::new(Firing { factory: self.factory, lobby: self.lobby, claims: self.claims, metrics: self.metrics });
         let started = now_ms();

@@ -194,13 +194,13 @@ fn boot_nonce() -> String {
 }
 
 /// Runs a node on `listener` until `shutdown` resolves, then drains and returns.
-pub async fn run(
+pub fn run(
     cfg: NodeConfig,
     parties: PartyRegistry,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    run_with(cfg, parties, listener, shutdown, NodeTelemetry::default()).await
+) -> BoxFuture<'static, anyhow::Result<()>> {
+    run_boxed(cfg, parties, listener, Box::pin(shutdown), NodeTelemetry::default())
 }
 
 /// Like [`run`], reporting what the node is doing and its metrics in `telemetry`.
@@ -209,14 +209,36 @@ pub async fn run(
 /// table, its membership record), spawns its background tasks (renewals, heartbeats, alarms,
 /// rebalance), serves gRPC until `shutdown` resolves or the server fails, and stops (drains,
 /// then ends everything it started, under one cancellation tree).
-pub async fn run_with(
+pub fn run_with(
     cfg: NodeConfig,
     parties: PartyRegistry,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
     telemetry: NodeTelemetry,
+) -> BoxFuture<'static, anyhow::Result<()>> {
+    run_boxed(cfg, parties, listener, Box::pin(shutdown), telemetry)
+}
+
+/// The node's whole life as one boxed future, made here: an `async fn`'s body is compiled again
+/// in every crate that awaits it, and this one holds the node.
+#[inline(never)]
+fn run_boxed(
+    cfg: NodeConfig,
+    parties: PartyRegistry,
+    listener: TcpListener,
+    shutdown: BoxFuture<'static, ()>,
+    telemetry: NodeTelemetry,
+) -> BoxFuture<'static, anyhow::Result<()>> {
+    Box::pin(run_node(cfg, parties, listener, shutdown, telemetry))
+}
+
+async fn run_node(
+    cfg: NodeConfig,
+    parties: PartyRegistry,
+    listener: TcpListener,
+    mut shutdown: BoxFuture<'static, ()>,
+    telemetry: NodeTelemetry,
 ) -> anyhow::Result<()> {
-    let mut shutdown = std::pin::pin!(shutdown);
     // A node can wait in its start for a cluster to exist (see `claim_marker`): a shutdown
     // meanwhile ends it there.
     let started = tokio::select! {

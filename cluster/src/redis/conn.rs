@@ -23,6 +23,7 @@ use ::redis::{Client, Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, P
 
 use super::router::Router;
 use super::{redact, Error, RedisConfig, Result};
+use futures::future::BoxFuture;
 
 /// The URL scheme that selects Redis Cluster: `redis+cluster://[user:password@]host:port[,host:port...]`.
 pub const CLUSTER_SCHEME: &str = "redis+cluster://";
@@ -164,7 +165,12 @@ impl Connection {
 
     /// [`Connection::each`], sending `first` ahead of the commands in each pipeline (its answer
     /// ignored), e.g. a `SCRIPT LOAD` for the `EVALSHA`s that follow.
-    pub async fn each_after(&self, first: Option<Cmd>, cmds: Vec<Cmd>) -> Vec<::redis::RedisResult<Value>> {
+    #[inline(never)]
+    pub fn each_after(&self, first: Option<Cmd>, cmds: Vec<Cmd>) -> BoxFuture<'_, Vec<::redis::RedisResult<Value>>> {
+        Box::pin(self.each_after_unboxed(first, cmds))
+    }
+
+    async fn each_after_unboxed(&self, first: Option<Cmd>, cmds: Vec<Cmd>) -> Vec<::redis::RedisResult<Value>> {
         let n = cmds.len();
         match self {
             _ if n == 0 => Vec::new(),
@@ -222,7 +228,16 @@ impl Connection {
     /// succeeded and enough replicas hold it; a server error from `cmd` as it came; an error
     /// when fewer replicas answered (the write may be on the primary, but it is not
     /// acknowledged).
-    pub async fn run_replicated(&self, cmd: &Cmd, replicas: Replicas) -> ::redis::RedisResult<Value> {
+    #[inline(never)]
+    pub fn run_replicated<'a>(
+        &'a self,
+        cmd: &'a Cmd,
+        replicas: Replicas,
+    ) -> BoxFuture<'a, ::redis::RedisResult<Value>> {
+        Box::pin(self.run_replicated_unboxed(cmd, replicas))
+    }
+
+    async fn run_replicated_unboxed(&self, cmd: &Cmd, replicas: Replicas) -> ::redis::RedisResult<Value> {
         if replicas.min == 0 {
             return self.clone().req_packed_command(cmd).await;
         }
@@ -324,7 +339,12 @@ pub enum PubSubSource {
 impl PubSubSource {
     /// A new pub/sub connection. In a cluster it tries the known nodes in a random order (so
     /// subscribers spread over the nodes) until one accepts.
-    pub async fn open(&self) -> ::redis::RedisResult<PubSub> {
+    #[inline(never)]
+    pub fn open(&self) -> BoxFuture<'_, ::redis::RedisResult<PubSub>> {
+        Box::pin(self.open_unboxed())
+    }
+
+    async fn open_unboxed(&self) -> ::redis::RedisResult<PubSub> {
         match self {
             PubSubSource::Single(client) => client.get_async_pubsub().await,
             PubSubSource::Cluster { seeds, router, timeout } => {
@@ -362,7 +382,12 @@ impl PubSubSource {
 
 /// Connects to `target` (bounded by `config.connect_timeout`) and checks the server, or every
 /// primary of the cluster, answers.
-pub async fn connect(target: &Target, config: &RedisConfig) -> Result<(Connection, PubSubSource)> {
+#[inline(never)]
+pub fn connect<'a>(target: &'a Target, config: &'a RedisConfig) -> BoxFuture<'a, Result<(Connection, PubSubSource)>> {
+    Box::pin(connect_unboxed(target, config))
+}
+
+async fn connect_unboxed(target: &Target, config: &RedisConfig) -> Result<(Connection, PubSubSource)> {
     let shown = redact(&config.url);
     let failed = |reason: String| Error::Connect { url: shown.clone(), reason };
     match target {

@@ -47,6 +47,7 @@ use partyline::sync::Lock;
 use super::conn::Connection;
 use super::keys::Keys;
 use super::Result;
+use futures::future::BoxFuture;
 
 /// Shards whose marker copy [`Marker::check`] reads per call, besides those noted lost.
 const SWEEP: u16 = 256;
@@ -208,7 +209,12 @@ impl Marker {
 
     /// The marker, writing a new one (with `fresh`) if Redis has none. On a Redis Cluster the
     /// shards' copies are written first (see the module docs).
-    pub async fn claim(&self, fresh: &str) -> Result<Claim> {
+    #[inline(never)]
+    pub fn claim<'a>(&'a self, fresh: &'a str) -> BoxFuture<'a, Result<Claim>> {
+        Box::pin(self.claim_unboxed(fresh))
+    }
+
+    async fn claim_unboxed(&self, fresh: &str) -> Result<Claim> {
         if self.keys.is_cluster() && self.get().await?.is_none() {
             self.write_copies(fresh).await?;
         }

@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 use super::conn::{Connection, PubSubSource};
 use super::keys::Keys;
 use super::{Error, Result};
+use futures::future::BoxFuture;
 
 /// KEYS: node key, members set. ARGV: id, JSON, ttl ms, members channel.
 /// Returns 1 if the node was new or changed (and was announced), else 0.
@@ -175,7 +176,12 @@ impl Membership {
 
     /// The live nodes (those whose record has not expired), sorted by id; prunes the others
     /// from the member set.
-    pub async fn live(&self) -> Result<Vec<NodeInfo>> {
+    #[inline(never)]
+    pub fn live(&self) -> BoxFuture<'_, Result<Vec<NodeInfo>>> {
+        Box::pin(self.live_unboxed())
+    }
+
+    async fn live_unboxed(&self) -> Result<Vec<NodeInfo>> {
         let raw: Vec<Vec<u8>> =
             LIVE_SCRIPT.key(self.keys.members()).arg(self.keys.node("")).invoke_async(&mut self.conn.clone()).await?;
         let mut nodes = raw
@@ -193,7 +199,12 @@ impl Membership {
     /// subscribed, so every change published after this returns is delivered (or covered by a
     /// [`Change::Resync`]). A background task reconnects when the connection drops (sending
     /// `Resync` once it is back) and stops when the receiver is dropped.
-    pub async fn subscribe(&self) -> Result<mpsc::Receiver<Change>> {
+    #[inline(never)]
+    pub fn subscribe(&self) -> BoxFuture<'_, Result<mpsc::Receiver<Change>>> {
+        Box::pin(self.subscribe_unboxed())
+    }
+
+    async fn subscribe_unboxed(&self) -> Result<mpsc::Receiver<Change>> {
         let channels = [self.keys.members_channel(), self.keys.owners_channel()];
         let pubsub = open_pubsub(&self.pubsub, &channels).await?;
         let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);

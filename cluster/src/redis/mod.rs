@@ -30,6 +30,7 @@ pub mod router;
 pub mod store;
 pub mod testing;
 
+use futures::future::BoxFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -144,7 +145,12 @@ impl std::fmt::Debug for Redis {
 impl Redis {
     /// Connects (bounded by `config.connect_timeout`) and checks the server, or every primary
     /// of a cluster, answers.
-    pub async fn connect(config: RedisConfig) -> Result<Self> {
+    #[inline(never)]
+    pub fn connect(config: RedisConfig) -> BoxFuture<'static, Result<Self>> {
+        Box::pin(Self::connect_unboxed(config))
+    }
+
+    async fn connect_unboxed(config: RedisConfig) -> Result<Self> {
         let target = Target::parse(&config.url)?;
         let keys = match target {
             Target::Single(_) => Keys::new(&config.prefix)?,

@@ -32,6 +32,7 @@ use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use ::redis::{
     Client, Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, RedisError, RedisResult, ServerErrorKind, Value,
 };
+use futures::future::BoxFuture;
 use partyline::sync::{Lock, ReadWrite};
 use tokio::time::Instant;
 
@@ -91,7 +92,16 @@ enum Route {
 
 impl Router {
     /// Learns the cluster from `seeds` and checks that every primary answers.
-    pub async fn connect(
+    #[inline(never)]
+    pub fn connect(
+        seeds: Vec<ConnectionInfo>,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> BoxFuture<'static, RedisResult<Router>> {
+        Box::pin(Self::connect_unboxed(seeds, connect_timeout, response_timeout))
+    }
+
+    async fn connect_unboxed(
         seeds: Vec<ConnectionInfo>,
         connect_timeout: Duration,
         response_timeout: Duration,
@@ -248,7 +258,16 @@ impl Router {
     /// node that answers `cmd`, so it runs on the same connection just after it: also the
     /// answer to `then` from that node (`None` without `then`, or for a command sent to every
     /// primary).
-    pub async fn run_then(self: &Arc<Self>, cmd: &Cmd, then: Option<&Cmd>) -> RedisResult<(Value, Option<Value>)> {
+    #[inline(never)]
+    pub fn run_then<'a>(
+        self: &'a Arc<Self>,
+        cmd: &'a Cmd,
+        then: Option<&'a Cmd>,
+    ) -> BoxFuture<'a, RedisResult<(Value, Option<Value>)>> {
+        Box::pin(self.run_then_unboxed(cmd, then))
+    }
+
+    async fn run_then_unboxed(self: &Arc<Self>, cmd: &Cmd, then: Option<&Cmd>) -> RedisResult<(Value, Option<Value>)> {
         let slot = match route(cmd) {
             Route::Slot(s) => Some(s),
             Route::Any => None,
@@ -366,7 +385,16 @@ impl Router {
     /// (its answer ignored): one pipeline per primary, all primaries at once; commands a primary
     /// redirects are sent again one by one. Answers in order; a primary that does not answer
     /// fails only its own commands.
-    pub async fn each(self: &Arc<Self>, first: Option<&Cmd>, cmds: Vec<Cmd>) -> Vec<RedisResult<Value>> {
+    #[inline(never)]
+    pub fn each<'a>(
+        self: &'a Arc<Self>,
+        first: Option<&'a Cmd>,
+        cmds: Vec<Cmd>,
+    ) -> BoxFuture<'a, Vec<RedisResult<Value>>> {
+        Box::pin(self.each_unboxed(first, cmds))
+    }
+
+    async fn each_unboxed(self: &Arc<Self>, first: Option<&Cmd>, cmds: Vec<Cmd>) -> Vec<RedisResult<Value>> {
         let mut groups: HashMap<Option<Addr>, Vec<usize>> = HashMap::new();
         for (i, cmd) in cmds.iter().enumerate() {
             let target = match route(cmd) {

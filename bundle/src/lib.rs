@@ -4,9 +4,8 @@
 //!
 //! Why rolldown: it is a real bundler (resolution with export conditions, CommonJS interop both
 //! ways, JSON/text/binary loaders, tsconfig `paths`, `define`, aliases, code splitting, source
-//! maps, minification) written in Rust on oxc, which this crate already used to strip
-//! TypeScript; it is pinned to the release built on the same oxc (`=1.2.5`, oxc 0.146), so one
-//! copy of oxc is compiled.
+//! maps, minification) written in Rust on oxc; it is pinned to the release built on oxc 0.146
+//! (`=1.2.5`), so one copy of oxc is compiled.
 //!
 //! What the server bundle gets, as PartyKit's build gives it:
 //! - export conditions `partykit`, `workerd`, `worker`, `browser`, `import`/`require`, `module`,
@@ -19,6 +18,11 @@
 //!   `.wasm?module`) as a `WebAssembly.Module`, JSON;
 //! - one module (dynamic imports inlined) and its source map, so an error names the TypeScript
 //!   file and line ([`map_locations`]).
+//!
+//! This is a crate of its own so the bundler builds unoptimized in a release build (it runs once
+//! per build of a project): rolldown's generic code is compiled where it is used, at the
+//! optimization level of the crate that uses it. For the same reason the bundling functions
+//! return boxed futures: an `async fn`'s body is compiled again in every crate that awaits it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -31,12 +35,16 @@ use rolldown::plugin::{
 };
 use rolldown::CodeSplittingMode;
 use rolldown::{
-    Bundler, BundlerOptions, InputItem, IsExternal, ModuleType, OutputFormat, Platform, RawMinifyOptions,
-    ResolveOptions, SourceMapType,
+    Bundler, BundlerOptions, InputItem, IsExternal, Platform, RawMinifyOptions, ResolveOptions, SourceMapType,
 };
+/// The rolldown types in this crate's options.
+pub use rolldown::{ModuleType, OutputFormat};
 use rolldown_common::Output;
 
+pub mod cache;
+
 use crate::cache::{BuildCache, Lookup, Reader, Writer};
+use futures::future::BoxFuture;
 
 /// The export conditions of server code (what PartyKit's build passes to esbuild, plus the
 /// ones a worker runtime answers to).
@@ -97,12 +105,12 @@ impl SourceLookup {
 impl ServerBundle {
     /// Writes the code and its source map (not the list of input files: they mean nothing
     /// elsewhere), as an artifact keeps them.
-    pub(crate) fn encode_into(&self, w: &mut Writer) {
+    pub fn encode_into(&self, w: &mut Writer) {
         write_code(w, &self.code, &self.map.sources, &self.map.tokens);
     }
 
     /// Reads what [`ServerBundle::encode_into`] wrote.
-    pub(crate) fn decode_from(r: &mut Reader<'_>) -> Option<ServerBundle> {
+    pub fn decode_from(r: &mut Reader<'_>) -> Option<ServerBundle> {
         let (code, sources, tokens) = read_code(r)?;
         Some(ServerBundle { code, map: Arc::new(SourceLookup { sources, tokens }), files: Vec::new() })
     }
@@ -142,7 +150,7 @@ fn lookups() -> &'static Mutex<HashMap<String, Arc<SourceLookup>>> {
 }
 
 /// Registers the source map of the bundle loaded as module `name`.
-pub(crate) fn register_map(name: &str, map: Arc<SourceLookup>) {
+pub fn register_map(name: &str, map: Arc<SourceLookup>) {
     lookups().locked().insert(name.to_string(), map);
 }
 
@@ -387,7 +395,17 @@ async fn run(options: BundlerOptions, server: bool) -> Result<(Vec<Output>, Vec<
 
 /// Bundles the server code of one party (`entry`) into one ES module. `banner` runs before any
 /// of it (it fills `process.env`).
-pub async fn server(
+#[inline(never)]
+pub fn server<'a>(
+    root: &'a Path,
+    entry: &'a Path,
+    options: &'a BuildOptions,
+    banner: &'a str,
+) -> BoxFuture<'a, Result<ServerBundle, BundleError>> {
+    Box::pin(server_unboxed(root, entry, options, banner))
+}
+
+async fn server_unboxed(
     root: &Path,
     entry: &Path,
     options: &BuildOptions,
@@ -399,7 +417,18 @@ pub async fn server(
 /// [`server`], through the build cache: a bundle none of whose inputs changed since it was
 /// stored is read back instead of built (the banner is not part of the entry: it is put before
 /// the code afterwards, so `.env` and `vars` do not invalidate it).
-pub async fn server_cached(
+#[inline(never)]
+pub fn server_cached<'a>(
+    cache: Option<&'a BuildCache>,
+    root: &'a Path,
+    entry: &'a Path,
+    options: &'a BuildOptions,
+    banner: &'a str,
+) -> BoxFuture<'a, Result<ServerBundle, BundleError>> {
+    Box::pin(server_cached_unboxed(cache, root, entry, options, banner))
+}
+
+async fn server_cached_unboxed(
     cache: Option<&BuildCache>,
     root: &Path,
     entry: &Path,
@@ -579,13 +608,27 @@ pub fn loader(name: &str) -> Option<ModuleType> {
 }
 
 /// Bundles the client code of `serve.build`.
-pub async fn client(root: &Path, options: &ClientOptions) -> Result<ClientBundle, BundleError> {
+#[inline(never)]
+pub fn client<'a>(root: &'a Path, options: &'a ClientOptions) -> BoxFuture<'a, Result<ClientBundle, BundleError>> {
+    Box::pin(client_unboxed(root, options))
+}
+
+async fn client_unboxed(root: &Path, options: &ClientOptions) -> Result<ClientBundle, BundleError> {
     client_cached(None, root, options).await
 }
 
 /// [`client`], through the build cache (see [`server_cached`]; the banner is put before the
 /// entry chunks afterwards).
-pub async fn client_cached(
+#[inline(never)]
+pub fn client_cached<'a>(
+    cache: Option<&'a BuildCache>,
+    root: &'a Path,
+    options: &'a ClientOptions,
+) -> BoxFuture<'a, Result<ClientBundle, BundleError>> {
+    Box::pin(client_cached_unboxed(cache, root, options))
+}
+
+async fn client_cached_unboxed(
     cache: Option<&BuildCache>,
     root: &Path,
     options: &ClientOptions,

@@ -129,29 +129,29 @@ fn inputs_of(files: &[PathBuf]) -> Vec<Input> {
 
 /// Little-endian, length-prefixed encoding of entries and their payloads.
 #[derive(Default)]
-pub(crate) struct Writer(pub(crate) Vec<u8>);
+pub struct Writer(pub Vec<u8>);
 
 impl Writer {
-    pub(crate) fn u8(&mut self, v: u8) {
+    pub fn u8(&mut self, v: u8) {
         self.0.push(v);
     }
-    pub(crate) fn u32(&mut self, v: u32) {
+    pub fn u32(&mut self, v: u32) {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
-    pub(crate) fn u128(&mut self, v: u128) {
+    pub fn u128(&mut self, v: u128) {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
-    pub(crate) fn bytes(&mut self, v: &[u8]) {
+    pub fn bytes(&mut self, v: &[u8]) {
         self.0.extend_from_slice(&(v.len() as u64).to_le_bytes());
         self.0.extend_from_slice(v);
     }
-    pub(crate) fn str(&mut self, v: &str) {
+    pub fn str(&mut self, v: &str) {
         self.bytes(v.as_bytes());
     }
-    pub(crate) fn path(&mut self, p: &Path) {
+    pub fn path(&mut self, p: &Path) {
         self.bytes(p.as_os_str().as_encoded_bytes());
     }
-    pub(crate) fn opt(&mut self, v: Option<u128>) {
+    pub fn opt(&mut self, v: Option<u128>) {
         match v {
             None => self.u8(0),
             Some(h) => {
@@ -163,7 +163,7 @@ impl Writer {
 }
 
 /// Reads what [`Writer`] wrote; `None` on anything malformed.
-pub(crate) struct Reader<'a>(pub(crate) &'a [u8]);
+pub struct Reader<'a>(pub &'a [u8]);
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Option<&'a [u8]> {
@@ -174,35 +174,35 @@ impl<'a> Reader<'a> {
         self.0 = b;
         Some(a)
     }
-    pub(crate) fn u8(&mut self) -> Option<u8> {
+    pub fn u8(&mut self) -> Option<u8> {
         Some(self.take(1)?[0])
     }
-    pub(crate) fn u32(&mut self) -> Option<u32> {
+    pub fn u32(&mut self) -> Option<u32> {
         Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
     }
-    pub(crate) fn u128(&mut self) -> Option<u128> {
+    pub fn u128(&mut self) -> Option<u128> {
         Some(u128::from_le_bytes(self.take(16)?.try_into().ok()?))
     }
-    pub(crate) fn bytes(&mut self) -> Option<&'a [u8]> {
+    pub fn bytes(&mut self) -> Option<&'a [u8]> {
         let n = u64::from_le_bytes(self.take(8)?.try_into().ok()?);
         self.take(usize::try_from(n).ok()?)
     }
-    pub(crate) fn str(&mut self) -> Option<&'a str> {
+    pub fn str(&mut self) -> Option<&'a str> {
         std::str::from_utf8(self.bytes()?).ok()
     }
-    pub(crate) fn path(&mut self) -> Option<PathBuf> {
+    pub fn path(&mut self) -> Option<PathBuf> {
         let b = self.bytes()?;
         // Written from an `OsStr` by this program on this platform.
         Some(PathBuf::from(std::str::from_utf8(b).ok()?))
     }
-    pub(crate) fn opt(&mut self) -> Option<Option<u128>> {
+    pub fn opt(&mut self) -> Option<Option<u128>> {
         match self.u8()? {
             0 => Some(None),
             1 => Some(Some(self.u128()?)),
             _ => None,
         }
     }
-    pub(crate) fn done(&self) -> bool {
+    pub fn done(&self) -> bool {
         self.0.is_empty()
     }
 }
