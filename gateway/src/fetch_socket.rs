@@ -3,10 +3,12 @@
 //! as on PartyKit), then the socket lives on the gateway, not in a room. Its frames go to the
 //! hook's socket one at a time (bounded: a slow hook slows the client's reads), what the hook
 //! sends goes to the client, and the edge's limits apply as to room sockets: message size, rate,
-//! per-address sockets, pings for a client that went silent.
+//! per-address sockets, and the gateway's liveness sweep pings a client that went silent.
 
 use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -17,6 +19,7 @@ use hyper_util::rt::TokioIo;
 use partyline::client_text;
 use partyline::room_socket::{RoomSocket, SocketEvent, SocketPeer};
 use partyline::runtime::link::{close_code, close_reason};
+use partyline::sync::Lock;
 use partyline::{Message, PartyFactory, Request};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
@@ -26,7 +29,9 @@ use tracing::Instrument;
 
 use crate::clients::{Bucket, ClientSlot};
 use crate::edge::{self, AxumResponse};
+use crate::liveness::Liveness;
 use crate::metrics::Metrics;
+use crate::send_queue::{Queued, SendQueue};
 use crate::socket::Ws;
 use crate::Inner;
 
@@ -92,22 +97,57 @@ pub(crate) async fn upgrade(
     edge::switching_protocols(&ws_key)
 }
 
-/// Carries frames between the client and the hook's socket until either side closes.
+/// A socket outside any room, as the liveness sweep and a shutdown see it: its queue carries
+/// only their pings and close frames (what the hook sends is written by the pump directly).
+pub(crate) struct Lone {
+    pub(crate) queue: SendQueue,
+    pub(crate) live: Liveness,
+}
+
+/// Takes a socket out of the gateway's table of sockets outside rooms when its pump ends.
+struct Registered<'a> {
+    gw: &'a Inner,
+    id: u64,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.gw.lone_sockets.locked().remove(&self.id);
+    }
+}
+
+/// What the sweep or a shutdown queued for the socket, or `None` once it is cut off.
+async fn control(queue: &SendQueue) -> Option<Queued> {
+    std::future::poll_fn(|cx| {
+        queue.register(cx);
+        if queue.cut().is_some() {
+            return Poll::Ready(None);
+        }
+        match queue.pop() {
+            Some(item) => Poll::Ready(Some(item)),
+            None => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// Carries frames between the client and the hook's socket until either side closes. The
+/// client's liveness is the gateway's sweep's (see `liveness`): the reader marks every frame
+/// heard; the sweep's ping and close frames come through the socket's control queue.
 async fn pump(gw: &Inner, ws: Ws, mut peer: SocketPeer, slot: Option<ClientSlot>) {
     let edge = &gw.edge;
     let (mut sink, mut stream) = ws.split();
     let rate = edge.max_messages_per_second;
     let mut bucket = Bucket::full(edge.message_burst);
-    let mut heard = tokio::time::Instant::now();
-    let mut pinged = false;
-    let ping_every = edge.ping_interval.unwrap_or(Duration::from_secs(86_400));
+    let queue = SendQueue::new(0, 0);
+    let id = gw.next_sid.fetch_add(1, Ordering::Relaxed);
+    gw.lone_sockets.locked().insert(id, Lone { queue: queue.clone(), live: Liveness::new() });
+    let registered = Registered { gw, id };
     // The close the client sees, when this side ends the socket.
     let close: Option<(u16, String)> = loop {
-        let check = if pinged { heard + ping_every + edge.pong_timeout } else { heard + ping_every };
         tokio::select! {
             frame = stream.next() => {
-                heard = tokio::time::Instant::now();
-                pinged = false;
+                queue.heard();
                 let msg = match frame {
                     Some(Ok(tungstenite::Message::Text(t))) => Message::from(t.as_str()),
                     Some(Ok(tungstenite::Message::Binary(b))) => Message::Binary(b),
@@ -153,29 +193,47 @@ async fn pump(gw: &Inner, ws: Ws, mut peer: SocketPeer, slot: Option<ClientSlot>
                 // The hook's code is gone (it failed): the client hears an internal error.
                 None => break Some((close_code::INTERNAL_ERROR, client_text::INTERNAL_ERROR.to_string())),
             },
-            _ = tokio::time::sleep_until(check), if edge.ping_interval.is_some() => {
-                if pinged {
-                    Metrics::inc(&gw.metrics.ping_timeouts);
-                    let _ = peer.events.send(SocketEvent::Close { code: 1006, reason: String::new() }).await;
-                    break Some((close_code::GOING_AWAY, client_text::NO_PONG.to_string()));
+            queued = control(&queue) => match queued {
+                Some(Queued::Ping) => {
+                    if sink.send(tungstenite::Message::Ping(Bytes::new())).await.is_err() {
+                        let _ = peer.events.send(SocketEvent::Close { code: 1006, reason: String::new() }).await;
+                        break None;
+                    }
                 }
-                if sink.send(tungstenite::Message::Ping(Bytes::new())).await.is_err() {
+                // The sweep (no pong) or a shutdown closes the socket: as far as the hook can
+                // tell, the client went away without a close of its own.
+                Some(Queued::Close(code, reason)) => {
+                    let _ = peer.events.send(SocketEvent::Close { code: 1006, reason: String::new() }).await;
+                    break Some((code, reason));
+                }
+                // Nothing else is queued here.
+                Some(Queued::Msg(_)) => {}
+                None => {
                     let _ = peer.events.send(SocketEvent::Close { code: 1006, reason: String::new() }).await;
                     break None;
                 }
-                pinged = true;
-            }
+            },
         }
     };
     if let Some((code, reason)) = close {
         let frame = CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from(close_reason(&reason)) };
         if sink.send(tungstenite::Message::Close(Some(frame))).await.is_ok() {
-            // The client's close frame, or the grace runs out.
-            let _ = tokio::time::timeout(CLOSE_GRACE, async { while let Some(Ok(_)) = stream.next().await {} }).await;
+            // The client's close frame, or the grace runs out, or the sweep cuts off a client
+            // that went silent (a second after its close frame).
+            let answered = async { while let Some(Ok(_)) = stream.next().await {} };
+            let cut = async { while control(&queue).await.is_some() {} };
+            let _ = tokio::time::timeout(CLOSE_GRACE, async {
+                tokio::select! {
+                    _ = answered => {}
+                    _ = cut => {}
+                }
+            })
+            .await;
         }
     } else {
         // The client closed: tungstenite queued the reply; send it.
         let _ = sink.flush().await;
     }
+    drop(registered);
     drop(slot);
 }

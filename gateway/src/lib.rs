@@ -94,6 +94,9 @@ pub(crate) struct Inner {
     /// The table of links (see `links` for its lock order).
     pub(crate) links: Arc<Mutex<HashMap<RoomKey, Arc<LinkState>>>>,
     pub(crate) next_sid: AtomicU64,
+    /// Sockets outside any room (`on_socket`), by an id from `next_sid`: for the liveness sweep
+    /// and for closing every socket at shutdown.
+    pub(crate) lone_sockets: Mutex<HashMap<u64, fetch_socket::Lone>>,
     /// Client WebSockets attached now (counted against `max_connections`).
     pub(crate) open_sockets: AtomicUsize,
     pub(crate) metrics: Arc<metrics::Metrics>,
@@ -129,6 +132,7 @@ impl Gateway {
                 tls: cfg.tls,
                 links: Arc::new(Mutex::new(HashMap::new())),
                 next_sid: AtomicU64::new(1),
+                lone_sockets: Mutex::default(),
                 open_sockets: AtomicUsize::new(0),
                 metrics,
                 health: admin::Health::default(),

@@ -149,6 +149,9 @@ impl Inner {
                 s.queue.close(code, reason.to_string());
             }
         }
+        for s in self.lone_sockets.locked().values() {
+            s.queue.close(code, reason.to_string());
+        }
     }
 }
 

@@ -1,4 +1,5 @@
-//! Liveness of client WebSockets: one sweep per gateway instead of a timer per socket.
+//! Liveness of client WebSockets, room sockets and `on_socket` ones alike: one sweep per
+//! gateway instead of a timer per socket.
 //!
 //! A socket's reader only marks that it heard from the client (a flag in its send queue, set on
 //! every frame and pong); it keeps no timer. A task per gateway walks every socket a few times
@@ -12,9 +13,11 @@ use std::time::Duration;
 
 use partyline::client_text;
 use partyline::runtime::link::close_code;
+use partyline::sync::Lock;
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
+use crate::send_queue::SendQueue;
 use crate::Inner;
 
 /// How long a socket closed for silence has to put its close frame on the wire before it is
@@ -58,31 +61,45 @@ pub(crate) async fn sweep(gw: Weak<Inner>) {
 }
 
 fn sweep_once(gw: &Arc<Inner>, ping_interval: Duration, pong_timeout: Duration, now: Instant) {
-    gw.each_socket(|s| {
-        let live = &mut s.live;
-        if s.queue.take_heard() {
-            *live = Liveness { heard: now, pinged: None, closed: None };
-            return;
+    let timing = Timing { ping_interval, pong_timeout, now };
+    gw.each_socket(|s| check(gw, &s.queue, &mut s.live, &timing));
+    for s in gw.lone_sockets.locked().values_mut() {
+        check(gw, &s.queue, &mut s.live, &timing);
+    }
+}
+
+struct Timing {
+    ping_interval: Duration,
+    pong_timeout: Duration,
+    now: Instant,
+}
+
+/// One socket: pinged when silent for the ping interval, closed when silent for the pong
+/// timeout after that, cut off a second after its close frame.
+fn check(gw: &Inner, queue: &SendQueue, live: &mut Liveness, t: &Timing) {
+    let now = t.now;
+    if queue.take_heard() {
+        *live = Liveness { heard: now, pinged: None, closed: None };
+        return;
+    }
+    if let Some(at) = live.closed {
+        if now.duration_since(at) >= CLOSE_WAIT {
+            queue.cut_off_silent();
         }
-        if let Some(at) = live.closed {
-            if now.duration_since(at) >= CLOSE_WAIT {
-                s.queue.cut_off_silent();
-            }
-            return;
+        return;
+    }
+    match live.pinged {
+        None if now.duration_since(live.heard) >= t.ping_interval => {
+            queue.ping();
+            live.pinged = Some(now);
         }
-        match live.pinged {
-            None if now.duration_since(live.heard) >= ping_interval => {
-                s.queue.ping();
-                live.pinged = Some(now);
-            }
-            Some(at) if now.duration_since(at) >= pong_timeout => {
-                Metrics::inc(&gw.metrics.ping_timeouts);
-                s.queue.close(close_code::GOING_AWAY, client_text::NO_PONG.into());
-                live.closed = Some(now);
-            }
-            _ => {}
+        Some(at) if now.duration_since(at) >= t.pong_timeout => {
+            Metrics::inc(&gw.metrics.ping_timeouts);
+            queue.close(close_code::GOING_AWAY, client_text::NO_PONG.into());
+            live.closed = Some(now);
         }
-    });
+        _ => {}
+    }
 }
 
 #[cfg(test)]

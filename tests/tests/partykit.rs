@@ -8,12 +8,15 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use partyline::client_text;
 use partyline::{Env, Limits, PartyRegistry};
+use partyline_gateway::EdgeLimits;
 use partyline_js::{JsSettings, Project};
 use partyline_server::dev::DevConfig;
 use partyline_test_macros::timed_test;
 use partyline_tests::cluster::TestCluster;
-use partyline_tests::{repo_root, within, DevServer};
+use partyline_tests::{close_payload, http, raw_upgrade, read_server_frame, repo_root, within, Client, DevServer};
+use tokio::io::AsyncReadExt;
 
 fn example() -> PathBuf {
     repo_root().join("examples/partykit")
@@ -243,13 +246,21 @@ fn dev_args() -> partyline_server::project::ProjectArgs {
 async fn dev_project(
     config: PathBuf,
 ) -> (SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    dev_project_with(config, DevConfig::default()).await
+}
+
+/// [`dev_project`] with `dev`'s settings.
+async fn dev_project_with(
+    config: PathBuf,
+    dev: DevConfig,
+) -> (SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<anyhow::Result<()>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(partyline_server::project::run_dev(
         config,
         dev_args(),
-        DevConfig::default(),
+        dev,
         Default::default(),
         PartyRegistry::new(),
         listener,
@@ -333,6 +344,52 @@ async fn on_socket_and_on_cron_run_outside_any_room() {
     let (addr, stop, server) = dev_project(dir.join("partykit.json")).await;
     run_node(&dir, &["check.mjs", &addr.to_string(), "--scheduled"]).await;
     let _ = stop.send(());
+    within(30, "the server to stop", server).await.unwrap().unwrap();
+}
+
+/// A client of `onSocket` is watched by the gateway's liveness sweep, as a room's client is: one
+/// that never answers gets a ping, then a close (1001), then is dropped, and the hook's socket
+/// hears it went away (1006); one that answers pings stays, until a shutdown closes it (1001).
+#[timed_test]
+async fn on_socket_clients_that_stop_answering_pings_are_dropped() {
+    let dir = fixtures().join("edge-hooks");
+    let edge = EdgeLimits {
+        ping_interval: Some(Duration::from_millis(300)),
+        pong_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let (addr, stop, server) =
+        dev_project_with(dir.join("partykit.json"), DevConfig { edge, ..Default::default() }).await;
+    let (mut raw, head) = raw_upgrade(addr, "/socket?name=silent", "").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let (_, opcode, payload) = read_server_frame(&mut raw).await;
+    assert_eq!((opcode, String::from_utf8_lossy(&payload).into_owned()), (0x1, "hello silent".to_string()));
+    let (_, opcode, _) = read_server_frame(&mut raw).await;
+    assert_eq!(opcode, 0x9, "a ping");
+    let (_, opcode, payload) = read_server_frame(&mut raw).await;
+    assert_eq!(opcode, 0x8, "then a close frame");
+    assert_eq!(close_payload(&payload), (1001, client_text::NO_PONG.into()));
+    let mut buf = [0u8; 1024];
+    within(5, "the silent socket to be dropped", async { while let Ok(1..) = raw.read(&mut buf).await {} }).await;
+    within(10, "the hook to hear the close", async {
+        loop {
+            let closes = http(addr, "GET", "/parties/main/closes", &[], b"").await.text();
+            if closes.contains(r#"{"name":"silent","code":1006"#) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    // A client that answers pings (as browsers do) stays.
+    let mut alive = Client::connect(&format!("ws://{addr}/socket?name=alive")).await.expect("the upgrade");
+    assert_eq!(alive.recv_text().await, "hello alive");
+    assert_eq!(alive.recv_within(Duration::from_secs(2)).await, None, "nothing but pings for 2 s");
+    alive.send_text("still here").await;
+    assert_eq!(alive.recv_text().await, "echo still here");
+    // A shutdown closes it with 1001, as it closes the sockets of rooms.
+    let _ = stop.send(());
+    assert_eq!(alive.expect_close().await, (1001, client_text::SHUTTING_DOWN.into()));
     within(30, "the server to stop", server).await.unwrap().unwrap();
 }
 
