@@ -29,9 +29,10 @@
 # with the goals: dev >= 3x partykit, cluster >= 2x partykit, and each against the previous release.
 #
 # The fan-out saturation sweep (issue 19): one room, 100 clients, 10 senders at fixed rates, the
-# offered deliveries per second rising (SWEEP_OFFERED, default 2 M to 6 M), against the baseline,
-# dev and cluster-1gw; the goal: at the baseline's saturation point (its most deliveries/s), the
-# cluster delivers >= 90 % of the baseline with p99 <= 2x the baseline's.
+# offered deliveries per second rising (SWEEP_OFFERED, default 3 M to 7 M), against the baseline,
+# dev and cluster-1gw, pinned as the echo comparison (server processes on core 0, the tester on
+# core 1); the goal: at the baseline's saturation point (its most deliveries/s), the cluster
+# delivers >= 90 % of the baseline with p99 <= 2x the baseline's.
 #
 # Everything runs on 127.0.0.1, on ports this script picks (21000-31999), and is stopped when
 # it ends (also on Ctrl-C). Results: DIR/results.json, DIR/results.md, one JSON per tester run
@@ -547,11 +548,19 @@ build_previous() {
   log "previous release: $ref (${sha:0:10})"
 }
 
-# start_echo_target NAME: like start_target, every server process pinned to $SERVER_CORE.
-start_echo_target() {
+# start_pinned_target NAME: like start_target, every server process pinned to $SERVER_CORE
+# (the echo comparison and the fan-out sweep; cluster-1gw is the same as cluster).
+start_pinned_target() {
   local name="$1" p np rp gp bin cluster_sh
   URLS=(); PIDS=(); GATEWAY_PORTS=()
   case "$name" in
+    baseline)
+      p="$(pick_port)"
+      taskset -c "$SERVER_CORE" "$BASELINE" --port "$p" >"$OUT/logs/baseline.log" 2>&1 &
+      CHILD_PIDS+=($!); PIDS=($!)
+      wait_http "$p" $! baseline
+      URLS=("ws://127.0.0.1:$p")
+      ;;
     partykit)
       p="$(pick_port)"
       (cd "$ROOT/bench/partykit/echo" && exec taskset -c "$SERVER_CORE" "$PARTYKIT" dev --port "$p") \
@@ -574,7 +583,7 @@ start_echo_target() {
       wait_http "$p" $! "$name"
       URLS=("ws://127.0.0.1:$p")
       ;;
-    cluster | previous-cluster)
+    cluster | cluster-1gw | previous-cluster)
       bin="$BIN"; cluster_sh="$ROOT/scripts/cluster.sh"
       [ "$name" = previous-cluster ] && { bin="$PREV_BIN"; cluster_sh="$PREV_CLUSTER"; }
       np="$(pick_port)"; rp="$(pick_port)"; gp="$(pick_port)"
@@ -606,7 +615,7 @@ if [ "$ECHO" = 1 ] && [ "$SUMMARIZE" = 0 ]; then
   for run in $(seq 1 "$RUNS"); do
     for target in $ECHO_TARGETS; do
       log "== echo comparison: $target, run $run of $RUNS (load average: $(cut -d' ' -f1-3 /proc/loadavg))"
-      if start_echo_target "$target"; then
+      if start_pinned_target "$target"; then
         sleep 1
         TESTER_PIN=(taskset -c "$TESTER_CORE")
         tester "$target" echo50 "$run" echo "${ECHO_ARGS[@]}"
@@ -657,23 +666,28 @@ fi
 
 # ---- the fan-out saturation sweep: one room, 100 clients, 10 senders, offered rates rising
 
+SWEEP_TARGETS="${SWEEP_TARGETS:-baseline dev cluster-1gw}"
+# Offered deliveries per second (senders x rate x 100 recipients).
+SWEEP_OFFERED="${SWEEP_OFFERED:-3000000 4000000 5000000 6000000 7000000}"
 if [ "$FANOUT" = 1 ] && [ "$SUMMARIZE" = 0 ]; then
-  SWEEP_TARGETS="baseline dev cluster-1gw"
-  # Offered deliveries per second (senders x rate x 100 recipients).
-  SWEEP_OFFERED="${SWEEP_OFFERED:-2000000 3000000 4000000 5000000 6000000}"
   for run in $(seq 1 "$RUNS"); do
     for target in $SWEEP_TARGETS; do
       log "== fan-out sweep: $target, run $run of $RUNS (load average: $(cut -d' ' -f1-3 /proc/loadavg))"
-      start_target "$target"
+      start_pinned_target "$target"
       sleep 1
+      TESTER_PIN=(taskset -c "$TESTER_CORE")
       for offered in $SWEEP_OFFERED; do
         rate="$(python3 -c "print($offered / (10 * $CLIENTS))")"
         tester "$target" "sweep$offered" "$run" fanout --clients "$CLIENTS" --rooms 1 --senders 10 --size "$SIZE" \
           --rate "$rate" --warmup "$WARMUP" --duration "$DURATION" --drain 10s
       done
+      TESTER_PIN=()
       stop_target
     done
   done
+fi
+# The sweep's summary (also with --summarize DIR, when DIR holds sweep runs).
+if [ "$FANOUT" = 1 ] && compgen -G "$OUT/runs/*.sweep*.json" >/dev/null; then
   python3 - "$OUT" "$RUNS" "$SWEEP_OFFERED" <<'PY'
 import glob, json, statistics, sys
 out, runs, offered = sys.argv[1], sys.argv[2], [int(x) for x in sys.argv[3].split()]
@@ -687,20 +701,32 @@ def fig(t, o):
     if not rs:
         return None
     m = [r["messages"] for r in rs]
+    # Server CPU (every process of the target) per delivery, in ns.
+    ns = [sum(s.get("cpu_pct") or 0 for s in r["servers"]) / 100 / r["messages"]["delivered_per_s"] * 1e9
+          for r in rs if r["messages"]["delivered_per_s"] and r.get("servers")]
     return {"delivered": statistics.median(x["delivered_per_s"] for x in m),
             "p99": statistics.median(x["latency_ms"]["p99"] for x in m),
-            "lost": sum(x["lost"] for x in m)}
+            "lost": sum(x["lost"] for x in m),
+            "server_ns": statistics.median(ns) if ns else None,
+            "tester_cpu": statistics.median(r["tester_cpu_pct"] for r in rs if r.get("tester_cpu_pct") is not None)
+            if any(r.get("tester_cpu_pct") is not None for r in rs) else None}
 targets = ["baseline", "dev", "cluster-1gw"]
 rows = {t: {o: fig(t, o) for o in offered} for t in targets}
-lines = [f"Fan-out sweep: one room, 100 clients, 10 senders at a fixed rate, 64-byte messages; median of {runs} run(s).", "",
-         "| offered deliveries/s | " + " | ".join(f"{t}: delivered/s, p99" for t in targets) + " |",
-         "|---|" + "---|" * len(targets)]
-for o in offered:
-    cells = []
-    for t in targets:
-        f = rows[t][o]
-        cells.append("-" if not f else f"{f['delivered']:,.0f}, {f['p99']:.1f} ms" + (f" (lost {f['lost']})" if f["lost"] else ""))
-    lines.append(f"| {o:,} | " + " | ".join(cells) + " |")
+def table(head, cell):
+    out = ["| offered deliveries/s | " + " | ".join(f"{t}: {head}" for t in targets) + " |", "|---|" + "---|" * len(targets)]
+    for o in offered:
+        out.append(f"| {o:,} | " + " | ".join("-" if not rows[t][o] else cell(rows[t][o]) for t in targets) + " |")
+    return out
+def delivered(f):
+    return f"{f['delivered']:,.0f}, {f['p99']:.1f} ms" + (f" (lost {f['lost']})" if f["lost"] else "")
+def cpu(f):
+    if f["server_ns"] is None:
+        return "-"
+    return f"{f['server_ns']:.0f} ns" + (f", {f['tester_cpu']:.0f} %" if f["tester_cpu"] is not None else "")
+lines = [f"Fan-out sweep: one room, 100 clients, 10 senders at a fixed rate, 64-byte messages; median of {runs} run(s).", ""]
+lines += table("delivered/s, p99", delivered)
+lines += ["", "Server CPU per delivery (every process of the target, ns; median) and the load tester's CPU (% of its core):", ""]
+lines += table("server ns/delivery, tester CPU", cpu)
 base = {o: f for o, f in rows["baseline"].items() if f}
 goals = []
 if base:

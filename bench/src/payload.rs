@@ -85,18 +85,29 @@ fn push_hex(s: &mut String, v: u64) {
     }
 }
 
+/// Hex digit values by byte; 0xff for a byte that is not a hex digit.
+const HEX: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 16 {
+        t[b"0123456789abcdef"[i] as usize] = i as u8;
+        t[b"0123456789ABCDEF"[i] as usize] = i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// Parses hex digits (run for every frame the tester receives: one table load per digit, and
+/// one check at the end).
 fn parse_hex(b: &[u8]) -> Option<u64> {
     let mut v = 0u64;
+    let mut bad = 0u8;
     for &c in b {
-        let d = match c {
-            b'0'..=b'9' => c - b'0',
-            b'a'..=b'f' => c - b'a' + 10,
-            b'A'..=b'F' => c - b'A' + 10,
-            _ => return None,
-        };
-        v = (v << 4) | u64::from(d);
+        let d = HEX[c as usize];
+        bad |= d;
+        v = (v << 4) | u64::from(d & 0xf);
     }
-    Some(v)
+    (bad & 0xf0 == 0).then_some(v)
 }
 
 #[cfg(test)]
@@ -124,6 +135,16 @@ mod tests {
             assert_eq!(b.len(), size.max(BINARY_MIN));
             assert_eq!(decode_binary(&b), Some(S));
         }
+    }
+
+    #[test]
+    fn every_byte_is_a_hex_digit_or_refused() {
+        for c in 0..=255u8 {
+            let want = (c as char).to_digit(16).map(u64::from);
+            assert_eq!(parse_hex(&[b'0', c]), want, "byte {c:#04x}");
+        }
+        assert_eq!(parse_hex(b"00000000DEADbeef"), Some(0xdead_beef));
+        assert_eq!(parse_hex(b"ffffffffffffffff"), Some(u64::MAX));
     }
 
     #[test]

@@ -100,21 +100,36 @@ impl PairTrack {
     }
 }
 
-/// Everything one receiver saw, by sender.
+/// Senders below this index are tracked in a vector (senders are the tester's client indices,
+/// so all of them in practice); any other in a map.
+const DENSE_SENDERS: u64 = 1 << 16;
+
+/// Everything one receiver saw, by sender. Looked up for every frame received, so the usual
+/// senders (small indices) are found by indexing, not hashing.
 #[derive(Debug, Default)]
 pub struct ReceiverTrack {
-    pairs: HashMap<u64, PairTrack>,
+    dense: Vec<PairTrack>,
+    sparse: HashMap<u64, PairTrack>,
 }
 
 impl ReceiverTrack {
     /// Records a frame from `sender`.
     pub fn observe(&mut self, sender: u64, seq: u64, measured: bool) -> Arrival {
-        self.pairs.entry(sender).or_default().observe(seq, measured)
+        let pair = if sender < DENSE_SENDERS {
+            let i = sender as usize;
+            if i >= self.dense.len() {
+                self.dense.resize_with(i + 1, PairTrack::default);
+            }
+            &mut self.dense[i]
+        } else {
+            self.sparse.entry(sender).or_default()
+        };
+        pair.observe(seq, measured)
     }
 
     /// Adds this receiver's counts into `totals`.
     pub fn add_to(&self, totals: &mut Totals) {
-        for p in self.pairs.values() {
+        for p in self.dense.iter().chain(self.sparse.values()) {
             totals.delivered += p.measured_unique;
             totals.duplicates += p.seq.duplicates;
             totals.out_of_order += p.seq.out_of_order;
