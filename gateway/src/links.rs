@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use partyline::client_text;
 use partyline::runtime::link::{close_code, FromRoom, SocketId, ToRoom};
 use partyline::sync::Lock;
@@ -25,7 +25,7 @@ use tokio::sync::{oneshot, RwLock};
 use crate::liveness::Liveness;
 use crate::metrics::Metrics;
 use crate::router::{RoomLink, RouteError};
-use crate::send_queue::SendQueue;
+use crate::send_queue::{ws_message, SendQueue, WsMessage};
 use crate::{ConnRecord, Inner};
 
 /// What a room decided about a connection attempt.
@@ -308,80 +308,141 @@ impl LinkState {
     }
 }
 
+/// Most room messages the link's reader takes in one go (those already arrived), so that a
+/// run of broadcasts is queued for each client under one lock, with one wake-up.
+const LINK_BATCH: usize = 64;
+
 /// Applies a room's messages to this gateway's sockets until the room closes the link (or moves).
 async fn read_link(link: Weak<LinkState>, mut events: BoxStream<'static, FromRoom>, metrics: Arc<Metrics>) {
     let mut moving: Option<oneshot::Sender<u32>> = None;
-    while let Some(msg) = events.next().await {
-        let Some(link) = link.upgrade() else { return };
-        match msg {
-            FromRoom::Pause => {
-                let (tx, rx) = oneshot::channel();
-                moving = Some(tx);
-                tokio::spawn(link.move_to_next_owner(rx));
-                continue;
-            }
-            FromRoom::Moved { links: handed_over } => {
-                if let Some(tx) = moving.take() {
-                    let _ = tx.send(handed_over);
+    let mut batch: Vec<FromRoom> = Vec::new();
+    let mut run: Vec<(WsMessage, Vec<SocketId>)> = Vec::new();
+    let mut ended = false;
+    while !ended {
+        let Some(first) = events.next().await else { return };
+        batch.push(first);
+        while batch.len() < LINK_BATCH {
+            match events.next().now_or_never() {
+                Some(Some(msg)) => batch.push(msg),
+                Some(None) => {
+                    ended = true;
+                    break;
                 }
+                None => break,
+            }
+        }
+        let Some(link) = link.upgrade() else { return };
+        for msg in batch.drain(..) {
+            let msg = match msg {
+                FromRoom::Broadcast { msg, except } => {
+                    run.push((ws_message(msg), except));
+                    continue;
+                }
+                other => other,
+            };
+            // Whatever follows a run of broadcasts sees them queued first.
+            fan_out(&link, &mut run, &metrics);
+            if apply(&link, msg, &mut moving, &metrics) == Reader::Done {
                 return;
             }
-            FromRoom::Gone { code, reason } => {
-                link.gone(code, &reason);
-                continue;
-            }
-            _ => {}
         }
-        let mut sockets = link.sockets.locked();
-        match msg {
-            FromRoom::Joined { sid } => {
-                if let Some(s) = sockets.get_mut(&sid) {
-                    s.joined = true;
-                }
-            }
-            FromRoom::Accepted { sid, tags } => {
-                if let Some(s) = sockets.get_mut(&sid) {
-                    s.tags = tags;
-                    if let Some(tx) = s.admission.take() {
-                        let _ = tx.send(Admission::Accepted);
-                    }
-                }
-            }
-            FromRoom::Refused { sid, status, reason } => {
-                admit(&mut sockets, sid, Admission::Refused { status, reason })
-            }
-            FromRoom::Failed { sid, reason } => admit(&mut sockets, sid, Admission::Failed { reason }),
-            FromRoom::Send { sid, msg } => {
-                Metrics::inc(&metrics.room_sends);
-                if let Some(s) = sockets.get(&sid) {
-                    s.queue.push(msg);
-                }
-            }
-            FromRoom::Broadcast { msg, except } => {
-                Metrics::inc(&metrics.room_broadcasts);
-                let mut fanout = 0;
-                for (sid, s) in sockets.iter() {
-                    if s.joined && !except.contains(sid) {
-                        s.queue.push(msg.clone());
-                        fanout += 1;
-                    }
-                }
-                metrics.broadcast_fanout.observe(fanout as u64);
-            }
-            FromRoom::Close { sid, code, reason } => {
-                if let Some(s) = sockets.get_mut(&sid) {
-                    s.joined = false;
-                    s.queue.close(code, reason);
-                }
-            }
-            FromRoom::State { sid, state } => {
-                if let Some(s) = sockets.get_mut(&sid) {
-                    s.state = state;
-                }
-            }
-            FromRoom::Pause | FromRoom::Moved { .. } | FromRoom::Gone { .. } => unreachable!("handled above"),
+        fan_out(&link, &mut run, &metrics);
+    }
+}
+
+/// Queues a run of broadcasts (emptying it) for every joined socket not excluded from each:
+/// one lock and one wake-up per socket for the whole run.
+fn fan_out(link: &LinkState, run: &mut Vec<(WsMessage, Vec<SocketId>)>, metrics: &Metrics) {
+    if run.is_empty() {
+        return;
+    }
+    let mut fanout = vec![0u64; run.len()];
+    {
+        let sockets = link.sockets.locked();
+        for (sid, s) in sockets.iter().filter(|(_, s)| s.joined) {
+            let mine = run.iter().zip(fanout.iter_mut()).filter(|((_, except), _)| !except.contains(sid)).map(
+                |((msg, _), n)| {
+                    *n += 1;
+                    msg.clone()
+                },
+            );
+            s.queue.push_many(mine);
         }
     }
+    for n in fanout {
+        Metrics::inc(&metrics.room_broadcasts);
+        metrics.broadcast_fanout.observe(n);
+    }
+    run.clear();
+}
+
+/// Whether the link's reader goes on after a message.
+#[derive(PartialEq, Eq)]
+enum Reader {
+    GoesOn,
+    Done,
+}
+
+/// Applies one room message other than a broadcast.
+fn apply(link: &Arc<LinkState>, msg: FromRoom, moving: &mut Option<oneshot::Sender<u32>>, metrics: &Metrics) -> Reader {
+    match msg {
+        FromRoom::Pause => {
+            let (tx, rx) = oneshot::channel();
+            *moving = Some(tx);
+            tokio::spawn(link.clone().move_to_next_owner(rx));
+            return Reader::GoesOn;
+        }
+        FromRoom::Moved { links: handed_over } => {
+            if let Some(tx) = moving.take() {
+                let _ = tx.send(handed_over);
+            }
+            return Reader::Done;
+        }
+        FromRoom::Gone { code, reason } => {
+            link.gone(code, &reason);
+            return Reader::GoesOn;
+        }
+        _ => {}
+    }
+    let mut sockets = link.sockets.locked();
+    match msg {
+        FromRoom::Joined { sid } => {
+            if let Some(s) = sockets.get_mut(&sid) {
+                s.joined = true;
+            }
+        }
+        FromRoom::Accepted { sid, tags } => {
+            if let Some(s) = sockets.get_mut(&sid) {
+                s.tags = tags;
+                if let Some(tx) = s.admission.take() {
+                    let _ = tx.send(Admission::Accepted);
+                }
+            }
+        }
+        FromRoom::Refused { sid, status, reason } => admit(&mut sockets, sid, Admission::Refused { status, reason }),
+        FromRoom::Failed { sid, reason } => admit(&mut sockets, sid, Admission::Failed { reason }),
+        FromRoom::Send { sid, msg } => {
+            Metrics::inc(&metrics.room_sends);
+            if let Some(s) = sockets.get(&sid) {
+                s.queue.push(ws_message(msg));
+            }
+        }
+        FromRoom::Close { sid, code, reason } => {
+            if let Some(s) = sockets.get_mut(&sid) {
+                s.joined = false;
+                s.queue.close(code, reason);
+            }
+        }
+        FromRoom::State { sid, state } => {
+            if let Some(s) = sockets.get_mut(&sid) {
+                s.state = state;
+            }
+        }
+        FromRoom::Pause | FromRoom::Moved { .. } | FromRoom::Gone { .. } | FromRoom::Broadcast { .. } => {
+            unreachable!("handled above")
+        }
+    }
+    Reader::GoesOn
 }
 
 fn admit(sockets: &mut HashMap<SocketId, SocketEntry>, sid: SocketId, admission: Admission) {

@@ -10,6 +10,7 @@
 //! task: an idle socket then costs one small task (its state is the [`Socket`] value, with no
 //! per-await futures inside) and no timer, which is most of what the gateway holds per client.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -35,7 +36,7 @@ use crate::limits::EdgeLimits;
 use crate::links::LinkState;
 use crate::metrics::Metrics;
 use crate::router::RouteError;
-use crate::send_queue::{CutOff, Queued, SendQueue};
+use crate::send_queue::{CutOff, Queued, SendQueue, Written};
 use crate::Inner;
 
 /// How long a closing socket waits for the client's close frame before dropping the TCP
@@ -117,6 +118,10 @@ struct Socket<'a> {
     /// A frame for the room waiting for space in the link (the queue was full, or the link is
     /// being opened or moved): reading stops until it is taken.
     sending: Option<futures::future::BoxFuture<'static, Result<(), RouteError>>>,
+    /// Frames taken from the send queue and not yet given to tungstenite, and the messages
+    /// given to it since the queue was last told (see [`SendQueue::refill`]).
+    taken: VecDeque<Queued>,
+    written: Written,
     /// Messages given to tungstenite since the last flush, and their bytes (for the metrics).
     batch_frames: u64,
     batch_bytes: usize,
@@ -143,6 +148,8 @@ impl<'a> Socket<'a> {
             ws,
             bucket: Bucket::full(gw.edge.message_burst),
             sending: None,
+            taken: VecDeque::new(),
+            written: Written::default(),
             batch_frames: 0,
             batch_bytes: 0,
             unflushed: false,
@@ -180,6 +187,9 @@ impl<'a> Socket<'a> {
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Ending> {
         loop {
             if self.flushing {
+                // What was handed to tungstenite is the client's now: it stops counting against
+                // the send queue's bounds (a no-op when reported already).
+                self.task.queue.wrote(&mut self.written);
                 match Pin::new(&mut self.ws).poll_flush(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Err(e)) => return Poll::Ready((End::Done, write_error(e))),
@@ -206,23 +216,29 @@ impl<'a> Socket<'a> {
                 Poll::Ready(Err(e)) => return Poll::Ready((End::Done, write_error(e))),
                 Poll::Ready(Ok(())) => {}
             }
-            let Some(out) = self.task.queue.pop() else {
-                if self.unflushed {
-                    self.flushing = true;
+            let out = match self.taken.pop_front() {
+                Some(out) => out,
+                None => {
+                    if self.taken.capacity() > 64 {
+                        // A burst is over: give its memory back.
+                        self.taken = VecDeque::new();
+                    }
+                    if !self.task.queue.refill(&mut self.taken, &mut self.written) {
+                        if self.unflushed {
+                            self.flushing = true;
+                            continue;
+                        }
+                        return Poll::Pending;
+                    }
                     continue;
                 }
-                return Poll::Pending;
             };
             let frame = match out {
                 Queued::Msg(msg) => {
                     self.batch_frames += 1;
                     self.batch_bytes += msg.len();
-                    match msg {
-                        Message::Text(t) => {
-                            tungstenite::Message::Text(Utf8Bytes::try_from(t.into_bytes()).unwrap_or_default())
-                        }
-                        Message::Binary(b) => tungstenite::Message::Binary(b),
-                    }
+                    self.written.add(msg.len());
+                    msg
                 }
                 Queued::Ping => tungstenite::Message::Ping(Bytes::new()),
                 Queued::Close(code, reason) => {
