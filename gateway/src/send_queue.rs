@@ -237,12 +237,22 @@ impl SendQueue {
         q.msgs -= written.msgs;
         q.bytes -= written.bytes;
         *written = Written::default();
+        if q.items.is_empty() {
+            // Nothing to take. One buffer per socket, not two (the queue's and the batch's, once
+            // it has seen two batches): the batch's goes back to the queue, for its next push,
+            // when the queue has none, and is freed otherwise. An idle socket keeps one.
+            let spare = std::mem::take(batch);
+            if q.items.capacity() == 0 {
+                q.items = spare;
+            }
+            return false;
+        }
         std::mem::swap(&mut q.items, batch);
         if q.items.capacity() > 64 {
             // A burst is over: give its memory back (the batch's buffer became the queue's).
             q.items = VecDeque::new();
         }
-        !batch.is_empty()
+        true
     }
 
     /// Messages taken by [`refill`](Self::refill) were handed to the socket: they no longer
@@ -387,6 +397,21 @@ mod tests {
         assert_eq!(written, Written::default());
         assert!(q.push_many([text("c"), text("d")]), "both written: the bound is free again");
         assert_eq!(q.cut(), None);
+    }
+
+    #[test]
+    fn a_socket_between_batches_keeps_one_buffer() {
+        let q = SendQueue::new(8, 1 << 20);
+        let (mut batch, mut written) = (VecDeque::new(), Written::default());
+        for round in 0..3 {
+            assert!(q.push(text("a")));
+            assert!(q.refill(&mut batch, &mut written));
+            batch.clear();
+            written.add(1);
+            assert!(!q.refill(&mut batch, &mut written), "round {round}: nothing more");
+            assert_eq!(batch.capacity(), 0, "round {round}: the batch gave its buffer up");
+            assert!(q.shared.frames.locked().items.capacity() > 0, "round {round}: the queue kept one");
+        }
     }
 
     #[test]
