@@ -346,8 +346,8 @@ async fn client(ctx: Arc<Ctx>, spec: Spec) -> Out {
                                 snd.in_flight = snd.in_flight.saturating_sub(1);
                                 if let Mode::Window(w) = snd.mode {
                                     if !snd.done && snd.plan.is_some() && snd.next_due.is_none() && snd.in_flight < w {
-                                        let n = w - snd.in_flight;
-                                        if let Err(e) = send(&ctx, &mut sink, &mut snd, &mut out, &mut pend, &mut writer, spec.room, me, n).await {
+                                        let room = w - snd.in_flight;
+                                        if let Err(e) = send(&ctx, &mut sink, &mut snd, &mut out, &mut pend, &mut writer, spec.room, me, room).await {
                                             ctx.errors.add(&ctx.live, ws_error_kind("write", &e));
                                             break 'run End::Lost;
                                         }

@@ -13,8 +13,8 @@
 //! queues a run of broadcasts for a client under one lock and wakes it once
 //! ([`SendQueue::push_many`]), and the socket's task takes everything queued in one swap
 //! ([`SendQueue::refill`]) and reports what it wrote once per write ([`SendQueue::wrote`]), so
-//! the bounds count exactly what the client has not been handed yet. A message's text is checked as UTF-8 once, when it becomes a
-//! [`WsMessage`], not once per client.
+//! the bounds count exactly what the client has not been handed yet. A message's text is
+//! checked as UTF-8 once, when it becomes a [`WsMessage`], not once per client.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -285,6 +285,12 @@ mod tests {
 
     struct Count(AtomicUsize);
 
+    /// A waker that counts its wake-ups.
+    fn counting_waker() -> (Arc<Count>, Waker) {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        (count.clone(), Waker::from(count))
+    }
+
     fn text(s: &str) -> WsMessage {
         ws_message(Message::Text(s.into()))
     }
@@ -298,8 +304,7 @@ mod tests {
     #[test]
     fn a_full_queue_cuts_the_client_off_and_wakes_its_task() {
         let q = SendQueue::new(2, 1 << 20);
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
+        let (count, waker) = counting_waker();
         q.register(&Context::from_waker(&waker));
         assert!(q.push(text("a")));
         q.register(&Context::from_waker(&waker));
@@ -347,8 +352,7 @@ mod tests {
     #[test]
     fn a_run_is_queued_in_order_with_one_wake_and_cut_off_where_it_overflows() {
         let q = SendQueue::new(3, 1 << 20);
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
+        let (count, waker) = counting_waker();
         q.register(&Context::from_waker(&waker));
         assert!(q.push_many([text("a"), text("b")]));
         assert_eq!(count.0.load(Ordering::SeqCst), 1, "one wake for the run");
