@@ -29,6 +29,9 @@ use crate::web::Response;
 /// Depth of a room's command queue; senders wait when it is full.
 const INBOX: usize = 1024;
 
+/// Commands the room takes from its queue one after the other without waiting on its timers.
+const TAKE_WITHOUT_WAITING: u32 = 32;
+
 /// Starts a room: its actor and its output pump. Returns the handle and the actor's task.
 pub fn spawn_room(cfg: RoomConfig) -> (RoomHandle, tokio::task::JoinHandle<RoomExit>) {
     let (tx, rx) = mpsc::channel(INBOX);
@@ -143,6 +146,15 @@ pub(super) struct Gathering {
     pub(super) adopted: HashSet<LinkId>,
 }
 
+/// Resolves at `at`, never when `None`. A future built for a branch of the wait that is turned
+/// off is never polled, and this one costs nothing until it is (no timer, no runtime handle).
+async fn sleep_at(at: Option<Instant>) {
+    match at {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Resolves when a party's background work is ready.
 async fn wait_wakeup(wakeup: Option<&crate::party::Wakeup>) {
     let Some(w) = wakeup else { return std::future::pending().await };
@@ -206,8 +218,16 @@ impl Actor {
     async fn serve(mut self) -> RoomExit {
         tracing::debug!("room started");
         let mut last_event = Instant::now();
+        // Something happened since `last_event` was read: it is read again before the next wait
+        // (once per wait, not once per command).
+        let mut active = false;
+        // One idle timer for the room's life, moved only when the idle deadline comes earlier;
+        // when it fires before the deadline (events came since it was set), it is set again.
+        let idle = sleep_until(last_event + self.idle_timeout());
+        tokio::pin!(idle);
         let mut progress = self.progress.clone();
         let mut stop = self.stop.clone();
+        let mut taken = 0;
         let exit = loop {
             // A shutdown takes effect between two commands, ahead of everything queued.
             let stopping = stop.borrow_and_update().clone();
@@ -224,70 +244,103 @@ impl Actor {
                     continue;
                 }
             }
-            let busy = self.moving.is_some() || self.gathering.is_some();
-            let alarm_at = if busy { None } else { self.alarm_deadline() };
-            let idle_at = last_event + self.idle_timeout();
-            let phase_at = self.moving.as_ref().map(|m| m.deadline).or(self.gathering.as_ref().map(|g| g.deadline));
-            let wakeup = self.party.as_ref().and_then(|p| p.wakeup());
-            let party_busy = wakeup.as_ref().is_some_and(|w| w.busy);
-            tokio::select! {
-                biased;
-                changed = progress.changed() => {
-                    if changed.is_err() || progress.borrow().failed.is_some() {
-                        let fenced = progress.borrow().fenced;
-                        break RoomExit::StorageFailed { fenced };
-                    }
-                    continue;
+            // A command already queued is taken without setting up the wait below (its timers,
+            // its watches): the biased wait would pick it too, its queue coming after a storage
+            // failure and a shutdown but before the timers and the party's wake-ups. Bounded, so
+            // that the timers are looked at now and then.
+            let queued = if taken < TAKE_WITHOUT_WAITING { self.queued_command(&stop, &progress) } else { None };
+            let received = match queued {
+                Some(cmd) => {
+                    taken += 1;
+                    tokio::task::coop::consume_budget().await;
+                    Some(cmd)
                 }
-                _ = stop.changed() => continue,
-                cmd = self.inbox.recv() => {
-                    let Some(cmd) = cmd else { break RoomExit::Idle };
-                    // Read-only, and not activity: answered now, without the after-handler
-                    // steps and without moving the idle clock.
-                    let cmd = match cmd {
-                        RoomCmd::Inspect { reply } => {
-                            let _ = reply.send(self.snapshot());
+                None => {
+                    taken = 0;
+                    if active {
+                        last_event = Instant::now();
+                        active = false;
+                    }
+                    let busy = self.moving.is_some() || self.gathering.is_some();
+                    let alarm_at = if busy { None } else { self.alarm_deadline() };
+                    let idle_at = last_event + self.idle_timeout();
+                    if idle.deadline() > idle_at {
+                        idle.as_mut().reset(idle_at);
+                    }
+                    let phase_at =
+                        self.moving.as_ref().map(|m| m.deadline).or(self.gathering.as_ref().map(|g| g.deadline));
+                    let wakeup = self.party.as_ref().and_then(|p| p.wakeup());
+                    let party_busy = wakeup.as_ref().is_some_and(|w| w.busy);
+                    tokio::select! {
+                        biased;
+                        changed = progress.changed() => {
+                            if changed.is_err() || progress.borrow().failed.is_some() {
+                                let fenced = progress.borrow().fenced;
+                                break RoomExit::StorageFailed { fenced };
+                            }
                             continue;
                         }
-                        cmd => cmd,
-                    };
-                    if self.gathering.is_some() && !cmd.is_handover() {
-                        self.pending.push_back(cmd);
+                        _ = stop.changed() => continue,
+                        cmd = self.inbox.recv() => {
+                            let Some(cmd) = cmd else { break RoomExit::Idle };
+                            Some(cmd)
+                        }
+                        _ = sleep_at(phase_at), if phase_at.is_some() => {
+                            if self.moving.is_some() {
+                                break self.finish_move().await;
+                            }
+                            tracing::warn!("not every link of the previous owner adopted its sockets in time");
+                            self.gathering = None;
+                            None
+                        }
+                        _ = sleep_at(alarm_at), if alarm_at.is_some() => {
+                            self.handle_observed(RoomCmd::Alarm { as_of: None }).await;
+                            None
+                        }
+                        _ = &mut idle, if !busy && !party_busy => {
+                            if idle.deadline() < idle_at {
+                                idle.as_mut().reset(idle_at);
+                                continue;
+                            }
+                            if self.on_idle() {
+                                break RoomExit::Idle;
+                            }
+                            None
+                        }
+                        _ = wait_wakeup(wakeup.as_ref()), if wakeup.is_some() && self.moving.is_none() && self.gathering.is_none() => {
+                            self.wakeup().await;
+                            self.after_handler().await;
+                            continue;
+                        }
+                    }
+                }
+            };
+            if let Some(cmd) = received {
+                // Read-only, and not activity: answered now, without the after-handler
+                // steps and without moving the idle clock.
+                let cmd = match cmd {
+                    RoomCmd::Inspect { reply } => {
+                        let _ = reply.send(self.snapshot());
                         continue;
                     }
-                    // A move while work waits for the gathering to end: the gathering ends now,
-                    // and the held work runs here, in order, before the room moves on (dropped,
-                    // its messages would vanish, its closes never reach on_close, its requests
-                    // fail although they never ran).
-                    if matches!(cmd, RoomCmd::Move { .. }) && !self.pending.is_empty() {
-                        tracing::info!(held = self.pending.len(), "moving while gathering: the held work runs first");
-                        self.gathering = None;
-                        self.pending.push_back(cmd);
-                        continue;
-                    }
-                    if let Some(exit) = self.dispatch(cmd).await {
-                        break exit;
-                    }
-                }
-                _ = sleep_until(phase_at.unwrap_or(idle_at)), if phase_at.is_some() => {
-                    if self.moving.is_some() {
-                        break self.finish_move().await;
-                    }
-                    tracing::warn!("not every link of the previous owner adopted its sockets in time");
-                    self.gathering = None;
-                }
-                _ = sleep_until(alarm_at.unwrap_or(idle_at)), if alarm_at.is_some() => {
-                    self.handle_observed(RoomCmd::Alarm { as_of: None }).await;
-                }
-                _ = sleep_until(idle_at), if !busy && !party_busy => {
-                    if self.on_idle() {
-                        break RoomExit::Idle;
-                    }
-                }
-                _ = wait_wakeup(wakeup.as_ref()), if wakeup.is_some() && self.moving.is_none() && self.gathering.is_none() => {
-                    self.wakeup().await;
-                    self.after_handler().await;
+                    cmd => cmd,
+                };
+                if self.gathering.is_some() && !cmd.is_handover() {
+                    self.pending.push_back(cmd);
                     continue;
+                }
+                // A move while work waits for the gathering to end: the gathering ends now,
+                // and the held work runs here, in order, before the room moves on (dropped,
+                // its messages would vanish, its closes never reach on_close, its requests
+                // fail although they never ran).
+                if matches!(cmd, RoomCmd::Move { .. }) && !self.pending.is_empty() {
+                    tracing::info!(held = self.pending.len(), "moving while gathering: the held work runs first");
+                    self.gathering = None;
+                    self.pending.push_back(cmd);
+                    continue;
+                }
+                if let Some(exit) = self.dispatch(cmd).await {
+                    break exit;
                 }
             }
             self.after_handler().await;
@@ -297,7 +350,7 @@ impl Actor {
             if self.gathering.as_ref().is_some_and(Gathering::complete) {
                 self.gathering = None;
             }
-            last_event = Instant::now();
+            active = true;
         };
         self.hand_back().await;
         self.storage().seal();
@@ -360,6 +413,23 @@ impl Actor {
                 None
             }
         }
+    }
+
+    /// The next queued command, when the room takes one without waiting: not while it moves or
+    /// gathers, and not while a shutdown or a change of storage progress waits to be seen (both
+    /// go before the queue).
+    fn queued_command(
+        &mut self,
+        stop: &watch::Receiver<Stop>,
+        progress: &watch::Receiver<WriteProgress>,
+    ) -> Option<RoomCmd> {
+        if self.moving.is_some() || self.gathering.is_some() {
+            return None;
+        }
+        if stop.has_changed().unwrap_or(true) || progress.has_changed().unwrap_or(true) {
+            return None;
+        }
+        self.inbox.try_recv().ok()
     }
 
     fn idle_timeout(&self) -> Duration {

@@ -91,3 +91,36 @@ async fn storage_fails_for_good_after_a_failed_commit() {
     assert!(matches!(storage.get_alarm().await, Err(StorageError::Failed(_))));
     assert!(matches!(storage.list(ListOptions::default()).await, Err(StorageError::Failed(_))));
 }
+
+/// Socket messages queued behind a handler while the room's write fails never run: the failure
+/// goes before the queue, whether the room waits for its next command or takes one already
+/// queued without waiting.
+#[timed_test]
+async fn messages_queued_while_a_write_fails_never_run() {
+    let id = "failed_then_queued";
+    let fx = Fixture::register(id);
+    let mut events = fx.events();
+    let store = TestStore::new();
+    let (room, mut exit) = spawn(id, Opts { store: store.clone(), ..Opts::default() });
+    let mut a = Gw::open(&room).await;
+    a.join(1, "a", "").await;
+
+    store.fail_with(FailMode::Backend);
+    store.hold();
+    a.send(1, "put:k:v").await;
+    store.wait_commits(1).await;
+    let r = room.clone();
+    // A handler that waits for the commit: it returns once the failure is known.
+    let running = tokio::spawn(async move { r.request(request("/sync")).await });
+    events.until_eq("request:syncing").await;
+    for i in 0..3 {
+        a.send(1, &format!("log:queued-{i}")).await;
+    }
+    // The commit fails while the handler waits, with the three messages queued behind it.
+    store.release();
+
+    assert_eq!(exit_within(&mut exit, WAIT).await, RoomExit::StorageFailed { fenced: false });
+    let _ = timeout(WAIT, running).await.expect("the request hung");
+    let ran: Vec<String> = events.drain().into_iter().filter(|e| e.starts_with("log:queued")).collect();
+    assert!(ran.is_empty(), "queued messages ran after the failed write: {ran:?}");
+}

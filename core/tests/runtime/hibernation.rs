@@ -76,6 +76,29 @@ async fn an_idle_room_with_nothing_attached_exits_when_the_host_allows() {
     assert!(room.request(request("/ping")).await.is_err());
 }
 
+/// The room keeps one idle timer and moves it lazily: a deadline that passes with events since it
+/// was set is set again from the last event, so a busy room never exits, and a room that goes
+/// quiet exits one idle period after its last event (not earlier, and not a stale period later).
+#[timed_test(start_paused = true)]
+async fn a_room_exits_one_idle_period_after_its_last_event() {
+    let id = "idle_after_events";
+    Fixture::register(id);
+    let room_idle = Duration::from_secs(5);
+    let limits = Limits { room_idle, ..Limits::default() };
+    let (room, mut exit) = spawn(id, Opts { limits, may_exit: Box::new(|| true), ..Opts::default() });
+    let mut last = tokio::time::Instant::now();
+    // An event every 3 s for 30 s: every idle deadline passes with an event since it was set.
+    for i in 0..10 {
+        assert_eq!(call(&room, "/ping").await.status(), StatusCode::OK, "request {i}");
+        last = tokio::time::Instant::now();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(!exit.is_finished(), "the room exited 3 s after request {i}, with a 5 s idle period");
+    }
+    assert_eq!(exit_within(&mut exit, room_idle * 6).await, RoomExit::Idle);
+    let quiet = last.elapsed();
+    assert!(quiet >= room_idle && quiet < room_idle * 2, "exited {quiet:?} after the last event");
+}
+
 #[timed_test(start_paused = true)]
 async fn an_idle_room_stays_when_the_host_says_no() {
     let id = "idle_stay";

@@ -306,6 +306,11 @@ impl<const H: bool> Party for Scripted<H> {
                 tokio::time::sleep(Duration::from_millis(arg.parse()?)).await;
                 Ok(web::text(StatusCode::OK, "slept"))
             }
+            "sync" => {
+                self.fx.log("request:syncing".into());
+                let synced = self.room.storage().sync().await;
+                Ok(web::text(StatusCode::OK, if synced.is_ok() { "synced" } else { "failed" }))
+            }
             "teapot" => Err(HttpError::new(StatusCode::IM_A_TEAPOT, "short and stout").into()),
             "alarm" => {
                 self.room.storage().set_alarm(now_ms() + arg.parse::<i64>()?).await?;
