@@ -7,6 +7,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -65,9 +66,18 @@ enum Failure {
     Timeout,
 }
 
-/// Runs a handler with the time limit, turning panics into failures.
+/// Runs a handler with the time limit, turning panics into failures. Most handlers finish on
+/// their first poll: the timer is only set up for one that has to wait (its deadline still
+/// counted from the start).
 async fn guarded<T>(limit: Duration, fut: impl Future<Output = anyhow::Result<T>>) -> Result<T, Failure> {
-    match tokio::time::timeout(limit, AssertUnwindSafe(fut).catch_unwind()).await {
+    let deadline = Instant::now() + limit;
+    let mut fut = std::pin::pin!(AssertUnwindSafe(fut).catch_unwind());
+    let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
+    let done = match first {
+        Poll::Ready(done) => Ok(done),
+        Poll::Pending => tokio::time::timeout_at(deadline, fut).await,
+    };
+    match done {
         Err(_) => Err(Failure::Timeout),
         Ok(Err(panic)) => {
             let msg = panic
