@@ -47,17 +47,23 @@ async fn a_fenced_write_drops_the_room_with_1012_and_discards_what_followed() {
     assert!(room.request(request("/ping")).await.is_err(), "the room still answers");
 }
 
+/// Room `id` (registered by the caller) on a store whose next commit waits for `release` and then
+/// fails as a backend failure, with socket 1 ("a") joined on one link.
+async fn failing_room(id: &str) -> (Arc<TestStore>, RoomHandle, JoinHandle<RoomExit>, Gw) {
+    let store = TestStore::new();
+    let (room, exit) = spawn(id, Opts { store: store.clone(), ..Opts::default() });
+    let mut a = Gw::open(&room).await;
+    a.join(1, "a", "").await;
+    store.fail_with(FailMode::Backend);
+    store.hold();
+    (store, room, exit, a)
+}
+
 #[timed_test]
 async fn a_failed_backend_write_drops_the_room_with_1011() {
     let id = "backend_failed";
     Fixture::register(id);
-    let store = TestStore::new();
-    let (room, mut exit) = spawn(id, Opts { store: store.clone(), ..Opts::default() });
-    let mut a = Gw::open(&room).await;
-    a.join(1, "a", "").await;
-
-    store.fail_with(FailMode::Backend);
-    store.hold();
+    let (store, room, mut exit, mut a) = failing_room(id).await;
     let r = room.clone();
     let pending = tokio::spawn(async move { r.request(request("/write")).await });
     store.wait_commits(1).await;
@@ -100,13 +106,7 @@ async fn messages_queued_while_a_write_fails_never_run() {
     let id = "failed_then_queued";
     let fx = Fixture::register(id);
     let mut events = fx.events();
-    let store = TestStore::new();
-    let (room, mut exit) = spawn(id, Opts { store: store.clone(), ..Opts::default() });
-    let mut a = Gw::open(&room).await;
-    a.join(1, "a", "").await;
-
-    store.fail_with(FailMode::Backend);
-    store.hold();
+    let (store, room, mut exit, a) = failing_room(id).await;
     a.send(1, "put:k:v").await;
     store.wait_commits(1).await;
     let r = room.clone();
