@@ -47,7 +47,15 @@ wait_port() {
   done
   echo "bench-js: the server did not listen on $PORT" >&2; return 1
 }
-stop() { if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; PID=""; fi; }
+# The PartyKit dev server runs in its own process group (setsid): stopping it stops the workerd
+# and esbuild it starts; for the other servers the group kill fails and the process is killed.
+stop() {
+  if [ -n "$PID" ]; then
+    kill -- "-$PID" 2>/dev/null || kill "$PID" 2>/dev/null || true
+    wait "$PID" 2>/dev/null || true
+    PID=""
+  fi
+}
 trap stop EXIT
 
 fanout() { # label party [extra tester args...]
@@ -116,7 +124,8 @@ if [ ! -d bench/partykit/node_modules/partykit ]; then
   (cd bench/partykit && npm install --no-audit --no-fund --loglevel=error) || true
 fi
 if [ -x bench/partykit/node_modules/.bin/partykit ]; then
-  (cd examples/partykit && exec taskset -c "$SERVER_CORE" "$ROOT/bench/partykit/node_modules/.bin/partykit" dev --port "$PORT") >"$OUT/partykit.log" 2>&1 &
+  # Its own process group, so stopping it stops the workerd and esbuild it starts.
+  (cd examples/partykit && exec setsid taskset -c "$SERVER_CORE" "$ROOT/bench/partykit/node_modules/.bin/partykit" dev --port "$PORT") >"$OUT/partykit.log" 2>&1 &
   PID=$!
   if wait_port; then
     fanout partykit-main log
